@@ -1,1 +1,90 @@
-//! placeholder
+//! Configuration for fulcrum: the schema, loading, validation and serialisation.
+//!
+//! A configuration is a TOML file with four sections:
+//!
+//! * `[server]` — data-plane listen addresses, worker threads, shutdown grace period;
+//! * `[admin]` — the admin listener serving `/metrics`, `/healthz`, `/readyz`, `/api/pools`;
+//! * `[[routes]]` — host/path-prefix rules mapping requests to pools;
+//! * `[pools.NAME]` — upstream pools with their algorithm, timeouts, health checks
+//!   and `[[pools.NAME.backends]]`.
+//!
+//! [`parse`] validates the whole file and reports every problem at once as
+//! [`Diagnostic`]s carrying `file:line:column`, the key path of the offending
+//! value, the bad value and what would be valid, with "did you mean"
+//! suggestions for misspelt keys, enum values and pool names.
+//!
+//! ```
+//! let (config, warnings) = fulcrum_config::parse(
+//!     fulcrum_config::DEFAULT_CONFIG,
+//!     fulcrum_config::DEFAULT_CONFIG_NAME,
+//! )
+//! .unwrap();
+//! assert!(warnings.is_empty());
+//! assert_eq!(config.pool("web").unwrap().backends.len(), 2);
+//! ```
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+mod diagnostic;
+mod emit;
+mod model;
+mod suggest;
+mod validate;
+
+use std::path::Path;
+
+pub use diagnostic::{Diagnostic, Diagnostics, Severity};
+pub use model::{
+    AdminConfig, Algorithm, BackendConfig, Config, HealthCheckConfig, HostMatch, PoolConfig,
+    RouteConfig, ServerConfig, WeightSource,
+};
+
+/// The default configuration shipped with fulcrum (`config/fulcrum.toml`).
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/fulcrum.toml");
+
+/// The file name used in diagnostics about [`DEFAULT_CONFIG`].
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded fulcrum.toml>";
+
+/// The process exit code for configuration errors (`EX_CONFIG` from `sysexits.h`).
+pub const EXIT_CONFIG: i32 = 78;
+
+/// Parse and validate a configuration.
+///
+/// `file_name` is only used to label diagnostics. On success the config is
+/// returned together with any warnings (possibly none); on failure every error
+/// found is returned, along with any warnings.
+pub fn parse(source: &str, file_name: &str) -> Result<(Config, Vec<Diagnostic>), Diagnostics> {
+    validate::parse(source, file_name)
+}
+
+/// Read the file at `path` and [`parse`] it; an unreadable file is a single diagnostic.
+pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), Diagnostics> {
+    let file_name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(source) => parse(&source, &file_name),
+        Err(e) => Err(Diagnostics {
+            errors: vec![Diagnostic {
+                severity: Severity::Error,
+                file: file_name,
+                key_path: String::new(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read configuration file: {e}"),
+            }],
+            warnings: Vec::new(),
+        }),
+    }
+}
+
+/// The embedded default configuration, parsed.
+///
+/// # Panics
+///
+/// Panics if [`DEFAULT_CONFIG`] is invalid, which the crate's tests rule out.
+pub fn load_default() -> Config {
+    match parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME) {
+        Ok((config, _)) => config,
+        Err(diags) => panic!("the embedded default configuration is invalid:\n{diags}"),
+    }
+}

@@ -1,0 +1,409 @@
+//! The validated configuration model.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::suggest::suggest;
+
+/// A complete, validated fulcrum configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Data-plane listener settings (`[server]`).
+    pub server: ServerConfig,
+    /// Admin/observability listener settings (`[admin]`).
+    pub admin: AdminConfig,
+    /// Routing rules (`[[routes]]`), in file order.
+    pub routes: Vec<RouteConfig>,
+    /// Upstream pools (`[pools.NAME]`), in file order.
+    pub pools: Vec<PoolConfig>,
+}
+
+impl Config {
+    /// The pool with the given name, if defined.
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+/// Data-plane listener settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Addresses the proxy accepts client traffic on (non-empty).
+    pub listen: Vec<SocketAddr>,
+    /// Number of data-plane worker threads (1..=1024, default 2).
+    pub threads: usize,
+    /// Seconds to drain in-flight requests on graceful shutdown (default 5).
+    pub grace_period_s: u64,
+}
+
+/// Admin listener settings: `/metrics`, `/healthz`, `/readyz`, `/api/pools`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP listener (default `127.0.0.1:9900`).
+    pub listen: SocketAddr,
+}
+
+/// One routing rule: requests whose host and path match are sent to `pool`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// Which `Host` values this route accepts.
+    pub host: HostMatch,
+    /// Path prefix the request path must start with (always starts with `/`).
+    pub path_prefix: String,
+    /// Name of the pool serving matching requests.
+    pub pool: String,
+}
+
+/// A host pattern of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `"*"`: any host.
+    Any,
+    /// An exact host name, lowercased, without port.
+    Exact(String),
+    /// `"*.example.com"`, stored as `".example.com"` (lowercased): any subdomain.
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// Whether `host` (already lowercased, port stripped) matches this pattern.
+    ///
+    /// A suffix pattern matches subdomains at any depth but not the bare domain:
+    /// `*.example.com` matches `a.example.com` and `a.b.example.com`, not `example.com`.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Any => true,
+            HostMatch::Exact(h) => host == h,
+            HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+
+    /// Ranking used to prefer the most specific route: `Exact` = 2, `Suffix` = 1, `Any` = 0.
+    pub fn specificity(&self) -> u8 {
+        match self {
+            HostMatch::Exact(_) => 2,
+            HostMatch::Suffix(_) => 1,
+            HostMatch::Any => 0,
+        }
+    }
+
+    /// Parse a host pattern as written in a config file (`"*"`, `"*.example.com"`,
+    /// `"api.example.com"`, `"[::1]"`). The result is lowercased.
+    pub fn parse(pattern: &str) -> Result<HostMatch, String> {
+        if pattern.is_empty() {
+            return Err(
+                "host pattern must not be empty; use \"*\" to match any host, \"*.example.com\" for subdomains or an exact host name"
+                    .to_string(),
+            );
+        }
+        if pattern == "*" {
+            return Ok(HostMatch::Any);
+        }
+        let lower = pattern.to_ascii_lowercase();
+        if let Some(rest) = lower.strip_prefix("*.") {
+            if rest.contains('*') {
+                return Err(wildcard_error(pattern));
+            }
+            validate_host_name(pattern, rest)?;
+            return Ok(HostMatch::Suffix(format!(".{rest}")));
+        }
+        if lower.contains('*') {
+            return Err(wildcard_error(pattern));
+        }
+        if let Some(inner) = lower.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            if inner.parse::<std::net::Ipv6Addr>().is_ok() {
+                return Ok(HostMatch::Exact(lower));
+            }
+        }
+        validate_host_name(pattern, &lower)?;
+        Ok(HostMatch::Exact(lower))
+    }
+
+    /// The pattern as written in a config file (`"*"`, `"*.example.com"`, `"example.com"`).
+    pub fn pattern(&self) -> String {
+        match self {
+            HostMatch::Any => "*".to_string(),
+            HostMatch::Exact(h) => h.clone(),
+            HostMatch::Suffix(s) => format!("*{s}"),
+        }
+    }
+}
+
+impl fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.pattern())
+    }
+}
+
+fn wildcard_error(pattern: &str) -> String {
+    format!(
+        "invalid host pattern {pattern:?}: a wildcard is only allowed as the whole pattern (\"*\") or as the leading label (\"*.example.com\")"
+    )
+}
+
+fn validate_host_name(pattern: &str, name: &str) -> Result<(), String> {
+    if name.contains(':') {
+        return Err(format!(
+            "invalid host pattern {pattern:?}: must not include a port (the port is ignored when matching)"
+        ));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err(format!(
+                "invalid host pattern {pattern:?}: empty label (expected e.g. \"example.com\", \"*.example.com\" or \"*\")"
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "invalid host pattern {pattern:?}: character {c:?} is not allowed (use letters, digits, '-', '_' and '.')"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Load-balancing algorithm of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Cycle through healthy backends, ignoring weights.
+    RoundRobin,
+    /// Cycle through healthy backends in proportion to their weights.
+    WeightedRoundRobin,
+    /// Pick the backend with the fewest in-flight requests (relative to weight).
+    LeastConnections,
+    /// Power of two choices over a peak-EWMA latency estimate.
+    P2cEwma,
+}
+
+impl Algorithm {
+    /// Every algorithm, in documentation order.
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConnections,
+        Algorithm::P2cEwma,
+    ];
+
+    /// The config-file spelling, e.g. `"round_robin"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::WeightedRoundRobin => "weighted_round_robin",
+            Algorithm::LeastConnections => "least_connections",
+            Algorithm::P2cEwma => "p2c_ewma",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| unknown_value("algorithm", s, Algorithm::ALL.map(|a| a.as_str())))
+    }
+}
+
+/// Where backend weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightSource {
+    /// The weights written in the config file.
+    Static,
+    /// Weights tuned live by the control loop (starting from the configured ones).
+    Model,
+}
+
+impl WeightSource {
+    /// Every weight source.
+    pub const ALL: [WeightSource; 2] = [WeightSource::Static, WeightSource::Model];
+
+    /// The config-file spelling, `"static"` or `"model"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WeightSource::Static => "static",
+            WeightSource::Model => "model",
+        }
+    }
+}
+
+impl fmt::Display for WeightSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for WeightSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WeightSource::ALL
+            .into_iter()
+            .find(|w| w.as_str() == s)
+            .ok_or_else(|| unknown_value("weight source", s, WeightSource::ALL.map(|w| w.as_str())))
+    }
+}
+
+fn unknown_value<const N: usize>(what: &str, value: &str, valid: [&str; N]) -> String {
+    let mut msg = format!("unknown {what} {value:?}; valid: {}", valid.join(", "));
+    if let Some(s) = suggest(value, valid) {
+        msg.push_str(&format!(" (did you mean {s:?}?)"));
+    }
+    msg
+}
+
+/// An upstream pool: a set of backends plus how to balance and probe them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// Pool name (the `NAME` in `[pools.NAME]`).
+    pub name: String,
+    /// Balancing algorithm (default `least_connections`).
+    pub algorithm: Algorithm,
+    /// Where backend weights come from (default `static`).
+    pub weights: WeightSource,
+    /// Upstream TCP connect timeout (`connect_timeout_ms`, default 1000).
+    pub connect_timeout: Duration,
+    /// Upstream read timeout (`read_timeout_ms`, default 30000).
+    pub read_timeout: Duration,
+    /// Upstream write timeout (`write_timeout_ms`, default 30000).
+    pub write_timeout: Duration,
+    /// Idle time before a kept-alive upstream connection is closed (`idle_timeout_ms`, default 60000).
+    pub idle_timeout: Duration,
+    /// Retries on another backend after a connect failure (0..=10, default 2).
+    pub retries: u32,
+    /// Peak-EWMA latency decay time (`ewma_decay_ms`, default 10000).
+    pub ewma_decay: Duration,
+    /// Passive ejection after this many consecutive connect failures or 5xx responses (default 5, >= 1).
+    pub max_consecutive_failures: u32,
+    /// Active health checking.
+    pub health_check: HealthCheckConfig,
+    /// The backends of the pool (at least one).
+    pub backends: Vec<BackendConfig>,
+}
+
+/// Active HTTP health checking of a pool's backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    /// Whether probes are sent at all (default true).
+    pub enabled: bool,
+    /// Path probed with `GET` (default `/healthz`).
+    pub path: String,
+    /// `Host` header to send; `None` uses the backend address.
+    pub host: Option<String>,
+    /// Time between probes (`interval_ms`, default 1000, >= 10).
+    pub interval: Duration,
+    /// Probe timeout (`timeout_ms`, default 500, <= interval).
+    pub timeout: Duration,
+    /// Consecutive failed probes before a backend is marked down (default 3).
+    pub unhealthy_threshold: u32,
+    /// Consecutive successful probes before a backend is marked up again (default 2).
+    pub healthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            enabled: true,
+            path: "/healthz".to_string(),
+            host: None,
+            interval: Duration::from_millis(1000),
+            timeout: Duration::from_millis(500),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+        }
+    }
+}
+
+/// One upstream server of a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// Address of the backend (`IP:PORT`).
+    pub addr: SocketAddr,
+    /// Relative weight (1..=10000, default 1).
+    pub weight: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_matching() {
+        let any = HostMatch::parse("*").unwrap();
+        assert_eq!(any, HostMatch::Any);
+        assert!(any.matches("anything.test"));
+        assert!(any.matches(""));
+
+        let exact = HostMatch::parse("API.Example.com").unwrap();
+        assert_eq!(exact, HostMatch::Exact("api.example.com".into()));
+        assert!(exact.matches("api.example.com"));
+        assert!(!exact.matches("www.example.com"));
+        assert!(!exact.matches("a.api.example.com"));
+
+        let suffix = HostMatch::parse("*.Example.com").unwrap();
+        assert_eq!(suffix, HostMatch::Suffix(".example.com".into()));
+        assert!(suffix.matches("a.example.com"));
+        assert!(suffix.matches("a.b.example.com"));
+        assert!(!suffix.matches("example.com"));
+        assert!(!suffix.matches("badexample.com"));
+        assert!(!suffix.matches(".example.com"));
+
+        assert_eq!(exact.specificity(), 2);
+        assert_eq!(suffix.specificity(), 1);
+        assert_eq!(any.specificity(), 0);
+        assert_eq!(suffix.pattern(), "*.example.com");
+
+        let v6 = HostMatch::parse("[::1]").unwrap();
+        assert!(v6.matches("[::1]"));
+    }
+
+    #[test]
+    fn invalid_host_patterns() {
+        for bad in [
+            "",
+            "foo.*.com",
+            "*",
+            "*.",
+            "a..b",
+            "example.com:80",
+            "a b",
+            "**.x",
+        ] {
+            if bad == "*" {
+                continue;
+            }
+            assert!(HostMatch::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+        let err = HostMatch::parse("foo.*.com").unwrap_err();
+        assert!(err.contains("\"foo.*.com\""), "{err}");
+    }
+
+    #[test]
+    fn algorithm_names() {
+        for a in Algorithm::ALL {
+            assert_eq!(a.as_str().parse::<Algorithm>(), Ok(a));
+        }
+        let err = "least_conn".parse::<Algorithm>().unwrap_err();
+        assert_eq!(
+            err,
+            "unknown algorithm \"least_conn\"; valid: round_robin, weighted_round_robin, least_connections, p2c_ewma (did you mean \"least_connections\"?)"
+        );
+        assert_eq!("model".parse::<WeightSource>(), Ok(WeightSource::Model));
+        assert!("modle"
+            .parse::<WeightSource>()
+            .unwrap_err()
+            .contains("did you mean \"model\"?"));
+    }
+}

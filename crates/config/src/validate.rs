@@ -1,0 +1,841 @@
+//! Turning a spanned TOML document into a [`Config`], collecting every problem.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::de::{DeString, DeTable, DeValue};
+use toml::Spanned;
+
+use crate::diagnostic::{Diagnostic, Diagnostics, Severity};
+use crate::model::{
+    AdminConfig, Algorithm, BackendConfig, Config, HealthCheckConfig, HostMatch, PoolConfig,
+    RouteConfig, ServerConfig, WeightSource,
+};
+use crate::suggest::suggest;
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+const TOP_KEYS: &[&str] = &["server", "admin", "routes", "pools"];
+const SERVER_KEYS: &[&str] = &["listen", "threads", "grace_period_s"];
+const ADMIN_KEYS: &[&str] = &["listen"];
+const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "pool"];
+const POOL_KEYS: &[&str] = &[
+    "algorithm",
+    "weights",
+    "connect_timeout_ms",
+    "read_timeout_ms",
+    "write_timeout_ms",
+    "idle_timeout_ms",
+    "retries",
+    "ewma_decay_ms",
+    "max_consecutive_failures",
+    "health_check",
+    "backends",
+];
+const HEALTH_KEYS: &[&str] = &[
+    "enabled",
+    "path",
+    "host",
+    "interval_ms",
+    "timeout_ms",
+    "unhealthy_threshold",
+    "healthy_threshold",
+];
+const BACKEND_KEYS: &[&str] = &["addr", "weight"];
+
+/// Longest accepted duration for any `*_ms` key: one day.
+const MAX_MS: i128 = 86_400_000;
+const DEFAULT_ADMIN: &str = "127.0.0.1:9900";
+
+/// Collects located diagnostics for one source file.
+struct Ctx<'s> {
+    file: &'s str,
+    src: &'s str,
+    line_starts: Vec<usize>,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl<'s> Ctx<'s> {
+    fn new(src: &'s str, file: &'s str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(src.match_indices('\n').map(|(i, _)| i + 1));
+        Ctx {
+            file,
+            src,
+            line_starts,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// 1-based line and character column of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.src.len());
+        let line = self.line_starts.partition_point(|&s| s <= offset);
+        let start = self.line_starts[line - 1];
+        let column = self
+            .src
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count())
+            + 1;
+        (line, column)
+    }
+
+    fn diagnostic(
+        &self,
+        severity: Severity,
+        span: Option<&Range<usize>>,
+        path: &str,
+        message: String,
+    ) -> Diagnostic {
+        let (line, column) = span.map_or((1, 1), |s| self.position(s.start));
+        Diagnostic {
+            severity,
+            file: self.file.to_string(),
+            key_path: path.to_string(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    fn error(&mut self, span: Option<&Range<usize>>, path: &str, message: impl Into<String>) {
+        let d = self.diagnostic(Severity::Error, span, path, message.into());
+        self.errors.push(d);
+    }
+
+    fn warning(&mut self, span: Option<&Range<usize>>, path: &str, message: impl Into<String>) {
+        let d = self.diagnostic(Severity::Warning, span, path, message.into());
+        self.warnings.push(d);
+    }
+}
+
+/// A table with its entries in file order and its own key path and location.
+struct Table<'a, 'i> {
+    entries: Vec<(&'a Spanned<DeString<'i>>, &'a Value<'i>)>,
+    path: String,
+    span: Option<Range<usize>>,
+}
+
+impl<'a, 'i> Table<'a, 'i> {
+    fn new(table: &'a DeTable<'i>, path: String, span: Option<Range<usize>>) -> Self {
+        let mut entries: Vec<_> = table.iter().collect();
+        entries.sort_by_key(|(k, _)| k.span().start);
+        Table {
+            entries,
+            path,
+            span,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value<'i>> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == key)
+            .map(|(_, v)| *v)
+    }
+
+    fn child(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    /// Report every key not in `known`, with a suggestion when one is close.
+    fn check_keys(&self, ctx: &mut Ctx<'_>, known: &[&str]) {
+        for (key, _) in &self.entries {
+            let name: &str = key.get_ref().as_ref();
+            if known.contains(&name) {
+                continue;
+            }
+            let scope = if self.path.is_empty() {
+                "at the top level".to_string()
+            } else {
+                format!("in `{}`", self.path)
+            };
+            let mut msg = format!("unknown key `{name}` {scope}");
+            if let Some(s) = suggest(name, known.iter().copied()) {
+                msg.push_str(&format!(" (did you mean `{s}`?)"));
+            }
+            msg.push_str(&format!("; valid keys: {}", known.join(", ")));
+            ctx.error(Some(&key.span()), &self.child(name), msg);
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// A short description of a value for "expected X, got Y" messages.
+fn describe(v: &DeValue<'_>) -> String {
+    match v {
+        DeValue::String(s) => format!("string {:?}", s.as_ref()),
+        DeValue::Integer(i) => format!("integer {i}"),
+        DeValue::Float(f) => format!("float {f}"),
+        DeValue::Boolean(b) => format!("boolean {b}"),
+        DeValue::Datetime(d) => format!("datetime {d}"),
+        DeValue::Array(_) => "an array".to_string(),
+        DeValue::Table(_) => "a table".to_string(),
+    }
+}
+
+fn type_error(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str, expected: &str) {
+    ctx.error(
+        Some(&v.span()),
+        path,
+        format!("expected {expected}, got {}", describe(v.get_ref())),
+    );
+}
+
+fn as_table<'a, 'i>(
+    ctx: &mut Ctx<'_>,
+    v: &'a Value<'i>,
+    path: String,
+    expected: &str,
+) -> Option<Table<'a, 'i>> {
+    match v.get_ref() {
+        DeValue::Table(t) => Some(Table::new(t, path, Some(v.span()))),
+        _ => {
+            type_error(ctx, v, &path, expected);
+            None
+        }
+    }
+}
+
+fn as_str<'a>(ctx: &mut Ctx<'_>, v: &'a Value<'_>, path: &str) -> Option<&'a str> {
+    match v.get_ref() {
+        DeValue::String(s) => Some(s.as_ref()),
+        _ => {
+            type_error(ctx, v, path, "a string");
+            None
+        }
+    }
+}
+
+fn as_int(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<i128> {
+    match v.get_ref() {
+        DeValue::Integer(i) => match i128::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                ctx.error(
+                    Some(&v.span()),
+                    path,
+                    format!("integer {i} is out of range"),
+                );
+                None
+            }
+        },
+        _ => {
+            type_error(ctx, v, path, "an integer");
+            None
+        }
+    }
+}
+
+/// An optional integer key bounded to `min..=max`, falling back to `default`.
+fn bounded(
+    ctx: &mut Ctx<'_>,
+    t: &Table<'_, '_>,
+    key: &str,
+    default: u64,
+    min: i128,
+    max: i128,
+) -> u64 {
+    let Some(v) = t.get(key) else {
+        return default;
+    };
+    let path = t.child(key);
+    match as_int(ctx, v, &path) {
+        Some(n) if (min..=max).contains(&n) => n as u64,
+        Some(n) => {
+            ctx.error(
+                Some(&v.span()),
+                &path,
+                format!("{key} must be between {min} and {max}, got {n}"),
+            );
+            default
+        }
+        None => default,
+    }
+}
+
+fn millis(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, key: &str, default: u64, min: i128) -> Duration {
+    Duration::from_millis(bounded(ctx, t, key, default, min, MAX_MS))
+}
+
+fn as_bool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, key: &str, default: bool) -> bool {
+    match t.get(key) {
+        None => default,
+        Some(v) => match v.get_ref() {
+            DeValue::Boolean(b) => *b,
+            _ => {
+                type_error(ctx, v, &t.child(key), "a boolean (true or false)");
+                default
+            }
+        },
+    }
+}
+
+fn socket_addr(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<SocketAddr> {
+    let s = as_str(ctx, v, path)?;
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            let mut msg = format!(
+                "{s:?} is not a valid socket address (expected IP:PORT, e.g. 127.0.0.1:8080)"
+            );
+            if let Some((host, port)) = s.rsplit_once(':') {
+                let is_name = host.chars().any(|c| c.is_ascii_alphabetic()) && !host.contains(':');
+                if is_name && port.parse::<u16>().is_ok() {
+                    msg.push_str("; host names are not resolved, use an IP address");
+                }
+            }
+            ctx.error(Some(&v.span()), path, msg);
+            None
+        }
+    }
+}
+
+fn path_value(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str, what: &str) -> Option<String> {
+    let s = as_str(ctx, v, path)?;
+    if !s.starts_with('/') {
+        ctx.error(
+            Some(&v.span()),
+            path,
+            format!(
+                "{what} must start with '/', got {s:?} (e.g. \"/{}\")",
+                s.trim_start_matches('/')
+            ),
+        );
+        return None;
+    }
+    if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        ctx.error(
+            Some(&v.span()),
+            path,
+            format!("{what} {s:?} contains the character {c:?}; it must be a plain URL path"),
+        );
+        return None;
+    }
+    Some(s.to_string())
+}
+
+/// Whether two listeners would compete for the same port.
+fn addrs_conflict(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Parse and validate a configuration source, reporting every problem found.
+pub(crate) fn parse(
+    source: &str,
+    file_name: &str,
+) -> Result<(Config, Vec<Diagnostic>), Diagnostics> {
+    let mut ctx = Ctx::new(source, file_name);
+    let doc = match DeTable::parse(source) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let span = e.span();
+            let msg = format!("invalid TOML: {}", e.message().trim_end());
+            ctx.error(Some(&span.unwrap_or(0..0)), "", msg);
+            return Err(Diagnostics {
+                errors: ctx.errors,
+                warnings: ctx.warnings,
+            });
+        }
+    };
+    let root = Table::new(doc.get_ref(), String::new(), None);
+    root.check_keys(&mut ctx, TOP_KEYS);
+
+    let server = read_server(&mut ctx, &root);
+    let admin = read_admin(&mut ctx, &root, &server);
+    let pools = read_pools(&mut ctx, &root);
+    let routes = read_routes(&mut ctx, &root, &pools);
+
+    ctx.errors.sort_by_key(|d| (d.line, d.column));
+    ctx.warnings.sort_by_key(|d| (d.line, d.column));
+    if !ctx.errors.is_empty() {
+        return Err(Diagnostics {
+            errors: ctx.errors,
+            warnings: ctx.warnings,
+        });
+    }
+    let config = Config {
+        server: ServerConfig {
+            listen: server.listen.into_iter().map(|(a, _, _)| a).collect(),
+            threads: server.threads,
+            grace_period_s: server.grace_period_s,
+        },
+        admin,
+        routes,
+        pools: pools.into_iter().map(|p| p.config).collect(),
+    };
+    Ok((config, ctx.warnings))
+}
+
+struct ServerParts {
+    /// Each listen address with its key path and span.
+    listen: Vec<(SocketAddr, String, Range<usize>)>,
+    threads: usize,
+    grace_period_s: u64,
+}
+
+fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
+    let mut parts = ServerParts {
+        listen: Vec::new(),
+        threads: 2,
+        grace_period_s: 5,
+    };
+    let missing_listen = "missing required key `listen`: the data-plane listen addresses, e.g. listen = [\"127.0.0.1:8080\"]";
+    let Some(v) = root.get("server") else {
+        ctx.error(
+            None,
+            "server.listen",
+            format!("{missing_listen} in a [server] table"),
+        );
+        return parts;
+    };
+    let Some(t) = as_table(ctx, v, "server".into(), "a table ([server])") else {
+        return parts;
+    };
+    t.check_keys(ctx, SERVER_KEYS);
+    match t.get("listen") {
+        None => ctx.error(t.span.as_ref(), "server.listen", missing_listen),
+        Some(v) => match v.get_ref() {
+            DeValue::Array(items) => {
+                if items.is_empty() {
+                    ctx.error(
+                        Some(&v.span()),
+                        "server.listen",
+                        "at least one listen address is required, e.g. listen = [\"127.0.0.1:8080\"]",
+                    );
+                }
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("server.listen[{i}]");
+                    let Some(addr) = socket_addr(ctx, item, &path) else {
+                        continue;
+                    };
+                    if let Some((_, first, _)) = parts.listen.iter().find(|(a, _, _)| *a == addr) {
+                        let msg =
+                            format!("duplicate listen address {addr} (already listed as {first})");
+                        ctx.error(Some(&item.span()), &path, msg);
+                        continue;
+                    }
+                    parts.listen.push((addr, path, item.span()));
+                }
+            }
+            _ => type_error(
+                ctx,
+                v,
+                "server.listen",
+                "an array of \"IP:PORT\" strings, e.g. [\"127.0.0.1:8080\"]",
+            ),
+        },
+    }
+    parts.threads = bounded(ctx, &t, "threads", 2, 1, 1024) as usize;
+    parts.grace_period_s = bounded(ctx, &t, "grace_period_s", 5, 0, 3600);
+    parts
+}
+
+fn read_admin(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, server: &ServerParts) -> AdminConfig {
+    let mut admin = AdminConfig {
+        listen: DEFAULT_ADMIN
+            .parse()
+            .expect("default admin address is valid"),
+    };
+    let Some(v) = root.get("admin") else {
+        return admin;
+    };
+    let Some(t) = as_table(ctx, v, "admin".into(), "a table ([admin])") else {
+        return admin;
+    };
+    t.check_keys(ctx, ADMIN_KEYS);
+    let Some(v) = t.get("listen") else {
+        return admin;
+    };
+    let Some(addr) = socket_addr(ctx, v, "admin.listen") else {
+        return admin;
+    };
+    if let Some((data, path, _)) = server
+        .listen
+        .iter()
+        .find(|(a, _, _)| addrs_conflict(a, &addr))
+    {
+        ctx.error(
+            Some(&v.span()),
+            "admin.listen",
+            format!(
+                "admin listen address {addr} conflicts with data-plane listener {data} ({path}); use a different port"
+            ),
+        );
+    }
+    admin.listen = addr;
+    admin
+}
+
+struct PoolParts {
+    config: PoolConfig,
+    span: Option<Range<usize>>,
+}
+
+fn valid_pool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn read_pools(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> Vec<PoolParts> {
+    let missing = "at least one pool is required, e.g. a [pools.web] table with [[pools.web.backends]] entries";
+    let Some(v) = root.get("pools") else {
+        ctx.error(None, "pools", missing);
+        return Vec::new();
+    };
+    let Some(t) = as_table(ctx, v, "pools".into(), "a table of pools ([pools.NAME])") else {
+        return Vec::new();
+    };
+    if t.entries.is_empty() {
+        ctx.error(t.span.as_ref(), "pools", missing);
+    }
+    let mut pools = Vec::new();
+    for (key, value) in &t.entries {
+        let name: &str = key.get_ref().as_ref();
+        let path = t.child(name);
+        if !valid_pool_name(name) {
+            ctx.error(
+                Some(&key.span()),
+                &path,
+                format!("invalid pool name {name:?}: use only letters, digits, '-' and '_'"),
+            );
+        }
+        let Some(pt) = as_table(ctx, value, path, "a table ([pools.NAME])") else {
+            continue;
+        };
+        let config = read_pool(ctx, &pt, name);
+        pools.push(PoolParts {
+            config,
+            span: pt.span.clone(),
+        });
+    }
+    pools
+}
+
+fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
+    t.check_keys(ctx, POOL_KEYS);
+    let algorithm = match t.get("algorithm") {
+        None => Algorithm::LeastConnections,
+        Some(v) => {
+            let path = t.child("algorithm");
+            match as_str(ctx, v, &path).map(str::parse::<Algorithm>) {
+                Some(Ok(a)) => a,
+                Some(Err(msg)) => {
+                    ctx.error(Some(&v.span()), &path, msg);
+                    Algorithm::LeastConnections
+                }
+                None => Algorithm::LeastConnections,
+            }
+        }
+    };
+    let weights = match t.get("weights") {
+        None => WeightSource::Static,
+        Some(v) => {
+            let path = t.child("weights");
+            match as_str(ctx, v, &path).map(str::parse::<WeightSource>) {
+                Some(Ok(w)) => w,
+                Some(Err(msg)) => {
+                    ctx.error(Some(&v.span()), &path, msg);
+                    WeightSource::Static
+                }
+                None => WeightSource::Static,
+            }
+        }
+    };
+    let connect_timeout = millis(ctx, t, "connect_timeout_ms", 1000, 1);
+    let read_timeout = millis(ctx, t, "read_timeout_ms", 30_000, 1);
+    let write_timeout = millis(ctx, t, "write_timeout_ms", 30_000, 1);
+    let idle_timeout = millis(ctx, t, "idle_timeout_ms", 60_000, 1);
+    let retries = bounded(ctx, t, "retries", 2, 0, 10) as u32;
+    let ewma_decay = millis(ctx, t, "ewma_decay_ms", 10_000, 1);
+    let max_consecutive_failures = bounded(ctx, t, "max_consecutive_failures", 5, 1, 1000) as u32;
+    let health_check = match t.get("health_check") {
+        None => HealthCheckConfig::default(),
+        Some(v) => match as_table(ctx, v, t.child("health_check"), "a table") {
+            Some(ht) => read_health(ctx, &ht),
+            None => HealthCheckConfig::default(),
+        },
+    };
+    let backends = read_backends(ctx, t);
+    if algorithm == Algorithm::RoundRobin
+        && weights == WeightSource::Static
+        && backends.windows(2).any(|w| w[0].weight != w[1].weight)
+    {
+        let span = t.get("algorithm").map(|v| v.span());
+        ctx.warning(
+            span.as_ref(),
+            &t.child("algorithm"),
+            "round_robin ignores backend weights; use \"weighted_round_robin\" to honour them",
+        );
+    }
+    PoolConfig {
+        name: name.to_string(),
+        algorithm,
+        weights,
+        connect_timeout,
+        read_timeout,
+        write_timeout,
+        idle_timeout,
+        retries,
+        ewma_decay,
+        max_consecutive_failures,
+        health_check,
+        backends,
+    }
+}
+
+fn read_health(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> HealthCheckConfig {
+    t.check_keys(ctx, HEALTH_KEYS);
+    let mut hc = HealthCheckConfig {
+        enabled: as_bool(ctx, t, "enabled", true),
+        ..HealthCheckConfig::default()
+    };
+    if let Some(v) = t.get("path") {
+        if let Some(p) = path_value(ctx, v, &t.child("path"), "health check path") {
+            hc.path = p;
+        }
+    }
+    if let Some(v) = t.get("host") {
+        let path = t.child("host");
+        if let Some(h) = as_str(ctx, v, &path) {
+            if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                ctx.error(
+                    Some(&v.span()),
+                    &path,
+                    format!("invalid Host header value {h:?}: expected a host name such as \"app.internal\" (omit the key to use the backend address)"),
+                );
+            } else {
+                hc.host = Some(h.to_string());
+            }
+        }
+    }
+    hc.interval = millis(ctx, t, "interval_ms", 1000, 10);
+    hc.timeout = millis(ctx, t, "timeout_ms", 500, 1);
+    hc.unhealthy_threshold = bounded(ctx, t, "unhealthy_threshold", 3, 1, 1000) as u32;
+    hc.healthy_threshold = bounded(ctx, t, "healthy_threshold", 2, 1, 1000) as u32;
+    if hc.timeout > hc.interval {
+        let span = t
+            .get("timeout_ms")
+            .or(t.get("interval_ms"))
+            .map(|v| v.span());
+        ctx.error(
+            span.as_ref(),
+            &t.child("timeout_ms"),
+            format!(
+                "timeout_ms ({}) must not exceed interval_ms ({})",
+                hc.timeout.as_millis(),
+                hc.interval.as_millis()
+            ),
+        );
+    }
+    hc
+}
+
+fn read_backends(ctx: &mut Ctx<'_>, pool: &Table<'_, '_>) -> Vec<BackendConfig> {
+    let path = pool.child("backends");
+    let required = "at least one backend is required, e.g. [[pools.NAME.backends]] with addr = \"127.0.0.1:9001\"";
+    let required = required.replace("NAME", pool.path.trim_start_matches("pools."));
+    let Some(v) = pool.get("backends") else {
+        ctx.error(pool.span.as_ref(), &path, required);
+        return Vec::new();
+    };
+    let DeValue::Array(items) = v.get_ref() else {
+        type_error(ctx, v, &path, "an array of tables ([[...backends]])");
+        return Vec::new();
+    };
+    if items.is_empty() {
+        ctx.error(Some(&v.span()), &path, required);
+    }
+    let mut backends = Vec::new();
+    let mut seen: HashMap<SocketAddr, String> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let bpath = format!("{path}[{i}]");
+        let Some(bt) = as_table(ctx, item, bpath.clone(), "a table with `addr` and `weight`")
+        else {
+            continue;
+        };
+        bt.check_keys(ctx, BACKEND_KEYS);
+        let addr_path = bt.child("addr");
+        let addr = match bt.get("addr") {
+            None => {
+                ctx.error(
+                    bt.span.as_ref(),
+                    &addr_path,
+                    "missing required key `addr`: the backend address, e.g. addr = \"127.0.0.1:9001\"",
+                );
+                None
+            }
+            Some(av) => {
+                let addr = socket_addr(ctx, av, &addr_path);
+                if let Some(a) = addr {
+                    if let Some(first) = seen.get(&a) {
+                        let msg =
+                            format!("duplicate backend address {a} (already used by {first})");
+                        ctx.error(Some(&av.span()), &addr_path, msg);
+                    } else {
+                        seen.insert(a, addr_path.clone());
+                    }
+                }
+                addr
+            }
+        };
+        let weight = bounded(ctx, &bt, "weight", 1, 1, 10_000) as u32;
+        if let Some(addr) = addr {
+            backends.push(BackendConfig { addr, weight });
+        }
+    }
+    backends
+}
+
+fn read_routes(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, pools: &[PoolParts]) -> Vec<RouteConfig> {
+    let required = "at least one route is required, e.g. [[routes]] with host = \"*\", path_prefix = \"/\" and pool = \"web\"";
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    let mut used = vec![false; pools.len()];
+    match root.get("routes") {
+        None => ctx.error(None, "routes", required),
+        Some(v) => match v.get_ref() {
+            DeValue::Array(items) => {
+                if items.is_empty() {
+                    ctx.error(Some(&v.span()), "routes", required);
+                }
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("routes[{i}]");
+                    let Some(t) = as_table(ctx, item, path, "a table ([[routes]])") else {
+                        continue;
+                    };
+                    if let Some(route) = read_route(ctx, &t, pools, &mut used) {
+                        if let Some(j) = routes.iter().position(|r| {
+                            r.host == route.host && r.path_prefix == route.path_prefix
+                        }) {
+                            ctx.error(
+                                t.span.as_ref(),
+                                &t.path,
+                                format!(
+                                    "duplicate route: host {:?} with path_prefix {:?} is already routed by routes[{j}]; this route would never match",
+                                    route.host.pattern(),
+                                    route.path_prefix
+                                ),
+                            );
+                        }
+                        routes.push(route);
+                    } else {
+                        // Keep indices aligned for duplicate detection messages.
+                        routes.push(RouteConfig {
+                            host: HostMatch::Exact(String::new()),
+                            path_prefix: String::new(),
+                            pool: String::new(),
+                        });
+                    }
+                }
+            }
+            _ => type_error(ctx, v, "routes", "an array of tables ([[routes]])"),
+        },
+    }
+    if !routes.is_empty() {
+        for (pool, used) in pools.iter().zip(&used) {
+            if !used {
+                let name = &pool.config.name;
+                ctx.warning(
+                    pool.span.as_ref(),
+                    &format!("pools.{name}"),
+                    format!("pool {name:?} is not used by any route"),
+                );
+            }
+        }
+    }
+    routes
+}
+
+fn read_route(
+    ctx: &mut Ctx<'_>,
+    t: &Table<'_, '_>,
+    pools: &[PoolParts],
+    used: &mut [bool],
+) -> Option<RouteConfig> {
+    t.check_keys(ctx, ROUTE_KEYS);
+    let mut ok = true;
+    let host = match t.get("host") {
+        None => HostMatch::Any,
+        Some(v) => {
+            let path = t.child("host");
+            match as_str(ctx, v, &path).map(HostMatch::parse) {
+                Some(Ok(h)) => h,
+                Some(Err(msg)) => {
+                    ctx.error(Some(&v.span()), &path, msg);
+                    ok = false;
+                    HostMatch::Any
+                }
+                None => {
+                    ok = false;
+                    HostMatch::Any
+                }
+            }
+        }
+    };
+    let path_prefix = match t.get("path_prefix") {
+        None => "/".to_string(),
+        Some(v) => match path_value(ctx, v, &t.child("path_prefix"), "path_prefix") {
+            Some(p) => p,
+            None => {
+                ok = false;
+                "/".to_string()
+            }
+        },
+    };
+    let pool_path = t.child("pool");
+    let pool = match t.get("pool") {
+        None => {
+            ctx.error(
+                t.span.as_ref(),
+                &pool_path,
+                "missing required key `pool`: the name of the pool serving this route, e.g. pool = \"web\"",
+            );
+            None
+        }
+        Some(v) => {
+            let name = as_str(ctx, v, &pool_path);
+            if let Some(name) = name {
+                if let Some(idx) = pools.iter().position(|p| p.config.name == name) {
+                    used[idx] = true;
+                } else {
+                    let names: Vec<&str> = pools.iter().map(|p| p.config.name.as_str()).collect();
+                    let mut msg = format!("unknown pool {name:?}; ");
+                    if names.is_empty() {
+                        msg.push_str("no pools are defined");
+                    } else {
+                        msg.push_str(&format!("defined pools: {}", names.join(", ")));
+                        if let Some(s) = suggest(name, names.iter().copied()) {
+                            msg.push_str(&format!(" (did you mean {s:?}?)"));
+                            // The misspelt reference is reported here; do not also
+                            // call the intended pool unused.
+                            if let Some(idx) = names.iter().position(|n| *n == s) {
+                                used[idx] = true;
+                            }
+                        }
+                    }
+                    ctx.error(Some(&v.span()), &pool_path, msg);
+                }
+            }
+            name
+        }
+    };
+    let pool = pool?;
+    ok.then(|| RouteConfig {
+        host,
+        path_prefix,
+        pool: pool.to_string(),
+    })
+}

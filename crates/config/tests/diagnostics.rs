@@ -1,0 +1,458 @@
+//! Validation: every problem is reported, located and explained.
+
+use fulcrum_config::{parse, Diagnostic, Diagnostics, Severity};
+
+const VALID_TAIL: &str = r#"
+[[routes]]
+pool = "web"
+
+[pools.web]
+[[pools.web.backends]]
+addr = "127.0.0.1:9001"
+"#;
+
+fn errors(src: &str) -> Diagnostics {
+    match parse(src, "test.toml") {
+        Ok((config, _)) => panic!("expected errors, parsed {config:?}"),
+        Err(d) => d,
+    }
+}
+
+/// The only error of `src`.
+fn single_error(src: &str) -> Diagnostic {
+    let d = errors(src);
+    assert_eq!(d.errors.len(), 1, "{d}");
+    d.errors.into_iter().next().unwrap()
+}
+
+fn with_server(rest: &str) -> String {
+    format!("[server]\nlisten = [\"127.0.0.1:8080\"]\n{rest}")
+}
+
+#[test]
+fn reports_all_mistakes_at_once() {
+    let src = r#"[server]
+listen = ["127.0.0.1:8080", "127.0.0.1:8080"]
+threads = 0
+
+[admin]
+listen = "localhost:9900"
+
+[[routes]]
+host = "*"
+path_prefix = "api"
+pool = "web"
+
+[[routes]]
+host = "example.com"
+pool = "wbe"
+
+[pools.web]
+algoritm = "round_robin"
+retries = "5"
+
+[pools.web.health_check]
+healthy_threshold = 0
+interval_ms = 1000
+timeout_ms = 1500
+
+[[pools.web.backends]]
+addr = "127.0.0.1:9001"
+weight = -3
+"#;
+    let d = errors(src);
+    let got: Vec<(&str, usize)> = d
+        .errors
+        .iter()
+        .map(|e| (e.key_path.as_str(), e.line))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("server.listen[1]", 2),
+            ("server.threads", 3),
+            ("admin.listen", 6),
+            ("routes[0].path_prefix", 10),
+            ("routes[1].pool", 15),
+            ("pools.web.algoritm", 18),
+            ("pools.web.retries", 19),
+            ("pools.web.health_check.healthy_threshold", 22),
+            ("pools.web.health_check.timeout_ms", 24),
+            ("pools.web.backends[0].weight", 28),
+        ],
+        "{d}"
+    );
+    assert!(d.warnings.is_empty(), "{d}");
+    let text = d.to_string();
+    assert!(text.ends_with("\n10 errors, 0 warnings"), "{text}");
+    assert!(text.contains("test.toml:2:29: error: server.listen[1]: duplicate listen address 127.0.0.1:8080 (already listed as server.listen[0])"), "{text}");
+    assert!(text.contains("admin.listen: \"localhost:9900\" is not a valid socket address (expected IP:PORT, e.g. 127.0.0.1:8080); host names are not resolved"), "{text}");
+    assert!(
+        text.contains("routes[0].path_prefix: path_prefix must start with '/', got \"api\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("pools.web.retries: expected an integer, got string \"5\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("server.threads: threads must be between 1 and 1024, got 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pools.web.backends[0].weight: weight must be between 1 and 10000, got -3"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_key_suggests_nearest() {
+    let src = with_server(&format!("{VALID_TAIL}algoritm = \"p2c_ewma\"\n"));
+    let e = single_error(&src);
+    assert_eq!(e.key_path, "pools.web.backends[0].algoritm");
+    let src =
+        with_server(&VALID_TAIL.replace("[pools.web]\n", "[pools.web]\nalgoritm = \"p2c_ewma\"\n"));
+    let e = single_error(&src);
+    assert_eq!(e.severity, Severity::Error);
+    assert_eq!(e.key_path, "pools.web.algoritm");
+    assert_eq!((e.line, e.column), (8, 1));
+    assert!(
+        e.message.contains("unknown key `algoritm`"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.contains("did you mean `algorithm`?"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.contains("valid keys: algorithm, weights"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn unknown_top_level_table_suggests_nearest() {
+    let src = with_server(&format!("{VALID_TAIL}\n[pool.extra]\nx = 1\n"));
+    let e = single_error(&src);
+    assert_eq!(e.key_path, "pool");
+    assert!(e.message.contains("did you mean `pools`?"), "{}", e.message);
+}
+
+#[test]
+fn unknown_algorithm_suggests_nearest() {
+    let src = with_server(
+        &VALID_TAIL.replace("[pools.web]\n", "[pools.web]\nalgorithm = \"least_conn\"\n"),
+    );
+    let e = single_error(&src);
+    assert_eq!(e.key_path, "pools.web.algorithm");
+    assert_eq!((e.line, e.column), (8, 13));
+    assert_eq!(
+        e.message,
+        "unknown algorithm \"least_conn\"; valid: round_robin, weighted_round_robin, least_connections, p2c_ewma (did you mean \"least_connections\"?)"
+    );
+}
+
+#[test]
+fn unknown_weight_source() {
+    let src =
+        with_server(&VALID_TAIL.replace("[pools.web]\n", "[pools.web]\nweights = \"modle\"\n"));
+    let e = single_error(&src);
+    assert_eq!(e.key_path, "pools.web.weights");
+    assert!(
+        e.message
+            .contains("valid: static, model (did you mean \"model\"?)"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn syntax_error_has_position() {
+    let src = "[server]\nlisten = [\"127.0.0.1:8080\"\nthreads = 2\n";
+    let e = single_error(src);
+    assert_eq!(e.key_path, "");
+    assert_eq!(e.line, 3, "{e}");
+    assert!(e.column >= 1);
+    assert!(e.message.starts_with("invalid TOML: "), "{}", e.message);
+    assert!(e.to_string().starts_with("test.toml:3:"), "{e}");
+
+    let e = single_error("[server]\nthreads = = 2\n");
+    assert_eq!(e.line, 2, "{e}");
+}
+
+#[test]
+fn route_to_missing_pool() {
+    let src = with_server(&VALID_TAIL.replace("pool = \"web\"", "pool = \"wbe\""));
+    let e = single_error(&src);
+    assert_eq!(e.key_path, "routes[0].pool");
+    assert_eq!((e.line, e.column), (5, 8));
+    assert_eq!(
+        e.message,
+        "unknown pool \"wbe\"; defined pools: web (did you mean \"web\"?)"
+    );
+}
+
+#[test]
+fn duplicate_backend_points_at_second() {
+    let src = with_server(&format!(
+        "{VALID_TAIL}\n[[pools.web.backends]]\naddr = \"127.0.0.1:9001\"\n"
+    ));
+    let e = single_error(&src);
+    assert_eq!(e.key_path, "pools.web.backends[1].addr");
+    assert_eq!(e.line, 12);
+    assert!(
+        e.message
+            .contains("already used by pools.web.backends[0].addr"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn zero_weight() {
+    let src = with_server(&format!("{VALID_TAIL}weight = 0\n"));
+    let e = single_error(&src);
+    assert_eq!(e.key_path, "pools.web.backends[0].weight");
+    assert_eq!((e.line, e.column), (10, 10));
+    assert_eq!(e.message, "weight must be between 1 and 10000, got 0");
+}
+
+#[test]
+fn zero_thresholds() {
+    let src = with_server(&format!(
+        "{VALID_TAIL}\n[pools.web.health_check]\nunhealthy_threshold = 0\nhealthy_threshold = 0\n"
+    ));
+    let d = errors(&src);
+    let paths: Vec<&str> = d.errors.iter().map(|e| e.key_path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "pools.web.health_check.unhealthy_threshold",
+            "pools.web.health_check.healthy_threshold"
+        ]
+    );
+    assert!(d.errors[0].message.ends_with("got 0"));
+}
+
+#[test]
+fn zero_max_consecutive_failures() {
+    let src = with_server(&VALID_TAIL.replace(
+        "[pools.web]\n",
+        "[pools.web]\nmax_consecutive_failures = 0\n",
+    ));
+    let e = single_error(&src);
+    assert_eq!(e.key_path, "pools.web.max_consecutive_failures");
+}
+
+#[test]
+fn bad_listen_address() {
+    let src = format!("[server]\nlisten = [\"127.0.0.1:80800\"]\n{VALID_TAIL}");
+    let e = single_error(&src);
+    assert_eq!(e.key_path, "server.listen[0]");
+    assert_eq!((e.line, e.column), (2, 11));
+    assert_eq!(
+        e.to_string(),
+        "test.toml:2:11: error: server.listen[0]: \"127.0.0.1:80800\" is not a valid socket address (expected IP:PORT, e.g. 127.0.0.1:8080)"
+    );
+}
+
+#[test]
+fn listen_must_be_a_non_empty_array() {
+    let e = single_error(&format!(
+        "[server]\nlisten = \"127.0.0.1:8080\"\n{VALID_TAIL}"
+    ));
+    assert_eq!(e.key_path, "server.listen");
+    assert!(
+        e.message
+            .starts_with("expected an array of \"IP:PORT\" strings"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.ends_with("got string \"127.0.0.1:8080\""),
+        "{}",
+        e.message
+    );
+
+    let e = single_error(&format!("[server]\nlisten = []\n{VALID_TAIL}"));
+    assert_eq!(e.key_path, "server.listen");
+    assert!(
+        e.message.contains("at least one listen address"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn admin_listen_conflicts_with_data_listener() {
+    let src = format!(
+        "[server]\nlisten = [\"0.0.0.0:8080\"]\n[admin]\nlisten = \"127.0.0.1:8080\"\n{VALID_TAIL}"
+    );
+    let e = single_error(&src);
+    assert_eq!(e.key_path, "admin.listen");
+    assert!(
+        e.message
+            .contains("conflicts with data-plane listener 0.0.0.0:8080 (server.listen[0])"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn missing_required_sections() {
+    let d = errors("");
+    let got: Vec<(&str, usize, usize)> = d
+        .errors
+        .iter()
+        .map(|e| (e.key_path.as_str(), e.line, e.column))
+        .collect();
+    assert_eq!(
+        got,
+        [("server.listen", 1, 1), ("pools", 1, 1), ("routes", 1, 1)],
+        "{d}"
+    );
+
+    let e = single_error(&format!("\n[server]\nthreads = 4\n{VALID_TAIL}"));
+    assert_eq!(
+        (e.key_path.as_str(), e.line, e.column),
+        ("server.listen", 2, 1)
+    );
+}
+
+#[test]
+fn pool_without_backends() {
+    let src = with_server("[[routes]]\npool = \"web\"\n\n[pools.web]\nretries = 1\n");
+    let e = single_error(&src);
+    assert_eq!(e.key_path, "pools.web.backends");
+    assert_eq!(e.line, 6);
+    assert!(
+        e.message.starts_with("at least one backend is required"),
+        "{}",
+        e.message
+    );
+
+    let src = with_server("[[routes]]\npool = \"web\"\n\n[pools.web]\nbackends = []\n");
+    let e = single_error(&src);
+    assert_eq!(
+        (e.key_path.as_str(), e.line, e.column),
+        ("pools.web.backends", 7, 12)
+    );
+}
+
+#[test]
+fn invalid_host_patterns() {
+    for (host, needle) in [
+        ("foo.*.com", "wildcard"),
+        ("", "must not be empty"),
+        ("example.com:8080", "port"),
+        ("a..b", "empty label"),
+    ] {
+        let src = with_server(&VALID_TAIL.replace(
+            "pool = \"web\"",
+            &format!("host = {host:?}\npool = \"web\""),
+        ));
+        let e = single_error(&src);
+        assert_eq!(e.key_path, "routes[0].host");
+        assert_eq!(e.line, 5);
+        assert!(e.message.contains(needle), "{host:?}: {}", e.message);
+        assert!(
+            e.message.contains(&format!("{host:?}")) || host.is_empty(),
+            "{}",
+            e.message
+        );
+    }
+}
+
+#[test]
+fn duplicate_routes_are_errors() {
+    let src = with_server(&format!(
+        "{VALID_TAIL}\n[[routes]]\nhost = \"*\"\npath_prefix = \"/\"\npool = \"web\"\n"
+    ));
+    let e = single_error(&src);
+    assert_eq!(e.key_path, "routes[1]");
+    assert_eq!(e.line, 11);
+    assert!(
+        e.message.contains("already routed by routes[0]"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn timeout_longer_than_interval() {
+    let src = with_server(&format!(
+        "{VALID_TAIL}\n[pools.web.health_check]\ninterval_ms = 100\ntimeout_ms = 200\n"
+    ));
+    let e = single_error(&src);
+    assert_eq!(e.key_path, "pools.web.health_check.timeout_ms");
+    assert_eq!(
+        e.message,
+        "timeout_ms (200) must not exceed interval_ms (100)"
+    );
+}
+
+#[test]
+fn unused_pool_is_a_warning() {
+    let src = with_server(&format!(
+        "{VALID_TAIL}\n[pools.spare]\n[[pools.spare.backends]]\naddr = \"127.0.0.1:9100\"\n"
+    ));
+    let (config, warnings) = parse(&src, "test.toml").unwrap();
+    assert_eq!(config.pools.len(), 2);
+    assert_eq!(warnings.len(), 1);
+    let w = &warnings[0];
+    assert_eq!(w.severity, Severity::Warning);
+    assert_eq!(
+        (w.key_path.as_str(), w.line, w.column),
+        ("pools.spare", 11, 1)
+    );
+    assert_eq!(
+        w.to_string(),
+        "test.toml:11:1: warning: pools.spare: pool \"spare\" is not used by any route"
+    );
+}
+
+#[test]
+fn round_robin_with_weights_warns() {
+    let src = with_server(&format!(
+        "{}\n[[pools.web.backends]]\naddr = \"127.0.0.1:9002\"\nweight = 4\n",
+        VALID_TAIL.replace(
+            "[pools.web]\n",
+            "[pools.web]\nalgorithm = \"round_robin\"\n"
+        )
+    ));
+    let (_, warnings) = parse(&src, "test.toml").unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].key_path, "pools.web.algorithm");
+}
+
+#[test]
+fn wrong_types_name_expected_and_actual() {
+    let src = with_server(&VALID_TAIL.replace(
+        "[pools.web]\n",
+        "[pools.web]\nconnect_timeout_ms = 1.5\nalgorithm = 3\n[pools.web.health_check]\nenabled = \"yes\"\n",
+    ));
+    let d = errors(&src);
+    let msgs: Vec<&str> = d.errors.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(
+        msgs,
+        [
+            "expected an integer, got float 1.5",
+            "expected a string, got integer 3",
+            "expected a boolean (true or false), got string \"yes\"",
+        ],
+        "{d}"
+    );
+}
+
+#[test]
+fn unicode_columns_count_characters() {
+    let src =
+        with_server(&VALID_TAIL.replace("[pools.web]\n", "[pools.web]\nweights = \"é\" ; x = 1\n"));
+    // `;` is not valid TOML after a value: a syntax error located on that line.
+    let e = single_error(&src);
+    assert_eq!(e.line, 8);
+    assert_eq!(e.column, 15, "{e}");
+}
