@@ -1,1 +1,216 @@
-//! placeholder
+//! fulcrum's data plane: a pingora HTTP proxy with per-pool balancing, health checks,
+//! retries, Prometheus metrics and an admin API.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod health;
+pub mod metrics;
+pub mod router;
+pub mod service;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use fulcrum_config::Config;
+use metrics_exporter_prometheus::PrometheusHandle;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+pub use service::FulcrumProxy;
+pub use state::Upstreams;
+
+/// Where the running configuration came from, so a reload knows what to read.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// The configuration embedded in the binary; reloads re-read nothing.
+    Embedded,
+    /// A file on disk, re-read on `SIGHUP` or `POST /api/config/reload`.
+    File(PathBuf),
+}
+
+/// State shared by the data plane, the admin API and the health checkers.
+pub struct Shared {
+    /// The live upstream state; swapped whole on reload.
+    pub upstreams: ArcSwap<Upstreams>,
+    /// The configuration the upstreams were built from.
+    pub config: ArcSwap<Config>,
+    /// Where the configuration is reloaded from.
+    pub source: ConfigSource,
+    /// Renders the Prometheus exposition.
+    pub metrics: PrometheusHandle,
+}
+
+/// Errors that stop the proxy from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The metrics recorder could not be installed.
+    #[error("cannot install the metrics recorder: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    /// A listener address is taken or not bindable.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin thread could not start.
+    #[error("cannot start the admin runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Start the admin listener, health checks and the pingora data plane; blocks until shutdown.
+pub fn serve(config: Config, source: ConfigSource) -> Result<(), StartError> {
+    let metrics = metrics::install()?;
+    let admin_listener =
+        std::net::TcpListener::bind(config.admin.listen).map_err(|e| StartError::Bind {
+            addr: config.admin.listen,
+            what: "admin",
+            source: e,
+        })?;
+    admin_listener
+        .set_nonblocking(true)
+        .map_err(StartError::Runtime)?;
+    // Fail early and clearly if a data-plane address is taken; pingora would panic instead.
+    for addr in &config.server.listen {
+        std::net::TcpListener::bind(addr).map_err(|e| StartError::Bind {
+            addr: *addr,
+            what: "proxy",
+            source: e,
+        })?;
+    }
+
+    let shared = Arc::new(Shared {
+        upstreams: ArcSwap::from_pointee(Upstreams::build(&config)),
+        config: ArcSwap::from_pointee(config.clone()),
+        source,
+        metrics,
+    });
+
+    let admin_shared = shared.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    std::thread::Builder::new()
+        .name("fulcrum-admin".into())
+        .spawn(move || rt.block_on(admin_main(admin_listener, admin_shared)))
+        .map_err(StartError::Runtime)?;
+
+    let mut conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period_s),
+        graceful_shutdown_timeout_seconds: Some(config.server.grace_period_s),
+        // fulcrum bounds attempts per pool itself; this is only pingora's outer safety cap.
+        max_retries: 16,
+        ..ServerConf::default()
+    };
+    conf.upstream_keepalive_pool_size = 1024;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        FulcrumProxy::new(shared.clone()),
+        "fulcrum",
+    );
+    let mut opts = HttpServerOptions::default();
+    // HTTP/2 with prior knowledge on cleartext listeners, beside HTTP/1.1.
+    opts.h2c = true;
+    if let Some(app) = proxy.app_logic_mut() {
+        app.server_options = Some(opts);
+    }
+    for addr in &config.server.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+    log::info!(
+        "fulcrum {} proxying on {:?}, admin on http://{}",
+        env!("CARGO_PKG_VERSION"),
+        config.server.listen,
+        config.admin.listen
+    );
+    server.run(RunArgs::default());
+    Ok(())
+}
+
+async fn admin_main(listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("admin listener failed: {e}");
+            return;
+        }
+    };
+    let (reload_tx, mut reload_rx) = mpsc::channel::<admin::ReloadRequest>(4);
+    let mut health_tasks = JoinSet::new();
+    health::spawn_all(&shared.upstreams.load_full(), &mut health_tasks);
+    tokio::spawn(admin::serve(listener, shared.clone(), reload_tx.clone()));
+
+    // SIGHUP asks for a reload, as with nginx and HAProxy.
+    let sighup_tx = reload_tx;
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if sighup_tx.send(tx).await.is_err() {
+                return;
+            }
+            let _ = rx.await;
+        }
+    });
+
+    while let Some(reply) = reload_rx.recv().await {
+        let result = reload(&shared, &mut health_tasks);
+        let label = if result.is_ok() { "ok" } else { "error" };
+        ::metrics::counter!(metrics::CONFIG_RELOADS_TOTAL, "result" => label).increment(1);
+        match &result {
+            Ok(msg) => log::info!("{}", msg.trim_end()),
+            Err(msg) => log::error!(
+                "configuration reload refused, the running configuration stays:\n{}",
+                msg.trim_end()
+            ),
+        }
+        let _ = reply.send(result);
+    }
+}
+
+/// Re-read and validate the configuration; swap it in only when it is valid.
+fn reload(shared: &Shared, health_tasks: &mut JoinSet<()>) -> Result<String, String> {
+    let path = match &shared.source {
+        ConfigSource::Embedded => {
+            return Err("running on the embedded configuration; nothing to reload\n".into())
+        }
+        ConfigSource::File(p) => p,
+    };
+    let (config, warnings) = fulcrum_config::load(path).map_err(|d| d.to_string())?;
+    let old = shared.config.load();
+    let mut notes = String::new();
+    for w in &warnings {
+        notes.push_str(&format!("{w}\n"));
+    }
+    if config.server != old.server || config.admin != old.admin {
+        notes.push_str("note: [server] and [admin] changes take effect on restart\n");
+    }
+    let upstreams = Arc::new(Upstreams::build(&config));
+    health_tasks.abort_all();
+    health::spawn_all(&upstreams, health_tasks);
+    shared.upstreams.store(upstreams);
+    shared.config.store(Arc::new(config));
+    Ok(format!(
+        "configuration reloaded from {}\n{notes}",
+        path.display()
+    ))
+}

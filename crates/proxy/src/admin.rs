@@ -1,0 +1,217 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/api/pools`, `POST /api/config/reload`.
+//!
+//! It runs on its own thread and runtime, apart from the data plane, so a slow scrape can never
+//! take a worker from client traffic.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Shared;
+
+/// A request to reload the configuration, answered with the outcome.
+pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+
+/// Serve the admin API on `listener` until the process ends.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    reload: mpsc::Sender<ReloadRequest>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        let reload = reload.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(req, shared.clone(), reload.clone()));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    reload: mpsc::Sender<ReloadRequest>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            for pool in &shared.upstreams.load().pools {
+                pool.refresh_gauges();
+            }
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                shared.metrics.render(),
+            )
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => {
+            let upstreams = shared.upstreams.load();
+            if upstreams.ready() {
+                text(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                let down: Vec<&str> = upstreams
+                    .pools
+                    .iter()
+                    .filter(|p| p.pool.healthy_count() == 0)
+                    .map(|p| p.config.name.as_str())
+                    .collect();
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!(
+                        "not ready: no healthy backend in pool(s): {}\n",
+                        down.join(", ")
+                    ),
+                )
+            }
+        }
+        (&Method::GET, "/api/pools") => {
+            let body = serde_json::to_vec_pretty(&pools_snapshot(&shared)).unwrap_or_default();
+            text(StatusCode::OK, "application/json", body)
+        }
+        (&Method::POST, "/api/config/reload") => {
+            let (tx, rx) = oneshot::channel();
+            if reload.send(tx).await.is_err() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "reloader is not running\n",
+                )
+            } else {
+                match rx.await {
+                    Ok(Ok(msg)) => text(StatusCode::OK, "text/plain", msg),
+                    Ok(Err(msg)) => text(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", msg),
+                    Err(_) => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        "reload aborted\n",
+                    ),
+                }
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/api/pools" | "/api/config/reload") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics /healthz /readyz /api/pools\n",
+        ),
+    };
+    Ok(resp)
+}
+
+/// `/api/pools` document.
+#[derive(Debug, Serialize)]
+pub struct PoolsSnapshot {
+    /// Every pool in configuration order.
+    pub pools: Vec<PoolSnapshot>,
+}
+
+/// One pool in `/api/pools`.
+#[derive(Debug, Serialize)]
+pub struct PoolSnapshot {
+    /// Pool name.
+    pub name: String,
+    /// Picker algorithm.
+    pub algorithm: &'static str,
+    /// Where weights come from (`static` or `model`).
+    pub weights: &'static str,
+    /// Backends currently eligible for traffic.
+    pub healthy_backends: usize,
+    /// Per-backend state.
+    pub backends: Vec<BackendSnapshot>,
+}
+
+/// One backend in `/api/pools`.
+#[derive(Debug, Serialize)]
+pub struct BackendSnapshot {
+    /// `ip:port`.
+    pub addr: String,
+    /// Eligible for traffic.
+    pub healthy: bool,
+    /// Weight from the configuration.
+    pub static_weight: u32,
+    /// Weight the picker uses now.
+    pub weight: f64,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Peak-EWMA latency estimate, milliseconds.
+    pub ewma_latency_ms: f64,
+    /// Completed attempts.
+    pub requests: u64,
+    /// Failed attempts (5xx, connect failures, timeouts).
+    pub errors: u64,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+}
+
+/// Build the `/api/pools` document from live state.
+pub fn pools_snapshot(shared: &Shared) -> PoolsSnapshot {
+    let now = fulcrum_balance::now_ns();
+    let upstreams = shared.upstreams.load();
+    let pools = upstreams
+        .pools
+        .iter()
+        .map(|p| {
+            let weights = p.pool.weights();
+            PoolSnapshot {
+                name: p.config.name.clone(),
+                algorithm: p.config.algorithm.as_str(),
+                weights: match p.config.weights {
+                    fulcrum_config::WeightSource::Static => "static",
+                    fulcrum_config::WeightSource::Model => "model",
+                },
+                healthy_backends: p.pool.healthy_count(),
+                backends: p
+                    .pool
+                    .backends()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| BackendSnapshot {
+                        addr: b.name.clone(),
+                        healthy: b.stats.is_healthy(),
+                        static_weight: b.static_weight,
+                        weight: weights.weights().get(i).copied().unwrap_or(0.0),
+                        in_flight: b.stats.in_flight(),
+                        ewma_latency_ms: b.stats.ewma_ns(now) / 1e6,
+                        requests: b.stats.requests(),
+                        errors: b.stats.errors(),
+                        consecutive_failures: b.stats.consecutive_failures(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    PoolsSnapshot { pools }
+}

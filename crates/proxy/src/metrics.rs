@@ -1,0 +1,196 @@
+//! Prometheus metrics: names in one place, per-backend handles registered once.
+//!
+//! Request-path code never builds label sets: it increments handles that were registered when
+//! the pool was built. Gauges that mirror live atomics (in-flight, up, weight) are refreshed
+//! just before each scrape instead of on every request.
+
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Requests answered, by pool, backend and status class.
+pub const REQUESTS_TOTAL: &str = "fulcrum_requests_total";
+/// Client-visible request duration, by pool and backend.
+pub const REQUEST_DURATION_SECONDS: &str = "fulcrum_request_duration_seconds";
+/// Requests currently in flight to a backend.
+pub const BACKEND_IN_FLIGHT: &str = "fulcrum_backend_in_flight";
+/// 1 when a backend is eligible for traffic, 0 when ejected.
+pub const BACKEND_UP: &str = "fulcrum_backend_up";
+/// The weight the picker currently uses for a backend.
+pub const BACKEND_WEIGHT: &str = "fulcrum_backend_weight";
+/// Extra attempts made after a failed one.
+pub const RETRIES_TOTAL: &str = "fulcrum_retries_total";
+/// Failed active health checks.
+pub const HEALTH_CHECK_FAILURES_TOTAL: &str = "fulcrum_health_check_failures_total";
+/// Passive ejections after consecutive failures.
+pub const PASSIVE_EJECTIONS_TOTAL: &str = "fulcrum_passive_ejections_total";
+/// Requests that matched no route.
+pub const UNROUTED_REQUESTS_TOTAL: &str = "fulcrum_unrouted_requests_total";
+/// Requests rejected before routing (malformed framing and the like).
+pub const REJECTED_REQUESTS_TOTAL: &str = "fulcrum_rejected_requests_total";
+/// Configuration reloads, by result.
+pub const CONFIG_RELOADS_TOTAL: &str = "fulcrum_config_reloads_total";
+/// Constant 1 labelled with the build's version.
+pub const BUILD_INFO: &str = "fulcrum_build_info";
+
+/// Status classes used as the `code_class` label; `error` is a request that got no response.
+pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Buckets for request durations, in seconds: 0.5 ms to 30 s.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    30.0,
+];
+
+/// Install the process-wide recorder and describe every metric. Call once, before any pool is built.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(REQUEST_DURATION_SECONDS.to_string()),
+            &DURATION_BUCKETS,
+        )?
+        .install_recorder()?;
+    describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by pool, backend and status class."
+    );
+    describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Client-visible request duration, by pool and backend."
+    );
+    describe_gauge!(
+        BACKEND_IN_FLIGHT,
+        "Requests currently in flight to a backend."
+    );
+    describe_gauge!(
+        BACKEND_UP,
+        "1 when a backend is eligible for traffic, 0 when ejected."
+    );
+    describe_gauge!(
+        BACKEND_WEIGHT,
+        "The weight the picker currently uses for a backend."
+    );
+    describe_counter!(RETRIES_TOTAL, "Extra attempts made after a failed attempt.");
+    describe_counter!(HEALTH_CHECK_FAILURES_TOTAL, "Failed active health checks.");
+    describe_counter!(
+        PASSIVE_EJECTIONS_TOTAL,
+        "Backends ejected after consecutive failures."
+    );
+    describe_counter!(
+        UNROUTED_REQUESTS_TOTAL,
+        "Requests that matched no route (answered 404)."
+    );
+    describe_counter!(
+        REJECTED_REQUESTS_TOTAL,
+        "Requests rejected before routing for malformed framing."
+    );
+    describe_counter!(CONFIG_RELOADS_TOTAL, "Configuration reloads, by result.");
+    describe_gauge!(BUILD_INFO, "Constant 1, labelled with the fulcrum version.");
+}
+
+/// Handles for one backend of one pool.
+#[derive(Debug)]
+pub struct BackendMetrics {
+    requests: [Counter; 6],
+    /// Request duration histogram.
+    pub duration: Histogram,
+    /// Retries that left this backend.
+    pub retries: Counter,
+    /// Failed active health checks.
+    pub health_check_failures: Counter,
+    /// Passive ejections.
+    pub passive_ejections: Counter,
+    in_flight: Gauge,
+    up: Gauge,
+    weight: Gauge,
+}
+
+impl BackendMetrics {
+    /// Register every handle for `backend` in `pool`.
+    pub fn register(pool: &str, backend: &str, weight_source: &'static str) -> Self {
+        let p = pool.to_string();
+        let b = backend.to_string();
+        let requests = CODE_CLASSES.map(|class| {
+            metrics::counter!(REQUESTS_TOTAL, "pool" => p.clone(), "backend" => b.clone(), "code_class" => class)
+        });
+        BackendMetrics {
+            requests,
+            duration: metrics::histogram!(REQUEST_DURATION_SECONDS, "pool" => p.clone(), "backend" => b.clone()),
+            retries: metrics::counter!(RETRIES_TOTAL, "pool" => p.clone(), "backend" => b.clone()),
+            health_check_failures: metrics::counter!(HEALTH_CHECK_FAILURES_TOTAL, "pool" => p.clone(), "backend" => b.clone()),
+            passive_ejections: metrics::counter!(PASSIVE_EJECTIONS_TOTAL, "pool" => p.clone(), "backend" => b.clone()),
+            in_flight: metrics::gauge!(BACKEND_IN_FLIGHT, "pool" => p.clone(), "backend" => b.clone()),
+            up: metrics::gauge!(BACKEND_UP, "pool" => p.clone(), "backend" => b.clone()),
+            weight: metrics::gauge!(BACKEND_WEIGHT, "pool" => p, "backend" => b, "source" => weight_source),
+        }
+    }
+
+    /// Count one answered request with `status` (0 = no response was sent).
+    pub fn count_response(&self, status: u16) {
+        self.requests[code_class_index(status)].increment(1);
+    }
+
+    /// Mirror live state into the gauges (called before a scrape).
+    pub fn refresh(&self, in_flight: u64, up: bool, weight: f64) {
+        self.in_flight.set(in_flight as f64);
+        self.up.set(if up { 1.0 } else { 0.0 });
+        self.weight.set(weight);
+    }
+}
+
+/// Index into [`CODE_CLASSES`] for a status code.
+pub fn code_class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}
+
+/// Handles for requests that never reached a pool's backends.
+#[derive(Debug)]
+pub struct PoolMetrics {
+    /// Requests answered without a backend (no healthy backend: 503), by class.
+    requests_without_backend: [Counter; 6],
+}
+
+impl PoolMetrics {
+    /// Register the pool-level handles.
+    pub fn register(pool: &str) -> Self {
+        let p = pool.to_string();
+        PoolMetrics {
+            requests_without_backend: CODE_CLASSES.map(|class| {
+                metrics::counter!(REQUESTS_TOTAL, "pool" => p.clone(), "backend" => "none", "code_class" => class)
+            }),
+        }
+    }
+
+    /// Count a request that was answered without a backend.
+    pub fn count_response(&self, status: u16) {
+        self.requests_without_backend[code_class_index(status)].increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_classes() {
+        assert_eq!(CODE_CLASSES[code_class_index(101)], "1xx");
+        assert_eq!(CODE_CLASSES[code_class_index(200)], "2xx");
+        assert_eq!(CODE_CLASSES[code_class_index(404)], "4xx");
+        assert_eq!(CODE_CLASSES[code_class_index(503)], "5xx");
+        assert_eq!(CODE_CLASSES[code_class_index(0)], "error");
+    }
+}

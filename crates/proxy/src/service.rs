@@ -1,0 +1,500 @@
+//! The pingora proxy service: routing, picking, retries, forwarded headers, accounting.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fulcrum_balance::{now_ns, InFlightGuard, Outcome, Tried};
+use http::header::{self, HeaderName};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::router::normalize_host;
+use crate::state::Upstreams;
+use crate::Shared;
+
+/// Per-request state carried through pingora's phases.
+pub struct RequestCtx {
+    started_ns: u64,
+    upstreams: Option<Arc<Upstreams>>,
+    pool: Option<usize>,
+    tried: Tried,
+    attempts: u32,
+    lease: Option<InFlightGuard>,
+    attempt_started_ns: u64,
+    attempt_recorded: bool,
+    original_host: Option<Bytes>,
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// The fulcrum proxy logic plugged into pingora.
+pub struct FulcrumProxy {
+    shared: Arc<Shared>,
+}
+
+impl FulcrumProxy {
+    /// A proxy serving the shared, swappable upstream state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        FulcrumProxy { shared }
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// Whether the raw HTTP/1 request head carries a `Content-Length` header. pingora drops
+/// `Content-Length` when `Transfer-Encoding` is present, so the raw bytes are the only witness.
+fn raw_head_has_content_length(session: &Session) -> bool {
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return false;
+    };
+    let raw = h1.get_headers_raw_bytes();
+    raw.split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
+/// Answer from the proxy itself, keeping the client connection open (unlike pingora's error
+/// responses, which always close it).
+async fn respond_local(session: &mut Session, status: u16, body: &'static [u8]) -> Result<()> {
+    // The unread request body must go before the connection can carry another request; a
+    // small one is drained, anything larger or of unknown length closes the connection.
+    let small_body = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|len| len <= 64 * 1024);
+    let no_body = !session
+        .req_header()
+        .headers
+        .contains_key(header::CONTENT_LENGTH)
+        && !session
+            .req_header()
+            .headers
+            .contains_key(header::TRANSFER_ENCODING);
+    if small_body {
+        session.as_downstream_mut().drain_request_body().await?;
+    } else if !no_body {
+        session.set_keepalive(None);
+    }
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body)), true)
+        .await
+}
+
+/// Remove hop-by-hop headers, including any the `Connection` header names.
+fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        req.remove_header(&n);
+    }
+    for h in HOP_BY_HOP {
+        req.remove_header(h);
+    }
+    if keep_upgrade {
+        // An upgrade (e.g. WebSocket) needs `Connection: upgrade` to reach the backend.
+        let _ = req.insert_header(header::CONNECTION, "upgrade");
+    } else {
+        req.remove_header(&header::UPGRADE);
+    }
+}
+
+fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
+    let upgrade = resp.status.as_u16() == 101;
+    let named: Vec<HeaderName> = resp
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        resp.remove_header(&n);
+    }
+    for h in ["keep-alive", "proxy-connection", "proxy-authenticate"] {
+        resp.remove_header(h);
+    }
+    if !upgrade {
+        resp.remove_header(&header::CONNECTION);
+        resp.remove_header(&header::UPGRADE);
+    }
+}
+
+impl RequestCtx {
+    fn pool(&self) -> Option<&crate::state::PoolRuntime> {
+        Some(&self.upstreams.as_ref()?.pools[self.pool?])
+    }
+
+    /// Record the current attempt's outcome once; returns the backend index it ran on.
+    fn record_attempt(&mut self, outcome: Outcome) -> Option<usize> {
+        let idx = self.lease.as_ref()?.backend_index();
+        if !self.attempt_recorded {
+            self.attempt_recorded = true;
+            let now = now_ns();
+            let latency = now.saturating_sub(self.attempt_started_ns);
+            let pool = self.pool()?;
+            if pool.pool.record(idx, latency, outcome, now) {
+                pool.backend_metrics[idx].passive_ejections.increment(1);
+                log::warn!(
+                    "pool {}: backend {} ejected after {} consecutive failures",
+                    pool.config.name,
+                    pool.pool.backends()[idx].name,
+                    pool.config.max_consecutive_failures
+                );
+            }
+        }
+        Some(idx)
+    }
+
+    /// Whether another attempt is allowed by the pool's retry budget.
+    fn may_retry(&self) -> bool {
+        self.pool()
+            .is_some_and(|p| self.attempts <= p.config.retries)
+    }
+
+    fn count_retry(&self, idx: usize) {
+        if let Some(p) = self.pool() {
+            p.backend_metrics[idx].retries.increment(1);
+        }
+    }
+}
+
+fn failure_outcome(e: &Error) -> Outcome {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            Outcome::Timeout
+        }
+        ErrorType::HTTPStatus(code) if *code >= 500 => Outcome::ServerError,
+        _ => Outcome::OtherFailure,
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for FulcrumProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx {
+            started_ns: now_ns(),
+            upstreams: None,
+            pool: None,
+            tried: Tried::default(),
+            attempts: 0,
+            lease: None,
+            attempt_started_ns: 0,
+            attempt_recorded: true,
+            original_host: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let req = session.req_header();
+        if req.headers.contains_key(header::TRANSFER_ENCODING)
+            && raw_head_has_content_length(session)
+        {
+            // Both framings at once is the classic request-smuggling vector: refuse it.
+            metrics::counter!(crate::metrics::REJECTED_REQUESTS_TOTAL, "reason" => "content_length_and_transfer_encoding").increment(1);
+            session.set_keepalive(None);
+            session
+                .respond_error_with_body(
+                    400,
+                    Bytes::from_static(b"bad request: both Content-Length and Transfer-Encoding\n"),
+                )
+                .await?;
+            return Ok(true);
+        }
+        let req = session.req_header();
+        let host_value = req
+            .headers
+            .get(header::HOST)
+            .map(|v| v.as_bytes())
+            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+        let host = host_value
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .map(normalize_host)
+            .unwrap_or_default();
+        let upstreams = self.shared.upstreams.load_full();
+        let routed = upstreams.router.route(&host, req.uri.path());
+        ctx.original_host = host_value.map(Bytes::copy_from_slice);
+        match routed {
+            Some(pool) => {
+                ctx.pool = Some(pool);
+                ctx.upstreams = Some(upstreams);
+                Ok(false)
+            }
+            None => {
+                metrics::counter!(crate::metrics::UNROUTED_REQUESTS_TOTAL).increment(1);
+                respond_local(session, 404, b"no route for this host and path\n").await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        // A previous attempt's lease ends here; its outcome was recorded by the failure hook.
+        ctx.lease = None;
+        ctx.attempts += 1;
+        let Some(pool) = ctx.pool() else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "request reached upstream selection without a pool",
+            );
+        };
+        let now = now_ns();
+        let Some(idx) = pool.pool.pick(ctx.tried, now) else {
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend in pool");
+        };
+        let peer = Box::new(pool.peers[idx].clone());
+        let lease = pool.pool.lease(idx);
+        ctx.tried.insert(idx);
+        ctx.lease = Some(lease);
+        ctx.attempt_started_ns = now;
+        ctx.attempt_recorded = false;
+        Ok(peer)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the backend, so any method may go elsewhere.
+        let outcome = if matches!(e.etype(), ErrorType::ConnectTimedout) {
+            Outcome::Timeout
+        } else {
+            Outcome::ConnectFailure
+        };
+        if let Some(idx) = ctx.record_attempt(outcome) {
+            let retry = ctx.may_retry();
+            e.set_retry(retry);
+            if retry {
+                ctx.count_retry(idx);
+            }
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        let was_recorded = ctx.attempt_recorded;
+        let idx = ctx.record_attempt(failure_outcome(&e));
+        // Past connect, only an idempotent request with no response byte sent may be replayed.
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+            && !was_recorded;
+        let retry = replayable && ctx.may_retry();
+        e.set_retry(retry);
+        if let (true, Some(idx)) = (retry, idx) {
+            ctx.count_retry(idx);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let keep_upgrade = session.is_upgrade_req();
+        strip_hop_by_hop_request(upstream_request, keep_upgrade);
+        if let Some(ip) = client_ip(session) {
+            let xff = match upstream_request.headers.get("x-forwarded-for") {
+                Some(prev) if !prev.is_empty() => {
+                    let mut v = Vec::with_capacity(prev.len() + 48);
+                    v.extend_from_slice(prev.as_bytes());
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(ip.to_string().as_bytes());
+                    v
+                }
+                _ => ip.to_string().into_bytes(),
+            };
+            upstream_request.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        if let Some(host) = ctx.original_host.as_ref() {
+            upstream_request.insert_header("x-forwarded-host", host.as_ref())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if status >= 200 || status == 101 {
+            let outcome = if status >= 500 {
+                Outcome::ServerError
+            } else {
+                Outcome::Success
+            };
+            ctx.record_attempt(outcome);
+        }
+        strip_hop_by_hop_response(upstream_response);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut Self::CTX,
+    ) -> FailToProxy
+    where
+        Self::CTX: Send + Sync,
+    {
+        let (code, body): (u16, &'static [u8]) = match e.etype() {
+            ErrorType::HTTPStatus(503) => (503, b"no healthy backend available\n"),
+            ErrorType::HTTPStatus(code) => (*code, b"request failed\n"),
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if *e.esource() == ErrorSource::Upstream =>
+            {
+                (504, b"upstream timed out\n")
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, b"upstream failed\n"),
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        (0, b"")
+                    }
+                    _ => (400, b"bad request\n"),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => (500, b"internal error\n"),
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            if let Err(err) = session
+                .respond_error_with_body(code, Bytes::from_static(body))
+                .await
+            {
+                log::debug!("could not send the {code} error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        let Some(pool) = ctx.pool() else { return };
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = now_ns().saturating_sub(ctx.started_ns) as f64 / 1e9;
+        match ctx.lease.as_ref().map(|l| l.backend_index()) {
+            Some(idx) => {
+                let m = &pool.backend_metrics[idx];
+                m.count_response(status);
+                m.duration.record(elapsed);
+            }
+            None => pool.metrics.count_response(status),
+        }
+        // If the response ended without the header hook seeing it (e.g. a broken body), the
+        // attempt still counts.
+        if !ctx.attempt_recorded {
+            ctx.record_attempt(if status == 0 {
+                Outcome::OtherFailure
+            } else if status >= 500 {
+                Outcome::ServerError
+            } else {
+                Outcome::Success
+            });
+        }
+        ctx.lease = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_request_headers_are_removed() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("connection", "keep-alive, x-private")
+            .unwrap();
+        req.insert_header("keep-alive", "timeout=5").unwrap();
+        req.insert_header("x-private", "secret").unwrap();
+        req.insert_header("te", "trailers").unwrap();
+        req.insert_header("upgrade", "h2c").unwrap();
+        req.insert_header("x-kept", "yes").unwrap();
+        strip_hop_by_hop_request(&mut req, false);
+        for h in ["connection", "keep-alive", "x-private", "te", "upgrade"] {
+            assert!(req.headers.get(h).is_none(), "{h} should be stripped");
+        }
+        assert_eq!(req.headers.get("x-kept").unwrap(), "yes");
+    }
+
+    #[test]
+    fn websocket_upgrade_survives() {
+        let mut req = RequestHeader::build("GET", b"/ws", None).unwrap();
+        req.insert_header("connection", "Upgrade").unwrap();
+        req.insert_header("upgrade", "websocket").unwrap();
+        strip_hop_by_hop_request(&mut req, true);
+        assert_eq!(req.headers.get("upgrade").unwrap(), "websocket");
+        assert_eq!(req.headers.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn hop_by_hop_response_headers_are_removed() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("connection", "close, x-hop").unwrap();
+        resp.insert_header("x-hop", "1").unwrap();
+        resp.insert_header("keep-alive", "timeout=5").unwrap();
+        resp.insert_header("content-type", "text/plain").unwrap();
+        strip_hop_by_hop_response(&mut resp);
+        assert!(resp.headers.get("connection").is_none());
+        assert!(resp.headers.get("x-hop").is_none());
+        assert!(resp.headers.get("keep-alive").is_none());
+        assert!(resp.headers.get("content-type").is_some());
+    }
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Install what fulcrum needs on a Debian machine, skipping whatever is already there.
+# Usage: scripts/setup.sh [build|test|bench]
+#   build: cmake (pingora's zlib-ng needs it) and a Rust toolchain check
+#   test:  build + promtool (Debian package `prometheus`) for the metrics test
+#   bench: test + wrk, nginx-light, haproxy for the peer comparison
+set -euo pipefail
+want="${1:-build}"
+
+need_cmds=(cmake)
+need_pkgs=(cmake)
+if [[ "$want" == test || "$want" == bench ]]; then
+  need_cmds+=(promtool); need_pkgs+=(prometheus)
+fi
+if [[ "$want" == bench ]]; then
+  need_cmds+=(wrk nginx haproxy taskset); need_pkgs+=(wrk nginx-light haproxy util-linux)
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is not installed. Install Rust (https://rustup.rs) and run this again." >&2
+  exit 1
+fi
+
+missing=()
+for i in "${!need_cmds[@]}"; do
+  command -v "${need_cmds[$i]}" >/dev/null 2>&1 || missing+=("${need_pkgs[$i]}")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+echo "setup: installing ${missing[*]}" >&2
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "setup: no apt-get here; install these yourself: ${missing[*]}" >&2
+  exit 1
+fi
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    SUDO="sudo"
+  else
+    echo "setup: not root and no password-less sudo. As root, run:" >&2
+    echo "    apt-get update && apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
+  echo "setup: apt-get could not install ${missing[*]} (no network or no package mirror?)." >&2
+  echo "       Install them by another route and run this again." >&2
+  exit 1
+fi
+# The prometheus package starts a server we do not need; leave the machine as we found it.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi

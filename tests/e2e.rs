@@ -1,0 +1,523 @@
+//! End-to-end tests: the real `fulcrum` binary, real loopback backends, real sockets.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn tally(f: &Fulcrum, n: usize) -> HashMap<String, usize> {
+    let mut conn = Conn::open(f.proxy).await.unwrap();
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let r = conn.send("GET", "/", &[], b"").await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        *counts
+            .entry(r.header("x-backend").unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_300_requests_evenly() {
+    let b = backends(3).await;
+    let spec = PoolSpec::new("round_robin", &[&b[0], &b[1], &b[2]]);
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let counts = tally(&f, 300).await;
+    assert_eq!(counts.get("b1"), Some(&100), "{counts:?}");
+    assert_eq!(counts.get("b2"), Some(&100), "{counts:?}");
+    assert_eq!(counts.get("b3"), Some(&100), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smooth_weighted_5_1_1_gives_500_100_100() {
+    let b = backends(3).await;
+    let mut spec = PoolSpec::new("weighted_round_robin", &[&b[0], &b[1], &b[2]]);
+    spec.backends[0].1 = 5;
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let counts = tally(&f, 700).await;
+    assert_eq!(counts.get("b1"), Some(&500), "{counts:?}");
+    assert_eq!(counts.get("b2"), Some(&100), "{counts:?}");
+    assert_eq!(counts.get("b3"), Some(&100), "{counts:?}");
+    // Smooth: each cycle of 7 interleaves as a a b a c a a, not a a a a a b c.
+    let mut conn = Conn::open(f.proxy).await.unwrap();
+    let mut seq = String::new();
+    for _ in 0..14 {
+        let r = conn.send("GET", "/", &[], b"").await.unwrap();
+        seq.push_str(r.header("x-backend").unwrap());
+    }
+    assert_eq!(seq, "b1b1b2b1b3b1b1".repeat(2), "not smooth");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_sends_a_slow_backend_clearly_fewer() {
+    let b = backends(3).await;
+    b[2].set_delay(Duration::from_millis(200));
+    let spec = PoolSpec::new("least_connections", &[&b[0], &b[1], &b[2]]);
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    // 200 requests from 20 concurrent keep-alive clients.
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let next = next.clone();
+        let proxy = f.proxy;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(proxy).await.unwrap();
+            let mut seen = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < 200 {
+                let r = conn.send("GET", "/", &[], b"").await.unwrap();
+                assert_eq!(r.status, 200);
+                seen.push(r.header("x-backend").unwrap().to_string());
+            }
+            seen
+        }));
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        for name in t.await.unwrap() {
+            *counts.entry(name).or_insert(0) += 1;
+        }
+    }
+    let slow = counts.get("b3").copied().unwrap_or(0);
+    let fast = counts
+        .get("b1")
+        .copied()
+        .unwrap_or(0)
+        .min(counts.get("b2").copied().unwrap_or(0));
+    assert_eq!(counts.values().sum::<usize>(), 200);
+    assert!(
+        slow * 3 < fast,
+        "slow backend got {slow}, fast ones at least {fast}: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_backend_under_load_is_invisible_to_gets() {
+    let mut b = backends(3).await;
+    let spec = PoolSpec::new("least_connections", &[&b[0], &b[1], &b[2]]);
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let (stop, failures, ok, proxy) = (stop.clone(), failures.clone(), ok.clone(), f.proxy);
+        load.push(tokio::spawn(async move {
+            let mut conn = Conn::open(proxy).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match conn.send_retry_closed("GET", "/?delay_ms=2").await {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        eprintln!("client-visible failure: {other:?}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        conn = Conn::open(proxy).await.unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let victim = b[1].addr();
+    b[1].stop().await;
+    // Health window: 2 failed checks at 200 ms intervals, plus one interval of slack.
+    let down = eventually(Duration::from_secs(3), || async {
+        !f.backend_healthy(victim).await
+    })
+    .await;
+    assert!(down.is_some(), "/api/pools never showed {victim} down");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b[1].restart().await.unwrap();
+    let up = eventually(Duration::from_secs(3), || async {
+        f.backend_healthy(victim).await
+    })
+    .await;
+    assert!(up.is_some(), "/api/pools never showed {victim} up again");
+    let served_before = b[1].requests();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "GETs saw errors");
+    assert!(
+        ok.load(Ordering::Relaxed) > 200,
+        "too little load: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    assert!(
+        b[1].requests() > served_before,
+        "the recovered backend got no traffic"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_retried_elsewhere_for_any_method() {
+    let b = backends(1).await;
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut spec = PoolSpec::new("round_robin", &[&b[0]]);
+    spec.backends.insert(0, (dead, 1));
+    // Checks slow enough that the dead backend is still in rotation for this test.
+    spec.health = "interval_ms = 60000\ntimeout_ms = 500\n";
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    for method in ["GET", "POST", "GET", "POST"] {
+        let r = request(f.proxy, method, "/", &[], b"payload")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{method}: {r:?}");
+        assert_eq!(r.header("x-backend"), Some("b1"));
+    }
+    let metrics = get(f.admin, "/metrics").await.unwrap().body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("fulcrum_retries_total{") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_past_connect_retry_only_idempotent_requests() {
+    // A backend that accepts, reads the request and closes without answering.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rude = listener.local_addr().unwrap();
+    let rude_hits = Arc::new(AtomicU64::new(0));
+    let hits = rude_hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if let Ok(n) = s.read(&mut buf).await {
+                    if buf[..n].starts_with(b"GET /healthz") {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                }
+                hits.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    });
+    let b = backends(1).await;
+    let mut spec = PoolSpec::new("round_robin", &[&b[0]]);
+    spec.backends.insert(0, (rude, 1));
+    spec.extra = "max_consecutive_failures = 1000";
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let mut gets = 0;
+    let mut posts_failed = 0;
+    for i in 0..6 {
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        let r = request(f.proxy, method, "/", &[], b"x").await.unwrap();
+        if method == "GET" {
+            assert_eq!(r.status, 200, "GET must be retried: {r:?}");
+            gets += 1;
+        } else if r.status == 502 {
+            posts_failed += 1;
+        } else {
+            assert_eq!(r.header("x-backend"), Some("b1"));
+        }
+    }
+    assert_eq!(gets, 3);
+    // Round robin alternates, so some POSTs land on the rude backend and must not be replayed.
+    assert!(posts_failed >= 1, "no POST reached the failing backend");
+    assert!(rude_hits.load(Ordering::Relaxed) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_and_hop_by_hop() {
+    let b = backends(1).await;
+    let spec = PoolSpec::new("round_robin", &[&b[0]]);
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let r = request(
+        f.proxy,
+        "GET",
+        "/echo",
+        &[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+        ],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let echo = r.body.to_ascii_lowercase();
+    assert!(
+        echo.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
+        "{echo}"
+    );
+    assert!(echo.contains("x-forwarded-proto: http\n"), "{echo}");
+    assert!(echo.contains("x-forwarded-host: localhost\n"), "{echo}");
+    assert!(!echo.contains("x-secret"), "{echo}");
+    assert!(!echo.contains("keep-alive: timeout"), "{echo}");
+}
+
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_4xx_and_others_are_unaffected() {
+    let b = backends(1).await;
+    let spec = PoolSpec::new("round_robin", &[&b[0]]);
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    // A healthy keep-alive client before and after.
+    let mut good = Conn::open(f.proxy).await.unwrap();
+    assert_eq!(good.send("GET", "/", &[], b"").await.unwrap().status, 200);
+
+    let smuggle = raw_exchange(
+        f.proxy,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(smuggle.starts_with("HTTP/1.1 400"), "{smuggle}");
+    assert_eq!(
+        b[0].requests(),
+        1,
+        "the smuggling attempt must not reach the backend"
+    );
+
+    let garbage = raw_exchange(f.proxy, b"GARBAGE\r\n\r\n").await;
+    assert!(
+        garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"),
+        "{garbage}"
+    );
+
+    assert_eq!(good.send("GET", "/", &[], b"").await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_404_and_no_healthy_backend_503() {
+    let b = backends(2).await;
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (a0, a1) = (b[0].addr(), b[1].addr());
+    let f = Fulcrum::start(|p, a| {
+        format!(
+            "[server]\nlisten = [\"{p}\"]\nthreads = 1\n[admin]\nlisten = \"{a}\"\n\
+             [[routes]]\nhost = \"api.example.com\"\npath_prefix = \"/\"\npool = \"api\"\n\
+             [[routes]]\nhost = \"*.example.com\"\npath_prefix = \"/static\"\npool = \"static\"\n\
+             [[routes]]\nhost = \"*.example.com\"\npath_prefix = \"/gone\"\npool = \"gone\"\n\
+             [pools.api]\nalgorithm = \"round_robin\"\n[[pools.api.backends]]\naddr = \"{a0}\"\n\
+             [pools.static]\nalgorithm = \"p2c_ewma\"\n[[pools.static.backends]]\naddr = \"{a1}\"\n\
+             [pools.gone]\n[pools.gone.health_check]\ninterval_ms = 100\ntimeout_ms = 50\nunhealthy_threshold = 1\n\
+             [[pools.gone.backends]]\naddr = \"{dead}\"\n"
+        )
+    })
+    .await;
+    let host = |h: &'static str| [("host", h)];
+    let mut c = Conn::open(f.proxy).await.unwrap();
+    let r = c
+        .send("GET", "/x", &host("API.example.com:8080"), b"")
+        .await
+        .unwrap();
+    assert_eq!(r.header("x-backend"), Some("b1"));
+    let r = c
+        .send("GET", "/static/a.css", &host("www.example.com"), b"")
+        .await
+        .unwrap();
+    assert_eq!(r.header("x-backend"), Some("b2"));
+    let r = c
+        .send("GET", "/other", &host("www.example.com"), b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    let r = c
+        .send(
+            "POST",
+            "/",
+            &host("example.org"),
+            b"a body the proxy must drain",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body, "no route for this host and path\n");
+    // A 404 keeps the connection usable.
+    let r = c
+        .send("GET", "/x", &host("api.example.com"), b"")
+        .await
+        .unwrap();
+    assert_eq!(r.header("x-backend"), Some("b1"));
+    let down = eventually(Duration::from_secs(3), || async {
+        get(f.admin, "/readyz")
+            .await
+            .map(|r| r.status == 503)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(
+        down.is_some(),
+        "/readyz should report the pool without a healthy backend"
+    );
+    let r = request(f.proxy, "GET", "/gone/x", &host("www.example.com"), b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+}
+
+#[test]
+fn check_reports_every_mistake_and_exits_78() {
+    let broken = repo_root().join("config/examples/broken.toml");
+    for sub in ["check", "run"] {
+        let out = std::process::Command::new(fulcrum_bin())
+            .args([sub, "-c"])
+            .arg(&broken)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{sub}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(": error: ")).collect();
+        assert!(
+            errors.len() >= 5,
+            "{sub}: expected every mistake, got:\n{stderr}"
+        );
+        for e in &errors {
+            // file:line:column: error: key.path: message
+            let mut parts = e.splitn(4, ':');
+            assert!(parts.next().unwrap().ends_with("broken.toml"), "{e}");
+            assert!(
+                parts.next().unwrap().parse::<usize>().is_ok(),
+                "no line in {e}"
+            );
+            assert!(
+                parts.next().unwrap().parse::<usize>().is_ok(),
+                "no column in {e}"
+            );
+        }
+    }
+    let ok = std::process::Command::new(fulcrum_bin())
+        .args(["check", "-c"])
+        .arg(repo_root().join("config/fulcrum.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let b = backends(2).await;
+    let spec = PoolSpec::new("p2c_ewma", &[&b[0], &b[1]]);
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let mut c = Conn::open(f.proxy).await.unwrap();
+    for i in 0..20 {
+        let path = if i % 5 == 0 { "/?status=503" } else { "/" };
+        c.send("GET", path, &[], b"").await.unwrap();
+    }
+    let m = get(f.admin, "/metrics").await.unwrap();
+    assert_eq!(m.status, 200);
+    for name in [
+        "fulcrum_requests_total{",
+        "fulcrum_request_duration_seconds_bucket{",
+        "fulcrum_backend_in_flight{",
+        "fulcrum_backend_up{",
+        "fulcrum_backend_weight{",
+        "fulcrum_retries_total{",
+        "fulcrum_health_check_failures_total{",
+        "fulcrum_build_info{",
+    ] {
+        assert!(m.body.contains(name), "missing {name} in\n{}", m.body);
+    }
+    assert!(m.body.contains("code_class=\"5xx\""), "{}", m.body);
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`) is required; ./test.sh installs it");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(m.body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_reports_pools_and_reload_keeps_old_config_on_error() {
+    let b = backends(2).await;
+    let spec = PoolSpec::new("least_connections", &[&b[0], &b[1]]);
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    for _ in 0..10 {
+        assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
+    }
+    let pools = f.pools().await;
+    let pool = &pools["pools"][0];
+    assert_eq!(pool["name"], "web");
+    assert_eq!(pool["algorithm"], "least_connections");
+    let backends = pool["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 2);
+    let total: u64 = backends
+        .iter()
+        .map(|b| b["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 10);
+    for b in backends {
+        assert_eq!(b["healthy"], true);
+        assert_eq!(b["in_flight"], 0);
+        assert!(b["ewma_latency_ms"].as_f64().unwrap() >= 0.0);
+    }
+    assert_eq!(get(f.admin, "/readyz").await.unwrap().status, 200);
+    assert_eq!(get(f.admin, "/nope").await.unwrap().status, 404);
+
+    // A broken file is refused, every problem is listed, and traffic goes on as before.
+    let good = std::fs::read_to_string(&f.config_path).unwrap();
+    std::fs::write(
+        &f.config_path,
+        good.replace("least_connections", "least_conn")
+            .replace("weight = 1", "weight = 0"),
+    )
+    .unwrap();
+    let r = request(f.admin, "POST", "/api/config/reload", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(r.body.contains("pools.web.algorithm"), "{}", r.body);
+    assert!(
+        r.body.contains("pools.web.backends[0].weight"),
+        "{}",
+        r.body
+    );
+    assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
+    assert_eq!(
+        f.pools().await["pools"][0]["algorithm"],
+        "least_connections"
+    );
+
+    // A valid change applies.
+    std::fs::write(
+        &f.config_path,
+        good.replace("least_connections", "round_robin"),
+    )
+    .unwrap();
+    let r = request(f.admin, "POST", "/api/config/reload", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(f.pools().await["pools"][0]["algorithm"], "round_robin");
+    assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
+}
