@@ -1,0 +1,261 @@
+//! Weighted least connections: fewest `in_flight / weight`, ties rotated round robin.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::{fallback_pick, Backend, Picker, Tried, WeightTable};
+
+/// Weighted least connections.
+///
+/// Scores are `in_flight × multiplier`, where the weight table's integer multiplier is
+/// proportional to `1/weight` (exact for integer weights), so the scan is one u64 multiply and
+/// compare per backend with no float division, and ratio ties are exact. The scan starts at a
+/// rotating offset and keeps the strict minimum, so equal backends take turns; it stops early at
+/// the first idle eligible backend since nothing can beat zero.
+#[derive(Debug, Default)]
+pub struct LeastConnections {
+    next: AtomicUsize,
+}
+
+impl LeastConnections {
+    /// A picker whose first tie-break starts at backend 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Strict-minimum scan over `backends[range]` zipped with multipliers; `offset` is the index of
+/// the first element. Returns true when an idle backend was found (the scan can stop).
+///
+/// `CHECK_TRIED` is a const parameter so the common first attempt (nothing tried) compiles to a
+/// loop without the bitset test.
+#[inline(always)]
+fn scan<const CHECK_TRIED: bool>(
+    backends: &[Backend],
+    mults: &[u64],
+    offset: usize,
+    tried: &Tried,
+    best: &mut usize,
+    best_score: &mut u64,
+) -> bool {
+    for (i, (b, &m)) in backends.iter().zip(mults).enumerate() {
+        if m == 0 || !b.stats.is_healthy() || (CHECK_TRIED && tried.contains(offset + i)) {
+            continue;
+        }
+        // m <= 2^24 so this only saturates beyond 2^40 in flight; saturating (not plain) so a
+        // corrupted counter can never panic the data plane in debug builds.
+        let score = b.stats.in_flight().saturating_mul(m);
+        if score < *best_score {
+            *best_score = score;
+            *best = offset + i;
+            if score == 0 {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn scan_all<const CHECK_TRIED: bool>(
+    backends: &[Backend],
+    mults: &[u64],
+    start: usize,
+    tried: &Tried,
+) -> Option<usize> {
+    let (mut best, mut best_score) = (usize::MAX, u64::MAX);
+    // Two halves instead of a wrapping index: no bounds checks and no modulo per step.
+    if !scan::<CHECK_TRIED>(
+        &backends[start..],
+        &mults[start..],
+        start,
+        tried,
+        &mut best,
+        &mut best_score,
+    ) {
+        scan::<CHECK_TRIED>(
+            &backends[..start],
+            &mults[..start],
+            0,
+            tried,
+            &mut best,
+            &mut best_score,
+        );
+    }
+    // best_score u64::MAX is unreachable for an eligible backend, so MAX means "none found".
+    (best != usize::MAX).then_some(best)
+}
+
+impl Picker for LeastConnections {
+    fn pick(
+        &self,
+        backends: &[Backend],
+        weights: &WeightTable,
+        tried: Tried,
+        _now_ns: u64,
+    ) -> Option<usize> {
+        // Backends beyond the table (a mismatch the pool never produces) count as weight 0.
+        let n = backends.len().min(weights.len());
+        if n == 0 {
+            return fallback_pick(backends, weights, tried, 0);
+        }
+        let start = self.next.fetch_add(1, Relaxed) % n;
+        let (bs, mults) = (&backends[..n], &weights.lc_multipliers()[..n]);
+        let found = if tried.is_empty() {
+            scan_all::<false>(bs, mults, start, &tried)
+        } else {
+            scan_all::<true>(bs, mults, start, &tried)
+        };
+        found.or_else(|| fallback_pick(backends, weights, tried, start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::backends;
+    use crate::{Algorithm, InFlightGuard, Pool};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn pool(weights: &[u32]) -> Arc<Pool> {
+        Arc::new(Pool::new(
+            "lc",
+            Algorithm::LeastConnections,
+            backends(weights),
+            Duration::from_secs(10),
+            0,
+        ))
+    }
+
+    fn leases(p: &Arc<Pool>, counts: &[usize]) -> Vec<InFlightGuard> {
+        counts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &c)| (0..c).map(move |_| i))
+            .map(|i| p.lease(i))
+            .collect()
+    }
+
+    fn picks(p: &Pool, lc: &LeastConnections, tried: Tried, count: usize) -> Vec<usize> {
+        (0..count)
+            .map(|_| lc.pick(p.backends(), &p.weights(), tried, 0).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn picks_lowest_in_flight() {
+        let p = pool(&[1, 1, 1, 1]);
+        let _g = leases(&p, &[3, 1, 0, 2]);
+        assert_eq!(
+            picks(&p, &LeastConnections::new(), Tried::new(), 8),
+            vec![2; 8]
+        );
+        let _more = leases(&p, &[0, 0, 2, 0]);
+        // Now 3,1,2,2: backend 1 is the unique minimum.
+        assert_eq!(
+            picks(&p, &LeastConnections::new(), Tried::new(), 8),
+            vec![1; 8]
+        );
+    }
+
+    #[test]
+    fn idle_ties_rotate_exactly() {
+        let p = pool(&[1, 1, 1]);
+        assert_eq!(
+            picks(&p, &LeastConnections::new(), Tried::new(), 6),
+            vec![0, 1, 2, 0, 1, 2]
+        );
+    }
+
+    #[test]
+    fn loaded_ties_rotate_among_equal_only() {
+        let p = pool(&[1, 1, 1, 1]);
+        let _g = leases(&p, &[2, 5, 2, 2]);
+        // Offsets 0,1,2,3,0,...: strict minimum from each start → 0, 2, 2, 3, 0, 2, 2, 3.
+        assert_eq!(
+            picks(&p, &LeastConnections::new(), Tried::new(), 8),
+            vec![0, 2, 2, 3, 0, 2, 2, 3]
+        );
+    }
+
+    #[test]
+    fn weighted_ratio_tie_and_break() {
+        // Weights 2:1 with in-flight 2 and 1: 2/2 == 1/1 — an exact tie, so they alternate.
+        let p = pool(&[2, 1]);
+        let g = leases(&p, &[2, 1]);
+        assert_eq!(
+            picks(&p, &LeastConnections::new(), Tried::new(), 4),
+            vec![0, 1, 0, 1]
+        );
+        // One more on the heavy backend: 3/2 > 1/1 → always the light one.
+        let _extra = p.lease(0);
+        assert_eq!(
+            picks(&p, &LeastConnections::new(), Tried::new(), 4),
+            vec![1; 4]
+        );
+        drop(g);
+        // Now 1/2 vs 0/1: the idle light backend wins.
+        assert_eq!(
+            picks(&p, &LeastConnections::new(), Tried::new(), 2),
+            vec![1; 2]
+        );
+    }
+
+    #[test]
+    fn weight_fills_proportionally() {
+        // Simulate lease-and-hold: the heavy backend should end with ~3x the connections.
+        let p = pool(&[3, 1]);
+        let lc = LeastConnections::new();
+        let mut held = Vec::new();
+        for _ in 0..40 {
+            let i = lc
+                .pick(p.backends(), &p.weights(), Tried::new(), 0)
+                .unwrap();
+            held.push(p.lease(i));
+        }
+        assert_eq!(p.backends()[0].stats.in_flight(), 30);
+        assert_eq!(p.backends()[1].stats.in_flight(), 10);
+    }
+
+    #[test]
+    fn tried_and_unhealthy_skipped() {
+        let p = pool(&[1, 1, 1]);
+        let _g = leases(&p, &[0, 4, 5]);
+        let lc = LeastConnections::new();
+        let mut tried = Tried::new();
+        tried.insert(0);
+        assert_eq!(picks(&p, &lc, tried, 3), vec![1; 3]);
+        p.backends()[1].stats.set_healthy(false);
+        assert_eq!(picks(&p, &lc, tried, 3), vec![2; 3]);
+        tried.insert(2);
+        // Everything healthy was tried: a tried one is allowed.
+        let i = lc.pick(p.backends(), &p.weights(), tried, 0).unwrap();
+        assert!(i == 0 || i == 2);
+        p.backends()[0].stats.set_healthy(false);
+        p.backends()[2].stats.set_healthy(false);
+        assert_eq!(lc.pick(p.backends(), &p.weights(), tried, 0), None);
+    }
+
+    #[test]
+    fn zero_weight_is_last_resort() {
+        let p = pool(&[0, 1]);
+        let _g = leases(&p, &[0, 9]);
+        let lc = LeastConnections::new();
+        assert_eq!(picks(&p, &lc, Tried::new(), 3), vec![1; 3]);
+        p.backends()[1].stats.set_healthy(false);
+        assert_eq!(picks(&p, &lc, Tried::new(), 3), vec![0; 3]);
+    }
+
+    #[test]
+    fn fractional_weights() {
+        let p = pool(&[1, 1]);
+        p.set_weights(vec![0.5, 0.25]).unwrap();
+        let _g = leases(&p, &[2, 1]);
+        // 2/0.5 == 1/0.25: tie → rotation.
+        assert_eq!(
+            picks(&p, &LeastConnections::new(), Tried::new(), 4),
+            vec![0, 1, 0, 1]
+        );
+    }
+}

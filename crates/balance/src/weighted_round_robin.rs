@@ -1,0 +1,172 @@
+//! Smooth (nginx-style) weighted round robin over the sequence precomputed in the weight table.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::round_robin::CURSOR_CAS_RETRIES;
+use crate::{fallback_pick, Backend, Picker, Tried, WeightTable};
+
+/// Smooth weighted round robin: 5:1:1 yields `a a b a c a a` per cycle.
+///
+/// Lock-free: the interleaved cycle is built once per weight change in [`WeightTable`] and a
+/// shared cursor walks it. Unhealthy/tried slots are skipped and the cursor is CAS-advanced past
+/// them, so the remaining backends keep their exact relative weights.
+#[derive(Debug, Default)]
+pub struct WeightedRoundRobin {
+    next: AtomicUsize,
+}
+
+impl WeightedRoundRobin {
+    /// A picker starting at the beginning of the sequence.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Picker for WeightedRoundRobin {
+    fn pick(
+        &self,
+        backends: &[Backend],
+        weights: &WeightTable,
+        tried: Tried,
+        _now_ns: u64,
+    ) -> Option<usize> {
+        let seq = weights.wrr_sequence();
+        let len = seq.len();
+        let mut cursor = self.next.load(Relaxed);
+        if len == 0 {
+            // No positive weight at all: any healthy backend (weight 0 = "only if nothing else").
+            return fallback_pick(backends, weights, tried, cursor);
+        }
+        for attempt in 0..CURSOR_CAS_RETRIES {
+            let mut found = None;
+            let mut pos = cursor % len;
+            // Bounded by one full cycle of the sequence.
+            for step in 0..len {
+                let i = seq[pos] as usize;
+                if let Some(b) = backends.get(i) {
+                    if b.stats.is_healthy() && !tried.contains(i) {
+                        found = Some((i, step));
+                        break;
+                    }
+                }
+                pos += 1;
+                if pos == len {
+                    pos = 0;
+                }
+            }
+            let Some((idx, step)) = found else {
+                return fallback_pick(backends, weights, tried, cursor);
+            };
+            match self.next.compare_exchange_weak(
+                cursor,
+                cursor.wrapping_add(step + 1),
+                Relaxed,
+                Relaxed,
+            ) {
+                Ok(_) => return Some(idx),
+                Err(_) if attempt + 1 == CURSOR_CAS_RETRIES => return Some(idx),
+                Err(actual) => cursor = actual,
+            }
+        }
+        unreachable!("the last CAS attempt always returns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{backends, histogram, table};
+
+    #[test]
+    fn exact_smooth_sequence_5_1_1() {
+        let b = backends(&[5, 1, 1]);
+        let t = table(&b);
+        let p = WeightedRoundRobin::new();
+        let picks: Vec<_> = (0..14)
+            .map(|_| p.pick(&b, &t, Tried::new(), 0).unwrap())
+            .collect();
+        assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn distribution_700_picks() {
+        let b = backends(&[5, 1, 1]);
+        let t = table(&b);
+        assert_eq!(
+            histogram(&WeightedRoundRobin::new(), &b, &t, 700),
+            vec![500, 100, 100]
+        );
+    }
+
+    #[test]
+    fn distribution_3_1_1_over_100() {
+        let b = backends(&[3, 1, 1]);
+        let t = table(&b);
+        assert_eq!(
+            histogram(&WeightedRoundRobin::new(), &b, &t, 100),
+            vec![60, 20, 20]
+        );
+    }
+
+    #[test]
+    fn unhealthy_skipped_keeping_relative_weights() {
+        let b = backends(&[5, 1, 1]);
+        let t = table(&b);
+        b[2].stats.set_healthy(false);
+        // Cycle becomes a a b a a a: 5:1 exactly.
+        assert_eq!(
+            histogram(&WeightedRoundRobin::new(), &b, &t, 600),
+            vec![500, 100, 0]
+        );
+    }
+
+    #[test]
+    fn zero_weight_only_as_last_resort() {
+        let b = backends(&[0, 1]);
+        let t = table(&b);
+        let p = WeightedRoundRobin::new();
+        assert_eq!(histogram(&p, &b, &t, 10), vec![0, 10]);
+        b[1].stats.set_healthy(false);
+        assert_eq!(p.pick(&b, &t, Tried::new(), 0), Some(0));
+        let all_zero = WeightTable::new(vec![0.0, 0.0]);
+        b[1].stats.set_healthy(true);
+        assert!(p.pick(&b, &all_zero, Tried::new(), 0).is_some());
+    }
+
+    #[test]
+    fn tried_avoided_then_allowed() {
+        let b = backends(&[5, 1, 1]);
+        let t = table(&b);
+        let p = WeightedRoundRobin::new();
+        let mut tried = Tried::new();
+        tried.insert(0);
+        for _ in 0..20 {
+            let i = p.pick(&b, &t, tried, 0).unwrap();
+            assert_ne!(i, 0);
+        }
+        tried.insert(1);
+        tried.insert(2);
+        assert!(p.pick(&b, &t, tried, 0).is_some());
+    }
+
+    #[test]
+    fn none_only_when_nothing_healthy() {
+        let b = backends(&[1, 2]);
+        let t = table(&b);
+        let p = WeightedRoundRobin::new();
+        b[0].stats.set_healthy(false);
+        b[1].stats.set_healthy(false);
+        assert_eq!(p.pick(&b, &t, Tried::new(), 0), None);
+    }
+
+    #[test]
+    fn new_table_takes_effect() {
+        let b = backends(&[1, 1]);
+        let p = WeightedRoundRobin::new();
+        let t = WeightTable::new(vec![0.0, 1.0]);
+        assert_eq!(histogram(&p, &b, &t, 10), vec![0, 10]);
+        let t = WeightTable::new(vec![3.0, 1.0]);
+        assert_eq!(histogram(&p, &b, &t, 400), vec![300, 100]);
+    }
+}
