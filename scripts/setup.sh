@@ -10,7 +10,7 @@ want="${1:-build}"
 need_cmds=(cmake)
 need_pkgs=(cmake)
 if [[ "$want" == test || "$want" == bench ]]; then
-  need_cmds+=(promtool); need_pkgs+=(prometheus)
+  need_cmds+=(promtool nghttp); need_pkgs+=(prometheus nghttp2-client)
 fi
 if [[ "$want" == bench ]]; then
   need_cmds+=(wrk nginx haproxy taskset); need_pkgs+=(wrk nginx-light haproxy util-linux)

@@ -521,3 +521,26 @@ async fn admin_api_reports_pools_and_reload_keeps_old_config_on_error() {
     assert_eq!(f.pools().await["pools"][0]["algorithm"], "round_robin");
     assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cleartext_clients_are_served() {
+    let b = backends(2).await;
+    let spec = PoolSpec::new("round_robin", &[&b[0], &b[1]]);
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    // Three streams multiplexed on one HTTP/2 connection (prior knowledge, no upgrade).
+    let urls: Vec<String> = ["/a", "/b", "/c"]
+        .iter()
+        .map(|p| format!("http://{}{p}", f.proxy))
+        .collect();
+    let out = tokio::process::Command::new("nghttp")
+        .args(["-n", "-s"])
+        .args(&urls)
+        .output()
+        .await
+        .expect("nghttp (Debian package nghttp2-client) is required; ./test.sh installs it");
+    let stats = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let ok = stats.lines().filter(|l| l.contains(" 200 ")).count();
+    assert_eq!(ok, 3, "{stats}");
+    assert_eq!(b[0].requests() + b[1].requests(), 3);
+}

@@ -290,6 +290,19 @@ impl ProxyHttp for FulcrumProxy {
         Ok(peer)
     }
 
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Self::CTX,
+        error: &Error,
+        _context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // Retries are counted in `fulcrum_retries_total`; a log line each would flood under a
+        // backend outage. The final failure, if any, is still logged.
+        log::debug!("retrying after: {error}");
+        true
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
