@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 use std::sync::Arc;
 
+use crate::histogram::LatencyHistogram;
 use crate::{Outcome, Pool};
 
 /// EWMA decay used by `ewma_ns` before the first `record` supplies one (10 s, as in Finagle).
@@ -60,6 +61,12 @@ pub struct BackendStats {
     last_ns: AtomicU64,
     /// Decay (f64 bits) last passed to `record`; `ewma_ns` has no decay parameter so it is kept here.
     decay_bits: AtomicU64,
+    /// Latency of every recorded attempt, for windowed percentiles.
+    latency: LatencyHistogram,
+    /// Highest in-flight count since the last `take_max_in_flight`.
+    max_in_flight: AtomicU64,
+    /// Load the backend reported about itself (f64 bits, utilisation 0–1); NaN when never reported.
+    reported_load_bits: AtomicU64,
 }
 
 impl Default for BackendStats {
@@ -94,6 +101,9 @@ impl BackendStats {
             ewma_bits: AtomicU64::new(0f64.to_bits()),
             last_ns: AtomicU64::new(0),
             decay_bits: AtomicU64::new(DEFAULT_EWMA_DECAY_NS.to_bits()),
+            latency: LatencyHistogram::new(),
+            max_in_flight: AtomicU64::new(0),
+            reported_load_bits: AtomicU64::new(f64::NAN.to_bits()),
         }
     }
 
@@ -128,6 +138,32 @@ impl BackendStats {
         } else {
             self.health.fetch_or(ACTIVE_DOWN, Relaxed);
         }
+    }
+
+    /// The latency histogram of every recorded attempt (snapshot and diff it for a window).
+    pub fn latency_histogram(&self) -> &LatencyHistogram {
+        &self.latency
+    }
+
+    /// The highest in-flight count since the previous call, then restart the window at the
+    /// current count.
+    pub fn take_max_in_flight(&self) -> u64 {
+        let current = self.in_flight();
+        self.max_in_flight.swap(current, Relaxed).max(current)
+    }
+
+    /// Store the utilisation (0–1) the backend reported in a response header.
+    pub fn set_reported_load(&self, load: f64) {
+        if load.is_finite() {
+            self.reported_load_bits
+                .store(load.clamp(0.0, 1.0).to_bits(), Relaxed);
+        }
+    }
+
+    /// The last utilisation the backend reported, if it ever did.
+    pub fn reported_load(&self) -> Option<f64> {
+        let v = f64::from_bits(self.reported_load_bits.load(Relaxed));
+        (!v.is_nan()).then_some(v)
     }
 
     /// Failures recorded since the last success (or `set_healthy(true)`).
@@ -178,6 +214,7 @@ impl BackendStats {
             now_ns,
             decay,
         );
+        self.latency.record_ns(latency_ns);
         self.requests.fetch_add(1, Relaxed);
         if outcome == Outcome::Success {
             self.consecutive_failures.store(0, Relaxed);
@@ -226,7 +263,8 @@ impl BackendStats {
 
     #[inline]
     fn acquire(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
+        let now = self.in_flight.fetch_add(1, Relaxed) + 1;
+        self.max_in_flight.fetch_max(now, Relaxed);
     }
 
     #[inline]

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+pub mod histogram;
 mod least_connections;
 mod p2c_ewma;
 mod pool;
