@@ -192,6 +192,22 @@ impl RequestCtx {
     }
 }
 
+/// Utilisation (0–1) a backend reports about itself: `X-Backend-Load: 0.42`, or the ORCA-style
+/// text form `Endpoint-Load-Metrics: TEXT cpu_utilization=0.42, ...`.
+fn reported_load(resp: &ResponseHeader) -> Option<f64> {
+    if let Some(v) = resp.headers.get("x-backend-load") {
+        return v.to_str().ok()?.trim().parse().ok();
+    }
+    let v = resp.headers.get("endpoint-load-metrics")?.to_str().ok()?;
+    let fields = v.trim().strip_prefix("TEXT").unwrap_or(v);
+    fields.split(',').find_map(|kv| {
+        let (k, val) = kv.split_once('=')?;
+        matches!(k.trim(), "cpu_utilization" | "application_utilization")
+            .then(|| val.trim().parse().ok())
+            .flatten()
+    })
+}
+
 fn failure_outcome(e: &Error) -> Outcome {
     match e.etype() {
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
@@ -385,6 +401,14 @@ impl ProxyHttp for FulcrumProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        if let (Some(load), Some(idx)) = (
+            reported_load(upstream_response),
+            ctx.lease.as_ref().map(|l| l.backend_index()),
+        ) {
+            if let Some(pool) = ctx.pool() {
+                pool.pool.backends()[idx].stats.set_reported_load(load);
+            }
+        }
         if status >= 200 || status == 101 {
             let outcome = if status >= 500 {
                 Outcome::ServerError
@@ -469,6 +493,20 @@ impl ProxyHttp for FulcrumProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reported_load_headers() {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        assert_eq!(reported_load(&r), None);
+        r.insert_header(
+            "endpoint-load-metrics",
+            "TEXT rps_fractional=10, cpu_utilization=0.25",
+        )
+        .unwrap();
+        assert_eq!(reported_load(&r), Some(0.25));
+        r.insert_header("x-backend-load", "0.5").unwrap();
+        assert_eq!(reported_load(&r), Some(0.5));
+    }
 
     #[test]
     fn hop_by_hop_request_headers_are_removed() {
