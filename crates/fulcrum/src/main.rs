@@ -26,7 +26,8 @@ enum Command {
     Run,
     /// Validate a configuration, print every problem, exit 0 (valid) or 78 (invalid).
     Check,
-    /// Start local demo backends and the proxy on the default configuration.
+    /// Start local demo backends on the configuration's backend addresses, then the proxy
+    /// (the embedded default configuration unless `-c` is given).
     Demo,
 }
 
@@ -71,8 +72,11 @@ fn run(config: Config, source: ConfigSource) -> ExitCode {
     }
 }
 
-fn demo() -> ExitCode {
-    let config = fulcrum_config::load_default();
+fn demo(path: Option<&PathBuf>) -> ExitCode {
+    let (config, source) = match load(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
     let mut addrs: Vec<std::net::SocketAddr> = config
         .pools
         .iter()
@@ -112,7 +116,7 @@ fn demo() -> ExitCode {
         "fulcrum demo: backends on {addrs:?}\n  try:    curl http://{listen}/\n  pools:  curl http://{}/api/pools\n  metrics: curl http://{}/metrics\n  stop:   Ctrl-C",
         config.admin.listen, config.admin.listen
     );
-    run(config, ConfigSource::Embedded)
+    run(config, source)
 }
 
 fn main() -> ExitCode {
@@ -140,6 +144,6 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Demo => demo(),
+        Command::Demo => demo(cli.config.as_ref()),
     }
 }
