@@ -29,6 +29,7 @@
 mod diagnostic;
 mod emit;
 mod model;
+mod reader;
 pub mod scenario;
 mod suggest;
 mod validate;

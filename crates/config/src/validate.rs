@@ -5,17 +5,15 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
-use toml::de::{DeString, DeTable, DeValue};
-use toml::Spanned;
+use toml::de::DeValue;
 
-use crate::diagnostic::{Diagnostic, Diagnostics, Severity};
+use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::model::{
     AdminConfig, Algorithm, BackendConfig, Config, HealthCheckConfig, HostMatch, PoolConfig,
     RouteConfig, ServerConfig, WeightSource,
 };
+use crate::reader::{as_int, as_str, as_table, type_error, Ctx, Table, Value};
 use crate::suggest::suggest;
-
-type Value<'i> = Spanned<DeValue<'i>>;
 
 const TOP_KEYS: &[&str] = &["server", "admin", "routes", "pools"];
 const SERVER_KEYS: &[&str] = &["listen", "threads", "grace_period_s"];
@@ -48,195 +46,6 @@ const BACKEND_KEYS: &[&str] = &["addr", "weight"];
 /// Longest accepted duration for any `*_ms` key: one day.
 const MAX_MS: i128 = 86_400_000;
 const DEFAULT_ADMIN: &str = "127.0.0.1:9900";
-
-/// Collects located diagnostics for one source file.
-struct Ctx<'s> {
-    file: &'s str,
-    src: &'s str,
-    line_starts: Vec<usize>,
-    errors: Vec<Diagnostic>,
-    warnings: Vec<Diagnostic>,
-}
-
-impl<'s> Ctx<'s> {
-    fn new(src: &'s str, file: &'s str) -> Self {
-        let mut line_starts = vec![0];
-        line_starts.extend(src.match_indices('\n').map(|(i, _)| i + 1));
-        Ctx {
-            file,
-            src,
-            line_starts,
-            errors: Vec::new(),
-            warnings: Vec::new(),
-        }
-    }
-
-    /// 1-based line and character column of a byte offset.
-    fn position(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.src.len());
-        let line = self.line_starts.partition_point(|&s| s <= offset);
-        let start = self.line_starts[line - 1];
-        let column = self
-            .src
-            .get(start..offset)
-            .map_or(offset - start, |s| s.chars().count())
-            + 1;
-        (line, column)
-    }
-
-    fn diagnostic(
-        &self,
-        severity: Severity,
-        span: Option<&Range<usize>>,
-        path: &str,
-        message: String,
-    ) -> Diagnostic {
-        let (line, column) = span.map_or((1, 1), |s| self.position(s.start));
-        Diagnostic {
-            severity,
-            file: self.file.to_string(),
-            key_path: path.to_string(),
-            line,
-            column,
-            message,
-        }
-    }
-
-    fn error(&mut self, span: Option<&Range<usize>>, path: &str, message: impl Into<String>) {
-        let d = self.diagnostic(Severity::Error, span, path, message.into());
-        self.errors.push(d);
-    }
-
-    fn warning(&mut self, span: Option<&Range<usize>>, path: &str, message: impl Into<String>) {
-        let d = self.diagnostic(Severity::Warning, span, path, message.into());
-        self.warnings.push(d);
-    }
-}
-
-/// A table with its entries in file order and its own key path and location.
-struct Table<'a, 'i> {
-    entries: Vec<(&'a Spanned<DeString<'i>>, &'a Value<'i>)>,
-    path: String,
-    span: Option<Range<usize>>,
-}
-
-impl<'a, 'i> Table<'a, 'i> {
-    fn new(table: &'a DeTable<'i>, path: String, span: Option<Range<usize>>) -> Self {
-        let mut entries: Vec<_> = table.iter().collect();
-        entries.sort_by_key(|(k, _)| k.span().start);
-        Table {
-            entries,
-            path,
-            span,
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<&'a Value<'i>> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k.get_ref().as_ref() == key)
-            .map(|(_, v)| *v)
-    }
-
-    fn child(&self, key: &str) -> String {
-        join(&self.path, key)
-    }
-
-    /// Report every key not in `known`, with a suggestion when one is close.
-    fn check_keys(&self, ctx: &mut Ctx<'_>, known: &[&str]) {
-        for (key, _) in &self.entries {
-            let name: &str = key.get_ref().as_ref();
-            if known.contains(&name) {
-                continue;
-            }
-            let scope = if self.path.is_empty() {
-                "at the top level".to_string()
-            } else {
-                format!("in `{}`", self.path)
-            };
-            let mut msg = format!("unknown key `{name}` {scope}");
-            if let Some(s) = suggest(name, known.iter().copied()) {
-                msg.push_str(&format!(" (did you mean `{s}`?)"));
-            }
-            msg.push_str(&format!("; valid keys: {}", known.join(", ")));
-            ctx.error(Some(&key.span()), &self.child(name), msg);
-        }
-    }
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-/// A short description of a value for "expected X, got Y" messages.
-fn describe(v: &DeValue<'_>) -> String {
-    match v {
-        DeValue::String(s) => format!("string {:?}", s.as_ref()),
-        DeValue::Integer(i) => format!("integer {i}"),
-        DeValue::Float(f) => format!("float {f}"),
-        DeValue::Boolean(b) => format!("boolean {b}"),
-        DeValue::Datetime(d) => format!("datetime {d}"),
-        DeValue::Array(_) => "an array".to_string(),
-        DeValue::Table(_) => "a table".to_string(),
-    }
-}
-
-fn type_error(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str, expected: &str) {
-    ctx.error(
-        Some(&v.span()),
-        path,
-        format!("expected {expected}, got {}", describe(v.get_ref())),
-    );
-}
-
-fn as_table<'a, 'i>(
-    ctx: &mut Ctx<'_>,
-    v: &'a Value<'i>,
-    path: String,
-    expected: &str,
-) -> Option<Table<'a, 'i>> {
-    match v.get_ref() {
-        DeValue::Table(t) => Some(Table::new(t, path, Some(v.span()))),
-        _ => {
-            type_error(ctx, v, &path, expected);
-            None
-        }
-    }
-}
-
-fn as_str<'a>(ctx: &mut Ctx<'_>, v: &'a Value<'_>, path: &str) -> Option<&'a str> {
-    match v.get_ref() {
-        DeValue::String(s) => Some(s.as_ref()),
-        _ => {
-            type_error(ctx, v, path, "a string");
-            None
-        }
-    }
-}
-
-fn as_int(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<i128> {
-    match v.get_ref() {
-        DeValue::Integer(i) => match i128::from_str_radix(i.as_str(), i.radix()) {
-            Ok(n) => Some(n),
-            Err(_) => {
-                ctx.error(
-                    Some(&v.span()),
-                    path,
-                    format!("integer {i} is out of range"),
-                );
-                None
-            }
-        },
-        _ => {
-            type_error(ctx, v, path, "an integer");
-            None
-        }
-    }
-}
 
 /// An optional integer key bounded to `min..=max`, falling back to `default`.
 fn bounded(
@@ -337,17 +146,8 @@ pub(crate) fn parse(
     file_name: &str,
 ) -> Result<(Config, Vec<Diagnostic>), Diagnostics> {
     let mut ctx = Ctx::new(source, file_name);
-    let doc = match DeTable::parse(source) {
-        Ok(doc) => doc,
-        Err(e) => {
-            let span = e.span();
-            let msg = format!("invalid TOML: {}", e.message().trim_end());
-            ctx.error(Some(&span.unwrap_or(0..0)), "", msg);
-            return Err(Diagnostics {
-                errors: ctx.errors,
-                warnings: ctx.warnings,
-            });
-        }
+    let Some(doc) = ctx.parse_document(source) else {
+        return Err(ctx.finish());
     };
     let root = Table::new(doc.get_ref(), String::new(), None);
     root.check_keys(&mut ctx, TOP_KEYS);
@@ -357,13 +157,9 @@ pub(crate) fn parse(
     let pools = read_pools(&mut ctx, &root);
     let routes = read_routes(&mut ctx, &root, &pools);
 
-    ctx.errors.sort_by_key(|d| (d.line, d.column));
-    ctx.warnings.sort_by_key(|d| (d.line, d.column));
-    if !ctx.errors.is_empty() {
-        return Err(Diagnostics {
-            errors: ctx.errors,
-            warnings: ctx.warnings,
-        });
+    let diags = ctx.finish();
+    if !diags.errors.is_empty() {
+        return Err(diags);
     }
     let config = Config {
         server: ServerConfig {
@@ -375,7 +171,7 @@ pub(crate) fn parse(
         routes,
         pools: pools.into_iter().map(|p| p.config).collect(),
     };
-    Ok((config, ctx.warnings))
+    Ok((config, diags.warnings))
 }
 
 struct ServerParts {
