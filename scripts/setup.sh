@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install what fulcrum needs on a Debian machine, skipping whatever is already there.
 # Usage: scripts/setup.sh [build|test|bench]
-#   build: cmake (pingora's zlib-ng needs it) and a Rust toolchain check
+#   build: cmake (pingora's zlib-ng needs it), a Rust toolchain check, and .venv with
+#          ONNX Runtime and the training stack (models/requirements.txt)
 #   test:  build + promtool (Debian package `prometheus`) for the metrics test
 #   bench: test + wrk, nginx-light, haproxy for the peer comparison
 set -euo pipefail
 want="${1:-build}"
+cd "$(dirname "$0")/.."
 
 need_cmds=(cmake)
 need_pkgs=(cmake)
@@ -21,11 +23,37 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# The Python venv with ONNX Runtime (its wheel carries libonnxruntime) and the training stack.
+setup_venv() {
+  local stamp=.venv/.fulcrum-requirements
+  if [[ -f "$stamp" ]] && cmp -s models/requirements.txt "$stamp"; then
+    return 0
+  fi
+  if ! command -v python3 >/dev/null 2>&1; then
+    echo "setup: python3 is missing; install Python 3.10+ and run this again." >&2
+    exit 1
+  fi
+  echo "setup: creating .venv with models/requirements.txt" >&2
+  if ! python3 -m venv .venv; then
+    echo "setup: python3 -m venv failed; install the venv module (Debian: apt-get install -y python3-venv)." >&2
+    exit 1
+  fi
+  if ! .venv/bin/pip install -q -r models/requirements.txt; then
+    echo "setup: pip could not install models/requirements.txt (no network or no package index?)." >&2
+    echo "       Install them into .venv by another route, or set ORT_DYLIB_PATH to a libonnxruntime.so." >&2
+    exit 1
+  fi
+  cp models/requirements.txt "$stamp"
+}
+
 missing=()
 for i in "${!need_cmds[@]}"; do
   command -v "${need_cmds[$i]}" >/dev/null 2>&1 || missing+=("${need_pkgs[$i]}")
 done
-[[ ${#missing[@]} -eq 0 ]] && exit 0
+if [[ ${#missing[@]} -eq 0 ]]; then
+  setup_venv
+  exit 0
+fi
 
 echo "setup: installing ${missing[*]}" >&2
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -52,3 +80,4 @@ fi
 if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
   $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
+setup_venv

@@ -97,6 +97,15 @@ pub fn extract(obs: &[BackendObservation]) -> Vec<f32> {
     out
 }
 
+/// The feature row of an average, healthy, busy backend in a pool of `n` (used to probe a
+/// model when it is loaded).
+pub fn neutral_row(n: usize) -> [f32; NUM_FEATURES] {
+    let share = if n > 0 { 1.0 / n as f32 } else { 0.0 };
+    [
+        share, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, -1.0, 1.0, share,
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod features;
+pub mod model;
 pub mod observe;
 
 pub use features::{extract, FEATURE_NAMES, FEATURE_SCHEMA, NUM_FEATURES};
