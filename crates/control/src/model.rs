@@ -164,9 +164,11 @@ impl OnnxModel {
         drop(metadata);
         match schema.as_deref() {
             Some(s) if s == FEATURE_SCHEMA => {}
-            Some(s) => return Err(incompatible(format!(
+            Some(s) => {
+                return Err(incompatible(format!(
                 "it was trained on feature schema {s:?}, this fulcrum produces {FEATURE_SCHEMA:?}"
-            ))),
+            )))
+            }
             None => {
                 return Err(incompatible(format!(
                     "its metadata has no {SCHEMA_KEY:?} entry; expected {FEATURE_SCHEMA:?}"

@@ -1,0 +1,282 @@
+//! One control tick for one pool: observations → features → scores → guardrails → swap.
+//!
+//! The same code runs in the proxy's control thread on wall-clock time and in the simulator on
+//! simulated time: the caller supplies the observations and the clock.
+
+use std::time::{Duration, Instant};
+
+use fulcrum_balance::Pool;
+
+use crate::decisions::Decision;
+use crate::features::{extract, NUM_FEATURES};
+use crate::guardrails::{self, Limits};
+use crate::model::{ModelError, OnnxModel};
+use crate::observe::BackendObservation;
+
+/// What turns a feature matrix into one positive score per backend.
+#[derive(Debug)]
+pub enum Scorer {
+    /// A loaded ONNX model.
+    Model(OnnxModel),
+    /// The built-in controller, used when no model is available.
+    Heuristic(Heuristic),
+}
+
+impl Scorer {
+    /// `model` or `heuristic`, for decisions and metrics.
+    pub fn source(&self) -> &'static str {
+        match self {
+            Scorer::Model(_) => "model",
+            Scorer::Heuristic(_) => "heuristic",
+        }
+    }
+
+    /// Score every backend.
+    pub fn score(
+        &mut self,
+        features: &[f32],
+        observations: &[BackendObservation],
+    ) -> Result<Vec<f32>, ModelError> {
+        match self {
+            Scorer::Model(m) => m.scores(features, observations.len()),
+            Scorer::Heuristic(h) => Ok(h.scores(observations)),
+        }
+    }
+}
+
+/// The built-in controller: move each backend's weight toward equal latency across the pool,
+/// and away from backends that fail.
+///
+/// A backend slower than the pool's average gets a smaller share until latencies meet, which
+/// is where a least-loaded picker spreads work in proportion to capacity. Errors weigh
+/// quadratically so a fast-failing backend cannot look attractive because its failures are quick.
+#[derive(Debug, Clone)]
+pub struct Heuristic {
+    /// Exponent on the latency ratio (higher reacts harder).
+    pub latency_exponent: f64,
+}
+
+impl Default for Heuristic {
+    fn default() -> Self {
+        Heuristic {
+            latency_exponent: 1.0,
+        }
+    }
+}
+
+impl Heuristic {
+    /// Scores from observations.
+    pub fn scores(&self, obs: &[BackendObservation]) -> Vec<f32> {
+        let active: Vec<f64> = obs
+            .iter()
+            .filter(|o| o.requests > 0 && o.mean_ms > 0.0)
+            .map(|o| o.mean_ms)
+            .collect();
+        let reference = if active.is_empty() {
+            0.0
+        } else {
+            active.iter().sum::<f64>() / active.len() as f64
+        };
+        obs.iter()
+            .map(|o| {
+                let base = if o.current_weight > 0.0 {
+                    o.current_weight
+                } else {
+                    o.static_weight
+                };
+                let speed = if reference > 0.0 && o.requests > 0 && o.mean_ms > 0.0 {
+                    (reference / o.mean_ms).powf(self.latency_exponent)
+                } else {
+                    1.0
+                };
+                let health = (1.0 - o.error_rate).max(0.0).powi(2);
+                (base * speed * health).max(0.0) as f32
+            })
+            .collect()
+    }
+}
+
+/// Settings of the loop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlSettings {
+    /// Tick period.
+    pub tick: Duration,
+    /// Guardrail limits.
+    pub limits: Limits,
+    /// Inference longer than this skips the tick.
+    pub inference_budget: Duration,
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        ControlSettings {
+            tick: Duration::from_millis(500),
+            limits: Limits::default(),
+            inference_budget: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Per-pool controller state.
+#[derive(Debug)]
+pub struct PoolController {
+    name: String,
+    backends: Vec<String>,
+    settings: ControlSettings,
+    ticks: u64,
+    start_ns: u64,
+}
+
+/// What happened to a tick, for counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickOutcome {
+    /// New weights are in force.
+    Applied,
+    /// The scores failed a guardrail or inference failed; previous weights stay.
+    Rejected,
+    /// Inference took longer than the budget; previous weights stay.
+    Skipped,
+}
+
+impl PoolController {
+    /// A controller for `pool`, started at `now_ns`.
+    pub fn new(pool: &Pool, settings: ControlSettings, now_ns: u64) -> Self {
+        PoolController {
+            name: pool.name().to_string(),
+            backends: pool.backends().iter().map(|b| b.name.clone()).collect(),
+            settings,
+            ticks: 0,
+            start_ns: now_ns,
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &ControlSettings {
+        &self.settings
+    }
+
+    /// Run one tick over `observations` (from a [`crate::TickObserver`] on the same pool) and
+    /// swap the pool's weights when the result passes the guardrails.
+    pub fn tick(
+        &mut self,
+        pool: &Pool,
+        observations: &[BackendObservation],
+        scorer: &mut Scorer,
+        now_ns: u64,
+    ) -> (TickOutcome, Decision) {
+        self.ticks += 1;
+        let features = extract(observations);
+        let previous = pool.weights().weights().to_vec();
+        let started = Instant::now();
+        let scores = scorer.score(&features, observations);
+        let spent = started.elapsed();
+        let healthy: Vec<bool> = observations.iter().map(|o| o.healthy).collect();
+        let mut decision = Decision {
+            tick: self.ticks,
+            t_s: now_ns.saturating_sub(self.start_ns) as f64 / 1e9,
+            pool: self.name.clone(),
+            source: scorer.source(),
+            backends: self.backends.clone(),
+            features: features.chunks(NUM_FEATURES).map(<[f32]>::to_vec).collect(),
+            raw_scores: Vec::new(),
+            previous_weights: previous.clone(),
+            weights: previous.clone(),
+            guardrails: Vec::new(),
+            rejected: None,
+            inference_us: spent.as_secs_f64() * 1e6,
+        };
+        let outcome = match scores {
+            Err(e) => {
+                decision.rejected = Some(e.to_string());
+                TickOutcome::Rejected
+            }
+            Ok(scores) => {
+                decision.raw_scores = scores.clone();
+                if spent > self.settings.inference_budget {
+                    decision.rejected = Some(format!(
+                        "inference took {:.1} ms, over the {} ms budget",
+                        spent.as_secs_f64() * 1e3,
+                        self.settings.inference_budget.as_millis()
+                    ));
+                    TickOutcome::Skipped
+                } else {
+                    match guardrails::apply(&scores, &healthy, &previous, &self.settings.limits) {
+                        Err(r) => {
+                            decision.rejected = Some(r.to_string());
+                            TickOutcome::Rejected
+                        }
+                        Ok(g) => match pool.set_weights(g.weights.clone()) {
+                            Ok(()) => {
+                                decision.weights = g.weights;
+                                decision.guardrails = g.fired;
+                                TickOutcome::Applied
+                            }
+                            Err(e) => {
+                                decision.rejected =
+                                    Some(format!("weights refused by the pool: {e}"));
+                                TickOutcome::Rejected
+                            }
+                        },
+                    }
+                }
+            }
+        };
+        (outcome, decision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::TickObserver;
+    use fulcrum_balance::{Algorithm, Backend, Outcome};
+
+    fn pool() -> Pool {
+        let backends = (1..=3)
+            .map(|i| Backend::new(format!("127.0.0.1:{i}").parse().unwrap(), 1))
+            .collect();
+        Pool::new(
+            "p",
+            Algorithm::LeastConnections,
+            backends,
+            Duration::from_secs(10),
+            5,
+        )
+    }
+
+    #[test]
+    fn heuristic_moves_weight_away_from_a_slow_backend() {
+        let pool = pool();
+        let mut obs = TickObserver::new(&pool, 0);
+        let mut ctl = PoolController::new(&pool, ControlSettings::default(), 0);
+        let mut scorer = Scorer::Heuristic(Heuristic::default());
+        let mut now = 0;
+        for _ in 0..5 {
+            now += 500_000_000;
+            for _ in 0..50 {
+                pool.record(0, 2_000_000, Outcome::Success, now);
+                pool.record(1, 2_000_000, Outcome::Success, now);
+                pool.record(2, 16_000_000, Outcome::Success, now);
+            }
+            let o = obs.observe(&pool, now);
+            let (outcome, d) = ctl.tick(&pool, &o, &mut scorer, now);
+            assert_eq!(outcome, TickOutcome::Applied, "{d:?}");
+        }
+        let w = pool.weights().weights().to_vec();
+        assert!(w[2] < w[0] / 4.0, "{w:?}");
+        assert!((w[0] - w[1]).abs() < 1e-6);
+    }
+
+    #[test]
+    fn unhealthy_backends_get_zero_and_bad_scores_keep_weights() {
+        let pool = pool();
+        pool.backends()[1].stats.set_healthy(false);
+        let mut obs = TickObserver::new(&pool, 0);
+        let mut ctl = PoolController::new(&pool, ControlSettings::default(), 0);
+        let mut scorer = Scorer::Heuristic(Heuristic::default());
+        let o = obs.observe(&pool, 500_000_000);
+        let (outcome, _) = ctl.tick(&pool, &o, &mut scorer, 500_000_000);
+        assert_eq!(outcome, TickOutcome::Applied);
+        assert_eq!(pool.weights().weights()[1], 0.0);
+    }
+}
