@@ -10,8 +10,12 @@
 //! - any other path answers 200 with the backend's name; `?delay_ms=N` adds latency and
 //!   `?status=N` picks the status code for that request.
 //! - every response carries `x-backend: NAME`.
+//!
+//! The [`scenario`] module holds backends that play a lab scenario's `[[backends]]`.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
+
+pub mod scenario;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,0 +1,160 @@
+//! The policies a scenario can be run with: the proxy's four algorithms, the simulator-only
+//! `oracle`, and `ALGO+model` (an algorithm whose weights a control loop sets every tick).
+
+use std::fmt;
+use std::str::FromStr;
+
+use fulcrum_balance::Algorithm;
+
+/// A load-balancing policy, as named on the command line and in reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// `round_robin`.
+    RoundRobin,
+    /// `weighted_round_robin` with the scenario's static weights.
+    WeightedRoundRobin,
+    /// `least_connections` (weighted by the static weights).
+    LeastConnections,
+    /// `p2c_ewma`: power of two choices over Peak-EWMA.
+    P2cEwma,
+    /// `oracle`: simulator only; knows every backend's true queue, speed and error rate.
+    Oracle,
+    /// `ALGO+model`: the algorithm with weights set by a control loop.
+    Model(Algorithm),
+}
+
+/// The name of an algorithm as used in policy names.
+fn algorithm_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::RoundRobin => "round_robin",
+        Algorithm::WeightedRoundRobin => "weighted_round_robin",
+        Algorithm::LeastConnections => "least_connections",
+        Algorithm::P2cEwma => "p2c_ewma",
+    }
+}
+
+/// The algorithm named `s`, if any.
+fn algorithm_from_name(s: &str) -> Option<Algorithm> {
+    match s {
+        "round_robin" => Some(Algorithm::RoundRobin),
+        "weighted_round_robin" => Some(Algorithm::WeightedRoundRobin),
+        "least_connections" => Some(Algorithm::LeastConnections),
+        "p2c_ewma" => Some(Algorithm::P2cEwma),
+        _ => None,
+    }
+}
+
+impl Policy {
+    /// The policies that need nothing beyond the scenario: the four algorithms and `oracle`.
+    pub const BASELINES: [Policy; 5] = [
+        Policy::RoundRobin,
+        Policy::WeightedRoundRobin,
+        Policy::LeastConnections,
+        Policy::P2cEwma,
+        Policy::Oracle,
+    ];
+
+    /// The proxy algorithm this policy picks with (`None` for `oracle`).
+    pub fn algorithm(&self) -> Option<Algorithm> {
+        match *self {
+            Policy::RoundRobin => Some(Algorithm::RoundRobin),
+            Policy::WeightedRoundRobin => Some(Algorithm::WeightedRoundRobin),
+            Policy::LeastConnections => Some(Algorithm::LeastConnections),
+            Policy::P2cEwma => Some(Algorithm::P2cEwma),
+            Policy::Oracle => None,
+            Policy::Model(a) => Some(a),
+        }
+    }
+
+    /// Whether this policy needs a weight controller (`ALGO+model`).
+    pub fn needs_model(&self) -> bool {
+        matches!(self, Policy::Model(_))
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Policy::Oracle => f.write_str("oracle"),
+            Policy::Model(a) => write!(f, "{}+model", algorithm_name(a)),
+            p => f.write_str(algorithm_name(
+                p.algorithm().unwrap_or(Algorithm::RoundRobin),
+            )),
+        }
+    }
+}
+
+/// A policy name that is not one of the known forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsePolicyError {
+    /// The rejected text.
+    pub input: String,
+}
+
+impl fmt::Display for ParsePolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown policy `{}` (expected round_robin, weighted_round_robin, least_connections, \
+             p2c_ewma, oracle, or ALGO+model)",
+            self.input
+        )
+    }
+}
+
+impl std::error::Error for ParsePolicyError {}
+
+impl FromStr for Policy {
+    type Err = ParsePolicyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let err = || ParsePolicyError {
+            input: s.to_string(),
+        };
+        if let Some(base) = t.strip_suffix("+model") {
+            return algorithm_from_name(base).map(Policy::Model).ok_or_else(err);
+        }
+        match t {
+            "oracle" => Ok(Policy::Oracle),
+            _ => match algorithm_from_name(t).ok_or_else(err)? {
+                Algorithm::RoundRobin => Ok(Policy::RoundRobin),
+                Algorithm::WeightedRoundRobin => Ok(Policy::WeightedRoundRobin),
+                Algorithm::LeastConnections => Ok(Policy::LeastConnections),
+                Algorithm::P2cEwma => Ok(Policy::P2cEwma),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut all = Policy::BASELINES.to_vec();
+        for a in [
+            Algorithm::RoundRobin,
+            Algorithm::WeightedRoundRobin,
+            Algorithm::LeastConnections,
+            Algorithm::P2cEwma,
+        ] {
+            all.push(Policy::Model(a));
+        }
+        for p in all {
+            let s = p.to_string();
+            assert_eq!(s.parse::<Policy>(), Ok(p), "{s}");
+        }
+        assert_eq!(
+            "p2c_ewma+model".parse::<Policy>(),
+            Ok(Policy::Model(Algorithm::P2cEwma))
+        );
+        assert!(Policy::Model(Algorithm::P2cEwma).needs_model());
+        assert!(!Policy::Oracle.needs_model());
+        for bad in ["", "oracle+model", "random", "least_connections+", "+model"] {
+            let e = bad.parse::<Policy>().unwrap_err();
+            assert!(e.to_string().contains("unknown policy"), "{bad}");
+        }
+    }
+}

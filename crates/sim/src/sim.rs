@@ -1,0 +1,866 @@
+//! The discrete-event simulator: Poisson clients, a proxy that picks with the real
+//! [`fulcrum_balance::Pool`], and backends with slots, FIFO queues, lognormal service times,
+//! errors and outages, all on simulated nanoseconds.
+//!
+//! The proxy side mirrors fulcrum: one `pick` per attempt, an [`InFlightGuard`] lease held until
+//! the attempt completes, `record` of every attempt (Peak-EWMA, passive ejection), retries of
+//! refused connections for any request and of 503s for idempotent ones only, an active health
+//! checker with the proxy's thresholds, and a control tick running the same
+//! [`TickObserver`] the control loop uses.
+//!
+//! A run is a pure function of the scenario, the policy, the options and the seed: every random
+//! draw comes from [`crate::rng`] streams derived from the seed, and simultaneous events are
+//! processed in the order they were scheduled.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fulcrum_balance::{Algorithm, Backend, InFlightGuard, Outcome, P2cEwma, Pool, Tried};
+use fulcrum_config::scenario::Scenario;
+use fulcrum_control::{BackendObservation, TickObserver};
+
+use crate::policy::Policy;
+use crate::report::{Accumulator, PolicyResult, RunReport};
+use crate::rng::{stream_seed, Rng};
+
+/// Sets pool weights from each control tick's observations, on simulated time.
+pub trait WeightController {
+    /// Called every control tick (`SimOptions::tick_ms`) with the window's observations; may
+    /// call [`Pool::set_weights`].
+    fn tick(&mut self, pool: &Pool, observations: &[BackendObservation], now_ns: u64);
+}
+
+/// Builds a fresh [`WeightController`] for one run, so every run starts from the same state.
+pub type ControllerFactory = dyn Fn(&Scenario) -> Box<dyn WeightController> + Send + Sync;
+
+/// Knobs of a simulation run; the defaults are the proxy's defaults.
+#[derive(Clone)]
+pub struct SimOptions {
+    /// Overrides the scenario's seed.
+    pub seed: Option<u64>,
+    /// Extra attempts allowed per request (default 2).
+    pub retries: u32,
+    /// Passive ejection threshold (default 5; 0 disables).
+    pub max_consecutive_failures: u32,
+    /// Peak-EWMA decay time (default 10 s).
+    pub ewma_decay: Duration,
+    /// Active health check interval (default 1 s).
+    pub health_interval: Duration,
+    /// Failed checks before a backend is marked down (default 3).
+    pub unhealthy_threshold: u32,
+    /// Good checks before a backend is marked up again (default 2).
+    pub healthy_threshold: u32,
+    /// Control tick period in ms (default 500).
+    pub tick_ms: u64,
+    /// Time until a refused connection is reported, ms (default 0.1).
+    pub refused_ms: f64,
+    /// Control loop for the `ALGO+model` policies.
+    pub weight_controller: Option<Arc<ControllerFactory>>,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            seed: None,
+            retries: 2,
+            max_consecutive_failures: 5,
+            ewma_decay: Duration::from_secs(10),
+            health_interval: Duration::from_secs(1),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+            tick_ms: 500,
+            refused_ms: 0.1,
+            weight_controller: None,
+        }
+    }
+}
+
+impl fmt::Debug for SimOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimOptions")
+            .field("seed", &self.seed)
+            .field("retries", &self.retries)
+            .field("max_consecutive_failures", &self.max_consecutive_failures)
+            .field("ewma_decay", &self.ewma_decay)
+            .field("health_interval", &self.health_interval)
+            .field("unhealthy_threshold", &self.unhealthy_threshold)
+            .field("healthy_threshold", &self.healthy_threshold)
+            .field("tick_ms", &self.tick_ms)
+            .field("refused_ms", &self.refused_ms)
+            .field("weight_controller", &self.weight_controller.is_some())
+            .finish()
+    }
+}
+
+/// Why a simulation could not run.
+#[derive(Debug)]
+pub enum SimError {
+    /// An `ALGO+model` policy was requested without `SimOptions::weight_controller`.
+    NeedsModel {
+        /// The policy name.
+        policy: String,
+    },
+    /// The scenario or options cannot be simulated.
+    Invalid(String),
+    /// Writing an output file failed.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SimError::NeedsModel { policy } => write!(
+                f,
+                "policy {policy}: the +model policies need the control loop's model"
+            ),
+            SimError::Invalid(why) => write!(f, "cannot simulate: {why}"),
+            SimError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SimError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SimError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for SimError {
+    fn from(e: std::io::Error) -> Self {
+        SimError::Io(e)
+    }
+}
+
+/// A backend's true condition at a control tick (what a model should learn to infer).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackendTruth {
+    /// Slots serving in parallel.
+    pub concurrency: u32,
+    /// Current mean service time, ms (slowdown included).
+    pub service_ms: f64,
+    /// Current probability of a 503.
+    pub error_rate: f64,
+    /// Refusing connections.
+    pub down: bool,
+    /// Requests waiting for a slot.
+    pub queue_len: usize,
+    /// Slots busy.
+    pub busy: u32,
+}
+
+/// Everything visible at one control tick.
+#[derive(Debug)]
+pub struct TickSnapshot<'a> {
+    /// Simulated time, seconds.
+    pub t_s: f64,
+    /// The pool, after the weight controller (if any) ran.
+    pub pool: &'a Pool,
+    /// The window's observations, one per backend.
+    pub observations: &'a [BackendObservation],
+    /// Ground truth, one per backend.
+    pub truth: &'a [BackendTruth],
+}
+
+/// Queueing figures of a run, measured between the end of warm-up and the end of the scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimStats {
+    /// Length of the measurement window, seconds.
+    pub window_s: f64,
+    /// Requests that arrived in the window.
+    pub arrivals: u64,
+    /// Time-averaged number of requests in the system (arrived, not yet answered).
+    pub mean_in_system: f64,
+    /// Per backend, time-averaged busy slots divided by concurrency.
+    pub utilisation: Vec<f64>,
+    /// Events processed over the whole run.
+    pub events: u64,
+}
+
+/// The result of a run and its queueing figures.
+#[derive(Debug, Clone)]
+pub struct SimOutput {
+    /// The policy's results.
+    pub result: PolicyResult,
+    /// Queueing figures.
+    pub stats: SimStats,
+}
+
+/// Simulate `scenario` under `policy`.
+pub fn simulate(
+    scenario: &Scenario,
+    policy: &Policy,
+    opts: &SimOptions,
+) -> Result<PolicyResult, SimError> {
+    simulate_detailed(scenario, policy, opts, &mut |_| {}).map(|o| o.result)
+}
+
+/// Simulate every policy (in parallel threads) and collect a [`RunReport`] in `policies` order.
+pub fn simulate_all(
+    scenario: &Scenario,
+    policies: &[Policy],
+    opts: &SimOptions,
+) -> Result<RunReport, SimError> {
+    let results: Vec<Result<PolicyResult, SimError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = policies
+            .iter()
+            .map(|p| s.spawn(move || simulate(scenario, p, opts)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(SimError::Invalid("simulation panicked".into())))
+            })
+            .collect()
+    });
+    Ok(RunReport {
+        scenario: scenario.name.clone(),
+        seed: opts.seed.unwrap_or(scenario.seed),
+        mode: "sim".to_string(),
+        results: results.into_iter().collect::<Result<_, _>>()?,
+    })
+}
+
+/// Simulate and also return queueing figures; `on_tick` sees every control tick.
+pub fn simulate_detailed(
+    scenario: &Scenario,
+    policy: &Policy,
+    opts: &SimOptions,
+    on_tick: &mut dyn FnMut(&TickSnapshot<'_>),
+) -> Result<SimOutput, SimError> {
+    validate(scenario, opts)?;
+    let controller = match (policy.needs_model(), &opts.weight_controller) {
+        (false, _) => None,
+        (true, Some(factory)) => Some(factory(scenario)),
+        (true, None) => {
+            return Err(SimError::NeedsModel {
+                policy: policy.to_string(),
+            })
+        }
+    };
+    let mut sim = Sim::new(scenario, policy, opts, controller);
+    sim.run(on_tick);
+    Ok(sim.finish())
+}
+
+fn validate(sc: &Scenario, opts: &SimOptions) -> Result<(), SimError> {
+    let bad = |why: String| Err(SimError::Invalid(why));
+    if sc.backends.is_empty() {
+        return bad("the scenario has no backends".into());
+    }
+    if !(sc.duration_s.is_finite() && sc.duration_s > 0.0) {
+        return bad(format!("duration_s = {} must be positive", sc.duration_s));
+    }
+    if !(sc.warmup_s.is_finite() && sc.warmup_s >= 0.0 && sc.warmup_s < sc.duration_s) {
+        return bad(format!(
+            "warmup_s = {} must be in [0, duration_s)",
+            sc.warmup_s
+        ));
+    }
+    let rates = std::iter::once(sc.load.rate_rps).chain(sc.load.steps.iter().map(|s| s.1));
+    for r in rates {
+        if !(r.is_finite() && r >= 0.0) {
+            return bad(format!("arrival rate {r} must be finite and >= 0"));
+        }
+    }
+    for b in &sc.backends {
+        if b.concurrency == 0 {
+            return bad(format!("backend {}: concurrency must be > 0", b.name));
+        }
+        if !(b.service_ms.is_finite() && b.service_ms >= 0.0 && b.error_ms.is_finite()) {
+            return bad(format!("backend {}: invalid service time", b.name));
+        }
+    }
+    if opts.tick_ms == 0 || opts.health_interval.is_zero() {
+        return bad("tick_ms and health_interval must be positive".into());
+    }
+    Ok(())
+}
+
+/// Random stream ids.
+const STREAM_ARRIVALS: u64 = 1;
+const STREAM_P2C: u64 = 2;
+const STREAM_BACKEND: u64 = 0x100;
+
+/// A failure probability never treated as certain by the oracle's cost.
+const MIN_SUCCESS: f64 = 1e-9;
+/// The oracle's cost of a final error for a non-idempotent request, ms.
+const ORACLE_FAILURE_PENALTY_MS: f64 = 10_000.0;
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Arrival,
+    Done(u32),
+    Tick,
+    Health,
+}
+
+/// A scheduled event; the heap pops the earliest, ties in scheduling order.
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    t: u64,
+    seq: u64,
+    kind: Kind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, o: &Self) -> bool {
+        (self.t, self.seq) == (o.t, o.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // Reversed: `BinaryHeap` is a max-heap.
+        (o.t, o.seq).cmp(&(self.t, self.seq))
+    }
+}
+
+/// What happens to an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Waiting for a slot.
+    Queued,
+    /// Connection refused (backend down).
+    Refused,
+    /// Served, answered 503.
+    Error,
+    /// Served successfully.
+    Ok,
+}
+
+#[derive(Debug)]
+struct Attempt {
+    req: u32,
+    backend: u32,
+    start_ns: u64,
+    fate: Fate,
+    /// Held until the attempt completes, so the pool's `in_flight` is exact.
+    guard: Option<InFlightGuard>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    arrival_ns: u64,
+    post: bool,
+    tried: Tried,
+    attempts: u32,
+}
+
+/// Time integral of a step function over a fixed window.
+#[derive(Debug, Clone, Copy)]
+struct Integral {
+    from: u64,
+    to: u64,
+    last: u64,
+    value: u64,
+    area: f64,
+}
+
+impl Integral {
+    fn new(from: u64, to: u64) -> Self {
+        Self {
+            from,
+            to,
+            last: 0,
+            value: 0,
+            area: 0.0,
+        }
+    }
+
+    /// The function changes to `value` at `now`.
+    #[inline]
+    fn set(&mut self, now: u64, value: u64) {
+        let a = self.last.max(self.from);
+        let b = now.min(self.to);
+        if b > a {
+            self.area += (self.value * (b - a)) as f64;
+        }
+        self.last = now;
+        self.value = value;
+    }
+
+    fn mean(&mut self) -> f64 {
+        self.set(self.to.max(self.last), self.value);
+        self.area / (self.to - self.from).max(1) as f64
+    }
+}
+
+#[derive(Debug)]
+struct BackendSim {
+    busy: u32,
+    queue: VecDeque<u32>,
+    rng: Rng,
+    health_successes: u32,
+    health_failures: u32,
+    busy_integral: Integral,
+}
+
+struct Sim<'a> {
+    sc: &'a Scenario,
+    opts: &'a SimOptions,
+    policy: Policy,
+    pool: Arc<Pool>,
+    controller: Option<Box<dyn WeightController>>,
+    now: u64,
+    seq: u64,
+    events: u64,
+    heap: BinaryHeap<Event>,
+    backends: Vec<BackendSim>,
+    attempts: Vec<Attempt>,
+    free_attempts: Vec<u32>,
+    requests: Vec<Request>,
+    free_requests: Vec<u32>,
+    outstanding: u64,
+    arrival_rng: Rng,
+    oracle_rotation: usize,
+    warmup_ns: u64,
+    duration_ns: u64,
+    refused_ns: u64,
+    acc: Accumulator,
+    in_system: Integral,
+    arrivals_in_window: u64,
+}
+
+fn ns(seconds: f64) -> u64 {
+    (seconds * 1e9).round().max(0.0) as u64
+}
+
+impl<'a> Sim<'a> {
+    fn new(
+        sc: &'a Scenario,
+        policy: &Policy,
+        opts: &'a SimOptions,
+        controller: Option<Box<dyn WeightController>>,
+    ) -> Self {
+        let seed = opts.seed.unwrap_or(sc.seed);
+        let backends: Vec<Backend> = sc
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                // Identifiers only; no socket is ever opened.
+                let ip = Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
+                let mut backend = Backend::new(SocketAddr::from((ip, 80)), b.weight);
+                backend.name = b.name.clone();
+                backend
+            })
+            .collect();
+        let algorithm = policy.algorithm().unwrap_or(Algorithm::LeastConnections);
+        let picker = match algorithm {
+            Algorithm::P2cEwma => Box::new(P2cEwma::with_seed(stream_seed(seed, STREAM_P2C))) as _,
+            a => a.new_picker(),
+        };
+        let pool = Arc::new(Pool::with_picker(
+            sc.name.clone(),
+            algorithm,
+            backends,
+            opts.ewma_decay,
+            opts.max_consecutive_failures,
+            picker,
+        ));
+        let warmup_ns = ns(sc.warmup_s);
+        let duration_ns = ns(sc.duration_s);
+        let names: Vec<String> = sc.backends.iter().map(|b| b.name.clone()).collect();
+        let expected = (sc.load.rate_rps * sc.duration_s).clamp(0.0, 1e7) as usize;
+        Self {
+            sc,
+            opts,
+            policy: *policy,
+            pool,
+            controller,
+            now: 0,
+            seq: 0,
+            events: 0,
+            heap: BinaryHeap::with_capacity(1024),
+            backends: (0..sc.backends.len())
+                .map(|i| BackendSim {
+                    busy: 0,
+                    queue: VecDeque::new(),
+                    rng: Rng::new(stream_seed(seed, STREAM_BACKEND + i as u64)),
+                    health_successes: 0,
+                    health_failures: 0,
+                    busy_integral: Integral::new(warmup_ns, duration_ns),
+                })
+                .collect(),
+            attempts: Vec::with_capacity(1024),
+            free_attempts: Vec::new(),
+            requests: Vec::with_capacity(1024),
+            free_requests: Vec::new(),
+            outstanding: 0,
+            arrival_rng: Rng::new(stream_seed(seed, STREAM_ARRIVALS)),
+            oracle_rotation: 0,
+            warmup_ns,
+            duration_ns,
+            refused_ns: ns(opts.refused_ms / 1000.0),
+            acc: {
+                let mut acc = Accumulator::new(&names, sc.warmup_s, sc.duration_s);
+                acc.reserve(expected);
+                acc
+            },
+            in_system: Integral::new(warmup_ns, duration_ns),
+            arrivals_in_window: 0,
+        }
+    }
+
+    #[inline]
+    fn schedule(&mut self, t: u64, kind: Kind) {
+        self.seq += 1;
+        self.heap.push(Event {
+            t,
+            seq: self.seq,
+            kind,
+        });
+    }
+
+    fn run(&mut self, on_tick: &mut dyn FnMut(&TickSnapshot<'_>)) {
+        let mut observer = TickObserver::new(&self.pool, 0);
+        let tick_ns = self.opts.tick_ms.saturating_mul(1_000_000);
+        let health_ns = u64::try_from(self.opts.health_interval.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(t) = self.next_arrival(0.0) {
+            self.schedule(t, Kind::Arrival);
+        }
+        if tick_ns <= self.duration_ns {
+            self.schedule(tick_ns, Kind::Tick);
+        }
+        self.schedule(health_ns, Kind::Health);
+        while let Some(ev) = self.heap.pop() {
+            self.now = ev.t;
+            self.events += 1;
+            match ev.kind {
+                Kind::Arrival => self.arrival(),
+                Kind::Done(id) => self.done(id),
+                Kind::Tick => {
+                    self.tick(&mut observer, on_tick);
+                    let next = self.now.saturating_add(tick_ns);
+                    if next <= self.duration_ns {
+                        self.schedule(next, Kind::Tick);
+                    }
+                }
+                Kind::Health => {
+                    self.health_check();
+                    if self.now < self.duration_ns || self.outstanding > 0 {
+                        self.schedule(self.now.saturating_add(health_ns), Kind::Health);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> SimOutput {
+        let window_s = (self.duration_ns - self.warmup_ns) as f64 / 1e9;
+        let utilisation = self
+            .backends
+            .iter_mut()
+            .zip(&self.sc.backends)
+            .map(|(b, sb)| b.busy_integral.mean() / f64::from(sb.concurrency))
+            .collect();
+        let stats = SimStats {
+            window_s,
+            arrivals: self.arrivals_in_window,
+            mean_in_system: self.in_system.mean(),
+            utilisation,
+            events: self.events,
+        };
+        let name = self.policy.to_string();
+        SimOutput {
+            result: self.acc.finish(&name),
+            stats,
+        }
+    }
+
+    /// Next arrival strictly after `from_s` from the piecewise-constant Poisson rate, or `None`
+    /// past the end of the scenario.
+    fn next_arrival(&mut self, from_s: f64) -> Option<u64> {
+        let load = &self.sc.load;
+        let end = self.sc.duration_s;
+        let mut t = from_s;
+        let mut e = self.arrival_rng.exp1();
+        while t < end {
+            let rate = load.rate_at(t);
+            let boundary = load
+                .steps
+                .iter()
+                .map(|s| s.0)
+                .find(|&at| at > t)
+                .map_or(end, |at| at.min(end));
+            if rate > 0.0 {
+                let next = t + e / rate;
+                if next < boundary {
+                    return Some(ns(next).max(self.now + 1));
+                }
+                e -= (boundary - t) * rate;
+            }
+            t = boundary;
+        }
+        None
+    }
+
+    fn arrival(&mut self) {
+        let now_s = self.now as f64 * 1e-9;
+        let post = self.arrival_rng.uniform() < self.sc.load.non_idempotent_fraction;
+        if let Some(t) = self.next_arrival(now_s) {
+            self.schedule(t, Kind::Arrival);
+        }
+        let req = Request {
+            arrival_ns: self.now,
+            post,
+            tried: Tried::new(),
+            attempts: 0,
+        };
+        let id = match self.free_requests.pop() {
+            Some(id) => {
+                self.requests[id as usize] = req;
+                id
+            }
+            None => {
+                self.requests.push(req);
+                (self.requests.len() - 1) as u32
+            }
+        };
+        self.outstanding += 1;
+        self.in_system.set(self.now, self.outstanding);
+        if self.now >= self.warmup_ns && self.now < self.duration_ns {
+            self.arrivals_in_window += 1;
+        }
+        self.dispatch(id);
+    }
+
+    /// Start the next attempt of request `id`, or fail it when no backend is eligible.
+    fn dispatch(&mut self, id: u32) {
+        let r = self.requests[id as usize];
+        let pick = match self.policy {
+            Policy::Oracle => self.oracle_pick(r.tried, r.post),
+            _ => self.pool.pick(r.tried, self.now),
+        };
+        let Some(b) = pick else {
+            self.finish_request(id, false);
+            return;
+        };
+        let r = &mut self.requests[id as usize];
+        r.tried.insert(b);
+        r.attempts += 1;
+        let attempt = Attempt {
+            req: id,
+            backend: b as u32,
+            start_ns: self.now,
+            fate: Fate::Queued,
+            guard: Some(self.pool.lease(b)),
+        };
+        let aid = match self.free_attempts.pop() {
+            Some(aid) => {
+                self.attempts[aid as usize] = attempt;
+                aid
+            }
+            None => {
+                self.attempts.push(attempt);
+                (self.attempts.len() - 1) as u32
+            }
+        };
+        let now_s = self.now as f64 * 1e-9;
+        if self.sc.backends[b].state_at(now_s).down {
+            self.attempts[aid as usize].fate = Fate::Refused;
+            self.schedule(self.now + self.refused_ns, Kind::Done(aid));
+        } else if self.backends[b].busy < self.sc.backends[b].concurrency {
+            self.start_service(b, aid);
+        } else {
+            self.backends[b].queue.push_back(aid);
+        }
+    }
+
+    /// Occupy a slot of backend `b` with attempt `aid` and schedule its completion.
+    fn start_service(&mut self, b: usize, aid: u32) {
+        let sb = &self.sc.backends[b];
+        let state = sb.state_at(self.now as f64 * 1e-9);
+        let bs = &mut self.backends[b];
+        bs.busy += 1;
+        bs.busy_integral.set(self.now, u64::from(bs.busy));
+        let (fate, ms) = if state.error_rate > 0.0 && bs.rng.uniform() < state.error_rate {
+            (Fate::Error, sb.error_ms)
+        } else {
+            let median = sb.service_ms * state.slowdown;
+            let ms = if sb.service_jitter > 0.0 {
+                median * (sb.service_jitter * bs.rng.normal()).exp()
+            } else {
+                median
+            };
+            (Fate::Ok, ms)
+        };
+        self.attempts[aid as usize].fate = fate;
+        self.schedule(self.now + ns(ms / 1000.0), Kind::Done(aid));
+    }
+
+    fn done(&mut self, aid: u32) {
+        let a = &mut self.attempts[aid as usize];
+        let (req, b, fate) = (a.req, a.backend as usize, a.fate);
+        let latency = self.now - a.start_ns;
+        // The lease ends with the attempt.
+        drop(a.guard.take());
+        self.free_attempts.push(aid);
+        if fate != Fate::Refused {
+            let bs = &mut self.backends[b];
+            bs.busy -= 1;
+            bs.busy_integral.set(self.now, u64::from(bs.busy));
+            if let Some(next) = bs.queue.pop_front() {
+                self.start_service(b, next);
+            }
+        }
+        let outcome = match fate {
+            Fate::Ok => Outcome::Success,
+            Fate::Error => Outcome::ServerError,
+            Fate::Refused | Fate::Queued => Outcome::ConnectFailure,
+        };
+        self.pool.record(b, latency, outcome, self.now);
+        let r = self.requests[req as usize];
+        if r.arrival_ns >= self.warmup_ns {
+            self.acc
+                .attempt(r.arrival_ns as f64 * 1e-9, b, outcome != Outcome::Success);
+        }
+        let retryable = match fate {
+            Fate::Ok => {
+                self.finish_request(req, true);
+                return;
+            }
+            Fate::Refused | Fate::Queued => true,
+            Fate::Error => !r.post,
+        };
+        if retryable && r.attempts <= self.opts.retries {
+            self.dispatch(req);
+        } else {
+            self.finish_request(req, false);
+        }
+    }
+
+    fn finish_request(&mut self, id: u32, ok: bool) {
+        let r = self.requests[id as usize];
+        if r.arrival_ns >= self.warmup_ns {
+            let latency_ms = (self.now - r.arrival_ns) as f64 * 1e-6;
+            self.acc
+                .request(latency_ms, ok, r.attempts.saturating_sub(1));
+        }
+        self.free_requests.push(id);
+        self.outstanding -= 1;
+        self.in_system.set(self.now, self.outstanding);
+    }
+
+    /// The backend with the shortest expected completion time, from the true state.
+    fn oracle_pick(&mut self, tried: Tried, post: bool) -> Option<usize> {
+        let now_s = self.now as f64 * 1e-9;
+        let n = self.backends.len();
+        self.oracle_rotation = (self.oracle_rotation + 1) % n;
+        let mut best: Option<(bool, f64, usize)> = None;
+        for k in 0..n {
+            let i = (self.oracle_rotation + k) % n;
+            let sb = &self.sc.backends[i];
+            let st = sb.state_at(now_s);
+            if st.down {
+                continue;
+            }
+            let bs = &self.backends[i];
+            let c = f64::from(sb.concurrency);
+            let mean = sb.mean_service_ms() * st.slowdown;
+            let p = st.error_rate.clamp(0.0, 1.0);
+            let occupancy = (1.0 - p) * mean + p * sb.error_ms;
+            let ahead = (bs.queue.len() as u64 + u64::from(bs.busy)) as f64;
+            let wait = ((ahead - c + 1.0).max(0.0) / c) * occupancy;
+            let expected = wait + occupancy;
+            let cost = if post {
+                expected + p * ORACLE_FAILURE_PENALTY_MS
+            } else {
+                // Expected time to a success when failures are retried.
+                expected / (1.0 - p).max(MIN_SUCCESS)
+            };
+            let key = (tried.contains(i), cost, i);
+            if best.is_none_or(|(bt, bc, _)| (key.0, key.1) < (bt, bc)) {
+                best = Some(key);
+            }
+        }
+        best.map(|(_, _, i)| i)
+    }
+
+    fn truth(&self) -> Vec<BackendTruth> {
+        let now_s = self.now as f64 * 1e-9;
+        self.sc
+            .backends
+            .iter()
+            .zip(&self.backends)
+            .map(|(sb, bs)| {
+                let st = sb.state_at(now_s);
+                BackendTruth {
+                    concurrency: sb.concurrency,
+                    service_ms: sb.mean_service_ms() * st.slowdown,
+                    error_rate: st.error_rate,
+                    down: st.down,
+                    queue_len: bs.queue.len(),
+                    busy: bs.busy,
+                }
+            })
+            .collect()
+    }
+
+    fn tick(&mut self, observer: &mut TickObserver, on_tick: &mut dyn FnMut(&TickSnapshot<'_>)) {
+        let observations = observer.observe(&self.pool, self.now);
+        if let Some(c) = self.controller.as_mut() {
+            c.tick(&self.pool, &observations, self.now);
+        }
+        let truth = self.truth();
+        on_tick(&TickSnapshot {
+            t_s: self.now as f64 * 1e-9,
+            pool: &self.pool,
+            observations: &observations,
+            truth: &truth,
+        });
+    }
+
+    /// One round of active checks, with the proxy's thresholds.
+    fn health_check(&mut self) {
+        let now_s = self.now as f64 * 1e-9;
+        for (i, bs) in self.backends.iter_mut().enumerate() {
+            let stats = &self.pool.backends()[i].stats;
+            if self.sc.backends[i].state_at(now_s).down {
+                bs.health_successes = 0;
+                bs.health_failures = bs.health_failures.saturating_add(1);
+                if stats.is_healthy() && bs.health_failures >= self.opts.unhealthy_threshold {
+                    stats.set_healthy(false);
+                }
+            } else {
+                bs.health_failures = 0;
+                bs.health_successes = bs.health_successes.saturating_add(1);
+                if !stats.is_healthy() && bs.health_successes >= self.opts.healthy_threshold {
+                    stats.set_healthy(true);
+                }
+            }
+        }
+    }
+}
+
+/// In-flight count of every backend of a finished run is checked by the tests through this.
+#[cfg(test)]
+pub(crate) fn run_for_test(
+    scenario: &Scenario,
+    policy: &Policy,
+    opts: &SimOptions,
+) -> (SimOutput, Vec<u64>) {
+    validate(scenario, opts).unwrap();
+    let mut sim = Sim::new(scenario, policy, opts, None);
+    sim.run(&mut |_| {});
+    let in_flight = sim
+        .pool
+        .backends()
+        .iter()
+        .map(|b| b.stats.in_flight())
+        .collect();
+    (sim.finish(), in_flight)
+}
