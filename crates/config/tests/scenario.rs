@@ -574,7 +574,7 @@ fn published_suite_load_figures() {
         ("one-slow-backend", 0.60, 443.0),
         ("fast-failing", 0.60, 443.0),
         ("transient-degradation", 0.65, 576.0),
-        ("load-ramp", 0.30, 526.0),
+        ("load-ramp", 0.30, 592.0),
     ];
     for (name, load, peak) in expected {
         let path = suite_dir().join(format!("{name}.toml"));

@@ -29,6 +29,203 @@ enum Command {
     /// Start local demo backends on the configuration's backend addresses, then the proxy
     /// (the embedded default configuration unless `-c` is given).
     Demo,
+    /// Run policies on a scenario in the discrete-event simulator.
+    Sim(SimArgs),
+    /// Run policies on a scenario for real: loopback backends, the real proxy, open-loop load.
+    Lab(LabArgs),
+    /// Start a scenario's backends on loopback (point any proxy at them).
+    Testbed(TestbedArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// Scenario file (see benches/scenarios/README.md).
+    #[arg(long)]
+    scenario: PathBuf,
+    /// Policy to run; repeat for several (default: the four algorithms and the oracle).
+    /// `ALGO+model` runs the control loop.
+    #[arg(long = "policy")]
+    policies: Vec<String>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a Markdown table and SVG plots into this directory.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Write per-tick features and ground truth (CSV) for the first policy here.
+    #[arg(long)]
+    export_features: Option<PathBuf>,
+    /// Override the scenario's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// ONNX model for `+model` policies (default: models/balancer.onnx when present).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Use the built-in heuristic controller for `+model` policies instead of a model.
+    #[arg(long)]
+    heuristic: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct LabArgs {
+    /// Scenario file.
+    #[arg(long)]
+    scenario: PathBuf,
+    /// Policy to run; repeat for several (default: the four algorithms).
+    #[arg(long = "policy")]
+    policies: Vec<String>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a Markdown table and SVG plots into this directory.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Run the scenario's timeline this many times faster than written (0.25 = a quarter of
+    /// the time); service times are not scaled.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Extra TOML lines for the generated pool (e.g. control-loop settings).
+    #[arg(long, default_value = "")]
+    pool_toml: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct TestbedArgs {
+    /// Scenario file.
+    #[arg(long)]
+    scenario: PathBuf,
+    /// Timeline speed-up, as for `lab`.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+}
+
+fn load_scenario(path: &PathBuf) -> Result<fulcrum_config::scenario::Scenario, ExitCode> {
+    match fulcrum_config::scenario::load_scenario(path) {
+        Ok((scenario, warnings)) => {
+            print_warnings(&warnings);
+            Ok(scenario)
+        }
+        Err(diagnostics) => {
+            eprint!("{diagnostics}");
+            Err(ExitCode::from(EXIT_CONFIG as u8))
+        }
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("fulcrum: {e}");
+    ExitCode::from(1)
+}
+
+fn sim(args: SimArgs) -> ExitCode {
+    use fulcrum_sim::control::{loop_factory, ScorerSource};
+    use fulcrum_sim::{Policy, SimOptions};
+    let scenario = match load_scenario(&args.scenario) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let policies: Vec<Policy> = if args.policies.is_empty() {
+        Policy::BASELINES.to_vec()
+    } else {
+        match args
+            .policies
+            .iter()
+            .map(|p| p.parse())
+            .collect::<Result<Vec<Policy>, _>>()
+        {
+            Ok(p) => p,
+            Err(e) => return fail(e),
+        }
+    };
+    let mut opts = SimOptions {
+        seed: args.seed,
+        ..SimOptions::default()
+    };
+    if policies.iter().any(Policy::needs_model) {
+        let default_model = PathBuf::from("models/balancer.onnx");
+        let source = match (&args.model, args.heuristic) {
+            (_, true) => ScorerSource::Heuristic,
+            (Some(m), false) => ScorerSource::Model(m.clone()),
+            (None, false) if default_model.is_file() => ScorerSource::Model(default_model),
+            (None, false) => {
+                eprintln!("fulcrum sim: no model given and models/balancer.onnx is missing; +model policies use the built-in heuristic");
+                ScorerSource::Heuristic
+            }
+        };
+        match loop_factory(source, fulcrum_control::ControlSettings::default()) {
+            Ok(f) => opts.weight_controller = Some(f),
+            Err(e) => return fail(e),
+        }
+    }
+    if let Some(path) = &args.export_features {
+        match fulcrum_sim::export_features(&scenario, &policies[0], &opts, path) {
+            Ok(export) => eprintln!("wrote {} feature rows to {}", export.rows, path.display()),
+            Err(e) => return fail(e),
+        }
+    }
+    let report = match fulcrum_sim::simulate_all(&scenario, &policies, &opts) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    write_outputs(&report, args.json.as_ref(), args.report.as_ref())
+}
+
+fn write_outputs(
+    report: &fulcrum_sim::RunReport,
+    json: Option<&PathBuf>,
+    dir: Option<&PathBuf>,
+) -> ExitCode {
+    print!("{}", fulcrum_sim::write::markdown(report));
+    if let Some(path) = json {
+        if let Err(e) = fulcrum_sim::write_json(report, path) {
+            return fail(format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    if let Some(dir) = dir {
+        if let Err(e) = fulcrum_sim::write_report(report, dir) {
+            return fail(format!(
+                "cannot write the report into {}: {e}",
+                dir.display()
+            ));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn lab(args: LabArgs) -> ExitCode {
+    let scenario = match load_scenario(&args.scenario) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let mut opts = fulcrum_lab::LabOptions::new(exe);
+    if !args.policies.is_empty() {
+        opts.policies = args.policies;
+    }
+    opts.time_scale = args.time_scale;
+    opts.progress = !args.quiet;
+    opts.extra_pool_toml = args.pool_toml;
+    match fulcrum_lab::run_lab(&scenario, &opts) {
+        Ok(report) => write_outputs(&report, args.json.as_ref(), args.report.as_ref()),
+        Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+fn testbed(args: TestbedArgs) -> ExitCode {
+    let scenario = match load_scenario(&args.scenario) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match fulcrum_testbed::scenario::run_testbed(&scenario, args.time_scale) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
 }
 
 /// Load the configuration (or the embedded default) and print warnings; errors exit 78.
@@ -145,5 +342,8 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Demo => demo(cli.config.as_ref()),
+        Command::Sim(args) => sim(args),
+        Command::Lab(args) => lab(args),
+        Command::Testbed(args) => testbed(args),
     }
 }

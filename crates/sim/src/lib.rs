@@ -6,6 +6,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod features;
 pub mod policy;
 pub mod report;
