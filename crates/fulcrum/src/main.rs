@@ -102,7 +102,7 @@ struct TestbedArgs {
     time_scale: f64,
 }
 
-fn load_scenario(path: &PathBuf) -> Result<fulcrum_config::scenario::Scenario, ExitCode> {
+fn load_scenario(path: &std::path::Path) -> Result<fulcrum_config::scenario::Scenario, ExitCode> {
     match fulcrum_config::scenario::load_scenario(path) {
         Ok((scenario, warnings)) => {
             print_warnings(&warnings);
