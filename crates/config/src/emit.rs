@@ -1,9 +1,10 @@
 //! Writing a [`Config`] back out as TOML in the format of `config/fulcrum.toml`.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::time::Duration;
 
-use crate::model::Config;
+use crate::model::{Config, ControlConfig, WeightSource};
 
 /// A TOML basic string literal for `s`.
 fn quote(s: &str) -> String {
@@ -42,11 +43,21 @@ fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
 
+/// A TOML float literal that reads back as exactly `x` (always with a `.` or exponent).
+fn float(x: f64) -> String {
+    format!("{x:?}")
+}
+
+fn path(p: &Path) -> String {
+    quote(&p.to_string_lossy())
+}
+
 impl Config {
     /// Serialise into TOML that [`crate::parse`] reads back into an equal `Config`.
     ///
     /// Every setting is written explicitly, defaults included. Durations are
-    /// written in whole milliseconds.
+    /// written in whole milliseconds. The `[control]` section is written when a pool
+    /// uses `weights = "model"` or the control settings differ from the defaults.
     pub fn to_toml(&self) -> String {
         let mut out = String::new();
         let listen: Vec<String> = self
@@ -105,6 +116,26 @@ impl Config {
                 let _ = writeln!(out, "weight = {}", b.weight);
             }
         }
+        let model_pools = self.pools.iter().any(|p| p.weights == WeightSource::Model);
+        if model_pools || self.control != ControlConfig::default() {
+            let c = &self.control;
+            let _ = writeln!(out);
+            let _ = writeln!(out, "[control]");
+            let _ = writeln!(out, "tick_ms = {}", ms(c.tick));
+            let _ = writeln!(out, "model = {}", path(&c.model));
+            if let Some(lib) = &c.ort_library {
+                let _ = writeln!(out, "ort_library = {}", path(lib));
+            }
+            let _ = writeln!(out, "inference_budget_ms = {}", ms(c.inference_budget));
+            let _ = writeln!(out, "floor = {}", float(c.floor));
+            let _ = writeln!(out, "ceiling = {}", float(c.ceiling));
+            let _ = writeln!(out, "max_step = {}", float(c.max_step));
+            let _ = writeln!(out, "decisions = {}", c.decisions);
+            if let Some(record) = &c.record {
+                let _ = writeln!(out, "record = {}", path(record));
+            }
+            let _ = writeln!(out, "watch_model = {}", c.watch_model);
+        }
         out
     }
 }
@@ -118,5 +149,8 @@ mod tests {
         assert_eq!(quote("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
         assert_eq!(key("web-1_x"), "web-1_x");
         assert_eq!(key("a b"), "\"a b\"");
+        assert_eq!(float(8.0), "8.0");
+        assert_eq!(float(0.05), "0.05");
+        assert_eq!(float(1e-7), "1e-7");
     }
 }

@@ -1,12 +1,15 @@
 //! Configuration for fulcrum: the schema, loading, validation and serialisation.
 //!
-//! A configuration is a TOML file with four sections:
+//! A configuration is a TOML file with these sections:
 //!
 //! * `[server]` — data-plane listen addresses, worker threads, shutdown grace period;
 //! * `[admin]` — the admin listener serving `/metrics`, `/healthz`, `/readyz`, `/api/pools`;
 //! * `[[routes]]` — host/path-prefix rules mapping requests to pools;
 //! * `[pools.NAME]` — upstream pools with their algorithm, timeouts, health checks
-//!   and `[[pools.NAME.backends]]`.
+//!   and `[[pools.NAME.backends]]`;
+//! * `[control]` (optional) — the control loop that tunes the backend weights of pools
+//!   with `weights = "model"` using an ONNX model: tick period, model file, inference
+//!   budget, weight bounds, decision history and feature recording.
 //!
 //! [`parse`] validates the whole file and reports every problem at once as
 //! [`Diagnostic`]s carrying `file:line:column`, the key path of the offending
@@ -38,8 +41,8 @@ use std::path::Path;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use model::{
-    AdminConfig, Algorithm, BackendConfig, Config, HealthCheckConfig, HostMatch, PoolConfig,
-    RouteConfig, ServerConfig, WeightSource,
+    AdminConfig, Algorithm, BackendConfig, Config, ControlConfig, HealthCheckConfig, HostMatch,
+    PoolConfig, RouteConfig, ServerConfig, WeightSource,
 };
 
 /// The default configuration shipped with fulcrum (`config/fulcrum.toml`).

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Upstream pools (`[pools.NAME]`), in file order.
     pub pools: Vec<PoolConfig>,
+    /// The control loop tuning the weights of `weights = "model"` pools (`[control]`);
+    /// the defaults when the section is absent.
+    pub control: ControlConfig,
 }
 
 impl Config {
@@ -322,6 +326,56 @@ impl Default for HealthCheckConfig {
             timeout: Duration::from_millis(500),
             unhealthy_threshold: 3,
             healthy_threshold: 2,
+        }
+    }
+}
+
+/// The control loop that tunes backend weights of pools with `weights = "model"`.
+///
+/// Every tick the loop gathers per-backend features of each model pool, runs the ONNX
+/// model and applies the resulting weights, clamped to `floor..=ceiling` times the
+/// pool's average weight and changed by at most a factor of `max_step` per tick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlConfig {
+    /// Control tick period (`tick_ms`, 50..=60000, default 500).
+    pub tick: Duration,
+    /// The ONNX model (default `models/balancer.onnx`, non-empty); a relative path is
+    /// relative to the working directory.
+    pub model: PathBuf,
+    /// The ONNX Runtime shared library; `None` uses `ORT_DYLIB_PATH`, else the
+    /// project's `.venv`.
+    pub ort_library: Option<PathBuf>,
+    /// Longest an inference may take before its tick is skipped
+    /// (`inference_budget_ms`, 1..=10000, default 20).
+    pub inference_budget: Duration,
+    /// Lowest weight, as a fraction of the pool's average weight (0 < floor <= 1, default 0.05).
+    pub floor: f64,
+    /// Highest weight, as a multiple of the pool's average weight
+    /// (1..=1000 and greater than `floor`, default 8).
+    pub ceiling: f64,
+    /// Largest factor a weight may change by in one tick (1 < max_step <= 100, default 2).
+    pub max_step: f64,
+    /// How many recent decisions are kept for `/api/decisions` (1..=100000, default 256).
+    pub decisions: usize,
+    /// A CSV file the per-tick features of model pools are appended to; `None` records nothing.
+    pub record: Option<PathBuf>,
+    /// Whether the model is reloaded when its file changes (default true).
+    pub watch_model: bool,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            tick: Duration::from_millis(500),
+            model: PathBuf::from("models/balancer.onnx"),
+            ort_library: None,
+            inference_budget: Duration::from_millis(20),
+            floor: 0.05,
+            ceiling: 8.0,
+            max_step: 2.0,
+            decisions: 256,
+            record: None,
+            watch_model: true,
         }
     }
 }

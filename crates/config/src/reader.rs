@@ -211,6 +211,28 @@ pub(crate) fn as_int(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<i12
     }
 }
 
+/// A finite number; integers are accepted.
+pub(crate) fn number(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<f64> {
+    match v.get_ref() {
+        DeValue::Integer(_) => as_int(ctx, v, path).map(|n| n as f64),
+        DeValue::Float(f) => match f.as_str().parse::<f64>() {
+            Ok(x) if x.is_finite() => Some(x),
+            _ => {
+                ctx.error(
+                    Some(&v.span()),
+                    path,
+                    format!("expected a finite number, got float {f}"),
+                );
+                None
+            }
+        },
+        _ => {
+            type_error(ctx, v, path, "a number");
+            None
+        }
+    }
+}
+
 impl Ctx<'_> {
     /// Parse `source` as TOML; a syntax error is reported and ends the walk.
     pub(crate) fn parse_document<'i>(&mut self, source: &'i str) -> Option<Spanned<DeTable<'i>>> {

@@ -28,7 +28,7 @@ use std::path::Path;
 use toml::de::DeValue;
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Severity};
-use crate::reader::{as_int, as_str, as_table, type_error, Ctx, Table, Value};
+use crate::reader::{as_int, as_str, as_table, number, type_error, Ctx, Table, Value};
 use crate::suggest::suggest;
 
 /// One scenario file, with `count` expanded (a backend with `count = 4` named `b` becomes
@@ -373,28 +373,6 @@ impl Limits {
                 if inclusive { "<=" } else { "<" },
                 bound(m, name)
             ),
-        }
-    }
-}
-
-/// A finite number; integers are accepted.
-fn number(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<f64> {
-    match v.get_ref() {
-        DeValue::Integer(_) => as_int(ctx, v, path).map(|n| n as f64),
-        DeValue::Float(f) => match f.as_str().parse::<f64>() {
-            Ok(x) if x.is_finite() => Some(x),
-            _ => {
-                ctx.error(
-                    Some(&v.span()),
-                    path,
-                    format!("expected a finite number, got float {f}"),
-                );
-                None
-            }
-        },
-        _ => {
-            type_error(ctx, v, path, "a number");
-            None
         }
     }
 }

@@ -3,19 +3,20 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::de::DeValue;
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::model::{
-    AdminConfig, Algorithm, BackendConfig, Config, HealthCheckConfig, HostMatch, PoolConfig,
-    RouteConfig, ServerConfig, WeightSource,
+    AdminConfig, Algorithm, BackendConfig, Config, ControlConfig, HealthCheckConfig, HostMatch,
+    PoolConfig, RouteConfig, ServerConfig, WeightSource,
 };
-use crate::reader::{as_int, as_str, as_table, type_error, Ctx, Table, Value};
+use crate::reader::{as_int, as_str, as_table, number, type_error, Ctx, Table, Value};
 use crate::suggest::suggest;
 
-const TOP_KEYS: &[&str] = &["server", "admin", "routes", "pools"];
+const TOP_KEYS: &[&str] = &["server", "admin", "routes", "pools", "control"];
 const SERVER_KEYS: &[&str] = &["listen", "threads", "grace_period_s"];
 const ADMIN_KEYS: &[&str] = &["listen"];
 const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "pool"];
@@ -42,6 +43,18 @@ const HEALTH_KEYS: &[&str] = &[
     "healthy_threshold",
 ];
 const BACKEND_KEYS: &[&str] = &["addr", "weight"];
+const CONTROL_KEYS: &[&str] = &[
+    "tick_ms",
+    "model",
+    "ort_library",
+    "inference_budget_ms",
+    "floor",
+    "ceiling",
+    "max_step",
+    "decisions",
+    "record",
+    "watch_model",
+];
 
 /// Longest accepted duration for any `*_ms` key: one day.
 const MAX_MS: i128 = 86_400_000;
@@ -76,6 +89,55 @@ fn bounded(
 
 fn millis(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, key: &str, default: u64, min: i128) -> Duration {
     Duration::from_millis(bounded(ctx, t, key, default, min, MAX_MS))
+}
+
+/// An optional number key (integers accepted) that must satisfy `valid`, described by
+/// `range` in the error message. `None` when absent or invalid (the error is reported).
+fn bounded_f64(
+    ctx: &mut Ctx<'_>,
+    t: &Table<'_, '_>,
+    key: &str,
+    valid: impl Fn(f64) -> bool,
+    range: &str,
+) -> Option<f64> {
+    let v = t.get(key)?;
+    let path = t.child(key);
+    let x = number(ctx, v, &path)?;
+    if valid(x) {
+        Some(x)
+    } else {
+        ctx.error(
+            Some(&v.span()),
+            &path,
+            format!("{key} must be {range}, got {x}"),
+        );
+        None
+    }
+}
+
+/// An optional file path key: a non-empty string. `None` when absent or invalid (the
+/// error is reported); `hint` explains the key in the error message.
+fn file_path(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, key: &str, hint: &str) -> Option<PathBuf> {
+    let v = t.get(key)?;
+    let path = t.child(key);
+    let s = as_str(ctx, v, &path)?;
+    if s.is_empty() {
+        ctx.error(
+            Some(&v.span()),
+            &path,
+            format!("{key} must not be empty: {hint}"),
+        );
+        return None;
+    }
+    if s.contains('\0') {
+        ctx.error(
+            Some(&v.span()),
+            &path,
+            format!("{key} {s:?} contains a NUL character, which no file path may contain"),
+        );
+        return None;
+    }
+    Some(PathBuf::from(s))
 }
 
 fn as_bool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, key: &str, default: bool) -> bool {
@@ -156,6 +218,7 @@ pub(crate) fn parse(
     let admin = read_admin(&mut ctx, &root, &server);
     let pools = read_pools(&mut ctx, &root);
     let routes = read_routes(&mut ctx, &root, &pools);
+    let control = read_control(&mut ctx, &root, &pools);
 
     let diags = ctx.finish();
     if !diags.errors.is_empty() {
@@ -170,6 +233,7 @@ pub(crate) fn parse(
         admin,
         routes,
         pools: pools.into_iter().map(|p| p.config).collect(),
+        control,
     };
     Ok((config, diags.warnings))
 }
@@ -272,6 +336,91 @@ fn read_admin(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, server: &ServerParts) -> 
     }
     admin.listen = addr;
     admin
+}
+
+fn read_control(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, pools: &[PoolParts]) -> ControlConfig {
+    let mut control = ControlConfig::default();
+    let Some(v) = root.get("control") else {
+        return control;
+    };
+    let Some(t) = as_table(ctx, v, "control".into(), "a table ([control])") else {
+        return control;
+    };
+    t.check_keys(ctx, CONTROL_KEYS);
+    control.tick = Duration::from_millis(bounded(ctx, &t, "tick_ms", 500, 50, 60_000));
+    if let Some(p) = file_path(
+        ctx,
+        &t,
+        "model",
+        "the path of the ONNX model, e.g. \"models/balancer.onnx\"",
+    ) {
+        control.model = p;
+    }
+    control.ort_library = file_path(
+        ctx,
+        &t,
+        "ort_library",
+        "the path of the ONNX Runtime library (omit the key to use ORT_DYLIB_PATH or the project's .venv)",
+    );
+    control.inference_budget =
+        Duration::from_millis(bounded(ctx, &t, "inference_budget_ms", 20, 1, 10_000));
+    let floor = bounded_f64(
+        ctx,
+        &t,
+        "floor",
+        |x| x > 0.0 && x <= 1.0,
+        "greater than 0 and at most 1 (a fraction of the pool's average weight)",
+    );
+    let ceiling = bounded_f64(
+        ctx,
+        &t,
+        "ceiling",
+        |x| (1.0..=1000.0).contains(&x),
+        "between 1 and 1000 (a multiple of the pool's average weight)",
+    );
+    control.floor = floor.unwrap_or(control.floor);
+    control.ceiling = ceiling.unwrap_or(control.ceiling);
+    let bounds_valid = floor.is_some() == t.get("floor").is_some()
+        && ceiling.is_some() == t.get("ceiling").is_some();
+    if bounds_valid && control.ceiling <= control.floor {
+        let span = t.get("ceiling").or(t.get("floor")).map(|v| v.span());
+        ctx.error(
+            span.as_ref(),
+            &t.child("ceiling"),
+            format!(
+                "ceiling ({}) must be greater than floor ({})",
+                control.ceiling, control.floor
+            ),
+        );
+    }
+    if let Some(x) = bounded_f64(
+        ctx,
+        &t,
+        "max_step",
+        |x| x > 1.0 && x <= 100.0,
+        "greater than 1 and at most 100 (the largest factor a weight may change by per tick)",
+    ) {
+        control.max_step = x;
+    }
+    control.decisions = bounded(ctx, &t, "decisions", 256, 1, 100_000) as usize;
+    control.record = file_path(
+        ctx,
+        &t,
+        "record",
+        "a CSV file to append per-tick features to (omit the key to record nothing)",
+    );
+    control.watch_model = as_bool(ctx, &t, "watch_model", true);
+    if !pools
+        .iter()
+        .any(|p| p.config.weights == WeightSource::Model)
+    {
+        ctx.warning(
+            t.span.as_ref(),
+            "control",
+            "no pool uses weights = \"model\"; the control loop only tunes pools with weights = \"model\"",
+        );
+    }
+    control
 }
 
 struct PoolParts {

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use fulcrum_config::{
-    load, load_default, parse, AdminConfig, Algorithm, BackendConfig, Config, HealthCheckConfig,
-    HostMatch, PoolConfig, RouteConfig, ServerConfig, WeightSource, DEFAULT_CONFIG,
-    DEFAULT_CONFIG_NAME,
+    load, load_default, parse, AdminConfig, Algorithm, BackendConfig, Config, ControlConfig,
+    HealthCheckConfig, HostMatch, PoolConfig, RouteConfig, ServerConfig, WeightSource,
+    DEFAULT_CONFIG, DEFAULT_CONFIG_NAME,
 };
 
 fn addr(s: &str) -> SocketAddr {
@@ -67,6 +67,7 @@ fn expected_default() -> Config {
                 },
             ],
         }],
+        control: ControlConfig::default(),
     }
 }
 
@@ -147,6 +148,16 @@ fn multi_pool_example_parses() {
     assert_eq!(api.health_check.host.as_deref(), Some("api.internal"));
     assert_eq!(api.backends.iter().map(|b| b.weight).sum::<u32>(), 3);
     assert!(!config.pool("static").unwrap().health_check.enabled);
+    assert_eq!(
+        config.control,
+        ControlConfig::default(),
+        "the example's [control] section spells out the defaults"
+    );
+    let text = std::fs::read_to_string(examples_dir().join("multi-pool.toml")).unwrap();
+    assert!(
+        text.contains("\n[control]\n"),
+        "the example shows [control]"
+    );
 }
 
 #[test]

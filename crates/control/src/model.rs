@@ -51,10 +51,12 @@ static RUNTIME: OnceLock<Result<Environment, String>> = OnceLock::new();
 
 /// Candidate locations of the ONNX Runtime shared library, most specific first.
 pub fn runtime_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
-    let mut out = Vec::new();
+    // A library named in the configuration is the only candidate: silently using another
+    // runtime than the one the operator chose would be a surprise.
     if let Some(p) = explicit {
-        out.push(p.to_path_buf());
+        return vec![p.to_path_buf()];
     }
+    let mut out = Vec::new();
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         out.push(PathBuf::from(p));
     }

@@ -97,6 +97,34 @@ async fn handle(
             let body = serde_json::to_vec_pretty(&pools_snapshot(&shared)).unwrap_or_default();
             text(StatusCode::OK, "application/json", body)
         }
+        (&Method::GET, "/api/decisions") => {
+            let query = req.uri().query().unwrap_or("");
+            let param = |k: &str| {
+                query
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(key, _)| *key == k)
+                    .map(|(_, v)| v.to_string())
+            };
+            let limit = param("limit").and_then(|v| v.parse().ok()).unwrap_or(20usize);
+            let pool = param("pool");
+            let decisions = shared.decisions.recent(limit, pool.as_deref());
+            let body = serde_json::to_vec_pretty(&serde_json::json!({ "decisions": decisions }))
+                .unwrap_or_default();
+            text(StatusCode::OK, "application/json", body)
+        }
+        (&Method::POST, "/api/model/reload") => {
+            let (tx, rx) = oneshot::channel();
+            if shared.model_reload.send(tx).is_err() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "control loop is not running\n")
+            } else {
+                match rx.await {
+                    Ok(Ok(msg)) => text(StatusCode::OK, "text/plain", msg),
+                    Ok(Err(msg)) => text(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", msg),
+                    Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "reload aborted\n"),
+                }
+            }
+        }
         (&Method::POST, "/api/config/reload") => {
             let (tx, rx) = oneshot::channel();
             if reload.send(tx).await.is_err() {
@@ -125,7 +153,7 @@ async fn handle(
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /metrics /healthz /readyz /api/pools\n",
+            "not found; try /metrics /healthz /readyz /api/pools /api/decisions\n",
         ),
     };
     Ok(resp)

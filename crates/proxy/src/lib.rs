@@ -4,6 +4,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod control;
 pub mod health;
 pub mod metrics;
 pub mod router;
@@ -45,6 +46,10 @@ pub struct Shared {
     pub source: ConfigSource,
     /// Renders the Prometheus exposition.
     pub metrics: PrometheusHandle,
+    /// The control loop's recent decisions.
+    pub decisions: fulcrum_control::decisions::DecisionLog,
+    /// Asks the control thread to reload its model.
+    pub model_reload: std::sync::mpsc::Sender<control::ModelReloadRequest>,
 }
 
 /// Errors that stop the proxy from starting.
@@ -90,12 +95,17 @@ pub fn serve(config: Config, source: ConfigSource) -> Result<(), StartError> {
         })?;
     }
 
+    control::describe_metrics();
+    let (model_reload, model_reloads) = std::sync::mpsc::channel();
     let shared = Arc::new(Shared {
         upstreams: ArcSwap::from_pointee(Upstreams::build(&config)),
         config: ArcSwap::from_pointee(config.clone()),
         source,
         metrics,
+        decisions: fulcrum_control::decisions::DecisionLog::new(config.control.decisions),
+        model_reload,
     });
+    control::spawn(shared.clone(), model_reloads).map_err(StartError::Runtime)?;
 
     let admin_shared = shared.clone();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -1,0 +1,267 @@
+//! The control thread: every tick, observe each `weights = "model"` pool, score its backends
+//! (ONNX model, or the built-in heuristic when no model can be loaded), apply the guardrails and
+//! swap the pool's weight table. It runs on its own OS thread and never blocks the data plane:
+//! the request path only ever loads the table it swaps.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use fulcrum_balance::now_ns;
+use fulcrum_config::{ControlConfig, WeightSource};
+use fulcrum_control::guardrails::Limits;
+use fulcrum_control::model::{runtime, OnnxModel};
+use fulcrum_control::{
+    ControlSettings, Heuristic, PoolController, Scorer, TickObserver, TickOutcome, FEATURE_NAMES,
+};
+use tokio::sync::oneshot;
+
+use crate::Shared;
+
+/// Metric names owned by the control loop.
+pub mod names {
+    /// 1 when an ONNX model scores backends, 0 when the built-in heuristic does.
+    pub const MODEL_LOADED: &str = "fulcrum_model_loaded";
+    /// Duration of the last inference, seconds.
+    pub const MODEL_INFERENCE_SECONDS: &str = "fulcrum_model_inference_seconds";
+    /// Ticks whose scores failed a guardrail (previous weights kept).
+    pub const MODEL_REJECTED_TICKS_TOTAL: &str = "fulcrum_model_rejected_ticks_total";
+    /// Ticks skipped because inference overran its budget.
+    pub const MODEL_SKIPPED_TICKS_TOTAL: &str = "fulcrum_model_skipped_ticks_total";
+    /// Model reload attempts, by result.
+    pub const MODEL_RELOADS_TOTAL: &str = "fulcrum_model_reloads_total";
+    /// Control ticks run, per pool.
+    pub const CONTROL_TICKS_TOTAL: &str = "fulcrum_control_ticks_total";
+}
+
+/// A request to reload the model, answered with the outcome.
+pub type ModelReloadRequest = oneshot::Sender<Result<String, String>>;
+
+/// Describe the control loop's metrics (call once after the recorder is installed).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!(names::MODEL_LOADED, "1 when an ONNX model scores backends, 0 when the built-in heuristic does.");
+    describe_gauge!(names::MODEL_INFERENCE_SECONDS, Unit::Seconds, "Duration of the last model inference.");
+    describe_counter!(names::MODEL_REJECTED_TICKS_TOTAL, "Control ticks whose scores failed a guardrail; previous weights kept.");
+    describe_counter!(names::MODEL_SKIPPED_TICKS_TOTAL, "Control ticks skipped because inference overran its budget.");
+    describe_counter!(names::MODEL_RELOADS_TOTAL, "Model reload attempts, by result.");
+    describe_counter!(names::CONTROL_TICKS_TOTAL, "Control ticks run, per pool.");
+    metrics::gauge!(names::MODEL_LOADED).set(0.0);
+}
+
+fn settings(cfg: &ControlConfig) -> ControlSettings {
+    ControlSettings {
+        tick: cfg.tick,
+        limits: Limits {
+            floor: cfg.floor,
+            ceiling: cfg.ceiling,
+            max_step: cfg.max_step,
+        },
+        inference_budget: cfg.inference_budget,
+    }
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Load the configured model; `Err` explains why the heuristic is used instead.
+fn load_model(cfg: &ControlConfig) -> Result<OnnxModel, String> {
+    let env = runtime(cfg.ort_library.as_deref()).map_err(|e| e.to_string())?;
+    OnnxModel::load(env, &cfg.model).map_err(|e| e.to_string())
+}
+
+struct PoolState {
+    observer: TickObserver,
+    controller: PoolController,
+}
+
+struct ControlLoop {
+    shared: Arc<Shared>,
+    scorer: Scorer,
+    model_mtime: Option<SystemTime>,
+    pools: HashMap<String, PoolState>,
+    upstreams_ptr: usize,
+    started: Instant,
+    record: Option<std::fs::File>,
+}
+
+impl ControlLoop {
+    fn new(shared: Arc<Shared>) -> Self {
+        let cfg = shared.config.load().control.clone();
+        let (scorer, model_mtime) = match load_model(&cfg) {
+            Ok(m) => {
+                log::info!("control: model {} loaded", cfg.model.display());
+                metrics::gauge!(names::MODEL_LOADED).set(1.0);
+                (Scorer::Model(m), mtime(&cfg.model))
+            }
+            Err(why) => {
+                if shared.config.load().pools.iter().any(|p| p.weights == WeightSource::Model) {
+                    log::warn!("control: {why}; the built-in heuristic controller tunes the model pools");
+                }
+                metrics::gauge!(names::MODEL_LOADED).set(0.0);
+                (Scorer::Heuristic(Heuristic::default()), None)
+            }
+        };
+        let record = cfg.record.as_ref().and_then(|p| open_record(p));
+        ControlLoop {
+            shared,
+            scorer,
+            model_mtime,
+            pools: HashMap::new(),
+            upstreams_ptr: 0,
+            started: Instant::now(),
+            record,
+        }
+    }
+
+    /// Try a new model; keep the running one unless the new one loads and passes its probe.
+    fn reload_model(&mut self) -> Result<String, String> {
+        let cfg = self.shared.config.load().control.clone();
+        match load_model(&cfg) {
+            Ok(m) => {
+                self.scorer = Scorer::Model(m);
+                self.model_mtime = mtime(&cfg.model);
+                metrics::gauge!(names::MODEL_LOADED).set(1.0);
+                metrics::counter!(names::MODEL_RELOADS_TOTAL, "result" => "ok").increment(1);
+                let msg = format!("model {} loaded", cfg.model.display());
+                log::info!("control: {msg}");
+                Ok(msg + "\n")
+            }
+            Err(why) => {
+                // Remember the file's time so a broken file is not retried every tick.
+                self.model_mtime = mtime(&cfg.model);
+                metrics::counter!(names::MODEL_RELOADS_TOTAL, "result" => "error").increment(1);
+                let kept = self.scorer.source();
+                log::error!("control: model reload refused, the {kept} keeps running: {why}");
+                Err(format!("model reload refused, the {kept} keeps running: {why}\n"))
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let cfg = self.shared.config.load().control.clone();
+        if cfg.watch_model {
+            let current = mtime(&cfg.model);
+            if current.is_some() && current != self.model_mtime {
+                let _ = self.reload_model();
+            }
+        }
+        let upstreams = self.shared.upstreams.load_full();
+        let ptr = Arc::as_ptr(&upstreams) as usize;
+        let now = now_ns();
+        if ptr != self.upstreams_ptr {
+            // A reload built new pools: start their observers afresh.
+            self.upstreams_ptr = ptr;
+            self.pools.clear();
+            for p in upstreams.pools.iter().filter(|p| p.config.weights == WeightSource::Model) {
+                self.pools.insert(
+                    p.config.name.clone(),
+                    PoolState {
+                        observer: TickObserver::new(&p.pool, now),
+                        controller: PoolController::new(&p.pool, settings(&cfg), now),
+                    },
+                );
+            }
+            return;
+        }
+        for p in upstreams.pools.iter().filter(|p| p.config.weights == WeightSource::Model) {
+            let Some(state) = self.pools.get_mut(&p.config.name) else { continue };
+            let observations = state.observer.observe(&p.pool, now);
+            let (outcome, decision) =
+                state
+                    .controller
+                    .tick(&p.pool, &observations, &mut self.scorer, now);
+            metrics::counter!(names::CONTROL_TICKS_TOTAL, "pool" => p.config.name.clone()).increment(1);
+            metrics::gauge!(names::MODEL_INFERENCE_SECONDS).set(decision.inference_us / 1e6);
+            match outcome {
+                TickOutcome::Applied => {}
+                TickOutcome::Rejected => {
+                    metrics::counter!(names::MODEL_REJECTED_TICKS_TOTAL, "pool" => p.config.name.clone()).increment(1);
+                    log::warn!(
+                        "control: pool {}: tick rejected, previous weights kept: {}",
+                        p.config.name,
+                        decision.rejected.as_deref().unwrap_or("")
+                    );
+                }
+                TickOutcome::Skipped => {
+                    metrics::counter!(names::MODEL_SKIPPED_TICKS_TOTAL, "pool" => p.config.name.clone()).increment(1);
+                }
+            }
+            if let Some(file) = self.record.as_mut() {
+                let t = self.started.elapsed().as_secs_f64();
+                let mut out = String::new();
+                for (i, row) in decision.features.iter().enumerate() {
+                    out.push_str(&format!("{t:.3},{},{}", p.config.name, decision.backends[i]));
+                    for v in row {
+                        out.push_str(&format!(",{v}"));
+                    }
+                    out.push_str(&format!(",{}\n", decision.weights.get(i).copied().unwrap_or(0.0)));
+                }
+                if let Err(e) = file.write_all(out.as_bytes()) {
+                    log::warn!("control: stopped recording features: {e}");
+                    self.record = None;
+                }
+            }
+            self.shared.decisions.push(decision);
+        }
+    }
+}
+
+fn open_record(path: &PathBuf) -> Option<std::fs::File> {
+    let new = !path.exists();
+    match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        Ok(mut f) => {
+            if new {
+                let header = format!("t_s,pool,backend,{},weight\n", FEATURE_NAMES.join(","));
+                let _ = f.write_all(header.as_bytes());
+            }
+            log::info!("control: recording features to {}", path.display());
+            Some(f)
+        }
+        Err(e) => {
+            log::warn!("control: cannot record features to {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Run the control loop on the current thread until the process ends.
+pub fn run(shared: Arc<Shared>, reloads: Receiver<ModelReloadRequest>) {
+    let mut control = ControlLoop::new(shared.clone());
+    let mut next = Instant::now();
+    loop {
+        let tick = shared.config.load().control.tick;
+        next += tick;
+        let now = Instant::now();
+        if next < now {
+            // Fell behind (a long stall): skip missed ticks rather than bursting.
+            next = now + tick;
+        }
+        match reloads.recv_timeout(next - now) {
+            Ok(reply) => {
+                let _ = reply.send(control.reload_model());
+                // Keep the tick schedule.
+                next -= tick;
+                continue;
+            }
+            Err(RecvTimeoutError::Timeout) => control.tick(),
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                control.tick();
+            }
+        }
+    }
+}
+
+/// Start the control thread.
+pub fn spawn(shared: Arc<Shared>, reloads: Receiver<ModelReloadRequest>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("fulcrum-control".into())
+        .spawn(move || run(shared, reloads))
+        .map(|_| ())
+}
+
