@@ -1,0 +1,262 @@
+//! End-to-end tests of the control loop: the real binary, real ONNX Runtime, real sockets.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+fn fixture(name: &str) -> PathBuf {
+    repo_root().join("crates/control/tests/fixtures").join(name)
+}
+
+/// Replace `path` atomically, as a deploy would.
+fn install(src: &Path, path: &Path) {
+    let tmp = path.with_extension("tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn model_config(
+    spec: &PoolSpec<'_>,
+    control: &str,
+) -> impl Fn(std::net::SocketAddr, std::net::SocketAddr) -> String {
+    let pool = config_text(
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        spec,
+    );
+    let control = control.to_string();
+    move |p, a| {
+        pool.replace("127.0.0.1:1\"", &format!("{p}\""))
+            .replace("\"127.0.0.1:2\"", &format!("\"{a}\""))
+            .replace("[pools.web]\n", "[pools.web]\nweights = \"model\"\n")
+            + &control
+    }
+}
+
+async fn weights(f: &Fulcrum) -> Vec<f64> {
+    f.pools().await["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["weight"].as_f64().unwrap())
+        .collect()
+}
+
+async fn metric(f: &Fulcrum, prefix: &str) -> f64 {
+    let body = get(f.admin, "/metrics").await.unwrap().body;
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Keep `workers` keep-alive clients busy until stopped; returns (ok, failed) counters.
+fn load(
+    proxy: std::net::SocketAddr,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> (
+    Arc<AtomicU64>,
+    Arc<AtomicU64>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(proxy).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match conn.send_retry_closed("GET", "/").await {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        eprintln!("client-visible failure: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        conn = Conn::open(proxy).await.unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    (ok, failed, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_backend_loses_model_weight_and_regains_it_after_healing() {
+    let b = backends(3).await;
+    let dir = TempDir::new("model");
+    let model = dir.0.join("balancer.onnx");
+    install(&fixture("prefer_low_p99.onnx"), &model);
+    let spec = PoolSpec::new("least_connections", &[&b[0], &b[1], &b[2]]);
+    let control = format!(
+        "\n[control]\ntick_ms = 100\nmodel = \"{}\"\n",
+        model.display()
+    );
+    let f = Fulcrum::start(model_config(&spec, &control)).await;
+    assert_eq!(metric(&f, "fulcrum_model_loaded").await, 1.0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, tasks) = load(f.proxy, 6, stop.clone());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = weights(&f).await;
+    assert!(before.iter().all(|w| *w > 0.0), "{before:?}");
+
+    b[2].set_delay(Duration::from_millis(40));
+    let dropped = eventually(Duration::from_secs(3), || async {
+        let w = weights(&f).await;
+        w[2] < 0.25 * w[0].min(w[1])
+    })
+    .await;
+    assert!(
+        dropped.is_some(),
+        "slow backend kept its weight: {:?}",
+        weights(&f).await
+    );
+    eprintln!(
+        "weight dropped after {:?}: {:?}",
+        dropped.unwrap(),
+        weights(&f).await
+    );
+    let w = weights(&f).await;
+    assert!(
+        w[2] > 0.0,
+        "the floor keeps a slow backend observable: {w:?}"
+    );
+
+    b[2].set_delay(Duration::ZERO);
+    let healed = eventually(Duration::from_secs(5), || async {
+        let w = weights(&f).await;
+        w[2] > 0.6 * w[0].max(w[1])
+    })
+    .await;
+    assert!(
+        healed.is_some(),
+        "weight did not recover: {:?}",
+        weights(&f).await
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(ok.load(Ordering::Relaxed) > 100);
+
+    // The decisions explain themselves.
+    let d = get(f.admin, "/api/decisions?limit=5&pool=web")
+        .await
+        .unwrap();
+    let d: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+    let first = &d["decisions"][0];
+    assert_eq!(first["source"], "model");
+    assert_eq!(first["features"].as_array().unwrap().len(), 3);
+    assert_eq!(first["features"][0].as_array().unwrap().len(), 16);
+    assert_eq!(first["raw_scores"].as_array().unwrap().len(), 3);
+    assert!(first["guardrails"].is_array());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load_refuses_bad_models_and_never_fails_a_request() {
+    let b = backends(2).await;
+    let dir = TempDir::new("reload");
+    let model = dir.0.join("balancer.onnx");
+    install(&fixture("prefer_low_p99.onnx"), &model);
+    let spec = PoolSpec::new("least_connections", &[&b[0], &b[1]]);
+    let control = format!(
+        "\n[control]\ntick_ms = 100\nmodel = \"{}\"\n",
+        model.display()
+    );
+    let f = Fulcrum::start(model_config(&spec, &control)).await;
+    assert_eq!(metric(&f, "fulcrum_model_loaded").await, 1.0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, tasks) = load(f.proxy, 4, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Each bad file is noticed by the file watch, refused, and the running model stays.
+    let bad = [
+        "corrupt.onnx",
+        "wrong_schema.onnx",
+        "wrong_width.onnx",
+        "nan_output.onnx",
+    ];
+    for (i, name) in bad.iter().enumerate() {
+        install(&fixture(name), &model);
+        let refused = eventually(Duration::from_secs(3), || async {
+            metric(&f, "fulcrum_model_reloads_total{result=\"error\"}").await >= (i + 1) as f64
+        })
+        .await;
+        assert!(refused.is_some(), "{name} was not refused");
+        let r = request(f.admin, "POST", "/api/model/reload", &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 422, "{name}: {r:?}");
+        assert!(r.body.contains("keeps running"), "{}", r.body);
+        assert_eq!(metric(&f, "fulcrum_model_loaded").await, 1.0, "{name}");
+    }
+    let d: serde_json::Value =
+        serde_json::from_str(&get(f.admin, "/api/decisions?limit=1").await.unwrap().body).unwrap();
+    assert_eq!(d["decisions"][0]["source"], "model");
+
+    // A good file is swapped in, by the watch and on request.
+    install(&fixture("prefer_low_p99.onnx"), &model);
+    let swapped = eventually(Duration::from_secs(3), || async {
+        metric(&f, "fulcrum_model_reloads_total{result=\"ok\"}").await >= 1.0
+    })
+    .await;
+    assert!(swapped.is_some());
+    let r = request(f.admin, "POST", "/api/model/reload", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "a request failed during reloads"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_runtime_the_heuristic_takes_over_and_traffic_flows() {
+    let b = backends(2).await;
+    let spec = PoolSpec::new("least_connections", &[&b[0], &b[1]]);
+    let control = "\n[control]\ntick_ms = 100\nort_library = \"/nonexistent/libonnxruntime.so\"\n";
+    let f = Fulcrum::start(model_config(&spec, control)).await;
+    for _ in 0..20 {
+        assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
+    }
+    assert_eq!(metric(&f, "fulcrum_model_loaded").await, 0.0);
+    let ticked = eventually(Duration::from_secs(3), || async {
+        let d: serde_json::Value =
+            serde_json::from_str(&get(f.admin, "/api/decisions?limit=1").await.unwrap().body)
+                .unwrap();
+        d["decisions"][0]["source"] == "heuristic"
+    })
+    .await;
+    assert!(ticked.is_some(), "no heuristic decisions");
+    let r = request(f.admin, "POST", "/api/model/reload", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 422);
+    assert!(
+        r.body.contains("ONNX Runtime is not available"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("heuristic keeps running"), "{}", r.body);
+}
