@@ -106,7 +106,9 @@ async fn handle(
                     .find(|(key, _)| *key == k)
                     .map(|(_, v)| v.to_string())
             };
-            let limit = param("limit").and_then(|v| v.parse().ok()).unwrap_or(20usize);
+            let limit = param("limit")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(20usize);
             let pool = param("pool");
             let decisions = shared.decisions.recent(limit, pool.as_deref());
             let body = serde_json::to_vec_pretty(&serde_json::json!({ "decisions": decisions }))
@@ -116,12 +118,20 @@ async fn handle(
         (&Method::POST, "/api/model/reload") => {
             let (tx, rx) = oneshot::channel();
             if shared.model_reload.send(tx).is_err() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "control loop is not running\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "control loop is not running\n",
+                )
             } else {
                 match rx.await {
                     Ok(Ok(msg)) => text(StatusCode::OK, "text/plain", msg),
                     Ok(Err(msg)) => text(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", msg),
-                    Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "reload aborted\n"),
+                    Err(_) => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        "reload aborted\n",
+                    ),
                 }
             }
         }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -43,11 +43,27 @@ pub type ModelReloadRequest = oneshot::Sender<Result<String, String>>;
 /// Describe the control loop's metrics (call once after the recorder is installed).
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, Unit};
-    describe_gauge!(names::MODEL_LOADED, "1 when an ONNX model scores backends, 0 when the built-in heuristic does.");
-    describe_gauge!(names::MODEL_INFERENCE_SECONDS, Unit::Seconds, "Duration of the last model inference.");
-    describe_counter!(names::MODEL_REJECTED_TICKS_TOTAL, "Control ticks whose scores failed a guardrail; previous weights kept.");
-    describe_counter!(names::MODEL_SKIPPED_TICKS_TOTAL, "Control ticks skipped because inference overran its budget.");
-    describe_counter!(names::MODEL_RELOADS_TOTAL, "Model reload attempts, by result.");
+    describe_gauge!(
+        names::MODEL_LOADED,
+        "1 when an ONNX model scores backends, 0 when the built-in heuristic does."
+    );
+    describe_gauge!(
+        names::MODEL_INFERENCE_SECONDS,
+        Unit::Seconds,
+        "Duration of the last model inference."
+    );
+    describe_counter!(
+        names::MODEL_REJECTED_TICKS_TOTAL,
+        "Control ticks whose scores failed a guardrail; previous weights kept."
+    );
+    describe_counter!(
+        names::MODEL_SKIPPED_TICKS_TOTAL,
+        "Control ticks skipped because inference overran its budget."
+    );
+    describe_counter!(
+        names::MODEL_RELOADS_TOTAL,
+        "Model reload attempts, by result."
+    );
     describe_counter!(names::CONTROL_TICKS_TOTAL, "Control ticks run, per pool.");
     metrics::gauge!(names::MODEL_LOADED).set(0.0);
 }
@@ -99,14 +115,22 @@ impl ControlLoop {
                 (Scorer::Model(m), mtime(&cfg.model))
             }
             Err(why) => {
-                if shared.config.load().pools.iter().any(|p| p.weights == WeightSource::Model) {
-                    log::warn!("control: {why}; the built-in heuristic controller tunes the model pools");
+                if shared
+                    .config
+                    .load()
+                    .pools
+                    .iter()
+                    .any(|p| p.weights == WeightSource::Model)
+                {
+                    log::warn!(
+                        "control: {why}; the built-in heuristic controller tunes the model pools"
+                    );
                 }
                 metrics::gauge!(names::MODEL_LOADED).set(0.0);
                 (Scorer::Heuristic(Heuristic::default()), None)
             }
         };
-        let record = cfg.record.as_ref().and_then(|p| open_record(p));
+        let record = cfg.record.as_deref().and_then(open_record);
         ControlLoop {
             shared,
             scorer,
@@ -137,7 +161,9 @@ impl ControlLoop {
                 metrics::counter!(names::MODEL_RELOADS_TOTAL, "result" => "error").increment(1);
                 let kept = self.scorer.source();
                 log::error!("control: model reload refused, the {kept} keeps running: {why}");
-                Err(format!("model reload refused, the {kept} keeps running: {why}\n"))
+                Err(format!(
+                    "model reload refused, the {kept} keeps running: {why}\n"
+                ))
             }
         }
     }
@@ -157,7 +183,11 @@ impl ControlLoop {
             // A reload built new pools: start their observers afresh.
             self.upstreams_ptr = ptr;
             self.pools.clear();
-            for p in upstreams.pools.iter().filter(|p| p.config.weights == WeightSource::Model) {
+            for p in upstreams
+                .pools
+                .iter()
+                .filter(|p| p.config.weights == WeightSource::Model)
+            {
                 self.pools.insert(
                     p.config.name.clone(),
                     PoolState {
@@ -168,14 +198,21 @@ impl ControlLoop {
             }
             return;
         }
-        for p in upstreams.pools.iter().filter(|p| p.config.weights == WeightSource::Model) {
-            let Some(state) = self.pools.get_mut(&p.config.name) else { continue };
+        for p in upstreams
+            .pools
+            .iter()
+            .filter(|p| p.config.weights == WeightSource::Model)
+        {
+            let Some(state) = self.pools.get_mut(&p.config.name) else {
+                continue;
+            };
             let observations = state.observer.observe(&p.pool, now);
             let (outcome, decision) =
                 state
                     .controller
                     .tick(&p.pool, &observations, &mut self.scorer, now);
-            metrics::counter!(names::CONTROL_TICKS_TOTAL, "pool" => p.config.name.clone()).increment(1);
+            metrics::counter!(names::CONTROL_TICKS_TOTAL, "pool" => p.config.name.clone())
+                .increment(1);
             metrics::gauge!(names::MODEL_INFERENCE_SECONDS).set(decision.inference_us / 1e6);
             match outcome {
                 TickOutcome::Applied => {}
@@ -195,11 +232,17 @@ impl ControlLoop {
                 let t = self.started.elapsed().as_secs_f64();
                 let mut out = String::new();
                 for (i, row) in decision.features.iter().enumerate() {
-                    out.push_str(&format!("{t:.3},{},{}", p.config.name, decision.backends[i]));
+                    out.push_str(&format!(
+                        "{t:.3},{},{}",
+                        p.config.name, decision.backends[i]
+                    ));
                     for v in row {
                         out.push_str(&format!(",{v}"));
                     }
-                    out.push_str(&format!(",{}\n", decision.weights.get(i).copied().unwrap_or(0.0)));
+                    out.push_str(&format!(
+                        ",{}\n",
+                        decision.weights.get(i).copied().unwrap_or(0.0)
+                    ));
                 }
                 if let Err(e) = file.write_all(out.as_bytes()) {
                     log::warn!("control: stopped recording features: {e}");
@@ -211,9 +254,13 @@ impl ControlLoop {
     }
 }
 
-fn open_record(path: &PathBuf) -> Option<std::fs::File> {
+fn open_record(path: &Path) -> Option<std::fs::File> {
     let new = !path.exists();
-    match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         Ok(mut f) => {
             if new {
                 let header = format!("t_s,pool,backend,{},weight\n", FEATURE_NAMES.join(","));
@@ -264,4 +311,3 @@ pub fn spawn(shared: Arc<Shared>, reloads: Receiver<ModelReloadRequest>) -> std:
         .spawn(move || run(shared, reloads))
         .map(|_| ())
 }
-
