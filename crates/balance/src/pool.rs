@@ -103,11 +103,12 @@ impl Pool {
         max_consecutive_failures: u32,
         picker: Box<dyn Picker>,
     ) -> Self {
-        let table = WeightTable::new(
+        let table = WeightTable::for_algorithm(
             backends
                 .iter()
                 .map(|b| f64::from(b.static_weight))
                 .collect(),
+            algorithm,
         );
         Self {
             name: name.into(),
@@ -157,7 +158,10 @@ impl Pool {
                 return Err(WeightError::Negative { index });
             }
         }
-        self.weights.store(Arc::new(WeightTable::new(weights)));
+        self.weights.store(Arc::new(WeightTable::for_algorithm(
+            weights,
+            self.algorithm,
+        )));
         Ok(())
     }
 

@@ -39,6 +39,17 @@ impl WeightTable {
     /// to at most [`MAX_WRR_SEQUENCE`]; otherwise they are scaled to about that many slots, with
     /// every positive weight keeping at least one slot. Cost is O(sequence length × backends).
     pub fn new(weights: Vec<f64>) -> Self {
+        Self::build(weights, true)
+    }
+
+    /// Build a table for a pool using `algorithm`: the smooth-WRR sequence, the one costly part
+    /// (O(sequence length × backends)), is only built for weighted round robin, so other pools
+    /// can swap weights of thousands of backends every control tick.
+    pub fn for_algorithm(weights: Vec<f64>, algorithm: crate::Algorithm) -> Self {
+        Self::build(weights, algorithm == crate::Algorithm::WeightedRoundRobin)
+    }
+
+    fn build(weights: Vec<f64>, with_sequence: bool) -> Self {
         let weights: Box<[f64]> = weights
             .into_iter()
             .map(|w| if w.is_finite() && w > 0.0 { w } else { 0.0 })
@@ -55,7 +66,11 @@ impl WeightTable {
             })
             .collect();
         let lc_mult = lc_multipliers(&weights);
-        let wrr_sequence = smooth_sequence(&wrr_quanta(&weights));
+        let wrr_sequence = if with_sequence {
+            smooth_sequence(&wrr_quanta(&weights))
+        } else {
+            Box::default()
+        };
         Self {
             weights,
             inverse,
@@ -79,7 +94,8 @@ impl WeightTable {
         self.weights.is_empty()
     }
 
-    /// One cycle of the smooth weighted round robin sequence, as backend indices.
+    /// One cycle of the smooth weighted round robin sequence, as backend indices (empty for a
+    /// table built for another algorithm).
     pub fn wrr_sequence(&self) -> &[u32] {
         &self.wrr_sequence
     }
