@@ -32,7 +32,7 @@ fn pool(n: usize) -> Pool {
 fn traffic(pool: &Pool, now: u64) {
     for i in 0..pool.backends().len() {
         for k in 0..8u64 {
-            let outcome = if (i + k as usize) % 50 == 0 {
+            let outcome = if (i + k as usize).is_multiple_of(50) {
                 Outcome::ServerError
             } else {
                 Outcome::Success
