@@ -96,9 +96,11 @@ async fn a_slow_backend_loses_model_weight_and_regains_it_after_healing() {
     let model = dir.0.join("balancer.onnx");
     install(&fixture("prefer_low_p99.onnx"), &model);
     let spec = PoolSpec::new("least_connections", &[&b[0], &b[1], &b[2]]);
+    let record = dir.0.join("features.csv");
     let control = format!(
-        "\n[control]\ntick_ms = 100\nmodel = \"{}\"\n",
-        model.display()
+        "\n[control]\ntick_ms = 100\nmodel = \"{}\"\nrecord = \"{}\"\n",
+        model.display(),
+        record.display()
     );
     let f = Fulcrum::start(model_config(&spec, &control)).await;
     assert_eq!(metric(&f, "fulcrum_model_loaded").await, 1.0);
@@ -161,6 +163,18 @@ async fn a_slow_backend_loses_model_weight_and_regains_it_after_healing() {
     assert_eq!(first["features"][0].as_array().unwrap().len(), 16);
     assert_eq!(first["raw_scores"].as_array().unwrap().len(), 3);
     assert!(first["guardrails"].is_array());
+
+    // The same features were recorded for retraining: a header and one row per backend per tick.
+    let recorded = std::fs::read_to_string(&record).unwrap();
+    let mut lines = recorded.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("t_s,pool,backend,share,"), "{header}");
+    assert!(header.ends_with(",weight"), "{header}");
+    let rows: Vec<&str> = lines.collect();
+    assert!(rows.len() >= 30, "{} rows", rows.len());
+    assert!(rows
+        .iter()
+        .all(|r| r.split(',').count() == header.split(',').count()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -276,9 +276,15 @@ fn open_record(path: &Path) -> Option<std::fs::File> {
     }
 }
 
-/// Run the control loop on the current thread until the process ends.
-pub fn run(shared: Arc<Shared>, reloads: Receiver<ModelReloadRequest>) {
+/// Run the control loop on the current thread until the process ends; `ready` is signalled
+/// once the model (or the heuristic fallback) is settled.
+pub fn run(
+    shared: Arc<Shared>,
+    reloads: Receiver<ModelReloadRequest>,
+    ready: std::sync::mpsc::Sender<()>,
+) {
     let mut control = ControlLoop::new(shared.clone());
+    let _ = ready.send(());
     let mut next = Instant::now();
     loop {
         let tick = shared.config.load().control.tick;
@@ -304,10 +310,20 @@ pub fn run(shared: Arc<Shared>, reloads: Receiver<ModelReloadRequest>) {
     }
 }
 
-/// Start the control thread.
+/// Start the control thread and wait until its model is loaded or the fallback chosen, so the
+/// proxy never serves a model pool before its controller is settled.
 pub fn spawn(shared: Arc<Shared>, reloads: Receiver<ModelReloadRequest>) -> std::io::Result<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("fulcrum-control".into())
-        .spawn(move || run(shared, reloads))
-        .map(|_| ())
+        .spawn(move || run(shared, reloads, ready_tx))?;
+    if ready_rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .is_err()
+    {
+        log::warn!(
+            "control: the model is still loading after 30 s; serving with static weights meanwhile"
+        );
+    }
+    Ok(())
 }
