@@ -68,7 +68,7 @@ async fn handle(
             text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                shared.metrics.render(),
+                crate::metrics::render(&shared.metrics),
             )
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),

@@ -4,7 +4,12 @@
 //! the pool was built. Gauges that mirror live atomics (in-flight, up, weight) are refreshed
 //! just before each scrape instead of on every request.
 
-use metrics::{Counter, Gauge, Histogram};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Requests answered, by pool, backend and status class.
@@ -41,29 +46,119 @@ const DURATION_BUCKETS: [f64; 16] = [
     30.0,
 ];
 
+/// The same bounds in nanoseconds, for the request path.
+const DURATION_BUCKETS_NS: [u64; 16] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    20_000_000_000,
+    30_000_000_000,
+];
+
+/// A fixed-bucket duration histogram: one relaxed `fetch_add` per bucket hit, no clock read,
+/// no allocation, and bounded memory whether or not anyone scrapes.
+#[derive(Debug, Default)]
+pub struct DurationHistogram {
+    buckets: [AtomicU64; 16],
+    overflow: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl DurationHistogram {
+    /// Count one duration.
+    #[inline]
+    pub fn record_ns(&self, ns: u64) {
+        match DURATION_BUCKETS_NS.iter().position(|&le| ns <= le) {
+            Some(i) => self.buckets[i].fetch_add(1, Relaxed),
+            None => self.overflow.fetch_add(1, Relaxed),
+        };
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, labels: &str) {
+        let mut cumulative = 0;
+        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{REQUEST_DURATION_SECONDS}_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.overflow.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{REQUEST_DURATION_SECONDS}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{REQUEST_DURATION_SECONDS}_sum{{{labels}}} {sum}");
+        let _ = writeln!(
+            out,
+            "{REQUEST_DURATION_SECONDS}_count{{{labels}}} {cumulative}"
+        );
+    }
+}
+
+type DurationRegistry = Mutex<BTreeMap<(String, String), Arc<DurationHistogram>>>;
+
+/// Every duration histogram by (pool, backend); they outlive configuration reloads, like the
+/// recorder's own counters.
+fn durations() -> &'static DurationRegistry {
+    static REGISTRY: OnceLock<DurationRegistry> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus exposition: the recorder's metrics plus the duration histograms.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut out = handle.render();
+    let registry = durations().lock().unwrap_or_else(|p| p.into_inner());
+    if !registry.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP {REQUEST_DURATION_SECONDS} Client-visible request duration, by pool and backend."
+        );
+        let _ = writeln!(out, "# TYPE {REQUEST_DURATION_SECONDS} histogram");
+        for ((pool, backend), h) in registry.iter() {
+            let labels = format!(
+                "pool=\"{}\",backend=\"{}\"",
+                escape_label(pool),
+                escape_label(backend)
+            );
+            h.render(&mut out, &labels);
+        }
+    }
+    out
+}
+
 /// Install the process-wide recorder and describe every metric. Call once, before any pool is built.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(REQUEST_DURATION_SECONDS.to_string()),
-            &DURATION_BUCKETS,
-        )?
-        .install_recorder()?;
+    let handle = PrometheusBuilder::new().install_recorder()?;
     describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use metrics::{describe_counter, describe_gauge};
     describe_counter!(
         REQUESTS_TOTAL,
         "Requests answered, by pool, backend and status class."
-    );
-    describe_histogram!(
-        REQUEST_DURATION_SECONDS,
-        Unit::Seconds,
-        "Client-visible request duration, by pool and backend."
     );
     describe_gauge!(
         BACKEND_IN_FLIGHT,
@@ -100,7 +195,7 @@ fn describe() {
 pub struct BackendMetrics {
     requests: [Counter; 6],
     /// Request duration histogram.
-    pub duration: Histogram,
+    pub duration: Arc<DurationHistogram>,
     /// Retries that left this backend.
     pub retries: Counter,
     /// Failed active health checks.
@@ -122,7 +217,12 @@ impl BackendMetrics {
         });
         BackendMetrics {
             requests,
-            duration: metrics::histogram!(REQUEST_DURATION_SECONDS, "pool" => p.clone(), "backend" => b.clone()),
+            duration: durations()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry((p.clone(), b.clone()))
+                .or_default()
+                .clone(),
             retries: metrics::counter!(RETRIES_TOTAL, "pool" => p.clone(), "backend" => b.clone()),
             health_check_failures: metrics::counter!(HEALTH_CHECK_FAILURES_TOTAL, "pool" => p.clone(), "backend" => b.clone()),
             passive_ejections: metrics::counter!(PASSIVE_EJECTIONS_TOTAL, "pool" => p.clone(), "backend" => b.clone()),
@@ -184,6 +284,32 @@ impl PoolMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duration_histogram_is_cumulative() {
+        let h = DurationHistogram::default();
+        h.record_ns(400_000);
+        h.record_ns(3_000_000);
+        h.record_ns(40_000_000_000);
+        let mut out = String::new();
+        h.render(&mut out, "pool=\"p\",backend=\"b\"");
+        assert!(
+            out.contains("_bucket{pool=\"p\",backend=\"b\",le=\"0.0005\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("le=\"30\"} 2\n"), "{out}");
+        assert!(out.contains("le=\"+Inf\"} 3\n"), "{out}");
+        assert!(
+            out.contains("_count{pool=\"p\",backend=\"b\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("_sum{pool=\"p\",backend=\"b\"} 40.0034\n"),
+            "{out}"
+        );
+        assert_eq!(escape_label("a\"b\\c"), "a\\\"b\\\\c");
+    }
 
     #[test]
     fn code_classes() {

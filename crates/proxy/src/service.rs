@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fulcrum_balance::{now_ns, InFlightGuard, Outcome, Tried};
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -26,19 +26,23 @@ pub struct RequestCtx {
     lease: Option<InFlightGuard>,
     attempt_started_ns: u64,
     attempt_recorded: bool,
-    original_host: Option<Bytes>,
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "proxy-authenticate",
-    "proxy-authorization",
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
 ];
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_BACKEND_LOAD: HeaderName = HeaderName::from_static("x-backend-load");
+static ENDPOINT_LOAD_METRICS: HeaderName = HeaderName::from_static("endpoint-load-metrics");
 
 /// The fulcrum proxy logic plugged into pingora.
 pub struct FulcrumProxy {
@@ -107,6 +111,12 @@ async fn respond_local(session: &mut Session, status: u16, body: &'static [u8]) 
 
 /// Remove hop-by-hop headers, including any the `Connection` header names.
 fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
+    // Most requests carry none of these: look before touching the header maps.
+    if !HOP_BY_HOP.iter().any(|h| req.headers.contains_key(h))
+        && !req.headers.contains_key(header::UPGRADE)
+    {
+        return;
+    }
     let named: Vec<HeaderName> = req
         .headers
         .get_all(header::CONNECTION)
@@ -119,7 +129,7 @@ fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
     for n in named {
         req.remove_header(&n);
     }
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         req.remove_header(h);
     }
     if keep_upgrade {
@@ -131,6 +141,12 @@ fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
 }
 
 fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
+    if !HOP_BY_HOP[..3].iter().any(|h| resp.headers.contains_key(h))
+        && !resp.headers.contains_key(header::UPGRADE)
+        && !resp.headers.contains_key(header::PROXY_AUTHENTICATE)
+    {
+        return;
+    }
     let upgrade = resp.status.as_u16() == 101;
     let named: Vec<HeaderName> = resp
         .headers
@@ -144,7 +160,7 @@ fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
     for n in named {
         resp.remove_header(&n);
     }
-    for h in ["keep-alive", "proxy-connection", "proxy-authenticate"] {
+    for h in [&HOP_BY_HOP[1], &HOP_BY_HOP[2], &HOP_BY_HOP[5]] {
         resp.remove_header(h);
     }
     if !upgrade {
@@ -195,10 +211,10 @@ impl RequestCtx {
 /// Utilisation (0–1) a backend reports about itself: `X-Backend-Load: 0.42`, or the ORCA-style
 /// text form `Endpoint-Load-Metrics: TEXT cpu_utilization=0.42, ...`.
 fn reported_load(resp: &ResponseHeader) -> Option<f64> {
-    if let Some(v) = resp.headers.get("x-backend-load") {
+    if let Some(v) = resp.headers.get(&X_BACKEND_LOAD) {
         return v.to_str().ok()?.trim().parse().ok();
     }
-    let v = resp.headers.get("endpoint-load-metrics")?.to_str().ok()?;
+    let v = resp.headers.get(&ENDPOINT_LOAD_METRICS)?.to_str().ok()?;
     let fields = v.trim().strip_prefix("TEXT").unwrap_or(v);
     fields.split(',').find_map(|kv| {
         let (k, val) = kv.split_once('=')?;
@@ -232,7 +248,6 @@ impl ProxyHttp for FulcrumProxy {
             lease: None,
             attempt_started_ns: 0,
             attempt_recorded: true,
-            original_host: None,
         }
     }
 
@@ -264,7 +279,6 @@ impl ProxyHttp for FulcrumProxy {
             .unwrap_or_default();
         let upstreams = self.shared.upstreams.load_full();
         let routed = upstreams.router.route(&host, req.uri.path());
-        ctx.original_host = host_value.map(Bytes::copy_from_slice);
         match routed {
             Some(pool) => {
                 ctx.pool = Some(pool);
@@ -370,12 +384,12 @@ impl ProxyHttp for FulcrumProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut Self::CTX,
+        _ctx: &mut Self::CTX,
     ) -> Result<()> {
         let keep_upgrade = session.is_upgrade_req();
         strip_hop_by_hop_request(upstream_request, keep_upgrade);
         if let Some(ip) = client_ip(session) {
-            let xff = match upstream_request.headers.get("x-forwarded-for") {
+            let xff = match upstream_request.headers.get(&X_FORWARDED_FOR) {
                 Some(prev) if !prev.is_empty() => {
                     let mut v = Vec::with_capacity(prev.len() + 48);
                     v.extend_from_slice(prev.as_bytes());
@@ -385,11 +399,18 @@ impl ProxyHttp for FulcrumProxy {
                 }
                 _ => ip.to_string().into_bytes(),
             };
-            upstream_request.insert_header("x-forwarded-for", xff)?;
+            upstream_request.insert_header(&X_FORWARDED_FOR, xff)?;
         }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
-        if let Some(host) = ctx.original_host.as_ref() {
-            upstream_request.insert_header("x-forwarded-host", host.as_ref())?;
+        upstream_request.insert_header(&X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
+        // The client's own request head is still intact in the session.
+        let req = session.req_header();
+        let host = req.headers.get(header::HOST).cloned().or_else(|| {
+            req.uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        if let Some(host) = host {
+            upstream_request.insert_header(&X_FORWARDED_HOST, host)?;
         }
         Ok(())
     }
@@ -466,12 +487,12 @@ impl ProxyHttp for FulcrumProxy {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         let Some(pool) = ctx.pool() else { return };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = now_ns().saturating_sub(ctx.started_ns) as f64 / 1e9;
+        let elapsed_ns = now_ns().saturating_sub(ctx.started_ns);
         match ctx.lease.as_ref().map(|l| l.backend_index()) {
             Some(idx) => {
                 let m = &pool.backend_metrics[idx];
                 m.count_response(status);
-                m.duration.record(elapsed);
+                m.duration.record_ns(elapsed_ns);
             }
             None => pool.metrics.count_response(status),
         }
