@@ -544,3 +544,28 @@ async fn http2_cleartext_clients_are_served() {
     assert_eq!(ok, 3, "{stats}");
     assert_eq!(b[0].requests() + b[1].requests(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hanging_up_do_not_eject_a_healthy_backend() {
+    let b = backends(1).await;
+    let mut spec = PoolSpec::new("round_robin", &[&b[0]]);
+    spec.extra = "max_consecutive_failures = 3";
+    // Checks far apart: only the request path could eject the backend here.
+    spec.health = "interval_ms = 60000\ntimeout_ms = 500\n";
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(f.proxy).await.unwrap();
+        s.write_all(b"GET /?delay_ms=300 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        f.backend_healthy(b[0].addr()).await,
+        "backend ejected for the clients' hang-ups"
+    );
+    let r = get(f.proxy, "/").await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+}

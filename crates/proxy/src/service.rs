@@ -320,6 +320,19 @@ impl ProxyHttp for FulcrumProxy {
         Ok(peer)
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
+        // A client that hangs up is routine at an edge proxy, not an error of ours.
+        let client_gone = *error.esource() == ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
+        if client_gone {
+            log::debug!("client went away: {error}");
+        }
+        client_gone
+    }
+
     fn suppress_proxy_warn_log(
         &self,
         _session: &Session,
@@ -365,6 +378,13 @@ impl ProxyHttp for FulcrumProxy {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
+        if *e.esource() == ErrorSource::Downstream {
+            // The client went away or misbehaved: nothing to hold against the backend, and
+            // nobody left to retry for.
+            ctx.attempt_recorded = true;
+            e.set_retry(false);
+            return e;
+        }
         let was_recorded = ctx.attempt_recorded;
         let idx = ctx.record_attempt(failure_outcome(&e));
         // Past connect, only an idempotent request with no response byte sent may be replayed.
@@ -484,7 +504,7 @@ impl ProxyHttp for FulcrumProxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let Some(pool) = ctx.pool() else { return };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed_ns = now_ns().saturating_sub(ctx.started_ns);
@@ -497,15 +517,20 @@ impl ProxyHttp for FulcrumProxy {
             None => pool.metrics.count_response(status),
         }
         // If the response ended without the header hook seeing it (e.g. a broken body), the
-        // attempt still counts.
+        // attempt still counts — against the backend only when the failure was on its side.
         if !ctx.attempt_recorded {
-            ctx.record_attempt(if status == 0 {
-                Outcome::OtherFailure
-            } else if status >= 500 {
-                Outcome::ServerError
+            let client_side = e.is_some_and(|e| *e.esource() == ErrorSource::Downstream);
+            if status == 0 && client_side {
+                ctx.attempt_recorded = true;
             } else {
-                Outcome::Success
-            });
+                ctx.record_attempt(if status == 0 {
+                    Outcome::OtherFailure
+                } else if status >= 500 {
+                    Outcome::ServerError
+                } else {
+                    Outcome::Success
+                });
+            }
         }
         ctx.lease = None;
     }
