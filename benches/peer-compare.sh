@@ -1,0 +1,346 @@
+#!/usr/bin/env bash
+# Data-plane comparison: fulcrum vs a bare pingora load balancer, nginx and
+# HAProxy, all proxying tiny GETs to the same nginx origin over loopback.
+#
+# For each proxy it reports requests/second, p99 latency (both from wrk) and
+# CPU time per proxied request: the proxy's utime+stime from /proc/PID/stat
+# (all of its processes and threads) over the measured run, divided by the
+# requests wrk completed. CPU per request is the headline number: it does not
+# depend on whether the proxy core or the client core is the bottleneck.
+#
+# Layout (needs at least 2 cores):
+#   core 0: the proxy under test, one worker thread / process
+#   core 1: wrk (1 thread, 32 keep-alive connections) and the nginx origin
+#
+# Usage: benches/peer-compare.sh
+# Environment:
+#   DURATION=10          seconds per measured run
+#   WARMUP=2             seconds of unmeasured load before each measured run
+#   REPEAT=1             measured runs per proxy (proxies are interleaved per
+#                        round; the table shows the median of each column)
+#   CONNECTIONS=32       wrk connections
+#   QUIET_MAX=20         a run during which other work on the machine used more
+#                        than this % of a core is discarded and repeated ...
+#   RETRY_DISTURBED=3    ... at most this many times (then it is kept, and the
+#                        "other CPU %" column shows it)
+#   PROXIES="fulcrum bare-pingora nginx haproxy"   which proxies to measure
+#   SKIP_BUILD=1         use the existing release binaries as they are
+#   RESULTS_DIR=benches/results   where peer-compare.md / .csv are written
+#
+# Requirements: wrk, nginx, haproxy, taskset, curl
+#   (Debian: apt-get install -y wrk nginx-light haproxy util-linux curl)
+# Everything listens on 127.0.0.1 only.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PEERS="$ROOT/benches/peers"
+
+DURATION="${DURATION:-10}"
+WARMUP="${WARMUP:-2}"
+REPEAT="${REPEAT:-1}"
+CONNECTIONS="${CONNECTIONS:-32}"
+QUIET_MAX="${QUIET_MAX:-20}"
+RETRY_DISTURBED="${RETRY_DISTURBED:-3}"
+PROXIES="${PROXIES:-fulcrum bare-pingora nginx haproxy}"
+RESULTS_DIR="${RESULTS_DIR:-$ROOT/benches/results}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+FULCRUM_BIN="$TARGET_DIR/release/fulcrum"
+BARE_BIN="$TARGET_DIR/release/examples/bare_pingora"
+PROXY_CORE=0
+CLIENT_CORE=1
+
+die() { echo "peer-compare: $*" >&2; exit 1; }
+log() { echo "peer-compare: $*" >&2; }
+
+# ---------------------------------------------------------------- prerequisites
+missing=()
+for tool in wrk nginx haproxy taskset curl; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    die "missing: ${missing[*]}
+  install them with:  apt-get install -y wrk nginx-light haproxy util-linux curl"
+fi
+(( $(nproc) >= 2 )) || die "needs at least 2 CPU cores (proxy on core 0, client+origin on core 1)"
+for p in $PROXIES; do
+    case "$p" in fulcrum|bare-pingora|nginx|haproxy) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+done
+want() { [[ " $PROXIES " == *" $1 "* ]]; }
+
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+    # Target flags apply to every -p, hence the explicit --bin / --example.
+    build=(cargo build --release)
+    want fulcrum && build+=(-p fulcrum --bin fulcrum)
+    want bare-pingora && build+=(-p fulcrum-proxy --example bare_pingora)
+    if ((${#build[@]} > 3)); then
+        log "building: ${build[*]}"
+        "${build[@]}" >&2 || die "build failed (set PROXIES to measure only the peers that do not need it)"
+    fi
+fi
+want fulcrum && { [[ -x "$FULCRUM_BIN" ]] || die "no $FULCRUM_BIN"; }
+want bare-pingora && { [[ -x "$BARE_BIN" ]] || die "no $BARE_BIN"; }
+
+# ---------------------------------------------------------------- cleanup
+WORK="$(mktemp -d /tmp/peer-compare.XXXXXX)"
+ORIGIN_PID=""
+PROXY_PID=""
+# SIGINT is the fast-shutdown signal for pingora, nginx and HAProxy alike
+# (SIGTERM would make pingora wait out its graceful-shutdown period).
+stop_pid() {
+    [[ -n "$1" ]] || return 0
+    kill -INT "$1" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+cleanup() {
+    stop_pid "$PROXY_PID"
+    stop_pid "$ORIGIN_PID"
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Run private copies, so a concurrent rebuild of the target dir cannot swap a
+# binary out from under a measurement.
+mkdir -p "$WORK/bin"
+if want fulcrum; then cp "$FULCRUM_BIN" "$WORK/bin/fulcrum"; FULCRUM_BIN="$WORK/bin/fulcrum"; fi
+if want bare-pingora; then cp "$BARE_BIN" "$WORK/bin/bare_pingora"; BARE_BIN="$WORK/bin/bare_pingora"; fi
+
+# ---------------------------------------------------------------- helpers
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+TAKEN=" "
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 40000))
+        [[ "$TAKEN" == *" $p "* ]] && continue
+        port_busy "$p" && continue
+        TAKEN+="$p "
+        echo "$p"
+        return 0
+    done
+    die "no free loopback port found"
+}
+
+# render TEMPLATE OUT KEY=VALUE...
+render() {
+    local tpl="$1" out="$2" kv args=()
+    shift 2
+    for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+    sed "${args[@]}" "$tpl" >"$out"
+}
+
+wait_http() { # PORT NAME
+    for _ in $(seq 300); do
+        if [[ "$(curl -fsS --max-time 1 "http://127.0.0.1:$1/" 2>/dev/null)" == "ok" ]]; then return 0; fi
+        sleep 0.1
+    done
+    die "$2 did not answer 'ok' on 127.0.0.1:$1 (logs in $WORK)"
+}
+
+# every pid in the process tree rooted at $1
+tree_pids() {
+    local pid="$1" child
+    echo "$pid"
+    for child in $(pgrep -P "$pid" 2>/dev/null || true); do tree_pids "$child"; done
+}
+
+# utime+stime (clock ticks) summed over the given pids
+cpu_ticks() {
+    local total=0 pid stat rest
+    for pid in "$@"; do
+        stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
+        rest="${stat##*) }" # fields from 3 (state) on; comm may contain spaces
+        read -r -a f <<<"$rest"
+        total=$((total + f[11] + f[12])) # fields 14 (utime) and 15 (stime)
+    done
+    echo "$total"
+}
+
+# busy (non-idle, non-iowait) ticks of the whole machine
+machine_ticks() {
+    awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+}
+
+# `times` output "XmY.YYYs" -> microseconds
+mins_to_us() {
+    awk -v v="$1" 'BEGIN { split(v, a, "m"); sub(/s$/, "", a[2]); printf "%.0f", (a[1] * 60 + a[2]) * 1e6 }'
+}
+
+# wrk latency string (e.g. 812.00us, 1.20ms, 2.00s) -> microseconds
+to_us() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000;
+        else if (v ~ /m$/) print n * 60000000; else if (v ~ /s$/) print n * 1000000; else print n
+    }'
+}
+
+CLK_TCK="$(getconf CLK_TCK)"
+wrk_cmd=(taskset -c "$CLIENT_CORE" wrk -t1 -c"$CONNECTIONS" --latency)
+
+# ---------------------------------------------------------------- origin
+BACKEND_PORT="$(free_port)"
+mkdir -p "$WORK/origin/logs"
+render "$PEERS/nginx-backend.conf" "$WORK/origin/nginx.conf" DIR="$WORK/origin" BACKEND_PORT="$BACKEND_PORT"
+taskset -c "$CLIENT_CORE" nginx -p "$WORK/origin" -c "$WORK/origin/nginx.conf" 2>"$WORK/origin/stderr" &
+ORIGIN_PID=$!
+wait_http "$BACKEND_PORT" "origin nginx"
+log "origin nginx on 127.0.0.1:$BACKEND_PORT"
+
+# ---------------------------------------------------------------- proxies
+start_proxy() { # NAME PORT
+    local name="$1" port="$2" dir="$WORK/$1"
+    rm -rf "$dir"
+    mkdir -p "$dir/logs"
+    case "$name" in
+    fulcrum)
+        render "$PEERS/fulcrum.toml" "$dir/fulcrum.toml" \
+            LISTEN_PORT="$port" ADMIN_PORT="$(free_port)" BACKEND_PORT="$BACKEND_PORT"
+        RUST_LOG=error taskset -c "$PROXY_CORE" "$FULCRUM_BIN" run -c "$dir/fulcrum.toml" \
+            >"$dir/stdout" 2>"$dir/stderr" &
+        ;;
+    bare-pingora)
+        RUST_LOG=error taskset -c "$PROXY_CORE" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
+            >"$dir/stdout" 2>"$dir/stderr" &
+        ;;
+    nginx)
+        render "$PEERS/nginx-proxy.conf" "$dir/nginx.conf" \
+            DIR="$dir" LISTEN_PORT="$port" BACKEND_PORT="$BACKEND_PORT"
+        taskset -c "$PROXY_CORE" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout" 2>"$dir/stderr" &
+        ;;
+    haproxy)
+        render "$PEERS/haproxy.cfg" "$dir/haproxy.cfg" LISTEN_PORT="$port" BACKEND_PORT="$BACKEND_PORT"
+        taskset -c "$PROXY_CORE" haproxy -db -f "$dir/haproxy.cfg" >"$dir/stdout" 2>"$dir/stderr" &
+        ;;
+    esac
+    PROXY_PID=$!
+    wait_http "$port" "$name"
+}
+
+stop_proxy() {
+    stop_pid "$PROXY_PID"
+    PROXY_PID=""
+}
+
+RAW="$WORK/raw.csv"
+echo "proxy,run,requests,duration_s,rps,p99_us,cpu_ticks,cpu_us_per_req,proxy_core_pct,errors,other_cpu_pct,kept" >"$RAW"
+
+measure() { # NAME RUN
+    local name="$1" run="$2" port out pids opids before after obefore oafter mbefore mafter
+    local requests secs rps p99 p99us errs cpu_us per_req core wrk_us other
+    port="$(free_port)"
+    start_proxy "$name" "$port"
+    "${wrk_cmd[@]}" -d"${WARMUP}s" "http://127.0.0.1:$port/" >/dev/null
+    mapfile -t pids < <(tree_pids "$PROXY_PID")
+    mapfile -t opids < <(tree_pids "$ORIGIN_PID")
+    before="$(cpu_ticks "${pids[@]}")"
+    obefore="$(cpu_ticks "${opids[@]}")"
+    mbefore="$(machine_ticks)"
+    # `times` reports the CPU time of wrk (the subshell's only child).
+    out="$("${wrk_cmd[@]}" -d"${DURATION}s" "http://127.0.0.1:$port/"; times)"
+    mafter="$(machine_ticks)"
+    after="$(cpu_ticks "${pids[@]}")"
+    oafter="$(cpu_ticks "${opids[@]}")"
+    stop_proxy
+    echo "$out" >"$WORK/$name.wrk.$run.txt"
+    wrk_us=$(( $(mins_to_us "$(tail -1 <<<"$out" | awk '{ print $1 }')") + $(mins_to_us "$(tail -1 <<<"$out" | awk '{ print $2 }')") ))
+
+    requests="$(awk '/requests in/ { print $1 }' <<<"$out")"
+    secs="$(awk '/requests in/ { sub(/,$/, "", $4); print $4 }' <<<"$out")"
+    rps="$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")"
+    p99="$(awk '$1 == "99%" { print $2 }' <<<"$out")"
+    errs="$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")"
+    [[ -n "$requests" && "$requests" -gt 0 ]] || die "$name: wrk completed no requests:
+$out"
+    p99us="$(to_us "$p99")"
+    secs="$(to_us "$secs")"
+    read -r cpu_us per_req core < <(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" -v w="$secs" \
+        'BEGIN { us = t * 1e6 / hz; printf "%.0f %.3f %.1f\n", us, us / n, 100 * us / w }')
+    # Everything else the machine did meanwhile: anything well above the kernel's
+    # own loopback work means another workload disturbed the run.
+    other="$(awk -v m=$((mafter - mbefore - (after - before) - (oafter - obefore))) -v hz="$CLK_TCK" -v wrk="$wrk_us" -v w="$secs" \
+        'BEGIN { v = 100 * (m * 1e6 / hz - wrk) / w; printf "%.1f", v < 0 ? 0 : v }')"
+    secs="$(awk -v w="$secs" 'BEGIN { printf "%.2f", w / 1e6 }')"
+    echo "$name,$run,$requests,$secs,$rps,$p99us,$((after - before)),$per_req,$core,$errs,$other,1" >>"$RAW"
+    log "$name run $run: $rps req/s, p99 ${p99}, ${per_req} us CPU/req, proxy core ${core}%, errors $errs, other CPU ${other}%"
+}
+
+for run in $(seq "$REPEAT"); do
+    for p in $PROXIES; do
+        for attempt in $(seq 0 "$RETRY_DISTURBED"); do
+            measure "$p" "$run"
+            other="$(tail -1 "$RAW" | cut -d, -f11)"
+            awk -v o="$other" -v q="$QUIET_MAX" 'BEGIN { exit !(o > q) }' || break
+            ((attempt < RETRY_DISTURBED)) || { log "$p run $run: still disturbed, keeping it"; break; }
+            log "$p run $run: other CPU ${other}% > ${QUIET_MAX}%, discarding and repeating"
+            sed -i '$ s/,1$/,0/' "$RAW"
+            sleep 5
+        done
+    done
+done
+
+# ---------------------------------------------------------------- report
+mkdir -p "$RESULTS_DIR"
+cp "$RAW" "$RESULTS_DIR/peer-compare.csv"
+
+# median of column C for proxy P
+median() {
+    awk -F, -v p="$1" -v c="$2" 'NR > 1 && $1 == p && $12 == 1 { print $c }' "$RAW" | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+BARE_CPU=""
+want bare-pingora && BARE_CPU="$(median bare-pingora 8)"
+cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+cmd="DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS QUIET_MAX=$QUIET_MAX RETRY_DISTURBED=$RETRY_DISTURBED PROXIES=\"$PROXIES\" benches/peer-compare.sh"
+
+declare -A label=(
+    [fulcrum]="fulcrum"
+    [bare-pingora]="bare pingora (round robin)"
+    [nginx]="nginx $(nginx -v 2>&1 | sed 's|.*nginx/||')"
+    [haproxy]="HAProxy $(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }')"
+)
+
+{
+    echo "# Data-plane comparison: fulcrum vs bare pingora, nginx, HAProxy"
+    echo
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- Machine: $(nproc) cores, ${cpu_model:-unknown CPU}, $(uname -sr)"
+    echo "- Command: \`$cmd\`"
+    echo "- Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\`, keep-alive, \`GET /\` answered \"ok\\n\" by a one-worker nginx origin;" \
+        "wrk and the origin pinned to core $CLIENT_CORE, the proxy pinned to core $PROXY_CORE with one worker thread/process;" \
+        "${WARMUP}s warm-up before each measured run; $REPEAT measured run(s) per proxy, median shown;" \
+        "a run disturbed by other work (other CPU > ${QUIET_MAX}% of a core) is discarded and repeated, up to $RETRY_DISTURBED times."
+    echo "- CPU/req: the proxy's utime+stime (all processes and threads) over the measured run / requests completed."
+    echo "  Proxy core % = that CPU time / wall time: near 100% means the proxy was the bottleneck; below it, core $CLIENT_CORE (wrk + origin) limited req/s and CPU/req is the fairer comparison."
+    echo "  Other CPU % = the machine's busy time minus proxy, origin and wrk, as % of one core (kernel loopback work, plus anything else that ran): a high value means the run was disturbed."
+    echo
+    echo "| proxy | req/s | p99 latency | CPU µs/req | proxy core % | CPU/req vs bare pingora | errors | other CPU % |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for p in $PROXIES; do
+        rps="$(median "$p" 5)"
+        p99="$(median "$p" 6)"
+        cpu="$(median "$p" 8)"
+        core="$(median "$p" 9)"
+        errs="$(awk -F, -v p="$p" 'NR > 1 && $1 == p && $12 == 1 { n += $10 } END { print n + 0 }' "$RAW")"
+        ratio="n/a"
+        [[ -n "$BARE_CPU" ]] && ratio="$(awk -v a="$cpu" -v b="$BARE_CPU" 'BEGIN { printf "%.2f×", a / b }')"
+        other="$(median "$p" 11)"
+        awk -v l="${label[$p]}" -v r="$rps" -v q="$p99" -v c="$cpu" -v k="$core" -v x="$ratio" -v e="$errs" -v o="$other" \
+            'BEGIN { printf "| %s | %.0f | %.0f µs | %.2f | %.0f%% | %s | %s | %.0f%% |\n", l, r, q, c, k, x, e, o }'
+    done
+    if awk -F, 'NR > 1 && $12 == 1 && $10 > 0 { bad = 1 } END { exit !bad }' "$RAW"; then
+        echo
+        echo "**Warning:** some runs had non-2xx responses or socket errors; their numbers do not describe successful proxying."
+    fi
+    if want fulcrum && [[ -n "$BARE_CPU" ]]; then
+        echo
+        awk -v a="$(median fulcrum 8)" -v b="$BARE_CPU" \
+            'BEGIN { printf "fulcrum / bare pingora CPU per request: **%.2f×** (%.2f µs vs %.2f µs; +%.2f µs per request)\n", a / b, a, b, a - b }'
+    fi
+    echo
+    echo "Raw per-run numbers, discarded runs included (kept = 0): \`peer-compare.csv\` next to this file."
+} | tee "$RESULTS_DIR/peer-compare.md"
