@@ -1,4 +1,4 @@
-//! Weighted least connections: fewest `in_flight / weight`, ties rotated round robin.
+//! Weighted least connections: fewest `(in_flight + 1) / weight`, ties rotated round robin.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
@@ -7,11 +7,18 @@ use crate::{fallback_pick, Backend, Picker, Tried, WeightTable};
 
 /// Weighted least connections.
 ///
-/// Scores are `in_flight × multiplier`, where the weight table's integer multiplier is
+/// A backend's score is the load a new request would join, relative to its weight:
+/// `(in_flight + 1) / weight` — Envoy's least-request rule with bias 1, the "shortest expected
+/// delay" of queueing theory. With equal weights it orders backends exactly like `in_flight`
+/// alone. With unequal weights the `+ 1` matters: plain `in_flight / weight` scores every idle
+/// backend 0, so a backend with a tiny weight (a slow or failing one the control loop has
+/// turned down) would still take a request whenever it is idle and the others are not.
+///
+/// Scores are `(in_flight + 1) × multiplier`, where the weight table's integer multiplier is
 /// proportional to `1/weight` (exact for integer weights), so the scan is one u64 multiply and
 /// compare per backend with no float division, and ratio ties are exact. The scan starts at a
 /// rotating offset and keeps the strict minimum, so equal backends take turns; it stops early at
-/// the first idle eligible backend since nothing can beat zero.
+/// an idle backend of the largest weight, since nothing can beat it.
 #[derive(Debug, Default)]
 pub struct LeastConnections {
     next: AtomicUsize,
@@ -35,6 +42,7 @@ fn scan<const CHECK_TRIED: bool>(
     mults: &[u64],
     offset: usize,
     tried: &Tried,
+    floor: u64,
     best: &mut usize,
     best_score: &mut u64,
 ) -> bool {
@@ -44,11 +52,11 @@ fn scan<const CHECK_TRIED: bool>(
         }
         // m <= 2^24 so this only saturates beyond 2^40 in flight; saturating (not plain) so a
         // corrupted counter can never panic the data plane in debug builds.
-        let score = b.stats.in_flight().saturating_mul(m);
+        let score = b.stats.in_flight().saturating_add(1).saturating_mul(m);
         if score < *best_score {
             *best_score = score;
             *best = offset + i;
-            if score == 0 {
+            if score <= floor {
                 return true;
             }
         }
@@ -62,6 +70,7 @@ fn scan_all<const CHECK_TRIED: bool>(
     mults: &[u64],
     start: usize,
     tried: &Tried,
+    floor: u64,
 ) -> Option<usize> {
     let (mut best, mut best_score) = (usize::MAX, u64::MAX);
     // Two halves instead of a wrapping index: no bounds checks and no modulo per step.
@@ -70,6 +79,7 @@ fn scan_all<const CHECK_TRIED: bool>(
         &mults[start..],
         start,
         tried,
+        floor,
         &mut best,
         &mut best_score,
     ) {
@@ -78,6 +88,7 @@ fn scan_all<const CHECK_TRIED: bool>(
             &mults[..start],
             0,
             tried,
+            floor,
             &mut best,
             &mut best_score,
         );
@@ -101,10 +112,11 @@ impl Picker for LeastConnections {
         }
         let start = self.next.fetch_add(1, Relaxed) % n;
         let (bs, mults) = (&backends[..n], &weights.lc_multipliers()[..n]);
+        let floor = weights.lc_floor();
         let found = if tried.is_empty() {
-            scan_all::<false>(bs, mults, start, &tried)
+            scan_all::<false>(bs, mults, start, &tried, floor)
         } else {
-            scan_all::<true>(bs, mults, start, &tried)
+            scan_all::<true>(bs, mults, start, &tried, floor)
         };
         found.or_else(|| fallback_pick(backends, weights, tried, start))
     }
@@ -181,30 +193,49 @@ mod tests {
 
     #[test]
     fn weighted_ratio_tie_and_break() {
-        // Weights 2:1 with in-flight 2 and 1: 2/2 == 1/1 — an exact tie, so they alternate.
+        // Weights 2:1 with in-flight 3 and 1: (3+1)/2 == (1+1)/1 — an exact tie, so they alternate.
         let p = pool(&[2, 1]);
-        let g = leases(&p, &[2, 1]);
+        let g = leases(&p, &[3, 1]);
         assert_eq!(
             picks(&p, &LeastConnections::new(), Tried::new(), 4),
             vec![0, 1, 0, 1]
         );
-        // One more on the heavy backend: 3/2 > 1/1 → always the light one.
+        // One more on the heavy backend: 5/2 > 2/1 → always the light one.
         let _extra = p.lease(0);
         assert_eq!(
             picks(&p, &LeastConnections::new(), Tried::new(), 4),
             vec![1; 4]
         );
         drop(g);
-        // Now 1/2 vs 0/1: the idle light backend wins.
+        // Now (1+1)/2 vs (0+1)/1: a tie again.
         assert_eq!(
             picks(&p, &LeastConnections::new(), Tried::new(), 2),
-            vec![1; 2]
+            vec![0, 1]
+        );
+    }
+
+    #[test]
+    fn an_idle_low_weight_backend_does_not_win_over_a_busy_heavy_one() {
+        // Weight 1 (turned down) against 20: idle it costs 1, the heavy one with 18 in flight
+        // costs 19/20 — still cheaper. Plain in_flight/weight would pick the idle light one.
+        let p = pool(&[1, 20]);
+        let _g = leases(&p, &[0, 18]);
+        assert_eq!(
+            picks(&p, &LeastConnections::new(), Tried::new(), 3),
+            vec![1; 3]
+        );
+        let _more = leases(&p, &[0, 2]);
+        // 21/20 > 1/1: now the light backend is the better place.
+        assert_eq!(
+            picks(&p, &LeastConnections::new(), Tried::new(), 2),
+            vec![0; 2]
         );
     }
 
     #[test]
     fn weight_fills_proportionally() {
-        // Simulate lease-and-hold: the heavy backend should end with ~3x the connections.
+        // Lease-and-hold: the heavy backend ends with about 3x the connections: (a+1)/3 = b+1
+        // with a+b = 40 gives a = 30.5; the rotating tie-break lands on 30 and 10.
         let p = pool(&[3, 1]);
         let lc = LeastConnections::new();
         let mut held = Vec::new();
@@ -251,8 +282,8 @@ mod tests {
     fn fractional_weights() {
         let p = pool(&[1, 1]);
         p.set_weights(vec![0.5, 0.25]).unwrap();
-        let _g = leases(&p, &[2, 1]);
-        // 2/0.5 == 1/0.25: tie → rotation.
+        let _g = leases(&p, &[3, 1]);
+        // (3+1)/0.5 == (1+1)/0.25: tie → rotation.
         assert_eq!(
             picks(&p, &LeastConnections::new(), Tried::new(), 4),
             vec![0, 1, 0, 1]

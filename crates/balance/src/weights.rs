@@ -24,6 +24,9 @@ pub struct WeightTable {
     /// compare per backend. For integer weights `mult = lcm / w`, making ratio ties exact
     /// (2 in flight at weight 2 ties 1 in flight at weight 1).
     lc_mult: Box<[u64]>,
+    /// The smallest positive multiplier: the score of an idle backend of the largest weight,
+    /// which no backend can beat.
+    lc_floor: u64,
     /// Backend indices in smooth (nginx) WRR order; one full cycle.
     wrr_sequence: Box<[u32]>,
 }
@@ -66,6 +69,12 @@ impl WeightTable {
             })
             .collect();
         let lc_mult = lc_multipliers(&weights);
+        let lc_floor = lc_mult
+            .iter()
+            .copied()
+            .filter(|&m| m > 0)
+            .min()
+            .unwrap_or(0);
         let wrr_sequence = if with_sequence {
             smooth_sequence(&wrr_quanta(&weights))
         } else {
@@ -75,6 +84,7 @@ impl WeightTable {
             weights,
             inverse,
             lc_mult,
+            lc_floor,
             wrr_sequence,
         }
     }
@@ -108,6 +118,11 @@ impl WeightTable {
     #[inline]
     pub(crate) fn lc_multipliers(&self) -> &[u64] {
         &self.lc_mult
+    }
+
+    #[inline]
+    pub(crate) fn lc_floor(&self) -> u64 {
+        self.lc_floor
     }
 }
 
