@@ -23,7 +23,9 @@
 #                        than this % of a core is discarded and repeated ...
 #   RETRY_DISTURBED=3    ... at most this many times (then it is kept, and the
 #                        "other CPU %" column shows it)
-#   PROXIES="fulcrum bare-pingora nginx haproxy"   which proxies to measure
+#   PROXIES="fulcrum bare-pingora nginx haproxy"   which proxies to measure; add
+#                        fulcrum-model for the same pool with weights = "model"
+#                        (the shipped models/balancer.onnx, control loop ticking)
 #   SKIP_BUILD=1         use the existing release binaries as they are
 #   RESULTS_DIR=benches/results   where peer-compare.md / .csv are written
 #
@@ -64,9 +66,11 @@ if ((${#missing[@]})); then
 fi
 (( $(nproc) >= 2 )) || die "needs at least 2 CPU cores (proxy on core 0, client+origin on core 1)"
 for p in $PROXIES; do
-    case "$p" in fulcrum|bare-pingora|nginx|haproxy) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case "$p" in fulcrum|fulcrum-model|bare-pingora|nginx|haproxy) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
 done
-want() { [[ " $PROXIES " == *" $1 "* ]]; }
+want() {
+    [[ " $PROXIES " == *" $1 "* ]] || { [[ "$1" == fulcrum ]] && [[ " $PROXIES " == *" fulcrum-model "* ]]; }
+}
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     # Target flags apply to every -p, hence the explicit --bin / --example.
@@ -202,6 +206,14 @@ start_proxy() { # NAME PORT
         RUST_LOG=error taskset -c "$PROXY_CORE" "$FULCRUM_BIN" run -c "$dir/fulcrum.toml" \
             >"$dir/stdout" 2>"$dir/stderr" &
         ;;
+    fulcrum-model)
+        render "$PEERS/fulcrum.toml" "$dir/fulcrum.toml" \
+            LISTEN_PORT="$port" ADMIN_PORT="$(free_port)" BACKEND_PORT="$BACKEND_PORT"
+        sed -i 's/^algorithm = "round_robin"$/algorithm = "least_connections"\nweights = "model"/' "$dir/fulcrum.toml"
+        printf '\n[control]\nmodel = "%s"\n' "$ROOT/models/balancer.onnx" >> "$dir/fulcrum.toml"
+        RUST_LOG=error taskset -c "$PROXY_CORE" "$FULCRUM_BIN" run -c "$dir/fulcrum.toml" \
+            >"$dir/stdout" 2>"$dir/stderr" &
+        ;;
     bare-pingora)
         RUST_LOG=error taskset -c "$PROXY_CORE" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
             >"$dir/stdout" 2>"$dir/stderr" &
@@ -299,6 +311,7 @@ cmd="DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS Q
 
 declare -A label=(
     [fulcrum]="fulcrum"
+    [fulcrum-model]="fulcrum, weights = \"model\" (least connections + control loop)"
     [bare-pingora]="bare pingora (round robin)"
     [nginx]="nginx $(nginx -v 2>&1 | sed 's|.*nginx/||')"
     [haproxy]="HAProxy $(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }')"
@@ -336,10 +349,14 @@ declare -A label=(
         echo
         echo "**Warning:** some runs had non-2xx responses or socket errors; their numbers do not describe successful proxying."
     fi
-    if want fulcrum && [[ -n "$BARE_CPU" ]]; then
+    if [[ " $PROXIES " == *" fulcrum "* ]] && [[ -n "$BARE_CPU" ]]; then
         echo
         awk -v a="$(median fulcrum 8)" -v b="$BARE_CPU" \
             'BEGIN { printf "fulcrum / bare pingora CPU per request: **%.2f×** (%.2f µs vs %.2f µs; +%.2f µs per request)\n", a / b, a, b, a - b }'
+    fi
+    if [[ " $PROXIES " == *" fulcrum "* ]] && [[ " $PROXIES " == *" fulcrum-model "* ]]; then
+        awk -v a="$(median fulcrum-model 8)" -v b="$(median fulcrum 8)" \
+            'BEGIN { printf "\nfulcrum weights = \"model\" / weights = \"static\" CPU per request: **%.3f×** (%.2f µs vs %.2f µs)\n", a / b, a, b }'
     fi
     echo
     echo "Raw per-run numbers, discarded runs included (kept = 0): \`peer-compare.csv\` next to this file."

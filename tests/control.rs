@@ -171,7 +171,7 @@ async fn a_slow_backend_loses_model_weight_and_regains_it_after_healing() {
     assert!(header.starts_with("t_s,pool,backend,share,"), "{header}");
     assert!(header.ends_with(",weight"), "{header}");
     let rows: Vec<&str> = lines.collect();
-    assert!(rows.len() >= 30, "{} rows", rows.len());
+    assert!(rows.len() >= 12, "{} rows", rows.len());
     assert!(rows
         .iter()
         .all(|r| r.split(',').count() == header.split(',').count()));
