@@ -209,7 +209,7 @@ start_proxy() { # NAME PORT
     fulcrum-model)
         render "$PEERS/fulcrum.toml" "$dir/fulcrum.toml" \
             LISTEN_PORT="$port" ADMIN_PORT="$(free_port)" BACKEND_PORT="$BACKEND_PORT"
-        sed -i 's/^algorithm = "round_robin"$/algorithm = "least_connections"\nweights = "model"/' "$dir/fulcrum.toml"
+        sed -i 's/^algorithm = "least_connections"$/&\nweights = "model"/' "$dir/fulcrum.toml"
         printf '\n[control]\nmodel = "%s"\n' "$ROOT/models/balancer.onnx" >> "$dir/fulcrum.toml"
         RUST_LOG=error taskset -c "$PROXY_CORE" "$FULCRUM_BIN" run -c "$dir/fulcrum.toml" \
             >"$dir/stdout" 2>"$dir/stderr" &
