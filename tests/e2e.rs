@@ -569,3 +569,39 @@ async fn clients_hanging_up_do_not_eject_a_healthy_backend() {
     let r = get(f.proxy, "/").await.unwrap();
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_is_retried_elsewhere_for_idempotent_requests_only() {
+    let b = backends(2).await;
+    b[0].set_status(503);
+    let mut spec = PoolSpec::new("round_robin", &[&b[0], &b[1]]);
+    // Keep the failing backend in rotation: only the retry rule is under test.
+    spec.extra = "max_consecutive_failures = 1000";
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let mut conn = Conn::open(f.proxy).await.unwrap();
+    for _ in 0..6 {
+        let r = conn.send_retry_closed("GET", "/").await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("x-backend"), Some("b2"));
+    }
+    let mut passed_through = 0;
+    for _ in 0..6 {
+        let r = request(f.proxy, "POST", "/", &[], b"x").await.unwrap();
+        match r.status {
+            503 => {
+                assert_eq!(r.header("x-backend"), Some("b1"));
+                passed_through += 1;
+            }
+            200 => assert_eq!(r.header("x-backend"), Some("b2")),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        passed_through >= 2,
+        "POSTs must not be replayed: {passed_through}"
+    );
+    // Every backend answering 503: the last attempt's answer reaches the client.
+    b[1].set_status(503);
+    let r = get(f.proxy, "/").await.unwrap();
+    assert_eq!(r.status, 503);
+}

@@ -26,6 +26,8 @@ pub struct RequestCtx {
     lease: Option<InFlightGuard>,
     attempt_started_ns: u64,
     attempt_recorded: bool,
+    /// The current attempt ended in a 502/503/504 that will be replayed elsewhere.
+    replay_response: bool,
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
@@ -246,6 +248,7 @@ impl ProxyHttp for FulcrumProxy {
             lease: None,
             attempt_started_ns: 0,
             attempt_recorded: true,
+            replay_response: false,
         }
     }
 
@@ -376,6 +379,13 @@ impl ProxyHttp for FulcrumProxy {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
+        if std::mem::take(&mut ctx.replay_response) {
+            e.set_retry(true);
+            if let Some(idx) = ctx.lease.as_ref().map(|l| l.backend_index()) {
+                ctx.count_retry(idx);
+            }
+            return e;
+        }
         if *e.esource() == ErrorSource::Downstream {
             // The client went away or misbehaved: nothing to hold against the backend, and
             // nobody left to retry for.
@@ -436,7 +446,7 @@ impl ProxyHttp for FulcrumProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
@@ -449,6 +459,20 @@ impl ProxyHttp for FulcrumProxy {
                     pool.pool.backends()[idx].stats.set_reported_load(load);
                 }
             }
+        }
+        if matches!(status, 502..=504)
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && ctx.may_retry()
+        {
+            // Nothing has reached the client yet: an idempotent request can try another
+            // backend instead of passing the failure on. The last attempt's answer goes through.
+            ctx.record_attempt(Outcome::ServerError);
+            ctx.replay_response = true;
+            return Error::e_explain(
+                ErrorType::HTTPStatus(status),
+                "upstream answered with a retryable status",
+            );
         }
         if status >= 200 || status == 101 {
             let outcome = if status >= 500 {

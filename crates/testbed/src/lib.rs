@@ -39,6 +39,7 @@ use tokio::task::JoinSet;
 struct State {
     name: String,
     delay_ms: AtomicU64,
+    status: std::sync::atomic::AtomicU16,
     healthy: AtomicBool,
     requests: AtomicU64,
     health_requests: AtomicU64,
@@ -59,6 +60,7 @@ impl BackendServer {
         let state = Arc::new(State {
             name: name.into(),
             delay_ms: AtomicU64::new(0),
+            status: std::sync::atomic::AtomicU16::new(200),
             healthy: AtomicBool::new(true),
             requests: AtomicU64::new(0),
             health_requests: AtomicU64::new(0),
@@ -98,6 +100,11 @@ impl BackendServer {
         self.state
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Answer every non-health request with this status (200 by default; `?status=` overrides).
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(status, Ordering::Relaxed);
     }
 
     /// Make `/healthz` answer 200 (`true`) or 503 (`false`).
@@ -231,6 +238,7 @@ async fn handle(
     let status = query_param(&query, "status")
         .and_then(|v| v.parse::<u16>().ok())
         .and_then(|c| StatusCode::from_u16(c).ok())
+        .or_else(|| StatusCode::from_u16(state.status.load(Ordering::Relaxed)).ok())
         .unwrap_or(StatusCode::OK);
 
     if path == "/echo" {
