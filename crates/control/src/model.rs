@@ -157,8 +157,16 @@ impl OnnxModel {
             reason,
         };
         let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
+        // One thread, no spinning: a model this small gains nothing from a thread pool, and
+        // pool threads spinning after each inference would take CPU from the data plane.
         let session = Session::builder(env)
-            .and_then(|mut b| b.commit_from_memory(&bytes))
+            .map_err(|e| load_err(e.to_string()))?
+            .with_intra_threads(1)
+            .and_then(|b| b.with_inter_threads(1))
+            .and_then(|b| b.with_config_entry("session.intra_op.allow_spinning", "0"))
+            .and_then(|b| b.with_config_entry("session.inter_op.allow_spinning", "0"))
+            .map_err(|e| load_err(e.to_string()))?
+            .commit_from_memory(&bytes)
             .map_err(|e| load_err(e.to_string()))?;
         let metadata = session.metadata().map_err(|e| load_err(e.to_string()))?;
         let schema = metadata.custom(SCHEMA_KEY);
