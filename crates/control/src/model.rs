@@ -159,13 +159,18 @@ impl OnnxModel {
         let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
         // One thread, no spinning: a model this small gains nothing from a thread pool, and
         // pool threads spinning after each inference would take CPU from the data plane.
+        let builder_err =
+            |e: ort::Error<ort::session::builder::SessionBuilder>| load_err(e.to_string());
         let session = Session::builder(env)
             .map_err(|e| load_err(e.to_string()))?
             .with_intra_threads(1)
-            .and_then(|b| b.with_inter_threads(1))
-            .and_then(|b| b.with_config_entry("session.intra_op.allow_spinning", "0"))
-            .and_then(|b| b.with_config_entry("session.inter_op.allow_spinning", "0"))
-            .map_err(|e| load_err(e.to_string()))?
+            .map_err(builder_err)?
+            .with_inter_threads(1)
+            .map_err(builder_err)?
+            .with_config_entry("session.intra_op.allow_spinning", "0")
+            .map_err(builder_err)?
+            .with_config_entry("session.inter_op.allow_spinning", "0")
+            .map_err(builder_err)?
             .commit_from_memory(&bytes)
             .map_err(|e| load_err(e.to_string()))?;
         let metadata = session.metadata().map_err(|e| load_err(e.to_string()))?;
