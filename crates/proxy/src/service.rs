@@ -110,6 +110,25 @@ async fn respond_local(session: &mut Session, status: u16, body: &'static [u8]) 
 }
 
 /// Remove hop-by-hop headers, including any the `Connection` header names.
+/// Headers named in `Connection`, to be removed too. The usual tokens (`keep-alive`, `close`,
+/// and `upgrade` when the upgrade goes through) are skipped without parsing or allocating.
+fn connection_named(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !(t.eq_ignore_ascii_case("keep-alive")
+                || t.eq_ignore_ascii_case("close")
+                || t.is_empty()
+                || (keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect()
+}
+
 fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
     // Most requests carry none of these: look before touching the header maps.
     if !HOP_BY_HOP.iter().any(|h| req.headers.contains_key(h))
@@ -117,15 +136,7 @@ fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
     {
         return;
     }
-    let named: Vec<HeaderName> = req
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
+    let named = connection_named(&req.headers, keep_upgrade);
     for n in named {
         req.remove_header(&n);
     }
@@ -148,15 +159,7 @@ fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
         return;
     }
     let upgrade = resp.status.as_u16() == 101;
-    let named: Vec<HeaderName> = resp
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(upgrade && n == header::UPGRADE))
-        .collect();
+    let named = connection_named(&resp.headers, upgrade);
     for n in named {
         resp.remove_header(&n);
     }
