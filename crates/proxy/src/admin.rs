@@ -55,6 +55,19 @@ fn text(
         .expect("static response parts are valid")
 }
 
+/// Answer a reload request with its outcome: 200, or 422 with the reasons it was refused.
+async fn reload_reply(rx: oneshot::Receiver<Result<String, String>>) -> Response<Full<Bytes>> {
+    match rx.await {
+        Ok(Ok(msg)) => text(StatusCode::OK, "text/plain", msg),
+        Ok(Err(msg)) => text(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", msg),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "reload aborted\n",
+        ),
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
@@ -117,45 +130,31 @@ async fn handle(
         }
         (&Method::POST, "/api/model/reload") => {
             let (tx, rx) = oneshot::channel();
-            if shared.model_reload.send(tx).is_err() {
-                text(
+            match shared.model_reload.send(tx) {
+                Ok(()) => reload_reply(rx).await,
+                Err(_) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
                     "control loop is not running\n",
-                )
-            } else {
-                match rx.await {
-                    Ok(Ok(msg)) => text(StatusCode::OK, "text/plain", msg),
-                    Ok(Err(msg)) => text(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", msg),
-                    Err(_) => text(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "text/plain",
-                        "reload aborted\n",
-                    ),
-                }
+                ),
             }
         }
         (&Method::POST, "/api/config/reload") => {
             let (tx, rx) = oneshot::channel();
-            if reload.send(tx).await.is_err() {
-                text(
+            match reload.send(tx).await {
+                Ok(()) => reload_reply(rx).await,
+                Err(_) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
                     "reloader is not running\n",
-                )
-            } else {
-                match rx.await {
-                    Ok(Ok(msg)) => text(StatusCode::OK, "text/plain", msg),
-                    Ok(Err(msg)) => text(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", msg),
-                    Err(_) => text(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "text/plain",
-                        "reload aborted\n",
-                    ),
-                }
+                ),
             }
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/api/pools" | "/api/config/reload") => text(
+        (
+            _,
+            "/metrics" | "/healthz" | "/readyz" | "/api/pools" | "/api/decisions"
+            | "/api/config/reload" | "/api/model/reload",
+        ) => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n",
