@@ -484,7 +484,10 @@ async fn admin_api_reports_pools_and_reload_keeps_old_config_on_error() {
     assert_eq!(get(f.admin, "/readyz").await.unwrap().status, 200);
     assert_eq!(get(f.admin, "/nope").await.unwrap().status, 404);
     assert_eq!(get(f.admin, "/api/model/reload").await.unwrap().status, 405);
-    assert_eq!(get(f.admin, "/api/config/reload").await.unwrap().status, 405);
+    assert_eq!(
+        get(f.admin, "/api/config/reload").await.unwrap().status,
+        405
+    );
 
     // A broken file is refused, every problem is listed, and traffic goes on as before.
     let good = std::fs::read_to_string(&f.config_path).unwrap();
