@@ -155,6 +155,7 @@ async fn run_policy(
         weights,
         &backends,
         &opts.extra_pool_toml,
+        opts.time_scale,
     )
     .await?;
     let retries_before = read_retries_total(proxy.admin).await?;

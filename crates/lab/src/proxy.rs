@@ -28,27 +28,37 @@ pub fn proxy_config(
     weights: WeightSource,
     backends: &[(SocketAddr, u32)],
     extra_pool_toml: &str,
+    time_scale: f64,
 ) -> String {
+    // The proxy's own clocks (control tick, health checks, EWMA decay) run at the same speed
+    // as the scenario's timeline, so a shortened run is the scenario, not a different one.
+    let scaled = |ms: f64| ((ms * time_scale).round() as u64).max(10);
+    let (tick, interval, decay) = (scaled(500.0), scaled(1000.0), scaled(10_000.0));
+    let timeout = interval.min(500);
     let mut s = String::new();
     let _ = writeln!(
         s,
         "[server]\nlisten = [\"{listen}\"]\nthreads = 1\ngrace_period_s = 0\n\n\
          [admin]\nlisten = \"{admin}\"\n\n\
          [[routes]]\nhost = \"*\"\npath_prefix = \"/\"\npool = \"lab\"\n\n\
-         [pools.lab]\nalgorithm = \"{algorithm}\"\nweights = \"{weights}\"\nretries = 2"
+         [pools.lab]\nalgorithm = \"{algorithm}\"\nweights = \"{weights}\"\nretries = 2\n\
+         ewma_decay_ms = {decay}"
     );
     if !extra_pool_toml.trim().is_empty() {
         let _ = writeln!(s, "{}", extra_pool_toml.trim_end());
     }
     let _ = writeln!(
         s,
-        "\n[pools.lab.health_check]\npath = \"/healthz\"\ninterval_ms = 1000"
+        "\n[pools.lab.health_check]\npath = \"/healthz\"\ninterval_ms = {interval}\ntimeout_ms = {timeout}"
     );
     for (addr, weight) in backends {
         let _ = writeln!(
             s,
             "\n[[pools.lab.backends]]\naddr = \"{addr}\"\nweight = {weight}"
         );
+    }
+    if weights == WeightSource::Model {
+        let _ = writeln!(s, "\n[control]\ntick_ms = {tick}");
     }
     s
 }
@@ -109,10 +119,19 @@ impl Proxy {
         weights: WeightSource,
         backends: &[(SocketAddr, u32)],
         extra_pool_toml: &str,
+        time_scale: f64,
     ) -> anyhow::Result<Proxy> {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let text = proxy_config(listen, admin, algorithm, weights, backends, extra_pool_toml);
+        let text = proxy_config(
+            listen,
+            admin,
+            algorithm,
+            weights,
+            backends,
+            extra_pool_toml,
+            time_scale,
+        );
         let config_path = dir.path().join("fulcrum.toml");
         if let Err(diags) = fulcrum_config::parse(&text, &config_path.display().to_string()) {
             anyhow::bail!("the generated proxy configuration is invalid:\n{diags}\n{text}");
@@ -240,6 +259,7 @@ mod tests {
             WeightSource::Model,
             &[(a, 3), ("127.0.0.1:4".parse().unwrap(), 1)],
             "max_consecutive_failures = 3",
+            0.5,
         );
         let (cfg, _) = fulcrum_config::parse(&text, "lab.toml").unwrap();
         let pool = cfg.pool("lab").unwrap();
@@ -248,6 +268,13 @@ mod tests {
         assert_eq!(pool.retries, 2);
         assert_eq!(pool.max_consecutive_failures, 3);
         assert_eq!(pool.backends[0].weight, 3);
+        // Time constants follow the scenario's time scale.
+        assert_eq!(cfg.control.tick, std::time::Duration::from_millis(250));
+        assert_eq!(
+            pool.health_check.interval,
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(pool.ewma_decay, std::time::Duration::from_millis(5000));
         assert_eq!(cfg.server.threads, 1);
     }
 }
