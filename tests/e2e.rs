@@ -465,6 +465,16 @@ async fn admin_api_reports_pools_and_reload_keeps_old_config_on_error() {
     for _ in 0..10 {
         assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
     }
+    // A lease is released when the proxy finishes its bookkeeping, which may be just after the
+    // client has its response: wait for the last one before reading the snapshot.
+    eventually(Duration::from_secs(2), || async {
+        f.pools().await["pools"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["in_flight"] == 0)
+    })
+    .await;
     let pools = f.pools().await;
     let pool = &pools["pools"][0];
     assert_eq!(pool["name"], "web");

@@ -9,6 +9,24 @@ use crate::{Backend, Picker, Tried, WeightTable};
 /// under contention (the cost of giving up is a slightly uneven rotation, never a wrong pick).
 pub(crate) const CURSOR_CAS_RETRIES: usize = 4;
 
+/// Move a shared rotation cursor past the pick made `step` places after `cursor`.
+///
+/// `None` when the pick stands: the cursor moved, or this was the last allowed attempt (under
+/// contention a pick is returned anyway rather than spinning). `Some(actual)` asks the caller to
+/// pick again from the cursor another thread just set.
+pub(crate) fn advance_cursor(
+    next: &AtomicUsize,
+    cursor: usize,
+    step: usize,
+    attempt: usize,
+) -> Option<usize> {
+    match next.compare_exchange_weak(cursor, cursor.wrapping_add(step + 1), Relaxed, Relaxed) {
+        Ok(_) => None,
+        Err(_) if attempt + 1 == CURSOR_CAS_RETRIES => None,
+        Err(actual) => Some(actual),
+    }
+}
+
 /// Round robin over healthy backends; weights (including 0) are ignored.
 ///
 /// The cursor is advanced past skipped (unhealthy/tried) backends with a CAS so that the
@@ -61,15 +79,9 @@ impl Picker for RoundRobin {
                 }
             }
             let (idx, step) = found.or(fallback)?;
-            match self.next.compare_exchange_weak(
-                cursor,
-                cursor.wrapping_add(step + 1),
-                Relaxed,
-                Relaxed,
-            ) {
-                Ok(_) => return Some(idx),
-                Err(_) if attempt + 1 == CURSOR_CAS_RETRIES => return Some(idx),
-                Err(actual) => cursor = actual,
+            match advance_cursor(&self.next, cursor, step, attempt) {
+                None => return Some(idx),
+                Some(actual) => cursor = actual,
             }
         }
         unreachable!("the last CAS attempt always returns")

@@ -3,7 +3,7 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::round_robin::CURSOR_CAS_RETRIES;
+use crate::round_robin::{advance_cursor, CURSOR_CAS_RETRIES};
 use crate::{fallback_pick, Backend, Picker, Tried, WeightTable};
 
 /// Smooth weighted round robin: 5:1:1 yields `a a b a c a a` per cycle.
@@ -58,15 +58,9 @@ impl Picker for WeightedRoundRobin {
             let Some((idx, step)) = found else {
                 return fallback_pick(backends, weights, tried, cursor);
             };
-            match self.next.compare_exchange_weak(
-                cursor,
-                cursor.wrapping_add(step + 1),
-                Relaxed,
-                Relaxed,
-            ) {
-                Ok(_) => return Some(idx),
-                Err(_) if attempt + 1 == CURSOR_CAS_RETRIES => return Some(idx),
-                Err(actual) => cursor = actual,
+            match advance_cursor(&self.next, cursor, step, attempt) {
+                None => return Some(idx),
+                Some(actual) => cursor = actual,
             }
         }
         unreachable!("the last CAS attempt always returns")

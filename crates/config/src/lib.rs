@@ -65,6 +65,15 @@ pub fn parse(source: &str, file_name: &str) -> Result<(Config, Vec<Diagnostic>),
 
 /// Read the file at `path` and [`parse`] it; an unreadable file is a single diagnostic.
 pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), Diagnostics> {
+    load_with(path, "configuration", parse)
+}
+
+/// Read `path` and hand it to `parse`; an unreadable file is a single diagnostic naming `what`.
+pub(crate) fn load_with<T>(
+    path: &Path,
+    what: &str,
+    parse: impl FnOnce(&str, &str) -> Result<(T, Vec<Diagnostic>), Diagnostics>,
+) -> Result<(T, Vec<Diagnostic>), Diagnostics> {
     let file_name = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(source) => parse(&source, &file_name),
@@ -75,7 +84,7 @@ pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), Diagnostics> {
                 key_path: String::new(),
                 line: 0,
                 column: 0,
-                message: format!("cannot read configuration file: {e}"),
+                message: format!("cannot read {what} file: {e}"),
             }],
             warnings: Vec::new(),
         }),

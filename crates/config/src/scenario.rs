@@ -27,7 +27,7 @@ use std::path::Path;
 
 use toml::de::DeValue;
 
-use crate::diagnostic::{Diagnostic, Diagnostics, Severity};
+use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::reader::{as_int, as_str, as_table, number, type_error, Ctx, Table, Value};
 use crate::suggest::suggest;
 
@@ -278,21 +278,7 @@ pub fn parse_scenario(
 
 /// Read the file at `path` and [`parse_scenario`] it; an unreadable file is a single diagnostic.
 pub fn load_scenario(path: &Path) -> Result<(Scenario, Vec<Diagnostic>), Diagnostics> {
-    let file_name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(source) => parse_scenario(&source, &file_name),
-        Err(e) => Err(Diagnostics {
-            errors: vec![Diagnostic {
-                severity: Severity::Error,
-                file: file_name,
-                key_path: String::new(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read scenario file: {e}"),
-            }],
-            warnings: Vec::new(),
-        }),
-    }
+    crate::load_with(path, "scenario", parse_scenario)
 }
 
 /// The accepted range of a number: a lower and an optional upper bound, each inclusive or not.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fulcrum_config::{Config, Diagnostic, EXIT_CONFIG};
+use fulcrum_config::{Config, Diagnostic, Diagnostics, EXIT_CONFIG};
 use fulcrum_proxy::ConfigSource;
 
 /// fulcrum: a Layer-7 load-balancing reverse proxy whose backend weights can be tuned live.
@@ -103,16 +103,7 @@ struct TestbedArgs {
 }
 
 fn load_scenario(path: &std::path::Path) -> Result<fulcrum_config::scenario::Scenario, ExitCode> {
-    match fulcrum_config::scenario::load_scenario(path) {
-        Ok((scenario, warnings)) => {
-            print_warnings(&warnings);
-            Ok(scenario)
-        }
-        Err(diagnostics) => {
-            eprint!("{diagnostics}");
-            Err(ExitCode::from(EXIT_CONFIG as u8))
-        }
-    }
+    report(fulcrum_config::scenario::load_scenario(path))
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {
@@ -230,32 +221,36 @@ fn testbed(args: TestbedArgs) -> ExitCode {
 
 /// Load the configuration (or the embedded default) and print warnings; errors exit 78.
 fn load(path: Option<&PathBuf>) -> Result<(Config, ConfigSource), ExitCode> {
-    let result = match path {
-        Some(p) => fulcrum_config::load(p).map(|(c, w)| (c, w, ConfigSource::File(p.clone()))),
-        None => fulcrum_config::parse(
-            fulcrum_config::DEFAULT_CONFIG,
-            fulcrum_config::DEFAULT_CONFIG_NAME,
-        )
-        .map(|(c, w)| (c, w, ConfigSource::Embedded)),
+    let (parsed, source) = match path {
+        Some(p) => (fulcrum_config::load(p), ConfigSource::File(p.clone())),
+        None => (
+            fulcrum_config::parse(
+                fulcrum_config::DEFAULT_CONFIG,
+                fulcrum_config::DEFAULT_CONFIG_NAME,
+            ),
+            ConfigSource::Embedded,
+        ),
     };
-    match result {
-        Ok((config, warnings, source)) => {
-            print_warnings(&warnings);
-            Ok((config, source))
+    report(parsed).map(|config| (config, source))
+}
+
+/// Print warnings and pass the value on, or print every problem and exit 78 (EX_CONFIG).
+fn report<T>(parsed: Result<(T, Vec<Diagnostic>), Diagnostics>) -> Result<T, ExitCode> {
+    match parsed {
+        Ok((value, warnings)) => {
+            for w in &warnings {
+                eprintln!("{w}");
+            }
+            Ok(value)
         }
         Err(diagnostics) => {
-            eprint!("{diagnostics}");
-            if !diagnostics.to_string().ends_with('\n') {
+            let text = diagnostics.to_string();
+            eprint!("{text}");
+            if !text.ends_with('\n') {
                 eprintln!();
             }
             Err(ExitCode::from(EXIT_CONFIG as u8))
         }
-    }
-}
-
-fn print_warnings(warnings: &[Diagnostic]) {
-    for w in warnings {
-        eprintln!("{w}");
     }
 }
 
