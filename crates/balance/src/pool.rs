@@ -1,6 +1,7 @@
 //! A pool of backends with an atomically swappable weight table and its picker.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +57,26 @@ pub struct Pool {
     picker: Box<dyn Picker>,
     decay_ns: f64,
     max_consecutive_failures: u32,
+    probes: Probes,
+}
+
+/// Recovery probes: a few requests steered to given backends whatever the picker would choose,
+/// so a backend whose weight has been turned down far enough that the picker never chooses it
+/// (least connections with a tiny weight) is still observed and can be seen to recover.
+///
+/// `pending` is the sum of `tokens`; the pick path reads only `pending` while no probe is due.
+struct Probes {
+    pending: AtomicU32,
+    tokens: Box<[AtomicU32]>,
+}
+
+impl Probes {
+    fn new(n: usize) -> Self {
+        Probes {
+            pending: AtomicU32::new(0),
+            tokens: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
 }
 
 impl fmt::Debug for Pool {
@@ -67,6 +88,10 @@ impl fmt::Debug for Pool {
             .field("weights", &self.weights.load().weights())
             .field("decay_ns", &self.decay_ns)
             .field("max_consecutive_failures", &self.max_consecutive_failures)
+            .field(
+                "probes_pending",
+                &self.probes.pending.load(Ordering::Relaxed),
+            )
             .finish()
     }
 }
@@ -110,9 +135,11 @@ impl Pool {
                 .collect(),
             algorithm,
         );
+        let probes = Probes::new(backends.len());
         Self {
             name: name.into(),
             algorithm,
+            probes,
             backends,
             weights: ArcSwap::from_pointee(table),
             picker,
@@ -165,11 +192,60 @@ impl Pool {
         Ok(())
     }
 
-    /// Choose a backend; see [`Picker::pick`].
+    /// Choose a backend; see [`Picker::pick`]. A recovery probe that is due (see
+    /// [`Pool::grant_probes`]) takes precedence over the picker.
     #[inline]
     pub fn pick(&self, tried: Tried, now_ns: u64) -> Option<usize> {
         let weights = self.weights.load();
+        if self.probes.pending.load(Ordering::Relaxed) != 0 {
+            if let Some(idx) = self.take_probe(&weights, tried) {
+                return Some(idx);
+            }
+        }
         self.picker.pick(&self.backends, &weights, tried, now_ns)
+    }
+
+    /// Steer the next `count` picks that may go to backend `idx` (healthy, not yet tried by
+    /// the request, weight above zero) to it, replacing any probes still due there. Returns
+    /// `false` for an out-of-range index.
+    pub fn grant_probes(&self, idx: usize, count: u32) -> bool {
+        let Some(slot) = self.probes.tokens.get(idx) else {
+            return false;
+        };
+        let old = slot.swap(count, Ordering::AcqRel);
+        self.probes.pending.fetch_add(count, Ordering::AcqRel);
+        self.probes.pending.fetch_sub(old, Ordering::AcqRel);
+        true
+    }
+
+    /// Probes still due at backend `idx` (0 for an out-of-range index).
+    pub fn probes_due(&self, idx: usize) -> u32 {
+        self.probes
+            .tokens
+            .get(idx)
+            .map_or(0, |t| t.load(Ordering::Relaxed))
+    }
+
+    #[cold]
+    fn take_probe(&self, weights: &WeightTable, tried: Tried) -> Option<usize> {
+        let w = weights.weights();
+        for (idx, slot) in self.probes.tokens.iter().enumerate() {
+            if slot.load(Ordering::Relaxed) == 0
+                || tried.contains(idx)
+                || !self.backends[idx].stats.is_healthy()
+                || w.get(idx).is_none_or(|&x| x <= 0.0)
+            {
+                continue;
+            }
+            if slot
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| t.checked_sub(1))
+                .is_ok()
+            {
+                self.probes.pending.fetch_sub(1, Ordering::AcqRel);
+                return Some(idx);
+            }
+        }
+        None
     }
 
     /// Backends currently healthy (active and passive).
@@ -361,5 +437,72 @@ mod tests {
         assert!(p.backends().iter().all(|b| b.stats.in_flight() == 0));
         let total: u64 = p.backends().iter().map(|b| b.stats.requests()).sum();
         assert_eq!(total, 15_000);
+    }
+
+    #[test]
+    fn probes_reach_a_starved_backend_once_each() {
+        let p = pool(Algorithm::LeastConnections, &[1, 1, 1]);
+        // Least connections never picks a backend at 1/1000 of the others' weight while it
+        // has idle peers.
+        p.set_weights(vec![1.0, 0.001, 1.0]).unwrap();
+        let picks =
+            |n: usize| -> Vec<usize> { (0..n).map(|_| p.pick(Tried::new(), 0).unwrap()).collect() };
+        assert!(!picks(20).contains(&1));
+        assert!(p.grant_probes(1, 2));
+        assert!(!p.grant_probes(3, 1));
+        assert_eq!(p.probes_due(1), 2);
+        let got = picks(20);
+        assert_eq!(&got[..2], &[1, 1]);
+        assert!(!got[2..].contains(&1));
+        assert_eq!(p.probes_due(1), 0);
+
+        // A retry does not return to a backend it already tried; an unhealthy or zero-weight
+        // backend is not probed; a new grant replaces the old one.
+        p.grant_probes(1, 5);
+        let mut tried = Tried::new();
+        tried.insert(1);
+        assert_ne!(p.pick(tried, 0), Some(1));
+        p.backends()[1].stats.set_healthy(false);
+        assert_ne!(p.pick(Tried::new(), 0), Some(1));
+        p.backends()[1].stats.set_healthy(true);
+        p.set_weights(vec![1.0, 0.0, 1.0]).unwrap();
+        assert_ne!(p.pick(Tried::new(), 0), Some(1));
+        p.set_weights(vec![1.0, 0.001, 1.0]).unwrap();
+        p.grant_probes(1, 1);
+        let got = picks(3);
+        assert_eq!(got[0], 1);
+        assert!(!got[1..].contains(&1));
+        p.grant_probes(1, 0);
+        assert!(!picks(10).contains(&1));
+    }
+
+    #[test]
+    fn concurrent_probes_are_taken_exactly_once() {
+        let p = pool(Algorithm::LeastConnections, &[1, 1, 1, 1]);
+        p.set_weights(vec![1.0, 1e-6, 1.0, 1.0]).unwrap();
+        let taken = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for _ in 0..20_000 {
+                        if p.pick(Tried::new(), 0) == Some(1) {
+                            taken.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            s.spawn(|| {
+                for _ in 0..100 {
+                    p.grant_probes(1, 3);
+                    std::thread::yield_now();
+                }
+            });
+        });
+        let taken = taken.into_inner();
+        assert!((3..=300).contains(&taken), "{taken}");
+        // Every grant left 3 due; whatever was not taken is still due, none was lost or doubled.
+        assert!(p.probes_due(1) <= 3);
+        let pending = p.probes.pending.load(Ordering::Relaxed);
+        assert_eq!(pending, p.probes_due(1));
     }
 }

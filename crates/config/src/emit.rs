@@ -130,6 +130,7 @@ impl Config {
             let _ = writeln!(out, "floor = {}", float(c.floor));
             let _ = writeln!(out, "ceiling = {}", float(c.ceiling));
             let _ = writeln!(out, "max_step = {}", float(c.max_step));
+            let _ = writeln!(out, "probes = {}", c.probes);
             let _ = writeln!(out, "decisions = {}", c.decisions);
             if let Some(record) = &c.record {
                 let _ = writeln!(out, "record = {}", path(record));

@@ -355,6 +355,10 @@ pub struct ControlConfig {
     pub ceiling: f64,
     /// Largest factor a weight may change by in one tick (1 < max_step <= 100, default 2).
     pub max_step: f64,
+    /// Recovery probes per tick sent to a healthy backend that got no traffic of its own in
+    /// the last tick, so a backend turned down to the floor is seen when it recovers
+    /// (0..=100, 0 disables, default 1).
+    pub probes: u32,
     /// How many recent decisions are kept for `/api/decisions` (1..=100000, default 256).
     pub decisions: usize,
     /// A CSV file the per-tick features of model pools are appended to; `None` records nothing.
@@ -373,6 +377,7 @@ impl Default for ControlConfig {
             floor: 0.05,
             ceiling: 8.0,
             max_step: 2.0,
+            probes: 1,
             decisions: 256,
             record: None,
             watch_model: true,

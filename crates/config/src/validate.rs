@@ -51,6 +51,7 @@ const CONTROL_KEYS: &[&str] = &[
     "floor",
     "ceiling",
     "max_step",
+    "probes",
     "decisions",
     "record",
     "watch_model",
@@ -402,6 +403,7 @@ fn read_control(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, pools: &[PoolParts]) ->
     ) {
         control.max_step = x;
     }
+    control.probes = bounded(ctx, &t, "probes", 1, 0, 100) as u32;
     control.decisions = bounded(ctx, &t, "decisions", 256, 1, 100_000) as usize;
     control.record = file_path(
         ctx,

@@ -67,6 +67,7 @@ inference_budget_ms = 5
 floor = 0.1
 ceiling = 4            # integers are accepted for numbers
 max_step = 1.5
+probes = 0
 decisions = 1000
 record = "features.csv"
 watch_model = false
@@ -84,6 +85,7 @@ watch_model = false
             floor: 0.1,
             ceiling: 4.0,
             max_step: 1.5,
+            probes: 0,
             decisions: 1000,
             record: Some("features.csv".into()),
             watch_model: false,
@@ -119,6 +121,7 @@ inference_budget_ms = 2.5
 floor = 0
 ceiling = 0.5
 max_step = 1
+probes = 101
 decisions = 0
 record = ""
 watch_model = "yes"
@@ -139,6 +142,7 @@ tick = 500
         ("control.floor", "floor"),
         ("control.ceiling", "ceiling"),
         ("control.max_step", "max_step"),
+        ("control.probes", "probes"),
         ("control.decisions", "decisions"),
         ("control.record", "record"),
         ("control.watch_model", "watch_model"),
@@ -174,17 +178,18 @@ tick = 500
         "{}",
         msgs[6]
     );
-    assert_eq!(msgs[7], "decisions must be between 1 and 100000, got 0");
+    assert_eq!(msgs[7], "probes must be between 0 and 100, got 101");
+    assert_eq!(msgs[8], "decisions must be between 1 and 100000, got 0");
     assert!(
-        msgs[8].starts_with("record must not be empty"),
+        msgs[9].starts_with("record must not be empty"),
         "{}",
-        msgs[8]
+        msgs[9]
     );
     assert_eq!(
-        msgs[9],
+        msgs[10],
         "expected a boolean (true or false), got string \"yes\""
     );
-    assert!(msgs[10].contains("did you mean `tick_ms`?"), "{}", msgs[10]);
+    assert!(msgs[11].contains("did you mean `tick_ms`?"), "{}", msgs[11]);
     let shown = d.errors[4].to_string();
     assert!(
         shown.starts_with(&format!(
@@ -281,6 +286,7 @@ fn non_default_section_roundtrips() {
         floor: 0.1 + 0.2,
         ceiling: 12.5,
         max_step: 1.0000001,
+        probes: 7,
         decisions: 4096,
         record: Some("out/features.csv".into()),
         watch_model: false,

@@ -50,6 +50,9 @@ impl Scorer {
 /// A backend slower than the pool's average gets a smaller share until latencies meet, which
 /// is where a least-loaded picker spreads work in proportion to capacity. Errors weigh
 /// quadratically so a fast-failing backend cannot look attractive because its failures are quick.
+/// A backend that is again as fast as the pool and error-free returns to at least its static
+/// share (the guardrails pace the climb), so one turned down while it was slow comes back once
+/// its probes show it healed.
 #[derive(Debug, Clone)]
 pub struct Heuristic {
     /// Exponent on the latency ratio (higher reacts harder).
@@ -67,19 +70,27 @@ impl Default for Heuristic {
 impl Heuristic {
     /// Scores from observations.
     pub fn scores(&self, obs: &[BackendObservation]) -> Vec<f32> {
-        let active: Vec<f64> = obs
+        let avg = |xs: Vec<f64>| {
+            if xs.is_empty() {
+                0.0
+            } else {
+                xs.iter().sum::<f64>() / xs.len() as f64
+            }
+        };
+        let reference = avg(obs
             .iter()
             .filter(|o| o.requests > 0 && o.mean_ms > 0.0)
             .map(|o| o.mean_ms)
-            .collect();
-        let reference = if active.is_empty() {
-            0.0
-        } else {
-            active.iter().sum::<f64>() / active.len() as f64
-        };
+            .collect());
+        let mean_static = avg(obs.iter().map(|o| o.static_weight).collect());
+        let mean_current = avg(obs
+            .iter()
+            .filter(|o| o.current_weight > 0.0)
+            .map(|o| o.current_weight)
+            .collect());
         obs.iter()
             .map(|o| {
-                let base = if o.current_weight > 0.0 {
+                let mut base = if o.current_weight > 0.0 {
                     o.current_weight
                 } else {
                     o.static_weight
@@ -89,6 +100,10 @@ impl Heuristic {
                 } else {
                     1.0
                 };
+                let healed = o.requests > 0 && speed >= 1.0 && o.error_rate < 0.01;
+                if healed && mean_static > 0.0 && mean_current > 0.0 {
+                    base = base.max(o.static_weight / mean_static * mean_current);
+                }
                 let health = (1.0 - o.error_rate).max(0.0).powi(2);
                 (base * speed * health).max(0.0) as f32
             })
@@ -105,6 +120,9 @@ pub struct ControlSettings {
     pub limits: Limits,
     /// Inference longer than this skips the tick.
     pub inference_budget: Duration,
+    /// Recovery probes per tick for a healthy backend that received no traffic of its own in
+    /// the last window (0 disables probing).
+    pub probes: u32,
 }
 
 impl Default for ControlSettings {
@@ -113,6 +131,7 @@ impl Default for ControlSettings {
             tick: Duration::from_millis(500),
             limits: Limits::default(),
             inference_budget: Duration::from_millis(20),
+            probes: 1,
         }
     }
 }
@@ -125,6 +144,8 @@ pub struct PoolController {
     settings: ControlSettings,
     ticks: u64,
     start_ns: u64,
+    /// Probes granted per backend at the previous tick.
+    granted: Vec<u32>,
 }
 
 /// What happened to a tick, for counters.
@@ -147,6 +168,7 @@ impl PoolController {
             settings,
             ticks: 0,
             start_ns: now_ns,
+            granted: vec![0; pool.backends().len()],
         }
     }
 
@@ -221,7 +243,49 @@ impl PoolController {
                 }
             }
         };
+        if let Some(probed) = self.grant_probes(pool, observations) {
+            decision.guardrails.push(probed);
+        }
         (outcome, decision)
+    }
+
+    /// Grant recovery probes to healthy backends that served nothing but their previous
+    /// probes in the last window and have nothing in flight, while the rest of the pool had
+    /// traffic. Without them a least-connections pool never sends a request to a backend whose
+    /// weight sits at the floor, so the loop could never see it recover.
+    fn grant_probes(&mut self, pool: &Pool, observations: &[BackendObservation]) -> Option<String> {
+        let probes = self.settings.probes;
+        if self.granted.len() != observations.len() {
+            self.granted = vec![0; observations.len()];
+        }
+        let own = |i: usize, o: &BackendObservation| {
+            o.requests.saturating_sub(u64::from(self.granted[i]))
+        };
+        let pool_traffic: u64 = observations
+            .iter()
+            .enumerate()
+            .map(|(i, o)| own(i, o))
+            .sum();
+        let weights = pool.weights();
+        let mut probed = Vec::new();
+        let mut next = vec![0; observations.len()];
+        for (i, o) in observations.iter().enumerate() {
+            let starved = probes > 0
+                && pool_traffic > 0
+                && o.healthy
+                && own(i, o) == 0
+                && o.in_flight < 1.0
+                && weights.weights().get(i).is_some_and(|&w| w > 0.0);
+            if starved {
+                next[i] = probes;
+                probed.push(i);
+            }
+            if starved || self.granted[i] > 0 {
+                pool.grant_probes(i, next[i]);
+            }
+        }
+        self.granted = next;
+        (!probed.is_empty()).then(|| format!("probe: backends {probed:?}"))
     }
 }
 
@@ -229,7 +293,7 @@ impl PoolController {
 mod tests {
     use super::*;
     use crate::observe::TickObserver;
-    use fulcrum_balance::{Algorithm, Backend, Outcome};
+    use fulcrum_balance::{Algorithm, Backend, Outcome, Tried};
 
     fn pool() -> Pool {
         let backends = (1..=3)
@@ -278,5 +342,78 @@ mod tests {
         let (outcome, _) = ctl.tick(&pool, &o, &mut scorer, 500_000_000);
         assert_eq!(outcome, TickOutcome::Applied);
         assert_eq!(pool.weights().weights()[1], 0.0);
+    }
+
+    #[test]
+    fn a_starved_backend_gets_probes_and_its_weight_recovers() {
+        let pool = pool();
+        let mut obs = TickObserver::new(&pool, 0);
+        let mut ctl = PoolController::new(&pool, ControlSettings::default(), 0);
+        let mut scorer = Scorer::Heuristic(Heuristic::default());
+        // Backend 2 is eight times slower: the heuristic turns it down to the floor, after
+        // which least connections sends it nothing while its peers have an idle slot.
+        let serve = |now: u64, slow_ms: u64| {
+            let mut got = [0u32; 3];
+            for _ in 0..60 {
+                let i = pool.pick(Tried::new(), now).unwrap();
+                got[i] += 1;
+                let ms = if i == 2 { slow_ms } else { 2 };
+                pool.record(i, ms * 1_000_000, Outcome::Success, now);
+            }
+            got
+        };
+        let mut now = 0;
+        let mut last = [0; 3];
+        let mut decision = None;
+        for _ in 0..12 {
+            now += 500_000_000;
+            last = serve(now, 16);
+            let o = obs.observe(&pool, now);
+            decision = Some(ctl.tick(&pool, &o, &mut scorer, now).1);
+        }
+        let w = pool.weights().weights().to_vec();
+        assert!(w[2] <= w[0] * 0.06, "{w:?}");
+        // Only the probe reaches it: one request per tick.
+        assert_eq!(last[2], 1, "{last:?}");
+        let d = decision.unwrap();
+        assert!(
+            d.guardrails.iter().any(|g| g == "probe: backends [2]"),
+            "{d:?}"
+        );
+        // It heals: the probes show it, and within a few ticks it is back to an equal weight.
+        for _ in 0..8 {
+            now += 500_000_000;
+            serve(now, 2);
+            let o = obs.observe(&pool, now);
+            ctl.tick(&pool, &o, &mut scorer, now);
+        }
+        let w = pool.weights().weights().to_vec();
+        assert!(w[2] >= w[0] * 0.8, "{w:?}");
+
+        // With probes disabled, least connections never sends it another request once it
+        // is below its peers, so the loop never sees it heal.
+        let pool2 = super::tests::pool();
+        let settings = ControlSettings {
+            probes: 0,
+            ..ControlSettings::default()
+        };
+        let mut obs = TickObserver::new(&pool2, 0);
+        let mut ctl = PoolController::new(&pool2, settings, 0);
+        let mut now = 0;
+        let mut late = 0;
+        for k in 0..20 {
+            now += 500_000_000;
+            for _ in 0..60 {
+                let i = pool2.pick(Tried::new(), now).unwrap();
+                let ms = if i == 2 && k < 12 { 16 } else { 2 };
+                pool2.record(i, ms * 1_000_000, Outcome::Success, now);
+                late += u32::from(i == 2 && k >= 12);
+            }
+            let o = obs.observe(&pool2, now);
+            ctl.tick(&pool2, &o, &mut scorer, now);
+        }
+        let w = pool2.weights().weights().to_vec();
+        assert_eq!(late, 0);
+        assert!(w[2] < w[0] * 0.95, "{w:?}");
     }
 }

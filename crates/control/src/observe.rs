@@ -83,29 +83,25 @@ impl TickObserver {
                 let s = &b.stats;
                 let requests = s.requests();
                 let errors = s.errors();
-                let latency = s.latency_histogram().snapshot();
-                let window = latency.since(&prev.latency);
+                let window = s.latency_histogram().advance(&mut prev.latency);
                 let n = requests.saturating_sub(prev.requests);
                 let failed = errors.saturating_sub(prev.errors);
-                *prev = Previous {
-                    requests,
-                    errors,
-                    latency,
-                };
+                prev.requests = requests;
+                prev.errors = errors;
                 let rate = if elapsed_s > 0.0 {
                     n as f64 / elapsed_s
                 } else {
                     0.0
                 };
-                let mean_ms = window.mean_us().unwrap_or(0.0) / 1000.0;
+                let mean_ms = window.mean_us.unwrap_or(0.0) / 1000.0;
                 BackendObservation {
                     requests: n,
                     rate_rps: rate,
                     share: 0.0,
                     ewma_ms: s.ewma_ns(now_ns) / 1e6,
                     mean_ms,
-                    p50_ms: window.quantile_us(0.5).unwrap_or(0.0) / 1000.0,
-                    p99_ms: window.quantile_us(0.99).unwrap_or(0.0) / 1000.0,
+                    p50_ms: window.p50_us.unwrap_or(0.0) / 1000.0,
+                    p99_ms: window.p99_us.unwrap_or(0.0) / 1000.0,
                     in_flight: s.in_flight() as f64,
                     mean_in_flight: rate * mean_ms / 1000.0,
                     max_in_flight: s.take_max_in_flight() as f64,

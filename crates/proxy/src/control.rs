@@ -77,6 +77,7 @@ fn settings(cfg: &ControlConfig) -> ControlSettings {
             max_step: cfg.max_step,
         },
         inference_budget: cfg.inference_budget,
+        probes: cfg.probes,
     }
 }
 
