@@ -17,7 +17,7 @@ TARGETS = {
     "load-ramp": "closes ≥ 70 % of the gap",
     "one-slow-backend": "closes ≥ 50 % of the gap",
     "transient-degradation": "closes ≥ 50 % of the gap",
-    "fast-failing": "errors ≤ ½ best classical, p99 ≤ +10 %",
+    "fast-failing": "errors ≤ ½ lowest classical, p99 ≤ +10 % over lowest classical",
     "homogeneous": "p99 within 3 %",
 }
 
@@ -29,10 +29,17 @@ def load(mode, name):
     return {r["policy"]: r for r in json.loads(path.read_text())["results"]}
 
 
-def verdict(name, best_c, best_m, oracle):
-    """(share of the gap closed or None, whether the target is met)."""
+def verdict(name, best_c, best_m, oracle, classical=()):
+    """(share of the gap closed or None, whether the target is met).
+
+    Fast-failing is held to the stricter reading: errors at most half the lowest classical
+    error rate and p99 at most 10 % above the lowest classical p99, even when those are two
+    different policies."""
     if name == "fast-failing":
-        ok = best_m["error_rate"] <= best_c["error_rate"] / 2 and best_m["p99_ms"] <= 1.10 * best_c["p99_ms"]
+        rows = list(classical) or [best_c]
+        min_err = min(r["error_rate"] for r in rows)
+        min_p99 = min(r["p99_ms"] for r in rows)
+        ok = best_m["error_rate"] <= min_err / 2 and best_m["p99_ms"] <= 1.10 * min_p99
         return None, ok
     if name == "homogeneous":
         return None, best_m["p99_ms"] <= 1.03 * best_c["p99_ms"]
@@ -51,6 +58,10 @@ def pick_best(results, names, fast_failing):
     return min(rows, key=lambda r: r["p99_ms"])
 
 
+def classical_rows(results):
+    return [results[n] for n in CLASSICAL if n in results]
+
+
 def fmt(r):
     s = f'{r["policy"]} {r["p99_ms"]:.1f}'
     if r["error_rate"] > 0:
@@ -66,7 +77,9 @@ def table(mode):
         if res is None:
             continue
         ff = name == "fast-failing"
-        best_c = pick_best(res, CLASSICAL, ff)
+        # Fast-failing shows the classical policy with the lowest p99 (its own error rate next
+        # to it); the verdict also checks the errors against the lowest classical error rate.
+        best_c = pick_best(res, CLASSICAL, False)
         best_m = pick_best(res, [p for p in res if p.endswith("+model")], ff)
         oracle = res.get("oracle")
         if oracle is None:  # the lab has no oracle: the simulator's is the reference limit
@@ -74,9 +87,10 @@ def table(mode):
         if best_c is None or best_m is None:
             continue
         if oracle is None:
-            closed, ok = (None, None) if name not in ("fast-failing", "homogeneous") else verdict(name, best_c, best_m, best_c)
+            closed, ok = (None, None) if name not in ("fast-failing", "homogeneous") else verdict(
+                name, best_c, best_m, best_c, classical_rows(res))
         else:
-            closed, ok = verdict(name, best_c, best_m, oracle)
+            closed, ok = verdict(name, best_c, best_m, oracle, classical_rows(res))
         out.append("| {} | {} | {} | {} | {} | {} | {} |".format(
             name, fmt(best_c), f'{oracle["p99_ms"]:.1f}' if oracle else "–", fmt(best_m),
             f"{100 * closed:.0f} %" if closed is not None else "–", TARGETS[name],

@@ -3,6 +3,7 @@
 //! The same code runs in the proxy's control thread on wall-clock time and in the simulator on
 //! simulated time: the caller supplies the observations and the clock.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fulcrum_balance::Pool;
@@ -140,7 +141,7 @@ impl Default for ControlSettings {
 #[derive(Debug)]
 pub struct PoolController {
     name: String,
-    backends: Vec<String>,
+    backends: Arc<[String]>,
     settings: ControlSettings,
     ticks: u64,
     start_ns: u64,
@@ -164,7 +165,12 @@ impl PoolController {
     pub fn new(pool: &Pool, settings: ControlSettings, now_ns: u64) -> Self {
         PoolController {
             name: pool.name().to_string(),
-            backends: pool.backends().iter().map(|b| b.name.clone()).collect(),
+            backends: pool
+                .backends()
+                .iter()
+                .map(|b| b.name.clone())
+                .collect::<Vec<_>>()
+                .into(),
             settings,
             ticks: 0,
             start_ns: now_ns,
@@ -191,6 +197,7 @@ impl PoolController {
         let previous = pool.weights().weights().to_vec();
         let started = Instant::now();
         let scores = scorer.score(&features, observations);
+        debug_assert_eq!(features.len(), observations.len() * NUM_FEATURES);
         let spent = started.elapsed();
         let healthy: Vec<bool> = observations.iter().map(|o| o.healthy).collect();
         let mut decision = Decision {
@@ -198,8 +205,8 @@ impl PoolController {
             t_s: now_ns.saturating_sub(self.start_ns) as f64 / 1e9,
             pool: self.name.clone(),
             source: scorer.source(),
-            backends: self.backends.clone(),
-            features: features.chunks(NUM_FEATURES).map(<[f32]>::to_vec).collect(),
+            backends: Arc::clone(&self.backends),
+            features,
             raw_scores: Vec::new(),
             previous_weights: previous.clone(),
             weights: previous.clone(),

@@ -1,9 +1,12 @@
 //! A bounded log of the control loop's recent decisions, for `/api/decisions`.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::ser::SerializeSeq;
+use serde::{Serialize, Serializer};
+
+use crate::features::NUM_FEATURES;
 
 /// One tick for one pool, explained.
 #[derive(Debug, Clone, Serialize)]
@@ -16,10 +19,12 @@ pub struct Decision {
     pub pool: String,
     /// What produced the scores: `model` or `heuristic`.
     pub source: &'static str,
-    /// Backend names, in row order.
-    pub backends: Vec<String>,
-    /// The feature matrix, one row per backend.
-    pub features: Vec<Vec<f32>>,
+    /// Backend names, in row order (shared between the decisions of a pool).
+    pub backends: Arc<[String]>,
+    /// The feature matrix, row-major with [`NUM_FEATURES`] columns; serialised as one array
+    /// per backend.
+    #[serde(serialize_with = "as_rows")]
+    pub features: Vec<f32>,
     /// Raw scores as returned.
     pub raw_scores: Vec<f32>,
     /// Weights before and after this tick.
@@ -32,6 +37,22 @@ pub struct Decision {
     pub rejected: Option<String>,
     /// Time spent in inference, microseconds.
     pub inference_us: f64,
+}
+
+impl Decision {
+    /// The feature rows, one per backend.
+    pub fn feature_rows(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.features.chunks_exact(NUM_FEATURES)
+    }
+}
+
+fn as_rows<S: Serializer>(features: &[f32], s: S) -> Result<S::Ok, S::Error> {
+    let rows = features.chunks_exact(NUM_FEATURES);
+    let mut seq = s.serialize_seq(Some(rows.len()))?;
+    for row in rows {
+        seq.serialize_element(row)?;
+    }
+    seq.end()
 }
 
 /// The last `capacity` decisions; the control thread writes, the admin API reads.
@@ -81,8 +102,8 @@ mod tests {
             t_s: 0.0,
             pool: pool.into(),
             source: "model",
-            backends: vec![],
-            features: vec![],
+            backends: Arc::from(Vec::new()),
+            features: vec![0.5; 2 * NUM_FEATURES],
             raw_scores: vec![],
             previous_weights: vec![],
             weights: vec![],
@@ -102,5 +123,14 @@ mod tests {
         assert_eq!(all, vec![4, 3, 2]);
         let a: Vec<u64> = log.recent(10, Some("a")).iter().map(|d| d.tick).collect();
         assert_eq!(a, vec![4, 2]);
+    }
+
+    #[test]
+    fn features_serialise_as_one_row_per_backend() {
+        let json = serde_json::to_value(d(1, "a")).unwrap();
+        let rows = json["features"].as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].as_array().unwrap().len(), NUM_FEATURES);
+        assert_eq!(d(1, "a").feature_rows().len(), 2);
     }
 }

@@ -232,7 +232,7 @@ impl ControlLoop {
             if let Some(file) = self.record.as_mut() {
                 let t = self.started.elapsed().as_secs_f64();
                 let mut out = String::new();
-                for (i, row) in decision.features.iter().enumerate() {
+                for (i, row) in decision.feature_rows().enumerate() {
                     out.push_str(&format!(
                         "{t:.3},{},{}",
                         p.config.name, decision.backends[i]
