@@ -5,7 +5,8 @@
 #   benches/run-suite.sh sim [POLICY ...]            # default: the four algorithms + oracle
 #   TIME_SCALE=0.5 benches/run-suite.sh lab [POLICY ...]
 #
-# SCENARIOS="homogeneous heterogeneous" limits the run to some scenarios.
+# SCENARIOS="homogeneous heterogeneous" limits the run to some scenarios; RESULTS=lab-model
+# writes under benches/results/lab-model/ instead of benches/results/MODE/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:?usage: benches/run-suite.sh sim|lab [POLICY ...]}"
@@ -24,7 +25,7 @@ for p in "${policies[@]}"; do args+=(--policy "$p"); done
 extra=()
 [[ "$mode" == lab ]] && extra+=(--time-scale "${TIME_SCALE:-1}")
 for name in $scenarios; do
-  out="benches/results/$mode/$name"
+  out="benches/results/${RESULTS:-$mode}/$name"
   mkdir -p "$out"
   echo "== $mode $name" >&2
   "$bin" "$mode" --scenario "benches/scenarios/$name.toml" "${args[@]}" "${extra[@]}" \

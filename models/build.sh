@@ -37,7 +37,7 @@ mkdir -p "$DATA"
 # Round 3: driven by the round-2 model; the final model trains on all three rounds.
 "$PY" models/collect.py --seed 5 --count 150 --out "$DATA/train-onpolicy2.csv" --model "$DATA/round2.onnx" --offset 2
 "$PY" models/collect.py --seed 6 --count 40 --out "$DATA/heldout-onpolicy2.csv" --model "$DATA/round2.onnx" --offset 2
-"$PY" models/train.py --seed 0 --iters 200 \
+"$PY" models/train.py --seed 0 --iters 100 \
     --train "$DATA/train.csv" "$DATA/train-onpolicy.csv" "$DATA/train-onpolicy2.csv" \
     --heldout "$DATA/heldout.csv" "$DATA/heldout-onpolicy.csv" "$DATA/heldout-onpolicy2.csv" \
     --out models/balancer.onnx --metrics models/metrics.json

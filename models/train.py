@@ -37,7 +37,7 @@ FEATURES = [
 # throughout simulated data; a real backend's value must not steer an untrained branch.
 IGNORED = ["reported_load"]
 EPS_CAP = 1e-3          # capacity of a down backend, relative to the units of cap
-ERROR_EXPONENT = 4
+ERROR_EXPONENT = 2
 LOG_CLIP = (-8.0, 5.0)  # bounds on the predicted log score inside the graph
 
 
