@@ -104,6 +104,17 @@ async fn a_slow_backend_loses_model_weight_and_regains_it_after_healing() {
     );
     let f = Fulcrum::start(model_config(&spec, &control)).await;
     assert_eq!(metric(&f, "fulcrum_model_loaded").await, 1.0);
+    // The control loop owns a model pool's weights: the admin API refuses to set them.
+    let r = request(
+        f.admin,
+        "PUT",
+        "/api/pools/web/weights",
+        &[],
+        format!(r#"{{"{}": 5}}"#, b[0].addr()).as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 409, "{r:?}");
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, tasks) = load(f.proxy, 6, stop.clone());

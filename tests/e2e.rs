@@ -620,3 +620,90 @@ async fn a_503_is_retried_elsewhere_for_idempotent_requests_only() {
     let r = get(f.proxy, "/").await.unwrap();
     assert_eq!(r.status, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_sets_weights_at_runtime_and_refuses_bad_ones_whole() {
+    let b = backends(2).await;
+    let spec = PoolSpec::new("weighted_round_robin", &[&b[0], &b[1]]);
+    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let (a0, a1) = (b[0].addr().to_string(), b[1].addr().to_string());
+    let put = |path: &'static str, body: String| {
+        let admin = f.admin;
+        async move {
+            request(
+                admin,
+                "PUT",
+                path,
+                &[("content-type", "application/json")],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    let r = put("/api/pools/web/weights", format!(r#"{{"{a0}": 3}}"#)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(&format!(r#""{a0}": 3.0"#)), "{}", r.body);
+    let counts = tally(&f, 400).await;
+    assert_eq!(counts.get("b1"), Some(&300), "{counts:?}");
+    assert_eq!(counts.get("b2"), Some(&100), "{counts:?}");
+
+    // Every problem is listed and nothing changes.
+    let r = put(
+        "/api/pools/web/weights",
+        format!(r#"{{"{a1}": 5, "10.9.9.9:1": 1, "{a0}": -2}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(r.body.contains("10.9.9.9:1: no such backend"), "{}", r.body);
+    assert!(
+        r.body.contains(&format!("{a0}: weight must be")),
+        "{}",
+        r.body
+    );
+    let r = put(
+        "/api/pools/web/weights",
+        format!(r#"{{"{a0}": 0, "{a1}": 0}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(
+        r.body.contains("every backend would have weight 0"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        put("/api/pools/web/weights", "[1, 2]".into()).await.status,
+        400
+    );
+    assert_eq!(
+        put("/api/pools/nope/weights", "{}".into()).await.status,
+        404
+    );
+    assert_eq!(
+        get(f.admin, "/api/pools/web/weights").await.unwrap().status,
+        405
+    );
+    let weights: Vec<f64> = f.pools().await["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["weight"].as_f64().unwrap())
+        .collect();
+    assert_eq!(weights, vec![3.0, 1.0]);
+
+    // Weight 0 drains a backend.
+    let r = put("/api/pools/web/weights", format!(r#"{{"{a0}": 0}}"#)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let counts = tally(&f, 50).await;
+    assert_eq!(counts.get("b2"), Some(&50), "{counts:?}");
+
+    // A config reload rebuilds the pool from the file's weights.
+    let r = request(f.admin, "POST", "/api/config/reload", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let counts = tally(&f, 100).await;
+    assert_eq!(counts.get("b1"), Some(&50), "{counts:?}");
+}

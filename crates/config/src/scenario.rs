@@ -146,6 +146,36 @@ impl ScenarioBackend {
 }
 
 impl Scenario {
+    /// Every backend's true capacity at time `t`, as balancing weights: concurrency / mean
+    /// service time (rps), × (1 − error rate)² so a backend that fails fast counts as smaller,
+    /// and 0 while down. The weights of the `capacity_oracle` reference policy.
+    pub fn capacity_weights(&self, t: f64) -> Vec<f64> {
+        self.backends
+            .iter()
+            .map(|b| {
+                let s = b.state_at(t);
+                if s.down {
+                    return 0.0;
+                }
+                let ok = (1.0 - s.error_rate).clamp(0.0, 1.0);
+                f64::from(b.concurrency) * 1000.0 / (b.mean_service_ms() * s.slowdown) * ok * ok
+            })
+            .collect()
+    }
+
+    /// Times (s) strictly inside the run at which some backend's behaviour changes, in order.
+    pub fn change_times(&self) -> Vec<f64> {
+        let mut times: Vec<f64> = self
+            .backends
+            .iter()
+            .flat_map(|b| b.events.iter().flat_map(|e| [e.at_s, e.until_s]))
+            .filter(|t| *t > 0.0 && *t < self.duration_s)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times.dedup();
+        times
+    }
+
     /// Total capacity in requests per second at time `t` (sum of concurrency / mean service time).
     pub fn capacity_rps_at(&self, t: f64) -> f64 {
         self.backends

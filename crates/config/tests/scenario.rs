@@ -523,6 +523,19 @@ fn capacity_accounts_for_jitter_and_events() {
     assert!((s.capacity_rps_at(50.0) - (3.0 * per + per / 8.0)).abs() < 1e-9);
 }
 
+#[test]
+fn capacity_weights_follow_events_and_count_errors_twice() {
+    let (s, _) = parse_scenario(EXAMPLE, "example.toml").unwrap();
+    let per = 4.0 * 1000.0 / (5.0 * (0.125f64).exp());
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9);
+    assert!(close(&s.capacity_weights(0.0), &[per; 4]));
+    let slow = per / 8.0 * 0.7 * 0.7;
+    assert!(close(&s.capacity_weights(40.0), &[per, slow, per, per]));
+    assert!(close(&s.capacity_weights(70.0), &[per; 4]));
+    assert_eq!(s.change_times(), vec![40.0, 70.0]);
+    assert_eq!(parse_ok(MINIMAL).change_times(), Vec::<f64>::new());
+}
+
 fn suite_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/scenarios")
 }

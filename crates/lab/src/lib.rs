@@ -33,7 +33,8 @@ pub struct LabOptions {
     /// The `fulcrum` binary to run.
     pub fulcrum_bin: PathBuf,
     /// Policies to compare, run one after the other: an algorithm name, optionally followed
-    /// by `+model` for model-tuned weights. `oracle` (simulator-only) is skipped.
+    /// by `+model` for model-tuned weights, or [`CAPACITY_ORACLE`]. `oracle`
+    /// (simulator-only) is skipped.
     pub policies: Vec<String>,
     /// Wall seconds per scenario second (0.25 plays a 120 s scenario in 30 s).
     pub time_scale: f64,
@@ -59,6 +60,45 @@ impl LabOptions {
 /// The name of the simulator-only policy that knows every backend's true state.
 pub const ORACLE: &str = "oracle";
 
+/// The lab's reference limit: weighted least connections whose weights the lab sets, through
+/// the admin API, to every backend's true capacity at every change of the scenario
+/// (concurrency / mean service time, × (1 − error rate)², 0 while down). It knows what no
+/// real balancer can, when it happens; it does not know queue lengths, as the simulator's
+/// oracle does.
+pub const CAPACITY_ORACLE: &str = "capacity_oracle";
+
+/// Keep the proxy's weights at the backends' true capacity: set them now, then at every
+/// change of the scenario.
+async fn follow_capacity(
+    scenario: Scenario,
+    admin: SocketAddr,
+    addrs: Vec<SocketAddr>,
+    clock: LabClock,
+) -> anyhow::Result<()> {
+    let push = |t: f64| {
+        let weights = scenario.capacity_weights(t);
+        let body: serde_json::Map<String, serde_json::Value> = addrs
+            .iter()
+            .zip(&weights)
+            .map(|(a, w)| (a.to_string(), serde_json::json!(w)))
+            .collect();
+        let all_down = weights.iter().all(|w| *w == 0.0);
+        async move {
+            if all_down {
+                return anyhow::Ok(());
+            }
+            proxy::put_weights(admin, "lab", &serde_json::Value::Object(body)).await
+        }
+    };
+    push(0.0).await?;
+    for t in scenario.change_times() {
+        tokio::time::sleep_until(clock.wall_at(t).into()).await;
+        // Just after the change, so the state that starts at `t` is the one applied.
+        push(t + 1e-9).await?;
+    }
+    Ok(())
+}
+
 /// Requests still outstanding when the load ends get this long before counting as errors.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,6 +108,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn parse_policy(policy: &str) -> anyhow::Result<Option<(Algorithm, WeightSource)>> {
     if policy == ORACLE {
         return Ok(None);
+    }
+    if policy == CAPACITY_ORACLE {
+        return Ok(Some((Algorithm::LeastConnections, WeightSource::Static)));
     }
     let (algo, weights) = match policy.split_once('+') {
         Some((a, w)) => (
@@ -165,6 +208,10 @@ async fn run_policy(
     for s in &servers {
         s.set_clock(clock);
     }
+    let oracle = (policy == CAPACITY_ORACLE).then(|| {
+        let addrs = servers.iter().map(|s| s.addr()).collect();
+        tokio::spawn(follow_capacity(scenario.clone(), proxy.admin, addrs, clock))
+    });
     let cfg = LoadGenConfig {
         target: proxy.listen,
         load: scenario.load.clone(),
@@ -200,6 +247,15 @@ async fn run_policy(
                 &stats
             )
         );
+    }
+    if let Some(task) = oracle {
+        if task.is_finished() {
+            task.await
+                .context("capacity oracle task")?
+                .context("capacity oracle could not set the proxy's weights")?;
+        } else {
+            task.abort();
+        }
     }
     let retries_after = read_retries_total(proxy.admin).await;
     proxy.stop();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use fulcrum_config::{Algorithm, WeightSource};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -198,14 +198,41 @@ fn log_tail(path: &Path) -> String {
 
 /// One `GET` on a fresh connection: status and body.
 async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request(addr, hyper::Method::GET, path, Bytes::new()).await
+}
+
+/// Set some of a static pool's weights through the admin API
+/// (`PUT /api/pools/{pool}/weights`, a JSON object of backend address to weight).
+pub(crate) async fn put_weights(
+    admin: SocketAddr,
+    pool: &str,
+    weights: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let body = Bytes::from(serde_json::to_vec(weights)?);
+    let path = format!("/api/pools/{pool}/weights");
+    let (status, text) = http_request(admin, hyper::Method::PUT, &path, body).await?;
+    anyhow::ensure!(status == 200, "PUT {path} answered {status}: {text}");
+    Ok(())
+}
+
+/// One request on a fresh connection: status and body.
+async fn http_request(
+    addr: SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<(u16, String)> {
     let fut = async {
         let stream = TcpStream::connect(addr).await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let req = hyper::Request::get(path)
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header("host", addr.to_string())
-            .body(Empty::<Bytes>::new())?;
+            .header("content-type", "application/json")
+            .body(Full::new(body))?;
         let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();

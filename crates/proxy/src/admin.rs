@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/api/pools`, `POST /api/config/reload`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/api/pools`, `/api/decisions`,
+//! `PUT /api/pools/{pool}/weights`, `POST /api/config/reload`, `POST /api/model/reload`.
 //!
 //! It runs on its own thread and runtime, apart from the data plane, so a slow scrape can never
 //! take a worker from client traffic.
@@ -7,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -73,7 +74,9 @@ async fn handle(
     shared: Arc<Shared>,
     reload: mpsc::Sender<ReloadRequest>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let resp = match (req.method(), req.uri().path()) {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = match (&method, path.as_str()) {
         (&Method::GET, "/metrics") => {
             for pool in &shared.upstreams.load().pools {
                 pool.refresh_gauges();
@@ -150,6 +153,18 @@ async fn handle(
                 ),
             }
         }
+        (m, p) if weights_path(p).is_some() => {
+            if m == Method::PUT {
+                let pool = weights_path(p).unwrap_or_default().to_owned();
+                put_weights(req, &shared, &pool).await
+            } else {
+                text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "text/plain",
+                    "method not allowed; PUT a JSON object of backend address to weight\n",
+                )
+            }
+        }
         (
             _,
             "/metrics" | "/healthz" | "/readyz" | "/api/pools" | "/api/decisions"
@@ -166,6 +181,107 @@ async fn handle(
         ),
     };
     Ok(resp)
+}
+
+/// The pool name in `/api/pools/{pool}/weights`.
+fn weights_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/api/pools/")?
+        .strip_suffix("/weights")
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+}
+
+/// Largest accepted `PUT /api/pools/{pool}/weights` body.
+const MAX_WEIGHTS_BODY: usize = 1 << 20;
+
+/// `PUT /api/pools/{pool}/weights`: set the weights of some or all of a static pool's backends
+/// at runtime (`{"10.0.0.1:8080": 2.5, "10.0.0.2:8080": 0}`; 0 drains a backend). Every
+/// problem in the body is reported at once and nothing changes unless all of it is valid. The
+/// weights last until the next configuration reload rebuilds the pool. Pools with
+/// `weights = "model"` are refused: the control loop owns their weights.
+async fn put_weights(req: Request<Incoming>, shared: &Shared, name: &str) -> Response<Full<Bytes>> {
+    let upstreams = shared.upstreams.load();
+    let Some(p) = upstreams.pools.iter().find(|p| p.config.name == name) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no pool named {name:?}\n"),
+        );
+    };
+    if p.config.weights == fulcrum_config::WeightSource::Model {
+        return text(
+            StatusCode::CONFLICT,
+            "text/plain",
+            format!("pool {name:?} has weights = \"model\": the control loop sets its weights\n"),
+        );
+    }
+    let body = match Limited::new(req.into_body(), MAX_WEIGHTS_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                format!("body larger than {MAX_WEIGHTS_BODY} bytes or unreadable\n"),
+            )
+        }
+    };
+    let map: serde_json::Map<String, serde_json::Value> = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!("expected a JSON object of backend address to weight: {e}\n"),
+            )
+        }
+    };
+    let backends = p.pool.backends();
+    let mut weights = p.pool.weights().weights().to_vec();
+    let mut problems = Vec::new();
+    for (addr, value) in &map {
+        let Some(i) = backends.iter().position(|b| &b.name == addr) else {
+            let known: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+            problems.push(format!(
+                "{addr}: no such backend in pool {name:?} (it has {})",
+                known.join(", ")
+            ));
+            continue;
+        };
+        match value.as_f64() {
+            Some(w) if w.is_finite() && (0.0..=1e9).contains(&w) => weights[i] = w,
+            _ => problems.push(format!(
+                "{addr}: weight must be a number from 0 to 1e9, got {value}"
+            )),
+        }
+    }
+    if problems.is_empty() && weights.iter().all(|&w| w == 0.0) {
+        problems.push("every backend would have weight 0; the pool could serve nothing".into());
+    }
+    if !problems.is_empty() {
+        return text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "text/plain",
+            format!("weights not changed:\n{}\n", problems.join("\n")),
+        );
+    }
+    if let Err(e) = p.pool.set_weights(weights.clone()) {
+        return text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "text/plain",
+            format!("weights not changed: {e}\n"),
+        );
+    }
+    log::info!("admin: pool {name} weights set to {weights:?}");
+    let doc: serde_json::Map<String, serde_json::Value> = backends
+        .iter()
+        .zip(&weights)
+        .map(|(b, w)| (b.name.clone(), serde_json::json!(w)))
+        .collect();
+    let body = serde_json::to_vec_pretty(&serde_json::json!({ "pool": name, "weights": doc }))
+        .unwrap_or_default();
+    text(StatusCode::OK, "application/json", body)
 }
 
 /// `/api/pools` document.

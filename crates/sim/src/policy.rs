@@ -1,5 +1,6 @@
 //! The policies a scenario can be run with: the proxy's four algorithms, the simulator-only
-//! `oracle`, and `ALGO+model` (an algorithm whose weights a control loop sets every tick).
+//! `oracle`, `capacity_oracle` (the lab's reference limit) and `ALGO+model` (an algorithm
+//! whose weights a control loop sets every tick).
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,6 +20,10 @@ pub enum Policy {
     P2cEwma,
     /// `oracle`: simulator only; knows every backend's true queue, speed and error rate.
     Oracle,
+    /// `capacity_oracle`: weighted least connections whose weights follow every backend's true
+    /// capacity the moment it changes (`Scenario::capacity_weights`); the limit the lab can
+    /// measure, since it needs no per-request knowledge of the backends' queues.
+    CapacityOracle,
     /// `ALGO+model`: the algorithm with weights set by a control loop.
     Model(Algorithm),
 }
@@ -62,6 +67,7 @@ impl Policy {
             Policy::LeastConnections => Some(Algorithm::LeastConnections),
             Policy::P2cEwma => Some(Algorithm::P2cEwma),
             Policy::Oracle => None,
+            Policy::CapacityOracle => Some(Algorithm::LeastConnections),
             Policy::Model(a) => Some(a),
         }
     }
@@ -76,6 +82,7 @@ impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Policy::Oracle => f.write_str("oracle"),
+            Policy::CapacityOracle => f.write_str("capacity_oracle"),
             Policy::Model(a) => write!(f, "{}+model", algorithm_name(a)),
             p => f.write_str(algorithm_name(
                 p.algorithm().unwrap_or(Algorithm::RoundRobin),
@@ -96,7 +103,7 @@ impl fmt::Display for ParsePolicyError {
         write!(
             f,
             "unknown policy `{}` (expected round_robin, weighted_round_robin, least_connections, \
-             p2c_ewma, oracle, or ALGO+model)",
+             p2c_ewma, oracle, capacity_oracle, or ALGO+model)",
             self.input
         )
     }
@@ -117,6 +124,7 @@ impl FromStr for Policy {
         }
         match t {
             "oracle" => Ok(Policy::Oracle),
+            "capacity_oracle" => Ok(Policy::CapacityOracle),
             _ => match algorithm_from_name(t).ok_or_else(err)? {
                 Algorithm::RoundRobin => Ok(Policy::RoundRobin),
                 Algorithm::WeightedRoundRobin => Ok(Policy::WeightedRoundRobin),
@@ -134,6 +142,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut all = Policy::BASELINES.to_vec();
+        all.push(Policy::CapacityOracle);
         for a in [
             Algorithm::RoundRobin,
             Algorithm::WeightedRoundRobin,

@@ -426,6 +426,9 @@ struct Sim<'a> {
     outstanding: u64,
     arrival_rng: Rng,
     oracle_rotation: usize,
+    /// `capacity_oracle`: the scenario's change times (ns) and the next one to apply.
+    capacity_changes: Vec<u64>,
+    next_capacity_change: usize,
     warmup_ns: u64,
     duration_ns: u64,
     refused_ns: u64,
@@ -471,6 +474,13 @@ impl<'a> Sim<'a> {
             opts.max_consecutive_failures,
             picker,
         ));
+        let capacity_changes = if *policy == Policy::CapacityOracle {
+            // Always valid: one finite, non-negative weight per backend.
+            let _ = pool.set_weights(sc.capacity_weights(0.0));
+            sc.change_times().into_iter().map(ns).collect()
+        } else {
+            Vec::new()
+        };
         let warmup_ns = ns(sc.warmup_s);
         let duration_ns = ns(sc.duration_s);
         let names: Vec<String> = sc.backends.iter().map(|b| b.name.clone()).collect();
@@ -502,6 +512,8 @@ impl<'a> Sim<'a> {
             outstanding: 0,
             arrival_rng: Rng::new(stream_seed(seed, STREAM_ARRIVALS)),
             oracle_rotation: 0,
+            capacity_changes,
+            next_capacity_change: 0,
             warmup_ns,
             duration_ns,
             refused_ns: ns(opts.refused_ms / 1000.0),
@@ -641,6 +653,11 @@ impl<'a> Sim<'a> {
     /// Start the next attempt of request `id`, or fail it when no backend is eligible.
     fn dispatch(&mut self, id: u32) {
         let r = self.requests[id as usize];
+        if self.next_capacity_change < self.capacity_changes.len()
+            && self.now >= self.capacity_changes[self.next_capacity_change]
+        {
+            self.follow_capacity();
+        }
         let pick = match self.policy {
             Policy::Oracle => self.oracle_pick(r.tried, r.post),
             _ => self.pool.pick(r.tried, self.now),
@@ -753,6 +770,20 @@ impl<'a> Sim<'a> {
         self.free_requests.push(id);
         self.outstanding -= 1;
         self.in_system.set(self.now, self.outstanding);
+    }
+
+    /// `capacity_oracle`: apply every change of the scenario that has happened by now.
+    #[cold]
+    fn follow_capacity(&mut self) {
+        while self.next_capacity_change < self.capacity_changes.len()
+            && self.now >= self.capacity_changes[self.next_capacity_change]
+        {
+            self.next_capacity_change += 1;
+        }
+        let weights = self.sc.capacity_weights(self.now as f64 * 1e-9);
+        if weights.iter().any(|w| *w > 0.0) {
+            let _ = self.pool.set_weights(weights);
+        }
     }
 
     /// The backend with the shortest expected completion time, from the true state.

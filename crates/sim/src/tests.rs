@@ -216,6 +216,41 @@ fn oracle_beats_least_connections_beats_round_robin() {
         oracle <= lc && lc <= rr,
         "oracle {oracle}, lc {lc}, rr {rr}"
     );
+    // Weights at true capacity take least connections most of the way to the oracle.
+    let capacity = p99(Policy::CapacityOracle);
+    assert!(
+        capacity < lc && capacity < oracle * 1.5,
+        "capacity {capacity}, oracle {oracle}, lc {lc}"
+    );
+}
+
+#[test]
+fn capacity_oracle_follows_a_slowdown_the_moment_it_happens() {
+    let mut sc = heterogeneous(5, 60.0, 0.6);
+    for b in &mut sc.backends {
+        b.weight = 1;
+        b.events.clear();
+    }
+    sc.backends[0]
+        .events
+        .push(fulcrum_config::scenario::BackendEvent {
+            at_s: 20.0,
+            until_s: 40.0,
+            slowdown: 1000.0,
+            error_rate: None,
+            down: false,
+        });
+    let opts = SimOptions::default();
+    let (out, in_flight) = run_for_test(&sc, &Policy::CapacityOracle, &opts);
+    assert!(in_flight.iter().all(|&n| n == 0), "{in_flight:?}");
+    // Each request the slowed backend starts takes 20 s; its weight drops to a rounding
+    // error at t = 20 s, so (almost) none does: nothing near the tail waits on it.
+    assert!(
+        out.result.p999_ms < 1000.0,
+        "p99.9 {} ms",
+        out.result.p999_ms
+    );
+    assert_eq!(out.result.errors, 0);
 }
 
 /// Refused connections are retried for every request; only idempotent requests retry 503s.
