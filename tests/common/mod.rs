@@ -26,11 +26,16 @@ pub fn repo_root() -> PathBuf {
 
 /// A port that was free a moment ago (the OS picks it).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct ports that were free a moment ago: all are held open until every one is
+/// chosen, so the OS cannot hand the same port out twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// Start `n` loopback backends named b1..bn on ephemeral ports.
@@ -115,8 +120,9 @@ pub fn config_text(proxy: SocketAddr, admin: SocketAddr, spec: &PoolSpec<'_>) ->
 impl Fulcrum {
     /// Start the proxy on `config` (a function of the proxy and admin addresses).
     pub async fn start(config: impl Fn(SocketAddr, SocketAddr) -> String) -> Fulcrum {
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let [proxy_port, admin_port] = free_ports::<2>();
+        let proxy = SocketAddr::from(([127, 0, 0, 1], proxy_port));
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
         let dir = TempDir::new("proxy");
         let config_path = dir.0.join("fulcrum.toml");
         std::fs::write(&config_path, config(proxy, admin)).unwrap();

@@ -94,11 +94,12 @@ impl Drop for TempDir {
     }
 }
 
-/// A port the OS considered free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// Two distinct ports the OS considered free a moment ago (both held until both are chosen,
+/// so they cannot be the same port).
+fn free_port_pair() -> anyhow::Result<(u16, u16)> {
+    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
 /// A running `fulcrum run` process, killed on drop.
@@ -121,8 +122,9 @@ impl Proxy {
         extra_pool_toml: &str,
         time_scale: f64,
     ) -> anyhow::Result<Proxy> {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let (listen_port, admin_port) = free_port_pair()?;
+        let listen = SocketAddr::from(([127, 0, 0, 1], listen_port));
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
         let text = proxy_config(
             listen,
             admin,
