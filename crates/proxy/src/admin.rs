@@ -199,6 +199,20 @@ const MAX_WEIGHTS_BODY: usize = 1 << 20;
 /// weights last until the next configuration reload rebuilds the pool. Pools with
 /// `weights = "model"` are refused: the control loop owns their weights.
 async fn put_weights(req: Request<Incoming>, shared: &Shared, name: &str) -> Response<Full<Bytes>> {
+    // Read the body before taking a snapshot of the live state, so a slow client never holds one.
+    let body = match Limited::new(req.into_body(), MAX_WEIGHTS_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                format!("body larger than {MAX_WEIGHTS_BODY} bytes or unreadable\n"),
+            )
+        }
+    };
     let upstreams = shared.upstreams.load();
     let Some(p) = upstreams.pools.iter().find(|p| p.config.name == name) else {
         return text(
@@ -214,19 +228,6 @@ async fn put_weights(req: Request<Incoming>, shared: &Shared, name: &str) -> Res
             format!("pool {name:?} has weights = \"model\": the control loop sets its weights\n"),
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_WEIGHTS_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "text/plain",
-                format!("body larger than {MAX_WEIGHTS_BODY} bytes or unreadable\n"),
-            )
-        }
-    };
     let map: serde_json::Map<String, serde_json::Value> = match serde_json::from_slice(&body) {
         Ok(m) => m,
         Err(e) => {
