@@ -76,49 +76,22 @@ impl LatencyHistogram {
     /// Same figures as `snapshot().since(previous)` followed by its quantiles and mean.
     pub fn advance(&self, previous: &mut HistogramSnapshot) -> WindowSummary {
         let mut window = [0u64; BUCKETS];
-        let mut count = 0u64;
-        let mut sum = 0.0;
-        for (i, ((bucket, prev), w)) in self
+        for ((bucket, prev), w) in self
             .buckets
             .iter()
             .zip(previous.counts.iter_mut())
             .zip(window.iter_mut())
-            .enumerate()
         {
             let now = bucket.load(Relaxed);
-            let d = now.saturating_sub(*prev);
+            *w = now.saturating_sub(*prev);
             *prev = now;
-            if d > 0 {
-                *w = d;
-                count += d;
-                sum += bucket_value(i) * d as f64;
-            }
         }
-        if count == 0 {
-            return WindowSummary::default();
-        }
-        let rank = |q: f64| ((q * count as f64).ceil() as u64).max(1);
-        let (r50, r99) = (rank(0.5), rank(0.99));
-        let (mut p50, mut p99) = (None, None);
-        let mut seen = 0;
-        for (i, c) in window.iter().enumerate() {
-            if *c == 0 {
-                continue;
-            }
-            seen += c;
-            if p50.is_none() && seen >= r50 {
-                p50 = Some(bucket_value(i));
-            }
-            if seen >= r99 {
-                p99 = Some(bucket_value(i));
-                break;
-            }
-        }
+        let count = window.iter().sum();
         WindowSummary {
             count,
-            mean_us: Some(sum / count as f64),
-            p50_us: p50,
-            p99_us: p99,
+            mean_us: mean_of(&window, count),
+            p50_us: quantile_of(&window, count, 0.5),
+            p99_us: quantile_of(&window, count, 0.99),
         }
     }
 
@@ -177,33 +150,41 @@ impl HistogramSnapshot {
 
     /// The `q` quantile (0..=1) in microseconds; `None` when empty.
     pub fn quantile_us(&self, q: f64) -> Option<f64> {
-        let total = self.count();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return Some(bucket_value(i));
-            }
-        }
-        Some(bucket_value(BUCKETS - 1))
+        quantile_of(&self.counts, self.count(), q)
     }
 
     /// Mean in microseconds from bucket midpoints; `None` when empty.
     pub fn mean_us(&self) -> Option<f64> {
-        let total = self.count();
-        (total > 0).then(|| {
-            self.counts
-                .iter()
-                .enumerate()
-                .map(|(i, c)| bucket_value(i) * *c as f64)
-                .sum::<f64>()
-                / total as f64
-        })
+        mean_of(&self.counts, self.count())
     }
+}
+
+/// The `q` quantile (µs) of bucket `counts` holding `total` samples; `None` when empty.
+fn quantile_of(counts: &[u64], total: u64, q: f64) -> Option<f64> {
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (i, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return Some(bucket_value(i));
+        }
+    }
+    Some(bucket_value(BUCKETS - 1))
+}
+
+/// Mean (µs, from bucket midpoints) of bucket `counts` holding `total` samples.
+fn mean_of(counts: &[u64], total: u64) -> Option<f64> {
+    (total > 0).then(|| {
+        counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| bucket_value(i) * *c as f64)
+            .sum::<f64>()
+            / total as f64
+    })
 }
 
 #[cfg(test)]

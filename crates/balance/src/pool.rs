@@ -219,7 +219,8 @@ impl Pool {
     }
 
     /// Probes still due at backend `idx` (0 for an out-of-range index).
-    pub fn probes_due(&self, idx: usize) -> u32 {
+    #[cfg(test)]
+    fn probes_due(&self, idx: usize) -> u32 {
         self.probes
             .tokens
             .get(idx)

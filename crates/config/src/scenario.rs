@@ -139,6 +139,17 @@ impl ScenarioBackend {
         s
     }
 
+    /// Requests per second this backend completes at `t` (concurrency / mean service time,
+    /// with slowdowns; 0 while down).
+    pub fn capacity_rps_at(&self, t: f64) -> f64 {
+        let s = self.state_at(t);
+        if s.down {
+            0.0
+        } else {
+            f64::from(self.concurrency) * 1000.0 / (self.mean_service_ms() * s.slowdown)
+        }
+    }
+
     /// Mean service time in ms of the lognormal with this median and sigma, before events.
     pub fn mean_service_ms(&self) -> f64 {
         self.service_ms * (self.service_jitter * self.service_jitter / 2.0).exp()
@@ -153,12 +164,8 @@ impl Scenario {
         self.backends
             .iter()
             .map(|b| {
-                let s = b.state_at(t);
-                if s.down {
-                    return 0.0;
-                }
-                let ok = (1.0 - s.error_rate).clamp(0.0, 1.0);
-                f64::from(b.concurrency) * 1000.0 / (b.mean_service_ms() * s.slowdown) * ok * ok
+                let ok = (1.0 - b.state_at(t).error_rate).clamp(0.0, 1.0);
+                b.capacity_rps_at(t) * ok * ok
             })
             .collect()
     }
@@ -178,17 +185,7 @@ impl Scenario {
 
     /// Total capacity in requests per second at time `t` (sum of concurrency / mean service time).
     pub fn capacity_rps_at(&self, t: f64) -> f64 {
-        self.backends
-            .iter()
-            .map(|b| {
-                let s = b.state_at(t);
-                if s.down {
-                    0.0
-                } else {
-                    f64::from(b.concurrency) * 1000.0 / (b.mean_service_ms() * s.slowdown)
-                }
-            })
-            .sum()
+        self.backends.iter().map(|b| b.capacity_rps_at(t)).sum()
     }
 }
 

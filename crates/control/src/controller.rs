@@ -315,111 +315,121 @@ mod tests {
         )
     }
 
+    /// A pool of three with its observer, controller and heuristic scorer, on simulated time.
+    struct Loop {
+        pool: Pool,
+        obs: TickObserver,
+        ctl: PoolController,
+        scorer: Scorer,
+        now: u64,
+    }
+
+    impl Loop {
+        fn new(settings: ControlSettings) -> Self {
+            let pool = pool();
+            let obs = TickObserver::new(&pool, 0);
+            let ctl = PoolController::new(&pool, settings, 0);
+            Loop {
+                pool,
+                obs,
+                ctl,
+                scorer: Scorer::Heuristic(Heuristic::default()),
+                now: 0,
+            }
+        }
+
+        /// Advance one 500 ms tick: 60 requests through the picker, backend `i` answering in
+        /// `ms(i)` milliseconds, then a control tick. Returns the requests per backend.
+        fn tick_picked(&mut self, ms: impl Fn(usize) -> u64) -> ([u32; 3], Decision) {
+            self.now += 500_000_000;
+            let mut got = [0u32; 3];
+            for _ in 0..60 {
+                let i = self.pool.pick(Tried::new(), self.now).unwrap();
+                got[i] += 1;
+                self.pool
+                    .record(i, ms(i) * 1_000_000, Outcome::Success, self.now);
+            }
+            let o = self.obs.observe(&self.pool, self.now);
+            let (_, d) = self.ctl.tick(&self.pool, &o, &mut self.scorer, self.now);
+            (got, d)
+        }
+
+        fn weights(&self) -> Vec<f64> {
+            self.pool.weights().weights().to_vec()
+        }
+    }
+
     #[test]
     fn heuristic_moves_weight_away_from_a_slow_backend() {
-        let pool = pool();
-        let mut obs = TickObserver::new(&pool, 0);
-        let mut ctl = PoolController::new(&pool, ControlSettings::default(), 0);
-        let mut scorer = Scorer::Heuristic(Heuristic::default());
-        let mut now = 0;
+        let mut l = Loop::new(ControlSettings::default());
         for _ in 0..5 {
-            now += 500_000_000;
+            l.now += 500_000_000;
             for _ in 0..50 {
-                pool.record(0, 2_000_000, Outcome::Success, now);
-                pool.record(1, 2_000_000, Outcome::Success, now);
-                pool.record(2, 16_000_000, Outcome::Success, now);
+                l.pool.record(0, 2_000_000, Outcome::Success, l.now);
+                l.pool.record(1, 2_000_000, Outcome::Success, l.now);
+                l.pool.record(2, 16_000_000, Outcome::Success, l.now);
             }
-            let o = obs.observe(&pool, now);
-            let (outcome, d) = ctl.tick(&pool, &o, &mut scorer, now);
+            let o = l.obs.observe(&l.pool, l.now);
+            let (outcome, d) = l.ctl.tick(&l.pool, &o, &mut l.scorer, l.now);
             assert_eq!(outcome, TickOutcome::Applied, "{d:?}");
         }
-        let w = pool.weights().weights().to_vec();
+        let w = l.weights();
         assert!(w[2] < w[0] / 4.0, "{w:?}");
         assert!((w[0] - w[1]).abs() < 1e-6);
     }
 
     #[test]
     fn unhealthy_backends_get_zero_and_bad_scores_keep_weights() {
-        let pool = pool();
-        pool.backends()[1].stats.set_healthy(false);
-        let mut obs = TickObserver::new(&pool, 0);
-        let mut ctl = PoolController::new(&pool, ControlSettings::default(), 0);
-        let mut scorer = Scorer::Heuristic(Heuristic::default());
-        let o = obs.observe(&pool, 500_000_000);
-        let (outcome, _) = ctl.tick(&pool, &o, &mut scorer, 500_000_000);
+        let mut l = Loop::new(ControlSettings::default());
+        l.pool.backends()[1].stats.set_healthy(false);
+        let o = l.obs.observe(&l.pool, 500_000_000);
+        let (outcome, _) = l.ctl.tick(&l.pool, &o, &mut l.scorer, 500_000_000);
         assert_eq!(outcome, TickOutcome::Applied);
-        assert_eq!(pool.weights().weights()[1], 0.0);
+        assert_eq!(l.pool.weights().weights()[1], 0.0);
     }
 
     #[test]
     fn a_starved_backend_gets_probes_and_its_weight_recovers() {
-        let pool = pool();
-        let mut obs = TickObserver::new(&pool, 0);
-        let mut ctl = PoolController::new(&pool, ControlSettings::default(), 0);
-        let mut scorer = Scorer::Heuristic(Heuristic::default());
         // Backend 2 is eight times slower: the heuristic turns it down to the floor, after
         // which least connections sends it nothing while its peers have an idle slot.
-        let serve = |now: u64, slow_ms: u64| {
-            let mut got = [0u32; 3];
-            for _ in 0..60 {
-                let i = pool.pick(Tried::new(), now).unwrap();
-                got[i] += 1;
-                let ms = if i == 2 { slow_ms } else { 2 };
-                pool.record(i, ms * 1_000_000, Outcome::Success, now);
-            }
-            got
-        };
-        let mut now = 0;
-        let mut last = [0; 3];
-        let mut decision = None;
-        for _ in 0..12 {
-            now += 500_000_000;
-            last = serve(now, 16);
-            let o = obs.observe(&pool, now);
-            decision = Some(ctl.tick(&pool, &o, &mut scorer, now).1);
+        let mut l = Loop::new(ControlSettings::default());
+        let slow = |slow_ms: u64| move |i: usize| if i == 2 { slow_ms } else { 2 };
+        let (mut last, mut decision) = l.tick_picked(slow(16));
+        for _ in 1..12 {
+            (last, decision) = l.tick_picked(slow(16));
         }
-        let w = pool.weights().weights().to_vec();
+        let w = l.weights();
         assert!(w[2] <= w[0] * 0.06, "{w:?}");
         // Only the probe reaches it: one request per tick.
         assert_eq!(last[2], 1, "{last:?}");
-        let d = decision.unwrap();
         assert!(
-            d.guardrails.iter().any(|g| g == "probe: backends [2]"),
-            "{d:?}"
+            decision
+                .guardrails
+                .iter()
+                .any(|g| g == "probe: backends [2]"),
+            "{decision:?}"
         );
         // It heals: the probes show it, and within a few ticks it is back to an equal weight.
         for _ in 0..8 {
-            now += 500_000_000;
-            serve(now, 2);
-            let o = obs.observe(&pool, now);
-            ctl.tick(&pool, &o, &mut scorer, now);
+            l.tick_picked(slow(2));
         }
-        let w = pool.weights().weights().to_vec();
+        let w = l.weights();
         assert!(w[2] >= w[0] * 0.8, "{w:?}");
 
         // With probes disabled, least connections never sends it another request once it
         // is below its peers, so the loop never sees it heal.
-        let pool2 = super::tests::pool();
-        let settings = ControlSettings {
+        let mut l = Loop::new(ControlSettings {
             probes: 0,
             ..ControlSettings::default()
-        };
-        let mut obs = TickObserver::new(&pool2, 0);
-        let mut ctl = PoolController::new(&pool2, settings, 0);
-        let mut now = 0;
+        });
         let mut late = 0;
         for k in 0..20 {
-            now += 500_000_000;
-            for _ in 0..60 {
-                let i = pool2.pick(Tried::new(), now).unwrap();
-                let ms = if i == 2 && k < 12 { 16 } else { 2 };
-                pool2.record(i, ms * 1_000_000, Outcome::Success, now);
-                late += u32::from(i == 2 && k >= 12);
+            let (got, _) = l.tick_picked(slow(if k < 12 { 16 } else { 2 }));
+            if k >= 12 {
+                late += got[2];
             }
-            let o = obs.observe(&pool2, now);
-            ctl.tick(&pool2, &o, &mut scorer, now);
         }
-        let w = pool2.weights().weights().to_vec();
+        let w = l.weights();
         assert_eq!(late, 0);
         assert!(w[2] < w[0] * 0.95, "{w:?}");
     }

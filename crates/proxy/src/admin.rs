@@ -76,6 +76,17 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if let Some(pool) = weights_path(&path) {
+        return Ok(if method == Method::PUT {
+            put_weights(req, &shared, pool).await
+        } else {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "method not allowed; PUT a JSON object of backend address to weight\n",
+            )
+        });
+    }
     let resp = match (&method, path.as_str()) {
         (&Method::GET, "/metrics") => {
             for pool in &shared.upstreams.load().pools {
@@ -151,18 +162,6 @@ async fn handle(
                     "text/plain",
                     "reloader is not running\n",
                 ),
-            }
-        }
-        (m, p) if weights_path(p).is_some() => {
-            if m == Method::PUT {
-                let pool = weights_path(p).unwrap_or_default().to_owned();
-                put_weights(req, &shared, &pool).await
-            } else {
-                text(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "text/plain",
-                    "method not allowed; PUT a JSON object of backend address to weight\n",
-                )
             }
         }
         (
