@@ -1,0 +1,1 @@
+//! The seeded random generator and distributions shared by the simulator and the testbed.
