@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 use std::sync::Arc;
 
 use crate::histogram::LatencyHistogram;
-use crate::{Outcome, Pool};
+use crate::{HealthRule, Outcome, Pool};
 
 /// EWMA decay used by `ewma_ns` before the first `record` supplies one (10 s, as in Finagle).
 pub const DEFAULT_EWMA_DECAY_NS: f64 = 10e9;
@@ -225,7 +225,7 @@ impl BackendStats {
             .consecutive_failures
             .fetch_add(1, Relaxed)
             .saturating_add(1);
-        if max_consecutive_failures > 0 && failures >= max_consecutive_failures {
+        if HealthRule::passive(max_consecutive_failures).goes_down(failures) {
             // fetch_or tells us whether *this* call made the transition, so exactly one caller
             // sees `true` (the one that should log / emit the ejection event).
             return self.health.fetch_or(EJECTED, Relaxed) & EJECTED == 0;

@@ -4,16 +4,22 @@
 //! chosen backend and reports the result through [`Pool::record`]. Everything on that path is
 //! lock-free and allocation-free; the control plane replaces weights wholesale through
 //! [`Pool::set_weights`] (an `ArcSwap`), so readers never block.
+//!
+//! The rules the proxy and the simulator must apply alike live here too: [`retry::decide`]
+//! (whether a failed attempt goes to another backend) and [`HealthTracker`] (consecutive
+//! results → up or down, for active checks and passive ejection).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
 mod backend;
+pub mod health;
 pub mod histogram;
 mod least_connections;
 mod p2c_ewma;
 mod pool;
+pub mod retry;
 mod round_robin;
 mod weighted_round_robin;
 mod weights;
@@ -22,6 +28,9 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 pub use backend::{Backend, BackendStats, InFlightGuard, DEFAULT_EWMA_DECAY_NS};
+/// The load-balancing algorithms, as the configuration names them.
+pub use fulcrum_config::Algorithm;
+pub use health::{HealthChange, HealthRule, HealthTracker};
 pub use least_connections::LeastConnections;
 pub use p2c_ewma::P2cEwma;
 pub use pool::{Pool, WeightError};
@@ -29,28 +38,13 @@ pub use round_robin::RoundRobin;
 pub use weighted_round_robin::WeightedRoundRobin;
 pub use weights::{WeightTable, MAX_WRR_SEQUENCE};
 
-/// Which algorithm a pool uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    /// Plain rotation over healthy backends; weights are ignored.
-    RoundRobin,
-    /// Smooth (nginx-style) weighted round robin over a precomputed sequence.
-    WeightedRoundRobin,
-    /// Fewest `in_flight / weight`, ties rotated.
-    LeastConnections,
-    /// Power of two random choices over Peak-EWMA latency × load / weight.
-    P2cEwma,
-}
-
-impl Algorithm {
-    /// A fresh picker implementing this algorithm (P2C is seeded from std's per-process randomness).
-    pub fn new_picker(self) -> Box<dyn Picker> {
-        match self {
-            Algorithm::RoundRobin => Box::new(RoundRobin::new()),
-            Algorithm::WeightedRoundRobin => Box::new(WeightedRoundRobin::new()),
-            Algorithm::LeastConnections => Box::new(LeastConnections::new()),
-            Algorithm::P2cEwma => Box::new(P2cEwma::new()),
-        }
+/// A fresh picker implementing `algorithm` (P2C is seeded from std's per-process randomness).
+pub fn new_picker(algorithm: Algorithm) -> Box<dyn Picker> {
+    match algorithm {
+        Algorithm::RoundRobin => Box::new(RoundRobin::new()),
+        Algorithm::WeightedRoundRobin => Box::new(WeightedRoundRobin::new()),
+        Algorithm::LeastConnections => Box::new(LeastConnections::new()),
+        Algorithm::P2cEwma => Box::new(P2cEwma::new()),
     }
 }
 
@@ -270,13 +264,8 @@ mod tests {
     fn every_algorithm_builds_a_picker() {
         let backends = test_util::backends(&[1, 1]);
         let table = test_util::table(&backends);
-        for alg in [
-            Algorithm::RoundRobin,
-            Algorithm::WeightedRoundRobin,
-            Algorithm::LeastConnections,
-            Algorithm::P2cEwma,
-        ] {
-            let p = alg.new_picker();
+        for alg in Algorithm::ALL {
+            let p = new_picker(alg);
             assert!(p.pick(&backends, &table, Tried::new(), 0).is_some());
         }
     }

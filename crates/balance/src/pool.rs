@@ -114,7 +114,7 @@ impl Pool {
             backends,
             ewma_decay,
             max_consecutive_failures,
-            algorithm.new_picker(),
+            crate::new_picker(algorithm),
         )
     }
 

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fulcrum_balance::{HealthChange, HealthRule, HealthTracker};
 use fulcrum_config::HealthCheckConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -95,36 +96,37 @@ async fn check_loop(upstreams: Arc<Upstreams>, pool_idx: usize, backend_idx: usi
             }
         }
     }
-    let mut successes = 0u32;
-    let mut failures = 0u32;
+    let mut tracker = HealthTracker::new(HealthRule {
+        unhealthy_after: cfg.unhealthy_threshold,
+        healthy_after: cfg.healthy_threshold,
+    });
     let mut interval = tokio::time::interval(cfg.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        match probe(backend.addr, cfg).await {
-            Ok(_) => {
-                failures = 0;
-                successes = successes.saturating_add(1);
-                if !backend.stats.is_healthy() && successes >= cfg.healthy_threshold {
-                    backend.stats.set_healthy(true);
-                    log::info!("pool {}: backend {} is up", pool.config.name, backend.name);
-                }
+        let result = probe(backend.addr, cfg).await;
+        if result.is_err() {
+            metrics.health_check_failures.increment(1);
+        }
+        match (
+            tracker.observe(result.is_ok(), backend.stats.is_healthy()),
+            result,
+        ) {
+            (Some(HealthChange::Up), _) => {
+                backend.stats.set_healthy(true);
+                log::info!("pool {}: backend {} is up", pool.config.name, backend.name);
             }
-            Err(why) => {
-                metrics.health_check_failures.increment(1);
-                successes = 0;
-                failures = failures.saturating_add(1);
-                if backend.stats.is_healthy() && failures >= cfg.unhealthy_threshold {
-                    backend.stats.set_healthy(false);
-                    log::warn!(
-                        "pool {}: backend {} is down after {} failed checks: {}",
-                        pool.config.name,
-                        backend.name,
-                        failures,
-                        why
-                    );
-                }
+            (Some(HealthChange::Down), Err(why)) => {
+                backend.stats.set_healthy(false);
+                log::warn!(
+                    "pool {}: backend {} is down after {} failed checks: {}",
+                    pool.config.name,
+                    backend.name,
+                    tracker.consecutive_failures(),
+                    why
+                );
             }
+            _ => {}
         }
     }
 }

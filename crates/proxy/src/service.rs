@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use fulcrum_balance::retry::{
+    self, is_retryable_status, AttemptFailure, RetryContext, RetryDecision,
+};
 use fulcrum_balance::{now_ns, InFlightGuard, Outcome, Tried};
 use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -198,10 +201,30 @@ impl RequestCtx {
         Some(idx)
     }
 
-    /// Whether another attempt is allowed by the pool's retry budget.
-    fn may_retry(&self) -> bool {
-        self.pool()
-            .is_some_and(|p| self.attempts <= p.config.retries)
+    /// The retry rule's view of this request after its current attempt failed.
+    fn retry_context(&self, session: &Session, response_started: bool) -> RetryContext {
+        RetryContext {
+            idempotent: session.req_header().method.is_idempotent(),
+            body_replayable: !session.as_ref().retry_buffer_truncated(),
+            response_started,
+            attempts: self.attempts,
+            retries: self.pool().map_or(0, |p| p.config.retries),
+        }
+    }
+
+    /// Apply the retry rule to the current attempt's failure; counts the retry it allows.
+    fn decide_retry(
+        &self,
+        session: &Session,
+        failure: AttemptFailure,
+        response_started: bool,
+    ) -> bool {
+        let ctx = self.retry_context(session, response_started);
+        let retry = retry::decide(failure, &ctx) == RetryDecision::RetryElsewhere;
+        if let (true, Some(idx)) = (retry, self.lease.as_ref().map(|l| l.backend_index())) {
+            self.count_retry(idx);
+        }
+        retry
     }
 
     fn count_retry(&self, idx: usize) {
@@ -352,23 +375,18 @@ impl ProxyHttp for FulcrumProxy {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing reached the backend, so any method may go elsewhere.
         let outcome = if matches!(e.etype(), ErrorType::ConnectTimedout) {
             Outcome::Timeout
         } else {
             Outcome::ConnectFailure
         };
-        if let Some(idx) = ctx.record_attempt(outcome) {
-            let retry = ctx.may_retry();
-            e.set_retry(retry);
-            if retry {
-                ctx.count_retry(idx);
-            }
+        if ctx.record_attempt(outcome).is_some() {
+            e.set_retry(ctx.decide_retry(session, AttemptFailure::Connect, false));
         }
         e
     }
@@ -383,6 +401,7 @@ impl ProxyHttp for FulcrumProxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
         if std::mem::take(&mut ctx.replay_response) {
+            // `upstream_response_filter` already decided to replay this answer elsewhere.
             e.set_retry(true);
             if let Some(idx) = ctx.lease.as_ref().map(|l| l.backend_index()) {
                 ctx.count_retry(idx);
@@ -396,18 +415,11 @@ impl ProxyHttp for FulcrumProxy {
             e.set_retry(false);
             return e;
         }
-        let was_recorded = ctx.attempt_recorded;
-        let idx = ctx.record_attempt(failure_outcome(&e));
-        // Past connect, only an idempotent request with no response byte sent may be replayed.
-        let replayable = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated()
-            && session.response_written().is_none()
-            && !was_recorded;
-        let retry = replayable && ctx.may_retry();
+        // A recorded attempt had its response head accepted before this failure.
+        let response_started = ctx.attempt_recorded || session.response_written().is_some();
+        ctx.record_attempt(failure_outcome(&e));
+        let retry = ctx.decide_retry(session, AttemptFailure::AfterRequestSent, response_started);
         e.set_retry(retry);
-        if let (true, Some(idx)) = (retry, idx) {
-            ctx.count_retry(idx);
-        }
         e
     }
 
@@ -463,13 +475,15 @@ impl ProxyHttp for FulcrumProxy {
                 }
             }
         }
-        if matches!(status, 502..=504)
-            && session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated()
-            && ctx.may_retry()
+        if is_retryable_status(status)
+            && retry::decide(
+                AttemptFailure::RetryableStatus,
+                &ctx.retry_context(session, false),
+            ) == RetryDecision::RetryElsewhere
         {
-            // Nothing has reached the client yet: an idempotent request can try another
-            // backend instead of passing the failure on. The last attempt's answer goes through.
+            // Nothing has reached the client yet: the request tries another backend instead of
+            // passing the failure on. The last attempt's answer goes through. The retry is
+            // counted when pingora hands the error back to `error_while_proxy`.
             ctx.record_attempt(Outcome::ServerError);
             ctx.replay_response = true;
             return Error::e_explain(

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use fulcrum_balance::{Backend, Pool};
-use fulcrum_config::{Algorithm, Config, PoolConfig, WeightSource};
+use fulcrum_config::{Config, PoolConfig};
 use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::metrics::{BackendMetrics, PoolMetrics};
@@ -34,16 +34,6 @@ pub struct Upstreams {
     pub pools: Vec<PoolRuntime>,
 }
 
-/// Map the configuration's algorithm name onto the balancer's.
-pub fn algorithm(a: Algorithm) -> fulcrum_balance::Algorithm {
-    match a {
-        Algorithm::RoundRobin => fulcrum_balance::Algorithm::RoundRobin,
-        Algorithm::WeightedRoundRobin => fulcrum_balance::Algorithm::WeightedRoundRobin,
-        Algorithm::LeastConnections => fulcrum_balance::Algorithm::LeastConnections,
-        Algorithm::P2cEwma => fulcrum_balance::Algorithm::P2cEwma,
-    }
-}
-
 impl PoolRuntime {
     fn build(cfg: &PoolConfig) -> Self {
         let backends = cfg
@@ -53,7 +43,7 @@ impl PoolRuntime {
             .collect();
         let pool = Arc::new(Pool::new(
             cfg.name.clone(),
-            algorithm(cfg.algorithm),
+            cfg.algorithm,
             backends,
             cfg.ewma_decay,
             cfg.max_consecutive_failures,
@@ -70,10 +60,7 @@ impl PoolRuntime {
                 peer
             })
             .collect();
-        let source = match cfg.weights {
-            WeightSource::Static => "static",
-            WeightSource::Model => "model",
-        };
+        let source = cfg.weights.as_str();
         let backend_metrics = pool
             .backends()
             .iter()

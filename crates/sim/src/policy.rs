@@ -28,27 +28,6 @@ pub enum Policy {
     Model(Algorithm),
 }
 
-/// The name of an algorithm as used in policy names.
-fn algorithm_name(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::RoundRobin => "round_robin",
-        Algorithm::WeightedRoundRobin => "weighted_round_robin",
-        Algorithm::LeastConnections => "least_connections",
-        Algorithm::P2cEwma => "p2c_ewma",
-    }
-}
-
-/// The algorithm named `s`, if any.
-fn algorithm_from_name(s: &str) -> Option<Algorithm> {
-    match s {
-        "round_robin" => Some(Algorithm::RoundRobin),
-        "weighted_round_robin" => Some(Algorithm::WeightedRoundRobin),
-        "least_connections" => Some(Algorithm::LeastConnections),
-        "p2c_ewma" => Some(Algorithm::P2cEwma),
-        _ => None,
-    }
-}
-
 impl Policy {
     /// The policies that need nothing beyond the scenario: the four algorithms and `oracle`.
     pub const BASELINES: [Policy; 5] = [
@@ -83,10 +62,8 @@ impl fmt::Display for Policy {
         match *self {
             Policy::Oracle => f.write_str("oracle"),
             Policy::CapacityOracle => f.write_str("capacity_oracle"),
-            Policy::Model(a) => write!(f, "{}+model", algorithm_name(a)),
-            p => f.write_str(algorithm_name(
-                p.algorithm().unwrap_or(Algorithm::RoundRobin),
-            )),
+            Policy::Model(a) => write!(f, "{a}+model"),
+            p => f.write_str(p.algorithm().unwrap_or(Algorithm::RoundRobin).as_str()),
         }
     }
 }
@@ -120,12 +97,12 @@ impl FromStr for Policy {
             input: s.to_string(),
         };
         if let Some(base) = t.strip_suffix("+model") {
-            return algorithm_from_name(base).map(Policy::Model).ok_or_else(err);
+            return base.parse().map(Policy::Model).map_err(|_| err());
         }
         match t {
             "oracle" => Ok(Policy::Oracle),
             "capacity_oracle" => Ok(Policy::CapacityOracle),
-            _ => match algorithm_from_name(t).ok_or_else(err)? {
+            _ => match t.parse().map_err(|_| err())? {
                 Algorithm::RoundRobin => Ok(Policy::RoundRobin),
                 Algorithm::WeightedRoundRobin => Ok(Policy::WeightedRoundRobin),
                 Algorithm::LeastConnections => Ok(Policy::LeastConnections),

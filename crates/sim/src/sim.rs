@@ -19,7 +19,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fulcrum_balance::{Algorithm, Backend, InFlightGuard, Outcome, P2cEwma, Pool, Tried};
+use fulcrum_balance::retry::{self, AttemptFailure, RetryContext, RetryDecision};
+use fulcrum_balance::{
+    Algorithm, Backend, HealthChange, HealthRule, HealthTracker, InFlightGuard, Outcome, P2cEwma,
+    Pool, Tried,
+};
 use fulcrum_config::scenario::Scenario;
 use fulcrum_control::{BackendObservation, TickObserver};
 
@@ -64,14 +68,15 @@ pub struct SimOptions {
 
 impl Default for SimOptions {
     fn default() -> Self {
+        let health = fulcrum_config::HealthCheckConfig::default();
         Self {
             seed: None,
             retries: 2,
             max_consecutive_failures: 5,
             ewma_decay: Duration::from_secs(10),
-            health_interval: Duration::from_secs(1),
-            unhealthy_threshold: 3,
-            healthy_threshold: 2,
+            health_interval: health.interval,
+            unhealthy_threshold: health.unhealthy_threshold,
+            healthy_threshold: health.healthy_threshold,
             tick_ms: 500,
             refused_ms: 0.1,
             weight_controller: None,
@@ -403,8 +408,7 @@ struct BackendSim {
     busy: u32,
     queue: VecDeque<u32>,
     rng: Rng,
-    health_successes: u32,
-    health_failures: u32,
+    health: HealthTracker,
     busy_integral: Integral,
 }
 
@@ -464,7 +468,7 @@ impl<'a> Sim<'a> {
         let algorithm = policy.algorithm().unwrap_or(Algorithm::LeastConnections);
         let picker = match algorithm {
             Algorithm::P2cEwma => Box::new(P2cEwma::with_seed(stream_seed(seed, STREAM_P2C))) as _,
-            a => a.new_picker(),
+            a => fulcrum_balance::new_picker(a),
         };
         let pool = Arc::new(Pool::with_picker(
             sc.name.clone(),
@@ -500,8 +504,10 @@ impl<'a> Sim<'a> {
                     busy: 0,
                     queue: VecDeque::new(),
                     rng: Rng::new(stream_seed(seed, STREAM_BACKEND + i as u64)),
-                    health_successes: 0,
-                    health_failures: 0,
+                    health: HealthTracker::new(HealthRule {
+                        unhealthy_after: opts.unhealthy_threshold,
+                        healthy_after: opts.healthy_threshold,
+                    }),
                     busy_integral: Integral::new(warmup_ns, duration_ns),
                 })
                 .collect(),
@@ -745,15 +751,23 @@ impl<'a> Sim<'a> {
             self.acc
                 .attempt(r.arrival_ns as f64 * 1e-9, b, outcome != Outcome::Success);
         }
-        let retryable = match fate {
+        let failure = match fate {
             Fate::Ok => {
                 self.finish_request(req, true);
                 return;
             }
-            Fate::Refused | Fate::Queued => true,
-            Fate::Error => !r.post,
+            Fate::Refused | Fate::Queued => AttemptFailure::Connect,
+            // A failing backend answers 503, as the testbed's do.
+            Fate::Error => AttemptFailure::RetryableStatus,
         };
-        if retryable && r.attempts <= self.opts.retries {
+        let ctx = RetryContext {
+            idempotent: !r.post,
+            body_replayable: true,
+            response_started: false,
+            attempts: r.attempts,
+            retries: self.opts.retries,
+        };
+        if retry::decide(failure, &ctx) == RetryDecision::RetryElsewhere {
             self.dispatch(req);
         } else {
             self.finish_request(req, false);
@@ -855,23 +869,16 @@ impl<'a> Sim<'a> {
         });
     }
 
-    /// One round of active checks, with the proxy's thresholds.
+    /// One round of active checks, with the proxy's health rule.
     fn health_check(&mut self) {
         let now_s = self.now as f64 * 1e-9;
         for (i, bs) in self.backends.iter_mut().enumerate() {
             let stats = &self.pool.backends()[i].stats;
-            if self.sc.backends[i].state_at(now_s).down {
-                bs.health_successes = 0;
-                bs.health_failures = bs.health_failures.saturating_add(1);
-                if stats.is_healthy() && bs.health_failures >= self.opts.unhealthy_threshold {
-                    stats.set_healthy(false);
-                }
-            } else {
-                bs.health_failures = 0;
-                bs.health_successes = bs.health_successes.saturating_add(1);
-                if !stats.is_healthy() && bs.health_successes >= self.opts.healthy_threshold {
-                    stats.set_healthy(true);
-                }
+            let up = !self.sc.backends[i].state_at(now_s).down;
+            match bs.health.observe(up, stats.is_healthy()) {
+                Some(HealthChange::Up) => stats.set_healthy(true),
+                Some(HealthChange::Down) => stats.set_healthy(false),
+                None => {}
             }
         }
     }
