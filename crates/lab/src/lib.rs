@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use fulcrum_config::scenario::Scenario;
 use fulcrum_config::{Algorithm, WeightSource};
+use fulcrum_scenario::Policy;
 use fulcrum_sim::report::{PolicyResult, RunReport};
 use fulcrum_testbed::scenario::{start_all, LabClock};
 
@@ -33,7 +34,7 @@ pub struct LabOptions {
     /// The `fulcrum` binary to run.
     pub fulcrum_bin: PathBuf,
     /// Policies to compare, run one after the other: an algorithm name, optionally followed
-    /// by `+model` for model-tuned weights, or [`CAPACITY_ORACLE`]. `oracle`
+    /// by `+model` for model-tuned weights, or `capacity_oracle` (see [`Policy`]). `oracle`
     /// (simulator-only) is skipped.
     pub policies: Vec<String>,
     /// Wall seconds per scenario second (0.25 plays a 120 s scenario in 30 s).
@@ -56,16 +57,6 @@ impl LabOptions {
         }
     }
 }
-
-/// The name of the simulator-only policy that knows every backend's true state.
-pub const ORACLE: &str = "oracle";
-
-/// The lab's reference limit: weighted least connections whose weights the lab sets, through
-/// the admin API, to every backend's true capacity at every change of the scenario
-/// (concurrency / mean service time, × (1 − error rate)², 0 while down). It knows what no
-/// real balancer can, when it happens; it does not know queue lengths, as the simulator's
-/// oracle does.
-pub const CAPACITY_ORACLE: &str = "capacity_oracle";
 
 /// Keep the proxy's weights at the backends' true capacity: set them now, then at every
 /// change of the scenario.
@@ -102,30 +93,6 @@ async fn follow_capacity(
 /// Requests still outstanding when the load ends get this long before counting as errors.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Split a policy name into the algorithm and weight source the proxy is configured with:
-/// `least_connections` → (LeastConnections, Static), `p2c_ewma+model` → (P2cEwma, Model).
-/// Returns `Ok(None)` for [`ORACLE`].
-pub fn parse_policy(policy: &str) -> anyhow::Result<Option<(Algorithm, WeightSource)>> {
-    if policy == ORACLE {
-        return Ok(None);
-    }
-    if policy == CAPACITY_ORACLE {
-        return Ok(Some((Algorithm::LeastConnections, WeightSource::Static)));
-    }
-    let (algo, weights) = match policy.split_once('+') {
-        Some((a, w)) => (
-            a,
-            w.parse::<WeightSource>()
-                .map_err(|e| anyhow::anyhow!("policy {policy:?}: {e}"))?,
-        ),
-        None => (policy, WeightSource::Static),
-    };
-    let algo = algo
-        .parse::<Algorithm>()
-        .map_err(|e| anyhow::anyhow!("policy {policy:?}: {e}"))?;
-    Ok(Some((algo, weights)))
-}
-
 /// Play `scenario` against the real proxy once per policy in `opts.policies`.
 ///
 /// Every backend, proxy process and temporary file is cleaned up before returning, on error
@@ -147,8 +114,9 @@ pub fn run_lab(scenario: &Scenario, opts: &LabOptions) -> anyhow::Result<RunRepo
     );
     let mut runs = Vec::new();
     for p in &opts.policies {
-        match parse_policy(p)? {
-            Some(spec) => runs.push((p.clone(), spec)),
+        let policy: Policy = p.parse()?;
+        match policy.proxy_settings() {
+            Some(spec) => runs.push((policy, spec)),
             None => eprintln!("note: policy {p:?} is simulator-only; the lab skips it"),
         }
     }
@@ -158,11 +126,11 @@ pub fn run_lab(scenario: &Scenario, opts: &LabOptions) -> anyhow::Result<RunRepo
         .build()
         .context("cannot start the lab runtime")?;
     let mut results = Vec::with_capacity(runs.len());
-    for (i, (name, (algo, weights))) in runs.iter().enumerate() {
-        let label = format!("[policy {}/{} {name}]", i + 1, runs.len());
+    for (i, (policy, (algo, weights))) in runs.iter().enumerate() {
+        let label = format!("[policy {}/{} {policy}]", i + 1, runs.len());
         let result = rt
-            .block_on(run_policy(scenario, opts, name, *algo, *weights, &label))
-            .with_context(|| format!("lab run of policy {name}"))?;
+            .block_on(run_policy(scenario, opts, *policy, *algo, *weights, &label))
+            .with_context(|| format!("lab run of policy {policy}"))?;
         results.push(result);
     }
     Ok(RunReport {
@@ -176,7 +144,7 @@ pub fn run_lab(scenario: &Scenario, opts: &LabOptions) -> anyhow::Result<RunRepo
 async fn run_policy(
     scenario: &Scenario,
     opts: &LabOptions,
-    policy: &str,
+    policy: Policy,
     algorithm: Algorithm,
     weights: WeightSource,
     label: &str,
@@ -208,7 +176,7 @@ async fn run_policy(
     for s in &servers {
         s.set_clock(clock);
     }
-    let oracle = (policy == CAPACITY_ORACLE).then(|| {
+    let oracle = (policy == Policy::CapacityOracle).then(|| {
         let addrs = servers.iter().map(|s| s.addr()).collect();
         tokio::spawn(follow_capacity(scenario.clone(), proxy.admin, addrs, clock))
     });
@@ -261,7 +229,7 @@ async fn run_policy(
     proxy.stop();
     drop(servers);
     let mut result = PolicyResult::from_records(
-        policy,
+        &policy.to_string(),
         &records,
         &names,
         scenario.warmup_s,
@@ -322,21 +290,6 @@ async fn show_progress(label: String, clock: LabClock, duration_s: f64, stats: A
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn policies() {
-        assert_eq!(
-            parse_policy("least_connections").unwrap(),
-            Some((Algorithm::LeastConnections, WeightSource::Static))
-        );
-        assert_eq!(
-            parse_policy("p2c_ewma+model").unwrap(),
-            Some((Algorithm::P2cEwma, WeightSource::Model))
-        );
-        assert_eq!(parse_policy("oracle").unwrap(), None);
-        assert!(parse_policy("least_conn").is_err());
-        assert!(parse_policy("round_robin+magic").is_err());
-    }
 
     #[test]
     fn progress_format() {

@@ -5,4 +5,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod policy;
 pub mod rng;
+
+pub use policy::{ParsePolicyError, Policy};

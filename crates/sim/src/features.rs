@@ -11,9 +11,9 @@ use std::path::Path;
 use fulcrum_config::scenario::Scenario;
 use fulcrum_control::{extract, FEATURE_NAMES, NUM_FEATURES};
 
-use crate::policy::Policy;
 use crate::report::PolicyResult;
 use crate::sim::{simulate_detailed, SimError, SimOptions, TickSnapshot};
+use fulcrum_scenario::Policy;
 
 /// Identifying columns at the start of every row.
 pub const KEY_COLUMNS: [&str; 5] = ["scenario", "policy", "seed", "t_s", "backend"];

@@ -8,7 +8,6 @@
 
 pub mod control;
 pub mod features;
-pub mod policy;
 pub mod report;
 mod rng;
 pub mod sim;
@@ -18,7 +17,7 @@ pub mod write;
 mod tests;
 
 pub use features::{export_features, features_header, write_feature_rows, FeatureExport};
-pub use policy::{ParsePolicyError, Policy};
+pub use fulcrum_scenario::{ParsePolicyError, Policy};
 pub use report::{BackendResult, PolicyResult, RequestRecord, RunReport, ShareTimeline};
 pub use sim::{
     simulate, simulate_all, simulate_detailed, BackendTruth, ControllerFactory, SimError,

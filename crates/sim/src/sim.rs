@@ -27,9 +27,9 @@ use fulcrum_balance::{
 use fulcrum_config::scenario::Scenario;
 use fulcrum_control::{BackendObservation, TickObserver};
 
-use crate::policy::Policy;
 use crate::report::{Accumulator, PolicyResult, RunReport};
 use crate::rng::{stream_seed, Rng};
+use fulcrum_scenario::Policy;
 
 /// Sets pool weights from each control tick's observations, on simulated time.
 pub trait WeightController {

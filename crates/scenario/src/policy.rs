@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use fulcrum_balance::Algorithm;
+use fulcrum_config::{Algorithm, WeightSource};
 
 /// A load-balancing policy, as named on the command line and in reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,18 @@ impl Policy {
     /// Whether this policy needs a weight controller (`ALGO+model`).
     pub fn needs_model(&self) -> bool {
         matches!(self, Policy::Model(_))
+    }
+
+    /// How the proxy is configured to play this policy: its algorithm and where its weights come
+    /// from. `None` for `oracle`, which needs every backend's queue and exists only in the
+    /// simulator; `capacity_oracle` is least connections with static weights that its driver
+    /// sets at every change.
+    pub fn proxy_settings(&self) -> Option<(Algorithm, WeightSource)> {
+        match self {
+            Policy::Oracle => None,
+            Policy::Model(a) => Some((*a, WeightSource::Model)),
+            p => p.algorithm().map(|a| (a, WeightSource::Static)),
+        }
     }
 }
 
@@ -138,6 +150,15 @@ mod tests {
         );
         assert!(Policy::Model(Algorithm::P2cEwma).needs_model());
         assert!(!Policy::Oracle.needs_model());
+        assert_eq!(
+            Policy::CapacityOracle.proxy_settings(),
+            Some((Algorithm::LeastConnections, WeightSource::Static))
+        );
+        assert_eq!(
+            Policy::Model(Algorithm::P2cEwma).proxy_settings(),
+            Some((Algorithm::P2cEwma, WeightSource::Model))
+        );
+        assert_eq!(Policy::Oracle.proxy_settings(), None);
         for bad in ["", "oracle+model", "random", "least_connections+", "+model"] {
             let e = bad.parse::<Policy>().unwrap_err();
             assert!(e.to_string().contains("unknown policy"), "{bad}");
