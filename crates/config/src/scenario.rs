@@ -27,9 +27,10 @@ use std::path::Path;
 
 use toml::de::DeValue;
 
-use crate::diagnostic::{Diagnostic, Diagnostics};
-use crate::reader::{as_int, as_str, as_table, number, type_error, Ctx, Table, Value};
-use crate::suggest::suggest;
+use fulcrum_diagnostics::reader::{
+    as_int, as_str, as_table, number, type_error, Ctx, Table, Value,
+};
+use fulcrum_diagnostics::{load_with, suggest, Diagnostic, Diagnostics};
 
 /// One scenario file, with `count` expanded (a backend with `count = 4` named `b` becomes
 /// `b-1` .. `b-4`, each with its own copy of the events that apply to it).
@@ -305,7 +306,7 @@ pub fn parse_scenario(
 
 /// Read the file at `path` and [`parse_scenario`] it; an unreadable file is a single diagnostic.
 pub fn load_scenario(path: &Path) -> Result<(Scenario, Vec<Diagnostic>), Diagnostics> {
-    crate::load_with(path, "scenario", parse_scenario)
+    load_with(path, "scenario", parse_scenario)
 }
 
 /// The accepted range of a number: a lower and an optional upper bound, each inclusive or not.
