@@ -31,7 +31,6 @@
 
 mod emit;
 mod model;
-pub mod scenario;
 mod validate;
 
 use std::path::Path;

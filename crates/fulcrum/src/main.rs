@@ -102,8 +102,8 @@ struct TestbedArgs {
     time_scale: f64,
 }
 
-fn load_scenario(path: &std::path::Path) -> Result<fulcrum_config::scenario::Scenario, ExitCode> {
-    report(fulcrum_config::scenario::load_scenario(path))
+fn load_scenario(path: &std::path::Path) -> Result<fulcrum_scenario::Scenario, ExitCode> {
+    report(fulcrum_scenario::load_scenario(path))
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {

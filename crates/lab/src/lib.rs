@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use fulcrum_config::scenario::Scenario;
 use fulcrum_config::{Algorithm, WeightSource};
+use fulcrum_scenario::Scenario;
 use fulcrum_sim::report::{PolicyResult, RunReport};
 use fulcrum_testbed::scenario::{start_all, LabClock};
 

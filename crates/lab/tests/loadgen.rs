@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fulcrum_config::scenario::{Load, ScenarioBackend};
 use fulcrum_lab::loadgen::{self, LoadGenConfig, LoadStats};
+use fulcrum_scenario::{Load, ScenarioBackend};
 use fulcrum_testbed::scenario::{LabClock, ScenarioServer};
 
 fn backend(name: &str, concurrency: u32, service_ms: f64) -> ScenarioBackend {

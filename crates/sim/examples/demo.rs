@@ -2,7 +2,7 @@
 //! writes the JSON results and the Markdown/SVG report into the directory given as argument
 //! (default `sim-report`).
 
-use fulcrum_config::scenario::{BackendEvent, Load, Scenario, ScenarioBackend};
+use fulcrum_scenario::{BackendEvent, Load, Scenario, ScenarioBackend};
 use fulcrum_sim::{simulate_all, write_json, write_report, Policy, SimOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -8,8 +8,8 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use fulcrum_config::scenario::Scenario;
 use fulcrum_control::{extract, FEATURE_NAMES, NUM_FEATURES};
+use fulcrum_scenario::Scenario;
 
 use crate::policy::Policy;
 use crate::report::PolicyResult;
@@ -139,7 +139,7 @@ pub fn write_feature_rows(
 mod tests {
     use super::*;
     use crate::tests::{backend, scenario};
-    use fulcrum_config::scenario::BackendEvent;
+    use fulcrum_scenario::BackendEvent;
 
     #[test]
     fn one_row_per_tick_per_backend_after_warmup() {

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fulcrum_balance::{Algorithm, Backend, InFlightGuard, Outcome, P2cEwma, Pool, Tried};
-use fulcrum_config::scenario::Scenario;
 use fulcrum_control::{BackendObservation, TickObserver};
+use fulcrum_scenario::Scenario;
 
 use crate::policy::Policy;
 use crate::report::{Accumulator, PolicyResult, RunReport};
