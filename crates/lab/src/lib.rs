@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fulcrum_config::{Algorithm, WeightSource};
+use fulcrum_report::{PolicyResult, RunReport};
 use fulcrum_scenario::Scenario;
-use fulcrum_sim::report::{PolicyResult, RunReport};
 use fulcrum_testbed::scenario::{start_all, LabClock};
 
 use loadgen::{LoadGenConfig, LoadStats};

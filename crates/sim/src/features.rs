@@ -9,10 +9,10 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
 use fulcrum_control::{extract, FEATURE_NAMES, NUM_FEATURES};
+use fulcrum_report::PolicyResult;
 use fulcrum_scenario::Scenario;
 
 use crate::policy::Policy;
-use crate::report::PolicyResult;
 use crate::sim::{simulate_detailed, SimError, SimOptions, TickSnapshot};
 
 /// Identifying columns at the start of every row.

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use fulcrum_balance::{Algorithm, Backend, InFlightGuard, Outcome, P2cEwma, Pool, Tried};
 use fulcrum_control::{BackendObservation, TickObserver};
+use fulcrum_report::{Accumulator, PolicyResult, RunReport};
 use fulcrum_scenario::Scenario;
 
 use crate::policy::Policy;
-use crate::report::{Accumulator, PolicyResult, RunReport};
 use crate::rng::{stream_seed, Rng};
 
 /// Sets pool weights from each control tick's observations, on simulated time.
