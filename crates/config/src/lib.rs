@@ -29,17 +29,13 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
-mod diagnostic;
 mod emit;
 mod model;
-mod reader;
-pub mod scenario;
-mod suggest;
 mod validate;
 
 use std::path::Path;
 
-pub use diagnostic::{Diagnostic, Diagnostics, Severity};
+pub use fulcrum_diagnostics::{Diagnostic, Diagnostics, Severity};
 pub use model::{
     AdminConfig, Algorithm, BackendConfig, Config, ControlConfig, HealthCheckConfig, HostMatch,
     PoolConfig, RouteConfig, ServerConfig, WeightSource,
@@ -65,30 +61,7 @@ pub fn parse(source: &str, file_name: &str) -> Result<(Config, Vec<Diagnostic>),
 
 /// Read the file at `path` and [`parse`] it; an unreadable file is a single diagnostic.
 pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), Diagnostics> {
-    load_with(path, "configuration", parse)
-}
-
-/// Read `path` and hand it to `parse`; an unreadable file is a single diagnostic naming `what`.
-pub(crate) fn load_with<T>(
-    path: &Path,
-    what: &str,
-    parse: impl FnOnce(&str, &str) -> Result<(T, Vec<Diagnostic>), Diagnostics>,
-) -> Result<(T, Vec<Diagnostic>), Diagnostics> {
-    let file_name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(source) => parse(&source, &file_name),
-        Err(e) => Err(Diagnostics {
-            errors: vec![Diagnostic {
-                severity: Severity::Error,
-                file: file_name,
-                key_path: String::new(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read {what} file: {e}"),
-            }],
-            warnings: Vec::new(),
-        }),
-    }
+    fulcrum_diagnostics::load_with(path, "configuration", parse)
 }
 
 /// The embedded default configuration, parsed.

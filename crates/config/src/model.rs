@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::suggest::suggest;
+use fulcrum_diagnostics::suggest;
 
 /// A complete, validated fulcrum configuration.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use toml::de::DeValue;
 
-use crate::diagnostic::{Diagnostic, Diagnostics};
+use fulcrum_diagnostics::reader::{
+    as_int, as_str, as_table, number, type_error, Ctx, Table, Value,
+};
+use fulcrum_diagnostics::{suggest, Diagnostic, Diagnostics};
+
 use crate::model::{
     AdminConfig, Algorithm, BackendConfig, Config, ControlConfig, HealthCheckConfig, HostMatch,
     PoolConfig, RouteConfig, ServerConfig, WeightSource,
 };
-use crate::reader::{as_int, as_str, as_table, number, type_error, Ctx, Table, Value};
-use crate::suggest::suggest;
 
 const TOP_KEYS: &[&str] = &["server", "admin", "routes", "pools", "control"];
 const SERVER_KEYS: &[&str] = &["listen", "threads", "grace_period_s"];

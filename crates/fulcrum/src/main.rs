@@ -102,8 +102,8 @@ struct TestbedArgs {
     time_scale: f64,
 }
 
-fn load_scenario(path: &std::path::Path) -> Result<fulcrum_config::scenario::Scenario, ExitCode> {
-    report(fulcrum_config::scenario::load_scenario(path))
+fn load_scenario(path: &std::path::Path) -> Result<fulcrum_scenario::Scenario, ExitCode> {
+    report(fulcrum_scenario::load_scenario(path))
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {
@@ -165,18 +165,18 @@ fn sim(args: SimArgs) -> ExitCode {
 }
 
 fn write_outputs(
-    report: &fulcrum_sim::RunReport,
+    report: &fulcrum_report::RunReport,
     json: Option<&PathBuf>,
     dir: Option<&PathBuf>,
 ) -> ExitCode {
-    print!("{}", fulcrum_sim::write::markdown(report));
+    print!("{}", fulcrum_report::markdown(report));
     if let Some(path) = json {
-        if let Err(e) = fulcrum_sim::write_json(report, path) {
+        if let Err(e) = fulcrum_report::write_json(report, path) {
             return fail(format!("cannot write {}: {e}", path.display()));
         }
     }
     if let Some(dir) = dir {
-        if let Err(e) = fulcrum_sim::write_report(report, dir) {
+        if let Err(e) = fulcrum_report::write_report(report, dir) {
             return fail(format!(
                 "cannot write the report into {}: {e}",
                 dir.display()

@@ -19,10 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use fulcrum_config::scenario::Scenario;
 use fulcrum_config::{Algorithm, WeightSource};
-use fulcrum_scenario::Policy;
-use fulcrum_sim::report::{PolicyResult, RunReport};
+use fulcrum_report::{PolicyResult, RunReport};
+use fulcrum_scenario::{Policy, Scenario};
 use fulcrum_testbed::scenario::{start_all, LabClock};
 
 use loadgen::{LoadGenConfig, LoadStats};

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fulcrum_config::scenario::Load;
-use fulcrum_sim::report::RequestRecord;
+use fulcrum_report::RequestRecord;
+use fulcrum_scenario::Load;
 use fulcrum_testbed::scenario::{LabClock, Prng};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use fulcrum_config::scenario::{BackendEvent, Load, Scenario, ScenarioBackend};
 use fulcrum_lab::{run_lab, LabOptions};
+use fulcrum_scenario::{BackendEvent, Load, Scenario, ScenarioBackend};
 
 /// `FULCRUM_BIN`, else the workspace's debug build, built first if it is missing.
 fn fulcrum_bin() -> PathBuf {

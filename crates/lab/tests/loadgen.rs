@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fulcrum_config::scenario::{Load, ScenarioBackend};
 use fulcrum_lab::loadgen::{self, LoadGenConfig, LoadStats};
+use fulcrum_scenario::{Load, ScenarioBackend};
 use fulcrum_testbed::scenario::{LabClock, ScenarioServer};
 
 fn backend(name: &str, concurrency: u32, service_ms: f64) -> ScenarioBackend {
@@ -89,7 +89,7 @@ async fn latency_counts_from_the_scheduled_time() {
     assert!(records.iter().all(|r| r.ok));
     assert_eq!(server.max_busy(), 1);
     let q = records.len() / 4;
-    let mean = |rs: &[fulcrum_sim::report::RequestRecord]| {
+    let mean = |rs: &[fulcrum_report::RequestRecord]| {
         rs.iter().map(|r| r.latency_ms).sum::<f64>() / rs.len() as f64
     };
     let early = mean(&records[..q]);

@@ -3,7 +3,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fulcrum_config::scenario::{Load, Scenario, ScenarioBackend};
+use fulcrum_scenario::{Load, Scenario, ScenarioBackend};
 use fulcrum_sim::{simulate, Policy, SimOptions};
 
 fn scenario() -> Scenario {

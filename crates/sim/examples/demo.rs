@@ -2,8 +2,9 @@
 //! writes the JSON results and the Markdown/SVG report into the directory given as argument
 //! (default `sim-report`).
 
-use fulcrum_config::scenario::{BackendEvent, Load, Scenario, ScenarioBackend};
-use fulcrum_sim::{simulate_all, write_json, write_report, Policy, SimOptions};
+use fulcrum_report::{write_json, write_report};
+use fulcrum_scenario::{BackendEvent, Load, Scenario, ScenarioBackend};
+use fulcrum_sim::{simulate_all, Policy, SimOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args()
@@ -60,6 +61,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("wrote {}", path.display());
     }
     write_json(&report, &dir.join("report.json"))?;
-    print!("{}", fulcrum_sim::write::markdown(&report));
+    print!("{}", fulcrum_report::markdown(&report));
     Ok(())
 }

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use fulcrum_balance::Pool;
-use fulcrum_config::scenario::Scenario;
 use fulcrum_control::model::{runtime, OnnxModel};
 use fulcrum_control::{BackendObservation, ControlSettings, Heuristic, PoolController, Scorer};
+use fulcrum_scenario::Scenario;
 
 use crate::sim::{ControllerFactory, WeightController};
 

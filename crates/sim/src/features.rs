@@ -8,12 +8,11 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use fulcrum_config::scenario::Scenario;
 use fulcrum_control::{extract, FEATURE_NAMES, NUM_FEATURES};
+use fulcrum_report::PolicyResult;
+use fulcrum_scenario::{Policy, Scenario};
 
-use crate::report::PolicyResult;
 use crate::sim::{simulate_detailed, SimError, SimOptions, TickSnapshot};
-use fulcrum_scenario::Policy;
 
 /// Identifying columns at the start of every row.
 pub const KEY_COLUMNS: [&str; 5] = ["scenario", "policy", "seed", "t_s", "backend"];
@@ -139,7 +138,7 @@ pub fn write_feature_rows(
 mod tests {
     use super::*;
     use crate::tests::{backend, scenario};
-    use fulcrum_config::scenario::BackendEvent;
+    use fulcrum_scenario::BackendEvent;
 
     #[test]
     fn one_row_per_tick_per_backend_after_warmup() {

@@ -24,12 +24,11 @@ use fulcrum_balance::{
     Algorithm, Backend, HealthChange, HealthRule, HealthTracker, InFlightGuard, Outcome, P2cEwma,
     Pool, Tried,
 };
-use fulcrum_config::scenario::Scenario;
 use fulcrum_control::{BackendObservation, TickObserver};
+use fulcrum_report::{Accumulator, PolicyResult, RunReport};
+use fulcrum_scenario::{Policy, Scenario};
 
-use crate::report::{Accumulator, PolicyResult, RunReport};
 use crate::rng::{stream_seed, Rng};
-use fulcrum_scenario::Policy;
 
 /// Sets pool weights from each control tick's observations, on simulated time.
 pub trait WeightController {

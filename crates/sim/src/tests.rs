@@ -5,8 +5,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use fulcrum_balance::{Algorithm, Pool};
-use fulcrum_config::scenario::{BackendEvent, Load, Scenario, ScenarioBackend};
 use fulcrum_control::BackendObservation;
+use fulcrum_scenario::{BackendEvent, Load, Scenario, ScenarioBackend};
 
 use crate::sim::run_for_test;
 use crate::{simulate, simulate_all, Policy, SimError, SimOptions, WeightController};
@@ -231,15 +231,13 @@ fn capacity_oracle_follows_a_slowdown_the_moment_it_happens() {
         b.weight = 1;
         b.events.clear();
     }
-    sc.backends[0]
-        .events
-        .push(fulcrum_config::scenario::BackendEvent {
-            at_s: 20.0,
-            until_s: 40.0,
-            slowdown: 1000.0,
-            error_rate: None,
-            down: false,
-        });
+    sc.backends[0].events.push(fulcrum_scenario::BackendEvent {
+        at_s: 20.0,
+        until_s: 40.0,
+        slowdown: 1000.0,
+        error_rate: None,
+        down: false,
+    });
     let opts = SimOptions::default();
     let (out, in_flight) = run_for_test(&sc, &Policy::CapacityOracle, &opts);
     assert!(in_flight.iter().all(|&n| n == 0), "{in_flight:?}");

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fulcrum_config::scenario::{Scenario, ScenarioBackend};
+use fulcrum_scenario::{Scenario, ScenarioBackend};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -463,7 +463,7 @@ pub fn run_testbed_at(scenario: &Scenario, base: SocketAddr, time_scale: f64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fulcrum_config::scenario::BackendEvent;
+    use fulcrum_scenario::BackendEvent;
 
     fn backend() -> ScenarioBackend {
         ScenarioBackend {

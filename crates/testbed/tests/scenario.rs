@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fulcrum_config::scenario::{BackendEvent, ScenarioBackend};
+use fulcrum_scenario::{BackendEvent, ScenarioBackend};
 use fulcrum_testbed::scenario::{LabClock, ScenarioServer};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -211,7 +211,7 @@ async fn slowdown_and_time_scale() {
 
 #[test]
 fn run_testbed_ends_with_the_scenario() {
-    use fulcrum_config::scenario::{Load, Scenario};
+    use fulcrum_scenario::{Load, Scenario};
     let scenario = Scenario {
         name: "short".into(),
         description: String::new(),

@@ -1,11 +1,11 @@
-//! Lab scenarios: parsing, validation, expansion and the published suite.
+//! Scenarios: parsing, validation, expansion, the capacity oracle and the published suite.
 
 use std::path::{Path, PathBuf};
 
-use fulcrum_config::scenario::{
-    load_scenario, parse_scenario, BackendEvent, BackendState, Load, Scenario, ScenarioBackend,
+use fulcrum_scenario::{
+    load_scenario, parse_scenario, BackendEvent, BackendState, Diagnostic, Diagnostics, Load,
+    Scenario, ScenarioBackend, Severity,
 };
-use fulcrum_config::{Diagnostic, Diagnostics, Severity};
 
 const EXAMPLE: &str = r#"
 name = "one-slow-backend"

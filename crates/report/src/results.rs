@@ -3,7 +3,7 @@
 //!
 //! Nothing here depends on how the requests were produced: the lab measures
 //! [`RequestRecord`]s from sockets and calls [`PolicyResult::from_records`]; the simulator feeds
-//! the same accumulator directly, so both modes compute every figure the same way.
+//! the same [`Accumulator`] directly, so both modes compute every figure the same way.
 
 use serde::{Deserialize, Serialize};
 
@@ -135,8 +135,11 @@ const CDF_POINTS: usize = 100;
 const CDF_MAX_NINES: f64 = 5.0;
 
 /// Incremental aggregation of requests and attempts into a [`PolicyResult`].
+///
+/// The simulator feeds it as requests complete; [`PolicyResult::from_records`] feeds it from
+/// measured records, so both compute every figure the same way.
 #[derive(Debug)]
-pub(crate) struct Accumulator {
+pub struct Accumulator {
     names: Vec<String>,
     warmup_s: f64,
     bucket_s: f64,
@@ -150,7 +153,9 @@ pub(crate) struct Accumulator {
 }
 
 impl Accumulator {
-    pub(crate) fn new(backend_names: &[String], warmup_s: f64, duration_s: f64) -> Self {
+    /// An empty accumulator for `backend_names` (in pick order) over a run of `duration_s`
+    /// seconds whose first `warmup_s` seconds are left out of the results.
+    pub fn new(backend_names: &[String], warmup_s: f64, duration_s: f64) -> Self {
         let span = (duration_s - warmup_s).max(0.0);
         let bucket_s = NICE_BUCKETS
             .iter()
@@ -173,19 +178,19 @@ impl Accumulator {
     }
 
     /// Make room for `requests` latencies up front.
-    pub(crate) fn reserve(&mut self, requests: usize) {
+    pub fn reserve(&mut self, requests: usize) {
         self.latencies_ms.reserve(requests);
     }
 
     /// Whether a request arriving at `arrival_s` is part of the results.
     #[inline]
-    pub(crate) fn counts(&self, arrival_s: f64) -> bool {
+    pub fn counts(&self, arrival_s: f64) -> bool {
         arrival_s >= self.warmup_s
     }
 
     /// One attempt of a counted request.
     #[inline]
-    pub(crate) fn attempt(&mut self, arrival_s: f64, backend: usize, failed: bool) {
+    pub fn attempt(&mut self, arrival_s: f64, backend: usize, failed: bool) {
         let n = self.names.len();
         if backend >= n {
             return;
@@ -200,13 +205,14 @@ impl Accumulator {
 
     /// One counted request's final outcome.
     #[inline]
-    pub(crate) fn request(&mut self, latency_ms: f64, ok: bool, retries: u32) {
+    pub fn request(&mut self, latency_ms: f64, ok: bool, retries: u32) {
         self.latencies_ms.push(latency_ms);
         self.errors += u64::from(!ok);
         self.retries += u64::from(retries);
     }
 
-    pub(crate) fn finish(mut self, policy: &str) -> PolicyResult {
+    /// The result of policy `policy` over every counted request.
+    pub fn finish(mut self, policy: &str) -> PolicyResult {
         let lat = &mut self.latencies_ms;
         lat.sort_unstable_by(f64::total_cmp);
         let requests = lat.len() as u64;
@@ -267,7 +273,7 @@ impl Accumulator {
 }
 
 /// Nearest-rank quantile of sorted data (0 when empty).
-pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
+fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -6,7 +6,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::report::{PolicyResult, RunReport};
+use crate::results::{PolicyResult, RunReport};
 
 /// Plot size and margins, px.
 const W: f64 = 940.0;
@@ -402,7 +402,7 @@ fn nice_step(raw: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::RequestRecord;
+    use crate::results::RequestRecord;
 
     fn report() -> RunReport {
         let names = vec!["a<1>".to_string(), "b".to_string()];

@@ -1,13 +1,13 @@
-//! Located, human-readable configuration problems.
+//! Located, human-readable problems in configuration and scenario files.
 
 use std::fmt;
 
 /// How serious a [`Diagnostic`] is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Severity {
-    /// The configuration cannot be used.
+    /// The file cannot be used.
     Error,
-    /// The configuration is usable but probably not what was intended.
+    /// The file is usable but probably not what was intended.
     Warning,
 }
 
@@ -27,7 +27,7 @@ impl fmt::Display for Severity {
     }
 }
 
-/// One problem found in a configuration file.
+/// One problem found in a configuration or scenario file.
 ///
 /// Displays as `{file}:{line}:{column}: {severity}: {key_path}: {message}`.
 /// When the key path is empty (syntax errors, unreadable files) that segment is
@@ -66,13 +66,13 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// Every problem found in a configuration file.
+/// Every problem found in a configuration or scenario file.
 ///
 /// Displays one diagnostic per line followed by a summary line such as
 /// `2 errors, 0 warnings`.
 #[derive(Debug, Clone, Default)]
 pub struct Diagnostics {
-    /// Problems that make the configuration unusable.
+    /// Problems that make the file unusable.
     pub errors: Vec<Diagnostic>,
     /// Problems that do not prevent the configuration from being used.
     pub warnings: Vec<Diagnostic>,

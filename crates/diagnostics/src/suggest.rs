@@ -1,7 +1,7 @@
-//! "Did you mean" suggestions based on edit distance.
+//! "Did you mean" suggestions for misspelt keys and names, based on edit distance.
 
 /// Levenshtein distance between two strings, counted in characters.
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     let mut cur = vec![0; b.len() + 1];
@@ -21,7 +21,7 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
 /// A candidate qualifies when it starts with the input (an abbreviation of at least
 /// three characters), shares most of its leading characters with it, or lies within
 /// a small edit distance of it.
-pub(crate) fn suggest<'a, I>(input: &str, candidates: I) -> Option<&'a str>
+pub fn suggest<'a, I>(input: &str, candidates: I) -> Option<&'a str>
 where
     I: IntoIterator<Item = &'a str>,
 {

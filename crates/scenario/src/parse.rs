@@ -1,193 +1,17 @@
-//! Lab scenarios: the public format shared by the simulator (`fulcrum sim`) and the loopback
-//! testbed (`fulcrum lab`, `fulcrum testbed`). See `benches/scenarios/README.md`.
-//!
-//! [`parse_scenario`] validates a whole scenario file and reports every problem at once,
-//! located and explained like the proxy configuration's diagnostics.
-//!
-//! ```
-//! let src = r#"
-//! name = "tiny"
-//! duration_s = 60
-//! [load]
-//! rate_rps = 100
-//! [[backends]]
-//! name = "b"
-//! count = 2
-//! concurrency = 4
-//! service_ms = 10
-//! "#;
-//! let (scenario, warnings) = fulcrum_config::scenario::parse_scenario(src, "tiny.toml").unwrap();
-//! assert!(warnings.is_empty());
-//! assert_eq!(scenario.backends[1].name, "b-2");
-//! assert_eq!(scenario.capacity_rps_at(0.0), 800.0);
-//! ```
+//! Reading a scenario file: every problem is reported at once, located and explained like the
+//! proxy configuration's diagnostics, and `count` is expanded into named copies.
 
 use std::ops::Range;
 use std::path::Path;
 
 use toml::de::DeValue;
 
-use crate::diagnostic::{Diagnostic, Diagnostics};
-use crate::reader::{as_int, as_str, as_table, number, type_error, Ctx, Table, Value};
-use crate::suggest::suggest;
+use fulcrum_diagnostics::reader::{
+    as_int, as_str, as_table, number, type_error, Ctx, Table, Value,
+};
+use fulcrum_diagnostics::{load_with, suggest, Diagnostic, Diagnostics};
 
-/// One scenario file, with `count` expanded (a backend with `count = 4` named `b` becomes
-/// `b-1` .. `b-4`, each with its own copy of the events that apply to it).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Scenario {
-    /// `name`: short identifier used in reports.
-    pub name: String,
-    /// `description`: one sentence for reports.
-    pub description: String,
-    /// `seed`: makes the simulator deterministic.
-    pub seed: u64,
-    /// `duration_s`: total length, warm-up included.
-    pub duration_s: f64,
-    /// `warmup_s`: excluded from results (default 0).
-    pub warmup_s: f64,
-    /// `[load]`.
-    pub load: Load,
-    /// `[[backends]]`, expanded.
-    pub backends: Vec<ScenarioBackend>,
-}
-
-/// The `[load]` table: open-loop Poisson arrivals.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Load {
-    /// `rate_rps`: mean arrival rate at time 0.
-    pub rate_rps: f64,
-    /// `steps`: `[at_s, rate_rps]` changes, sorted by time.
-    pub steps: Vec<(f64, f64)>,
-    /// `non_idempotent_fraction`: share of requests sent as POST (default 0).
-    pub non_idempotent_fraction: f64,
-}
-
-impl Load {
-    /// The arrival rate in force at `t` seconds.
-    pub fn rate_at(&self, t: f64) -> f64 {
-        self.steps
-            .iter()
-            .rev()
-            .find(|(at, _)| *at <= t)
-            .map_or(self.rate_rps, |(_, r)| *r)
-    }
-}
-
-/// One backend after `count` expansion.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScenarioBackend {
-    /// `name`, or `name-i` when `count` > 1.
-    pub name: String,
-    /// `concurrency`: requests served in parallel; the rest wait in FIFO order.
-    pub concurrency: u32,
-    /// `service_ms`: median service time.
-    pub service_ms: f64,
-    /// `service_jitter`: lognormal sigma (0 = fixed).
-    pub service_jitter: f64,
-    /// `error_rate`: probability that a request fails with 503.
-    pub error_rate: f64,
-    /// `error_ms`: service time of a failed request.
-    pub error_ms: f64,
-    /// `weight`: the static weight an operator would configure.
-    pub weight: u32,
-    /// `[[backends.events]]` that apply to this backend, sorted by `at_s`.
-    pub events: Vec<BackendEvent>,
-}
-
-/// A time window during which a backend behaves differently.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BackendEvent {
-    /// `at_s`: start.
-    pub at_s: f64,
-    /// `until_s`: end (default: the end of the scenario).
-    pub until_s: f64,
-    /// `slowdown`: service time multiplier while active (default 1).
-    pub slowdown: f64,
-    /// `error_rate`: replaces the backend's error rate while active.
-    pub error_rate: Option<f64>,
-    /// `down`: connections are refused while active.
-    pub down: bool,
-}
-
-/// A backend's effective behaviour at one instant.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BackendState {
-    /// Service time multiplier.
-    pub slowdown: f64,
-    /// Failure probability.
-    pub error_rate: f64,
-    /// Refusing connections.
-    pub down: bool,
-}
-
-impl ScenarioBackend {
-    /// The behaviour in force at `t` seconds (overlapping events compose: slowdowns multiply,
-    /// the latest-starting error rate wins, any `down` wins).
-    pub fn state_at(&self, t: f64) -> BackendState {
-        let mut s = BackendState {
-            slowdown: 1.0,
-            error_rate: self.error_rate,
-            down: false,
-        };
-        for e in self.events.iter().filter(|e| e.at_s <= t && t < e.until_s) {
-            s.slowdown *= e.slowdown;
-            if let Some(r) = e.error_rate {
-                s.error_rate = r;
-            }
-            s.down |= e.down;
-        }
-        s
-    }
-
-    /// Requests per second this backend completes at `t` (concurrency / mean service time,
-    /// with slowdowns; 0 while down).
-    pub fn capacity_rps_at(&self, t: f64) -> f64 {
-        let s = self.state_at(t);
-        if s.down {
-            0.0
-        } else {
-            f64::from(self.concurrency) * 1000.0 / (self.mean_service_ms() * s.slowdown)
-        }
-    }
-
-    /// Mean service time in ms of the lognormal with this median and sigma, before events.
-    pub fn mean_service_ms(&self) -> f64 {
-        self.service_ms * (self.service_jitter * self.service_jitter / 2.0).exp()
-    }
-}
-
-impl Scenario {
-    /// Every backend's true capacity at time `t`, as balancing weights: concurrency / mean
-    /// service time (rps), × (1 − error rate)² so a backend that fails fast counts as smaller,
-    /// and 0 while down. The weights of the `capacity_oracle` reference policy.
-    pub fn capacity_weights(&self, t: f64) -> Vec<f64> {
-        self.backends
-            .iter()
-            .map(|b| {
-                let ok = (1.0 - b.state_at(t).error_rate).clamp(0.0, 1.0);
-                b.capacity_rps_at(t) * ok * ok
-            })
-            .collect()
-    }
-
-    /// Times (s) strictly inside the run at which some backend's behaviour changes, in order.
-    pub fn change_times(&self) -> Vec<f64> {
-        let mut times: Vec<f64> = self
-            .backends
-            .iter()
-            .flat_map(|b| b.events.iter().flat_map(|e| [e.at_s, e.until_s]))
-            .filter(|t| *t > 0.0 && *t < self.duration_s)
-            .collect();
-        times.sort_by(f64::total_cmp);
-        times.dedup();
-        times
-    }
-
-    /// Total capacity in requests per second at time `t` (sum of concurrency / mean service time).
-    pub fn capacity_rps_at(&self, t: f64) -> f64 {
-        self.backends.iter().map(|b| b.capacity_rps_at(t)).sum()
-    }
-}
+use crate::format::{BackendEvent, Load, Scenario, ScenarioBackend};
 
 const TOP_KEYS: &[&str] = &[
     "name",
@@ -305,7 +129,7 @@ pub fn parse_scenario(
 
 /// Read the file at `path` and [`parse_scenario`] it; an unreadable file is a single diagnostic.
 pub fn load_scenario(path: &Path) -> Result<(Scenario, Vec<Diagnostic>), Diagnostics> {
-    crate::load_with(path, "scenario", parse_scenario)
+    load_with(path, "scenario", parse_scenario)
 }
 
 /// The accepted range of a number: a lower and an optional upper bound, each inclusive or not.

@@ -1,28 +1,33 @@
-//! A spanned TOML reader shared by the proxy configuration and lab scenarios: tables with
+//! A spanned TOML reader shared by the proxy configuration and scenario files: tables with
 //! key paths and locations, typed accessors, and a collector of located diagnostics.
+//!
+//! Accessors that meet a value of the wrong type report it to the [`Ctx`] and return `None`,
+//! so a parser carries on and finds every other problem in the same pass.
 
 use std::ops::Range;
 
 use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
-use crate::diagnostic::{Diagnostic, Diagnostics, Severity};
-use crate::suggest::suggest;
+use crate::{suggest, Diagnostic, Diagnostics, Severity};
 
 /// A TOML value with its byte span.
-pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
+pub type Value<'i> = Spanned<DeValue<'i>>;
 
 /// Collects located diagnostics for one source file.
-pub(crate) struct Ctx<'s> {
+pub struct Ctx<'s> {
     file: &'s str,
     src: &'s str,
     line_starts: Vec<usize>,
-    pub(crate) errors: Vec<Diagnostic>,
-    pub(crate) warnings: Vec<Diagnostic>,
+    /// Errors found so far, in the order they were found.
+    pub errors: Vec<Diagnostic>,
+    /// Warnings found so far, in the order they were found.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl<'s> Ctx<'s> {
-    pub(crate) fn new(src: &'s str, file: &'s str) -> Self {
+    /// A collector for `src`, labelling every diagnostic with `file`.
+    pub fn new(src: &'s str, file: &'s str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(src.match_indices('\n').map(|(i, _)| i + 1));
         Ctx {
@@ -65,36 +70,32 @@ impl<'s> Ctx<'s> {
         }
     }
 
-    pub(crate) fn error(
-        &mut self,
-        span: Option<&Range<usize>>,
-        path: &str,
-        message: impl Into<String>,
-    ) {
+    /// Record an error at `span` (line 1, column 1 without one) about the key at `path`.
+    pub fn error(&mut self, span: Option<&Range<usize>>, path: &str, message: impl Into<String>) {
         let d = self.diagnostic(Severity::Error, span, path, message.into());
         self.errors.push(d);
     }
 
-    pub(crate) fn warning(
-        &mut self,
-        span: Option<&Range<usize>>,
-        path: &str,
-        message: impl Into<String>,
-    ) {
+    /// Record a warning at `span` (line 1, column 1 without one) about the key at `path`.
+    pub fn warning(&mut self, span: Option<&Range<usize>>, path: &str, message: impl Into<String>) {
         let d = self.diagnostic(Severity::Warning, span, path, message.into());
         self.warnings.push(d);
     }
 }
 
 /// A table with its entries in file order and its own key path and location.
-pub(crate) struct Table<'a, 'i> {
-    pub(crate) entries: Vec<(&'a Spanned<DeString<'i>>, &'a Value<'i>)>,
-    pub(crate) path: String,
-    pub(crate) span: Option<Range<usize>>,
+pub struct Table<'a, 'i> {
+    /// Keys and values, sorted by where the key is written.
+    pub entries: Vec<(&'a Spanned<DeString<'i>>, &'a Value<'i>)>,
+    /// Dotted key path of the table itself (empty for the document root).
+    pub path: String,
+    /// Where the table is written (`None` for the document root).
+    pub span: Option<Range<usize>>,
 }
 
 impl<'a, 'i> Table<'a, 'i> {
-    pub(crate) fn new(table: &'a DeTable<'i>, path: String, span: Option<Range<usize>>) -> Self {
+    /// Wrap `table`, found at key path `path` and byte range `span`.
+    pub fn new(table: &'a DeTable<'i>, path: String, span: Option<Range<usize>>) -> Self {
         let mut entries: Vec<_> = table.iter().collect();
         entries.sort_by_key(|(k, _)| k.span().start);
         Table {
@@ -104,19 +105,21 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<&'a Value<'i>> {
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&'a Value<'i>> {
         self.entries
             .iter()
             .find(|(k, _)| k.get_ref().as_ref() == key)
             .map(|(_, v)| *v)
     }
 
-    pub(crate) fn child(&self, key: &str) -> String {
+    /// The key path of `key` inside this table.
+    pub fn child(&self, key: &str) -> String {
         join(&self.path, key)
     }
 
     /// Report every key not in `known`, with a suggestion when one is close.
-    pub(crate) fn check_keys(&self, ctx: &mut Ctx<'_>, known: &[&str]) {
+    pub fn check_keys(&self, ctx: &mut Ctx<'_>, known: &[&str]) {
         for (key, _) in &self.entries {
             let name: &str = key.get_ref().as_ref();
             if known.contains(&name) {
@@ -137,7 +140,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 }
 
-pub(crate) fn join(path: &str, key: &str) -> String {
+fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -146,7 +149,7 @@ pub(crate) fn join(path: &str, key: &str) -> String {
 }
 
 /// A short description of a value for "expected X, got Y" messages.
-pub(crate) fn describe(v: &DeValue<'_>) -> String {
+fn describe(v: &DeValue<'_>) -> String {
     match v {
         DeValue::String(s) => format!("string {:?}", s.as_ref()),
         DeValue::Integer(i) => format!("integer {i}"),
@@ -158,7 +161,8 @@ pub(crate) fn describe(v: &DeValue<'_>) -> String {
     }
 }
 
-pub(crate) fn type_error(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str, expected: &str) {
+/// Report that `v` at `path` is not `expected` (e.g. `"a string"`), naming what it is instead.
+pub fn type_error(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str, expected: &str) {
     ctx.error(
         Some(&v.span()),
         path,
@@ -166,7 +170,8 @@ pub(crate) fn type_error(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str, expected:
     );
 }
 
-pub(crate) fn as_table<'a, 'i>(
+/// `v` as a table at key path `path`; anything else is reported as not `expected`.
+pub fn as_table<'a, 'i>(
     ctx: &mut Ctx<'_>,
     v: &'a Value<'i>,
     path: String,
@@ -181,7 +186,8 @@ pub(crate) fn as_table<'a, 'i>(
     }
 }
 
-pub(crate) fn as_str<'a>(ctx: &mut Ctx<'_>, v: &'a Value<'_>, path: &str) -> Option<&'a str> {
+/// `v` as a string; anything else is reported.
+pub fn as_str<'a>(ctx: &mut Ctx<'_>, v: &'a Value<'_>, path: &str) -> Option<&'a str> {
     match v.get_ref() {
         DeValue::String(s) => Some(s.as_ref()),
         _ => {
@@ -191,7 +197,8 @@ pub(crate) fn as_str<'a>(ctx: &mut Ctx<'_>, v: &'a Value<'_>, path: &str) -> Opt
     }
 }
 
-pub(crate) fn as_int(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<i128> {
+/// `v` as an integer; anything else, or an integer beyond `i128`, is reported.
+pub fn as_int(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<i128> {
     match v.get_ref() {
         DeValue::Integer(i) => match i128::from_str_radix(i.as_str(), i.radix()) {
             Ok(n) => Some(n),
@@ -211,8 +218,8 @@ pub(crate) fn as_int(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<i12
     }
 }
 
-/// A finite number; integers are accepted.
-pub(crate) fn number(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<f64> {
+/// `v` as a finite number; integers are accepted, anything else is reported.
+pub fn number(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<f64> {
     match v.get_ref() {
         DeValue::Integer(_) => as_int(ctx, v, path).map(|n| n as f64),
         DeValue::Float(f) => match f.as_str().parse::<f64>() {
@@ -235,7 +242,7 @@ pub(crate) fn number(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<f64
 
 impl Ctx<'_> {
     /// Parse `source` as TOML; a syntax error is reported and ends the walk.
-    pub(crate) fn parse_document<'i>(&mut self, source: &'i str) -> Option<Spanned<DeTable<'i>>> {
+    pub fn parse_document<'i>(&mut self, source: &'i str) -> Option<Spanned<DeTable<'i>>> {
         match DeTable::parse(source) {
             Ok(doc) => Some(doc),
             Err(e) => {
@@ -248,7 +255,7 @@ impl Ctx<'_> {
     }
 
     /// The collected diagnostics, each list sorted by position.
-    pub(crate) fn finish(mut self) -> Diagnostics {
+    pub fn finish(mut self) -> Diagnostics {
         self.errors.sort_by_key(|d| (d.line, d.column));
         self.warnings.sort_by_key(|d| (d.line, d.column));
         Diagnostics {
