@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fulcrum_balance::Pool;
+use fulcrum_config::control_defaults as defaults;
+use fulcrum_config::ControlConfig;
 
 use crate::decisions::Decision;
 use crate::features::{extract, NUM_FEATURES};
@@ -127,12 +129,29 @@ pub struct ControlSettings {
 }
 
 impl Default for ControlSettings {
+    /// The `[control]` defaults of [`fulcrum_config::control_defaults`].
     fn default() -> Self {
         ControlSettings {
-            tick: Duration::from_millis(500),
+            tick: Duration::from_millis(defaults::TICK_MS),
             limits: Limits::default(),
-            inference_budget: Duration::from_millis(20),
-            probes: 1,
+            inference_budget: Duration::from_millis(defaults::INFERENCE_BUDGET_MS),
+            probes: defaults::PROBES,
+        }
+    }
+}
+
+impl From<&ControlConfig> for ControlSettings {
+    /// The loop settings of a `[control]` section.
+    fn from(c: &ControlConfig) -> Self {
+        ControlSettings {
+            tick: c.tick,
+            limits: Limits {
+                floor: c.floor,
+                ceiling: c.ceiling,
+                max_step: c.max_step,
+            },
+            inference_budget: c.inference_budget,
+            probes: c.probes,
         }
     }
 }
@@ -357,6 +376,14 @@ mod tests {
         fn weights(&self) -> Vec<f64> {
             self.pool.weights().weights().to_vec()
         }
+    }
+
+    #[test]
+    fn defaults_are_the_default_configs() {
+        let parsed = fulcrum_config::load_default().control;
+        assert_eq!(parsed, ControlConfig::default());
+        assert_eq!(ControlSettings::from(&parsed), ControlSettings::default());
+        assert_eq!(ControlSettings::default().limits, Limits::default());
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! traffic needed to see it recover) and a ceiling, limited in how far they move per tick, and
 //! unhealthy backends get zero whatever the model says.
 
+use fulcrum_config::control_defaults as defaults;
+
 /// The weight of an average backend after normalisation.
 pub const BASE_WEIGHT: f64 = 100.0;
 
@@ -21,11 +23,12 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The `[control]` defaults of [`fulcrum_config::control_defaults`].
     fn default() -> Self {
         Limits {
-            floor: 0.05,
-            ceiling: 8.0,
-            max_step: 2.0,
+            floor: defaults::FLOOR,
+            ceiling: defaults::CEILING,
+            max_step: defaults::MAX_STEP,
         }
     }
 }
