@@ -35,7 +35,7 @@ pub struct Decision {
     pub guardrails: Vec<String>,
     /// Why the whole tick was rejected or skipped, if it was.
     pub rejected: Option<String>,
-    /// Time spent in inference, microseconds.
+    /// Time spent in inference on the wall clock, microseconds (zero on simulated time).
     pub inference_us: f64,
 }
 
