@@ -43,4 +43,4 @@ mkdir -p "$DATA"
     --out models/balancer.onnx --metrics models/metrics.json
 
 # Benchmark on the public suite.
-"$PY" models/evaluate.py --model models/balancer.onnx --json models/benchmark.json | tee models/benchmark.md
+"$PY" models/evaluate.py --bin "$BIN" --model models/balancer.onnx --json models/benchmark.json | tee models/benchmark.md

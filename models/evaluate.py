@@ -1,6 +1,9 @@
 """Benchmark a weight model on the public scenario suite in the simulator.
 
     .venv/bin/python models/evaluate.py --model models/balancer.onnx [--json models/benchmark.json]
+        [--bin target/release/fulcrum]
+
+The binary is --bin, else $FULCRUM_BIN, else target/release/fulcrum (as for collect.py).
 
 For each of benches/scenarios/*.toml, runs least_connections, p2c_ewma, oracle and the two
 `+model` policies driven by the model, then the same `+model` policies driven by the built-in
@@ -11,11 +14,13 @@ classical policy and the oracle that the best model policy closes:
 """
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BIN = ROOT / "target" / "release" / "fulcrum"
 CLASSICAL = ["least_connections", "p2c_ewma"]
 MODEL = ["least_connections+model", "p2c_ewma+model"]
 
@@ -38,9 +43,14 @@ def gap(best_classical, oracle, value):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=ROOT / "models/balancer.onnx")
-    ap.add_argument("--bin", type=Path, default=ROOT / "target/release/fulcrum")
+    ap.add_argument("--bin", type=Path, default=Path(os.environ.get("FULCRUM_BIN", DEFAULT_BIN)),
+                    help="the fulcrum binary (default: $FULCRUM_BIN, else target/release/fulcrum)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
+    # A relative path is relative to the caller's working directory, not to ROOT where sim() runs.
+    a.bin = a.bin.resolve()
+    if not a.bin.is_file():
+        ap.error(f"no fulcrum binary at {a.bin}; build it or pass --bin / set FULCRUM_BIN")
     rows = []
     for scen in sorted((ROOT / "benches/scenarios").glob("*.toml")):
         m = sim(a.bin, scen, CLASSICAL + ["oracle"] + MODEL, ["--model", str(a.model)])

@@ -9,7 +9,8 @@ use arc_swap::ArcSwap;
 
 use crate::{Algorithm, Backend, InFlightGuard, Outcome, Picker, Tried, WeightTable};
 
-/// Why [`Pool::set_weights`] rejected a weight vector.
+/// Why a weight vector was rejected: by [`Pool::set_weights`], or by the control loop's
+/// guardrails before a model's scores become weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightError {
     /// The vector length differs from the number of backends.
@@ -29,6 +30,33 @@ pub enum WeightError {
         /// Offending backend index.
         index: usize,
     },
+    /// Every healthy backend was given zero, leaving nothing to normalise around.
+    AllZero,
+}
+
+impl WeightError {
+    /// Check that `weights` has one entry per backend (`expected`), each finite and `>= 0`;
+    /// the first offending entry is reported.
+    pub fn check(
+        expected: usize,
+        weights: impl ExactSizeIterator<Item = f64>,
+    ) -> Result<(), WeightError> {
+        if weights.len() != expected {
+            return Err(WeightError::WrongLength {
+                expected,
+                got: weights.len(),
+            });
+        }
+        for (index, w) in weights.enumerate() {
+            if !w.is_finite() {
+                return Err(WeightError::NotFinite { index });
+            }
+            if w < 0.0 {
+                return Err(WeightError::Negative { index });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for WeightError {
@@ -40,8 +68,11 @@ impl fmt::Display for WeightError {
                     "expected {expected} weights (one per backend), got {got}"
                 )
             }
-            WeightError::NotFinite { index } => write!(f, "weight {index} is not finite"),
-            WeightError::Negative { index } => write!(f, "weight {index} is negative"),
+            WeightError::NotFinite { index } => {
+                write!(f, "weight of backend {index} is not finite")
+            }
+            WeightError::Negative { index } => write!(f, "weight of backend {index} is negative"),
+            WeightError::AllZero => write!(f, "every healthy backend scored zero"),
         }
     }
 }
@@ -171,20 +202,7 @@ impl Pool {
     /// Validate and atomically install new weights (one per backend, finite, `>= 0`).
     /// The table (including the WRR sequence) is built here, off the data path.
     pub fn set_weights(&self, weights: Vec<f64>) -> Result<(), WeightError> {
-        if weights.len() != self.backends.len() {
-            return Err(WeightError::WrongLength {
-                expected: self.backends.len(),
-                got: weights.len(),
-            });
-        }
-        for (index, &w) in weights.iter().enumerate() {
-            if !w.is_finite() {
-                return Err(WeightError::NotFinite { index });
-            }
-            if w < 0.0 {
-                return Err(WeightError::Negative { index });
-            }
-        }
+        WeightError::check(self.backends.len(), weights.iter().copied())?;
         self.weights.store(Arc::new(WeightTable::for_algorithm(
             weights,
             self.algorithm,
@@ -340,6 +358,20 @@ mod tests {
             .to_string(),
             "expected 2 weights (one per backend), got 1"
         );
+        assert_eq!(
+            WeightError::NotFinite { index: 1 }.to_string(),
+            "weight of backend 1 is not finite"
+        );
+        assert_eq!(
+            WeightError::Negative { index: 0 }.to_string(),
+            "weight of backend 0 is negative"
+        );
+        // The first offending entry is the one reported.
+        assert_eq!(
+            WeightError::check(2, [-1.0, f64::NAN].into_iter()),
+            Err(WeightError::Negative { index: 0 })
+        );
+        assert_eq!(WeightError::check(2, [0.0, 0.0].into_iter()), Ok(()));
     }
 
     #[test]

@@ -29,6 +29,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod control_defaults;
 mod emit;
 mod model;
 mod validate;

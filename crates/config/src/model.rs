@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::control_defaults as defaults;
 use fulcrum_diagnostics::suggest;
 
 /// A complete, validated fulcrum configuration.
@@ -337,50 +338,53 @@ impl Default for HealthCheckConfig {
 /// pool's average weight and changed by at most a factor of `max_step` per tick.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ControlConfig {
-    /// Control tick period (`tick_ms`, 50..=60000, default 500).
+    /// Control tick period (`tick_ms`, 50..=60000, default [`defaults::TICK_MS`]).
     pub tick: Duration,
-    /// The ONNX model (default `models/balancer.onnx`, non-empty); a relative path is
+    /// The ONNX model (default [`defaults::MODEL`], non-empty); a relative path is
     /// relative to the working directory.
     pub model: PathBuf,
     /// The ONNX Runtime shared library; `None` uses `ORT_DYLIB_PATH`, else the
     /// project's `.venv`.
     pub ort_library: Option<PathBuf>,
     /// Longest an inference may take before its tick is skipped
-    /// (`inference_budget_ms`, 1..=10000, default 20).
+    /// (`inference_budget_ms`, 1..=10000, default [`defaults::INFERENCE_BUDGET_MS`]).
     pub inference_budget: Duration,
-    /// Lowest weight, as a fraction of the pool's average weight (0 < floor <= 1, default 0.05).
+    /// Lowest weight, as a fraction of the pool's average weight
+    /// (0 < floor <= 1, default [`defaults::FLOOR`]).
     pub floor: f64,
     /// Highest weight, as a multiple of the pool's average weight
-    /// (1..=1000 and greater than `floor`, default 8).
+    /// (1..=1000 and greater than `floor`, default [`defaults::CEILING`]).
     pub ceiling: f64,
-    /// Largest factor a weight may change by in one tick (1 < max_step <= 100, default 2).
+    /// Largest factor a weight may change by in one tick
+    /// (1 < max_step <= 100, default [`defaults::MAX_STEP`]).
     pub max_step: f64,
     /// Recovery probes per tick sent to a healthy backend that got no traffic of its own in
     /// the last tick, so a backend turned down to the floor is seen when it recovers
-    /// (0..=100, 0 disables, default 1).
+    /// (0..=100, 0 disables, default [`defaults::PROBES`]).
     pub probes: u32,
-    /// How many recent decisions are kept for `/api/decisions` (1..=100000, default 256).
+    /// How many recent decisions are kept for `/api/decisions` (1..=100000,
+    /// default [`defaults::DECISIONS`]).
     pub decisions: usize,
     /// A CSV file the per-tick features of model pools are appended to; `None` records nothing.
     pub record: Option<PathBuf>,
-    /// Whether the model is reloaded when its file changes (default true).
+    /// Whether the model is reloaded when its file changes (default [`defaults::WATCH_MODEL`]).
     pub watch_model: bool,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
-            tick: Duration::from_millis(500),
-            model: PathBuf::from("models/balancer.onnx"),
+            tick: Duration::from_millis(defaults::TICK_MS),
+            model: PathBuf::from(defaults::MODEL),
             ort_library: None,
-            inference_budget: Duration::from_millis(20),
-            floor: 0.05,
-            ceiling: 8.0,
-            max_step: 2.0,
-            probes: 1,
-            decisions: 256,
+            inference_budget: Duration::from_millis(defaults::INFERENCE_BUDGET_MS),
+            floor: defaults::FLOOR,
+            ceiling: defaults::CEILING,
+            max_step: defaults::MAX_STEP,
+            probes: defaults::PROBES,
+            decisions: defaults::DECISIONS,
             record: None,
-            watch_model: true,
+            watch_model: defaults::WATCH_MODEL,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use toml::de::DeValue;
 
+use crate::control_defaults as defaults;
 use fulcrum_diagnostics::reader::{
     as_int, as_str, as_table, number, type_error, Ctx, Table, Value,
 };
@@ -350,13 +351,10 @@ fn read_control(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, pools: &[PoolParts]) ->
         return control;
     };
     t.check_keys(ctx, CONTROL_KEYS);
-    control.tick = Duration::from_millis(bounded(ctx, &t, "tick_ms", 500, 50, 60_000));
-    if let Some(p) = file_path(
-        ctx,
-        &t,
-        "model",
-        "the path of the ONNX model, e.g. \"models/balancer.onnx\"",
-    ) {
+    control.tick =
+        Duration::from_millis(bounded(ctx, &t, "tick_ms", defaults::TICK_MS, 50, 60_000));
+    let model_hint = format!("the path of the ONNX model, e.g. {:?}", defaults::MODEL);
+    if let Some(p) = file_path(ctx, &t, "model", &model_hint) {
         control.model = p;
     }
     control.ort_library = file_path(
@@ -365,8 +363,14 @@ fn read_control(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, pools: &[PoolParts]) ->
         "ort_library",
         "the path of the ONNX Runtime library (omit the key to use ORT_DYLIB_PATH or the project's .venv)",
     );
-    control.inference_budget =
-        Duration::from_millis(bounded(ctx, &t, "inference_budget_ms", 20, 1, 10_000));
+    control.inference_budget = Duration::from_millis(bounded(
+        ctx,
+        &t,
+        "inference_budget_ms",
+        defaults::INFERENCE_BUDGET_MS,
+        1,
+        10_000,
+    ));
     let floor = bounded_f64(
         ctx,
         &t,
@@ -405,15 +409,16 @@ fn read_control(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, pools: &[PoolParts]) ->
     ) {
         control.max_step = x;
     }
-    control.probes = bounded(ctx, &t, "probes", 1, 0, 100) as u32;
-    control.decisions = bounded(ctx, &t, "decisions", 256, 1, 100_000) as usize;
+    control.probes = bounded(ctx, &t, "probes", defaults::PROBES.into(), 0, 100) as u32;
+    control.decisions =
+        bounded(ctx, &t, "decisions", defaults::DECISIONS as u64, 1, 100_000) as usize;
     control.record = file_path(
         ctx,
         &t,
         "record",
         "a CSV file to append per-tick features to (omit the key to record nothing)",
     );
-    control.watch_model = as_bool(ctx, &t, "watch_model", true);
+    control.watch_model = as_bool(ctx, &t, "watch_model", defaults::WATCH_MODEL);
     if !pools
         .iter()
         .any(|p| p.config.weights == WeightSource::Model)

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fulcrum_balance::Pool;
+use fulcrum_config::control_defaults as defaults;
+use fulcrum_config::ControlConfig;
 
 use crate::decisions::Decision;
 use crate::features::{extract, NUM_FEATURES};
@@ -119,7 +121,8 @@ pub struct ControlSettings {
     pub tick: Duration,
     /// Guardrail limits.
     pub limits: Limits,
-    /// Inference longer than this skips the tick.
+    /// Inference longer than this on the wall clock skips the tick; a controller on
+    /// simulated time ([`PoolController::simulated`]) never skips.
     pub inference_budget: Duration,
     /// Recovery probes per tick for a healthy backend that received no traffic of its own in
     /// the last window (0 disables probing).
@@ -127,12 +130,29 @@ pub struct ControlSettings {
 }
 
 impl Default for ControlSettings {
+    /// The `[control]` defaults of [`fulcrum_config::control_defaults`].
     fn default() -> Self {
         ControlSettings {
-            tick: Duration::from_millis(500),
+            tick: Duration::from_millis(defaults::TICK_MS),
             limits: Limits::default(),
-            inference_budget: Duration::from_millis(20),
-            probes: 1,
+            inference_budget: Duration::from_millis(defaults::INFERENCE_BUDGET_MS),
+            probes: defaults::PROBES,
+        }
+    }
+}
+
+impl From<&ControlConfig> for ControlSettings {
+    /// The loop settings of a `[control]` section.
+    fn from(c: &ControlConfig) -> Self {
+        ControlSettings {
+            tick: c.tick,
+            limits: Limits {
+                floor: c.floor,
+                ceiling: c.ceiling,
+                max_step: c.max_step,
+            },
+            inference_budget: c.inference_budget,
+            probes: c.probes,
         }
     }
 }
@@ -147,6 +167,8 @@ pub struct PoolController {
     start_ns: u64,
     /// Probes granted per backend at the previous tick.
     granted: Vec<u32>,
+    /// Whether inference is timed on the wall clock and skipped past the budget.
+    wall_clock: bool,
 }
 
 /// What happened to a tick, for counters.
@@ -161,9 +183,21 @@ pub enum TickOutcome {
 }
 
 impl PoolController {
-    /// A controller for `pool`, started at `now_ns`.
+    /// A controller for `pool`, started at `now_ns`, that times every inference on the wall
+    /// clock and skips the tick when it overruns the budget.
     pub fn new(pool: &Pool, settings: ControlSettings, now_ns: u64) -> Self {
         PoolController {
+            wall_clock: true,
+            ..Self::simulated(pool, settings, now_ns)
+        }
+    }
+
+    /// A controller for `pool` on simulated time, started at `now_ns`: inference is not timed,
+    /// so no tick is skipped for how long the machine took and a run depends on its inputs
+    /// only. Decisions report an inference time of zero.
+    pub fn simulated(pool: &Pool, settings: ControlSettings, now_ns: u64) -> Self {
+        PoolController {
+            wall_clock: false,
             name: pool.name().to_string(),
             backends: pool
                 .backends()
@@ -195,10 +229,10 @@ impl PoolController {
         self.ticks += 1;
         let features = extract(observations);
         let previous = pool.weights().weights().to_vec();
-        let started = Instant::now();
+        let started = self.wall_clock.then(Instant::now);
         let scores = scorer.score(&features, observations);
         debug_assert_eq!(features.len(), observations.len() * NUM_FEATURES);
-        let spent = started.elapsed();
+        let spent = started.map_or(Duration::ZERO, |s| s.elapsed());
         let healthy: Vec<bool> = observations.iter().map(|o| o.healthy).collect();
         let mut decision = Decision {
             tick: self.ticks,
@@ -221,7 +255,7 @@ impl PoolController {
             }
             Ok(scores) => {
                 decision.raw_scores = scores.clone();
-                if spent > self.settings.inference_budget {
+                if self.wall_clock && spent > self.settings.inference_budget {
                     decision.rejected = Some(format!(
                         "inference took {:.1} ms, over the {} ms budget",
                         spent.as_secs_f64() * 1e3,
@@ -357,6 +391,34 @@ mod tests {
         fn weights(&self) -> Vec<f64> {
             self.pool.weights().weights().to_vec()
         }
+    }
+
+    #[test]
+    fn defaults_are_the_default_configs() {
+        let parsed = fulcrum_config::load_default().control;
+        assert_eq!(parsed, ControlConfig::default());
+        assert_eq!(ControlSettings::from(&parsed), ControlSettings::default());
+        assert_eq!(ControlSettings::default().limits, Limits::default());
+    }
+
+    #[test]
+    fn only_the_wall_clock_budget_skips_ticks() {
+        let zero = ControlSettings {
+            inference_budget: Duration::ZERO,
+            ..ControlSettings::default()
+        };
+        let mut wall = Loop::new(zero.clone());
+        let o = wall.obs.observe(&wall.pool, 500_000_000);
+        let (outcome, d) = wall.ctl.tick(&wall.pool, &o, &mut wall.scorer, 500_000_000);
+        assert_eq!(outcome, TickOutcome::Skipped, "{d:?}");
+        assert!(d.inference_us > 0.0, "{d:?}");
+
+        let mut sim = Loop::new(zero.clone());
+        sim.ctl = PoolController::simulated(&sim.pool, zero, 0);
+        let o = sim.obs.observe(&sim.pool, 500_000_000);
+        let (outcome, d) = sim.ctl.tick(&sim.pool, &o, &mut sim.scorer, 500_000_000);
+        assert_eq!(outcome, TickOutcome::Applied, "{d:?}");
+        assert_eq!(d.inference_us, 0.0);
     }
 
     #[test]

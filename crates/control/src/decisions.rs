@@ -27,7 +27,7 @@ pub struct Decision {
     pub features: Vec<f32>,
     /// Raw scores as returned.
     pub raw_scores: Vec<f32>,
-    /// Weights before and after this tick.
+    /// Weights in force before this tick.
     pub previous_weights: Vec<f64>,
     /// Weights in force after this tick (unchanged when rejected or skipped).
     pub weights: Vec<f64>,
@@ -35,7 +35,7 @@ pub struct Decision {
     pub guardrails: Vec<String>,
     /// Why the whole tick was rejected or skipped, if it was.
     pub rejected: Option<String>,
-    /// Time spent in inference, microseconds.
+    /// Time spent in inference on the wall clock, microseconds (zero on simulated time).
     pub inference_us: f64,
 }
 

@@ -6,6 +6,9 @@
 //! traffic needed to see it recover) and a ceiling, limited in how far they move per tick, and
 //! unhealthy backends get zero whatever the model says.
 
+use fulcrum_balance::WeightError;
+use fulcrum_config::control_defaults as defaults;
+
 /// The weight of an average backend after normalisation.
 pub const BASE_WEIGHT: f64 = 100.0;
 
@@ -21,48 +24,12 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The `[control]` defaults of [`fulcrum_config::control_defaults`].
     fn default() -> Self {
         Limits {
-            floor: 0.05,
-            ceiling: 8.0,
-            max_step: 2.0,
-        }
-    }
-}
-
-/// Why a whole tick was rejected.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Rejection {
-    /// The model returned a different number of scores than backends.
-    WrongLength {
-        /// Backends in the pool.
-        expected: usize,
-        /// Scores returned.
-        got: usize,
-    },
-    /// A score was NaN or infinite.
-    NotFinite {
-        /// The backend index.
-        index: usize,
-    },
-    /// A score was negative.
-    Negative {
-        /// The backend index.
-        index: usize,
-    },
-    /// Every healthy backend scored zero.
-    AllZero,
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Rejection::WrongLength { expected, got } => {
-                write!(f, "model returned {got} scores for {expected} backends")
-            }
-            Rejection::NotFinite { index } => write!(f, "score of backend {index} is not finite"),
-            Rejection::Negative { index } => write!(f, "score of backend {index} is negative"),
-            Rejection::AllZero => write!(f, "every healthy backend scored zero"),
+            floor: defaults::FLOOR,
+            ceiling: defaults::CEILING,
+            max_step: defaults::MAX_STEP,
         }
     }
 }
@@ -84,20 +51,9 @@ pub fn apply(
     healthy: &[bool],
     previous: &[f64],
     limits: &Limits,
-) -> Result<Guarded, Rejection> {
+) -> Result<Guarded, WeightError> {
     let n = healthy.len();
-    if scores.len() != n {
-        return Err(Rejection::WrongLength {
-            expected: n,
-            got: scores.len(),
-        });
-    }
-    if let Some(index) = scores.iter().position(|s| !s.is_finite()) {
-        return Err(Rejection::NotFinite { index });
-    }
-    if let Some(index) = scores.iter().position(|s| *s < 0.0) {
-        return Err(Rejection::Negative { index });
-    }
+    WeightError::check(n, scores.iter().map(|&s| f64::from(s)))?;
     let live: Vec<usize> = (0..n).filter(|&i| healthy[i]).collect();
     let mut fired = Vec::new();
     let mut weights = vec![0.0; n];
@@ -107,7 +63,7 @@ pub fn apply(
     }
     let mean = live.iter().map(|&i| f64::from(scores[i])).sum::<f64>() / live.len() as f64;
     if mean <= 0.0 {
-        return Err(Rejection::AllZero);
+        return Err(WeightError::AllZero);
     }
     let (lo, hi) = (limits.floor * BASE_WEIGHT, limits.ceiling * BASE_WEIGHT);
     let mut floored = Vec::new();
@@ -166,23 +122,23 @@ mod tests {
         let prev = [100.0, 100.0, 100.0];
         assert_eq!(
             apply(&[1.0, f32::NAN, 1.0], &h, &prev, &limits()),
-            Err(Rejection::NotFinite { index: 1 })
+            Err(WeightError::NotFinite { index: 1 })
         );
         assert_eq!(
             apply(&[1.0, 1.0, f32::INFINITY], &h, &prev, &limits()),
-            Err(Rejection::NotFinite { index: 2 })
+            Err(WeightError::NotFinite { index: 2 })
         );
         assert_eq!(
             apply(&[1.0, -0.5, 1.0], &h, &prev, &limits()),
-            Err(Rejection::Negative { index: 1 })
+            Err(WeightError::Negative { index: 1 })
         );
         assert_eq!(
             apply(&[0.0, 0.0, 0.0], &h, &prev, &limits()),
-            Err(Rejection::AllZero)
+            Err(WeightError::AllZero)
         );
         assert_eq!(
             apply(&[1.0, 1.0], &h, &prev, &limits()),
-            Err(Rejection::WrongLength {
+            Err(WeightError::WrongLength {
                 expected: 3,
                 got: 2
             })

@@ -1,5 +1,14 @@
-//! fulcrum's control loop: turns live backend statistics into per-tick observations and a
-//! feature matrix, the input of the weight model.
+//! fulcrum's control loop: every tick it turns a pool's live backend statistics into new
+//! backend weights and installs them in the pool.
+//!
+//! The caller's [`TickObserver`] reports what each backend did in the last window
+//! ([`observe`]); [`PoolController::tick`] turns that into the normalised feature matrix
+//! ([`features`]), scores it with a [`Scorer`] (the ONNX [`model`] or the built-in
+//! [`Heuristic`]), passes the scores through the [`guardrails`] (bad outputs reject the whole
+//! tick, the rest are clamped and paced), installs the result with
+//! [`fulcrum_balance::Pool::set_weights`], grants recovery probes to starved backends and
+//! explains the tick in a [`decisions::Decision`]. The proxy runs the loop on wall-clock time,
+//! the simulator on simulated time.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]

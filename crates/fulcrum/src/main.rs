@@ -264,17 +264,24 @@ fn run(config: Config, source: ConfigSource) -> ExitCode {
     }
 }
 
+/// Every backend address of every pool once, in configuration order: a backend shared by
+/// two pools, listed anywhere in either, gets one demo server, since binding twice fails.
+fn backend_addrs(config: &Config) -> Vec<std::net::SocketAddr> {
+    let mut seen = std::collections::HashSet::new();
+    config
+        .pools
+        .iter()
+        .flat_map(|p| p.backends.iter().map(|b| b.addr))
+        .filter(|a| seen.insert(*a))
+        .collect()
+}
+
 fn demo(path: Option<&PathBuf>) -> ExitCode {
     let (config, source) = match load(path) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let mut addrs: Vec<std::net::SocketAddr> = config
-        .pools
-        .iter()
-        .flat_map(|p| p.backends.iter().map(|b| b.addr))
-        .collect();
-    addrs.dedup();
+    let addrs = backend_addrs(&config);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let backend_addrs = addrs.clone();
     std::thread::spawn(move || {
@@ -340,5 +347,48 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim(args),
         Command::Lab(args) => lab(args),
         Command::Testbed(args) => testbed(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_addrs_are_unique_in_configuration_order() {
+        let source = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+
+[[routes]]
+path_prefix = "/a"
+pool = "a"
+
+[[routes]]
+path_prefix = "/b"
+pool = "b"
+
+[pools.a]
+[[pools.a.backends]]
+addr = "127.0.0.1:9002"
+[[pools.a.backends]]
+addr = "127.0.0.1:9001"
+
+[pools.b]
+[[pools.b.backends]]
+addr = "127.0.0.1:9003"
+[[pools.b.backends]]
+addr = "127.0.0.1:9002"
+"#;
+        let (config, _) = fulcrum_config::parse(source, "test.toml").unwrap();
+        let addrs: Vec<String> = backend_addrs(&config)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        // 9002 is not adjacent to its repeat, which `dedup` alone would keep twice.
+        assert_eq!(
+            addrs,
+            ["127.0.0.1:9002", "127.0.0.1:9001", "127.0.0.1:9003"]
+        );
     }
 }

@@ -21,7 +21,7 @@ impl WeightController for LoopController {
     fn tick(&mut self, pool: &Pool, observations: &[BackendObservation], now_ns: u64) {
         let controller = self
             .controller
-            .get_or_insert_with(|| PoolController::new(pool, self.settings.clone(), now_ns));
+            .get_or_insert_with(|| PoolController::simulated(pool, self.settings.clone(), now_ns));
         let _ = controller.tick(pool, observations, &mut self.scorer, now_ns);
     }
 }

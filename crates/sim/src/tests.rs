@@ -3,11 +3,13 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fulcrum_balance::{Algorithm, Pool};
-use fulcrum_control::BackendObservation;
+use fulcrum_control::{BackendObservation, ControlSettings};
 use fulcrum_scenario::{BackendEvent, Load, Scenario, ScenarioBackend};
 
+use crate::control::{loop_factory, ScorerSource};
 use crate::sim::run_for_test;
 use crate::{simulate, simulate_all, Policy, SimError, SimOptions, WeightController};
 
@@ -114,6 +116,40 @@ fn deterministic_for_a_seed() {
         };
         let d = serde_json::to_string(&simulate(&eventful(11), &policy, &d).unwrap()).unwrap();
         assert_eq!(c, d, "{policy}");
+    }
+}
+
+/// `+model` policies driven by the shipped model give the same JSON for the same seed, and the
+/// inference budget has no say in it: a zero budget, which on the wall clock would skip every
+/// tick, gives the same run as the default one.
+#[test]
+fn deterministic_for_a_seed_with_the_shipped_model() {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/balancer.onnx");
+    let opts = |budget: Duration, seed: Option<u64>| SimOptions {
+        seed,
+        weight_controller: Some(
+            loop_factory(
+                ScorerSource::Model(model.clone()),
+                ControlSettings {
+                    inference_budget: budget,
+                    ..ControlSettings::default()
+                },
+            )
+            .expect("ONNX Runtime from .venv (./test.sh installs it) and models/balancer.onnx"),
+        ),
+        ..SimOptions::default()
+    };
+    let default_budget = ControlSettings::default().inference_budget;
+    for algorithm in [Algorithm::LeastConnections, Algorithm::P2cEwma] {
+        let policy = Policy::Model(algorithm);
+        let run = |budget, seed| {
+            let r = simulate(&eventful(11), &policy, &opts(budget, seed)).unwrap();
+            serde_json::to_string(&r).unwrap()
+        };
+        let a = run(default_budget, None);
+        assert_eq!(a, run(default_budget, None), "{policy}");
+        assert_eq!(a, run(Duration::ZERO, None), "{policy}");
+        assert_ne!(a, run(default_budget, Some(12)), "{policy}");
     }
 }
 
