@@ -37,13 +37,14 @@ enum Command {
     Testbed(TestbedArgs),
 }
 
+/// What `sim` and `lab` both take: a scenario, the policies to play it with, where to write.
 #[derive(Debug, clap::Args)]
-struct SimArgs {
+struct ScenarioRun {
     /// Scenario file (see benches/scenarios/README.md).
     #[arg(long)]
     scenario: PathBuf,
-    /// Policy to run; repeat for several (default: the four algorithms and the oracle).
-    /// `ALGO+model` runs the control loop.
+    /// Policy to run; repeat for several (default: the four algorithms, and in `sim` the
+    /// oracle too). `ALGO+model` runs the control loop.
     #[arg(long = "policy")]
     policies: Vec<String>,
     /// Write the results as JSON here.
@@ -52,6 +53,12 @@ struct SimArgs {
     /// Write a Markdown table and SVG plots into this directory.
     #[arg(long)]
     report: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    #[command(flatten)]
+    run: ScenarioRun,
     /// Write per-tick features and ground truth (CSV) for the first policy here.
     #[arg(long)]
     export_features: Option<PathBuf>,
@@ -68,18 +75,8 @@ struct SimArgs {
 
 #[derive(Debug, clap::Args)]
 struct LabArgs {
-    /// Scenario file.
-    #[arg(long)]
-    scenario: PathBuf,
-    /// Policy to run; repeat for several (default: the four algorithms).
-    #[arg(long = "policy")]
-    policies: Vec<String>,
-    /// Write the results as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Write a Markdown table and SVG plots into this directory.
-    #[arg(long)]
-    report: Option<PathBuf>,
+    #[command(flatten)]
+    run: ScenarioRun,
     /// Run the scenario's timeline this many times faster than written (0.25 = a quarter of
     /// the time); service times are not scaled.
     #[arg(long, default_value_t = 1.0)]
@@ -114,14 +111,15 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 fn sim(args: SimArgs) -> ExitCode {
     use fulcrum_sim::control::{loop_factory, ScorerSource};
     use fulcrum_sim::{Policy, SimOptions};
-    let scenario = match load_scenario(&args.scenario) {
+    let scenario = match load_scenario(&args.run.scenario) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let policies: Vec<Policy> = if args.policies.is_empty() {
+    let policies: Vec<Policy> = if args.run.policies.is_empty() {
         Policy::BASELINES.to_vec()
     } else {
         match args
+            .run
             .policies
             .iter()
             .map(|p| p.parse())
@@ -161,7 +159,7 @@ fn sim(args: SimArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    write_outputs(&report, args.json.as_ref(), args.report.as_ref())
+    write_outputs(&report, args.run.json.as_ref(), args.run.report.as_ref())
 }
 
 fn write_outputs(
@@ -187,7 +185,7 @@ fn write_outputs(
 }
 
 fn lab(args: LabArgs) -> ExitCode {
-    let scenario = match load_scenario(&args.scenario) {
+    let scenario = match load_scenario(&args.run.scenario) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -196,14 +194,14 @@ fn lab(args: LabArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     let mut opts = fulcrum_lab::LabOptions::new(exe);
-    if !args.policies.is_empty() {
-        opts.policies = args.policies;
+    if !args.run.policies.is_empty() {
+        opts.policies = args.run.policies;
     }
     opts.time_scale = args.time_scale;
     opts.progress = !args.quiet;
     opts.extra_pool_toml = args.pool_toml;
     match fulcrum_lab::run_lab(&scenario, &opts) {
-        Ok(report) => write_outputs(&report, args.json.as_ref(), args.report.as_ref()),
+        Ok(report) => write_outputs(&report, args.run.json.as_ref(), args.run.report.as_ref()),
         Err(e) => fail(format!("{e:#}")),
     }
 }
