@@ -217,11 +217,15 @@ async fn hot_reload_under_load_refuses_bad_models_and_never_fails_a_request() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, tasks) = load(f.proxy, 4, stop.clone());
-    let flowing = eventually(Duration::from_secs(5), || async {
-        ok.load(Ordering::Relaxed) >= 20
+    // The model is deciding under load before the first reload.
+    let deciding = eventually(Duration::from_secs(5), || async {
+        ok.load(Ordering::Relaxed) >= 20 && latest_tick(&f).await > 0
     })
     .await;
-    assert!(flowing.is_some(), "no traffic before the reloads");
+    assert!(
+        deciding.is_some(),
+        "no decisions under load before the reloads"
+    );
 
     // Each bad file is noticed by the file watch, refused, and the running model stays.
     let bad = [
@@ -244,6 +248,13 @@ async fn hot_reload_under_load_refuses_bad_models_and_never_fails_a_request() {
         assert!(r.body.contains("keeps running"), "{}", r.body);
         assert_eq!(metric(&f, "fulcrum_model_loaded").await, 1.0, "{name}");
     }
+    // The next decision is still the model's.
+    let refused_at = latest_tick(&f).await;
+    let decided = eventually(Duration::from_secs(3), || async {
+        latest_tick(&f).await > refused_at
+    })
+    .await;
+    assert!(decided.is_some(), "no decision after the refusals");
     let d: serde_json::Value =
         serde_json::from_str(&get(f.admin, "/api/decisions?limit=1").await.unwrap().body).unwrap();
     assert_eq!(d["decisions"][0]["source"], "model");
