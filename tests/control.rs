@@ -2,12 +2,14 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use fulcrum_config::{ControlConfig, WeightSource};
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("crates/control/tests/fixtures").join(name)
@@ -20,21 +22,26 @@ fn install(src: &Path, path: &Path) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn model_config(
-    spec: &PoolSpec<'_>,
-    control: &str,
-) -> impl Fn(std::net::SocketAddr, std::net::SocketAddr) -> String {
-    let pool = config_text(
-        "127.0.0.1:1".parse().unwrap(),
-        "127.0.0.1:2".parse().unwrap(),
-        spec,
-    );
-    let control = control.to_string();
+/// Pool `web` over `backends` with weights tuned by the control loop with `control`.
+fn model_pool(
+    backends: &[&BackendServer],
+    control: ControlConfig,
+) -> impl FnOnce(SocketAddr, SocketAddr) -> Config {
+    let mut pool = web_pool(Algorithm::LeastConnections, backends);
+    pool.weights = WeightSource::Model;
     move |p, a| {
-        pool.replace("127.0.0.1:1\"", &format!("{p}\""))
-            .replace("\"127.0.0.1:2\"", &format!("\"{a}\""))
-            .replace("[pools.web]\n", "[pools.web]\nweights = \"model\"\n")
-            + &control
+        let mut config = single_pool(p, a, pool);
+        config.control = control;
+        config
+    }
+}
+
+/// The control loop ticking every 100 ms with `model`, other settings at their defaults.
+fn control_with(model: PathBuf) -> ControlConfig {
+    ControlConfig {
+        tick: Duration::from_millis(100),
+        model,
+        ..ControlConfig::default()
     }
 }
 
@@ -47,6 +54,13 @@ async fn weights(f: &Fulcrum) -> Vec<f64> {
         .collect()
 }
 
+/// The tick of the control loop's newest decision (0 before the first).
+async fn latest_tick(f: &Fulcrum) -> u64 {
+    let d: serde_json::Value =
+        serde_json::from_str(&get(f.admin, "/api/decisions?limit=1").await.unwrap().body).unwrap();
+    d["decisions"][0]["tick"].as_u64().unwrap_or(0)
+}
+
 async fn metric(f: &Fulcrum, prefix: &str) -> f64 {
     let body = get(f.admin, "/metrics").await.unwrap().body;
     body.lines()
@@ -57,7 +71,7 @@ async fn metric(f: &Fulcrum, prefix: &str) -> f64 {
 
 /// Keep `workers` keep-alive clients busy until stopped; returns (ok, failed) counters.
 fn load(
-    proxy: std::net::SocketAddr,
+    proxy: SocketAddr,
     workers: usize,
     stop: Arc<AtomicBool>,
 ) -> (
@@ -92,17 +106,15 @@ fn load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_backend_loses_model_weight_and_regains_it_after_healing() {
     let b = backends(3).await;
-    let dir = TempDir::new("model");
-    let model = dir.0.join("balancer.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("balancer.onnx");
     install(&fixture("prefer_low_p99.onnx"), &model);
-    let spec = PoolSpec::new("least_connections", &[&b[0], &b[1], &b[2]]);
-    let record = dir.0.join("features.csv");
-    let control = format!(
-        "\n[control]\ntick_ms = 100\nmodel = \"{}\"\nrecord = \"{}\"\n",
-        model.display(),
-        record.display()
-    );
-    let f = Fulcrum::start(model_config(&spec, &control)).await;
+    let record = dir.path().join("features.csv");
+    let control = ControlConfig {
+        record: Some(record.clone()),
+        ..control_with(model)
+    };
+    let f = Fulcrum::start(model_pool(&[&b[0], &b[1], &b[2]], control)).await;
     assert_eq!(metric(&f, "fulcrum_model_loaded").await, 1.0);
     // The control loop owns a model pool's weights: the admin API refuses to set them.
     let r = request(
@@ -117,8 +129,14 @@ async fn a_slow_backend_loses_model_weight_and_regains_it_after_healing() {
     assert_eq!(r.status, 409, "{r:?}");
 
     let stop = Arc::new(AtomicBool::new(false));
+    let start_tick = latest_tick(&f).await;
     let (ok, failed, tasks) = load(f.proxy, 6, stop.clone());
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The weights under load: a few ticks of the control loop with traffic on every backend.
+    let loaded = eventually(Duration::from_secs(5), || async {
+        ok.load(Ordering::Relaxed) >= 100 && latest_tick(&f).await >= start_tick + 3
+    })
+    .await;
+    assert!(loaded.is_some(), "no control ticks under load");
     let before = weights(&f).await;
     assert!(before.iter().all(|w| *w > 0.0), "{before:?}");
 
@@ -191,20 +209,23 @@ async fn a_slow_backend_loses_model_weight_and_regains_it_after_healing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_under_load_refuses_bad_models_and_never_fails_a_request() {
     let b = backends(2).await;
-    let dir = TempDir::new("reload");
-    let model = dir.0.join("balancer.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("balancer.onnx");
     install(&fixture("prefer_low_p99.onnx"), &model);
-    let spec = PoolSpec::new("least_connections", &[&b[0], &b[1]]);
-    let control = format!(
-        "\n[control]\ntick_ms = 100\nmodel = \"{}\"\n",
-        model.display()
-    );
-    let f = Fulcrum::start(model_config(&spec, &control)).await;
+    let f = Fulcrum::start(model_pool(&[&b[0], &b[1]], control_with(model.clone()))).await;
     assert_eq!(metric(&f, "fulcrum_model_loaded").await, 1.0);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, tasks) = load(f.proxy, 4, stop.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The model is deciding under load before the first reload.
+    let deciding = eventually(Duration::from_secs(5), || async {
+        ok.load(Ordering::Relaxed) >= 20 && latest_tick(&f).await > 0
+    })
+    .await;
+    assert!(
+        deciding.is_some(),
+        "no decisions under load before the reloads"
+    );
 
     // Each bad file is noticed by the file watch, refused, and the running model stays.
     let bad = [
@@ -227,6 +248,13 @@ async fn hot_reload_under_load_refuses_bad_models_and_never_fails_a_request() {
         assert!(r.body.contains("keeps running"), "{}", r.body);
         assert_eq!(metric(&f, "fulcrum_model_loaded").await, 1.0, "{name}");
     }
+    // The next decision is still the model's.
+    let refused_at = latest_tick(&f).await;
+    let decided = eventually(Duration::from_secs(3), || async {
+        latest_tick(&f).await > refused_at
+    })
+    .await;
+    assert!(decided.is_some(), "no decision after the refusals");
     let d: serde_json::Value =
         serde_json::from_str(&get(f.admin, "/api/decisions?limit=1").await.unwrap().body).unwrap();
     assert_eq!(d["decisions"][0]["source"], "model");
@@ -243,7 +271,13 @@ async fn hot_reload_under_load_refuses_bad_models_and_never_fails_a_request() {
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Traffic goes on after the swap.
+    let ok_at_swap = ok.load(Ordering::Relaxed);
+    let flowing = eventually(Duration::from_secs(5), || async {
+        ok.load(Ordering::Relaxed) >= ok_at_swap + 20
+    })
+    .await;
+    assert!(flowing.is_some(), "no traffic after the swap");
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
@@ -259,9 +293,11 @@ async fn hot_reload_under_load_refuses_bad_models_and_never_fails_a_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_runtime_the_heuristic_takes_over_and_traffic_flows() {
     let b = backends(2).await;
-    let spec = PoolSpec::new("least_connections", &[&b[0], &b[1]]);
-    let control = "\n[control]\ntick_ms = 100\nort_library = \"/nonexistent/libonnxruntime.so\"\n";
-    let f = Fulcrum::start(model_config(&spec, control)).await;
+    let control = ControlConfig {
+        ort_library: Some("/nonexistent/libonnxruntime.so".into()),
+        ..control_with(ControlConfig::default().model)
+    };
+    let f = Fulcrum::start(model_pool(&[&b[0], &b[1]], control)).await;
     for _ in 0..20 {
         assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use fulcrum_config::{BackendConfig, HostMatch, RouteConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn tally(f: &Fulcrum, n: usize) -> HashMap<String, usize> {
@@ -26,8 +27,8 @@ async fn tally(f: &Fulcrum, n: usize) -> HashMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_300_requests_evenly() {
     let b = backends(3).await;
-    let spec = PoolSpec::new("round_robin", &[&b[0], &b[1], &b[2]]);
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let web = web_pool(Algorithm::RoundRobin, &[&b[0], &b[1], &b[2]]);
+    let f = Fulcrum::web(web).await;
     let counts = tally(&f, 300).await;
     assert_eq!(counts.get("b1"), Some(&100), "{counts:?}");
     assert_eq!(counts.get("b2"), Some(&100), "{counts:?}");
@@ -37,9 +38,9 @@ async fn round_robin_spreads_300_requests_evenly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smooth_weighted_5_1_1_gives_500_100_100() {
     let b = backends(3).await;
-    let mut spec = PoolSpec::new("weighted_round_robin", &[&b[0], &b[1], &b[2]]);
-    spec.backends[0].1 = 5;
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let mut web = web_pool(Algorithm::WeightedRoundRobin, &[&b[0], &b[1], &b[2]]);
+    web.backends[0].weight = 5;
+    let f = Fulcrum::web(web).await;
     let counts = tally(&f, 700).await;
     assert_eq!(counts.get("b1"), Some(&500), "{counts:?}");
     assert_eq!(counts.get("b2"), Some(&100), "{counts:?}");
@@ -58,8 +59,8 @@ async fn smooth_weighted_5_1_1_gives_500_100_100() {
 async fn least_connections_sends_a_slow_backend_clearly_fewer() {
     let b = backends(3).await;
     b[2].set_delay(Duration::from_millis(200));
-    let spec = PoolSpec::new("least_connections", &[&b[0], &b[1], &b[2]]);
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let web = web_pool(Algorithm::LeastConnections, &[&b[0], &b[1], &b[2]]);
+    let f = Fulcrum::web(web).await;
     // 200 requests from 20 concurrent keep-alive clients.
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -99,8 +100,8 @@ async fn least_connections_sends_a_slow_backend_clearly_fewer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_a_backend_under_load_is_invisible_to_gets() {
     let mut b = backends(3).await;
-    let spec = PoolSpec::new("least_connections", &[&b[0], &b[1], &b[2]]);
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let web = web_pool(Algorithm::LeastConnections, &[&b[0], &b[1], &b[2]]);
+    let f = Fulcrum::web(web).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
@@ -124,7 +125,12 @@ async fn stopping_a_backend_under_load_is_invisible_to_gets() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The backend goes away under load: wait until every backend is serving it.
+    let loaded = eventually(Duration::from_secs(5), || async {
+        b.iter().all(|s| s.requests() >= 20)
+    })
+    .await;
+    assert!(loaded.is_some(), "the load never reached every backend");
     let victim = b[1].addr();
     b[1].stop().await;
     // Health window: 2 failed checks at 200 ms intervals, plus one interval of slack.
@@ -133,7 +139,13 @@ async fn stopping_a_backend_under_load_is_invisible_to_gets() {
     })
     .await;
     assert!(down.is_some(), "/api/pools never showed {victim} down");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // GETs go on while it is down.
+    let ok_while_down = ok.load(Ordering::Relaxed);
+    let served = eventually(Duration::from_secs(5), || async {
+        ok.load(Ordering::Relaxed) >= ok_while_down + 100
+    })
+    .await;
+    assert!(served.is_some(), "the load stalled while {victim} was down");
     b[1].restart().await.unwrap();
     let up = eventually(Duration::from_secs(3), || async {
         f.backend_healthy(victim).await
@@ -141,7 +153,10 @@ async fn stopping_a_backend_under_load_is_invisible_to_gets() {
     .await;
     assert!(up.is_some(), "/api/pools never showed {victim} up again");
     let served_before = b[1].requests();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rejoined = eventually(Duration::from_secs(5), || async {
+        b[1].requests() > served_before
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for t in load {
         t.await.unwrap();
@@ -152,21 +167,25 @@ async fn stopping_a_backend_under_load_is_invisible_to_gets() {
         "too little load: {}",
         ok.load(Ordering::Relaxed)
     );
-    assert!(
-        b[1].requests() > served_before,
-        "the recovered backend got no traffic"
-    );
+    assert!(rejoined.is_some(), "the recovered backend got no traffic");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_are_retried_elsewhere_for_any_method() {
     let b = backends(1).await;
-    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut spec = PoolSpec::new("round_robin", &[&b[0]]);
-    spec.backends.insert(0, (dead, 1));
+    let dead: std::net::SocketAddr = dead_addr();
+    let mut web = web_pool(Algorithm::RoundRobin, &[&b[0]]);
+    web.backends.insert(
+        0,
+        BackendConfig {
+            addr: dead,
+            weight: 1,
+        },
+    );
     // Checks slow enough that the dead backend is still in rotation for this test.
-    spec.health = "interval_ms = 60000\ntimeout_ms = 500\n";
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    web.health_check.interval = Duration::from_secs(60);
+    web.health_check.timeout = Duration::from_millis(500);
+    let f = Fulcrum::web(web).await;
     for method in ["GET", "POST", "GET", "POST"] {
         let r = request(f.proxy, method, "/", &[], b"payload")
             .await
@@ -209,10 +228,16 @@ async fn failures_past_connect_retry_only_idempotent_requests() {
         }
     });
     let b = backends(1).await;
-    let mut spec = PoolSpec::new("round_robin", &[&b[0]]);
-    spec.backends.insert(0, (rude, 1));
-    spec.extra = "max_consecutive_failures = 1000";
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let mut web = web_pool(Algorithm::RoundRobin, &[&b[0]]);
+    web.backends.insert(
+        0,
+        BackendConfig {
+            addr: rude,
+            weight: 1,
+        },
+    );
+    web.max_consecutive_failures = 1000;
+    let f = Fulcrum::web(web).await;
     let mut gets = 0;
     let mut posts_failed = 0;
     for i in 0..6 {
@@ -236,8 +261,8 @@ async fn failures_past_connect_retry_only_idempotent_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_and_hop_by_hop() {
     let b = backends(1).await;
-    let spec = PoolSpec::new("round_robin", &[&b[0]]);
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let web = web_pool(Algorithm::RoundRobin, &[&b[0]]);
+    let f = Fulcrum::web(web).await;
     let r = request(
         f.proxy,
         "GET",
@@ -275,8 +300,8 @@ async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_4xx_and_others_are_unaffected() {
     let b = backends(1).await;
-    let spec = PoolSpec::new("round_robin", &[&b[0]]);
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let web = web_pool(Algorithm::RoundRobin, &[&b[0]]);
+    let f = Fulcrum::web(web).await;
     // A healthy keep-alive client before and after.
     let mut good = Conn::open(f.proxy).await.unwrap();
     assert_eq!(good.send("GET", "/", &[], b"").await.unwrap().status, 200);
@@ -305,19 +330,27 @@ async fn bad_requests_get_4xx_and_others_are_unaffected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_404_and_no_healthy_backend_503() {
     let b = backends(2).await;
-    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dead: std::net::SocketAddr = dead_addr();
     let (a0, a1) = (b[0].addr(), b[1].addr());
+    let route = |host: &str, path_prefix: &str, pool: &str| RouteConfig {
+        host: HostMatch::parse(host).unwrap(),
+        path_prefix: path_prefix.into(),
+        pool: pool.into(),
+    };
+    let mut gone = pool("gone", Algorithm::LeastConnections, &[(dead, 1)]);
+    gone.health_check.interval = Duration::from_millis(100);
+    gone.health_check.timeout = Duration::from_millis(50);
+    gone.health_check.unhealthy_threshold = 1;
     let f = Fulcrum::start(|p, a| {
-        format!(
-            "[server]\nlisten = [\"{p}\"]\nthreads = 1\n[admin]\nlisten = \"{a}\"\n\
-             [[routes]]\nhost = \"api.example.com\"\npath_prefix = \"/\"\npool = \"api\"\n\
-             [[routes]]\nhost = \"*.example.com\"\npath_prefix = \"/static\"\npool = \"static\"\n\
-             [[routes]]\nhost = \"*.example.com\"\npath_prefix = \"/gone\"\npool = \"gone\"\n\
-             [pools.api]\nalgorithm = \"round_robin\"\n[[pools.api.backends]]\naddr = \"{a0}\"\n\
-             [pools.static]\nalgorithm = \"p2c_ewma\"\n[[pools.static.backends]]\naddr = \"{a1}\"\n\
-             [pools.gone]\n[pools.gone.health_check]\ninterval_ms = 100\ntimeout_ms = 50\nunhealthy_threshold = 1\n\
-             [[pools.gone.backends]]\naddr = \"{dead}\"\n"
-        )
+        let mut c = single_pool(p, a, pool("api", Algorithm::RoundRobin, &[(a0, 1)]));
+        c.pools.push(pool("static", Algorithm::P2cEwma, &[(a1, 1)]));
+        c.pools.push(gone);
+        c.routes = vec![
+            route("api.example.com", "/", "api"),
+            route("*.example.com", "/static", "static"),
+            route("*.example.com", "/gone", "gone"),
+        ];
+        c
     })
     .await;
     let host = |h: &'static str| [("host", h)];
@@ -412,8 +445,8 @@ fn check_reports_every_mistake_and_exits_78() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool() {
     let b = backends(2).await;
-    let spec = PoolSpec::new("p2c_ewma", &[&b[0], &b[1]]);
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let web = web_pool(Algorithm::P2cEwma, &[&b[0], &b[1]]);
+    let f = Fulcrum::web(web).await;
     let mut c = Conn::open(f.proxy).await.unwrap();
     for i in 0..20 {
         let path = if i % 5 == 0 { "/?status=503" } else { "/" };
@@ -460,21 +493,14 @@ async fn metrics_pass_promtool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_reports_pools_and_reload_keeps_old_config_on_error() {
     let b = backends(2).await;
-    let spec = PoolSpec::new("least_connections", &[&b[0], &b[1]]);
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let web = web_pool(Algorithm::LeastConnections, &[&b[0], &b[1]]);
+    let f = Fulcrum::web(web).await;
     for _ in 0..10 {
         assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
     }
     // A lease is released when the proxy finishes its bookkeeping, which may be just after the
     // client has its response: wait for the last one before reading the snapshot.
-    eventually(Duration::from_secs(2), || async {
-        f.pools().await["pools"][0]["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|b| b["in_flight"] == 0)
-    })
-    .await;
+    eventually(Duration::from_secs(2), || f.idle()).await;
     let pools = f.pools().await;
     let pool = &pools["pools"][0];
     assert_eq!(pool["name"], "web");
@@ -540,8 +566,8 @@ async fn admin_api_reports_pools_and_reload_keeps_old_config_on_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_cleartext_clients_are_served() {
     let b = backends(2).await;
-    let spec = PoolSpec::new("round_robin", &[&b[0], &b[1]]);
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let web = web_pool(Algorithm::RoundRobin, &[&b[0], &b[1]]);
+    let f = Fulcrum::web(web).await;
     // Three streams multiplexed on one HTTP/2 connection (prior knowledge, no upgrade).
     let urls: Vec<String> = ["/a", "/b", "/c"]
         .iter()
@@ -563,20 +589,25 @@ async fn http2_cleartext_clients_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_hanging_up_do_not_eject_a_healthy_backend() {
     let b = backends(1).await;
-    let mut spec = PoolSpec::new("round_robin", &[&b[0]]);
-    spec.extra = "max_consecutive_failures = 3";
+    let mut web = web_pool(Algorithm::RoundRobin, &[&b[0]]);
+    web.max_consecutive_failures = 3;
     // Checks far apart: only the request path could eject the backend here.
-    spec.health = "interval_ms = 60000\ntimeout_ms = 500\n";
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
-    for _ in 0..8 {
+    web.health_check.interval = Duration::from_secs(60);
+    web.health_check.timeout = Duration::from_millis(500);
+    let f = Fulcrum::web(web).await;
+    for i in 0..8 {
         let mut s = tokio::net::TcpStream::connect(f.proxy).await.unwrap();
         s.write_all(b"GET /?delay_ms=300 HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Hang up only once the request is at the backend, in flight through the proxy.
+        let arrived = eventually(Duration::from_secs(5), || async { b[0].requests() > i }).await;
+        assert!(arrived.is_some(), "request {i} never reached the backend");
         drop(s);
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Every abandoned request has finished its bookkeeping, so any ejection has happened.
+    let settled = eventually(Duration::from_secs(5), || f.idle()).await;
+    assert!(settled.is_some(), "requests still in flight");
     assert!(
         f.backend_healthy(b[0].addr()).await,
         "backend ejected for the clients' hang-ups"
@@ -589,10 +620,10 @@ async fn clients_hanging_up_do_not_eject_a_healthy_backend() {
 async fn a_503_is_retried_elsewhere_for_idempotent_requests_only() {
     let b = backends(2).await;
     b[0].set_status(503);
-    let mut spec = PoolSpec::new("round_robin", &[&b[0], &b[1]]);
+    let mut web = web_pool(Algorithm::RoundRobin, &[&b[0], &b[1]]);
     // Keep the failing backend in rotation: only the retry rule is under test.
-    spec.extra = "max_consecutive_failures = 1000";
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    web.max_consecutive_failures = 1000;
+    let f = Fulcrum::web(web).await;
     let mut conn = Conn::open(f.proxy).await.unwrap();
     for _ in 0..6 {
         let r = conn.send_retry_closed("GET", "/").await.unwrap();
@@ -624,8 +655,8 @@ async fn a_503_is_retried_elsewhere_for_idempotent_requests_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_sets_weights_at_runtime_and_refuses_bad_ones_whole() {
     let b = backends(2).await;
-    let spec = PoolSpec::new("weighted_round_robin", &[&b[0], &b[1]]);
-    let f = Fulcrum::start(|p, a| config_text(p, a, &spec)).await;
+    let web = web_pool(Algorithm::WeightedRoundRobin, &[&b[0], &b[1]]);
+    let f = Fulcrum::web(web).await;
     let (a0, a1) = (b[0].addr().to_string(), b[1].addr().to_string());
     let put = |path: &'static str, body: String| {
         let admin = f.admin;

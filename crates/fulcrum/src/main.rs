@@ -81,7 +81,8 @@ struct LabArgs {
     /// the time); service times are not scaled.
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
-    /// Extra TOML lines for the generated pool (e.g. control-loop settings).
+    /// Extra TOML laid over the generated `[pools.lab]` table; its keys replace the generated
+    /// ones (e.g. `retries = 0` or `health_check.interval_ms = 200`).
     #[arg(long, default_value = "")]
     pool_toml: String,
     /// No progress bar.

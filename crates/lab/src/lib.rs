@@ -9,6 +9,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod harness;
 pub mod loadgen;
 mod proxy;
 
@@ -40,7 +41,8 @@ pub struct LabOptions {
     pub time_scale: f64,
     /// Draw a progress line on stderr.
     pub progress: bool,
-    /// Extra TOML lines placed in the generated `[pools.lab]` table.
+    /// Extra TOML laid over the generated `[pools.lab]` table (its keys replace the
+    /// generated ones).
     pub extra_pool_toml: String,
 }
 
@@ -157,18 +159,18 @@ async fn run_policy(
         .iter()
         .map(|s| (s.addr(), s.backend().weight))
         .collect();
-    let dir = proxy::TempDir::new()?;
-    let proxy = proxy::Proxy::start(
-        &opts.fulcrum_bin,
-        &dir,
+    let (listen, admin) = harness::loopback_pair().context("cannot pick free ports")?;
+    let config = proxy_config(
+        listen,
+        admin,
         algorithm,
         weights,
         &backends,
         &opts.extra_pool_toml,
         opts.time_scale,
-    )
-    .await?;
-    let retries_before = read_retries_total(proxy.admin).await?;
+    )?;
+    let proxy = harness::Proxy::start(&opts.fulcrum_bin, &config).await?;
+    let retries_before = read_retries_total(admin).await?;
 
     // Scenario time 0 is the moment load starts.
     let clock = LabClock::new(opts.time_scale);
@@ -177,10 +179,10 @@ async fn run_policy(
     }
     let oracle = (policy == Policy::CapacityOracle).then(|| {
         let addrs = servers.iter().map(|s| s.addr()).collect();
-        tokio::spawn(follow_capacity(scenario.clone(), proxy.admin, addrs, clock))
+        tokio::spawn(follow_capacity(scenario.clone(), admin, addrs, clock))
     });
     let cfg = LoadGenConfig {
-        target: proxy.listen,
+        target: listen,
         load: scenario.load.clone(),
         duration_s: scenario.duration_s,
         clock,
@@ -224,7 +226,7 @@ async fn run_policy(
             task.abort();
         }
     }
-    let retries_after = read_retries_total(proxy.admin).await;
+    let retries_after = read_retries_total(admin).await;
     proxy.stop();
     drop(servers);
     let mut result = PolicyResult::from_records(

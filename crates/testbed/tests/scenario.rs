@@ -56,6 +56,19 @@ async fn get(sender: &mut SendRequest<Empty<Bytes>>, path: &str) -> hyper::Resul
     Ok((status, load))
 }
 
+/// Wait until `cond` holds (for at most 5 s) and return the moment it was seen to.
+async fn until(cond: impl Fn() -> bool) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = Instant::now();
+        if cond() {
+            return now;
+        }
+        assert!(now < deadline, "the condition never held");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 #[tokio::test]
 async fn honours_concurrency() {
     let server = ScenarioServer::start(&backend(2, 100.0), any_port(), 1, LabClock::new(1.0))
@@ -73,7 +86,7 @@ async fn honours_concurrency() {
         })
         .collect();
     // Health checks are answered at once even while every slot is busy.
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    until(|| server.busy() == 2).await;
     let mut h = connect(addr).await.unwrap();
     let t = Instant::now();
     assert_eq!(get(&mut h, "/healthz").await.unwrap().0, 200);
@@ -165,8 +178,13 @@ async fn down_event_refuses_connections() {
     let mut kept = connect(addr).await.unwrap();
     assert_eq!(get(&mut kept, "/").await.unwrap().0, 200);
 
-    tokio::time::sleep_until(clock.wall_at(0.4).into()).await;
-    assert!(!server.is_listening());
+    // The server goes down on its own timer: wait for it, then check it was not early.
+    let went_down = until(|| !server.is_listening()).await;
+    assert!(
+        clock.scenario_time_at(went_down) >= 0.3,
+        "down at {}",
+        clock.scenario_time_at(went_down)
+    );
     assert!(
         TcpStream::connect(addr).await.is_err(),
         "refused while down"
@@ -176,8 +194,12 @@ async fn down_event_refuses_connections() {
         "open connections dropped"
     );
 
-    tokio::time::sleep_until(clock.wall_at(0.8).into()).await;
-    assert!(server.is_listening());
+    let came_back = until(|| server.is_listening()).await;
+    assert!(
+        clock.scenario_time_at(came_back) >= 0.7,
+        "back at {}",
+        clock.scenario_time_at(came_back)
+    );
     let mut s = connect(addr).await.unwrap();
     assert_eq!(get(&mut s, "/").await.unwrap().0, 200);
 }

@@ -1,31 +1,7 @@
-//! A whole lab run against the real `fulcrum` binary.
-
-use std::path::PathBuf;
-use std::process::Command;
+//! A whole lab run against the real `fulcrum` binary, which Cargo builds for this test.
 
 use fulcrum_lab::{run_lab, LabOptions};
 use fulcrum_scenario::{BackendEvent, Load, Scenario, ScenarioBackend};
-
-/// `FULCRUM_BIN`, else the workspace's debug build, built first if it is missing.
-fn fulcrum_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("FULCRUM_BIN") {
-        return PathBuf::from(p);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target = root.join("target");
-    let bin = target.join("debug/fulcrum");
-    if !bin.is_file() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "fulcrum"])
-            .current_dir(&root)
-            .env("CARGO_TARGET_DIR", &target)
-            .status()
-            .expect("run cargo build -p fulcrum");
-        assert!(status.success(), "cargo build -p fulcrum failed");
-    }
-    bin
-}
 
 fn backend(name: &str, concurrency: u32, service_ms: f64, weight: u32) -> ScenarioBackend {
     ScenarioBackend {
@@ -63,7 +39,7 @@ fn tiny_scenario_against_the_real_proxy() {
         error_rate: None,
         down: true,
     });
-    let mut opts = LabOptions::new(fulcrum_bin());
+    let mut opts = LabOptions::new(env!("CARGO_BIN_EXE_fulcrum"));
     opts.policies = vec![
         "round_robin".into(),
         "oracle".into(),
