@@ -12,6 +12,7 @@ use std::time::{Instant, SystemTime};
 
 use fulcrum_balance::now_ns;
 use fulcrum_config::{ControlConfig, WeightSource};
+use fulcrum_control::decisions::Decision;
 use fulcrum_control::guardrails::Limits;
 use fulcrum_control::model::{runtime, OnnxModel};
 use fulcrum_control::{
@@ -103,7 +104,7 @@ struct ControlLoop {
     pools: HashMap<String, PoolState>,
     upstreams_ptr: usize,
     started: Instant,
-    record: Option<std::fs::File>,
+    record: Option<csv::Writer<std::fs::File>>,
 }
 
 impl ControlLoop {
@@ -229,23 +230,9 @@ impl ControlLoop {
                     metrics::counter!(names::MODEL_SKIPPED_TICKS_TOTAL, "pool" => p.config.name.clone()).increment(1);
                 }
             }
-            if let Some(file) = self.record.as_mut() {
-                let t = self.started.elapsed().as_secs_f64();
-                let mut out = String::new();
-                for (i, row) in decision.feature_rows().enumerate() {
-                    out.push_str(&format!(
-                        "{t:.3},{},{}",
-                        p.config.name, decision.backends[i]
-                    ));
-                    for v in row {
-                        out.push_str(&format!(",{v}"));
-                    }
-                    out.push_str(&format!(
-                        ",{}\n",
-                        decision.weights.get(i).copied().unwrap_or(0.0)
-                    ));
-                }
-                if let Err(e) = file.write_all(out.as_bytes()) {
+            if let Some(record) = self.record.as_mut() {
+                let t_s = self.started.elapsed().as_secs_f64();
+                if let Err(e) = write_record_rows(record, t_s, &p.config.name, &decision) {
                     log::warn!("control: stopped recording features: {e}");
                     self.record = None;
                 }
@@ -255,26 +242,75 @@ impl ControlLoop {
     }
 }
 
-fn open_record(path: &Path) -> Option<std::fs::File> {
+/// Open the feature record for appending; a new file starts with the header
+/// `t_s,pool,backend,<FEATURE_NAMES>,weight`.
+fn open_record(path: &Path) -> Option<csv::Writer<std::fs::File>> {
     let new = !path.exists();
     match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
     {
-        Ok(mut f) => {
+        Ok(f) => {
+            let mut record = csv::Writer::from_writer(f);
             if new {
-                let header = format!("t_s,pool,backend,{},weight\n", FEATURE_NAMES.join(","));
-                let _ = f.write_all(header.as_bytes());
+                let _ = write_record_header(&mut record);
             }
             log::info!("control: recording features to {}", path.display());
-            Some(f)
+            Some(record)
         }
         Err(e) => {
             log::warn!("control: cannot record features to {}: {e}", path.display());
             None
         }
     }
+}
+
+fn write_record_header<W: Write>(record: &mut csv::Writer<W>) -> csv::Result<()> {
+    let columns = ["t_s", "pool", "backend"]
+        .iter()
+        .chain(&FEATURE_NAMES)
+        .chain(&["weight"]);
+    record.write_record(columns)?;
+    record.flush()?;
+    Ok(())
+}
+
+/// Append one row per backend of `decision`, taken `t_s` seconds after the loop started, and
+/// flush them. Numbers keep their shortest exact form (`t_s` to the millisecond), as the
+/// training scripts read them; names are quoted when they hold a comma, quote or line break.
+fn write_record_rows<W: Write>(
+    record: &mut csv::Writer<W>,
+    t_s: f64,
+    pool: &str,
+    decision: &Decision,
+) -> csv::Result<()> {
+    let mut number = String::new();
+    for (i, row) in decision.feature_rows().enumerate() {
+        write_number(record, &mut number, format_args!("{t_s:.3}"))?;
+        record.write_field(pool)?;
+        record.write_field(&decision.backends[i])?;
+        for v in row {
+            write_number(record, &mut number, v)?;
+        }
+        let weight = decision.weights.get(i).copied().unwrap_or(0.0);
+        write_number(record, &mut number, weight)?;
+        record.write_record(None::<&[u8]>)?;
+    }
+    record.flush()?;
+    Ok(())
+}
+
+/// One field holding `value` as `Display` writes it, through a reused buffer.
+fn write_number<W: Write>(
+    record: &mut csv::Writer<W>,
+    buf: &mut String,
+    value: impl std::fmt::Display,
+) -> csv::Result<()> {
+    use std::fmt::Write as _;
+    buf.clear();
+    let _ = write!(buf, "{value}");
+    record.write_field(buf.as_bytes())
 }
 
 /// Run the control loop on the current thread until the process ends; `ready` is signalled
@@ -327,4 +363,57 @@ pub fn spawn(shared: Arc<Shared>, reloads: Receiver<ModelReloadRequest>) -> std:
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fulcrum_control::NUM_FEATURES;
+
+    fn decision(backends: &[&str]) -> Decision {
+        let n = backends.len();
+        Decision {
+            tick: 1,
+            t_s: 0.5,
+            pool: "web".into(),
+            source: "heuristic",
+            backends: backends.iter().map(|b| b.to_string()).collect(),
+            features: (0..n * NUM_FEATURES).map(|i| i as f32 / 4.0).collect(),
+            raw_scores: vec![1.0; n],
+            previous_weights: vec![1.0; n],
+            weights: (0..n).map(|i| i as f64 + 0.5).collect(),
+            guardrails: Vec::new(),
+            rejected: None,
+            inference_us: 0.0,
+        }
+    }
+
+    #[test]
+    fn record_rows_quote_names_and_read_back() {
+        let names = ["plain", "a,b", "say \"hi\""];
+        let mut record = csv::Writer::from_writer(Vec::new());
+        write_record_header(&mut record).unwrap();
+        write_record_rows(&mut record, 2.0, "p,\"q\"", &decision(&names)).unwrap();
+        let bytes = record.into_inner().unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.contains("\n2.000,\"p,\"\"q\"\"\",plain,0,0.25,"),
+            "{text}"
+        );
+
+        let mut reader = csv::Reader::from_reader(bytes.as_slice());
+        let header = reader.headers().unwrap().clone();
+        assert_eq!(header.len(), 4 + NUM_FEATURES);
+        assert_eq!(&header[0], "t_s");
+        assert_eq!(&header[3], FEATURE_NAMES[0]);
+        assert_eq!(&header[header.len() - 1], "weight");
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), names.len());
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(row.len(), header.len());
+            assert_eq!(&row[1], "p,\"q\"");
+            assert_eq!(&row[2], names[i]);
+            assert_eq!(row[row.len() - 1], format!("{}", i as f64 + 0.5));
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics: names in one place, per-backend handles registered once.
 //!
 //! Request-path code never builds label sets: it increments handles that were registered when
-//! the pool was built. Gauges that mirror live atomics (in-flight, up, weight) are refreshed
+//! the pool was built, or once per process for the few metrics that belong to no pool. Gauges that mirror live atomics (in-flight, up, weight) are refreshed
 //! just before each scrape instead of on every request.
 
 use std::collections::BTreeMap;
@@ -146,10 +146,28 @@ pub fn render(handle: &PrometheusHandle) -> String {
     out
 }
 
+/// Handles for requests refused before routing, one per `reason` label.
+#[derive(Debug)]
+pub struct Rejections {
+    /// Both `Content-Length` and `Transfer-Encoding` (`reason="content_length_and_transfer_encoding"`).
+    pub both_framings: Counter,
+}
+
+/// The rejection handles, registered on first use; [`install`] makes that use, so every reason
+/// is exported (at 0) from the start.
+pub fn rejections() -> &'static Rejections {
+    static REJECTIONS: OnceLock<Rejections> = OnceLock::new();
+    REJECTIONS.get_or_init(|| Rejections {
+        both_framings: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "content_length_and_transfer_encoding"),
+    })
+}
+
 /// Install the process-wide recorder and describe every metric. Call once, before any pool is built.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new().install_recorder()?;
     describe();
+    // Registered only after the recorder exists, or the handles would count into nothing.
+    rejections();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }

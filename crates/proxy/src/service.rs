@@ -33,8 +33,9 @@ pub struct RequestCtx {
     replay_response: bool,
 }
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// Headers that describe one connection (RFC 9110 §7.6.1), removed from every forwarded
+/// request. `Upgrade` is not listed: it goes through when the upgrade does.
+static REQUEST_HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -42,6 +43,16 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
+];
+/// Headers that describe one connection, removed from every forwarded response. `Connection`
+/// and `Upgrade` are not listed: a `101 Switching Protocols` keeps them, any other status loses
+/// them too.
+static RESPONSE_HOP_BY_HOP: [HeaderName; 5] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::PROXY_AUTHENTICATE,
 ];
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_BACKEND_LOAD: HeaderName = HeaderName::from_static("x-backend-load");
@@ -112,7 +123,6 @@ async fn respond_local(session: &mut Session, status: u16, body: &'static [u8]) 
         .await
 }
 
-/// Remove hop-by-hop headers, including any the `Connection` header names.
 /// Headers named in `Connection`, to be removed too. The usual tokens (`keep-alive`, `close`,
 /// and `upgrade` when the upgrade goes through) are skipped without parsing or allocating.
 fn connection_named(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
@@ -132,9 +142,12 @@ fn connection_named(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<Header
         .collect()
 }
 
+/// Remove hop-by-hop headers from a request, including any the `Connection` header names.
 fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
     // Most requests carry none of these: look before touching the header maps.
-    if !HOP_BY_HOP.iter().any(|h| req.headers.contains_key(h))
+    if !REQUEST_HOP_BY_HOP
+        .iter()
+        .any(|h| req.headers.contains_key(h))
         && !req.headers.contains_key(header::UPGRADE)
     {
         return;
@@ -143,7 +156,7 @@ fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
     for n in named {
         req.remove_header(&n);
     }
-    for h in &HOP_BY_HOP {
+    for h in &REQUEST_HOP_BY_HOP {
         req.remove_header(h);
     }
     if keep_upgrade {
@@ -154,10 +167,14 @@ fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
     }
 }
 
+/// Remove hop-by-hop headers from a response, including any the `Connection` header names.
 fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
-    if !HOP_BY_HOP[..3].iter().any(|h| resp.headers.contains_key(h))
+    // Most responses carry none of these: look before touching the header maps.
+    if !RESPONSE_HOP_BY_HOP
+        .iter()
+        .any(|h| resp.headers.contains_key(h))
+        && !resp.headers.contains_key(header::CONNECTION)
         && !resp.headers.contains_key(header::UPGRADE)
-        && !resp.headers.contains_key(header::PROXY_AUTHENTICATE)
     {
         return;
     }
@@ -166,7 +183,7 @@ fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
     for n in named {
         resp.remove_header(&n);
     }
-    for h in [&HOP_BY_HOP[1], &HOP_BY_HOP[2], &HOP_BY_HOP[5]] {
+    for h in &RESPONSE_HOP_BY_HOP {
         resp.remove_header(h);
     }
     if !upgrade {
@@ -284,7 +301,7 @@ impl ProxyHttp for FulcrumProxy {
             && raw_head_has_content_length(session)
         {
             // Both framings at once is the classic request-smuggling vector: refuse it.
-            metrics::counter!(crate::metrics::REJECTED_REQUESTS_TOTAL, "reason" => "content_length_and_transfer_encoding").increment(1);
+            crate::metrics::rejections().both_framings.increment(1);
             session.set_keepalive(None);
             session
                 .respond_error_with_body(
@@ -620,6 +637,54 @@ mod tests {
         strip_hop_by_hop_request(&mut req, true);
         assert_eq!(req.headers.get("upgrade").unwrap(), "websocket");
         assert_eq!(req.headers.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn te_and_trailer_are_stripped_from_responses() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("te", "trailers").unwrap();
+        resp.insert_header("trailer", "x-checksum").unwrap();
+        resp.insert_header("x-checksum", "abc").unwrap();
+        strip_hop_by_hop_response(&mut resp);
+        assert!(resp.headers.get("te").is_none());
+        assert!(resp.headers.get("trailer").is_none());
+        assert_eq!(resp.headers.get("x-checksum").unwrap(), "abc");
+    }
+
+    #[test]
+    fn switching_protocols_keeps_only_its_upgrade() {
+        let mut resp = ResponseHeader::build(101, None).unwrap();
+        resp.insert_header("connection", "Upgrade, x-hop").unwrap();
+        resp.insert_header("upgrade", "websocket").unwrap();
+        resp.insert_header("x-hop", "1").unwrap();
+        resp.insert_header("trailer", "x-checksum").unwrap();
+        resp.insert_header("proxy-authenticate", "Basic").unwrap();
+        strip_hop_by_hop_response(&mut resp);
+        assert!(resp.headers.get("connection").is_some());
+        assert_eq!(resp.headers.get("upgrade").unwrap(), "websocket");
+        for h in ["x-hop", "trailer", "proxy-authenticate"] {
+            assert!(resp.headers.get(h).is_none(), "{h} should be stripped");
+        }
+    }
+
+    #[test]
+    fn both_directions_strip_the_same_connection_headers() {
+        // Only requests lose `Connection` unconditionally (a 101 keeps it) and carry
+        // `Proxy-Authorization`; every other name is stripped both ways.
+        let request_only: Vec<&HeaderName> = REQUEST_HOP_BY_HOP
+            .iter()
+            .filter(|h| !RESPONSE_HOP_BY_HOP.contains(h))
+            .collect();
+        assert_eq!(
+            request_only,
+            [&header::CONNECTION, &header::PROXY_AUTHORIZATION]
+        );
+        for h in &RESPONSE_HOP_BY_HOP {
+            assert!(
+                REQUEST_HOP_BY_HOP.contains(h),
+                "{h} is stripped one way only"
+            );
+        }
     }
 
     #[test]

@@ -49,15 +49,6 @@ pub fn features_header() -> String {
     s
 }
 
-/// Quote a CSV field when it contains a separator, quote or line break.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 /// Simulate and write the header and one row per tick per backend to `path`.
 pub fn export_features(
     scenario: &Scenario,
@@ -81,44 +72,35 @@ pub fn write_feature_rows(
     out: &mut dyn Write,
 ) -> Result<FeatureExport, SimError> {
     let seed = opts.seed.unwrap_or(scenario.seed);
-    let prefix = format!(
-        "{},{},{}",
-        csv_field(&scenario.name),
-        csv_field(&policy.to_string()),
-        seed
-    );
-    let names: Vec<String> = scenario
-        .backends
-        .iter()
-        .map(|b| csv_field(&b.name))
-        .collect();
+    let (policy_name, seed) = (policy.to_string(), seed.to_string());
+    let key = [scenario.name.as_str(), &policy_name, &seed];
+    let mut record = csv::Writer::from_writer(out);
+    let mut number = String::with_capacity(32);
     let mut rows = 0u64;
     let mut error: Option<io::Error> = None;
-    let mut line = String::with_capacity(512);
     let mut on_tick = |tick: &TickSnapshot<'_>| {
         if error.is_some() || tick.t_s < scenario.warmup_s {
             return;
         }
         let features = extract(tick.observations);
         for (i, truth) in tick.truth.iter().enumerate() {
-            use std::fmt::Write as _;
-            line.clear();
-            let _ = write!(line, "{prefix},{},{}", tick.t_s, names[i]);
-            for v in &features[i * NUM_FEATURES..(i + 1) * NUM_FEATURES] {
-                let _ = write!(line, ",{v}");
-            }
-            let _ = writeln!(
-                line,
-                ",{},{},{},{},{},{}",
-                truth.concurrency,
-                truth.service_ms,
-                truth.error_rate,
-                u8::from(truth.down),
-                truth.queue_len,
-                truth.busy
-            );
-            if let Err(e) = out.write_all(line.as_bytes()) {
-                error = Some(e);
+            let truth: [&dyn std::fmt::Display; TRUTH_COLUMNS.len()] = [
+                &truth.concurrency,
+                &truth.service_ms,
+                &truth.error_rate,
+                &u8::from(truth.down),
+                &truth.queue_len,
+                &truth.busy,
+            ];
+            let row = Row {
+                key: &key,
+                t_s: tick.t_s,
+                backend: &scenario.backends[i].name,
+                features: &features[i * NUM_FEATURES..(i + 1) * NUM_FEATURES],
+                truth: &truth,
+            };
+            if let Err(e) = row.write(&mut record, &mut number) {
+                error = Some(e.into());
                 return;
             }
             rows += 1;
@@ -128,10 +110,45 @@ pub fn write_feature_rows(
     if let Some(e) = error {
         return Err(SimError::Io(e));
     }
+    record.flush()?;
     Ok(FeatureExport {
         result: output.result,
         rows,
     })
+}
+
+/// One data row: numbers as `Display` writes them (the shortest exact form, which the
+/// training scripts parse), names quoted when they hold a comma, quote or line break.
+struct Row<'a> {
+    key: &'a [&'a str; 3],
+    t_s: f64,
+    backend: &'a str,
+    features: &'a [f32],
+    truth: &'a [&'a dyn std::fmt::Display; TRUTH_COLUMNS.len()],
+}
+
+impl Row<'_> {
+    /// Write the row's fields and end the record; `number` is a reused formatting buffer.
+    fn write<W: Write>(&self, record: &mut csv::Writer<W>, number: &mut String) -> csv::Result<()> {
+        let mut field = |record: &mut csv::Writer<W>, value: &dyn std::fmt::Display| {
+            use std::fmt::Write as _;
+            number.clear();
+            let _ = write!(number, "{value}");
+            record.write_field(number.as_bytes())
+        };
+        for k in self.key {
+            record.write_field(k)?;
+        }
+        field(record, &self.t_s)?;
+        record.write_field(self.backend)?;
+        for v in self.features {
+            field(record, v)?;
+        }
+        for v in self.truth {
+            field(record, v)?;
+        }
+        record.write_record(None::<&[u8]>)
+    }
 }
 
 #[cfg(test)]
@@ -190,9 +207,27 @@ mod tests {
     }
 
     #[test]
-    fn csv_quoting() {
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    fn names_with_commas_and_quotes_round_trip() {
+        let name = "edge \"east\", rack 2";
+        let mut sc = scenario(
+            5,
+            4.0,
+            2.0,
+            200.0,
+            vec![backend(name, 4, 5.0, 0.2), backend("b", 4, 5.0, 0.2)],
+        );
+        sc.name = "mix, \"quoted\"".into();
+        let mut out = Vec::new();
+        out.extend_from_slice(features_header().as_bytes());
+        let export =
+            write_feature_rows(&sc, &Policy::P2cEwma, &SimOptions::default(), &mut out).unwrap();
+        let mut reader = csv::Reader::from_reader(out.as_slice());
+        let width = reader.headers().unwrap().len();
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len() as u64, export.rows);
+        assert!(rows.iter().all(|r| r.len() == width));
+        assert_eq!(&rows[0][0], sc.name);
+        assert_eq!(&rows[0][4], name);
+        assert_eq!(&rows[1][4], "b");
     }
 }

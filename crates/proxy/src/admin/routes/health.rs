@@ -1,0 +1,32 @@
+//! `GET /healthz` (the process answers) and `GET /readyz` (every pool can serve).
+
+use hyper::StatusCode;
+
+use crate::admin::response::{text, Reply};
+use crate::Shared;
+
+/// Liveness: answering at all is the proof.
+pub(crate) fn healthz() -> Reply {
+    text(StatusCode::OK, "ok\n")
+}
+
+/// Readiness: 200 when every pool has a healthy backend, else 503 naming the pools without one.
+pub(crate) fn readyz(shared: &Shared) -> Reply {
+    let upstreams = shared.upstreams.load();
+    if upstreams.ready() {
+        return text(StatusCode::OK, "ready\n");
+    }
+    let down: Vec<&str> = upstreams
+        .pools
+        .iter()
+        .filter(|p| p.pool.healthy_count() == 0)
+        .map(|p| p.config.name.as_str())
+        .collect();
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "not ready: no healthy backend in pool(s): {}\n",
+            down.join(", ")
+        ),
+    )
+}
