@@ -13,7 +13,6 @@ use std::time::{Instant, SystemTime};
 use fulcrum_balance::now_ns;
 use fulcrum_config::{ControlConfig, WeightSource};
 use fulcrum_control::decisions::Decision;
-use fulcrum_control::guardrails::Limits;
 use fulcrum_control::model::{runtime, OnnxModel};
 use fulcrum_control::{
     ControlSettings, Heuristic, PoolController, Scorer, TickObserver, TickOutcome, FEATURE_NAMES,
@@ -67,19 +66,6 @@ pub fn describe_metrics() {
     );
     describe_counter!(names::CONTROL_TICKS_TOTAL, "Control ticks run, per pool.");
     metrics::gauge!(names::MODEL_LOADED).set(0.0);
-}
-
-fn settings(cfg: &ControlConfig) -> ControlSettings {
-    ControlSettings {
-        tick: cfg.tick,
-        limits: Limits {
-            floor: cfg.floor,
-            ceiling: cfg.ceiling,
-            max_step: cfg.max_step,
-        },
-        inference_budget: cfg.inference_budget,
-        probes: cfg.probes,
-    }
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
@@ -194,7 +180,7 @@ impl ControlLoop {
                     p.config.name.clone(),
                     PoolState {
                         observer: TickObserver::new(&p.pool, now),
-                        controller: PoolController::new(&p.pool, settings(&cfg), now),
+                        controller: PoolController::new(&p.pool, ControlSettings::from(&cfg), now),
                     },
                 );
             }
