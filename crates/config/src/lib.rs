@@ -32,6 +32,7 @@
 pub mod control_defaults;
 mod emit;
 mod model;
+pub mod pool_defaults;
 mod validate;
 
 use std::path::Path;

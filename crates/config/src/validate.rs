@@ -9,6 +9,7 @@ use std::time::Duration;
 use toml::de::DeValue;
 
 use crate::control_defaults as defaults;
+use crate::pool_defaults as pool;
 use fulcrum_diagnostics::reader::{
     as_int, as_str, as_table, number, type_error, Ctx, Table, Value,
 };
@@ -509,13 +510,20 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
             }
         }
     };
-    let connect_timeout = millis(ctx, t, "connect_timeout_ms", 1000, 1);
-    let read_timeout = millis(ctx, t, "read_timeout_ms", 30_000, 1);
-    let write_timeout = millis(ctx, t, "write_timeout_ms", 30_000, 1);
-    let idle_timeout = millis(ctx, t, "idle_timeout_ms", 60_000, 1);
-    let retries = bounded(ctx, t, "retries", 2, 0, 10) as u32;
-    let ewma_decay = millis(ctx, t, "ewma_decay_ms", 10_000, 1);
-    let max_consecutive_failures = bounded(ctx, t, "max_consecutive_failures", 5, 1, 1000) as u32;
+    let connect_timeout = millis(ctx, t, "connect_timeout_ms", pool::CONNECT_TIMEOUT_MS, 1);
+    let read_timeout = millis(ctx, t, "read_timeout_ms", pool::READ_TIMEOUT_MS, 1);
+    let write_timeout = millis(ctx, t, "write_timeout_ms", pool::WRITE_TIMEOUT_MS, 1);
+    let idle_timeout = millis(ctx, t, "idle_timeout_ms", pool::IDLE_TIMEOUT_MS, 1);
+    let retries = bounded(ctx, t, "retries", u64::from(pool::RETRIES), 0, 10) as u32;
+    let ewma_decay = millis(ctx, t, "ewma_decay_ms", pool::EWMA_DECAY_MS, 1);
+    let max_consecutive_failures = bounded(
+        ctx,
+        t,
+        "max_consecutive_failures",
+        u64::from(pool::MAX_CONSECUTIVE_FAILURES),
+        1,
+        1000,
+    ) as u32;
     let health_check = match t.get("health_check") {
         None => HealthCheckConfig::default(),
         Some(v) => match as_table(ctx, v, t.child("health_check"), "a table") {

@@ -24,6 +24,7 @@ use fulcrum_balance::{
     Algorithm, Backend, HealthChange, HealthRule, HealthTracker, InFlightGuard, Outcome, P2cEwma,
     Pool, Tried,
 };
+use fulcrum_config::{control_defaults, pool_defaults};
 use fulcrum_control::{BackendObservation, TickObserver};
 use fulcrum_report::{Accumulator, PolicyResult, RunReport};
 use fulcrum_scenario::{Policy, Scenario};
@@ -70,13 +71,13 @@ impl Default for SimOptions {
         let health = fulcrum_config::HealthCheckConfig::default();
         Self {
             seed: None,
-            retries: 2,
-            max_consecutive_failures: 5,
-            ewma_decay: Duration::from_secs(10),
+            retries: pool_defaults::RETRIES,
+            max_consecutive_failures: pool_defaults::MAX_CONSECUTIVE_FAILURES,
+            ewma_decay: Duration::from_millis(pool_defaults::EWMA_DECAY_MS),
             health_interval: health.interval,
             unhealthy_threshold: health.unhealthy_threshold,
             healthy_threshold: health.healthy_threshold,
-            tick_ms: 500,
+            tick_ms: control_defaults::TICK_MS,
             refused_ms: 0.1,
             weight_controller: None,
         }

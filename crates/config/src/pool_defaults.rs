@@ -1,0 +1,23 @@
+//! Defaults of a `[pools.NAME]` section, shared by the configuration and the simulator so that
+//! a simulated pool behaves as a configured one that leaves the keys out.
+
+/// Time to establish a backend connection, in milliseconds (`connect_timeout_ms`).
+pub const CONNECT_TIMEOUT_MS: u64 = 1000;
+
+/// Longest wait for a backend's response bytes, in milliseconds (`read_timeout_ms`).
+pub const READ_TIMEOUT_MS: u64 = 30_000;
+
+/// Longest wait to send request bytes to a backend, in milliseconds (`write_timeout_ms`).
+pub const WRITE_TIMEOUT_MS: u64 = 30_000;
+
+/// How long an idle backend connection is kept for reuse, in milliseconds (`idle_timeout_ms`).
+pub const IDLE_TIMEOUT_MS: u64 = 60_000;
+
+/// Attempts allowed beyond the first (`retries`).
+pub const RETRIES: u32 = 2;
+
+/// Peak-EWMA decay time constant, in milliseconds (`ewma_decay_ms`).
+pub const EWMA_DECAY_MS: u64 = 10_000;
+
+/// Consecutive failed requests that passively eject a backend (`max_consecutive_failures`).
+pub const MAX_CONSECUTIVE_FAILURES: u32 = 5;
