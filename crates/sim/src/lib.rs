@@ -10,7 +10,6 @@ pub mod control;
 pub mod features;
 pub mod policy;
 pub mod report;
-mod rng;
 pub mod sim;
 pub mod write;
 
