@@ -9,8 +9,8 @@
 //! [`TickObserver`] the control loop uses.
 //!
 //! A run is a pure function of the scenario, the policy, the options and the seed: every random
-//! draw comes from [`fulcrum_scenario::rng`] streams derived from the seed, and simultaneous events are
-//! processed in the order they were scheduled.
+//! draw comes from [`fulcrum_scenario::rng`] streams derived from the seed, and simultaneous
+//! events are processed in the order they were scheduled.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
