@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fulcrum_report::RequestRecord;
+use fulcrum_scenario::rng::{Rng, Stream};
 use fulcrum_scenario::Load;
-use fulcrum_testbed::scenario::{LabClock, Prng};
+use fulcrum_testbed::scenario::LabClock;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Method, Request, StatusCode};
@@ -38,7 +39,7 @@ pub struct LoadGenConfig {
     pub clock: LabClock,
     /// Backend names, in index order, to map the `x-backend` response header to indices.
     pub backend_names: Vec<String>,
-    /// Seed of the arrival process.
+    /// The scenario's seed; arrivals draw from its [`Stream::Arrivals`], as the simulator's do.
     pub seed: u64,
     /// After the last arrival, requests still outstanding get this long to finish before
     /// they are recorded as errors.
@@ -166,7 +167,7 @@ impl Pool {
 }
 
 /// The next arrival after wall offset `w` seconds, or `None` past the end.
-fn next_arrival(load: &Load, scale: f64, mut w: f64, end_w: f64, rng: &mut Prng) -> Option<f64> {
+fn next_arrival(load: &Load, scale: f64, mut w: f64, end_w: f64, rng: &mut Rng) -> Option<f64> {
     loop {
         let t = w / scale;
         let rate = load.rate_at(t);
@@ -212,13 +213,13 @@ pub async fn run(cfg: &LoadGenConfig, stats: Arc<LoadStats>) -> Vec<RequestRecor
     let deadline = cfg.clock.start + Duration::from_secs_f64(end_w.max(0.0)) + cfg.drain_timeout;
     let pool = Arc::new(Pool::new(cfg.target));
     let names = Arc::new(cfg.backend_names.clone());
-    let mut rng = Prng::new(cfg.seed);
+    let mut rng = Rng::stream(cfg.seed, Stream::Arrivals);
     let mut tasks = JoinSet::new();
     let mut records = Vec::new();
     let mut w = 0.0;
     while let Some(next) = next_arrival(&cfg.load, scale, w, end_w, &mut rng) {
         w = next;
-        let post = rng.next_f64() < cfg.load.non_idempotent_fraction;
+        let post = rng.uniform() < cfg.load.non_idempotent_fraction;
         let scheduled = cfg.clock.start + Duration::from_secs_f64(w);
         tokio::time::sleep_until(scheduled.into()).await;
         while let Some(Ok(r)) = tasks.try_join_next() {
@@ -282,7 +283,7 @@ mod tests {
             steps: vec![(10.0, 0.0), (20.0, 400.0)],
             non_idempotent_fraction: 0.0,
         };
-        let mut rng = Prng::new(9);
+        let mut rng = Rng::new(9);
         let (mut w, mut counts) = (0.0, [0u32; 3]);
         while let Some(n) = next_arrival(&load, 1.0, w, 30.0, &mut rng) {
             assert!(n > w);
@@ -294,7 +295,7 @@ mod tests {
         assert!((3800..4200).contains(&counts[2]), "{counts:?}");
 
         // At time_scale 0.5 the same rates are offered over half the wall time.
-        let mut rng = Prng::new(9);
+        let mut rng = Rng::new(9);
         let (mut w, mut n) = (0.0, 0);
         while let Some(x) = next_arrival(&load, 0.5, w, 15.0, &mut rng) {
             w = x;

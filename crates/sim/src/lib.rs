@@ -8,7 +8,6 @@
 
 pub mod control;
 pub mod features;
-mod rng;
 pub mod sim;
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 //! [`TickObserver`] the control loop uses.
 //!
 //! A run is a pure function of the scenario, the policy, the options and the seed: every random
-//! draw comes from [`crate::rng`] streams derived from the seed, and simultaneous events are
-//! processed in the order they were scheduled.
+//! draw comes from [`fulcrum_scenario::rng`] streams derived from the seed, and simultaneous
+//! events are processed in the order they were scheduled.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
@@ -27,9 +27,8 @@ use fulcrum_balance::{
 use fulcrum_config::{control_defaults, pool_defaults};
 use fulcrum_control::{BackendObservation, TickObserver};
 use fulcrum_report::{Accumulator, PolicyResult, RunReport};
+use fulcrum_scenario::rng::{stream_seed, Rng, Stream};
 use fulcrum_scenario::{Policy, Scenario};
-
-use crate::rng::{stream_seed, Rng};
 
 /// Sets pool weights from each control tick's observations, on simulated time.
 pub trait WeightController {
@@ -289,11 +288,6 @@ fn validate(sc: &Scenario, opts: &SimOptions) -> Result<(), SimError> {
     Ok(())
 }
 
-/// Random stream ids.
-const STREAM_ARRIVALS: u64 = 1;
-const STREAM_P2C: u64 = 2;
-const STREAM_BACKEND: u64 = 0x100;
-
 /// A failure probability never treated as certain by the oracle's cost.
 const MIN_SUCCESS: f64 = 1e-9;
 /// The oracle's cost of a final error for a non-idempotent request, ms.
@@ -467,7 +461,7 @@ impl<'a> Sim<'a> {
             .collect();
         let algorithm = policy.algorithm().unwrap_or(Algorithm::LeastConnections);
         let picker = match algorithm {
-            Algorithm::P2cEwma => Box::new(P2cEwma::with_seed(stream_seed(seed, STREAM_P2C))) as _,
+            Algorithm::P2cEwma => Box::new(P2cEwma::with_seed(stream_seed(seed, Stream::P2c))) as _,
             a => fulcrum_balance::new_picker(a),
         };
         let pool = Arc::new(Pool::with_picker(
@@ -503,7 +497,7 @@ impl<'a> Sim<'a> {
                 .map(|i| BackendSim {
                     busy: 0,
                     queue: VecDeque::new(),
-                    rng: Rng::new(stream_seed(seed, STREAM_BACKEND + i as u64)),
+                    rng: Rng::stream(seed, Stream::Backend(i)),
                     health: HealthTracker::new(HealthRule {
                         unhealthy_after: opts.unhealthy_threshold,
                         healthy_after: opts.healthy_threshold,
@@ -516,7 +510,7 @@ impl<'a> Sim<'a> {
             requests: Vec::with_capacity(1024),
             free_requests: Vec::new(),
             outstanding: 0,
-            arrival_rng: Rng::new(stream_seed(seed, STREAM_ARRIVALS)),
+            arrival_rng: Rng::stream(seed, Stream::Arrivals),
             oracle_rotation: 0,
             capacity_changes,
             next_capacity_change: 0,
@@ -714,12 +708,7 @@ impl<'a> Sim<'a> {
             (Fate::Error, sb.error_ms)
         } else {
             let median = sb.service_ms * state.slowdown;
-            let ms = if sb.service_jitter > 0.0 {
-                median * (sb.service_jitter * bs.rng.normal()).exp()
-            } else {
-                median
-            };
-            (Fate::Ok, ms)
+            (Fate::Ok, bs.rng.lognormal(median, sb.service_jitter))
         };
         self.attempts[aid as usize].fate = fate;
         self.schedule(self.now + ns(ms / 1000.0), Kind::Done(aid));

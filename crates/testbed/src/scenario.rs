@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use fulcrum_scenario::rng::{stream_seed, Rng, Stream};
 use fulcrum_scenario::{Scenario, ScenarioBackend};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -78,52 +79,6 @@ impl LabClock {
     }
 }
 
-/// A small, fast, seedable pseudo-random generator (SplitMix64).
-#[derive(Debug, Clone)]
-pub struct Prng(u64);
-
-impl Prng {
-    /// A generator with the given seed; equal seeds give equal sequences.
-    pub fn new(seed: u64) -> Prng {
-        Prng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Exponentially distributed with the given rate (mean `1 / rate`).
-    pub fn exp(&mut self, rate: f64) -> f64 {
-        -(1.0 - self.next_f64()).ln() / rate
-    }
-
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.next_f64();
-        let u2 = self.next_f64();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-
-    /// Lognormal with the given median and sigma (sigma 0 returns the median).
-    pub fn lognormal(&mut self, median: f64, sigma: f64) -> f64 {
-        if sigma <= 0.0 {
-            median
-        } else {
-            median * (sigma * self.normal()).exp()
-        }
-    }
-}
-
 /// State shared by a scenario server's accept loop and request handlers.
 #[derive(Debug)]
 struct Shared {
@@ -135,7 +90,7 @@ struct Shared {
     errors: AtomicU64,
     health_requests: AtomicU64,
     listening: AtomicBool,
-    rng: Mutex<Prng>,
+    rng: Mutex<Rng>,
     clock: watch::Sender<LabClock>,
 }
 
@@ -195,7 +150,7 @@ impl ScenarioServer {
             errors: AtomicU64::new(0),
             health_requests: AtomicU64::new(0),
             listening: AtomicBool::new(true),
-            rng: Mutex::new(Prng::new(seed)),
+            rng: Mutex::new(Rng::new(seed)),
             clock: clock_tx,
         });
         let task = tokio::spawn(serve(listener, addr, shared.clone()));
@@ -373,7 +328,7 @@ async fn handle(
         .state_at(shared.clock.borrow().scenario_time());
     let (fail, ms) = {
         let mut rng = shared.rng.lock().unwrap_or_else(|e| e.into_inner());
-        if rng.next_f64() < state.error_rate {
+        if rng.uniform() < state.error_rate {
             (true, shared.backend.error_ms)
         } else {
             let median = shared.backend.service_ms * state.slowdown;
@@ -403,7 +358,8 @@ async fn handle(
 /// Start one server per backend of `scenario`.
 ///
 /// With port 0 in `base` every server gets an ephemeral port; otherwise backend `i` listens on
-/// `base.port() + i`. Backend `i` is seeded from the scenario's seed and `i`.
+/// `base.port() + i`. Backend `i` draws from the scenario seed's [`Stream::Backend`] `i`, the
+/// stream the simulator's backend `i` draws from.
 pub async fn start_all(
     scenario: &Scenario,
     base: SocketAddr,
@@ -417,9 +373,7 @@ pub async fn start_all(
                 .map_err(|_| io::Error::other("backend port out of range"))?;
             addr.set_port(port);
         }
-        let seed = scenario
-            .seed
-            .wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let seed = stream_seed(scenario.seed, Stream::Backend(i));
         servers.push(ScenarioServer::start(backend, addr, seed, clock).await?);
     }
     Ok(servers)
@@ -494,15 +448,10 @@ mod tests {
     }
 
     #[test]
-    fn boundaries_and_lognormal() {
+    fn boundaries() {
         let b = backend();
         assert_eq!(next_boundary(&b, 0.0), Some(2.0));
         assert_eq!(next_boundary(&b, 2.0), Some(5.0));
         assert_eq!(next_boundary(&b, 5.0), None);
-        let mut r = Prng::new(7);
-        let mut v: Vec<f64> = (0..4001).map(|_| r.lognormal(100.0, 0.5)).collect();
-        v.sort_by(f64::total_cmp);
-        assert!((v[2000] - 100.0).abs() < 8.0, "median {}", v[2000]);
-        assert_eq!(Prng::new(1).next_u64(), Prng::new(1).next_u64());
     }
 }
