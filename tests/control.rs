@@ -2,14 +2,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use fulcrum_config::{ControlConfig, WeightSource};
+use fulcrum_config::ControlConfig;
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("crates/control/tests/fixtures").join(name)
@@ -20,20 +19,6 @@ fn install(src: &Path, path: &Path) {
     let tmp = path.with_extension("tmp");
     std::fs::copy(src, &tmp).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// Pool `web` over `backends` with weights tuned by the control loop with `control`.
-fn model_pool(
-    backends: &[&BackendServer],
-    control: ControlConfig,
-) -> impl FnOnce(SocketAddr, SocketAddr) -> Config {
-    let mut pool = web_pool(Algorithm::LeastConnections, backends);
-    pool.weights = WeightSource::Model;
-    move |p, a| {
-        let mut config = single_pool(p, a, pool);
-        config.control = control;
-        config
-    }
 }
 
 /// The control loop ticking every 100 ms with `model`, other settings at their defaults.
@@ -69,40 +54,6 @@ async fn metric(f: &Fulcrum, prefix: &str) -> f64 {
         .sum()
 }
 
-/// Keep `workers` keep-alive clients busy until stopped; returns (ok, failed) counters.
-fn load(
-    proxy: SocketAddr,
-    workers: usize,
-    stop: Arc<AtomicBool>,
-) -> (
-    Arc<AtomicU64>,
-    Arc<AtomicU64>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(proxy).await.unwrap();
-            while !stop.load(Ordering::Relaxed) {
-                match conn.send_retry_closed("GET", "/").await {
-                    Ok(r) if r.status == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => {
-                        eprintln!("client-visible failure: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        conn = Conn::open(proxy).await.unwrap();
-                    }
-                }
-            }
-        }));
-    }
-    (ok, failed, tasks)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_backend_loses_model_weight_and_regains_it_after_healing() {
     let b = backends(3).await;
@@ -130,7 +81,7 @@ async fn a_slow_backend_loses_model_weight_and_regains_it_after_healing() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let start_tick = latest_tick(&f).await;
-    let (ok, failed, tasks) = load(f.proxy, 6, stop.clone());
+    let (ok, failed, tasks) = keep_busy(f.proxy, 6, "/", stop.clone());
     // The weights under load: a few ticks of the control loop with traffic on every backend.
     let loaded = eventually(Duration::from_secs(5), || async {
         ok.load(Ordering::Relaxed) >= 100 && latest_tick(&f).await >= start_tick + 3
@@ -216,7 +167,7 @@ async fn hot_reload_under_load_refuses_bad_models_and_never_fails_a_request() {
     assert_eq!(metric(&f, "fulcrum_model_loaded").await, 1.0);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed, tasks) = load(f.proxy, 4, stop.clone());
+    let (ok, failed, tasks) = keep_busy(f.proxy, 4, "/", stop.clone());
     // The model is deciding under load before the first reload.
     let deciding = eventually(Duration::from_secs(5), || async {
         ok.load(Ordering::Relaxed) >= 20 && latest_tick(&f).await > 0

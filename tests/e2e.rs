@@ -11,19 +11,6 @@ use common::*;
 use fulcrum_config::{BackendConfig, HostMatch, RouteConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn tally(f: &Fulcrum, n: usize) -> HashMap<String, usize> {
-    let mut conn = Conn::open(f.proxy).await.unwrap();
-    let mut counts = HashMap::new();
-    for _ in 0..n {
-        let r = conn.send("GET", "/", &[], b"").await.unwrap();
-        assert_eq!(r.status, 200, "{r:?}");
-        *counts
-            .entry(r.header("x-backend").unwrap().to_string())
-            .or_insert(0) += 1;
-    }
-    counts
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_300_requests_evenly() {
     let b = backends(3).await;
@@ -462,6 +449,9 @@ async fn metrics_pass_promtool() {
         "fulcrum_backend_weight{",
         "fulcrum_retries_total{",
         "fulcrum_health_check_failures_total{",
+        "fulcrum_backend_slow_start{",
+        "fulcrum_config_last_reload_success 1",
+        "fulcrum_config_last_reload_timestamp_seconds ",
         "fulcrum_build_info{",
     ] {
         assert!(m.body.contains(name), "missing {name} in\n{}", m.body);
@@ -730,11 +720,24 @@ async fn admin_sets_weights_at_runtime_and_refuses_bad_ones_whole() {
     let counts = tally(&f, 50).await;
     assert_eq!(counts.get("b2"), Some(&50), "{counts:?}");
 
-    // A config reload rebuilds the pool from the file's weights.
+    // A config reload keeps weights set at run time while the configured ones stay ...
     let r = request(f.admin, "POST", "/api/config/reload", &[], b"")
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
-    let counts = tally(&f, 100).await;
-    assert_eq!(counts.get("b1"), Some(&50), "{counts:?}");
+    let counts = tally(&f, 50).await;
+    assert_eq!(counts.get("b2"), Some(&50), "{counts:?}");
+
+    // ... and a backend whose configured weight changes takes the new one.
+    let text = std::fs::read_to_string(&f.config_path).unwrap();
+    let changed = text.replacen("weight = 1", "weight = 2", 1);
+    assert_ne!(changed, text);
+    std::fs::write(&f.config_path, changed).unwrap();
+    let r = request(f.admin, "POST", "/api/config/reload", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let counts = tally(&f, 150).await;
+    assert_eq!(counts.get("b1"), Some(&100), "{counts:?}");
+    assert_eq!(counts.get("b2"), Some(&50), "{counts:?}");
 }

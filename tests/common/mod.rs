@@ -2,11 +2,14 @@
 //! loopback backends, and a pool shaped for quick health decisions.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use fulcrum_config::{Algorithm, Config, PoolConfig};
+pub use fulcrum_config::{Algorithm, Config, ControlConfig, PoolConfig, WeightSource};
 pub use fulcrum_lab::harness::{eventually, get, pool, request, single_pool, Conn};
 pub use fulcrum_testbed::BackendServer;
 
@@ -53,6 +56,70 @@ pub fn web_pool(algorithm: Algorithm, backends: &[&BackendServer]) -> PoolConfig
     hc.unhealthy_threshold = 2;
     hc.healthy_threshold = 2;
     p
+}
+
+/// Keep `workers` keep-alive clients sending `GET path` until `stop`; returns the counters of
+/// answered (200) and failed requests, and the clients' tasks.
+pub fn keep_busy(
+    proxy: SocketAddr,
+    workers: usize,
+    path: &'static str,
+    stop: Arc<AtomicBool>,
+) -> (
+    Arc<AtomicU64>,
+    Arc<AtomicU64>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(proxy).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match conn.send_retry_closed("GET", path).await {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        eprintln!("client-visible failure: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        conn = Conn::open(proxy).await.unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    (ok, failed, tasks)
+}
+
+/// Pool `web` over `backends` with weights tuned by the control loop with `control`.
+pub fn model_pool(
+    backends: &[&BackendServer],
+    control: ControlConfig,
+) -> impl FnOnce(SocketAddr, SocketAddr) -> Config {
+    let mut pool = web_pool(Algorithm::LeastConnections, backends);
+    pool.weights = WeightSource::Model;
+    move |p, a| {
+        let mut config = single_pool(p, a, pool);
+        config.control = control;
+        config
+    }
+}
+
+/// `n` GETs on one keep-alive connection, counted by the backend that answered (`x-backend`).
+pub async fn tally(f: &Fulcrum, n: usize) -> HashMap<String, usize> {
+    let mut conn = Conn::open(f.proxy).await.unwrap();
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let r = conn.send("GET", "/", &[], b"").await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        *counts
+            .entry(r.header("x-backend").unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    counts
 }
 
 /// A running `fulcrum run` process, killed on drop.
@@ -114,6 +181,15 @@ impl Fulcrum {
     /// Whether no request is in flight to any backend of the first pool, per `/api/pools`.
     pub async fn idle(&self) -> bool {
         self.backends().await.iter().all(|b| b["in_flight"] == 0)
+    }
+
+    /// Send the process `SIGHUP`, as `kill -HUP` does: reload the configuration file.
+    pub fn sighup(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &self.process.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -HUP failed: {status}");
     }
 
     /// Whether the process is still running.

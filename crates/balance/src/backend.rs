@@ -29,8 +29,9 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Configured weight; the pool's initial weight table is built from it.
     pub static_weight: u32,
-    /// Live counters shared between the data plane and control/admin readers.
-    pub stats: BackendStats,
+    /// Live counters shared between the data plane and control/admin readers, and between the
+    /// pools built for successive configurations that keep this backend.
+    pub stats: Arc<BackendStats>,
 }
 
 impl Backend {
@@ -40,7 +41,18 @@ impl Backend {
             name: addr.to_string(),
             addr,
             static_weight,
-            stats: BackendStats::new(),
+            stats: Arc::new(BackendStats::new()),
+        }
+    }
+
+    /// A backend that goes on with `stats` gathered under an earlier configuration, so health,
+    /// latency estimates, counters and in-flight leases stay continuous across a reload.
+    pub fn with_stats(addr: SocketAddr, static_weight: u32, stats: Arc<BackendStats>) -> Self {
+        Self {
+            name: addr.to_string(),
+            addr,
+            static_weight,
+            stats,
         }
     }
 }
@@ -67,6 +79,11 @@ pub struct BackendStats {
     max_in_flight: AtomicU64,
     /// Load the backend reported about itself (f64 bits, utilisation 0–1); NaN when never reported.
     reported_load_bits: AtomicU64,
+    /// Weight last installed through [`Pool::set_weights`] (f64 bits); NaN when never set, i.e.
+    /// the configured weight is in force. Read when a reload rebuilds the pool.
+    assigned_weight_bits: AtomicU64,
+    /// When the backend's slow-start ramp began ([`crate::now_ns`] time); 0 when it has none.
+    ramp_start_ns: AtomicU64,
 }
 
 impl Default for BackendStats {
@@ -104,6 +121,8 @@ impl BackendStats {
             latency: LatencyHistogram::new(),
             max_in_flight: AtomicU64::new(0),
             reported_load_bits: AtomicU64::new(f64::NAN.to_bits()),
+            assigned_weight_bits: AtomicU64::new(f64::NAN.to_bits()),
+            ramp_start_ns: AtomicU64::new(0),
         }
     }
 
@@ -138,6 +157,45 @@ impl BackendStats {
         } else {
             self.health.fetch_or(ACTIVE_DOWN, Relaxed);
         }
+    }
+
+    /// Bring the backend back into service at `now_ns` (a health check or the ejection back-off
+    /// verified it) as [`BackendStats::set_healthy`]`(true)` does; when it was down, its
+    /// slow-start ramp begins now. Returns whether it was down.
+    pub fn recover(&self, now_ns: u64) -> bool {
+        self.consecutive_failures.store(0, Relaxed);
+        let was_down = self.health.swap(0, Relaxed) != 0;
+        if was_down {
+            self.start_ramp(now_ns);
+        }
+        was_down
+    }
+
+    /// Begin a slow-start ramp at `now_ns`; it only shapes traffic in a pool configured with a
+    /// [`crate::SlowStart`].
+    pub fn start_ramp(&self, now_ns: u64) {
+        // 0 means "no ramp", so a ramp begun at the clock's epoch is recorded 1 ns later.
+        self.ramp_start_ns.store(now_ns.max(1), Relaxed);
+    }
+
+    /// When the current slow-start ramp began, if one was ever begun.
+    #[inline]
+    pub fn ramp_start_ns(&self) -> Option<u64> {
+        match self.ramp_start_ns.load(Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// The weight last installed through [`Pool::set_weights`] (by the control loop or the
+    /// admin API); `None` while the configured weight is in force.
+    pub fn assigned_weight(&self) -> Option<f64> {
+        let w = f64::from_bits(self.assigned_weight_bits.load(Relaxed));
+        (!w.is_nan()).then_some(w)
+    }
+
+    pub(crate) fn set_assigned_weight(&self, weight: f64) {
+        self.assigned_weight_bits.store(weight.to_bits(), Relaxed);
     }
 
     /// The latency histogram of every recorded attempt (snapshot and diff it for a window).

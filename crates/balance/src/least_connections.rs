@@ -3,7 +3,7 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::{fallback_pick, Backend, Picker, Tried, WeightTable};
+use crate::{fallback_pick, Backend, Picker, SlowStart, Tried, WeightTable};
 
 /// Weighted least connections.
 ///
@@ -35,14 +35,17 @@ impl LeastConnections {
 /// the first element. Returns true when an idle backend was found (the scan can stop).
 ///
 /// `CHECK_TRIED` is a const parameter so the common first attempt (nothing tried) compiles to a
-/// loop without the bitset test.
+/// loop without the bitset test; `effective` maps a backend's multiplier to the one it is scored
+/// with (the identity unless slow start is on, and then compiled away).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn scan<const CHECK_TRIED: bool>(
     backends: &[Backend],
     mults: &[u64],
     offset: usize,
     tried: &Tried,
     floor: u64,
+    effective: &impl Fn(&Backend, u64) -> u64,
     best: &mut usize,
     best_score: &mut u64,
 ) -> bool {
@@ -50,6 +53,7 @@ fn scan<const CHECK_TRIED: bool>(
         if m == 0 || !b.stats.is_healthy() || (CHECK_TRIED && tried.contains(offset + i)) {
             continue;
         }
+        let m = effective(b, m);
         // m <= 2^24 so this only saturates beyond 2^40 in flight; saturating (not plain) so a
         // corrupted counter can never panic the data plane in debug builds.
         let score = b.stats.in_flight().saturating_add(1).saturating_mul(m);
@@ -71,6 +75,7 @@ fn scan_all<const CHECK_TRIED: bool>(
     start: usize,
     tried: &Tried,
     floor: u64,
+    effective: &impl Fn(&Backend, u64) -> u64,
 ) -> Option<usize> {
     let (mut best, mut best_score) = (usize::MAX, u64::MAX);
     // Two halves instead of a wrapping index: no bounds checks and no modulo per step.
@@ -80,6 +85,7 @@ fn scan_all<const CHECK_TRIED: bool>(
         start,
         tried,
         floor,
+        effective,
         &mut best,
         &mut best_score,
     ) {
@@ -89,6 +95,7 @@ fn scan_all<const CHECK_TRIED: bool>(
             0,
             tried,
             floor,
+            effective,
             &mut best,
             &mut best_score,
         );
@@ -103,7 +110,7 @@ impl Picker for LeastConnections {
         backends: &[Backend],
         weights: &WeightTable,
         tried: Tried,
-        _now_ns: u64,
+        now_ns: u64,
     ) -> Option<usize> {
         // Backends beyond the table (a mismatch the pool never produces) count as weight 0.
         let n = backends.len().min(weights.len());
@@ -113,10 +120,18 @@ impl Picker for LeastConnections {
         let start = self.next.fetch_add(1, Relaxed) % n;
         let (bs, mults) = (&backends[..n], &weights.lc_multipliers()[..n]);
         let floor = weights.lc_floor();
-        let found = if tried.is_empty() {
-            scan_all::<false>(bs, mults, start, &tried, floor)
-        } else {
-            scan_all::<true>(bs, mults, start, &tried, floor)
+        let same = |_: &Backend, m: u64| m;
+        let found = match weights.slow_start() {
+            None if tried.is_empty() => scan_all::<false>(bs, mults, start, &tried, floor, &same),
+            None => scan_all::<true>(bs, mults, start, &tried, floor, &same),
+            Some(s) => {
+                // Weight × f means multiplier / f. It only grows, so `floor` (an idle backend
+                // of the largest weight) still cannot be beaten.
+                let ramped = |b: &Backend, m: u64| {
+                    m * u64::from(SlowStart::ONE) / u64::from(s.factor(&b.stats, now_ns))
+                };
+                scan_all::<true>(bs, mults, start, &tried, floor, &ramped)
+            }
         };
         found.or_else(|| fallback_pick(backends, weights, tried, start))
     }
@@ -288,5 +303,26 @@ mod tests {
             picks(&p, &LeastConnections::new(), Tried::new(), 4),
             vec![0, 1, 0, 1]
         );
+    }
+
+    #[test]
+    fn slow_start_scores_a_ramping_backend_at_its_ramped_weight() {
+        let ramp = |min| crate::SlowStart::new(Duration::from_secs(1), min);
+        let p = pool(&[1, 1]);
+        let _g = leases(&p, &[1, 0]);
+        let b = p.backends();
+        let t = WeightTable::clone(&p.weights());
+        let lc = LeastConnections::new();
+        let pick = |t: &WeightTable, now| lc.pick(b, t, Tried::new(), now).unwrap();
+        // Without a ramp the idle backend wins; at half weight (0 + 1) / 0.5 ties (1 + 1) / 1.
+        assert_eq!(pick(&t, 0), 1);
+        b[1].stats.start_ramp(0);
+        let half = t.clone().with_slow_start(ramp(50));
+        let both: Vec<usize> = (0..4).map(|_| pick(&half, 1)).collect();
+        assert_eq!(both.iter().filter(|&&i| i == 1).count(), 2, "{both:?}");
+        // At a tenth it loses; after the window it wins again.
+        let tenth = t.with_slow_start(ramp(10));
+        assert_eq!(pick(&tenth, 1), 0);
+        assert_eq!(pick(&tenth, 2_000_000_000), 1);
     }
 }

@@ -19,8 +19,10 @@ pub mod histogram;
 mod least_connections;
 mod p2c_ewma;
 mod pool;
+mod registry;
 pub mod retry;
 mod round_robin;
+mod slow_start;
 mod weighted_round_robin;
 mod weights;
 
@@ -34,7 +36,9 @@ pub use health::{HealthChange, HealthRule, HealthTracker};
 pub use least_connections::LeastConnections;
 pub use p2c_ewma::P2cEwma;
 pub use pool::{Pool, WeightError};
+pub use registry::{BackendRegistry, PoolSpec};
 pub use round_robin::RoundRobin;
+pub use slow_start::SlowStart;
 pub use weighted_round_robin::WeightedRoundRobin;
 pub use weights::{WeightTable, MAX_WRR_SEQUENCE};
 

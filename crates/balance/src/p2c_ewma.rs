@@ -5,7 +5,8 @@ use std::hash::BuildHasher;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::{fallback_pick, Backend, Picker, Tried, WeightTable};
+use crate::slow_start::mix;
+use crate::{fallback_pick, Backend, Picker, SlowStart, Tried, WeightTable};
 
 /// Random draws (two indices per 64-bit draw) before falling back to a scan; with at least half
 /// the backends eligible the chance of needing the scan is below 1/256.
@@ -74,8 +75,17 @@ impl Picker for P2cEwma {
     ) -> Option<usize> {
         let n = backends.len().min(weights.len());
         let inv = &weights.inverse()[..n];
-        let eligible =
-            |i: usize| inv[i] > 0.0 && !tried.contains(i) && backends[i].stats.is_healthy();
+        let ramp = weights.slow_start();
+        // `seed` draws whether a ramping backend stays a candidate (see `SlowStart`); it is
+        // only mixed when a ramp is on.
+        let eligible = |i: usize, seed: u64| {
+            inv[i] > 0.0
+                && !tried.contains(i)
+                && backends[i].stats.is_healthy()
+                && ramp.is_none_or(|s| {
+                    SlowStart::admits(s.factor(&backends[i].stats, now_ns), mix(seed))
+                })
+        };
         const NONE: usize = usize::MAX;
         let (mut a, mut b) = (NONE, NONE);
         let mut r = 0;
@@ -84,7 +94,7 @@ impl Picker for P2cEwma {
                 r = self.next_u64();
                 for half in [r as u32, (r >> 32) as u32] {
                     let i = reduce(half, n);
-                    if i != a && eligible(i) {
+                    if i != a && eligible(i, u64::from(half)) {
                         if a == NONE {
                             a = i;
                         } else {
@@ -101,7 +111,7 @@ impl Picker for P2cEwma {
             // Few eligible (or tiny pool): a bounded scan from a random start finds what exists.
             let start = reduce((r >> 32) as u32, n);
             for i in (start..n).chain(0..start) {
-                if i != a && eligible(i) {
+                if i != a && eligible(i, r ^ i as u64) {
                     if a == NONE {
                         a = i;
                     } else {
@@ -261,5 +271,22 @@ mod tests {
         let later = (DECAY * 5.0) as u64;
         b[1].stats.record(MS, Outcome::Success, later, DECAY, 0);
         assert_eq!(p.pick(&b, &t, Tried::new(), later), Some(0));
+    }
+
+    #[test]
+    fn slow_start_holds_back_a_ramping_backend() {
+        let b = backends(&[1, 1, 1, 1]);
+        let ramp = crate::SlowStart::new(std::time::Duration::from_secs(1), 10);
+        let t = table(&b).with_slow_start(ramp);
+        b[3].stats.start_ramp(0);
+        let p = P2cEwma::with_seed(7);
+        // Unobserved backends cost 0, so without the ramp backend 3 would take about a quarter.
+        let ramping = histogram(&p, &b, &t, 10_000)[3];
+        assert!((100..=800).contains(&ramping), "{ramping}");
+        let mut after = 0;
+        for _ in 0..10_000 {
+            after += usize::from(p.pick(&b, &t, Tried::new(), 2_000_000_000) == Some(3));
+        }
+        assert!((2_000..=3_000).contains(&after), "{after}");
     }
 }

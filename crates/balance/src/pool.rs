@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::{Algorithm, Backend, InFlightGuard, Outcome, Picker, Tried, WeightTable};
+use crate::{Algorithm, Backend, InFlightGuard, Outcome, Picker, SlowStart, Tried, WeightTable};
 
 /// Why a weight vector was rejected: by [`Pool::set_weights`], or by the control loop's
 /// guardrails before a model's scores become weights.
@@ -89,6 +89,7 @@ pub struct Pool {
     decay_ns: f64,
     max_consecutive_failures: u32,
     probes: Probes,
+    slow_start: Option<SlowStart>,
 }
 
 /// Recovery probes: a few requests steered to given backends whatever the picker would choose,
@@ -119,6 +120,7 @@ impl fmt::Debug for Pool {
             .field("weights", &self.weights.load().weights())
             .field("decay_ns", &self.decay_ns)
             .field("max_consecutive_failures", &self.max_consecutive_failures)
+            .field("slow_start", &self.slow_start)
             .field(
                 "probes_pending",
                 &self.probes.pending.load(Ordering::Relaxed),
@@ -176,6 +178,30 @@ impl Pool {
             picker,
             decay_ns: ewma_decay.as_nanos() as f64,
             max_consecutive_failures,
+            slow_start: None,
+        }
+    }
+
+    /// The same pool with `slow_start` ramping backends that join it or come back healthy
+    /// (`None`: off). Ramps already begun (see [`crate::BackendStats::start_ramp`]) apply at once.
+    pub fn with_slow_start(mut self, slow_start: Option<SlowStart>) -> Self {
+        self.slow_start = slow_start;
+        let table = WeightTable::clone(&self.weights.load()).with_slow_start(slow_start);
+        self.weights = ArcSwap::from_pointee(table);
+        self
+    }
+
+    /// The pool's slow-start setting, if on.
+    pub fn slow_start(&self) -> Option<SlowStart> {
+        self.slow_start
+    }
+
+    /// The share of its weight backend `idx` gets at `now_ns`, 0–1: below 1 while it ramps up
+    /// in slow start, 1 otherwise (and for an out-of-range index).
+    pub fn ramp_factor(&self, idx: usize, now_ns: u64) -> f64 {
+        match (self.slow_start, self.backends.get(idx)) {
+            (Some(s), Some(b)) => f64::from(s.factor(&b.stats, now_ns)) / f64::from(SlowStart::ONE),
+            _ => 1.0,
         }
     }
 
@@ -200,13 +226,17 @@ impl Pool {
     }
 
     /// Validate and atomically install new weights (one per backend, finite, `>= 0`).
-    /// The table (including the WRR sequence) is built here, off the data path.
+    /// The table (including the WRR sequence) is built here, off the data path. Each backend
+    /// remembers its weight, so a pool rebuilt for a new configuration keeps it (see
+    /// [`crate::BackendRegistry`]).
     pub fn set_weights(&self, weights: Vec<f64>) -> Result<(), WeightError> {
         WeightError::check(self.backends.len(), weights.iter().copied())?;
-        self.weights.store(Arc::new(WeightTable::for_algorithm(
-            weights,
-            self.algorithm,
-        )));
+        for (b, &w) in self.backends.iter().zip(&weights) {
+            b.stats.set_assigned_weight(w);
+        }
+        self.weights.store(Arc::new(
+            WeightTable::for_algorithm(weights, self.algorithm).with_slow_start(self.slow_start),
+        ));
         Ok(())
     }
 
@@ -237,8 +267,7 @@ impl Pool {
     }
 
     /// Probes still due at backend `idx` (0 for an out-of-range index).
-    #[cfg(test)]
-    fn probes_due(&self, idx: usize) -> u32 {
+    pub fn probes_due(&self, idx: usize) -> u32 {
         self.probes
             .tokens
             .get(idx)

@@ -4,7 +4,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::round_robin::{advance_cursor, CURSOR_CAS_RETRIES};
-use crate::{fallback_pick, Backend, Picker, Tried, WeightTable};
+use crate::slow_start::mix;
+use crate::{fallback_pick, Backend, Picker, SlowStart, Tried, WeightTable};
 
 /// Smooth weighted round robin: 5:1:1 yields `a a b a c a a` per cycle.
 ///
@@ -29,7 +30,7 @@ impl Picker for WeightedRoundRobin {
         backends: &[Backend],
         weights: &WeightTable,
         tried: Tried,
-        _now_ns: u64,
+        now_ns: u64,
     ) -> Option<usize> {
         let seq = weights.wrr_sequence();
         let len = seq.len();
@@ -45,7 +46,16 @@ impl Picker for WeightedRoundRobin {
             for step in 0..len {
                 let i = seq[pos] as usize;
                 if let Some(b) = backends.get(i) {
-                    if b.stats.is_healthy() && !tried.contains(i) {
+                    if b.stats.is_healthy()
+                        && !tried.contains(i)
+                        && weights.slow_start().is_none_or(|s| {
+                            // A ramping backend keeps a slot with probability f; the draw is
+                            // keyed by the slot's position in the endless walk, so it is
+                            // deterministic and needs no shared RNG.
+                            let position = cursor.wrapping_add(step) as u64;
+                            SlowStart::admits(s.factor(&b.stats, now_ns), mix(position))
+                        })
+                    {
                         found = Some((i, step));
                         break;
                     }
@@ -162,5 +172,29 @@ mod tests {
         assert_eq!(histogram(&p, &b, &t, 10), vec![0, 10]);
         let t = WeightTable::new(vec![3.0, 1.0]);
         assert_eq!(histogram(&p, &b, &t, 400), vec![300, 100]);
+    }
+
+    #[test]
+    fn slow_start_scales_a_ramping_backend_share() {
+        let b = backends(&[1, 1]);
+        let ramp = crate::SlowStart::new(std::time::Duration::from_secs(1), 50);
+        let t = table(&b).with_slow_start(ramp);
+        b[1].stats.start_ramp(0);
+        let p = WeightedRoundRobin::new();
+        // Half its weight: 1 × 0.5 against 1, a third of the picks.
+        let ramping: Vec<usize> = (0..3000)
+            .map(|_| p.pick(&b, &t, Tried::new(), 1).unwrap())
+            .collect();
+        let share = ramping.iter().filter(|&&i| i == 1).count();
+        assert!((900..=1100).contains(&share), "{share}");
+        // After the window, 1:1 exactly again.
+        let after = 2_000_000_000;
+        let full: Vec<usize> = (0..3000)
+            .map(|_| p.pick(&b, &t, Tried::new(), after).unwrap())
+            .collect();
+        assert_eq!(full.iter().filter(|&&i| i == 1).count(), 1500);
+        // A ramping backend alone still takes every pick.
+        b[0].stats.set_healthy(false);
+        assert_eq!(histogram(&p, &b, &t, 10), vec![0, 10]);
     }
 }

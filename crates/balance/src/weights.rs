@@ -1,5 +1,7 @@
 //! Immutable per-pool weight snapshot with everything the pickers precompute from it.
 
+use crate::SlowStart;
+
 /// Upper bound (approximately, see [`WeightTable::new`]) on the smooth-WRR sequence length.
 ///
 /// 4096 slots keep quantisation error around 1/4096 of the total weight while the table stays
@@ -29,6 +31,8 @@ pub struct WeightTable {
     lc_floor: u64,
     /// Backend indices in smooth (nginx) WRR order; one full cycle.
     wrr_sequence: Box<[u32]>,
+    /// The pool's slow-start ramp, which scales these weights per pick; `None` when off.
+    slow_start: Option<SlowStart>,
 }
 
 impl WeightTable {
@@ -86,7 +90,20 @@ impl WeightTable {
             lc_mult,
             lc_floor,
             wrr_sequence,
+            slow_start: None,
         }
+    }
+
+    /// The same table with `slow_start` scaling the weights of ramping backends per pick.
+    pub fn with_slow_start(mut self, slow_start: Option<SlowStart>) -> Self {
+        self.slow_start = slow_start;
+        self
+    }
+
+    /// The slow-start ramp the pickers apply, if any.
+    #[inline]
+    pub fn slow_start(&self) -> Option<&SlowStart> {
+        self.slow_start.as_ref()
     }
 
     /// The (sanitised) weights, one per backend.

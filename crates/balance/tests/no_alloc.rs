@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fulcrum_balance::{Algorithm, Backend, Outcome, Pool, Tried};
+use fulcrum_balance::{Algorithm, Backend, Outcome, Pool, SlowStart, Tried};
 
 /// Counts allocations made by the current thread while `COUNTING` is set, so allocations by the
 /// test harness on other threads cannot cause false failures.
@@ -59,16 +59,22 @@ fn allocations_during(f: impl FnOnce()) -> u64 {
     ALLOCS.with(|a| a.get())
 }
 
-fn pool(alg: Algorithm) -> Arc<Pool> {
+fn pool(alg: Algorithm, slow_start: Option<SlowStart>) -> Arc<Pool> {
     let backends = (0..100)
         .map(|i| Backend::new(format!("10.0.0.{i}:80").parse().unwrap(), 1 + i % 4))
         .collect();
-    let pool = Arc::new(Pool::new("p", alg, backends, Duration::from_secs(10), 5));
+    let pool = Arc::new(
+        Pool::new("p", alg, backends, Duration::from_secs(10), 5).with_slow_start(slow_start),
+    );
     for (i, b) in pool.backends().iter().enumerate() {
         // Varied latency state; some backends down so the skip paths run too.
         pool.record(i, 1_000_000 + (i as u64 % 7) * 100_000, Outcome::Success, 1);
         if i % 10 == 3 {
             b.stats.set_healthy(false);
+        }
+        // Some backends in slow start, so the ramp paths run when it is on.
+        if i % 10 == 6 {
+            b.stats.start_ramp(1);
         }
     }
     pool
@@ -79,13 +85,12 @@ fn pick_does_not_allocate() {
     // Sanity check that the counter works at all.
     assert!(allocations_during(|| drop(std::hint::black_box(vec![1u8; 16]))) >= 1);
 
-    for alg in [
-        Algorithm::RoundRobin,
-        Algorithm::WeightedRoundRobin,
-        Algorithm::LeastConnections,
-        Algorithm::P2cEwma,
-    ] {
-        let pool = pool(alg);
+    let ramp = SlowStart::new(Duration::from_secs(60), 10);
+    for (alg, slow_start) in Algorithm::ALL
+        .into_iter()
+        .flat_map(|alg| [(alg, None), (alg, ramp)])
+    {
+        let pool = pool(alg, slow_start);
         // Leases held so least-connections has a real scan to do.
         let held: Vec<_> = (0..100).map(|i| pool.lease((i * 7) % 100)).collect();
         let mut tried = Tried::new();
@@ -103,7 +108,10 @@ fn pick_does_not_allocate() {
                 drop(g);
             }
         });
-        assert_eq!(allocs, 0, "{alg:?} allocated {allocs} times in 10k picks");
+        assert_eq!(
+            allocs, 0,
+            "{alg:?} (slow start {slow_start:?}) allocated {allocs} times in 10k picks"
+        );
         std::hint::black_box(picked);
         drop(held);
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::model::{Config, ControlConfig, WeightSource};
+use crate::pool_defaults;
 
 /// A TOML basic string literal for `s`.
 fn quote(s: &str) -> String {
@@ -55,7 +56,8 @@ fn path(p: &Path) -> String {
 impl Config {
     /// Serialise into TOML that [`crate::parse`] reads back into an equal `Config`.
     ///
-    /// Every setting is written explicitly, defaults included. Durations are
+    /// Every setting is written explicitly, defaults included, but for the slow-start keys,
+    /// written only when they differ from their defaults. Durations are
     /// written in whole milliseconds. The `[control]` section is written when a pool
     /// uses `weights = "model"` or the control settings differ from the defaults.
     pub fn to_toml(&self) -> String {
@@ -97,6 +99,16 @@ impl Config {
                 "max_consecutive_failures = {}",
                 pool.max_consecutive_failures
             );
+            if !pool.slow_start.is_zero() {
+                let _ = writeln!(out, "slow_start_ms = {}", ms(pool.slow_start));
+            }
+            if pool.slow_start_min_percent != pool_defaults::SLOW_START_MIN_PERCENT {
+                let _ = writeln!(
+                    out,
+                    "slow_start_min_percent = {}",
+                    pool.slow_start_min_percent
+                );
+            }
             let hc = &pool.health_check;
             let _ = writeln!(out);
             let _ = writeln!(out, "[pools.{name}.health_check]");

@@ -292,6 +292,12 @@ pub struct PoolConfig {
     pub ewma_decay: Duration,
     /// Passive ejection after this many consecutive connect failures or 5xx responses (default 5, >= 1).
     pub max_consecutive_failures: u32,
+    /// Window over which a backend that joins the pool or comes back healthy ramps up to its
+    /// full weight (`slow_start_ms`, default 0 = off).
+    pub slow_start: Duration,
+    /// Share of its weight a ramping backend starts with (`slow_start_min_percent`, 1..=100,
+    /// default 10).
+    pub slow_start_min_percent: u32,
     /// Active health checking.
     pub health_check: HealthCheckConfig,
     /// The backends of the pool (at least one).

@@ -21,3 +21,10 @@ pub const EWMA_DECAY_MS: u64 = 10_000;
 
 /// Consecutive failed requests that passively eject a backend (`max_consecutive_failures`).
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 5;
+
+/// Slow-start window in milliseconds (`slow_start_ms`); 0 turns slow start off.
+pub const SLOW_START_MS: u64 = 0;
+
+/// Share of its weight a backend starts its slow-start ramp with, in percent
+/// (`slow_start_min_percent`).
+pub const SLOW_START_MIN_PERCENT: u32 = 10;

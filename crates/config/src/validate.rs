@@ -34,6 +34,8 @@ const POOL_KEYS: &[&str] = &[
     "retries",
     "ewma_decay_ms",
     "max_consecutive_failures",
+    "slow_start_ms",
+    "slow_start_min_percent",
     "health_check",
     "backends",
 ];
@@ -524,6 +526,23 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
         1,
         1000,
     ) as u32;
+    let slow_start = millis(ctx, t, "slow_start_ms", pool::SLOW_START_MS, 0);
+    let slow_start_min_percent = bounded(
+        ctx,
+        t,
+        "slow_start_min_percent",
+        u64::from(pool::SLOW_START_MIN_PERCENT),
+        1,
+        100,
+    ) as u32;
+    if algorithm == Algorithm::RoundRobin && !slow_start.is_zero() {
+        let span = t.get("slow_start_ms").map(|v| v.span());
+        ctx.warning(
+            span.as_ref(),
+            &t.child("slow_start_ms"),
+            "round_robin ignores backend weights, so slow start has no effect; use \"weighted_round_robin\" or another weighted algorithm",
+        );
+    }
     let health_check = match t.get("health_check") {
         None => HealthCheckConfig::default(),
         Some(v) => match as_table(ctx, v, t.child("health_check"), "a table") {
@@ -554,6 +573,8 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
         retries,
         ewma_decay,
         max_consecutive_failures,
+        slow_start,
+        slow_start_min_percent,
         health_check,
         backends,
     }

@@ -47,6 +47,8 @@ fn expected_default() -> Config {
             retries: 2,
             ewma_decay: Duration::from_millis(10_000),
             max_consecutive_failures: 5,
+            slow_start: Duration::ZERO,
+            slow_start_min_percent: 10,
             health_check: HealthCheckConfig {
                 enabled: true,
                 path: "/healthz".into(),
@@ -115,6 +117,8 @@ fn to_toml_roundtrips_unusual_values() {
     config.pools[0].health_check.host = Some("internal.local".into());
     config.pools[0].health_check.enabled = false;
     config.pools[0].weights = WeightSource::Model;
+    config.pools[0].slow_start = Duration::from_millis(2500);
+    config.pools[0].slow_start_min_percent = 25;
     config.pools[0].backends[0].addr = addr("[::1]:9001");
     config.server.listen.push(addr("[::]:8443"));
     let text = config.to_toml();

@@ -456,3 +456,56 @@ fn unicode_columns_count_characters() {
     assert_eq!(e.line, 8);
     assert_eq!(e.column, 15, "{e}");
 }
+
+#[test]
+fn slow_start_keys_parse_and_bad_values_name_their_key() {
+    let pool = |keys: &str| {
+        with_server(&format!(
+            "[[routes]]\npool = \"web\"\n\n[pools.web]\nalgorithm = \"weighted_round_robin\"\n{keys}\n[[pools.web.backends]]\naddr = \"127.0.0.1:9001\"\n"
+        ))
+    };
+    let (config, warnings) = parse(&pool(""), "test.toml").unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.pools[0].slow_start, std::time::Duration::ZERO);
+    assert_eq!(config.pools[0].slow_start_min_percent, 10);
+    let (config, _) = parse(
+        &pool("slow_start_ms = 30000\nslow_start_min_percent = 100"),
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(config.pools[0].slow_start.as_millis(), 30_000);
+    assert_eq!(config.pools[0].slow_start_min_percent, 100);
+
+    let d = errors(&pool(
+        "slow_start_ms = -1\nslow_start_min_percent = 0\nslow_start_mn_percent = 5",
+    ));
+    let text = d.to_string();
+    assert_eq!(d.errors.len(), 3, "{text}");
+    assert!(
+        text.contains("test.toml:8:17: error: pools.web.slow_start_ms: slow_start_ms must be between 0 and 86400000, got -1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pools.web.slow_start_min_percent: slow_start_min_percent must be between 1 and 100, got 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unknown key `slow_start_mn_percent` in `pools.web` (did you mean `slow_start_min_percent`?)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn slow_start_with_round_robin_warns() {
+    let src = with_server(
+        "[[routes]]\npool = \"web\"\n\n[pools.web]\nalgorithm = \"round_robin\"\nslow_start_ms = 1000\n[[pools.web.backends]]\naddr = \"127.0.0.1:9001\"\n",
+    );
+    let (_, warnings) = parse(&src, "test.toml").unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].key_path, "pools.web.slow_start_ms");
+    assert!(
+        warnings[0].to_string().contains("slow start has no effect"),
+        "{}",
+        warnings[0]
+    );
+}

@@ -81,6 +81,30 @@ fn load_model(cfg: &ControlConfig) -> Result<OnnxModel, String> {
 struct PoolState {
     observer: TickObserver,
     controller: PoolController,
+    /// The backends the observer and controller were built for, in pool order.
+    backends: Vec<std::net::SocketAddr>,
+}
+
+impl PoolState {
+    fn new(pool: &fulcrum_balance::Pool, settings: ControlSettings, now: u64) -> Self {
+        PoolState {
+            observer: TickObserver::new(pool, now),
+            controller: PoolController::new(pool, settings, now),
+            backends: pool.backends().iter().map(|b| b.addr).collect(),
+        }
+    }
+
+    /// Whether this state still describes `pool` under `settings`: the same backends in the
+    /// same order (their counters carry over a reload) and the same loop settings.
+    fn fits(&self, pool: &fulcrum_balance::Pool, settings: &ControlSettings) -> bool {
+        self.controller.settings() == settings
+            && self.backends.len() == pool.backends().len()
+            && self
+                .backends
+                .iter()
+                .zip(pool.backends())
+                .all(|(a, b)| *a == b.addr)
+    }
 }
 
 struct ControlLoop {
@@ -88,7 +112,8 @@ struct ControlLoop {
     scorer: Scorer,
     model_mtime: Option<SystemTime>,
     pools: HashMap<String, PoolState>,
-    upstreams_ptr: usize,
+    /// The [`crate::Upstreams::generation`] the pool states were last matched against.
+    generation: u64,
     started: Instant,
     record: Option<csv::Writer<std::fs::File>>,
 }
@@ -124,7 +149,7 @@ impl ControlLoop {
             scorer,
             model_mtime,
             pools: HashMap::new(),
-            upstreams_ptr: 0,
+            generation: 0,
             started: Instant::now(),
             record,
         }
@@ -157,6 +182,9 @@ impl ControlLoop {
     }
 
     fn tick(&mut self) {
+        // Upstreams before configuration: a reload stores them the other way round, so a tick
+        // that sees a new generation also sees the `[control]` settings it came with.
+        let upstreams = self.shared.upstreams.load_full();
         let cfg = self.shared.config.load().control.clone();
         if cfg.watch_model {
             let current = mtime(&cfg.model);
@@ -164,33 +192,39 @@ impl ControlLoop {
                 let _ = self.reload_model();
             }
         }
-        let upstreams = self.shared.upstreams.load_full();
-        let ptr = Arc::as_ptr(&upstreams) as usize;
         let now = now_ns();
-        if ptr != self.upstreams_ptr {
-            // A reload built new pools: start their observers afresh.
-            self.upstreams_ptr = ptr;
-            self.pools.clear();
+        // Pools whose observer starts now: their first window is empty, so they skip this tick.
+        let mut fresh = Vec::new();
+        if upstreams.generation != self.generation {
+            // A reload: keep the state of every model pool whose backends and settings are
+            // unchanged (their statistics and weights carried over), start the others afresh.
+            self.generation = upstreams.generation;
+            let settings = ControlSettings::from(&cfg);
+            let mut kept = HashMap::new();
             for p in upstreams
                 .pools
                 .iter()
                 .filter(|p| p.config.weights == WeightSource::Model)
             {
-                self.pools.insert(
-                    p.config.name.clone(),
-                    PoolState {
-                        observer: TickObserver::new(&p.pool, now),
-                        controller: PoolController::new(&p.pool, ControlSettings::from(&cfg), now),
-                    },
-                );
+                let state = match self.pools.remove(&p.config.name) {
+                    Some(state) if state.fits(&p.pool, &settings) => state,
+                    _ => {
+                        fresh.push(p.config.name.as_str());
+                        PoolState::new(&p.pool, settings.clone(), now)
+                    }
+                };
+                kept.insert(p.config.name.clone(), state);
             }
-            return;
+            self.pools = kept;
         }
         for p in upstreams
             .pools
             .iter()
             .filter(|p| p.config.weights == WeightSource::Model)
         {
+            if fresh.contains(&p.config.name.as_str()) {
+                continue;
+            }
             let Some(state) = self.pools.get_mut(&p.config.name) else {
                 continue;
             };

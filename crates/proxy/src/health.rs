@@ -4,13 +4,14 @@
 //! goes down after `unhealthy_threshold` consecutive failed checks and comes back after
 //! `healthy_threshold` consecutive good ones; a backend ejected by the request path (consecutive
 //! connect failures or 5xx) is re-admitted by the same rule. With checks disabled, an ejected
-//! backend is re-admitted after a fixed back-off so it can be observed again.
+//! backend is re-admitted after a fixed back-off so it can be observed again. A backend that
+//! comes back starts its pool's slow-start ramp, if the pool has one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fulcrum_balance::{HealthChange, HealthRule, HealthTracker};
+use fulcrum_balance::{now_ns, HealthChange, HealthRule, HealthTracker};
 use fulcrum_config::HealthCheckConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -87,7 +88,7 @@ async fn check_loop(upstreams: Arc<Upstreams>, pool_idx: usize, backend_idx: usi
             tokio::time::sleep(Duration::from_secs(1)).await;
             if !backend.stats.is_healthy() {
                 tokio::time::sleep(EJECTION_BACKOFF).await;
-                backend.stats.set_healthy(true);
+                backend.stats.recover(now_ns());
                 log::info!(
                     "pool {}: backend {} re-admitted after back-off",
                     pool.config.name,
@@ -113,7 +114,7 @@ async fn check_loop(upstreams: Arc<Upstreams>, pool_idx: usize, backend_idx: usi
             result,
         ) {
             (Some(HealthChange::Up), _) => {
-                backend.stats.set_healthy(true);
+                backend.stats.recover(now_ns());
                 log::info!("pool {}: backend {} is up", pool.config.name, backend.name);
             }
             (Some(HealthChange::Down), Err(why)) => {

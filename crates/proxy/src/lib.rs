@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 pub use service::FulcrumProxy;
-pub use state::Upstreams;
+pub use state::{Upstreams, UpstreamsBuilder};
 
 /// Where the running configuration came from, so a reload knows what to read.
 #[derive(Debug, Clone)]
@@ -40,6 +40,8 @@ pub enum ConfigSource {
 pub struct Shared {
     /// The live upstream state; swapped whole on reload.
     pub upstreams: ArcSwap<Upstreams>,
+    /// Builds each new [`Upstreams`] and keeps the per-backend state that outlives them.
+    pub builder: UpstreamsBuilder,
     /// The configuration the upstreams were built from.
     pub config: ArcSwap<Config>,
     /// Where the configuration is reloaded from.
@@ -97,8 +99,11 @@ pub fn serve(config: Config, source: ConfigSource) -> Result<(), StartError> {
 
     control::describe_metrics();
     let (model_reload, model_reloads) = std::sync::mpsc::channel();
+    let builder = UpstreamsBuilder::new();
+    metrics::record_config_load(true);
     let shared = Arc::new(Shared {
-        upstreams: ArcSwap::from_pointee(Upstreams::build(&config)),
+        upstreams: ArcSwap::from_pointee(builder.build(&config, None)),
+        builder,
         config: ArcSwap::from_pointee(config.clone()),
         source,
         metrics,
@@ -186,6 +191,7 @@ async fn admin_main(listener: std::net::TcpListener, shared: Arc<Shared>) {
         let result = reload(&shared, &mut health_tasks);
         let label = if result.is_ok() { "ok" } else { "error" };
         ::metrics::counter!(metrics::CONFIG_RELOADS_TOTAL, "result" => label).increment(1);
+        metrics::record_config_load(result.is_ok());
         match &result {
             Ok(msg) => log::info!("{}", msg.trim_end()),
             Err(msg) => log::error!(
@@ -214,11 +220,12 @@ fn reload(shared: &Shared, health_tasks: &mut JoinSet<()>) -> Result<String, Str
     if config.server != old.server || config.admin != old.admin {
         notes.push_str("note: [server] and [admin] changes take effect on restart\n");
     }
-    let upstreams = Arc::new(Upstreams::build(&config));
+    let upstreams = Arc::new(shared.builder.build(&config, Some(&old)));
     health_tasks.abort_all();
     health::spawn_all(&upstreams, health_tasks);
-    shared.upstreams.store(upstreams);
+    // Configuration first: a reader that sees the new upstreams then sees their configuration.
     shared.config.store(Arc::new(config));
+    shared.upstreams.store(upstreams);
     Ok(format!(
         "configuration reloaded from {}\n{notes}",
         path.display()

@@ -34,6 +34,13 @@ pub const UNROUTED_REQUESTS_TOTAL: &str = "fulcrum_unrouted_requests_total";
 pub const REJECTED_REQUESTS_TOTAL: &str = "fulcrum_rejected_requests_total";
 /// Configuration reloads, by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "fulcrum_config_reloads_total";
+/// 1 when the last configuration reload succeeded, 0 when it was refused.
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "fulcrum_config_last_reload_success";
+/// Unix time of the last successful configuration load (start-up or reload).
+pub const CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS: &str =
+    "fulcrum_config_last_reload_timestamp_seconds";
+/// 1 while a backend ramps up in slow start, 0 otherwise.
+pub const BACKEND_SLOW_START: &str = "fulcrum_backend_slow_start";
 /// Constant 1 labelled with the build's version.
 pub const BUILD_INFO: &str = "fulcrum_build_info";
 
@@ -205,7 +212,31 @@ fn describe() {
         "Requests rejected before routing for malformed framing."
     );
     describe_counter!(CONFIG_RELOADS_TOTAL, "Configuration reloads, by result.");
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        "1 when the last configuration reload succeeded, 0 when it was refused."
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS,
+        metrics::Unit::Seconds,
+        "Unix time of the last successful configuration load (start-up or reload)."
+    );
+    describe_gauge!(
+        BACKEND_SLOW_START,
+        "1 while a backend ramps up in slow start, 0 otherwise."
+    );
     describe_gauge!(BUILD_INFO, "Constant 1, labelled with the fulcrum version.");
+}
+
+/// Record the outcome of a configuration load: the start-up load and every reload.
+pub fn record_config_load(ok: bool) {
+    metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(if ok { 1.0 } else { 0.0 });
+    if ok {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS).set(now);
+    }
 }
 
 /// Handles for one backend of one pool.
@@ -223,6 +254,7 @@ pub struct BackendMetrics {
     in_flight: Gauge,
     up: Gauge,
     weight: Gauge,
+    slow_start: Gauge,
 }
 
 impl BackendMetrics {
@@ -246,6 +278,7 @@ impl BackendMetrics {
             passive_ejections: metrics::counter!(PASSIVE_EJECTIONS_TOTAL, "pool" => p.clone(), "backend" => b.clone()),
             in_flight: metrics::gauge!(BACKEND_IN_FLIGHT, "pool" => p.clone(), "backend" => b.clone()),
             up: metrics::gauge!(BACKEND_UP, "pool" => p.clone(), "backend" => b.clone()),
+            slow_start: metrics::gauge!(BACKEND_SLOW_START, "pool" => p.clone(), "backend" => b.clone()),
             weight: metrics::gauge!(BACKEND_WEIGHT, "pool" => p, "backend" => b, "source" => weight_source),
         }
     }
@@ -256,10 +289,11 @@ impl BackendMetrics {
     }
 
     /// Mirror live state into the gauges (called before a scrape).
-    pub fn refresh(&self, in_flight: u64, up: bool, weight: f64) {
+    pub fn refresh(&self, in_flight: u64, up: bool, weight: f64, slow_start: bool) {
         self.in_flight.set(in_flight as f64);
         self.up.set(if up { 1.0 } else { 0.0 });
         self.weight.set(weight);
+        self.slow_start.set(if slow_start { 1.0 } else { 0.0 });
     }
 }
 

@@ -1,11 +1,15 @@
 //! The live upstream state built from one configuration: router, pools, peers, metric handles.
 //!
 //! A whole [`Upstreams`] is swapped at once on reload; requests already in flight keep the
-//! snapshot (and the pools) they started with, so their in-flight leases stay balanced.
+//! snapshot (and the pools) they started with. What must outlive a snapshot — every backend's
+//! statistics, health and weight in force, keyed by pool and address — is kept by the
+//! [`UpstreamsBuilder`], so the pools of the new snapshot share it with those of the old one and
+//! a lease taken through either is released on the counter both read.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use fulcrum_balance::{Backend, Pool};
+use fulcrum_balance::{now_ns, BackendRegistry, Pool, PoolSpec, SlowStart};
 use fulcrum_config::{Config, PoolConfig};
 use pingora_core::upstreams::peer::HttpPeer;
 
@@ -28,6 +32,9 @@ pub struct PoolRuntime {
 
 /// Everything built from one configuration.
 pub struct Upstreams {
+    /// Counts the snapshots built by one [`UpstreamsBuilder`] (1 for the first): a reader that
+    /// keeps per-pool state of its own (the control loop) notices a reload by its change.
+    pub generation: u64,
     /// Host/path routing to pool indices.
     pub router: Router,
     /// Pools in configuration order.
@@ -35,19 +42,7 @@ pub struct Upstreams {
 }
 
 impl PoolRuntime {
-    fn build(cfg: &PoolConfig) -> Self {
-        let backends = cfg
-            .backends
-            .iter()
-            .map(|b| Backend::new(b.addr, b.weight))
-            .collect();
-        let pool = Arc::new(Pool::new(
-            cfg.name.clone(),
-            cfg.algorithm,
-            backends,
-            cfg.ewma_decay,
-            cfg.max_consecutive_failures,
-        ));
+    fn build(cfg: &PoolConfig, pool: Arc<Pool>) -> Self {
         let peers = cfg
             .backends
             .iter()
@@ -78,26 +73,78 @@ impl PoolRuntime {
     /// Mirror live backend state into the metric gauges.
     pub fn refresh_gauges(&self) {
         let weights = self.pool.weights();
+        let now = now_ns();
         for (i, b) in self.pool.backends().iter().enumerate() {
             self.backend_metrics[i].refresh(
                 b.stats.in_flight(),
                 b.stats.is_healthy(),
                 weights.weights().get(i).copied().unwrap_or(0.0),
+                self.pool.ramp_factor(i, now) < 1.0,
             );
         }
     }
 }
 
-impl Upstreams {
+/// The pool's slow-start setting as the balancer takes it (`None` when off).
+pub fn slow_start(cfg: &PoolConfig) -> Option<SlowStart> {
+    SlowStart::new(cfg.slow_start, cfg.slow_start_min_percent)
+}
+
+/// Builds [`Upstreams`] from successive configurations, carrying every backend's state from
+/// one to the next (see [`BackendRegistry`]). One lives as long as the process.
+#[derive(Debug, Default)]
+pub struct UpstreamsBuilder {
+    registry: BackendRegistry,
+    generation: AtomicU64,
+}
+
+impl UpstreamsBuilder {
+    /// A builder whose first snapshot starts every backend afresh.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// Build pools, peers, metric handles and the router for a validated configuration.
-    pub fn build(config: &Config) -> Self {
-        let pools: Vec<PoolRuntime> = config.pools.iter().map(PoolRuntime::build).collect();
+    ///
+    /// `previous` is the configuration the snapshot replaces (`None` at start-up): a pool whose
+    /// `weights` source changed takes its configured weights again; otherwise backends kept
+    /// from it keep their state and their weight in force (see [`BackendRegistry::build_pool`]).
+    pub fn build(&self, config: &Config, previous: Option<&Config>) -> Upstreams {
+        let now = now_ns();
+        let pools: Vec<PoolRuntime> = config
+            .pools
+            .iter()
+            .map(|cfg| {
+                let backends: Vec<_> = cfg.backends.iter().map(|b| (b.addr, b.weight)).collect();
+                let keep_weights = previous
+                    .and_then(|p| p.pools.iter().find(|old| old.name == cfg.name))
+                    .is_none_or(|old| old.weights == cfg.weights);
+                let spec = PoolSpec {
+                    name: &cfg.name,
+                    algorithm: cfg.algorithm,
+                    backends: &backends,
+                    ewma_decay: cfg.ewma_decay,
+                    max_consecutive_failures: cfg.max_consecutive_failures,
+                    slow_start: slow_start(cfg),
+                    keep_weights,
+                };
+                PoolRuntime::build(cfg, self.registry.build_pool(&spec, now))
+            })
+            .collect();
+        let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+        self.registry.retain_pools(&names);
         let router = Router::new(&config.routes, |name| {
             pools.iter().position(|p| p.config.name == name)
         });
-        Upstreams { router, pools }
+        Upstreams {
+            generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            router,
+            pools,
+        }
     }
+}
 
+impl Upstreams {
     /// True when every pool has at least one healthy backend.
     pub fn ready(&self) -> bool {
         self.pools.iter().all(|p| p.pool.healthy_count() > 0)

@@ -865,7 +865,10 @@ impl<'a> Sim<'a> {
             let stats = &self.pool.backends()[i].stats;
             let up = !self.sc.backends[i].state_at(now_s).down;
             match bs.health.observe(up, stats.is_healthy()) {
-                Some(HealthChange::Up) => stats.set_healthy(true),
+                Some(HealthChange::Up) => {
+                    // Starts a slow-start ramp, which only a pool built with one applies.
+                    stats.recover(self.now);
+                }
                 Some(HealthChange::Down) => stats.set_healthy(false),
                 None => {}
             }

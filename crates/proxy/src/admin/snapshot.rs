@@ -47,6 +47,10 @@ pub struct BackendSnapshot {
     pub errors: u64,
     /// Failures since the last success.
     pub consecutive_failures: u32,
+    /// Ramping up in slow start (added by a reload or back from being down).
+    pub slow_start: bool,
+    /// Share of `weight` the ramp gives the backend now, percent (100 outside slow start).
+    pub ramp_percent: f64,
 }
 
 /// Build the `/api/pools` document from live state.
@@ -71,16 +75,21 @@ pub fn pools_snapshot(shared: &Shared) -> PoolsSnapshot {
                     .backends()
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| BackendSnapshot {
-                        addr: b.name.clone(),
-                        healthy: b.stats.is_healthy(),
-                        static_weight: b.static_weight,
-                        weight: weights.weights().get(i).copied().unwrap_or(0.0),
-                        in_flight: b.stats.in_flight(),
-                        ewma_latency_ms: b.stats.ewma_ns(now) / 1e6,
-                        requests: b.stats.requests(),
-                        errors: b.stats.errors(),
-                        consecutive_failures: b.stats.consecutive_failures(),
+                    .map(|(i, b)| {
+                        let ramp = p.pool.ramp_factor(i, now);
+                        BackendSnapshot {
+                            addr: b.name.clone(),
+                            healthy: b.stats.is_healthy(),
+                            static_weight: b.static_weight,
+                            weight: weights.weights().get(i).copied().unwrap_or(0.0),
+                            in_flight: b.stats.in_flight(),
+                            ewma_latency_ms: b.stats.ewma_ns(now) / 1e6,
+                            requests: b.stats.requests(),
+                            errors: b.stats.errors(),
+                            consecutive_failures: b.stats.consecutive_failures(),
+                            slow_start: ramp < 1.0,
+                            ramp_percent: ramp * 100.0,
+                        }
                     })
                     .collect(),
             }
