@@ -10,6 +10,10 @@ pub use fulcrum_config::{Algorithm, Config, PoolConfig};
 pub use fulcrum_lab::harness::{eventually, get, pool, request, single_pool, Conn};
 pub use fulcrum_testbed::BackendServer;
 
+/// The headers of an admin request that changes state: the admin API takes only JSON there,
+/// even with an empty body.
+pub const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+
 /// The binary under test.
 pub fn fulcrum_bin() -> &'static str {
     env!("CARGO_BIN_EXE_fulcrum")
