@@ -161,8 +161,15 @@ async fn dispatch(req: Request<Incoming>, admin: &Admin) -> Reply {
         // A wrong method or an unknown path is told so only to whom may read the path.
         _ => Access::of_path(req.uri().path()),
     };
-    let config = admin.shared.config.load();
-    if let Err(refusal) = access::check(access, req.headers(), admin.listen, &config.admin) {
+    // The configuration is read for this statement only: no snapshot is held while a route
+    // awaits a slow client.
+    let admitted = access::check(
+        access,
+        req.headers(),
+        admin.listen,
+        &admin.shared.config.load().admin,
+    );
+    if let Err(refusal) = admitted {
         return refusal.reply();
     }
     let Some(route) = route else {
