@@ -72,7 +72,7 @@ async fn a_slow_backend_loses_model_weight_and_regains_it_after_healing() {
         f.admin,
         "PUT",
         "/api/pools/web/weights",
-        &[],
+        JSON,
         format!(r#"{{"{}": 5}}"#, b[0].addr()).as_bytes(),
     )
     .await
@@ -192,7 +192,7 @@ async fn hot_reload_under_load_refuses_bad_models_and_never_fails_a_request() {
         })
         .await;
         assert!(refused.is_some(), "{name} was not refused");
-        let r = request(f.admin, "POST", "/api/model/reload", &[], b"")
+        let r = request(f.admin, "POST", "/api/model/reload", JSON, b"")
             .await
             .unwrap();
         assert_eq!(r.status, 422, "{name}: {r:?}");
@@ -217,7 +217,7 @@ async fn hot_reload_under_load_refuses_bad_models_and_never_fails_a_request() {
     })
     .await;
     assert!(swapped.is_some());
-    let r = request(f.admin, "POST", "/api/model/reload", &[], b"")
+    let r = request(f.admin, "POST", "/api/model/reload", JSON, b"")
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
@@ -261,7 +261,7 @@ async fn without_the_runtime_the_heuristic_takes_over_and_traffic_flows() {
     })
     .await;
     assert!(ticked.is_some(), "no heuristic decisions");
-    let r = request(f.admin, "POST", "/api/model/reload", &[], b"")
+    let r = request(f.admin, "POST", "/api/model/reload", JSON, b"")
         .await
         .unwrap();
     assert_eq!(r.status, 422);

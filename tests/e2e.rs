@@ -523,7 +523,7 @@ async fn admin_api_reports_pools_and_reload_keeps_old_config_on_error() {
             .replace("weight = 1", "weight = 0"),
     )
     .unwrap();
-    let r = request(f.admin, "POST", "/api/config/reload", &[], b"")
+    let r = request(f.admin, "POST", "/api/config/reload", JSON, b"")
         .await
         .unwrap();
     assert_eq!(r.status, 422, "{r:?}");
@@ -545,7 +545,7 @@ async fn admin_api_reports_pools_and_reload_keeps_old_config_on_error() {
         good.replace("least_connections", "round_robin"),
     )
     .unwrap();
-    let r = request(f.admin, "POST", "/api/config/reload", &[], b"")
+    let r = request(f.admin, "POST", "/api/config/reload", JSON, b"")
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
@@ -651,15 +651,9 @@ async fn admin_sets_weights_at_runtime_and_refuses_bad_ones_whole() {
     let put = |path: &'static str, body: String| {
         let admin = f.admin;
         async move {
-            request(
-                admin,
-                "PUT",
-                path,
-                &[("content-type", "application/json")],
-                body.as_bytes(),
-            )
-            .await
-            .unwrap()
+            request(admin, "PUT", path, JSON, body.as_bytes())
+                .await
+                .unwrap()
         }
     };
 
@@ -721,7 +715,7 @@ async fn admin_sets_weights_at_runtime_and_refuses_bad_ones_whole() {
     assert_eq!(counts.get("b2"), Some(&50), "{counts:?}");
 
     // A config reload keeps weights set at run time while the configured ones stay ...
-    let r = request(f.admin, "POST", "/api/config/reload", &[], b"")
+    let r = request(f.admin, "POST", "/api/config/reload", JSON, b"")
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");

@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests: the real `fulcrum` binary started through the lab's harness,
 //! loopback backends, and a pool shaped for quick health decisions.
-#![allow(dead_code)]
+// Each test file uses a different part of this module.
+#![allow(dead_code, unused_imports)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,6 +13,10 @@ use std::time::Duration;
 pub use fulcrum_config::{Algorithm, Config, ControlConfig, PoolConfig, WeightSource};
 pub use fulcrum_lab::harness::{eventually, get, pool, request, single_pool, Conn};
 pub use fulcrum_testbed::BackendServer;
+
+/// The headers of an admin request that changes state: the admin API takes only JSON there,
+/// even with an empty body.
+pub const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
 
 /// The binary under test.
 pub fn fulcrum_bin() -> &'static str {

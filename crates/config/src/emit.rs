@@ -57,8 +57,9 @@ impl Config {
     /// Serialise into TOML that [`crate::parse`] reads back into an equal `Config`.
     ///
     /// Every setting is written explicitly, defaults included, but for the slow-start keys,
-    /// written only when they differ from their defaults. Durations are
-    /// written in whole milliseconds. The `[control]` section is written when a pool
+    /// written only when they differ from their defaults. Durations are written in whole
+    /// milliseconds. The admin token is written as its file's path only, never as the secret;
+    /// reading the result back reads that file. The `[control]` section is written when a pool
     /// uses `weights = "model"` or the control settings differ from the defaults.
     pub fn to_toml(&self) -> String {
         let mut out = String::new();
@@ -75,6 +76,10 @@ impl Config {
         let _ = writeln!(out);
         let _ = writeln!(out, "[admin]");
         let _ = writeln!(out, "listen = {}", quote(&self.admin.listen.to_string()));
+        if let Some(token_file) = &self.admin.token_file {
+            let _ = writeln!(out, "token_file = {}", path(token_file));
+        }
+        let _ = writeln!(out, "protect_metrics = {}", self.admin.protect_metrics);
         for route in &self.routes {
             let _ = writeln!(out);
             let _ = writeln!(out, "[[routes]]");

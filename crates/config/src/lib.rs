@@ -3,7 +3,8 @@
 //! A configuration is a TOML file with these sections:
 //!
 //! * `[server]` — data-plane listen addresses, worker threads, shutdown grace period;
-//! * `[admin]` — the admin listener serving `/metrics`, `/healthz`, `/readyz`, `/api/pools`;
+//! * `[admin]` — the admin listener serving `/metrics`, `/healthz`, `/readyz`, `/api/pools`,
+//!   and the file holding the bearer token its `/api/*` endpoints require;
 //! * `[[routes]]` — host/path-prefix rules mapping requests to pools;
 //! * `[pools.NAME]` — upstream pools with their algorithm, timeouts, health checks
 //!   and `[[pools.NAME.backends]]`;
@@ -29,6 +30,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+mod admin_token;
 pub mod control_defaults;
 mod emit;
 mod model;
@@ -37,6 +39,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use admin_token::{AdminToken, MAX_TOKEN_LEN};
 pub use fulcrum_diagnostics::{Diagnostic, Diagnostics, Severity};
 pub use model::{
     AdminConfig, Algorithm, BackendConfig, Config, ControlConfig, HealthCheckConfig, HostMatch,
@@ -57,6 +60,10 @@ pub const EXIT_CONFIG: i32 = 78;
 /// `file_name` is only used to label diagnostics. On success the config is
 /// returned together with any warnings (possibly none); on failure every error
 /// found is returned, along with any warnings.
+///
+/// The one file read here is `admin.token_file`, when set (a relative path is taken from the
+/// working directory): an unreadable or empty token file is an error, one that group or
+/// others may read is a warning.
 pub fn parse(source: &str, file_name: &str) -> Result<(Config, Vec<Diagnostic>), Diagnostics> {
     validate::parse(source, file_name)
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::admin_token::AdminToken;
 use crate::control_defaults as defaults;
 use fulcrum_diagnostics::suggest;
 
@@ -48,6 +49,27 @@ pub struct ServerConfig {
 pub struct AdminConfig {
     /// Address of the admin HTTP listener (default `127.0.0.1:9900`).
     pub listen: SocketAddr,
+    /// File holding the bearer token every `/api/*` request must carry (`admin.token_file`);
+    /// `None` leaves the API open on loopback and read-only elsewhere.
+    pub token_file: Option<PathBuf>,
+    /// The token read from `token_file` when the configuration was parsed. [`Config::to_toml`]
+    /// writes only the path, so a configuration built in code may leave this `None` and let
+    /// the process that loads the file read it.
+    pub token: Option<AdminToken>,
+    /// Whether `/metrics` needs the token too (`admin.protect_metrics`, default false); the
+    /// health probes never do.
+    pub protect_metrics: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9900)),
+            token_file: None,
+            token: None,
+            protect_metrics: false,
+        }
+    }
 }
 
 /// One routing rule: requests whose host and path match are sent to `pool`.

@@ -15,6 +15,7 @@ use fulcrum_diagnostics::reader::{
 };
 use fulcrum_diagnostics::{suggest, Diagnostic, Diagnostics};
 
+use crate::admin_token::AdminToken;
 use crate::model::{
     AdminConfig, Algorithm, BackendConfig, Config, ControlConfig, HealthCheckConfig, HostMatch,
     PoolConfig, RouteConfig, ServerConfig, WeightSource,
@@ -22,7 +23,7 @@ use crate::model::{
 
 const TOP_KEYS: &[&str] = &["server", "admin", "routes", "pools", "control"];
 const SERVER_KEYS: &[&str] = &["listen", "threads", "grace_period_s"];
-const ADMIN_KEYS: &[&str] = &["listen"];
+const ADMIN_KEYS: &[&str] = &["listen", "token_file", "protect_metrics"];
 const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "pool"];
 const POOL_KEYS: &[&str] = &[
     "algorithm",
@@ -65,7 +66,6 @@ const CONTROL_KEYS: &[&str] = &[
 
 /// Longest accepted duration for any `*_ms` key: one day.
 const MAX_MS: i128 = 86_400_000;
-const DEFAULT_ADMIN: &str = "127.0.0.1:9900";
 
 /// An optional integer key bounded to `min..=max`, falling back to `default`.
 fn bounded(
@@ -310,11 +310,7 @@ fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
 }
 
 fn read_admin(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, server: &ServerParts) -> AdminConfig {
-    let mut admin = AdminConfig {
-        listen: DEFAULT_ADMIN
-            .parse()
-            .expect("default admin address is valid"),
-    };
+    let mut admin = AdminConfig::default();
     let Some(v) = root.get("admin") else {
         return admin;
     };
@@ -322,26 +318,63 @@ fn read_admin(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, server: &ServerParts) -> 
         return admin;
     };
     t.check_keys(ctx, ADMIN_KEYS);
-    let Some(v) = t.get("listen") else {
-        return admin;
-    };
-    let Some(addr) = socket_addr(ctx, v, "admin.listen") else {
-        return admin;
-    };
-    if let Some((data, path, _)) = server
-        .listen
-        .iter()
-        .find(|(a, _, _)| addrs_conflict(a, &addr))
-    {
-        ctx.error(
-            Some(&v.span()),
+    if let Some(v) = t.get("listen") {
+        if let Some(addr) = socket_addr(ctx, v, "admin.listen") {
+            if let Some((data, path, _)) = server
+                .listen
+                .iter()
+                .find(|(a, _, _)| addrs_conflict(a, &addr))
+            {
+                ctx.error(
+                    Some(&v.span()),
+                    "admin.listen",
+                    format!(
+                        "admin listen address {addr} conflicts with data-plane listener {data} ({path}); use a different port"
+                    ),
+                );
+            }
+            admin.listen = addr;
+        }
+    }
+    admin.token_file = file_path(
+        ctx,
+        &t,
+        "token_file",
+        "the file holding the admin API's bearer token, e.g. \"/run/secrets/fulcrum-admin-token\"",
+    );
+    if let (Some(path), Some(v)) = (&admin.token_file, t.get("token_file")) {
+        match AdminToken::read(path) {
+            Ok((token, warnings)) => {
+                for w in warnings {
+                    ctx.warning(Some(&v.span()), "admin.token_file", w);
+                }
+                admin.token = Some(token);
+            }
+            Err(e) => ctx.error(Some(&v.span()), "admin.token_file", e),
+        }
+    }
+    admin.protect_metrics = as_bool(ctx, &t, "protect_metrics", false);
+    if admin.protect_metrics && admin.token_file.is_none() {
+        let span = t.get("protect_metrics").map(|v| v.span());
+        ctx.warning(
+            span.as_ref(),
+            "admin.protect_metrics",
+            "protect_metrics = true does nothing without admin.token_file: /metrics stays open",
+        );
+    }
+    if !admin.listen.ip().is_loopback() && admin.token_file.is_none() {
+        let span = t.get("listen").map(|v| v.span());
+        ctx.warning(
+            span.as_ref(),
             "admin.listen",
             format!(
-                "admin listen address {addr} conflicts with data-plane listener {data} ({path}); use a different port"
+                "admin API on {} (not loopback) without admin.token_file: anyone who can reach it \
+                 can read pool state and metrics, and the endpoints that change state answer 403 \
+                 until a token_file is set",
+                admin.listen
             ),
         );
     }
-    admin.listen = addr;
     admin
 }
 

@@ -30,6 +30,7 @@ fn expected_default() -> Config {
         },
         admin: AdminConfig {
             listen: addr("127.0.0.1:9900"),
+            ..AdminConfig::default()
         },
         routes: vec![RouteConfig {
             host: HostMatch::Any,

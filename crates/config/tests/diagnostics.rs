@@ -1,5 +1,7 @@
 //! Validation: every problem is reported, located and explained.
 
+use std::path::Path;
+
 use fulcrum_config::{parse, Diagnostic, Diagnostics, Severity};
 
 const VALID_TAIL: &str = r#"
@@ -508,4 +510,117 @@ fn slow_start_with_round_robin_warns() {
         "{}",
         warnings[0]
     );
+}
+
+// The `[admin]` access keys: the token file is read and checked at load time, and exposed or
+// pointless settings are warned about.
+
+/// A configuration whose `[admin]` table (line 4) holds `admin`, one key per line from line 5.
+fn with_admin(admin: &str) -> String {
+    with_server(&format!("\n[admin]\n{admin}\n{VALID_TAIL}"))
+}
+
+fn write_token_file(dir: &Path, contents: &str, mode: u32) -> String {
+    let path = dir.join("token");
+    std::fs::write(&path, contents).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    path.to_str().unwrap().to_string()
+}
+
+fn admin_warnings(src: &str) -> Vec<Diagnostic> {
+    match parse(src, "test.toml") {
+        Ok((_, warnings)) => warnings,
+        Err(d) => panic!("expected a valid configuration:\n{d}"),
+    }
+}
+
+#[test]
+fn token_is_read_from_its_file_without_the_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_token_file(dir.path(), "0123456789abcdef0123456789abcdef\n", 0o600);
+    let src = with_admin(&format!("token_file = {path:?}\nprotect_metrics = true"));
+    let (config, warnings) = parse(&src, "test.toml").unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let token = config.admin.token.as_ref().unwrap();
+    assert!(token.matches(b"0123456789abcdef0123456789abcdef"));
+    assert!(config.admin.protect_metrics);
+    assert!(!format!("{config:?}").contains("0123456789abcdef"));
+
+    // Written back, the configuration names the file and never the secret.
+    let text = config.to_toml();
+    assert!(text.contains(&format!("token_file = {path:?}")), "{text}");
+    assert!(!text.contains("0123456789abcdef"), "{text}");
+    assert_eq!(parse(&text, "back.toml").unwrap().0, config);
+}
+
+#[test]
+fn unreadable_or_empty_token_files_are_errors_at_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope").to_str().unwrap().to_string();
+    let e = single_error(&with_admin(&format!("token_file = {missing:?}")));
+    assert_eq!(e.key_path, "admin.token_file");
+    assert_eq!((e.line, e.column), (5, 14));
+    assert!(
+        e.message.contains("cannot read the admin token file"),
+        "{}",
+        e.message
+    );
+
+    let empty = write_token_file(dir.path(), "\n", 0o600);
+    let e = single_error(&with_admin(&format!("token_file = {empty:?}")));
+    assert_eq!(e.key_path, "admin.token_file");
+    assert!(e.message.contains("is empty"), "{}", e.message);
+
+    let e = single_error(&with_admin("token_file = \"\""));
+    assert!(e.message.contains("must not be empty"), "{}", e.message);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_token_file_others_can_read_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_token_file(dir.path(), "0123456789abcdef0123456789abcdef", 0o644);
+    let w = admin_warnings(&with_admin(&format!("token_file = {path:?}")));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].severity, Severity::Warning);
+    assert_eq!(w[0].key_path, "admin.token_file");
+    assert!(w[0].message.contains("mode 0644"), "{}", w[0].message);
+}
+
+#[test]
+fn an_exposed_listener_without_a_token_is_a_warning() {
+    let w = admin_warnings(&with_admin("listen = \"0.0.0.0:9900\""));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].key_path, "admin.listen");
+    assert_eq!(w[0].line, 5);
+    assert!(w[0].message.contains("not loopback"), "{}", w[0].message);
+    assert!(w[0].message.contains("token_file"), "{}", w[0].message);
+
+    assert!(admin_warnings(&with_admin("listen = \"127.0.0.1:9900\"")).is_empty());
+    assert!(admin_warnings(&with_admin("listen = \"[::1]:9900\"")).is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_token_file(dir.path(), "0123456789abcdef0123456789abcdef", 0o600);
+    let src = with_admin(&format!("listen = \"0.0.0.0:9900\"\ntoken_file = {path:?}"));
+    assert!(admin_warnings(&src).is_empty());
+}
+
+#[test]
+fn protect_metrics_without_a_token_is_a_warning() {
+    let w = admin_warnings(&with_admin("protect_metrics = true"));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].key_path, "admin.protect_metrics");
+    assert!(
+        w[0].message.contains("/metrics stays open"),
+        "{}",
+        w[0].message
+    );
+
+    let e = single_error(&with_admin("protect_metrics = \"yes\""));
+    assert_eq!(e.key_path, "admin.protect_metrics");
 }

@@ -217,8 +217,9 @@ fn reload(shared: &Shared, health_tasks: &mut JoinSet<()>) -> Result<String, Str
     for w in &warnings {
         notes.push_str(&format!("{w}\n"));
     }
-    if config.server != old.server || config.admin != old.admin {
-        notes.push_str("note: [server] and [admin] changes take effect on restart\n");
+    // The admin token and protect_metrics apply from the next request; the sockets do not move.
+    if config.server != old.server || config.admin.listen != old.admin.listen {
+        notes.push_str("note: [server] and admin.listen changes take effect on restart\n");
     }
     let upstreams = Arc::new(shared.builder.build(&config, Some(&old)));
     health_tasks.abort_all();

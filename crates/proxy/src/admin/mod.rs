@@ -3,10 +3,12 @@
 //!
 //! It runs on its own thread and runtime, apart from the data plane, so a slow scrape can never
 //! take a worker from client traffic. This file accepts connections and dispatches by method
-//! and path; each route is a small function in `routes`, and the answers share the helpers in
-//! `response`.
+//! and path; `access` admits or refuses each request first (token, read-only exposed listener,
+//! JSON bodies and same origin for changes), each route is a small function in `routes`, and
+//! the answers share the helpers in `response`.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -19,10 +21,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Shared;
 
+mod access;
 mod response;
 mod routes;
 mod snapshot;
 
+use access::Access;
 use response::Reply;
 pub use snapshot::{pools_snapshot, BackendSnapshot, PoolSnapshot, PoolsSnapshot};
 
@@ -32,10 +36,13 @@ pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 /// What every route may read: the live state and the way to ask for a configuration reload.
 #[derive(Clone)]
 struct Admin {
-    /// State shared with the data plane.
+    /// State shared with the data plane; its configuration's `[admin]` table holds the token,
+    /// so a reload that rotates the token applies to the next request.
     shared: Arc<Shared>,
     /// Asks the reloader (on the admin runtime) to re-read the configuration.
     reload: mpsc::Sender<ReloadRequest>,
+    /// The address the listener is bound to: whether it is loopback, and its own origin.
+    listen: SocketAddr,
 }
 
 /// Serve the admin API on `listener` until the process ends.
@@ -44,7 +51,18 @@ pub async fn serve(
     shared: Arc<Shared>,
     reload: mpsc::Sender<ReloadRequest>,
 ) {
-    let admin = Admin { shared, reload };
+    let listen = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            log::error!("admin listener has no local address: {e}");
+            return;
+        }
+    };
+    let admin = Admin {
+        shared,
+        reload,
+        listen,
+    };
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -62,35 +80,39 @@ pub async fn serve(
     }
 }
 
-/// The fixed admin paths, each answering one method.
+/// The admin paths, each answering one method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Metrics,
     Healthz,
     Readyz,
     Pools,
+    Weights,
     Decisions,
     ConfigReload,
     ModelReload,
 }
 
 impl Route {
-    const ALL: [Route; 7] = [
+    const ALL: [Route; 8] = [
         Route::Metrics,
         Route::Healthz,
         Route::Readyz,
         Route::Pools,
+        Route::Weights,
         Route::Decisions,
         Route::ConfigReload,
         Route::ModelReload,
     ];
 
+    /// The path, or for `Weights` its pattern (which matches itself).
     fn path(self) -> &'static str {
         match self {
             Route::Metrics => "/metrics",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Pools => "/api/pools",
+            Route::Weights => "/api/pools/{pool}/weights",
             Route::Decisions => "/api/decisions",
             Route::ConfigReload => "/api/config/reload",
             Route::ModelReload => "/api/model/reload",
@@ -99,41 +121,81 @@ impl Route {
 
     fn method(self) -> Method {
         match self {
+            Route::Weights => Method::PUT,
             Route::ConfigReload | Route::ModelReload => Method::POST,
             _ => Method::GET,
         }
     }
 
+    /// Whether the route changes the proxy's state, and so is guarded as [`Access::Change`].
+    fn changes_state(self) -> bool {
+        matches!(
+            self,
+            Route::Weights | Route::ConfigReload | Route::ModelReload
+        )
+    }
+
+    /// What a request must show before this route runs.
+    fn access(self) -> Access {
+        if self.changes_state() {
+            Access::Change
+        } else {
+            Access::of_path(self.path())
+        }
+    }
+
     fn find(path: &str) -> Option<Route> {
+        if routes::pools::weights_path(path).is_some() {
+            return Some(Route::Weights);
+        }
         Route::ALL.into_iter().find(|r| r.path() == path)
     }
 }
 
-/// Answer one request: find its route by path, check the method, run the route.
+/// Answer one request: find its route by path, admit or refuse it, check the method, run the
+/// route.
 async fn dispatch(req: Request<Incoming>, admin: &Admin) -> Reply {
-    if let Some(pool) = routes::pools::weights_path(req.uri().path()) {
-        let pool = pool.to_owned();
-        return if req.method() == Method::PUT {
-            routes::pools::put_weights(req, &admin.shared, &pool).await
-        } else {
-            response::method_not_allowed(
-                "method not allowed; PUT a JSON object of backend address to weight\n",
-            )
-        };
+    let route = Route::find(req.uri().path());
+    let access = match route {
+        Some(r) if r.method() == req.method() => r.access(),
+        // A wrong method or an unknown path is told so only to whom may read the path.
+        _ => Access::of_path(req.uri().path()),
+    };
+    // The configuration is read for this statement only: no snapshot is held while a route
+    // awaits a slow client.
+    let admitted = access::check(
+        access,
+        req.headers(),
+        admin.listen,
+        &admin.shared.config.load().admin,
+    );
+    if let Err(refusal) = admitted {
+        return refusal.reply();
     }
-    let Some(route) = Route::find(req.uri().path()) else {
+    let Some(route) = route else {
         return response::not_found(
             "not found; try /metrics /healthz /readyz /api/pools /api/decisions\n",
         );
     };
     if req.method() != route.method() {
-        return response::method_not_allowed("method not allowed\n");
+        return response::method_not_allowed(match route {
+            Route::Weights => {
+                "method not allowed; PUT a JSON object of backend address to weight\n"
+            }
+            _ => "method not allowed\n",
+        });
     }
     match route {
         Route::Metrics => routes::metrics::get(&admin.shared),
         Route::Healthz => routes::health::healthz(),
         Route::Readyz => routes::health::readyz(&admin.shared),
         Route::Pools => routes::pools::get(&admin.shared),
+        Route::Weights => {
+            let pool = routes::pools::weights_path(req.uri().path())
+                .unwrap_or_default()
+                .to_owned();
+            routes::pools::put_weights(req, &admin.shared, &pool).await
+        }
         Route::Decisions => routes::decisions::get(&admin.shared, req.uri().query()),
         Route::ConfigReload => routes::reload::config(&admin.reload).await,
         Route::ModelReload => routes::reload::model(&admin.shared).await,
@@ -160,5 +222,22 @@ mod tests {
             .filter(|r| r.method() == Method::POST)
             .collect();
         assert_eq!(posts, [Route::ConfigReload, Route::ModelReload]);
+    }
+
+    #[test]
+    fn every_route_that_is_not_a_get_changes_state_and_is_guarded() {
+        for route in Route::ALL {
+            assert_eq!(
+                route.changes_state(),
+                route.method() != Method::GET,
+                "{route:?}"
+            );
+            assert_eq!(route.access() == Access::Change, route.changes_state());
+        }
+        assert_eq!(Route::Metrics.access(), Access::Metrics);
+        assert_eq!(Route::Healthz.access(), Access::Open);
+        assert_eq!(Route::Readyz.access(), Access::Open);
+        assert_eq!(Route::Pools.access(), Access::Read);
+        assert_eq!(Route::Decisions.access(), Access::Read);
     }
 }

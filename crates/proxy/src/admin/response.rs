@@ -51,3 +51,29 @@ pub(crate) fn unprocessable(body: impl Into<Bytes>) -> Reply {
 pub(crate) fn unavailable(body: &'static str) -> Reply {
     text(StatusCode::SERVICE_UNAVAILABLE, body)
 }
+
+/// 401 with `WWW-Authenticate: Bearer`; `invalid` adds `error="invalid_token"` (RFC 6750) for
+/// a token that was sent and is wrong.
+pub(crate) fn unauthorized(body: &'static str, invalid: bool) -> Reply {
+    let challenge = if invalid {
+        r#"Bearer realm="fulcrum admin", error="invalid_token""#
+    } else {
+        r#"Bearer realm="fulcrum admin""#
+    };
+    let mut reply = text(StatusCode::UNAUTHORIZED, body);
+    reply.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static(challenge),
+    );
+    reply
+}
+
+/// 403 with `body`, which says what would be allowed.
+pub(crate) fn forbidden(body: &'static str) -> Reply {
+    text(StatusCode::FORBIDDEN, body)
+}
+
+/// 415 with `body`, which names the accepted media type.
+pub(crate) fn unsupported_media_type(body: &'static str) -> Reply {
+    text(StatusCode::UNSUPPORTED_MEDIA_TYPE, body)
+}
