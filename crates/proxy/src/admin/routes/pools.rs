@@ -32,8 +32,8 @@ pub(crate) fn weights_path(path: &str) -> Option<&str> {
 
 /// `PUT /api/pools/{pool}/weights`: set the weights of some or all of a static pool's backends
 /// at runtime (`{"10.0.0.1:8080": 2.5, "10.0.0.2:8080": 0}`; 0 drains a backend). Every
-/// problem in the body is reported at once and nothing changes unless all of it is valid. The
-/// weights last until the next configuration reload rebuilds the pool. Pools with
+/// problem in the body is reported at once and nothing changes unless all of it is valid. A
+/// configuration reload keeps them, except for a backend whose configured weight changed. Pools with
 /// `weights = "model"` are refused: the control loop owns their weights.
 pub(crate) async fn put_weights(req: Request<Incoming>, shared: &Shared, name: &str) -> Reply {
     // Read the body before taking a snapshot of the live state, so a slow client never holds one.
