@@ -91,12 +91,14 @@ pub fn pool(name: &str, algorithm: Algorithm, backends: &[(SocketAddr, u32)]) ->
 }
 
 /// A configuration serving `pool` for every host and path on `listen`, with the admin API on
-/// `admin`, one data-plane thread and no shutdown grace period; everything else at its default.
+/// `admin`, one data-plane thread and neither drain delay nor grace period on shutdown;
+/// everything else at its default.
 pub fn single_pool(listen: SocketAddr, admin: SocketAddr, pool: PoolConfig) -> Config {
     let mut config = skeleton();
     config.server.listen = vec![listen];
     config.server.threads = 1;
     config.server.grace_period_s = 0;
+    config.server.drain_delay_s = 0;
     config.admin.listen = admin;
     config.routes[0].pool = pool.name.clone();
     config.pools = vec![pool];
