@@ -463,6 +463,7 @@ async fn metrics_pass_promtool() {
         "fulcrum_retries_total{",
         "fulcrum_health_check_failures_total{",
         "fulcrum_build_info{",
+        "fulcrum_draining 0",
     ] {
         assert!(m.body.contains(name), "missing {name} in\n{}", m.body);
     }

@@ -1,6 +1,6 @@
 //! Helpers for end-to-end tests: the real `fulcrum` binary started through the lab's harness,
 //! loopback backends, and a pool shaped for quick health decisions.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
