@@ -258,6 +258,29 @@ async fn an_idle_process_exits_right_after_the_drain_delay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_get_goaway_during_the_drain() {
+    let Running {
+        mut proxy,
+        listen,
+        _backend,
+        _sock_dir,
+        ..
+    } = running(2, 5).await;
+    proxy.signal("TERM").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = tokio::process::Command::new("nghttp")
+        .args(["-n", "-v", &format!("http://{listen}/")])
+        .output()
+        .await
+        .expect("nghttp (Debian package nghttp2-client) is required; ./test.sh installs it");
+    let trace = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(trace.contains(":status: 200"), "still served:\n{trace}");
+    assert!(trace.contains("recv GOAWAY"), "no GOAWAY:\n{trace}");
+    exits_zero(&mut proxy, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_under_load_refuses_nothing_and_fails_nothing() {
     let Running {
         proxy: mut old,

@@ -88,7 +88,7 @@ impl Lifecycle {
         }
     }
 
-    /// True from the moment the process was asked to stop or hand over its listeners.
+    /// True from the moment `SIGTERM` asked the process to stop (`/readyz` answers 503).
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -164,7 +164,9 @@ impl Lifecycle {
             self.upgrade_sock.display(),
             HANDOVER_OVERLAP.as_secs()
         );
-        self.start_draining();
+        // Clients are told to reconnect, but `/readyz` stays 200: the address is not going away,
+        // and the admin listener answers from both processes during the overlap.
+        self.drain.send_replace(true);
         tokio::time::sleep(HANDOVER_OVERLAP).await;
         log::info!(
             "the listeners stop accepting; {} request(s) in flight",

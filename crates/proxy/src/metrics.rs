@@ -34,7 +34,7 @@ pub const UNROUTED_REQUESTS_TOTAL: &str = "fulcrum_unrouted_requests_total";
 pub const REJECTED_REQUESTS_TOTAL: &str = "fulcrum_rejected_requests_total";
 /// Configuration reloads, by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "fulcrum_config_reloads_total";
-/// 1 while the process drains (after `SIGTERM`) or hands its listeners over, else 0.
+/// 1 while the process drains before exiting (after `SIGTERM`), else 0.
 pub const DRAINING: &str = "fulcrum_draining";
 /// Constant 1 labelled with the build's version.
 pub const BUILD_INFO: &str = "fulcrum_build_info";
@@ -209,7 +209,7 @@ fn describe() {
     describe_counter!(CONFIG_RELOADS_TOTAL, "Configuration reloads, by result.");
     describe_gauge!(
         DRAINING,
-        "1 while the process drains before exiting or hands its listeners to a new binary."
+        "1 while the process drains before exiting (after SIGTERM), else 0."
     );
     describe_gauge!(BUILD_INFO, "Constant 1, labelled with the fulcrum version.");
 }
