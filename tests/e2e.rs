@@ -453,6 +453,7 @@ async fn metrics_pass_promtool() {
         "fulcrum_config_last_reload_success 1",
         "fulcrum_config_last_reload_timestamp_seconds ",
         "fulcrum_build_info{",
+        "fulcrum_draining 0",
     ] {
         assert!(m.body.contains(name), "missing {name} in\n{}", m.body);
     }
@@ -727,7 +728,7 @@ async fn admin_sets_weights_at_runtime_and_refuses_bad_ones_whole() {
     let changed = text.replacen("weight = 1", "weight = 2", 1);
     assert_ne!(changed, text);
     std::fs::write(&f.config_path, changed).unwrap();
-    let r = request(f.admin, "POST", "/api/config/reload", &[], b"")
+    let r = request(f.admin, "POST", "/api/config/reload", JSON, b"")
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");

@@ -73,6 +73,12 @@ impl Config {
         let _ = writeln!(out, "listen = [{}]", listen.join(", "));
         let _ = writeln!(out, "threads = {}", self.server.threads);
         let _ = writeln!(out, "grace_period_s = {}", self.server.grace_period_s);
+        let _ = writeln!(out, "drain_delay_s = {}", self.server.drain_delay_s);
+        let _ = writeln!(
+            out,
+            "upgrade_sock = {}",
+            quote(&self.server.upgrade_sock.to_string_lossy())
+        );
         let _ = writeln!(out);
         let _ = writeln!(out, "[admin]");
         let _ = writeln!(out, "listen = {}", quote(&self.admin.listen.to_string()));

@@ -2,7 +2,8 @@
 //!
 //! A configuration is a TOML file with these sections:
 //!
-//! * `[server]` — data-plane listen addresses, worker threads, shutdown grace period;
+//! * `[server]` — data-plane listen addresses, worker threads, the drain on `SIGTERM`
+//!   (`drain_delay_s`, `grace_period_s`) and the binary-upgrade socket (`upgrade_sock`);
 //! * `[admin]` — the admin listener serving `/metrics`, `/healthz`, `/readyz`, `/api/pools`,
 //!   and the file holding the bearer token its `/api/*` endpoints require;
 //! * `[[routes]]` — host/path-prefix rules mapping requests to pools;
@@ -35,6 +36,7 @@ pub mod control_defaults;
 mod emit;
 mod model;
 pub mod pool_defaults;
+pub mod server_defaults;
 mod validate;
 
 use std::path::Path;

@@ -40,8 +40,15 @@ pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// Number of data-plane worker threads (1..=1024, default 2).
     pub threads: usize,
-    /// Seconds to drain in-flight requests on graceful shutdown (default 5).
+    /// Seconds in-flight requests get to finish once the listeners stop accepting, on
+    /// `SIGTERM` and on a binary upgrade (0..=3600, default 5).
     pub grace_period_s: u64,
+    /// Seconds the listeners keep serving after `SIGTERM` while `/readyz` answers 503
+    /// `draining` (0..=3600, default 5).
+    pub drain_delay_s: u64,
+    /// The Unix socket a process started with `fulcrum run --upgrade` takes the listeners
+    /// through (an absolute path; default `/run/fulcrum/upgrade.sock`).
+    pub upgrade_sock: PathBuf,
 }
 
 /// Admin listener settings: `/metrics`, `/healthz`, `/readyz`, `/api/pools`.

@@ -10,6 +10,7 @@ use toml::de::DeValue;
 
 use crate::control_defaults as defaults;
 use crate::pool_defaults as pool;
+use crate::server_defaults as server_default;
 use fulcrum_diagnostics::reader::{
     as_int, as_str, as_table, number, type_error, Ctx, Table, Value,
 };
@@ -22,7 +23,13 @@ use crate::model::{
 };
 
 const TOP_KEYS: &[&str] = &["server", "admin", "routes", "pools", "control"];
-const SERVER_KEYS: &[&str] = &["listen", "threads", "grace_period_s"];
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "threads",
+    "grace_period_s",
+    "drain_delay_s",
+    "upgrade_sock",
+];
 const ADMIN_KEYS: &[&str] = &["listen", "token_file", "protect_metrics"];
 const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "pool"];
 const POOL_KEYS: &[&str] = &[
@@ -236,6 +243,8 @@ pub(crate) fn parse(
             listen: server.listen.into_iter().map(|(a, _, _)| a).collect(),
             threads: server.threads,
             grace_period_s: server.grace_period_s,
+            drain_delay_s: server.drain_delay_s,
+            upgrade_sock: server.upgrade_sock,
         },
         admin,
         routes,
@@ -250,13 +259,17 @@ struct ServerParts {
     listen: Vec<(SocketAddr, String, Range<usize>)>,
     threads: usize,
     grace_period_s: u64,
+    drain_delay_s: u64,
+    upgrade_sock: PathBuf,
 }
 
 fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
     let mut parts = ServerParts {
         listen: Vec::new(),
-        threads: 2,
-        grace_period_s: 5,
+        threads: server_default::THREADS,
+        grace_period_s: server_default::GRACE_PERIOD_S,
+        drain_delay_s: server_default::DRAIN_DELAY_S,
+        upgrade_sock: PathBuf::from(server_default::UPGRADE_SOCK),
     };
     let missing_listen = "missing required key `listen`: the data-plane listen addresses, e.g. listen = [\"127.0.0.1:8080\"]";
     let Some(v) = root.get("server") else {
@@ -304,9 +317,99 @@ fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
             ),
         },
     }
-    parts.threads = bounded(ctx, &t, "threads", 2, 1, 1024) as usize;
-    parts.grace_period_s = bounded(ctx, &t, "grace_period_s", 5, 0, 3600);
+    parts.threads = bounded(ctx, &t, "threads", server_default::THREADS as u64, 1, 1024) as usize;
+    parts.grace_period_s = bounded(
+        ctx,
+        &t,
+        "grace_period_s",
+        server_default::GRACE_PERIOD_S,
+        0,
+        3600,
+    );
+    parts.drain_delay_s = bounded(
+        ctx,
+        &t,
+        "drain_delay_s",
+        server_default::DRAIN_DELAY_S,
+        0,
+        3600,
+    );
+    let hint = "the Unix socket a process started with `fulcrum run --upgrade` takes the listeners through, e.g. \"/run/fulcrum/upgrade.sock\"";
+    if let Some(sock) = file_path(ctx, &t, "upgrade_sock", hint) {
+        let span = t.get("upgrade_sock").map(|v| v.span());
+        if let Err(problem) = check_upgrade_sock(&sock) {
+            match problem {
+                SockProblem::Error(msg) => ctx.error(span.as_ref(), "server.upgrade_sock", msg),
+                SockProblem::Warning(msg) => {
+                    ctx.warning(span.as_ref(), "server.upgrade_sock", msg);
+                    parts.upgrade_sock = sock;
+                }
+            }
+        } else {
+            parts.upgrade_sock = sock;
+        }
+    }
     parts
+}
+
+/// What is wrong with an upgrade socket path: refused, or accepted with a warning.
+#[derive(Debug, PartialEq, Eq)]
+enum SockProblem {
+    Error(String),
+    Warning(String),
+}
+
+/// Check an upgrade socket path: absolute, short enough for a Unix socket address, and in a
+/// directory other users cannot write to. pingora makes the socket mode 0666 while a new
+/// process waits on it, so the directory is the only thing keeping other local users from
+/// connecting and handing fulcrum listeners of their own. A sticky bit does not help: it stops
+/// others from removing the socket, not from connecting to it.
+fn check_upgrade_sock(sock: &std::path::Path) -> Result<(), SockProblem> {
+    let shown = sock.display();
+    if !sock.is_absolute() {
+        return Err(SockProblem::Error(format!(
+            "upgrade_sock {shown:?} must be an absolute path, so the running process and the one started with --upgrade find the same socket whatever their working directory (e.g. \"{}\")",
+            server_default::UPGRADE_SOCK
+        )));
+    }
+    let len = sock.as_os_str().len();
+    if len > server_default::UNIX_SOCKET_PATH_MAX {
+        return Err(SockProblem::Error(format!(
+            "upgrade_sock {shown:?} is {len} bytes long; a Unix socket path holds at most {} bytes",
+            server_default::UNIX_SOCKET_PATH_MAX
+        )));
+    }
+    let Some(dir) = sock.parent().filter(|_| sock.file_name().is_some()) else {
+        return Err(SockProblem::Error(format!(
+            "upgrade_sock {shown:?} must name a socket file inside a directory, e.g. \"{}\"",
+            server_default::UPGRADE_SOCK
+        )));
+    };
+    // A directory that does not exist yet is checked when `fulcrum run --upgrade` starts.
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    if !meta.is_dir() {
+        return Err(SockProblem::Error(format!(
+            "upgrade_sock {shown:?}: {} is not a directory",
+            dir.display()
+        )));
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(SockProblem::Error(format!(
+            "upgrade_sock {shown:?} is in {}, which every user can write to (mode {mode:04o}): any local user could take the socket's place or connect to it and hand fulcrum listeners of their own; use a directory only fulcrum's user can write to, e.g. \"{}\" (sudo install -d -m 0750 -o $USER /run/fulcrum)",
+            dir.display(),
+            server_default::UPGRADE_SOCK
+        )));
+    }
+    if mode & 0o001 != 0 {
+        return Err(SockProblem::Warning(format!(
+            "upgrade_sock {shown:?} is in {}, which every user can enter (mode {mode:04o}); the socket is mode 0666 while an upgrade waits, so any local user could connect to it; use a directory of mode 0750 or 0700",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 fn read_admin(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, server: &ServerParts) -> AdminConfig {

@@ -27,6 +27,8 @@ fn expected_default() -> Config {
             listen: vec![addr("127.0.0.1:8080")],
             threads: 2,
             grace_period_s: 5,
+            drain_delay_s: 5,
+            upgrade_sock: "/run/fulcrum/upgrade.sock".into(),
         },
         admin: AdminConfig {
             listen: addr("127.0.0.1:9900"),

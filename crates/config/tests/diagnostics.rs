@@ -512,6 +512,68 @@ fn slow_start_with_round_robin_warns() {
     );
 }
 
+#[test]
+fn drain_and_upgrade_keys_have_defaults_and_bounds() {
+    let (config, _) = parse(&with_server(VALID_TAIL), "test.toml").unwrap();
+    assert_eq!(config.server.drain_delay_s, 5);
+    assert_eq!(
+        config.server.upgrade_sock,
+        std::path::Path::new(fulcrum_config::server_defaults::UPGRADE_SOCK)
+    );
+    let e = single_error(&with_server(&format!("drain_delay_s = 3601\n{VALID_TAIL}")));
+    assert_eq!((e.key_path.as_str(), e.line), ("server.drain_delay_s", 3));
+    assert!(e.message.contains("between 0 and 3600"), "{e}");
+}
+
+fn upgrade_sock_config(sock: &str) -> String {
+    with_server(&format!("upgrade_sock = {sock:?}\n{VALID_TAIL}"))
+}
+
+/// A temporary directory of permissions `mode`, and a socket path inside it.
+fn sock_dir(mode: u32) -> (tempfile::TempDir, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    let sock = dir.path().join("upgrade.sock").to_str().unwrap().to_owned();
+    (dir, sock)
+}
+
+#[test]
+fn upgrade_sock_in_a_private_directory_is_accepted() {
+    let (_dir, sock) = sock_dir(0o700);
+    let (config, warnings) = parse(&upgrade_sock_config(&sock), "t.toml").unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.server.upgrade_sock, std::path::Path::new(&sock));
+    let back = parse(&config.to_toml(), "again.toml").unwrap().0;
+    assert_eq!(back, config);
+}
+
+#[test]
+fn upgrade_sock_in_a_world_writable_directory_is_refused() {
+    // A sticky bit, as on /tmp, does not keep others from connecting to the socket.
+    let (_dir, sock) = sock_dir(0o1777);
+    let e = single_error(&upgrade_sock_config(&sock));
+    assert_eq!((e.key_path.as_str(), e.line), ("server.upgrade_sock", 3));
+    assert!(
+        e.message.contains("every user can write to (mode 1777)"),
+        "{e}"
+    );
+    assert!(e.message.contains("/run/fulcrum"), "{e}");
+}
+
+#[test]
+fn upgrade_sock_in_a_directory_everyone_can_enter_warns() {
+    let (_dir, sock) = sock_dir(0o755);
+    let (_, warnings) = parse(&upgrade_sock_config(&sock), "t.toml").unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].key_path, "server.upgrade_sock");
+    assert!(
+        warnings[0].message.contains("0750 or 0700"),
+        "{}",
+        warnings[0]
+    );
+}
+
 // The `[admin]` access keys: the token file is read and checked at load time, and exposed or
 // pointless settings are warned about.
 
@@ -623,4 +685,15 @@ fn protect_metrics_without_a_token_is_a_warning() {
 
     let e = single_error(&with_admin("protect_metrics = \"yes\""));
     assert_eq!(e.key_path, "admin.protect_metrics");
+}
+
+#[test]
+fn upgrade_sock_must_be_absolute_and_short() {
+    let e = single_error(&upgrade_sock_config("run/upgrade.sock"));
+    assert!(e.message.contains("must be an absolute path"), "{e}");
+    let long = format!("/run/{}.sock", "x".repeat(120));
+    let e = single_error(&upgrade_sock_config(&long));
+    assert!(e.message.contains("at most 107 bytes"), "{e}");
+    let e = single_error(&upgrade_sock_config(""));
+    assert!(e.message.contains("must not be empty"), "{e}");
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fulcrum_config::{Config, Diagnostic, Diagnostics, EXIT_CONFIG};
-use fulcrum_proxy::ConfigSource;
+use fulcrum_proxy::{ConfigSource, Start};
 
 /// fulcrum: a Layer-7 load-balancing reverse proxy whose backend weights can be tuned live.
 #[derive(Debug, Parser)]
@@ -22,8 +22,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve traffic (the default).
-    Run,
+    /// Serve traffic (the default). SIGHUP reloads the configuration, SIGTERM drains and
+    /// exits, SIGQUIT hands the listeners to a process started with `run --upgrade`.
+    Run(RunArgs),
     /// Validate a configuration, print every problem, exit 0 (valid) or 78 (invalid).
     Check,
     /// Start local demo backends on the configuration's backend addresses, then the proxy
@@ -35,6 +36,15 @@ enum Command {
     Lab(LabArgs),
     /// Start a scenario's backends on loopback (point any proxy at them).
     Testbed(TestbedArgs),
+}
+
+#[derive(Debug, Default, clap::Args)]
+struct RunArgs {
+    /// Take the listening sockets (data plane and admin) of the running fulcrum through
+    /// `server.upgrade_sock` instead of binding them: start this, then send SIGQUIT to the old
+    /// process (see scripts/upgrade.sh).
+    #[arg(long)]
+    upgrade: bool,
 }
 
 /// What `sim` and `lab` both take: a scenario, the policies to play it with, where to write.
@@ -253,8 +263,8 @@ fn report<T>(parsed: Result<(T, Vec<Diagnostic>), Diagnostics>) -> Result<T, Exi
     }
 }
 
-fn run(config: Config, source: ConfigSource) -> ExitCode {
-    match fulcrum_proxy::serve(config, source) {
+fn run(config: Config, source: ConfigSource, start: Start) -> ExitCode {
+    match fulcrum_proxy::serve(config, source, start) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fulcrum: {e}");
@@ -314,15 +324,22 @@ fn demo(path: Option<&PathBuf>) -> ExitCode {
         "fulcrum demo: backends on {addrs:?}\n  try:    curl http://{listen}/\n  pools:  curl http://{}/api/pools\n  metrics: curl http://{}/metrics\n  stop:   Ctrl-C",
         config.admin.listen, config.admin.listen
     );
-    run(config, source)
+    run(config, source, Start::Fresh)
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => match load(cli.config.as_ref()) {
-            Ok((config, source)) => run(config, source),
+    match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
+        Command::Run(args) => match load(cli.config.as_ref()) {
+            Ok((config, source)) => {
+                let start = if args.upgrade {
+                    Start::Upgrade
+                } else {
+                    Start::Fresh
+                };
+                run(config, source, start)
+            }
             Err(code) => code,
         },
         Command::Check => match load(cli.config.as_ref()) {

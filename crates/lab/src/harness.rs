@@ -91,12 +91,14 @@ pub fn pool(name: &str, algorithm: Algorithm, backends: &[(SocketAddr, u32)]) ->
 }
 
 /// A configuration serving `pool` for every host and path on `listen`, with the admin API on
-/// `admin`, one data-plane thread and no shutdown grace period; everything else at its default.
+/// `admin`, one data-plane thread and neither drain delay nor grace period on shutdown;
+/// everything else at its default.
 pub fn single_pool(listen: SocketAddr, admin: SocketAddr, pool: PoolConfig) -> Config {
     let mut config = skeleton();
     config.server.listen = vec![listen];
     config.server.threads = 1;
     config.server.grace_period_s = 0;
+    config.server.drain_delay_s = 0;
     config.admin.listen = admin;
     config.routes[0].pool = pool.name.clone();
     config.pools = vec![pool];
@@ -152,8 +154,40 @@ pub struct Proxy {
     listen: SocketAddr,
     admin: SocketAddr,
     config_path: PathBuf,
+    upgrade_sock: PathBuf,
     log_path: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// A temporary directory only this user can enter (mode 0700), for an upgrade socket: the
+/// configuration refuses one in a directory others can write to.
+pub fn private_dir() -> io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("fulcrum-sock-").tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// A fresh temporary directory for one process's configuration and log.
+fn process_dir() -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("fulcrum-")
+        .tempdir()
+        .context("cannot create a temporary directory")
+}
+
+/// Start `bin run` with `args`, its output going to `log_path`.
+fn spawn_run(bin: &Path, args: &[&std::ffi::OsStr], log_path: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log_path)?;
+    Command::new(bin)
+        .arg("run")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))
 }
 
 impl Proxy {
@@ -169,30 +203,18 @@ impl Proxy {
             .first()
             .context("the configuration has no data-plane address")?;
         let admin = config.admin.listen;
-        let dir = tempfile::Builder::new()
-            .prefix("fulcrum-")
-            .tempdir()
-            .context("cannot create a temporary directory")?;
+        let dir = process_dir()?;
         let config_path = dir.path().join("fulcrum.toml");
         std::fs::write(&config_path, config.to_toml())
             .with_context(|| format!("cannot write {}", config_path.display()))?;
         let log_path = dir.path().join("fulcrum.log");
-        let log = std::fs::File::create(&log_path)?;
-        let child = Command::new(bin)
-            .arg("run")
-            .arg("-c")
-            .arg(&config_path)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let child = spawn_run(bin, &["-c".as_ref(), config_path.as_ref()], &log_path)?;
         let mut proxy = Proxy {
             child,
             listen,
             admin,
             config_path,
+            upgrade_sock: config.server.upgrade_sock.clone(),
             log_path,
             _dir: dir,
         };
@@ -243,6 +265,73 @@ impl Proxy {
     /// The process id.
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Start `bin run --upgrade` on this process's configuration and wait until it listens on
+    /// `server.upgrade_sock`, ready to take the listeners when this process gets `SIGQUIT`.
+    /// The new process answers only once it has them, so it is not waited for otherwise.
+    pub async fn start_upgrade(&self, bin: &Path) -> anyhow::Result<Proxy> {
+        let dir = process_dir()?;
+        let config_path = dir.path().join("fulcrum.toml");
+        std::fs::copy(&self.config_path, &config_path)?;
+        let log_path = dir.path().join("fulcrum.log");
+        let args: [&std::ffi::OsStr; 3] =
+            ["--upgrade".as_ref(), "-c".as_ref(), config_path.as_ref()];
+        let child = spawn_run(bin, &args, &log_path)?;
+        let mut proxy = Proxy {
+            child,
+            listen: self.listen,
+            admin: self.admin,
+            config_path,
+            upgrade_sock: self.upgrade_sock.clone(),
+            log_path,
+            _dir: dir,
+        };
+        let waiting = eventually(READY_TIMEOUT, || {
+            let sock = proxy.upgrade_sock.clone();
+            async move { sock.exists() }
+        });
+        if waiting.await.is_none() || !proxy.running() {
+            anyhow::bail!(
+                "fulcrum run --upgrade did not listen on {} within {READY_TIMEOUT:?}:\n{}",
+                proxy.upgrade_sock.display(),
+                proxy.log_tail()
+            );
+        }
+        Ok(proxy)
+    }
+
+    /// Send `signal` (a name such as `TERM`, `QUIT` or `HUP`) to the process.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(signal)
+            .arg(self.child.id().to_string())
+            .status()
+            .context("cannot run kill")?;
+        anyhow::ensure!(
+            status.success(),
+            "kill -s {signal} {} failed",
+            self.child.id()
+        );
+        Ok(())
+    }
+
+    /// Wait up to `limit` for the process to exit; its exit status, `None` if it still runs.
+    pub async fn wait_exit(
+        &mut self,
+        limit: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Whether the process is still running.

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod control;
 pub mod health;
+pub mod lifecycle;
 pub mod metrics;
 pub mod router;
 pub mod service;
@@ -19,11 +20,14 @@ use arc_swap::ArcSwap;
 use fulcrum_config::Config;
 use metrics_exporter_prometheus::PrometheusHandle;
 use pingora_core::apps::HttpServerOptions;
-use pingora_core::server::configuration::ServerConf;
+use pingora_core::listeners::Listeners;
+use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::listening::Service as ListeningService;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use lifecycle::{DrainingApp, Lifecycle, Listener, Managed, Signals};
 pub use service::FulcrumProxy;
 pub use state::{Upstreams, UpstreamsBuilder};
 
@@ -52,6 +56,8 @@ pub struct Shared {
     pub decisions: fulcrum_control::decisions::DecisionLog,
     /// Asks the control thread to reload its model.
     pub model_reload: std::sync::mpsc::Sender<control::ModelReloadRequest>,
+    /// Draining, the listeners' hand-over and the requests in flight.
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 /// Errors that stop the proxy from starting.
@@ -74,33 +80,49 @@ pub enum StartError {
     /// The admin thread could not start.
     #[error("cannot start the admin runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// `--upgrade` cannot wait on `server.upgrade_sock`.
+    #[error(transparent)]
+    UpgradeSock(#[from] lifecycle::UpgradeSockError),
 }
 
-/// Start the admin listener, health checks and the pingora data plane; blocks until shutdown.
-pub fn serve(config: Config, source: ConfigSource) -> Result<(), StartError> {
+/// How the process gets its listening sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Bind every listener itself.
+    Fresh,
+    /// Take the listeners of the running process through `server.upgrade_sock`; that process
+    /// sends them when it gets `SIGQUIT` (`fulcrum run --upgrade`).
+    Upgrade,
+}
+
+/// Fail early and clearly if a listening address is taken; pingora would panic instead.
+fn check_bindable(config: &Config) -> Result<(), StartError> {
+    let admin = std::iter::once((config.admin.listen, "admin"));
+    let data = config.server.listen.iter().map(|a| (*a, "proxy"));
+    for (addr, what) in admin.chain(data) {
+        std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
+            addr,
+            what,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Start the admin listener, health checks and the pingora data plane; blocks until the process
+/// has drained (`SIGTERM`), handed its listeners to a new binary (`SIGQUIT`) or was interrupted.
+pub fn serve(config: Config, source: ConfigSource, start: Start) -> Result<(), StartError> {
     let metrics = metrics::install()?;
-    let admin_listener =
-        std::net::TcpListener::bind(config.admin.listen).map_err(|e| StartError::Bind {
-            addr: config.admin.listen,
-            what: "admin",
-            source: e,
-        })?;
-    admin_listener
-        .set_nonblocking(true)
-        .map_err(StartError::Runtime)?;
-    // Fail early and clearly if a data-plane address is taken; pingora would panic instead.
-    for addr in &config.server.listen {
-        std::net::TcpListener::bind(addr).map_err(|e| StartError::Bind {
-            addr: *addr,
-            what: "proxy",
-            source: e,
-        })?;
+    match start {
+        Start::Fresh => check_bindable(&config)?,
+        Start::Upgrade => lifecycle::check_upgrade_sock(&config.server.upgrade_sock)?,
     }
 
     control::describe_metrics();
     let (model_reload, model_reloads) = std::sync::mpsc::channel();
     let builder = UpstreamsBuilder::new();
     metrics::record_config_load(true);
+    let lifecycle = Arc::new(Lifecycle::new(&config.server));
     let shared = Arc::new(Shared {
         upstreams: ArcSwap::from_pointee(builder.build(&config, None)),
         builder,
@@ -109,67 +131,88 @@ pub fn serve(config: Config, source: ConfigSource) -> Result<(), StartError> {
         metrics,
         decisions: fulcrum_control::decisions::DecisionLog::new(config.control.decisions),
         model_reload,
+        lifecycle: lifecycle.clone(),
     });
     control::spawn(shared.clone(), model_reloads).map_err(StartError::Runtime)?;
 
+    let (reload_tx, reload_rx) = mpsc::channel::<admin::ReloadRequest>(4);
     let admin_shared = shared.clone();
+    let admin_reload = reload_tx.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?;
     std::thread::Builder::new()
         .name("fulcrum-admin".into())
-        .spawn(move || rt.block_on(admin_main(admin_listener, admin_shared)))
+        .spawn(move || rt.block_on(admin_main(admin_shared, admin_reload, reload_rx)))
         .map_err(StartError::Runtime)?;
 
     let mut conf = ServerConf {
         threads: config.server.threads,
-        grace_period_seconds: Some(config.server.grace_period_s),
-        graceful_shutdown_timeout_seconds: Some(config.server.grace_period_s),
+        // fulcrum waits for in-flight requests itself (`lifecycle`) and gives control back
+        // to pingora only when none is left, so pingora adds no grace period of its own.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
         // fulcrum bounds attempts per pool itself; this is only pingora's outer safety cap.
         max_retries: 16,
         ..ServerConf::default()
     };
     conf.upstream_keepalive_pool_size = 1024;
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        FulcrumProxy::new(shared.clone()),
-        "fulcrum",
-    );
+    let opt = Opt {
+        upgrade: start == Start::Upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+
+    let mut http =
+        pingora_proxy::http_proxy(&server.configuration, FulcrumProxy::new(shared.clone()));
     let mut opts = HttpServerOptions::default();
     // HTTP/2 with prior knowledge on cleartext listeners, beside HTTP/1.1.
     opts.h2c = true;
-    if let Some(app) = proxy.app_logic_mut() {
-        app.server_options = Some(opts);
-    }
+    http.server_options = Some(opts);
+    let mut listeners = Listeners::new();
     for addr in &config.server.listen {
-        proxy.add_tcp(&addr.to_string());
+        listeners.add_tcp(&addr.to_string());
     }
-    server.add_service(proxy);
+    let proxy = ListeningService::with_listeners(
+        "fulcrum".into(),
+        listeners,
+        DrainingApp::new(http, &lifecycle),
+    );
+    server.add_service(Managed::new(proxy, Listener::Data, lifecycle.clone()));
+
+    let mut admin = ListeningService::with_listeners(
+        "fulcrum-admin".into(),
+        Listeners::tcp(&config.admin.listen.to_string()),
+        admin::AdminApp::new(shared, reload_tx, config.admin.listen),
+    );
+    admin.threads = Some(1);
+    server.add_service(Managed::new(admin, Listener::Admin, lifecycle.clone()));
+
+    // With `--upgrade` this waits until the running process sends its listening sockets.
+    server.bootstrap();
     log::info!(
         "fulcrum {} proxying on {:?}, admin on http://{}",
         env!("CARGO_PKG_VERSION"),
         config.server.listen,
         config.admin.listen
     );
-    server.run(RunArgs::default());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals(lifecycle)),
+    });
     Ok(())
 }
 
-async fn admin_main(listener: std::net::TcpListener, shared: Arc<Shared>) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("admin listener failed: {e}");
-            return;
-        }
-    };
-    let (reload_tx, mut reload_rx) = mpsc::channel::<admin::ReloadRequest>(4);
+/// The admin thread: health checks, and configuration reloads asked for by `SIGHUP` or the
+/// admin API, one at a time.
+async fn admin_main(
+    shared: Arc<Shared>,
+    reload_tx: mpsc::Sender<admin::ReloadRequest>,
+    mut reload_rx: mpsc::Receiver<admin::ReloadRequest>,
+) {
     let mut health_tasks = JoinSet::new();
     health::spawn_all(&shared.upstreams.load_full(), &mut health_tasks);
-    tokio::spawn(admin::serve(listener, shared.clone(), reload_tx.clone()));
 
     // SIGHUP asks for a reload, as with nginx and HAProxy.
     let sighup_tx = reload_tx;

@@ -41,6 +41,8 @@ pub const CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS: &str =
     "fulcrum_config_last_reload_timestamp_seconds";
 /// 1 while a backend ramps up in slow start, 0 otherwise.
 pub const BACKEND_SLOW_START: &str = "fulcrum_backend_slow_start";
+/// 1 while the process drains before exiting (after `SIGTERM`), else 0.
+pub const DRAINING: &str = "fulcrum_draining";
 /// Constant 1 labelled with the build's version.
 pub const BUILD_INFO: &str = "fulcrum_build_info";
 
@@ -224,6 +226,10 @@ fn describe() {
     describe_gauge!(
         BACKEND_SLOW_START,
         "1 while a backend ramps up in slow start, 0 otherwise."
+    );
+    describe_gauge!(
+        DRAINING,
+        "1 while the process drains before exiting (after SIGTERM), else 0."
     );
     describe_gauge!(BUILD_INFO, "Constant 1, labelled with the fulcrum version.");
 }

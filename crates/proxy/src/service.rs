@@ -15,6 +15,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::lifecycle::InFlight;
 use crate::router::normalize_host;
 use crate::state::Upstreams;
 use crate::Shared;
@@ -31,6 +32,8 @@ pub struct RequestCtx {
     attempt_recorded: bool,
     /// The current attempt ended in a 502/503/504 that will be replayed elsewhere.
     replay_response: bool,
+    /// Counts the request in flight, so a draining process exits once the last one is answered.
+    _in_flight: InFlight,
 }
 
 /// Headers that describe one connection (RFC 9110 §7.6.1), removed from every forwarded
@@ -292,6 +295,7 @@ impl ProxyHttp for FulcrumProxy {
             attempt_started_ns: 0,
             attempt_recorded: true,
             replay_response: false,
+            _in_flight: self.shared.lifecycle.request_started(),
         }
     }
 
@@ -517,6 +521,11 @@ impl ProxyHttp for FulcrumProxy {
             ctx.record_attempt(outcome);
         }
         strip_hop_by_hop_response(upstream_response);
+        if self.shared.lifecycle.draining() {
+            // A request that began before the drain: its connection closes after this answer
+            // (HTTP/1.1 `Connection: close`), so the client reconnects to a process that stays.
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 

@@ -1,8 +1,9 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/api/pools`, `/api/decisions`,
 //! `PUT /api/pools/{pool}/weights`, `POST /api/config/reload`, `POST /api/model/reload`.
 //!
-//! It runs on its own thread and runtime, apart from the data plane, so a slow scrape can never
-//! take a worker from client traffic. This file accepts connections and dispatches by method
+//! It runs as a pingora service with its own one-thread runtime, apart from the data plane, so
+//! a slow scrape can never take a worker from client traffic; being a pingora listener, it moves
+//! to the new process on a binary upgrade. This file accepts connections and dispatches by method
 //! and path; `access` admits or refuses each request first (token, read-only exposed listener,
 //! JSON bodies and same origin for changes), each route is a small function in `routes`, and
 //! the answers share the helpers in `response`.
@@ -16,7 +17,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Shared;
@@ -45,38 +48,58 @@ struct Admin {
     listen: SocketAddr,
 }
 
-/// Serve the admin API on `listener` until the process ends.
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    reload: mpsc::Sender<ReloadRequest>,
-) {
-    let listen = match listener.local_addr() {
-        Ok(addr) => addr,
-        Err(e) => {
-            log::error!("admin listener has no local address: {e}");
-            return;
+/// The admin API as a pingora application: its listener is one of the process's listening
+/// sockets, so a binary upgrade hands it to the new process with the data-plane ones.
+pub struct AdminApp {
+    admin: Admin,
+}
+
+impl AdminApp {
+    /// The admin API over `shared`, asking `reload` for configuration reloads.
+    ///
+    /// `listen` is the listener's address: whether it is loopback, and its own origin.
+    pub fn new(
+        shared: Arc<Shared>,
+        reload: mpsc::Sender<ReloadRequest>,
+        listen: SocketAddr,
+    ) -> Self {
+        AdminApp {
+            admin: Admin {
+                shared,
+                reload,
+                listen,
+            },
         }
-    };
-    let admin = Admin {
-        shared,
-        reload,
-        listen,
-    };
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(dispatch(req, &admin).await) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+    }
+}
+
+#[async_trait::async_trait]
+impl ServerApp for AdminApp {
+    /// Serve one connection until it closes; when the listener stops, finish the request under
+    /// way and close, so that keep-alive clients (Prometheus) reconnect to the process that
+    /// took the listener over.
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let admin = self.admin.clone();
+        let svc = service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(dispatch(req, &admin).await) }
         });
+        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+        tokio::pin!(conn);
+        let mut shutdown = shutdown.clone();
+        let stopped = async move { shutdown.wait_for(|stop| *stop).await.is_ok() };
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            true = stopped => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+        None
     }
 }
 

@@ -1,4 +1,5 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (every pool can serve).
+//! `GET /healthz` (the process answers) and `GET /readyz` (not draining, and every pool can
+//! serve).
 
 use hyper::StatusCode;
 
@@ -10,8 +11,13 @@ pub(crate) fn healthz() -> Reply {
     text(StatusCode::OK, "ok\n")
 }
 
-/// Readiness: 200 when every pool has a healthy backend, else 503 naming the pools without one.
+/// Readiness: 503 `draining` from `SIGTERM` on, so load balancers stop sending traffic before
+/// the listeners close; else 200 when every pool has a healthy backend, or 503 naming the pools
+/// without one.
 pub(crate) fn readyz(shared: &Shared) -> Reply {
+    if shared.lifecycle.draining() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
     let upstreams = shared.upstreams.load();
     if upstreams.ready() {
         return text(StatusCode::OK, "ready\n");
