@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fulcrum_config::{
     load, load_default, parse, AdminConfig, Algorithm, BackendConfig, Config, ControlConfig,
-    HealthCheckConfig, HostMatch, PoolConfig, RouteConfig, ServerConfig, WeightSource,
+    HealthCheckConfig, HostMatch, PoolConfig, RouteConfig, ServerConfig, TlsVersion, WeightSource,
     DEFAULT_CONFIG, DEFAULT_CONFIG_NAME,
 };
 
@@ -27,6 +27,9 @@ fn expected_default() -> Config {
             listen: vec![addr("127.0.0.1:8080")],
             threads: 2,
             grace_period_s: 5,
+            tls_listen: Vec::new(),
+            tls_min_version: TlsVersion::Tls12,
+            certificates: Vec::new(),
         },
         admin: AdminConfig {
             listen: addr("127.0.0.1:9900"),
@@ -36,6 +39,7 @@ fn expected_default() -> Config {
             host: HostMatch::Any,
             path_prefix: "/".into(),
             pool: "web".into(),
+            redirect_https: false,
         }],
         pools: vec![PoolConfig {
             name: "web".into(),
@@ -59,6 +63,7 @@ fn expected_default() -> Config {
                 unhealthy_threshold: 3,
                 healthy_threshold: 2,
             },
+            tls: None,
             backends: vec![
                 BackendConfig {
                     addr: addr("127.0.0.1:9001"),

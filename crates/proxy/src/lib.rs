@@ -1,5 +1,5 @@
 //! fulcrum's data plane: a pingora HTTP proxy with per-pool balancing, health checks,
-//! retries, Prometheus metrics and an admin API.
+//! retries, TLS at the edge and to backends, Prometheus metrics and an admin API.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod router;
 pub mod service;
 pub mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use arc_swap::ArcSwap;
 use fulcrum_config::Config;
 use metrics_exporter_prometheus::PrometheusHandle;
 use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use tokio::sync::mpsc;
@@ -26,6 +28,7 @@ use tokio::task::JoinSet;
 
 pub use service::FulcrumProxy;
 pub use state::{Upstreams, UpstreamsBuilder};
+pub use tls::CertificateSet;
 
 /// Where the running configuration came from, so a reload knows what to read.
 #[derive(Debug, Clone)]
@@ -44,6 +47,8 @@ pub struct Shared {
     pub builder: UpstreamsBuilder,
     /// The configuration the upstreams were built from.
     pub config: ArcSwap<Config>,
+    /// The certificates the TLS listeners serve; swapped whole on reload.
+    pub certificates: Arc<ArcSwap<CertificateSet>>,
     /// Where the configuration is reloaded from.
     pub source: ConfigSource,
     /// Renders the Prometheus exposition.
@@ -74,6 +79,17 @@ pub enum StartError {
     /// The admin thread could not start.
     #[error("cannot start the admin runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// A certificate of the TLS listeners cannot be used.
+    #[error("cannot use the TLS certificates: {0}")]
+    Certificates(String),
+    /// A TLS listener could not be set up.
+    #[error("cannot set up the TLS listener on {addr}: {message}")]
+    TlsListener {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Start the admin listener, health checks and the pingora data plane; blocks until shutdown.
@@ -89,15 +105,19 @@ pub fn serve(config: Config, source: ConfigSource) -> Result<(), StartError> {
         .set_nonblocking(true)
         .map_err(StartError::Runtime)?;
     // Fail early and clearly if a data-plane address is taken; pingora would panic instead.
-    for addr in &config.server.listen {
+    let listeners = config.server.listen.iter().map(|a| (a, "proxy"));
+    let tls_listeners = config.server.tls_listen.iter().map(|a| (a, "proxy TLS"));
+    for (addr, what) in listeners.chain(tls_listeners) {
         std::net::TcpListener::bind(addr).map_err(|e| StartError::Bind {
             addr: *addr,
-            what: "proxy",
+            what,
             source: e,
         })?;
     }
+    let certificates = CertificateSet::from_config(&config).map_err(StartError::Certificates)?;
 
     control::describe_metrics();
+    tls::describe_metrics();
     let (model_reload, model_reloads) = std::sync::mpsc::channel();
     let builder = UpstreamsBuilder::new();
     metrics::record_config_load(true);
@@ -105,6 +125,7 @@ pub fn serve(config: Config, source: ConfigSource) -> Result<(), StartError> {
         upstreams: ArcSwap::from_pointee(builder.build(&config, None)),
         builder,
         config: ArcSwap::from_pointee(config.clone()),
+        certificates: Arc::new(ArcSwap::from_pointee(certificates)),
         source,
         metrics,
         decisions: fulcrum_control::decisions::DecisionLog::new(config.control.decisions),
@@ -147,14 +168,47 @@ pub fn serve(config: Config, source: ConfigSource) -> Result<(), StartError> {
     for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());
     }
+    add_tls_listeners(&mut proxy, &config, &shared)?;
     server.add_service(proxy);
     log::info!(
-        "fulcrum {} proxying on {:?}, admin on http://{}",
+        "fulcrum {} proxying on {:?} and TLS {:?}, admin on http://{}",
         env!("CARGO_PKG_VERSION"),
         config.server.listen,
+        config.server.tls_listen,
         config.admin.listen
     );
     server.run(RunArgs::default());
+    Ok(())
+}
+
+/// One pingora TLS listener per `tls_listen` address: HTTP/2 and HTTP/1.1 by ALPN, the
+/// certificate chosen by SNI from the live set, the oldest version held by the ClientHello check.
+fn add_tls_listeners<A>(
+    proxy: &mut pingora_core::services::listening::Service<A>,
+    config: &Config,
+    shared: &Arc<Shared>,
+) -> Result<(), StartError> {
+    if config.server.tls_listen.is_empty() {
+        return Ok(());
+    }
+    // rustls needs a process-wide crypto provider; pingora's is `ring`.
+    pingora_rustls::install_default_crypto_provider();
+    let edge = tls::EdgeTls::new(config);
+    for addr in &config.server.tls_listen {
+        let mut settings =
+            TlsSettings::with_callbacks(Box::new(edge.recorder(*addr))).map_err(|e| {
+                StartError::TlsListener {
+                    addr: *addr,
+                    message: e.to_string(),
+                }
+            })?;
+        settings.set_cert_resolver(Arc::new(tls::SniResolver::new(shared.certificates.clone())));
+        settings.enable_h2();
+        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+    }
+    proxy
+        .endpoints()
+        .set_pre_tls_callback(Arc::new(edge.client_hello_check()));
     Ok(())
 }
 
@@ -218,15 +272,22 @@ fn reload(shared: &Shared, health_tasks: &mut JoinSet<()>) -> Result<String, Str
         notes.push_str(&format!("{w}\n"));
     }
     // The admin token and protect_metrics apply from the next request; the sockets do not move.
-    if config.server != old.server || config.admin.listen != old.admin.listen {
-        notes.push_str("note: [server] and admin.listen changes take effect on restart\n");
+    if old.server.restart_needed_for(&config.server) || config.admin.listen != old.admin.listen {
+        notes.push_str(
+            "note: changes to the listeners, tls_min_version, threads, grace_period_s and \
+             admin.listen take effect on restart\n",
+        );
     }
+    // Certificates are checked by the parse above; new handshakes get them from the next one,
+    // while connections already open keep the certificate they were made with.
+    let certificates = CertificateSet::from_config(&config)?;
     let upstreams = Arc::new(shared.builder.build(&config, Some(&old)));
     health_tasks.abort_all();
     health::spawn_all(&upstreams, health_tasks);
     // Configuration first: a reader that sees the new upstreams then sees their configuration.
     shared.config.store(Arc::new(config));
     shared.upstreams.store(upstreams);
+    shared.certificates.store(Arc::new(certificates));
     Ok(format!(
         "configuration reloaded from {}\n{notes}",
         path.display()
