@@ -97,7 +97,7 @@ async fn a_model_pool_keeps_its_weights_across_a_reload() {
     );
 
     let before = weights(&f).await;
-    let r = request(f.admin, "POST", "/api/config/reload", &[], b"")
+    let r = request(f.admin, "POST", "/api/config/reload", JSON, b"")
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
@@ -174,7 +174,7 @@ async fn a_backend_added_by_a_reload_starts_slowly() {
         weight: 1,
     });
     write_config(&f, &three);
-    let r = request(f.admin, "POST", "/api/config/reload", &[], b"")
+    let r = request(f.admin, "POST", "/api/config/reload", JSON, b"")
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
