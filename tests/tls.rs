@@ -327,6 +327,37 @@ impl TlsClient {
     }
 }
 
+/// fulcrum terminating TLS in front of one cleartext origin, serving the certificates a fresh
+/// CA issues for `(file stem, common name, names)`, in that order.
+struct Edge {
+    f: Fulcrum,
+    tls: SocketAddr,
+    files: Vec<(PathBuf, PathBuf)>,
+    pki: Pki,
+    origin: Origin,
+}
+
+impl Edge {
+    async fn start(certs: &[(&str, &str, &[&str])], tweak: impl FnOnce(&mut Config)) -> Edge {
+        let pki = Pki::new("fulcrum test CA");
+        let files: Vec<(PathBuf, PathBuf)> = certs
+            .iter()
+            .map(|(stem, cn, names)| pki.issue(stem, cn, names))
+            .collect();
+        let origin = Origin::start("o1", None).await;
+        let tls = free_addr();
+        let served = files.iter().cloned().map(certificate).collect();
+        let f = start_tls(tls, served, plain_pool(&[&origin]), tweak).await;
+        Edge {
+            f,
+            tls,
+            files,
+            pki,
+            origin,
+        }
+    }
+}
+
 /// Pool `web` over plain origins.
 fn plain_pool(origins: &[&Origin]) -> PoolConfig {
     let addrs: Vec<(SocketAddr, u32)> = origins.iter().map(|o| (o.addr, 1)).collect();
@@ -337,18 +368,12 @@ fn plain_pool(origins: &[&Origin]) -> PoolConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_chooses_exact_wildcard_and_default_certificates() {
-    let pki = Pki::new("fulcrum test CA");
-    let a = pki.issue("a", "a-cert", &["a.example"]);
-    let b = pki.issue("b", "wild-cert", &["*.b.example"]);
-    let origin = Origin::start("o1", None).await;
-    let tls = free_addr();
-    let _f = start_tls(
-        tls,
-        vec![certificate(a), certificate(b)],
-        plain_pool(&[&origin]),
-        |_| {},
-    )
-    .await;
+    let certs: [(&str, &str, &[&str]); 2] = [
+        ("a", "a-cert", &["a.example"]),
+        ("b", "wild-cert", &["*.b.example"]),
+    ];
+    let Edge { tls, .. } = &Edge::start(&certs, |_| {}).await;
+    let tls = *tls;
 
     let subject = |name| served_subject(tls, name, &[]);
     assert!(subject(Some("a.example")).await.unwrap().contains("a-cert"));
@@ -370,11 +395,8 @@ async fn sni_chooses_exact_wildcard_and_default_certificates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_speaks_h2_and_http11_and_backends_see_https() {
-    let pki = Pki::new("fulcrum test CA");
-    let a = pki.issue("a", "a-cert", &["a.example"]);
-    let origin = Origin::start("o1", None).await;
-    let tls = free_addr();
-    let f = start_tls(tls, vec![certificate(a)], plain_pool(&[&origin]), |_| {}).await;
+    let Edge { f, tls, pki, .. } = &Edge::start(&[("a", "a-cert", &["a.example"])], |_| {}).await;
+    let tls = *tls;
     let url = format!("https://a.example:{}/hello", tls.port());
     let resolve = format!("a.example:{}:127.0.0.1", tls.port());
     let ca = pki.path("ca.pem");
@@ -415,7 +437,7 @@ async fn alpn_speaks_h2_and_http11_and_backends_see_https() {
 
     let listener = format!("listener=\"{tls}\"");
     let handshakes = metric(
-        &f,
+        f,
         &format!("fulcrum_tls_handshakes_total{{{listener},version=\"1.3\"}}"),
     )
     .await;
@@ -431,20 +453,10 @@ async fn alpn_speaks_h2_and_http11_and_backends_see_https() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_tls_versions_are_refused_and_the_minimum_holds() {
-    let pki = Pki::new("fulcrum test CA");
-    let a = pki.issue("a", "a-cert", &["a.example"]);
-    let origin = Origin::start("o1", None).await;
     // OpenSSL's own floor would refuse TLS 1.1 before sending it; lower it so fulcrum decides.
     let legacy = ["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"];
-
-    let tls = free_addr();
-    let f = start_tls(
-        tls,
-        vec![certificate(a.clone())],
-        plain_pool(&[&origin]),
-        |_| {},
-    )
-    .await;
+    let edge = Edge::start(&[("a", "a-cert", &["a.example"])], |_| {}).await;
+    let (f, tls) = (&edge.f, edge.tls);
     assert!(served_subject(tls, Some("a.example"), &["-tls1_2"])
         .await
         .is_some());
@@ -455,15 +467,15 @@ async fn old_tls_versions_are_refused_and_the_minimum_holds() {
     let refused = format!(
         "fulcrum_tls_handshake_failures_total{{listener=\"{tls}\",reason=\"protocol_version\"}}"
     );
-    assert_eq!(metric(&f, &refused).await, 1.0);
+    assert_eq!(metric(f, &refused).await, 1.0);
     let tls12 = format!("fulcrum_tls_handshakes_total{{listener=\"{tls}\",version=\"1.2\"}}");
-    assert_eq!(metric(&f, &tls12).await, 1.0);
+    assert_eq!(metric(f, &tls12).await, 1.0);
 
     let tls13_only = free_addr();
     let g = start_tls(
         tls13_only,
-        vec![certificate(a)],
-        plain_pool(&[&origin]),
+        vec![certificate(edge.files[0].clone())],
+        plain_pool(&[&edge.origin]),
         |c| {
             c.server.tls_min_version = TlsVersion::Tls13;
         },
@@ -483,14 +495,11 @@ async fn old_tls_versions_are_refused_and_the_minimum_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_https_keeps_host_path_and_query() {
-    let pki = Pki::new("fulcrum test CA");
-    let a = pki.issue("a", "a-cert", &["shop.example"]);
-    let origin = Origin::start("o1", None).await;
-    let tls = free_addr();
-    let f = start_tls(tls, vec![certificate(a)], plain_pool(&[&origin]), |c| {
+    let Edge { f, tls, pki, .. } = &Edge::start(&[("a", "a-cert", &["shop.example"])], |c| {
         c.routes[0].redirect_https = true;
     })
     .await;
+    let tls = *tls;
     let r = request(
         f.proxy,
         "GET",
@@ -512,27 +521,18 @@ async fn redirect_https_keeps_host_path_and_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_rotates_certificates_and_keeps_open_connections() {
-    let pki = Pki::new("fulcrum test CA");
-    let files = pki.issue("a", "cert-v1", &["a.example"]);
-    let origin = Origin::start("o1", None).await;
-    let tls = free_addr();
-    let f = start_tls(
-        tls,
-        vec![certificate(files.clone())],
-        plain_pool(&[&origin]),
-        |_| {},
-    )
-    .await;
+    let Edge { f, tls, pki, .. } = &Edge::start(&[("a", "cert-v1", &["a.example"])], |_| {}).await;
+    let tls = *tls;
     let mut open = TlsClient::connect(tls, "a.example", pki.ca_der()).await;
     assert!(open.peer_subject().contains("cert-v1"));
     assert_eq!(open.get("/").await.0, 200);
 
     // Replace the files in place, then reload by signal.
     pki.issue("a", "cert-v2", &["a.example"]);
-    let before = metric(&f, "fulcrum_config_reloads_total{result=\"ok\"}").await;
+    let before = metric(f, "fulcrum_config_reloads_total{result=\"ok\"}").await;
     f.sighup();
     let reloaded = eventually(Duration::from_secs(5), || async {
-        metric(&f, "fulcrum_config_reloads_total{result=\"ok\"}").await > before
+        metric(f, "fulcrum_config_reloads_total{result=\"ok\"}").await > before
     })
     .await;
     assert!(
@@ -567,18 +567,14 @@ async fn reload_rotates_certificates_and_keeps_open_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_with_bad_certificates_is_refused_and_the_old_ones_stay() {
-    let pki = Pki::new("fulcrum test CA");
-    let a = pki.issue("a", "a-cert", &["a.example"]);
-    let b = pki.issue("b", "b-cert", &["b.example"]);
-    let origin = Origin::start("o1", None).await;
-    let tls = free_addr();
-    let f = start_tls(
-        tls,
-        vec![certificate(a.clone()), certificate(b.clone())],
-        plain_pool(&[&origin]),
-        |_| {},
-    )
-    .await;
+    let certs: [(&str, &str, &[&str]); 2] = [
+        ("a", "a-cert", &["a.example"]),
+        ("b", "b-cert", &["b.example"]),
+    ];
+    let Edge {
+        f, tls, pki, files, ..
+    } = &Edge::start(&certs, |_| {}).await;
+    let (tls, a, b) = (*tls, &files[0], &files[1]);
     // a's key no longer fits its certificate, b's certificate is no PEM at all.
     let other = pki.issue("other", "other", &["a.example"]);
     std::fs::copy(&other.1, &a.1).unwrap();
