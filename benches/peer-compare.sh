@@ -36,7 +36,8 @@
 #                        The proxies terminate TLS with a certificate from
 #                        scripts/make-certs.sh and reach the origin in cleartext; results go
 #                        to peer-compare-tls-keepalive.* / peer-compare-tls-handshake.*.
-#                        bare-pingora is cleartext only and is left out of TLS runs.
+#                        bare-pingora terminates TLS with pingora's rustls listener
+#                        (BARE_TLS_CERT / BARE_TLS_KEY).
 #
 # Requirements: wrk, nginx, haproxy, taskset, curl
 #   (Debian: apt-get install -y wrk nginx-light haproxy util-linux curl)
@@ -62,10 +63,7 @@ keepalive) SCHEME=https; RESULT_NAME=peer-compare-tls-keepalive; WRK_EXTRA=() ;;
 handshake) SCHEME=https; RESULT_NAME=peer-compare-tls-handshake; WRK_EXTRA=(-H "Connection: close") ;;
 *) echo "peer-compare: TLS must be off, keepalive or handshake, not '$TLS'" >&2; exit 1 ;;
 esac
-if [[ "$TLS" != off ]]; then
-    PROXIES="$(tr ' ' '\n' <<<"$PROXIES" | grep -vx bare-pingora | tr '\n' ' ')"
-    PROXIES="${PROXIES% }"
-fi
+
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 FULCRUM_BIN="$TARGET_DIR/release/fulcrum"
 BARE_BIN="$TARGET_DIR/release/examples/bare_pingora"
@@ -263,8 +261,14 @@ start_proxy() { # NAME PORT
             >"$dir/stdout" 2>"$dir/stderr" &
         ;;
     bare-pingora)
-        RUST_LOG=error taskset -c "$PROXY_CORE" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
-            >"$dir/stdout" 2>"$dir/stderr" &
+        if [[ "$TLS" == off ]]; then
+            RUST_LOG=error taskset -c "$PROXY_CORE" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
+                >"$dir/stdout" 2>"$dir/stderr" &
+        else
+            BARE_TLS_CERT="$WORK/certs/server.pem" BARE_TLS_KEY="$WORK/certs/server.key" RUST_LOG=error \
+                taskset -c "$PROXY_CORE" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
+                >"$dir/stdout" 2>"$dir/stderr" &
+        fi
         ;;
     nginx)
         render "$PEERS/nginx-proxy.conf" "$dir/nginx.conf" \
@@ -372,8 +376,8 @@ declare -A label=(
 {
     case "$TLS" in
     off) echo "# Data-plane comparison: fulcrum vs bare pingora, nginx, HAProxy" ;;
-    keepalive) echo "# Data-plane comparison over TLS (keep-alive HTTPS): fulcrum vs nginx, HAProxy" ;;
-    handshake) echo "# Data-plane comparison over TLS, a full handshake per request: fulcrum vs nginx, HAProxy" ;;
+    keepalive) echo "# Data-plane comparison over TLS (keep-alive HTTPS): fulcrum vs bare pingora, nginx, HAProxy" ;;
+    handshake) echo "# Data-plane comparison over TLS, a full handshake per request: fulcrum vs bare pingora, nginx, HAProxy" ;;
     esac
     echo
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
