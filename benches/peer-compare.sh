@@ -28,6 +28,16 @@
 #                        (the shipped models/balancer.onnx, control loop ticking)
 #   SKIP_BUILD=1         use the existing release binaries as they are
 #   RESULTS_DIR=benches/results   where peer-compare.md / .csv are written
+#   TLS=off              off: cleartext HTTP/1.1 (the default);
+#                        keepalive: HTTPS (TLS 1.3, HTTP/1.1) with keep-alive connections,
+#                          the cost of TLS per request;
+#                        handshake: HTTPS with a new connection (and full handshake) per
+#                          request, the cost of a handshake.
+#                        The proxies terminate TLS with a certificate from
+#                        scripts/make-certs.sh and reach the origin in cleartext; results go
+#                        to peer-compare-tls-keepalive.* / peer-compare-tls-handshake.*.
+#                        bare-pingora terminates TLS with pingora's rustls listener
+#                        (BARE_TLS_CERT / BARE_TLS_KEY).
 #
 # Requirements: wrk, nginx, haproxy, taskset, curl
 #   (Debian: apt-get install -y wrk nginx-light haproxy util-linux curl)
@@ -46,6 +56,14 @@ QUIET_MAX="${QUIET_MAX:-20}"
 RETRY_DISTURBED="${RETRY_DISTURBED:-3}"
 PROXIES="${PROXIES:-fulcrum bare-pingora nginx haproxy}"
 RESULTS_DIR="${RESULTS_DIR:-$ROOT/benches/results}"
+TLS="${TLS:-off}"
+case "$TLS" in
+off) SCHEME=http; RESULT_NAME=peer-compare; WRK_EXTRA=() ;;
+keepalive) SCHEME=https; RESULT_NAME=peer-compare-tls-keepalive; WRK_EXTRA=() ;;
+handshake) SCHEME=https; RESULT_NAME=peer-compare-tls-handshake; WRK_EXTRA=(-H "Connection: close") ;;
+*) echo "peer-compare: TLS must be off, keepalive or handshake, not '$TLS'" >&2; exit 1 ;;
+esac
+
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 FULCRUM_BIN="$TARGET_DIR/release/fulcrum"
 BARE_BIN="$TARGET_DIR/release/examples/bare_pingora"
@@ -136,12 +154,31 @@ render() {
     sed "${args[@]}" "$tpl" >"$out"
 }
 
-wait_http() { # PORT NAME
+wait_http() { # PORT NAME [SCHEME]
+    local scheme="${3:-http}" trust=()
+    [[ "$scheme" == http ]] || trust=(--cacert "$WORK/certs/ca.pem")
     for _ in $(seq 300); do
-        if [[ "$(curl -fsS --max-time 1 "http://127.0.0.1:$1/" 2>/dev/null)" == "ok" ]]; then return 0; fi
+        if [[ "$(curl -fsS --max-time 1 "${trust[@]}" "$scheme://127.0.0.1:$1/" 2>/dev/null)" == "ok" ]]; then return 0; fi
         sleep 0.1
     done
-    die "$2 did not answer 'ok' on 127.0.0.1:$1 (logs in $WORK)"
+    die "$2 did not answer 'ok' on $scheme://127.0.0.1:$1 (logs in $WORK)"
+}
+
+# Make the proxy config in $1 (of kind $2) terminate TLS on port $3 with the test certificate.
+tlsify() { # FILE KIND PORT
+    local file="$1" kind="$2" port="$3" certs="$WORK/certs"
+    case "$kind" in
+    fulcrum)
+        sed -i "s|^listen = \\[\"127.0.0.1:$port\"\\]|listen = [\"127.0.0.1:$(free_port)\"]\ntls_listen = [\"127.0.0.1:$port\"]|" "$file"
+        printf '\n[[server.certificates]]\ncert = "%s"\nkey = "%s"\n' "$certs/server.pem" "$certs/server.key" >>"$file"
+        ;;
+    nginx)
+        sed -i "s|listen 127.0.0.1:$port;|listen 127.0.0.1:$port ssl;\n        ssl_certificate $certs/server.pem;\n        ssl_certificate_key $certs/server.key;\n        ssl_protocols TLSv1.2 TLSv1.3;|" "$file"
+        ;;
+    haproxy)
+        sed -i "s|bind 127.0.0.1:$port\$|bind 127.0.0.1:$port ssl crt $certs/haproxy.pem ssl-min-ver TLSv1.2|" "$file"
+        ;;
+    esac
 }
 
 # every pid in the process tree rooted at $1
@@ -185,6 +222,13 @@ to_us() {
 CLK_TCK="$(getconf CLK_TCK)"
 wrk_cmd=(taskset -c "$CLIENT_CORE" wrk -t1 -c"$CONNECTIONS" --latency)
 
+# ---------------------------------------------------------------- certificates
+mkdir -p "$WORK/certs"
+if [[ "$TLS" != off ]]; then
+    "$ROOT/scripts/make-certs.sh" "$WORK/certs" 127.0.0.1 localhost >&2
+    cat "$WORK/certs/server.pem" "$WORK/certs/server.key" >"$WORK/certs/haproxy.pem"
+fi
+
 # ---------------------------------------------------------------- origin
 BACKEND_PORT="$(free_port)"
 mkdir -p "$WORK/origin/logs"
@@ -203,6 +247,7 @@ start_proxy() { # NAME PORT
     fulcrum)
         render "$PEERS/fulcrum.toml" "$dir/fulcrum.toml" \
             LISTEN_PORT="$port" ADMIN_PORT="$(free_port)" BACKEND_PORT="$BACKEND_PORT"
+        [[ "$TLS" == off ]] || tlsify "$dir/fulcrum.toml" fulcrum "$port"
         RUST_LOG=error taskset -c "$PROXY_CORE" "$FULCRUM_BIN" run -c "$dir/fulcrum.toml" \
             >"$dir/stdout" 2>"$dir/stderr" &
         ;;
@@ -210,26 +255,35 @@ start_proxy() { # NAME PORT
         render "$PEERS/fulcrum.toml" "$dir/fulcrum.toml" \
             LISTEN_PORT="$port" ADMIN_PORT="$(free_port)" BACKEND_PORT="$BACKEND_PORT"
         sed -i 's/^algorithm = "least_connections"$/&\nweights = "model"/' "$dir/fulcrum.toml"
+        [[ "$TLS" == off ]] || tlsify "$dir/fulcrum.toml" fulcrum "$port"
         printf '\n[control]\nmodel = "%s"\n' "$ROOT/models/balancer.onnx" >> "$dir/fulcrum.toml"
         RUST_LOG=error taskset -c "$PROXY_CORE" "$FULCRUM_BIN" run -c "$dir/fulcrum.toml" \
             >"$dir/stdout" 2>"$dir/stderr" &
         ;;
     bare-pingora)
-        RUST_LOG=error taskset -c "$PROXY_CORE" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
-            >"$dir/stdout" 2>"$dir/stderr" &
+        if [[ "$TLS" == off ]]; then
+            RUST_LOG=error taskset -c "$PROXY_CORE" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
+                >"$dir/stdout" 2>"$dir/stderr" &
+        else
+            BARE_TLS_CERT="$WORK/certs/server.pem" BARE_TLS_KEY="$WORK/certs/server.key" RUST_LOG=error \
+                taskset -c "$PROXY_CORE" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
+                >"$dir/stdout" 2>"$dir/stderr" &
+        fi
         ;;
     nginx)
         render "$PEERS/nginx-proxy.conf" "$dir/nginx.conf" \
             DIR="$dir" LISTEN_PORT="$port" BACKEND_PORT="$BACKEND_PORT"
+        [[ "$TLS" == off ]] || tlsify "$dir/nginx.conf" nginx "$port"
         taskset -c "$PROXY_CORE" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout" 2>"$dir/stderr" &
         ;;
     haproxy)
         render "$PEERS/haproxy.cfg" "$dir/haproxy.cfg" LISTEN_PORT="$port" BACKEND_PORT="$BACKEND_PORT"
+        [[ "$TLS" == off ]] || tlsify "$dir/haproxy.cfg" haproxy "$port"
         taskset -c "$PROXY_CORE" haproxy -db -f "$dir/haproxy.cfg" >"$dir/stdout" 2>"$dir/stderr" &
         ;;
     esac
     PROXY_PID=$!
-    wait_http "$port" "$name"
+    wait_http "$port" "$name" "$SCHEME"
 }
 
 stop_proxy() {
@@ -245,14 +299,14 @@ measure() { # NAME RUN
     local requests secs rps p99 p99us errs cpu_us per_req core wrk_us other
     port="$(free_port)"
     start_proxy "$name" "$port"
-    "${wrk_cmd[@]}" -d"${WARMUP}s" "http://127.0.0.1:$port/" >/dev/null
+    "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${WARMUP}s" "$SCHEME://127.0.0.1:$port/" >/dev/null
     mapfile -t pids < <(tree_pids "$PROXY_PID")
     mapfile -t opids < <(tree_pids "$ORIGIN_PID")
     before="$(cpu_ticks "${pids[@]}")"
     obefore="$(cpu_ticks "${opids[@]}")"
     mbefore="$(machine_ticks)"
     # `times` reports the CPU time of wrk (the subshell's only child).
-    out="$("${wrk_cmd[@]}" -d"${DURATION}s" "http://127.0.0.1:$port/"; times)"
+    out="$("${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${DURATION}s" "$SCHEME://127.0.0.1:$port/"; times)"
     mafter="$(machine_ticks)"
     after="$(cpu_ticks "${pids[@]}")"
     oafter="$(cpu_ticks "${opids[@]}")"
@@ -296,7 +350,7 @@ done
 
 # ---------------------------------------------------------------- report
 mkdir -p "$RESULTS_DIR"
-cp "$RAW" "$RESULTS_DIR/peer-compare.csv"
+cp "$RAW" "$RESULTS_DIR/$RESULT_NAME.csv"
 
 # median of column C for proxy P
 median() {
@@ -306,8 +360,10 @@ median() {
 
 BARE_CPU=""
 want bare-pingora && BARE_CPU="$(median bare-pingora 8)"
+NGINX_CPU=""
+want nginx && NGINX_CPU="$(median nginx 8)"
 cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
-cmd="DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS QUIET_MAX=$QUIET_MAX RETRY_DISTURBED=$RETRY_DISTURBED PROXIES=\"$PROXIES\" benches/peer-compare.sh"
+cmd="TLS=$TLS DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS QUIET_MAX=$QUIET_MAX RETRY_DISTURBED=$RETRY_DISTURBED PROXIES=\"$PROXIES\" benches/peer-compare.sh"
 
 declare -A label=(
     [fulcrum]="fulcrum"
@@ -318,7 +374,11 @@ declare -A label=(
 )
 
 {
-    echo "# Data-plane comparison: fulcrum vs bare pingora, nginx, HAProxy"
+    case "$TLS" in
+    off) echo "# Data-plane comparison: fulcrum vs bare pingora, nginx, HAProxy" ;;
+    keepalive) echo "# Data-plane comparison over TLS (keep-alive HTTPS): fulcrum vs bare pingora, nginx, HAProxy" ;;
+    handshake) echo "# Data-plane comparison over TLS, a full handshake per request: fulcrum vs bare pingora, nginx, HAProxy" ;;
+    esac
     echo
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- Machine: $(nproc) cores, ${cpu_model:-unknown CPU}, $(uname -sr)"
@@ -327,12 +387,16 @@ declare -A label=(
         "wrk and the origin pinned to core $CLIENT_CORE, the proxy pinned to core $PROXY_CORE with one worker thread/process;" \
         "${WARMUP}s warm-up before each measured run; $REPEAT measured run(s) per proxy, median shown;" \
         "a run disturbed by other work (other CPU > ${QUIET_MAX}% of a core) is discarded and repeated, up to $RETRY_DISTURBED times."
+    case "$TLS" in
+    keepalive) echo "- TLS: the proxy terminates TLS 1.3 (ECDSA P-256 certificate from scripts/make-certs.sh) and speaks cleartext to the origin; connections are kept alive." ;;
+    handshake) echo "- TLS: the proxy terminates TLS 1.3 (ECDSA P-256 certificate from scripts/make-certs.sh) and speaks cleartext to the origin; wrk sends Connection: close, so every request pays a new connection and a full handshake: CPU/req is CPU per handshake." ;;
+    esac
     echo "- CPU/req: the proxy's utime+stime (all processes and threads) over the measured run / requests completed."
     echo "  Proxy core % = that CPU time / wall time: near 100% means the proxy was the bottleneck; below it, core $CLIENT_CORE (wrk + origin) limited req/s and CPU/req is the fairer comparison."
     echo "  Other CPU % = the machine's busy time minus proxy, origin and wrk, as % of one core (kernel loopback work, plus anything else that ran): a high value means the run was disturbed."
     echo
-    echo "| proxy | req/s | p99 latency | CPU µs/req | proxy core % | CPU/req vs bare pingora | errors | other CPU % |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| proxy | req/s | p99 latency | CPU µs/req | proxy core % | CPU/req vs bare pingora | CPU/req vs nginx | errors | other CPU % |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for p in $PROXIES; do
         rps="$(median "$p" 5)"
         p99="$(median "$p" 6)"
@@ -341,9 +405,11 @@ declare -A label=(
         errs="$(awk -F, -v p="$p" 'NR > 1 && $1 == p && $12 == 1 { n += $10 } END { print n + 0 }' "$RAW")"
         ratio="n/a"
         [[ -n "$BARE_CPU" ]] && ratio="$(awk -v a="$cpu" -v b="$BARE_CPU" 'BEGIN { printf "%.2f×", a / b }')"
+        vs_nginx="n/a"
+        [[ -n "$NGINX_CPU" ]] && vs_nginx="$(awk -v a="$cpu" -v b="$NGINX_CPU" 'BEGIN { printf "%.2f×", a / b }')"
         other="$(median "$p" 11)"
-        awk -v l="${label[$p]}" -v r="$rps" -v q="$p99" -v c="$cpu" -v k="$core" -v x="$ratio" -v e="$errs" -v o="$other" \
-            'BEGIN { printf "| %s | %.0f | %.0f µs | %.2f | %.0f%% | %s | %s | %.0f%% |\n", l, r, q, c, k, x, e, o }'
+        awk -v l="${label[$p]}" -v r="$rps" -v q="$p99" -v c="$cpu" -v k="$core" -v x="$ratio" -v n="$vs_nginx" -v e="$errs" -v o="$other" \
+            'BEGIN { printf "| %s | %.0f | %.0f µs | %.2f | %.0f%% | %s | %s | %s | %.0f%% |\n", l, r, q, c, k, x, n, e, o }'
     done
     if awk -F, 'NR > 1 && $12 == 1 && $10 > 0 { bad = 1 } END { exit !bad }' "$RAW"; then
         echo
@@ -359,5 +425,5 @@ declare -A label=(
             'BEGIN { printf "\nfulcrum weights = \"model\" / weights = \"static\" CPU per request: **%.3f×** (%.2f µs vs %.2f µs)\n", a / b, a, b }'
     fi
     echo
-    echo "Raw per-run numbers, discarded runs included (kept = 0): \`peer-compare.csv\` next to this file."
-} | tee "$RESULTS_DIR/peer-compare.md"
+    echo "Raw per-run numbers, discarded runs included (kept = 0): \`$RESULT_NAME.csv\` next to this file."
+} | tee "$RESULTS_DIR/$RESULT_NAME.md"

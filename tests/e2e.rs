@@ -323,6 +323,7 @@ async fn routing_404_and_no_healthy_backend_503() {
         host: HostMatch::parse(host).unwrap(),
         path_prefix: path_prefix.into(),
         pool: pool.into(),
+        redirect_https: false,
     };
     let mut gone = pool("gone", Algorithm::LeastConnections, &[(dead, 1)]);
     gone.health_check.interval = Duration::from_millis(100);

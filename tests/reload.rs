@@ -10,15 +10,6 @@ use std::time::Duration;
 use common::*;
 use fulcrum_config::BackendConfig;
 
-/// Sum of the samples of every series whose line starts with `prefix`.
-async fn metric(f: &Fulcrum, prefix: &str) -> f64 {
-    let body = get(f.admin, "/metrics").await.unwrap().body;
-    body.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The running configuration, as written to the file the process reloads.
 fn running_config(f: &Fulcrum) -> Config {
     fulcrum_config::load(&f.config_path)

@@ -34,6 +34,15 @@ pub fn dead_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// Sum of the samples of every series on `f`'s `/metrics` whose line starts with `prefix`.
+pub async fn metric(f: &Fulcrum, prefix: &str) -> f64 {
+    let body = get(f.admin, "/metrics").await.unwrap().body;
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Start `n` loopback backends named b1..bn on ephemeral ports.
 pub async fn backends(n: usize) -> Vec<BackendServer> {
     let mut v = Vec::new();

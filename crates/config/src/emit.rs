@@ -57,7 +57,9 @@ impl Config {
     /// Serialise into TOML that [`crate::parse`] reads back into an equal `Config`.
     ///
     /// Every setting is written explicitly, defaults included, but for the slow-start keys,
-    /// written only when they differ from their defaults. Durations are written in whole
+    /// written only when they differ from their defaults, and `[pools.NAME.tls]`, written for
+    /// pools that speak TLS. TLS material is written as its files' paths; reading the result
+    /// back reads those files. Durations are written in whole
     /// milliseconds. The admin token is written as its file's path only, never as the secret;
     /// reading the result back reads that file. The `[control]` section is written when a pool
     /// uses `weights = "model"` or the control settings differ from the defaults.
@@ -79,6 +81,24 @@ impl Config {
             "upgrade_sock = {}",
             quote(&self.server.upgrade_sock.to_string_lossy())
         );
+        let tls_listen: Vec<String> = self
+            .server
+            .tls_listen
+            .iter()
+            .map(|a| quote(&a.to_string()))
+            .collect();
+        let _ = writeln!(out, "tls_listen = [{}]", tls_listen.join(", "));
+        let _ = writeln!(
+            out,
+            "tls_min_version = {}",
+            quote(self.server.tls_min_version.as_str())
+        );
+        for c in &self.server.certificates {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "[[server.certificates]]");
+            let _ = writeln!(out, "cert = {}", path(&c.cert));
+            let _ = writeln!(out, "key = {}", path(&c.key));
+        }
         let _ = writeln!(out);
         let _ = writeln!(out, "[admin]");
         let _ = writeln!(out, "listen = {}", quote(&self.admin.listen.to_string()));
@@ -92,6 +112,7 @@ impl Config {
             let _ = writeln!(out, "host = {}", quote(&route.host.pattern()));
             let _ = writeln!(out, "path_prefix = {}", quote(&route.path_prefix));
             let _ = writeln!(out, "pool = {}", quote(&route.pool));
+            let _ = writeln!(out, "redirect_https = {}", route.redirect_https);
         }
         for pool in &self.pools {
             let name = key(&pool.name);
@@ -132,6 +153,23 @@ impl Config {
             let _ = writeln!(out, "timeout_ms = {}", ms(hc.timeout));
             let _ = writeln!(out, "unhealthy_threshold = {}", hc.unhealthy_threshold);
             let _ = writeln!(out, "healthy_threshold = {}", hc.healthy_threshold);
+            if let Some(tls) = &pool.tls {
+                let _ = writeln!(out);
+                let _ = writeln!(out, "[pools.{name}.tls]");
+                if let Some(sni) = &tls.sni {
+                    let _ = writeln!(out, "sni = {}", quote(sni));
+                }
+                if let Some(ca) = &tls.ca_file {
+                    let _ = writeln!(out, "ca_file = {}", path(ca));
+                }
+                let _ = writeln!(out, "verify = {}", tls.verify);
+                if let Some(cert) = &tls.client_cert {
+                    let _ = writeln!(out, "client_cert = {}", path(cert));
+                }
+                if let Some(key) = &tls.client_key {
+                    let _ = writeln!(out, "client_key = {}", path(key));
+                }
+            }
             for b in &pool.backends {
                 let _ = writeln!(out);
                 let _ = writeln!(out, "[[pools.{name}.backends]]");

@@ -2,13 +2,14 @@
 //!
 //! A configuration is a TOML file with these sections:
 //!
-//! * `[server]` — data-plane listen addresses, worker threads, the drain on `SIGTERM`
+//! * `[server]` — data-plane listen addresses (cleartext and TLS), the TLS certificates
+//!   (`[[server.certificates]]`) and oldest TLS version, worker threads, the drain on `SIGTERM`
 //!   (`drain_delay_s`, `grace_period_s`) and the binary-upgrade socket (`upgrade_sock`);
 //! * `[admin]` — the admin listener serving `/metrics`, `/healthz`, `/readyz`, `/api/pools`,
 //!   and the file holding the bearer token its `/api/*` endpoints require;
 //! * `[[routes]]` — host/path-prefix rules mapping requests to pools;
-//! * `[pools.NAME]` — upstream pools with their algorithm, timeouts, health checks
-//!   and `[[pools.NAME.backends]]`;
+//! * `[pools.NAME]` — upstream pools with their algorithm, timeouts, health checks,
+//!   TLS to their backends (`[pools.NAME.tls]`) and `[[pools.NAME.backends]]`;
 //! * `[control]` (optional) — the control loop that tunes the backend weights of pools
 //!   with `weights = "model"` using an ONNX model: tick period, model file, inference
 //!   budget, weight bounds, decision history and feature recording.
@@ -37,6 +38,7 @@ mod emit;
 mod model;
 pub mod pool_defaults;
 pub mod server_defaults;
+pub mod tls;
 mod validate;
 
 use std::path::Path;
@@ -44,8 +46,9 @@ use std::path::Path;
 pub use admin_token::{AdminToken, MAX_TOKEN_LEN};
 pub use fulcrum_diagnostics::{Diagnostic, Diagnostics, Severity};
 pub use model::{
-    AdminConfig, Algorithm, BackendConfig, Config, ControlConfig, HealthCheckConfig, HostMatch,
-    PoolConfig, RouteConfig, ServerConfig, WeightSource,
+    AdminConfig, Algorithm, BackendConfig, CertificateConfig, Config, ControlConfig,
+    HealthCheckConfig, HostMatch, PoolConfig, PoolTlsConfig, RouteConfig, ServerConfig, TlsVersion,
+    WeightSource,
 };
 
 /// The default configuration shipped with fulcrum (`config/fulcrum.toml`).
@@ -63,9 +66,10 @@ pub const EXIT_CONFIG: i32 = 78;
 /// returned together with any warnings (possibly none); on failure every error
 /// found is returned, along with any warnings.
 ///
-/// The one file read here is `admin.token_file`, when set (a relative path is taken from the
-/// working directory): an unreadable or empty token file is an error, one that group or
-/// others may read is a warning.
+/// The files read here are `admin.token_file` and the TLS material (certificates, keys, CA
+/// bundles), when set; a relative path is taken from the working directory. An unreadable or
+/// empty token file is an error, one that group or others may read is a warning; TLS files are
+/// checked by [`tls`]'s rules.
 pub fn parse(source: &str, file_name: &str) -> Result<(Config, Vec<Diagnostic>), Diagnostics> {
     validate::parse(source, file_name)
 }

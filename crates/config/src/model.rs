@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::admin_token::AdminToken;
 use crate::control_defaults as defaults;
+use crate::tls::{CaBundle, KeyPair};
 use fulcrum_diagnostics::suggest;
 
 /// A complete, validated fulcrum configuration.
@@ -49,6 +50,87 @@ pub struct ServerConfig {
     /// The Unix socket a process started with `fulcrum run --upgrade` takes the listeners
     /// through (an absolute path; default `/run/fulcrum/upgrade.sock`).
     pub upgrade_sock: PathBuf,
+    /// Addresses the proxy accepts TLS on, HTTP/1.1 and HTTP/2 chosen by ALPN (`tls_listen`,
+    /// default none).
+    pub tls_listen: Vec<SocketAddr>,
+    /// The oldest TLS version the TLS listeners accept (`tls_min_version`, default 1.2).
+    pub tls_min_version: TlsVersion,
+    /// The certificates served on the TLS listeners (`[[server.certificates]]`), chosen by SNI;
+    /// the first is the default. Required when `tls_listen` is set.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+impl ServerConfig {
+    /// Whether going from `self` to `new` changes a setting that only a restart applies: the
+    /// listeners, their TLS versions, the worker threads, the grace period. The certificates
+    /// are not among them: a reload swaps them in.
+    pub fn restart_needed_for(&self, new: &ServerConfig) -> bool {
+        self.listen != new.listen
+            || self.tls_listen != new.tls_listen
+            || self.tls_min_version != new.tls_min_version
+            || self.threads != new.threads
+            || self.grace_period_s != new.grace_period_s
+            || self.drain_delay_s != new.drain_delay_s
+            || self.upgrade_sock != new.upgrade_sock
+    }
+}
+
+/// The oldest TLS version a TLS listener accepts. Nothing older than 1.2 is ever spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3 (`"1.2"`, the default).
+    Tls12,
+    /// TLS 1.3 only (`"1.3"`).
+    Tls13,
+}
+
+impl TlsVersion {
+    /// Every accepted minimum version.
+    pub const ALL: [TlsVersion; 2] = [TlsVersion::Tls12, TlsVersion::Tls13];
+
+    /// The config-file spelling, `"1.2"` or `"1.3"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        }
+    }
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TlsVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TlsVersion::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                let mut msg = unknown_value("TLS version", s, TlsVersion::ALL.map(|v| v.as_str()));
+                if matches!(s, "1.0" | "1.1" | "1" | "1.0.0") {
+                    msg.push_str("; TLS 1.0 and 1.1 are broken and never spoken");
+                }
+                msg
+            })
+    }
+}
+
+/// One certificate of the TLS listeners (`[[server.certificates]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateConfig {
+    /// PEM certificate chain, leaf first (`cert`); a relative path is taken from the working
+    /// directory.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf (`key`): PKCS#8, RSA or EC.
+    pub key: PathBuf,
+    /// The chain and key read and checked when the configuration was parsed. A configuration
+    /// built in code may leave this `None`; [`Config::to_toml`] writes only the paths.
+    pub pair: Option<KeyPair>,
 }
 
 /// Admin listener settings: `/metrics`, `/healthz`, `/readyz`, `/api/pools`.
@@ -88,6 +170,9 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Name of the pool serving matching requests.
     pub pool: String,
+    /// Whether a request that came in cleartext is answered `308` to the same host, path and
+    /// query over HTTPS instead of being proxied (`redirect_https`, default false).
+    pub redirect_https: bool,
 }
 
 /// A host pattern of a route.
@@ -329,8 +414,45 @@ pub struct PoolConfig {
     pub slow_start_min_percent: u32,
     /// Active health checking.
     pub health_check: HealthCheckConfig,
+    /// TLS to the backends (`[pools.NAME.tls]`); `None` speaks cleartext HTTP to them.
+    pub tls: Option<PoolTlsConfig>,
     /// The backends of the pool (at least one).
     pub backends: Vec<BackendConfig>,
+}
+
+/// TLS from the proxy to a pool's backends; health checks of the pool use it too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolTlsConfig {
+    /// Server name sent to the backends and checked against their certificates (`sni`);
+    /// `None` uses each backend's IP address.
+    pub sni: Option<String>,
+    /// PEM bundle of the CAs backend certificates must chain to (`ca_file`); `None` trusts the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Whether backend certificates are checked at all (`verify`, default true).
+    pub verify: bool,
+    /// PEM certificate chain presented to backends that ask for one (`client_cert`).
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert` (`client_key`).
+    pub client_key: Option<PathBuf>,
+    /// The CA bundle read from `ca_file` when the configuration was parsed.
+    pub ca: Option<CaBundle>,
+    /// The client certificate and key read when the configuration was parsed.
+    pub client: Option<KeyPair>,
+}
+
+impl Default for PoolTlsConfig {
+    fn default() -> Self {
+        PoolTlsConfig {
+            sni: None,
+            ca_file: None,
+            verify: true,
+            client_cert: None,
+            client_key: None,
+            ca: None,
+            client: None,
+        }
+    }
 }
 
 /// Active HTTP health checking of a pool's backends.

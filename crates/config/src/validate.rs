@@ -18,20 +18,26 @@ use fulcrum_diagnostics::{suggest, Diagnostic, Diagnostics};
 
 use crate::admin_token::AdminToken;
 use crate::model::{
-    AdminConfig, Algorithm, BackendConfig, Config, ControlConfig, HealthCheckConfig, HostMatch,
-    PoolConfig, RouteConfig, ServerConfig, WeightSource,
+    AdminConfig, Algorithm, BackendConfig, CertificateConfig, Config, ControlConfig,
+    HealthCheckConfig, HostMatch, PoolConfig, PoolTlsConfig, RouteConfig, ServerConfig, TlsVersion,
+    WeightSource,
 };
+use crate::tls::{self, KeyPair, PairFile};
 
 const TOP_KEYS: &[&str] = &["server", "admin", "routes", "pools", "control"];
 const SERVER_KEYS: &[&str] = &[
     "listen",
+    "tls_listen",
+    "tls_min_version",
+    "certificates",
     "threads",
     "grace_period_s",
     "drain_delay_s",
     "upgrade_sock",
 ];
+const CERTIFICATE_KEYS: &[&str] = &["cert", "key"];
 const ADMIN_KEYS: &[&str] = &["listen", "token_file", "protect_metrics"];
-const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "pool"];
+const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "pool", "redirect_https"];
 const POOL_KEYS: &[&str] = &[
     "algorithm",
     "weights",
@@ -45,8 +51,10 @@ const POOL_KEYS: &[&str] = &[
     "slow_start_ms",
     "slow_start_min_percent",
     "health_check",
+    "tls",
     "backends",
 ];
+const POOL_TLS_KEYS: &[&str] = &["sni", "ca_file", "verify", "client_cert", "client_key"];
 const HEALTH_KEYS: &[&str] = &[
     "enabled",
     "path",
@@ -154,6 +162,54 @@ fn file_path(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, key: &str, hint: &str) -> Opt
     Some(PathBuf::from(s))
 }
 
+/// A required file path key: reported as missing with `hint` when absent.
+fn required_file_path(
+    ctx: &mut Ctx<'_>,
+    t: &Table<'_, '_>,
+    key: &str,
+    hint: &str,
+) -> Option<PathBuf> {
+    if t.get(key).is_none() {
+        ctx.error(
+            t.span.as_ref(),
+            &t.child(key),
+            format!("missing required key `{key}`: {hint}"),
+        );
+        return None;
+    }
+    file_path(ctx, t, key, hint)
+}
+
+/// Read and check the certificate/key pair named by keys `cert_key` and `key_key` of `t`,
+/// reporting each problem at the key of the file it is about.
+fn key_pair(
+    ctx: &mut Ctx<'_>,
+    t: &Table<'_, '_>,
+    (cert_key, cert): (&str, &std::path::Path),
+    (key_key, key): (&str, &std::path::Path),
+) -> Option<KeyPair> {
+    let at = |which: PairFile| match which {
+        PairFile::Cert => (t.get(cert_key).map(|v| v.span()), t.child(cert_key)),
+        PairFile::Key => (t.get(key_key).map(|v| v.span()), t.child(key_key)),
+    };
+    match tls::load_key_pair(cert, key, tls::unix_now()) {
+        Ok((pair, warnings)) => {
+            let (span, path) = at(PairFile::Cert);
+            for w in warnings {
+                ctx.warning(span.as_ref(), &path, w);
+            }
+            Some(pair)
+        }
+        Err(problems) => {
+            for p in problems {
+                let (span, path) = at(p.file);
+                ctx.error(span.as_ref(), &path, p.message);
+            }
+            None
+        }
+    }
+}
+
 fn as_bool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, key: &str, default: bool) -> bool {
     match t.get(key) {
         None => default,
@@ -231,7 +287,7 @@ pub(crate) fn parse(
     let server = read_server(&mut ctx, &root);
     let admin = read_admin(&mut ctx, &root, &server);
     let pools = read_pools(&mut ctx, &root);
-    let routes = read_routes(&mut ctx, &root, &pools);
+    let routes = read_routes(&mut ctx, &root, &pools, !server.tls_listen.is_empty());
     let control = read_control(&mut ctx, &root, &pools);
 
     let diags = ctx.finish();
@@ -245,6 +301,9 @@ pub(crate) fn parse(
             grace_period_s: server.grace_period_s,
             drain_delay_s: server.drain_delay_s,
             upgrade_sock: server.upgrade_sock,
+            tls_listen: server.tls_listen.into_iter().map(|(a, _, _)| a).collect(),
+            tls_min_version: server.tls_min_version,
+            certificates: server.certificates,
         },
         admin,
         routes,
@@ -257,15 +316,29 @@ pub(crate) fn parse(
 struct ServerParts {
     /// Each listen address with its key path and span.
     listen: Vec<(SocketAddr, String, Range<usize>)>,
+    /// Each TLS listen address with its key path and span.
+    tls_listen: Vec<(SocketAddr, String, Range<usize>)>,
+    tls_min_version: TlsVersion,
+    certificates: Vec<CertificateConfig>,
     threads: usize,
     grace_period_s: u64,
     drain_delay_s: u64,
     upgrade_sock: PathBuf,
 }
 
+impl ServerParts {
+    /// Every data-plane address, cleartext and TLS, with its key path and span.
+    fn all_listeners(&self) -> impl Iterator<Item = &(SocketAddr, String, Range<usize>)> {
+        self.listen.iter().chain(&self.tls_listen)
+    }
+}
+
 fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
     let mut parts = ServerParts {
         listen: Vec::new(),
+        tls_listen: Vec::new(),
+        tls_min_version: TlsVersion::Tls12,
+        certificates: Vec::new(),
         threads: server_default::THREADS,
         grace_period_s: server_default::GRACE_PERIOD_S,
         drain_delay_s: server_default::DRAIN_DELAY_S,
@@ -349,6 +422,7 @@ fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
             parts.upgrade_sock = sock;
         }
     }
+    read_server_tls(ctx, &t, &mut parts);
     parts
 }
 
@@ -412,6 +486,137 @@ fn check_upgrade_sock(sock: &std::path::Path) -> Result<(), SockProblem> {
     Ok(())
 }
 
+/// `tls_listen`, `tls_min_version` and `[[server.certificates]]`.
+fn read_server_tls(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, parts: &mut ServerParts) {
+    if let Some(v) = t.get("tls_listen") {
+        match v.get_ref() {
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("server.tls_listen[{i}]");
+                    let Some(addr) = socket_addr(ctx, item, &path) else {
+                        continue;
+                    };
+                    if let Some((other, first, _)) = parts
+                        .all_listeners()
+                        .find(|(a, _, _)| addrs_conflict(a, &addr))
+                    {
+                        let msg = format!(
+                            "TLS listen address {addr} conflicts with {other} ({first}); each listener needs its own port"
+                        );
+                        ctx.error(Some(&item.span()), &path, msg);
+                        continue;
+                    }
+                    parts.tls_listen.push((addr, path, item.span()));
+                }
+            }
+            _ => type_error(
+                ctx,
+                v,
+                "server.tls_listen",
+                "an array of \"IP:PORT\" strings, e.g. [\"0.0.0.0:8443\"]",
+            ),
+        }
+    }
+    if let Some(v) = t.get("tls_min_version") {
+        let path = t.child("tls_min_version");
+        match as_str(ctx, v, &path).map(str::parse::<TlsVersion>) {
+            Some(Ok(version)) => parts.tls_min_version = version,
+            Some(Err(msg)) => ctx.error(Some(&v.span()), &path, msg),
+            None => {}
+        }
+    }
+    if let Some(v) = t.get("certificates") {
+        match v.get_ref() {
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("server.certificates[{i}]");
+                    let Some(ct) = as_table(
+                        ctx,
+                        item,
+                        path,
+                        "a table ([[server.certificates]]) with `cert` and `key`",
+                    ) else {
+                        continue;
+                    };
+                    if let Some(c) = read_certificate(ctx, &ct, &parts.certificates) {
+                        parts.certificates.push(c);
+                    }
+                }
+            }
+            _ => type_error(
+                ctx,
+                v,
+                "server.certificates",
+                "an array of tables ([[server.certificates]] with `cert` and `key`)",
+            ),
+        }
+    }
+    let tls_listen_set = t
+        .get("tls_listen")
+        .is_some_and(|v| matches!(v.get_ref(), DeValue::Array(a) if !a.is_empty()));
+    let certificates_given = t.get("certificates").is_some();
+    if tls_listen_set && !certificates_given {
+        let span = t.get("tls_listen").map(|v| v.span());
+        ctx.error(
+            span.as_ref(),
+            "server.tls_listen",
+            "tls_listen needs at least one certificate: add a [[server.certificates]] table with \
+             cert = \"server.pem\" and key = \"server.key\"",
+        );
+    } else if !tls_listen_set && certificates_given {
+        let span = t.get("certificates").map(|v| v.span());
+        ctx.warning(
+            span.as_ref(),
+            "server.certificates",
+            "certificates are served only on TLS listeners, and server.tls_listen names none",
+        );
+    }
+}
+
+/// One `[[server.certificates]]` table; `earlier` are the certificates before it, which win
+/// the names they share with it.
+fn read_certificate(
+    ctx: &mut Ctx<'_>,
+    t: &Table<'_, '_>,
+    earlier: &[CertificateConfig],
+) -> Option<CertificateConfig> {
+    t.check_keys(ctx, CERTIFICATE_KEYS);
+    let cert = required_file_path(
+        ctx,
+        t,
+        "cert",
+        "the PEM certificate chain, leaf first, e.g. cert = \"/etc/fulcrum/example.pem\"",
+    );
+    let key = required_file_path(
+        ctx,
+        t,
+        "key",
+        "the PEM private key of the certificate, e.g. key = \"/etc/fulcrum/example.key\"",
+    );
+    let (cert, key) = (cert?, key?);
+    let pair = key_pair(ctx, t, ("cert", &cert), ("key", &key));
+    if let Some(pair) = &pair {
+        for name in pair.names() {
+            let first = earlier.iter().position(|c| {
+                c.pair
+                    .as_ref()
+                    .is_some_and(|p| p.names().iter().any(|n| n == name))
+            });
+            if let Some(i) = first {
+                let span = t.get("cert").map(|v| v.span());
+                ctx.warning(
+                    span.as_ref(),
+                    &t.child("cert"),
+                    format!(
+                        "{name} is also served by server.certificates[{i}], which comes first and wins it"
+                    ),
+                );
+            }
+        }
+    }
+    Some(CertificateConfig { cert, key, pair })
+}
+
 fn read_admin(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, server: &ServerParts) -> AdminConfig {
     let mut admin = AdminConfig::default();
     let Some(v) = root.get("admin") else {
@@ -424,8 +629,7 @@ fn read_admin(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, server: &ServerParts) -> 
     if let Some(v) = t.get("listen") {
         if let Some(addr) = socket_addr(ctx, v, "admin.listen") {
             if let Some((data, path, _)) = server
-                .listen
-                .iter()
+                .all_listeners()
                 .find(|(a, _, _)| addrs_conflict(a, &addr))
             {
                 ctx.error(
@@ -686,6 +890,11 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
             None => HealthCheckConfig::default(),
         },
     };
+    let tls = match t.get("tls") {
+        None => None,
+        Some(v) => as_table(ctx, v, t.child("tls"), "a table ([pools.NAME.tls])")
+            .map(|tt| read_pool_tls(ctx, &tt, name)),
+    };
     let backends = read_backends(ctx, t);
     if algorithm == Algorithm::RoundRobin
         && weights == WeightSource::Static
@@ -712,8 +921,87 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
         slow_start,
         slow_start_min_percent,
         health_check,
+        tls,
         backends,
     }
+}
+
+/// `[pools.NAME.tls]`: TLS to the backends of pool `pool`.
+fn read_pool_tls(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, pool: &str) -> PoolTlsConfig {
+    t.check_keys(ctx, POOL_TLS_KEYS);
+    let mut cfg = PoolTlsConfig {
+        verify: as_bool(ctx, t, "verify", true),
+        ..PoolTlsConfig::default()
+    };
+    if let Some(v) = t.get("sni") {
+        let path = t.child("sni");
+        if let Some(name) = as_str(ctx, v, &path) {
+            match rustls::pki_types::ServerName::try_from(name) {
+                Ok(_) if !name.is_empty() => cfg.sni = Some(name.to_ascii_lowercase()),
+                _ => ctx.error(
+                    Some(&v.span()),
+                    &path,
+                    format!(
+                        "{name:?} is not a server name: expected a DNS name such as \"api.internal\" or an IP address (omit the key to use each backend's address)"
+                    ),
+                ),
+            }
+        }
+    }
+    cfg.ca_file = file_path(
+        ctx,
+        t,
+        "ca_file",
+        "a PEM bundle of the CAs backend certificates chain to (omit the key to trust the system's roots)",
+    );
+    if let (Some(path), Some(v)) = (&cfg.ca_file, t.get("ca_file")) {
+        match tls::load_ca_bundle(path) {
+            Ok(bundle) => cfg.ca = Some(bundle),
+            Err(e) => ctx.error(Some(&v.span()), &t.child("ca_file"), e),
+        }
+    }
+    if !cfg.verify {
+        let span = t.get("verify").map(|v| v.span());
+        ctx.warning(
+            span.as_ref(),
+            &t.child("verify"),
+            format!(
+                "verify = false: the certificates of pool {pool:?}'s backends are not checked, so \
+                 anyone on the way to them can read and change its traffic; trust a private CA \
+                 with ca_file instead"
+            ),
+        );
+    }
+    cfg.client_cert = file_path(
+        ctx,
+        t,
+        "client_cert",
+        "the PEM certificate chain presented to backends",
+    );
+    cfg.client_key = file_path(ctx, t, "client_key", "the PEM private key of client_cert");
+    match (&cfg.client_cert, &cfg.client_key) {
+        (Some(cert), Some(key)) => {
+            cfg.client = key_pair(ctx, t, ("client_cert", cert), ("client_key", key));
+        }
+        (Some(_), None) => {
+            let span = t.get("client_cert").map(|v| v.span());
+            ctx.error(
+                span.as_ref(),
+                &t.child("client_key"),
+                "client_cert needs client_key: the PEM private key of the client certificate",
+            );
+        }
+        (None, Some(_)) => {
+            let span = t.get("client_key").map(|v| v.span());
+            ctx.error(
+                span.as_ref(),
+                &t.child("client_cert"),
+                "client_key needs client_cert: the PEM certificate chain it belongs to",
+            );
+        }
+        (None, None) => {}
+    }
+    cfg
 }
 
 fn read_health(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> HealthCheckConfig {
@@ -819,7 +1107,12 @@ fn read_backends(ctx: &mut Ctx<'_>, pool: &Table<'_, '_>) -> Vec<BackendConfig> 
     backends
 }
 
-fn read_routes(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, pools: &[PoolParts]) -> Vec<RouteConfig> {
+fn read_routes(
+    ctx: &mut Ctx<'_>,
+    root: &Table<'_, '_>,
+    pools: &[PoolParts],
+    has_tls: bool,
+) -> Vec<RouteConfig> {
     let required = "at least one route is required, e.g. [[routes]] with host = \"*\", path_prefix = \"/\" and pool = \"web\"";
     let mut routes: Vec<RouteConfig> = Vec::new();
     let mut used = vec![false; pools.len()];
@@ -835,7 +1128,7 @@ fn read_routes(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, pools: &[PoolParts]) -> 
                     let Some(t) = as_table(ctx, item, path, "a table ([[routes]])") else {
                         continue;
                     };
-                    if let Some(route) = read_route(ctx, &t, pools, &mut used) {
+                    if let Some(route) = read_route(ctx, &t, pools, &mut used, has_tls) {
                         if let Some(j) = routes.iter().position(|r| {
                             r.host == route.host && r.path_prefix == route.path_prefix
                         }) {
@@ -856,6 +1149,7 @@ fn read_routes(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, pools: &[PoolParts]) -> 
                             host: HostMatch::Exact(String::new()),
                             path_prefix: String::new(),
                             pool: String::new(),
+                            redirect_https: false,
                         });
                     }
                 }
@@ -883,8 +1177,18 @@ fn read_route(
     t: &Table<'_, '_>,
     pools: &[PoolParts],
     used: &mut [bool],
+    has_tls: bool,
 ) -> Option<RouteConfig> {
     t.check_keys(ctx, ROUTE_KEYS);
+    let redirect_https = as_bool(ctx, t, "redirect_https", false);
+    if redirect_https && !has_tls {
+        let span = t.get("redirect_https").map(|v| v.span());
+        ctx.error(
+            span.as_ref(),
+            &t.child("redirect_https"),
+            "redirect_https = true needs an HTTPS listener to send clients to: set server.tls_listen and [[server.certificates]]",
+        );
+    }
     let mut ok = true;
     let host = match t.get("host") {
         None => HostMatch::Any,
@@ -956,5 +1260,6 @@ fn read_route(
         host,
         path_prefix,
         pool: pool.to_string(),
+        redirect_https,
     })
 }

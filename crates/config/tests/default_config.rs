@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fulcrum_config::{
     load, load_default, parse, AdminConfig, Algorithm, BackendConfig, Config, ControlConfig,
-    HealthCheckConfig, HostMatch, PoolConfig, RouteConfig, ServerConfig, WeightSource,
+    HealthCheckConfig, HostMatch, PoolConfig, RouteConfig, ServerConfig, TlsVersion, WeightSource,
     DEFAULT_CONFIG, DEFAULT_CONFIG_NAME,
 };
 
@@ -29,6 +29,9 @@ fn expected_default() -> Config {
             grace_period_s: 5,
             drain_delay_s: 5,
             upgrade_sock: "/run/fulcrum/upgrade.sock".into(),
+            tls_listen: Vec::new(),
+            tls_min_version: TlsVersion::Tls12,
+            certificates: Vec::new(),
         },
         admin: AdminConfig {
             listen: addr("127.0.0.1:9900"),
@@ -38,6 +41,7 @@ fn expected_default() -> Config {
             host: HostMatch::Any,
             path_prefix: "/".into(),
             pool: "web".into(),
+            redirect_https: false,
         }],
         pools: vec![PoolConfig {
             name: "web".into(),
@@ -61,6 +65,7 @@ fn expected_default() -> Config {
                 unhealthy_threshold: 3,
                 healthy_threshold: 2,
             },
+            tls: None,
             backends: vec![
                 BackendConfig {
                     addr: addr("127.0.0.1:9001"),

@@ -4,6 +4,9 @@
 //! checking, metrics or logging, so it marks the floor fulcrum is measured against.
 //!
 //! Usage: bare_pingora LISTEN_ADDR THREADS UPSTREAM_ADDR [UPSTREAM_ADDR ...]
+//!
+//! With `BARE_TLS_CERT` and `BARE_TLS_KEY` set (PEM files), it terminates TLS on LISTEN_ADDR
+//! with pingora's rustls listener instead, for the TLS runs of the comparison.
 
 use async_trait::async_trait;
 use pingora::lb::{selection::RoundRobin, LoadBalancer};
@@ -40,7 +43,15 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Bare(Arc::new(lb)));
-    proxy.add_tcp(&args[0]);
+    match (
+        std::env::var("BARE_TLS_CERT"),
+        std::env::var("BARE_TLS_KEY"),
+    ) {
+        (Ok(cert), Ok(key)) => proxy
+            .add_tls(&args[0], &cert, &key)
+            .expect("readable TLS certificate and key"),
+        _ => proxy.add_tcp(&args[0]),
+    }
     server.add_service(proxy);
     server.run(RunArgs::default());
 }

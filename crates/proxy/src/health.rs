@@ -5,7 +5,8 @@
 //! `healthy_threshold` consecutive good ones; a backend ejected by the request path (consecutive
 //! connect failures or 5xx) is re-admitted by the same rule. With checks disabled, an ejected
 //! backend is re-admitted after a fixed back-off so it can be observed again. A backend that
-//! comes back starts its pool's slow-start ramp, if the pool has one.
+//! comes back starts its pool's slow-start ramp, if the pool has one. Checks of a pool that
+//! speaks TLS to its backends speak TLS too, checking certificates as the data plane does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use fulcrum_balance::{now_ns, HealthChange, HealthRule, HealthTracker};
 use fulcrum_config::HealthCheckConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -32,35 +33,38 @@ pub fn spawn_all(upstreams: &Arc<Upstreams>, tasks: &mut JoinSet<()>) {
     }
 }
 
-/// Perform one check: a `GET path` whose response status is 2xx or 3xx, within the timeout.
-pub async fn probe(addr: SocketAddr, cfg: &HealthCheckConfig) -> Result<u16, String> {
+/// How a check reaches a backend over TLS.
+#[derive(Clone)]
+pub struct ProbeTls {
+    /// The client, with the pool's trust anchors and client certificate.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the backend is asked for and checked against.
+    pub server_name: String,
+}
+
+/// Perform one check: a `GET path` whose response status is 2xx or 3xx, within the timeout;
+/// over TLS when `tls` is given.
+pub async fn probe(
+    addr: SocketAddr,
+    cfg: &HealthCheckConfig,
+    tls: Option<&ProbeTls>,
+) -> Result<u16, String> {
     let fut = async {
-        let mut stream = TcpStream::connect(addr)
+        let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let host = cfg.host.clone().unwrap_or_else(|| addr.to_string());
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: fulcrum-health-check\r\nConnection: close\r\n\r\n",
-            cfg.path, host
-        );
-        stream
-            .write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut buf = [0u8; 64];
-        let mut len = 0;
-        // Only the status line matters.
-        while len < 12 {
-            let n = stream
-                .read(&mut buf[len..])
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("connection closed before a status line".to_string());
+        match tls {
+            None => exchange(stream, addr, cfg).await,
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
+                    .map_err(|e| format!("server name {:?}: {e}", tls.server_name))?;
+                let stream = pingora_rustls::TlsConnector::from(tls.config.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                exchange(stream, addr, cfg).await
             }
-            len += n;
         }
-        parse_status(&buf[..len]).ok_or_else(|| "malformed status line".to_string())
     };
     match tokio::time::timeout(cfg.timeout, fut).await {
         Ok(Ok(status)) if (200..400).contains(&status) => Ok(status),
@@ -68,6 +72,37 @@ pub async fn probe(addr: SocketAddr, cfg: &HealthCheckConfig) -> Result<u16, Str
         Ok(Err(e)) => Err(e),
         Err(_) => Err(format!("timed out after {} ms", cfg.timeout.as_millis())),
     }
+}
+
+/// Send the check request on `stream` and read the status of the answer.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: SocketAddr,
+    cfg: &HealthCheckConfig,
+) -> Result<u16, String> {
+    let host = cfg.host.clone().unwrap_or_else(|| addr.to_string());
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: fulcrum-health-check\r\nConnection: close\r\n\r\n",
+        cfg.path, host
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = [0u8; 64];
+    let mut len = 0;
+    // Only the status line matters.
+    while len < 12 {
+        let n = stream
+            .read(&mut buf[len..])
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before a status line".to_string());
+        }
+        len += n;
+    }
+    parse_status(&buf[..len]).ok_or_else(|| "malformed status line".to_string())
 }
 
 fn parse_status(head: &[u8]) -> Option<u16> {
@@ -83,6 +118,14 @@ async fn check_loop(upstreams: Arc<Upstreams>, pool_idx: usize, backend_idx: usi
     let cfg = &pool.config.health_check;
     let backend = &pool.pool.backends()[backend_idx];
     let metrics = &pool.backend_metrics[backend_idx];
+    let tls = pool
+        .tls
+        .as_ref()
+        .zip(pool.config.tls.as_ref())
+        .map(|(upstream, t)| ProbeTls {
+            config: upstream.probe.clone(),
+            server_name: crate::tls::backend_server_name(t, backend.addr),
+        });
     if !cfg.enabled {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -105,7 +148,7 @@ async fn check_loop(upstreams: Arc<Upstreams>, pool_idx: usize, backend_idx: usi
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let result = probe(backend.addr, cfg).await;
+        let result = probe(backend.addr, cfg, tls.as_ref()).await;
         if result.is_err() {
             metrics.health_check_failures.increment(1);
         }
@@ -159,7 +202,10 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        assert!(probe(addr, &cfg).await.unwrap_err().starts_with("connect"));
+        assert!(probe(addr, &cfg, None)
+            .await
+            .unwrap_err()
+            .starts_with("connect"));
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -171,6 +217,6 @@ mod tests {
                 .await
                 .unwrap();
         });
-        assert_eq!(probe(addr, &cfg).await.unwrap_err(), "status 503");
+        assert_eq!(probe(addr, &cfg, None).await.unwrap_err(), "status 503");
     }
 }

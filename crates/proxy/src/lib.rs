@@ -1,5 +1,5 @@
 //! fulcrum's data plane: a pingora HTTP proxy with per-pool balancing, health checks,
-//! retries, Prometheus metrics and an admin API.
+//! retries, TLS at the edge and to backends, Prometheus metrics and an admin API.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod router;
 pub mod service;
 pub mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use arc_swap::ArcSwap;
 use fulcrum_config::Config;
 use metrics_exporter_prometheus::PrometheusHandle;
 use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::Listeners;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
@@ -30,6 +32,7 @@ use tokio::task::JoinSet;
 use lifecycle::{DrainingApp, Lifecycle, Listener, Managed, Signals};
 pub use service::FulcrumProxy;
 pub use state::{Upstreams, UpstreamsBuilder};
+pub use tls::CertificateSet;
 
 /// Where the running configuration came from, so a reload knows what to read.
 #[derive(Debug, Clone)]
@@ -48,6 +51,8 @@ pub struct Shared {
     pub builder: UpstreamsBuilder,
     /// The configuration the upstreams were built from.
     pub config: ArcSwap<Config>,
+    /// The certificates the TLS listeners serve; swapped whole on reload.
+    pub certificates: Arc<ArcSwap<CertificateSet>>,
     /// Where the configuration is reloaded from.
     pub source: ConfigSource,
     /// Renders the Prometheus exposition.
@@ -83,6 +88,17 @@ pub enum StartError {
     /// `--upgrade` cannot wait on `server.upgrade_sock`.
     #[error(transparent)]
     UpgradeSock(#[from] lifecycle::UpgradeSockError),
+    /// A certificate of the TLS listeners cannot be used.
+    #[error("cannot use the TLS certificates: {0}")]
+    Certificates(String),
+    /// A TLS listener could not be set up.
+    #[error("cannot set up the TLS listener on {addr}: {message}")]
+    TlsListener {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// How the process gets its listening sockets.
@@ -99,7 +115,8 @@ pub enum Start {
 fn check_bindable(config: &Config) -> Result<(), StartError> {
     let admin = std::iter::once((config.admin.listen, "admin"));
     let data = config.server.listen.iter().map(|a| (*a, "proxy"));
-    for (addr, what) in admin.chain(data) {
+    let tls = config.server.tls_listen.iter().map(|a| (*a, "proxy TLS"));
+    for (addr, what) in admin.chain(data).chain(tls) {
         std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
             addr,
             what,
@@ -117,8 +134,10 @@ pub fn serve(config: Config, source: ConfigSource, start: Start) -> Result<(), S
         Start::Fresh => check_bindable(&config)?,
         Start::Upgrade => lifecycle::check_upgrade_sock(&config.server.upgrade_sock)?,
     }
+    let certificates = CertificateSet::from_config(&config).map_err(StartError::Certificates)?;
 
     control::describe_metrics();
+    tls::describe_metrics();
     let (model_reload, model_reloads) = std::sync::mpsc::channel();
     let builder = UpstreamsBuilder::new();
     metrics::record_config_load(true);
@@ -127,6 +146,7 @@ pub fn serve(config: Config, source: ConfigSource, start: Start) -> Result<(), S
         upstreams: ArcSwap::from_pointee(builder.build(&config, None)),
         builder,
         config: ArcSwap::from_pointee(config.clone()),
+        certificates: Arc::new(ArcSwap::from_pointee(certificates)),
         source,
         metrics,
         decisions: fulcrum_control::decisions::DecisionLog::new(config.control.decisions),
@@ -175,6 +195,7 @@ pub fn serve(config: Config, source: ConfigSource, start: Start) -> Result<(), S
     for addr in &config.server.listen {
         listeners.add_tcp(&addr.to_string());
     }
+    add_tls_listeners(&mut listeners, &config, &shared)?;
     let proxy = ListeningService::with_listeners(
         "fulcrum".into(),
         listeners,
@@ -193,14 +214,44 @@ pub fn serve(config: Config, source: ConfigSource, start: Start) -> Result<(), S
     // With `--upgrade` this waits until the running process sends its listening sockets.
     server.bootstrap();
     log::info!(
-        "fulcrum {} proxying on {:?}, admin on http://{}",
+        "fulcrum {} proxying on {:?} and TLS {:?}, admin on http://{}",
         env!("CARGO_PKG_VERSION"),
         config.server.listen,
+        config.server.tls_listen,
         config.admin.listen
     );
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals(lifecycle)),
     });
+    Ok(())
+}
+
+/// One pingora TLS listener per `tls_listen` address: HTTP/2 and HTTP/1.1 by ALPN, the
+/// certificate chosen by SNI from the live set, the oldest version held by the ClientHello check.
+fn add_tls_listeners(
+    listeners: &mut Listeners,
+    config: &Config,
+    shared: &Arc<Shared>,
+) -> Result<(), StartError> {
+    if config.server.tls_listen.is_empty() {
+        return Ok(());
+    }
+    // rustls needs a process-wide crypto provider; pingora's is `ring`.
+    pingora_rustls::install_default_crypto_provider();
+    let edge = tls::EdgeTls::new(config);
+    for addr in &config.server.tls_listen {
+        let mut settings =
+            TlsSettings::with_callbacks(Box::new(edge.recorder(*addr))).map_err(|e| {
+                StartError::TlsListener {
+                    addr: *addr,
+                    message: e.to_string(),
+                }
+            })?;
+        settings.set_cert_resolver(Arc::new(tls::SniResolver::new(shared.certificates.clone())));
+        settings.enable_h2();
+        listeners.add_tls_with_settings(&addr.to_string(), None, settings);
+    }
+    listeners.set_pre_tls_callback(Arc::new(edge.client_hello_check()));
     Ok(())
 }
 
@@ -261,15 +312,22 @@ fn reload(shared: &Shared, health_tasks: &mut JoinSet<()>) -> Result<String, Str
         notes.push_str(&format!("{w}\n"));
     }
     // The admin token and protect_metrics apply from the next request; the sockets do not move.
-    if config.server != old.server || config.admin.listen != old.admin.listen {
-        notes.push_str("note: [server] and admin.listen changes take effect on restart\n");
+    if old.server.restart_needed_for(&config.server) || config.admin.listen != old.admin.listen {
+        notes.push_str(
+            "note: changes to the listeners, tls_min_version, threads, grace_period_s and \
+             admin.listen take effect on restart\n",
+        );
     }
+    // Certificates are checked by the parse above; new handshakes get them from the next one,
+    // while connections already open keep the certificate they were made with.
+    let certificates = CertificateSet::from_config(&config)?;
     let upstreams = Arc::new(shared.builder.build(&config, Some(&old)));
     health_tasks.abort_all();
     health::spawn_all(&upstreams, health_tasks);
     // Configuration first: a reader that sees the new upstreams then sees their configuration.
     shared.config.store(Arc::new(config));
     shared.upstreams.store(upstreams);
+    shared.certificates.store(Arc::new(certificates));
     Ok(format!(
         "configuration reloaded from {}\n{notes}",
         path.display()

@@ -127,7 +127,8 @@ fn durations() -> &'static DurationRegistry {
     REGISTRY.get_or_init(Default::default)
 }
 
-fn escape_label(v: &str) -> String {
+/// `v` escaped for a label value of the Prometheus text format.
+pub(crate) fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

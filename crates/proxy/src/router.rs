@@ -12,6 +12,16 @@ struct Route {
     host: HostMatch,
     path_prefix: String,
     pool: usize,
+    redirect_https: bool,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    /// The index of the pool serving it.
+    pub pool: usize,
+    /// Whether a cleartext request is redirected to HTTPS instead (`redirect_https`).
+    pub redirect_https: bool,
 }
 
 /// The routing table for one configuration.
@@ -30,6 +40,7 @@ impl Router {
                     host: r.host.clone(),
                     path_prefix: r.path_prefix.clone(),
                     pool: pool_index(&r.pool)?,
+                    redirect_https: r.redirect_https,
                 })
             })
             .collect();
@@ -46,10 +57,18 @@ impl Router {
 
     /// The pool index for a request; `host` is lowercase without a port.
     pub fn route(&self, host: &str, path: &str) -> Option<usize> {
+        self.find(host, path).map(|r| r.pool)
+    }
+
+    /// The route a request takes; `host` is lowercase without a port.
+    pub fn find(&self, host: &str, path: &str) -> Option<Routed> {
         self.routes
             .iter()
             .find(|r| r.host.matches(host) && path_matches(&r.path_prefix, path))
-            .map(|r| r.pool)
+            .map(|r| Routed {
+                pool: r.pool,
+                redirect_https: r.redirect_https,
+            })
     }
 }
 
@@ -104,6 +123,7 @@ mod tests {
             host,
             path_prefix: prefix.to_string(),
             pool: pool.to_string(),
+            redirect_https: false,
         }
     }
 

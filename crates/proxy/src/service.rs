@@ -64,12 +64,38 @@ static ENDPOINT_LOAD_METRICS: HeaderName = HeaderName::from_static("endpoint-loa
 /// The fulcrum proxy logic plugged into pingora.
 pub struct FulcrumProxy {
     shared: Arc<Shared>,
+    /// The port `redirect_https` sends clients to: the first TLS listener's, fixed at start
+    /// like the listeners themselves.
+    https_port: Option<u16>,
 }
 
 impl FulcrumProxy {
     /// A proxy serving the shared, swappable upstream state.
     pub fn new(shared: Arc<Shared>) -> Self {
-        FulcrumProxy { shared }
+        let https_port = shared
+            .config
+            .load()
+            .server
+            .tls_listen
+            .first()
+            .map(|a| a.port());
+        FulcrumProxy { shared, https_port }
+    }
+}
+
+/// Whether the client reached us over TLS.
+fn over_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// `https://host[:port]/path?query` for a request to `host` (lowercase, no port); the port is
+/// left out when it is HTTPS's own.
+fn https_location(host: &str, port: u16, req: &RequestHeader) -> String {
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
     }
 }
 
@@ -95,6 +121,16 @@ fn raw_head_has_content_length(session: &Session) -> bool {
 /// Answer from the proxy itself, keeping the client connection open (unlike pingora's error
 /// responses, which always close it).
 async fn respond_local(session: &mut Session, status: u16, body: &'static [u8]) -> Result<()> {
+    respond_local_to(session, status, body, None).await
+}
+
+/// [`respond_local`] with a `Location` header when `location` is given.
+async fn respond_local_to(
+    session: &mut Session,
+    status: u16,
+    body: &'static [u8],
+    location: Option<String>,
+) -> Result<()> {
     // The unread request body must go before the connection can carry another request; a
     // small one is drained, anything larger or of unknown length closes the connection.
     let small_body = session
@@ -116,7 +152,10 @@ async fn respond_local(session: &mut Session, status: u16, body: &'static [u8]) 
     } else if !no_body {
         session.set_keepalive(None);
     }
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    if let Some(location) = location {
+        resp.insert_header(header::LOCATION, location)?;
+    }
     resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
@@ -326,10 +365,29 @@ impl ProxyHttp for FulcrumProxy {
             .map(normalize_host)
             .unwrap_or_default();
         let upstreams = self.shared.upstreams.load_full();
-        let routed = upstreams.router.route(&host, req.uri.path());
+        let routed = upstreams.router.find(&host, req.uri.path());
         match routed {
-            Some(pool) => {
-                ctx.pool = Some(pool);
+            Some(routed) if routed.redirect_https && !over_tls(session) => {
+                match (self.https_port, host.is_empty()) {
+                    (Some(port), false) => {
+                        let location = https_location(&host, port, req);
+                        respond_local_to(
+                            session,
+                            308,
+                            b"this resource is served over HTTPS\n",
+                            Some(location),
+                        )
+                        .await?;
+                    }
+                    _ => {
+                        respond_local(session, 400, b"bad request: no Host to redirect to\n")
+                            .await?
+                    }
+                }
+                Ok(true)
+            }
+            Some(routed) => {
+                ctx.pool = Some(routed.pool);
                 ctx.upstreams = Some(upstreams);
                 Ok(false)
             }
@@ -466,7 +524,8 @@ impl ProxyHttp for FulcrumProxy {
             upstream_request.insert_header("X-Forwarded-For", xff)?;
         }
         // Static names keep the inserts free of name allocations.
-        upstream_request.insert_header("X-Forwarded-Proto", HeaderValue::from_static("http"))?;
+        let proto = if over_tls(session) { "https" } else { "http" };
+        upstream_request.insert_header("X-Forwarded-Proto", HeaderValue::from_static(proto))?;
         // The client's own request head is still intact in the session.
         let req = session.req_header();
         let host = req.headers.get(header::HOST).cloned().or_else(|| {
@@ -606,6 +665,21 @@ impl ProxyHttp for FulcrumProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn https_locations_keep_path_and_query() {
+        let req = RequestHeader::build("GET", b"/a/b?x=1&y=2", None).unwrap();
+        assert_eq!(
+            https_location("example.com", 8443, &req),
+            "https://example.com:8443/a/b?x=1&y=2"
+        );
+        assert_eq!(
+            https_location("example.com", 443, &req),
+            "https://example.com/a/b?x=1&y=2"
+        );
+        let root = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(https_location("[::1]", 443, &root), "https://[::1]/");
+    }
 
     #[test]
     fn reported_load_headers() {

@@ -15,6 +15,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::metrics::{BackendMetrics, PoolMetrics};
 use crate::router::Router;
+use crate::tls::{backend_server_name, UpstreamTls};
 
 /// One pool with everything the request path needs.
 pub struct PoolRuntime {
@@ -28,6 +29,8 @@ pub struct PoolRuntime {
     pub backend_metrics: Vec<BackendMetrics>,
     /// Metric handles for requests answered without a backend.
     pub metrics: PoolMetrics,
+    /// TLS to the backends, when the pool speaks it (`[pools.NAME.tls]`).
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 /// Everything built from one configuration.
@@ -43,11 +46,22 @@ pub struct Upstreams {
 
 impl PoolRuntime {
     fn build(cfg: &PoolConfig, pool: Arc<Pool>) -> Self {
+        let tls = cfg.tls.as_ref().map(|t| (t, Arc::new(UpstreamTls::new(t))));
         let peers = cfg
             .backends
             .iter()
             .map(|b| {
-                let mut peer = HttpPeer::new(b.addr, false, String::new());
+                let mut peer = match &tls {
+                    Some((t, upstream)) => {
+                        let mut peer = HttpPeer::new(b.addr, true, backend_server_name(t, b.addr));
+                        peer.options.verify_cert = t.verify;
+                        peer.options.verify_hostname = t.verify;
+                        peer.options.ca = upstream.ca.clone();
+                        peer.client_cert_key = upstream.client.clone();
+                        peer
+                    }
+                    None => HttpPeer::new(b.addr, false, String::new()),
+                };
                 peer.options.connection_timeout = Some(cfg.connect_timeout);
                 peer.options.read_timeout = Some(cfg.read_timeout);
                 peer.options.write_timeout = Some(cfg.write_timeout);
@@ -67,6 +81,7 @@ impl PoolRuntime {
             peers,
             backend_metrics,
             metrics: PoolMetrics::register(&cfg.name),
+            tls: tls.map(|(_, upstream)| upstream),
         }
     }
 

@@ -10,9 +10,7 @@ pub(crate) fn get(shared: &Shared) -> Reply {
     for pool in &shared.upstreams.load().pools {
         pool.refresh_gauges();
     }
-    with_type(
-        StatusCode::OK,
-        "text/plain; version=0.0.4",
-        crate::metrics::render(&shared.metrics),
-    )
+    let mut body = crate::metrics::render(&shared.metrics);
+    body.push_str(&shared.certificates.load().render_not_after());
+    with_type(StatusCode::OK, "text/plain; version=0.0.4", body)
 }
