@@ -46,14 +46,6 @@ async fn latest_tick(f: &Fulcrum) -> u64 {
     d["decisions"][0]["tick"].as_u64().unwrap_or(0)
 }
 
-async fn metric(f: &Fulcrum, prefix: &str) -> f64 {
-    let body = get(f.admin, "/metrics").await.unwrap().body;
-    body.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_backend_loses_model_weight_and_regains_it_after_healing() {
     let b = backends(3).await;

@@ -127,6 +127,15 @@ pub async fn tally(f: &Fulcrum, n: usize) -> HashMap<String, usize> {
     counts
 }
 
+/// The sum of the samples on `/metrics` whose line starts with `prefix`.
+pub async fn metric(f: &Fulcrum, prefix: &str) -> f64 {
+    let body = get(f.admin, "/metrics").await.unwrap().body;
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A running `fulcrum run` process, killed on drop.
 pub struct Fulcrum {
     /// The data-plane address.
@@ -200,5 +209,10 @@ impl Fulcrum {
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.process.running()
+    }
+
+    /// The last lines the process wrote to its log (it runs with `RUST_LOG=warn`).
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
     }
 }

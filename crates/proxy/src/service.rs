@@ -373,6 +373,7 @@ impl ProxyHttp for FulcrumProxy {
             );
         if client_gone {
             log::debug!("client went away: {error}");
+            crate::metrics::client_aborts().request.increment(1);
         }
         client_gone
     }
