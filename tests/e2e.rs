@@ -727,7 +727,7 @@ async fn admin_sets_weights_at_runtime_and_refuses_bad_ones_whole() {
     let changed = text.replacen("weight = 1", "weight = 2", 1);
     assert_ne!(changed, text);
     std::fs::write(&f.config_path, changed).unwrap();
-    let r = request(f.admin, "POST", "/api/config/reload", &[], b"")
+    let r = request(f.admin, "POST", "/api/config/reload", JSON, b"")
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
