@@ -737,3 +737,53 @@ async fn admin_sets_weights_at_runtime_and_refuses_bad_ones_whole() {
     assert_eq!(counts.get("b1"), Some(&100), "{counts:?}");
     assert_eq!(counts.get("b2"), Some(&50), "{counts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_splits_evenly_while_a_backend_is_down() {
+    let mut b = backends(3).await;
+    let web = web_pool(Algorithm::LeastConnections, &[&b[0], &b[1], &b[2]]);
+    let f = Fulcrum::web(web).await;
+    b[1].stop().await;
+    let down = eventually(Duration::from_secs(5), || async {
+        !f.backend_healthy(b[1].addr()).await
+    })
+    .await;
+    assert!(down.is_some(), "the stopped backend was never marked down");
+    // One client at a time: every pick is a tie between two idle backends.
+    let counts = tally(&f, 300).await;
+    assert_eq!(counts.get("b1"), Some(&150), "{counts:?}");
+    assert_eq!(counts.get("b3"), Some(&150), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hanging_up_mid_head_are_counted_not_logged_as_errors() {
+    let b = backends(1).await;
+    let f = Fulcrum::web(web_pool(Algorithm::RoundRobin, &[&b[0]])).await;
+    // Each at least 24 bytes: with h2c on, a shorter start is dropped silently while pingora
+    // waits for the HTTP/2 preface, before any request head is read.
+    let partial: [&[u8]; 3] = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n",
+        b"GET /a-long-path-that-never-ends",
+        b"POST /upload HTTP/1.1\r\nContent-Length: 5\r\n",
+    ];
+    for i in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(f.proxy).await.unwrap();
+        s.write_all(partial[i % 3]).await.unwrap();
+        if i % 2 == 0 {
+            // A reset instead of an orderly close.
+            s.set_zero_linger().unwrap();
+        } else {
+            s.shutdown().await.unwrap();
+        }
+    }
+    let head = "fulcrum_client_aborts_total{phase=\"head\"}";
+    let counted = eventually(Duration::from_secs(5), || async {
+        metric(&f, head).await >= 50.0
+    })
+    .await;
+    assert!(counted.is_some(), "{head} = {}", metric(&f, head).await);
+    let log = f.log_tail();
+    assert!(!log.contains("ERROR"), "{log}");
+    assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
+    assert_eq!(b[0].requests(), 1, "a partial head reached the backend");
+}

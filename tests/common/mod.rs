@@ -210,4 +210,9 @@ impl Fulcrum {
     pub fn running(&mut self) -> bool {
         self.process.running()
     }
+
+    /// The last lines the process wrote to its log (it runs with `RUST_LOG=warn`).
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
+    }
 }

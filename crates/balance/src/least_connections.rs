@@ -3,6 +3,7 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::round_robin::{advance_cursor, CURSOR_CAS_RETRIES};
 use crate::{fallback_pick, Backend, Picker, SlowStart, Tried, WeightTable};
 
 /// Weighted least connections.
@@ -17,8 +18,12 @@ use crate::{fallback_pick, Backend, Picker, SlowStart, Tried, WeightTable};
 /// Scores are `(in_flight + 1) × multiplier`, where the weight table's integer multiplier is
 /// proportional to `1/weight` (exact for integer weights), so the scan is one u64 multiply and
 /// compare per backend with no float division, and ratio ties are exact. The scan starts at a
-/// rotating offset and keeps the strict minimum, so equal backends take turns; it stops early at
-/// an idle backend of the largest weight, since nothing can beat it.
+/// shared cursor and keeps the strict minimum; it stops early at an idle backend of the largest
+/// weight, since nothing can beat it.
+///
+/// Equal backends take turns because the cursor moves to just past the winner (a CAS, as in
+/// [`crate::RoundRobin`]). A cursor that merely counted picks would start every third scan of
+/// `[a, down, b]` on the down backend and hand that turn to `b`: twice `a`'s share.
 #[derive(Debug, Default)]
 pub struct LeastConnections {
     next: AtomicUsize,
@@ -115,25 +120,44 @@ impl Picker for LeastConnections {
         // Backends beyond the table (a mismatch the pool never produces) count as weight 0.
         let n = backends.len().min(weights.len());
         if n == 0 {
-            return fallback_pick(backends, weights, tried, 0);
+            return fallback_pick(backends, weights, tried, self.next.fetch_add(1, Relaxed));
         }
-        let start = self.next.fetch_add(1, Relaxed) % n;
         let (bs, mults) = (&backends[..n], &weights.lc_multipliers()[..n]);
         let floor = weights.lc_floor();
         let same = |_: &Backend, m: u64| m;
-        let found = match weights.slow_start() {
-            None if tried.is_empty() => scan_all::<false>(bs, mults, start, &tried, floor, &same),
-            None => scan_all::<true>(bs, mults, start, &tried, floor, &same),
-            Some(s) => {
-                // Weight × f means multiplier / f. It only grows, so `floor` (an idle backend
-                // of the largest weight) still cannot be beaten.
-                let ramped = |b: &Backend, m: u64| {
-                    m * u64::from(SlowStart::ONE) / u64::from(s.factor(&b.stats, now_ns))
-                };
-                scan_all::<true>(bs, mults, start, &tried, floor, &ramped)
+        let mut cursor = self.next.load(Relaxed);
+        for attempt in 0..CURSOR_CAS_RETRIES {
+            let start = cursor % n;
+            let found = match weights.slow_start() {
+                None if tried.is_empty() => {
+                    scan_all::<false>(bs, mults, start, &tried, floor, &same)
+                }
+                None => scan_all::<true>(bs, mults, start, &tried, floor, &same),
+                Some(s) => {
+                    // Weight × f means multiplier / f. It only grows, so `floor` (an idle backend
+                    // of the largest weight) still cannot be beaten.
+                    let ramped = |b: &Backend, m: u64| {
+                        m * u64::from(SlowStart::ONE) / u64::from(s.factor(&b.stats, now_ns))
+                    };
+                    scan_all::<true>(bs, mults, start, &tried, floor, &ramped)
+                }
+            };
+            let Some(idx) = found else {
+                // The cursor still counts these picks, so last-resort candidates take turns too.
+                let ticket = self.next.fetch_add(1, Relaxed);
+                return fallback_pick(backends, weights, tried, ticket);
+            };
+            let step = if idx >= start {
+                idx - start
+            } else {
+                idx + n - start
+            };
+            match advance_cursor(&self.next, cursor, step, attempt) {
+                None => return Some(idx),
+                Some(actual) => cursor = actual,
             }
-        };
-        found.or_else(|| fallback_pick(backends, weights, tried, start))
+        }
+        unreachable!("the last CAS attempt always returns")
     }
 }
 
@@ -199,11 +223,45 @@ mod tests {
     fn loaded_ties_rotate_among_equal_only() {
         let p = pool(&[1, 1, 1, 1]);
         let _g = leases(&p, &[2, 5, 2, 2]);
-        // Offsets 0,1,2,3,0,...: strict minimum from each start → 0, 2, 2, 3, 0, 2, 2, 3.
+        // Each scan starts just past the last winner, so the three tied backends take turns.
         assert_eq!(
             picks(&p, &LeastConnections::new(), Tried::new(), 8),
-            vec![0, 2, 2, 3, 0, 2, 2, 3]
+            vec![0, 2, 3, 0, 2, 3, 0, 2]
         );
+    }
+
+    #[test]
+    fn a_down_backend_does_not_double_its_neighbours_share() {
+        let p = pool(&[1, 1, 1]);
+        p.backends()[1].stats.set_healthy(false);
+        let lc = LeastConnections::new();
+        let mut hits = [0; 3];
+        for i in picks(&p, &lc, Tried::new(), 1001) {
+            hits[i] += 1;
+        }
+        assert_eq!(hits, [501, 0, 500]);
+        // Five backends, two runs of down ones: still an even split.
+        let p = pool(&[1; 5]);
+        for i in [1, 2, 4] {
+            p.backends()[i].stats.set_healthy(false);
+        }
+        let mut hits = [0; 5];
+        for i in picks(&p, &lc, Tried::new(), 1000) {
+            hits[i] += 1;
+        }
+        assert_eq!(hits, [500, 0, 0, 500, 0]);
+    }
+
+    #[test]
+    fn weight_zero_spares_take_turns_when_the_rest_is_down() {
+        let p = pool(&[1, 0, 1, 0, 0]);
+        p.backends()[0].stats.set_healthy(false);
+        p.backends()[2].stats.set_healthy(false);
+        let mut hits = [0; 5];
+        for i in picks(&p, &LeastConnections::new(), Tried::new(), 300) {
+            hits[i] += 1;
+        }
+        assert_eq!(hits, [0, 100, 0, 100, 100]);
     }
 
     #[test]

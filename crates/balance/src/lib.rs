@@ -142,37 +142,45 @@ pub(crate) fn weight_of(weights: &WeightTable, i: usize) -> f64 {
 /// Last-resort selection shared by the weighted pickers, used when their fast path found no
 /// healthy, untried, positive-weight backend.
 ///
-/// One bounded pass from `start`, ranking healthy backends by preference:
-/// untried & weight > 0, untried & weight 0, tried & weight > 0, tried & weight 0 — so a retry
-/// only lands on an already-tried backend when nothing else healthy exists.
+/// Ranks healthy backends by preference: untried & weight > 0, untried & weight 0, tried &
+/// weight > 0, tried & weight 0 — so a retry only lands on an already-tried backend when nothing
+/// else healthy exists. Among the best-ranked candidates it takes the `ticket % count`-th, so
+/// callers that pass a counter (or a random number) spread the load evenly over them. Taking the
+/// first one after a rotating start instead would give a candidate that follows a run of down
+/// backends the turns of all of them. Two bounded passes, no allocation.
 pub(crate) fn fallback_pick(
     backends: &[Backend],
     weights: &WeightTable,
     tried: Tried,
-    start: usize,
+    ticket: usize,
 ) -> Option<usize> {
-    let n = backends.len();
-    if n == 0 {
+    let rank = |i: usize| {
+        backends[i]
+            .stats
+            .is_healthy()
+            .then(|| (u8::from(tried.contains(i)) << 1) | u8::from(weight_of(weights, i) <= 0.0))
+    };
+    let (mut best, mut count) = (u8::MAX, 0);
+    for i in 0..backends.len() {
+        match rank(i) {
+            Some(r) if r < best => (best, count) = (r, 1),
+            Some(r) if r == best => count += 1,
+            _ => {}
+        }
+    }
+    if count == 0 {
         return None;
     }
-    let mut best: Option<(u8, usize)> = None;
-    let mut i = start % n;
-    for _ in 0..n {
-        if backends[i].stats.is_healthy() {
-            let rank = (u8::from(tried.contains(i)) << 1) | u8::from(weight_of(weights, i) <= 0.0);
-            if rank == 0 {
+    let mut skip = ticket % count;
+    for i in 0..backends.len() {
+        if rank(i) == Some(best) {
+            if skip == 0 {
                 return Some(i);
             }
-            if best.is_none_or(|(r, _)| rank < r) {
-                best = Some((rank, i));
-            }
-        }
-        i += 1;
-        if i == n {
-            i = 0;
+            skip -= 1;
         }
     }
-    best.map(|(_, i)| i)
+    unreachable!("the second pass sees the candidates the first one counted")
 }
 
 #[cfg(test)]
@@ -257,11 +265,25 @@ mod tests {
         // Untried weight-0 beats tried weight>0.
         assert_eq!(fallback_pick(&backends, &table, tried, 0), Some(1));
         backends[1].stats.set_healthy(false);
-        // Only tried ones left: the first tried positive-weight from `start`.
+        // Only tried ones left: the ticket chooses among the tried positive-weight ones.
         assert_eq!(fallback_pick(&backends, &table, tried, 1), Some(2));
         backends[0].stats.set_healthy(false);
         backends[2].stats.set_healthy(false);
         assert_eq!(fallback_pick(&backends, &table, tried, 0), None);
+    }
+
+    #[test]
+    fn fallback_spreads_over_equal_candidates_past_down_ones() {
+        // Weight-0 spares 0, 3 and 4 behind down ones: each ticket in turn, none favoured.
+        let backends = test_util::backends(&[0, 1, 1, 0, 0]);
+        let table = test_util::table(&backends);
+        backends[1].stats.set_healthy(false);
+        backends[2].stats.set_healthy(false);
+        let mut hits = [0; 5];
+        for ticket in 0..300 {
+            hits[fallback_pick(&backends, &table, Tried::new(), ticket).unwrap()] += 1;
+        }
+        assert_eq!(hits, [100, 0, 0, 100, 100]);
     }
 
     #[test]

@@ -108,16 +108,23 @@ impl Picker for P2cEwma {
             r = self.next_u64();
         }
         if b == NONE && n > 0 {
-            // Few eligible (or tiny pool): a bounded scan from a random start finds what exists.
-            let start = reduce((r >> 32) as u32, n);
-            for i in (start..n).chain(0..start) {
-                if i != a && eligible(i, r ^ i as u64) {
-                    if a == NONE {
-                        a = i;
-                    } else {
-                        b = i;
-                        break;
+            // Few eligible (or a tiny pool): count what exists and take candidates by a random
+            // rank among them. The first one after a random start would favour a backend that
+            // follows a run of ineligible ones.
+            let draw = mix(r);
+            let others =
+                |skip: usize| (0..n).filter(move |&i| i != skip && eligible(i, r ^ i as u64));
+            let count = others(a).count();
+            if count > 0 {
+                let x = others(a).nth(reduce(draw as u32, count));
+                if a == NONE {
+                    a = x.unwrap_or(NONE);
+                    if count > 1 {
+                        let rank = reduce((draw >> 32) as u32, count - 1);
+                        b = others(a).nth(rank).unwrap_or(NONE);
                     }
+                } else {
+                    b = x.unwrap_or(NONE);
                 }
             }
         }
@@ -208,6 +215,20 @@ mod tests {
         for &c in &h {
             assert!((850..=1150).contains(&c), "{h:?}");
         }
+    }
+
+    #[test]
+    fn few_eligible_share_evenly_past_down_ones() {
+        // Two live backends among ten: draws rarely find both, so the scan path decides most
+        // picks. Unobserved, they tie, and neither may be favoured for where it sits.
+        let b = backends(&[1; 10]);
+        let t = table(&b);
+        for d in &b[2..] {
+            d.stats.set_healthy(false);
+        }
+        let h = histogram(&P2cEwma::with_seed(9), &b, &t, 4000);
+        assert!((1850..=2150).contains(&h[0]), "{h:?}");
+        assert_eq!(h[0] + h[1], 4000, "{h:?}");
     }
 
     #[test]

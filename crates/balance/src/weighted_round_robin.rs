@@ -11,16 +11,29 @@ use crate::{fallback_pick, Backend, Picker, SlowStart, Tried, WeightTable};
 ///
 /// Lock-free: the interleaved cycle is built once per weight change in [`WeightTable`] and a
 /// shared cursor walks it. Unhealthy/tried slots are skipped and the cursor is CAS-advanced past
-/// them, so the remaining backends keep their exact relative weights.
+/// them, so the remaining backends keep their exact relative weights. Last-resort picks (weight
+/// 0, or everything untried down) take turns on a counter of their own, so they neither all land
+/// on one backend nor shift the cycle.
 #[derive(Debug, Default)]
 pub struct WeightedRoundRobin {
     next: AtomicUsize,
+    last_resort: AtomicUsize,
 }
 
 impl WeightedRoundRobin {
     /// A picker starting at the beginning of the sequence.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn last_resort(
+        &self,
+        backends: &[Backend],
+        weights: &WeightTable,
+        tried: Tried,
+    ) -> Option<usize> {
+        let ticket = self.last_resort.fetch_add(1, Relaxed);
+        fallback_pick(backends, weights, tried, ticket)
     }
 }
 
@@ -37,7 +50,7 @@ impl Picker for WeightedRoundRobin {
         let mut cursor = self.next.load(Relaxed);
         if len == 0 {
             // No positive weight at all: any healthy backend (weight 0 = "only if nothing else").
-            return fallback_pick(backends, weights, tried, cursor);
+            return self.last_resort(backends, weights, tried);
         }
         for attempt in 0..CURSOR_CAS_RETRIES {
             let mut found = None;
@@ -66,7 +79,7 @@ impl Picker for WeightedRoundRobin {
                 }
             }
             let Some((idx, step)) = found else {
-                return fallback_pick(backends, weights, tried, cursor);
+                return self.last_resort(backends, weights, tried);
             };
             match advance_cursor(&self.next, cursor, step, attempt) {
                 None => return Some(idx),
@@ -136,6 +149,25 @@ mod tests {
         let all_zero = WeightTable::new(vec![0.0, 0.0]);
         b[1].stats.set_healthy(true);
         assert!(p.pick(&b, &all_zero, Tried::new(), 0).is_some());
+    }
+
+    #[test]
+    fn last_resort_picks_take_turns() {
+        // Every positive-weight backend down: the weight-0 spares share evenly, the one after
+        // the down backends included.
+        let b = backends(&[1, 0, 1, 0, 0]);
+        let t = table(&b);
+        b[0].stats.set_healthy(false);
+        b[2].stats.set_healthy(false);
+        let p = WeightedRoundRobin::new();
+        assert_eq!(histogram(&p, &b, &t, 300), vec![0, 100, 0, 100, 100]);
+        // No positive weight at all: the same.
+        let all_zero = WeightTable::new(vec![0.0; 5]);
+        b[0].stats.set_healthy(true);
+        assert_eq!(
+            histogram(&p, &b, &all_zero, 400),
+            vec![100, 100, 0, 100, 100]
+        );
     }
 
     #[test]

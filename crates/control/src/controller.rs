@@ -302,11 +302,11 @@ impl PoolController {
         let own = |i: usize, o: &BackendObservation| {
             o.requests.saturating_sub(u64::from(self.granted[i]))
         };
-        let pool_traffic: u64 = observations
+        // Saturating: observations are data, and a corrupt count must not panic the loop.
+        let pool_traffic = observations
             .iter()
             .enumerate()
-            .map(|(i, o)| own(i, o))
-            .sum();
+            .fold(0u64, |sum, (i, o)| sum.saturating_add(own(i, o)));
         let weights = pool.weights();
         let mut probed = Vec::new();
         let mut next = vec![0; observations.len()];
@@ -438,6 +438,18 @@ mod tests {
         let w = l.weights();
         assert!(w[2] < w[0] / 4.0, "{w:?}");
         assert!((w[0] - w[1]).abs() < 1e-6);
+    }
+
+    #[test]
+    fn request_counts_near_the_limit_do_not_overflow() {
+        // Found by fuzzing: per-backend counts that sum past u64::MAX.
+        let mut l = Loop::new(ControlSettings::default());
+        let mut o = l.obs.observe(&l.pool, 500_000_000);
+        for b in &mut o {
+            b.requests = u64::MAX / 2;
+        }
+        let (outcome, d) = l.ctl.tick(&l.pool, &o, &mut l.scorer, 500_000_000);
+        assert_eq!(outcome, TickOutcome::Applied, "{d:?}");
     }
 
     #[test]

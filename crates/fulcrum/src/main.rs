@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use fulcrum_config::{Config, Diagnostic, Diagnostics, EXIT_CONFIG};
 use fulcrum_proxy::{ConfigSource, Start};
 
+mod logging;
+
 /// fulcrum: a Layer-7 load-balancing reverse proxy whose backend weights can be tuned live.
 #[derive(Debug, Parser)]
 #[command(name = "fulcrum", version, about)]
@@ -328,7 +330,7 @@ fn demo(path: Option<&PathBuf>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    logging::init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Run(args) => match load(cli.config.as_ref()) {

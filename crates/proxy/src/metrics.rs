@@ -32,6 +32,8 @@ pub const PASSIVE_EJECTIONS_TOTAL: &str = "fulcrum_passive_ejections_total";
 pub const UNROUTED_REQUESTS_TOTAL: &str = "fulcrum_unrouted_requests_total";
 /// Requests rejected before routing (malformed framing and the like).
 pub const REJECTED_REQUESTS_TOTAL: &str = "fulcrum_rejected_requests_total";
+/// Clients whose connection ended before they had their answer, by phase.
+pub const CLIENT_ABORTS_TOTAL: &str = "fulcrum_client_aborts_total";
 /// Configuration reloads, by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "fulcrum_config_reloads_total";
 /// 1 when the last configuration reload succeeded, 0 when it was refused.
@@ -172,12 +174,32 @@ pub fn rejections() -> &'static Rejections {
     })
 }
 
+/// Handles for clients that went away, one per `phase` label.
+#[derive(Debug)]
+pub struct ClientAborts {
+    /// Before their request head was complete: hung up, reset, or too slow (`phase="head"`).
+    pub head: Counter,
+    /// After the head, while the request was proxied (`phase="request"`).
+    pub request: Counter,
+}
+
+/// The client-abort handles, registered on first use; [`install`] makes that use, so both
+/// phases are exported (at 0) from the start.
+pub fn client_aborts() -> &'static ClientAborts {
+    static ABORTS: OnceLock<ClientAborts> = OnceLock::new();
+    ABORTS.get_or_init(|| ClientAborts {
+        head: metrics::counter!(CLIENT_ABORTS_TOTAL, "phase" => "head"),
+        request: metrics::counter!(CLIENT_ABORTS_TOTAL, "phase" => "request"),
+    })
+}
+
 /// Install the process-wide recorder and describe every metric. Call once, before any pool is built.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new().install_recorder()?;
     describe();
     // Registered only after the recorder exists, or the handles would count into nothing.
     rejections();
+    client_aborts();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
@@ -213,6 +235,10 @@ fn describe() {
     describe_counter!(
         REJECTED_REQUESTS_TOTAL,
         "Requests rejected before routing for malformed framing."
+    );
+    describe_counter!(
+        CLIENT_ABORTS_TOTAL,
+        "Clients whose connection ended before they had their answer, by phase."
     );
     describe_counter!(CONFIG_RELOADS_TOTAL, "Configuration reloads, by result.");
     describe_gauge!(

@@ -109,13 +109,19 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
 /// Whether the raw HTTP/1 request head carries a `Content-Length` header. pingora drops
 /// `Content-Length` when `Transfer-Encoding` is present, so the raw bytes are the only witness.
 fn raw_head_has_content_length(session: &Session) -> bool {
-    let Some(h1) = session.as_downstream().as_http1() else {
-        return false;
-    };
-    let raw = h1.get_headers_raw_bytes();
+    session
+        .as_downstream()
+        .as_http1()
+        .is_some_and(|h1| head_has_content_length(&h1.get_headers_raw_bytes()))
+}
+
+/// Whether a raw HTTP/1 request head (request line, header lines, blank line) has a
+/// `Content-Length` header line. Public for the fuzz targets only.
+#[doc(hidden)]
+pub fn head_has_content_length(raw: &[u8]) -> bool {
     raw.split(|&b| b == b'\n')
         .skip(1)
-        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+        .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
 /// Answer from the proxy itself, keeping the client connection open (unlike pingora's error
@@ -185,7 +191,9 @@ fn connection_named(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<Header
 }
 
 /// Remove hop-by-hop headers from a request, including any the `Connection` header names.
-fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
+/// Public for the fuzz targets only.
+#[doc(hidden)]
+pub fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
     // Most requests carry none of these: look before touching the header maps.
     if !REQUEST_HOP_BY_HOP
         .iter()
@@ -210,7 +218,9 @@ fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
 }
 
 /// Remove hop-by-hop headers from a response, including any the `Connection` header names.
-fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
+/// Public for the fuzz targets only.
+#[doc(hidden)]
+pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
     // Most responses carry none of these: look before touching the header maps.
     if !RESPONSE_HOP_BY_HOP
         .iter()
@@ -435,6 +445,7 @@ impl ProxyHttp for FulcrumProxy {
             );
         if client_gone {
             log::debug!("client went away: {error}");
+            crate::metrics::client_aborts().request.increment(1);
         }
         client_gone
     }
@@ -693,6 +704,21 @@ mod tests {
         assert_eq!(reported_load(&r), Some(0.25));
         r.insert_header("x-backend-load", "0.5").unwrap();
         assert_eq!(reported_load(&r), Some(0.5));
+    }
+
+    #[test]
+    fn content_length_lines_are_seen_in_any_spelling() {
+        let has = |head: &str| head_has_content_length(head.as_bytes());
+        assert!(has(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n"
+        ));
+        assert!(has("POST / HTTP/1.1\r\ncontent-LENGTH:4\r\n\r\n"));
+        // An empty value on a bare-LF line is still a Content-Length header to the parser.
+        assert!(has(
+            "POST / HTTP/1.1\nTransfer-Encoding: chunked\nContent-Length:\n\n"
+        ));
+        assert!(!has("POST / HTTP/1.1\r\nX-Content-Length: 4\r\n\r\n"));
+        assert!(!has("POST /content-length: HTTP/1.1\r\n\r\n"));
     }
 
     #[test]
