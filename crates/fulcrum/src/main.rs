@@ -10,6 +10,7 @@ use fulcrum_config::{Config, Diagnostic, Diagnostics, EXIT_CONFIG};
 use fulcrum_proxy::{ConfigSource, Start};
 
 mod logging;
+mod probe;
 
 /// fulcrum: a Layer-7 load-balancing reverse proxy whose backend weights can be tuned live.
 #[derive(Debug, Parser)]
@@ -38,6 +39,10 @@ enum Command {
     Lab(LabArgs),
     /// Start a scenario's backends on loopback (point any proxy at them).
     Testbed(TestbedArgs),
+    /// Ask a running fulcrum's admin listener for `/healthz` (or PATH): exit 0 on a 2xx
+    /// answer, 1 otherwise. For container health checks; the file given with `-c` is read
+    /// only for `admin.listen`.
+    Probe(probe::ProbeArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -110,6 +115,10 @@ struct TestbedArgs {
     /// Timeline speed-up, as for `lab`.
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
+    /// Where backend `i` listens: this address with its port plus `i` (port 0: ephemeral
+    /// ports). `0.0.0.0:9001` serves other hosts, as in a container.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
 }
 
 fn load_scenario(path: &std::path::Path) -> Result<fulcrum_scenario::Scenario, ExitCode> {
@@ -224,7 +233,7 @@ fn testbed(args: TestbedArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    match fulcrum_testbed::scenario::run_testbed(&scenario, args.time_scale) {
+    match fulcrum_testbed::scenario::run_testbed_at(&scenario, args.listen, args.time_scale) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
@@ -365,6 +374,33 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim(args),
         Command::Lab(args) => lab(args),
         Command::Testbed(args) => testbed(args),
+        Command::Probe(args) => run_probe(&args, cli.config.as_ref()),
+    }
+}
+
+/// `fulcrum probe`: the admin address from `--admin`, else from the configuration (its
+/// `admin.listen`), else the default admin address.
+fn run_probe(args: &probe::ProbeArgs, config: Option<&PathBuf>) -> ExitCode {
+    let configured = match (&args.admin, config) {
+        (None, Some(_)) => match load(config) {
+            Ok((config, _)) => config.admin.listen,
+            Err(code) => return code,
+        },
+        _ => fulcrum_config::AdminConfig::default().listen,
+    };
+    let result = probe::target(args.admin.as_deref(), configured).and_then(|addr| {
+        probe::probe(
+            addr,
+            &args.path,
+            std::time::Duration::from_millis(args.timeout_ms),
+        )
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fulcrum probe: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
