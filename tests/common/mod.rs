@@ -13,6 +13,9 @@ use std::time::Duration;
 pub use fulcrum_config::{Algorithm, Config, ControlConfig, PoolConfig, WeightSource};
 pub use fulcrum_lab::harness::{eventually, get, pool, request, single_pool, Conn};
 pub use fulcrum_testbed::BackendServer;
+pub use nameserver::Nameserver;
+
+mod nameserver;
 
 /// The headers of an admin request that changes state: the admin API takes only JSON there,
 /// even with an empty body.
