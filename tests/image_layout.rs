@@ -3,7 +3,7 @@
 //! configuration at the image's paths), made read-only, and run as the image's non-root user
 //! with the image's configuration (listen addresses, backends and the image's absolute paths
 //! moved into the directory). The model must load, the image's `HEALTHCHECK` command must pass,
-//! and nothing may be written inside the layout.
+//! and nothing may be written inside the layout. hadolint must find nothing in the Dockerfile.
 
 mod common;
 
@@ -437,4 +437,31 @@ fn the_dockerfile_is_read_as_the_image_is_built() {
     assert_eq!(stage.healthcheck, ["/usr/bin/f", "probe"]);
     assert_eq!(stage.entrypoint, ["/usr/bin/f"]);
     assert_eq!(stage.cmd, ["run"]);
+}
+
+/// A tool `scripts/setup.sh test` installs into the project's venv (docker/requirements.txt).
+fn venv_tool(name: &str) -> PathBuf {
+    let tool = repo_root().join(".venv/bin").join(name);
+    assert!(
+        tool.is_file(),
+        "{} is missing: scripts/setup.sh test installs docker/requirements.txt into .venv",
+        tool.display()
+    );
+    tool
+}
+
+#[test]
+fn hadolint_finds_nothing_in_the_dockerfile() {
+    let out = Command::new(venv_tool("hadolint"))
+        .arg("--no-color")
+        .arg(repo_root().join("docker/Dockerfile"))
+        .output()
+        .expect("cannot run hadolint");
+    assert!(
+        out.status.success(),
+        "hadolint on docker/Dockerfile ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
