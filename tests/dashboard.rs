@@ -574,3 +574,74 @@ fn variables_are_substituted_as_grafana_does() {
         [("pool".to_string(), "m".to_string(), "pool".to_string())]
     );
 }
+
+/// The panels of `docker/grafana/fulcrum.json`, rows included.
+fn panels(dashboard: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    let mut stack: Vec<&Value> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    while let Some(p) = stack.pop() {
+        stack.extend(p["panels"].as_array().into_iter().flatten());
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn panels_have_unique_ids_do_not_overlap_and_use_the_datasource_variable() {
+    let path = repo_root().join("docker/grafana/fulcrum.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let panels = panels(&dashboard);
+    let mut ids: Vec<u64> = panels.iter().filter_map(|p| p["id"].as_u64()).collect();
+    assert_eq!(ids.len(), panels.len(), "a panel without an id");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), panels.len(), "panel ids repeat");
+    let boxes: Vec<(&str, [u64; 4])> = panels
+        .iter()
+        .map(|p| {
+            let g = &p["gridPos"];
+            let n = |k: &str| g[k].as_u64().unwrap_or_else(|| panic!("{p}: gridPos.{k}"));
+            (
+                p["title"].as_str().unwrap_or("?"),
+                [n("x"), n("y"), n("w"), n("h")],
+            )
+        })
+        .collect();
+    for (i, (a, [ax, ay, aw, ah])) in boxes.iter().enumerate() {
+        assert!(ax + aw <= 24, "{a} is wider than the grid");
+        for (b, [bx, by, bw, bh]) in &boxes[i + 1..] {
+            let apart = ax + aw <= *bx || bx + bw <= *ax || ay + ah <= *by || by + bh <= *ay;
+            assert!(apart, "panels {a:?} and {b:?} overlap");
+        }
+    }
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            assert_eq!(
+                t["datasource"]["uid"], "${datasource}",
+                "{}: a target not on the datasource variable",
+                p["title"]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_compose_prometheus_configuration_is_valid() {
+    let out = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(repo_root().join("docker/prometheus.yml"))
+        .output()
+        .expect(
+            "promtool (Debian package `prometheus`) is required; scripts/setup.sh test installs it",
+        );
+    assert!(
+        out.status.success(),
+        "promtool check config docker/prometheus.yml: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
