@@ -3,7 +3,8 @@
 //! configuration at the image's paths), made read-only, and run as the image's non-root user
 //! with the image's configuration (listen addresses, backends and the image's absolute paths
 //! moved into the directory). The model must load, the image's `HEALTHCHECK` command must pass,
-//! and nothing may be written inside the layout. hadolint must find nothing in the Dockerfile.
+//! and nothing may be written inside the layout. hadolint must find nothing in the Dockerfile,
+//! and the compose file must fit the image and the files it mounts.
 
 mod common;
 
@@ -463,5 +464,125 @@ fn hadolint_finds_nothing_in_the_dockerfile() {
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The compose file cannot run here (no container engine), so what would make it fail at
+/// `up` is checked: every mounted file exists, the ports are the image configuration's, the
+/// image configuration's backends are the testbed service's, Prometheus scrapes fulcrum's admin
+/// port, and Grafana finds its data source and the dashboard where they are mounted.
+#[test]
+fn the_compose_file_fits_the_image_and_its_files() {
+    let docker = repo_root().join("docker");
+    let text = std::fs::read_to_string(docker.join("compose.yaml")).unwrap();
+    let compose: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    let services = compose["services"].as_object().expect("services");
+    for name in ["fulcrum", "backends", "prometheus", "grafana"] {
+        assert!(services.contains_key(name), "no service {name}");
+    }
+
+    // Bind mounts: `SOURCE:TARGET[:ro]`, sources relative to docker/.
+    let mut mounts: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for (name, s) in services {
+        for v in s["volumes"].as_array().into_iter().flatten() {
+            let v = v.as_str().expect("short volume syntax");
+            let mut parts = v.split(':');
+            let (src, dst) = (parts.next().unwrap(), parts.next().unwrap());
+            let src = docker.join(src);
+            assert!(
+                src.exists(),
+                "service {name} mounts {} which is missing",
+                src.display()
+            );
+            mounts.insert(format!("{name}:{dst}"), src);
+        }
+    }
+
+    // The image's configuration: its ports are published, its backends are the testbed's.
+    let (config, _) =
+        fulcrum_config::load(&docker.join("fulcrum.toml")).unwrap_or_else(|d| panic!("{d}"));
+    let published: Vec<String> = services["fulcrum"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    for port in [config.server.listen[0].port(), config.admin.listen.port()] {
+        assert!(
+            published.iter().any(|p| p.ends_with(&format!(":{port}"))),
+            "port {port} of docker/fulcrum.toml is not published: {published:?}"
+        );
+    }
+    let testbed = &services["backends"];
+    let args: Vec<&str> = testbed["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let arg = |flag: &str| args[args.iter().position(|a| *a == flag).unwrap() + 1];
+    let scenario_path = mounts[&format!("backends:{}", arg("--scenario"))].clone();
+    let scenario = fulcrum_scenario::parse_scenario(
+        &std::fs::read_to_string(&scenario_path).unwrap(),
+        "backends.toml",
+    )
+    .unwrap_or_else(|d| panic!("{d}"))
+    .0;
+    let first: SocketAddr = arg("--listen").parse().unwrap();
+    let ip = testbed["networks"]["fulcrum"]["ipv4_address"]
+        .as_str()
+        .expect("the testbed has a fixed address");
+    let expected: Vec<String> = (0..scenario.backends.len())
+        .map(|i| format!("{ip}:{}", first.port() + i as u16))
+        .collect();
+    let configured: Vec<String> = config.pools[0]
+        .backends
+        .iter()
+        .map(|b| b.addr.to_string())
+        .collect();
+    assert_eq!(
+        configured, expected,
+        "docker/fulcrum.toml's backends are not the testbed's"
+    );
+
+    // Prometheus scrapes fulcrum's admin port; Grafana's data source is that Prometheus.
+    let prometheus = std::fs::read_to_string(docker.join("prometheus.yml")).unwrap();
+    let target = format!("fulcrum:{}", config.admin.listen.port());
+    assert!(
+        prometheus.contains(&format!("\"{target}\"")),
+        "prometheus.yml does not scrape {target}"
+    );
+    let datasources: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(docker.join("grafana/provisioning/datasources/prometheus.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        datasources["datasources"][0]["url"],
+        "http://prometheus:9090"
+    );
+
+    // Grafana loads the dashboard from the directory it is mounted in.
+    let (dashboard_at, _) = mounts
+        .iter()
+        .find(|(k, src)| k.starts_with("grafana:") && src.ends_with("grafana/fulcrum.json"))
+        .expect("grafana mounts grafana/fulcrum.json");
+    let dashboard_at = dashboard_at.trim_start_matches("grafana:");
+    let providers: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(docker.join("grafana/provisioning/dashboards/fulcrum.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let dir = providers["providers"][0]["options"]["path"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        Path::new(dashboard_at).parent(),
+        Some(Path::new(dir)),
+        "the dashboard provider reads {dir}, the dashboard is mounted at {dashboard_at}"
+    );
+    assert_eq!(
+        services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"],
+        dashboard_at
     );
 }
