@@ -88,6 +88,10 @@ struct SimArgs {
     /// Use the built-in heuristic controller for `+model` policies instead of a model.
     #[arg(long)]
     heuristic: bool,
+    /// Proxies sharing the backends, each with its own pickers and control loop; the load is
+    /// split evenly over them (as the replicas of a Deployment behind one Service).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    replicas: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -153,6 +157,7 @@ fn sim(args: SimArgs) -> ExitCode {
     };
     let mut opts = SimOptions {
         seed: args.seed,
+        replicas: args.replicas,
         ..SimOptions::default()
     };
     if policies.iter().any(Policy::needs_model) {
