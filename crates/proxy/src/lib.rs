@@ -63,6 +63,8 @@ pub struct Shared {
     pub model_reload: std::sync::mpsc::Sender<control::ModelReloadRequest>,
     /// Draining, the listeners' hand-over and the requests in flight.
     pub lifecycle: Arc<Lifecycle>,
+    /// What scores the model pools (model or heuristic, and why), for the admin API.
+    pub model: control::ModelStatus,
 }
 
 /// Errors that stop the proxy from starting.
@@ -152,6 +154,7 @@ pub fn serve(config: Config, source: ConfigSource, start: Start) -> Result<(), S
         decisions: fulcrum_control::decisions::DecisionLog::new(config.control.decisions),
         model_reload,
         lifecycle: lifecycle.clone(),
+        model: control::ModelStatus::default(),
     });
     control::spawn(shared.clone(), model_reloads).map_err(StartError::Runtime)?;
 
