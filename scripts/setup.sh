@@ -4,8 +4,9 @@
 #   build: cmake (pingora's zlib-ng needs it), a Rust toolchain check, and .venv with
 #          ONNX Runtime and the training stack (models/requirements.txt)
 #   test:  build + Prometheus and promtool (Debian package `prometheus`) for the metrics and
-#          dashboard tests, curl, openssl and nghttp, the real clients of the TLS tests, and
-#          hadolint and kubernetes-validate in .venv (docker/requirements.txt)
+#          dashboard tests, curl, openssl and nghttp, the real clients of the TLS tests,
+#          chromium, the real browser of the status page's test, and hadolint and
+#          kubernetes-validate in .venv (docker/requirements.txt)
 #   bench: test + wrk, nginx-light, haproxy for the peer comparison
 set -euo pipefail
 want="${1:-build}"
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 need_cmds=(cmake)
 need_pkgs=(cmake)
 if [[ "$want" == test || "$want" == bench ]]; then
-  need_cmds+=(promtool nghttp curl openssl); need_pkgs+=(prometheus nghttp2-client curl openssl)
+  need_cmds+=(promtool nghttp curl openssl chromium); need_pkgs+=(prometheus nghttp2-client curl openssl chromium)
 fi
 if [[ "$want" == bench ]]; then
   need_cmds+=(wrk nginx haproxy taskset); need_pkgs+=(wrk nginx-light haproxy util-linux)

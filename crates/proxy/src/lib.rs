@@ -66,6 +66,8 @@ pub struct Shared {
     pub lifecycle: Arc<Lifecycle>,
     /// The last good addresses of the backend names of pools with `discovery = "dns"`.
     pub discovered: Arc<discovery::Discovered>,
+    /// What scores the model pools (model or heuristic, and why), for the admin API.
+    pub model: control::ModelStatus,
 }
 
 /// Errors that stop the proxy from starting.
@@ -160,6 +162,7 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
         model_reload,
         lifecycle: lifecycle.clone(),
         discovered,
+        model: control::ModelStatus::default(),
     });
     control::spawn(shared.clone(), model_reloads).map_err(StartError::Runtime)?;
 
