@@ -440,17 +440,6 @@ fn the_dockerfile_is_read_as_the_image_is_built() {
     assert_eq!(stage.cmd, ["run"]);
 }
 
-/// A tool `scripts/setup.sh test` installs into the project's venv (docker/requirements.txt).
-fn venv_tool(name: &str) -> PathBuf {
-    let tool = repo_root().join(".venv/bin").join(name);
-    assert!(
-        tool.is_file(),
-        "{} is missing: scripts/setup.sh test installs docker/requirements.txt into .venv",
-        tool.display()
-    );
-    tool
-}
-
 #[test]
 fn hadolint_finds_nothing_in_the_dockerfile() {
     let out = Command::new(venv_tool("hadolint"))

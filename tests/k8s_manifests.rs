@@ -125,17 +125,6 @@ fn is_custom(m: &Manifest) -> bool {
     CUSTOM_GROUPS.contains(&m.group())
 }
 
-/// A tool `scripts/setup.sh test` installs into the project's venv (docker/requirements.txt).
-fn venv_tool(name: &str) -> PathBuf {
-    let tool = repo_root().join(".venv/bin").join(name);
-    assert!(
-        tool.is_file(),
-        "{} is missing: scripts/setup.sh test installs docker/requirements.txt into .venv",
-        tool.display()
-    );
-    tool
-}
-
 /// kubernetes-validate (strict, [`KUBERNETES_VERSION`]) on each object: the problems, named by
 /// the object's title. An object it has no schema for is a problem, not a warning.
 fn kubernetes_validate(objects: &[&Manifest]) -> Vec<String> {

@@ -31,6 +31,17 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A tool `scripts/setup.sh test` installs into the project's venv (docker/requirements.txt).
+pub fn venv_tool(name: &str) -> PathBuf {
+    let tool = repo_root().join(".venv/bin").join(name);
+    assert!(
+        tool.is_file(),
+        "{} is missing: scripts/setup.sh test installs docker/requirements.txt into .venv",
+        tool.display()
+    );
+    tool
+}
+
 /// A loopback address on a port that was free a moment ago: nothing answers there.
 pub fn dead_addr() -> SocketAddr {
     let [port] = fulcrum_lab::harness::free_ports::<1>().unwrap();
