@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use fulcrum_config::{Config, Diagnostic, Diagnostics, EXIT_CONFIG};
 use fulcrum_proxy::{ConfigSource, Start};
 
+mod forecast_cmd;
 mod logging;
 
 /// fulcrum: a Layer-7 load-balancing reverse proxy whose backend weights can be tuned live.
@@ -38,6 +39,8 @@ enum Command {
     Lab(LabArgs),
     /// Start a scenario's backends on loopback (point any proxy at them).
     Testbed(TestbedArgs),
+    /// Forecast a request-rate series (CSV `t_s,rps`) with a rolling origin.
+    Forecast(forecast_cmd::ForecastArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -365,6 +368,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim(args),
         Command::Lab(args) => lab(args),
         Command::Testbed(args) => testbed(args),
+        Command::Forecast(args) => forecast_cmd::run(args),
     }
 }
 
