@@ -280,6 +280,27 @@ fn run(config: Config, source: ConfigSource, start: Start) -> ExitCode {
     }
 }
 
+/// One line of `fulcrum check` about a pool's `[pools.NAME.autoscale]` section.
+fn autoscale_summary(pool: &str, a: &fulcrum_config::AutoscaleConfig) -> String {
+    let capacity = match a.backend_capacity_rps {
+        Some(c) => format!("{c} rps per backend (configured)"),
+        None => "capacity per backend estimated from the traffic".to_string(),
+    };
+    let model = match &a.forecast_model {
+        Some(m) => format!("forecast model {}", m.display()),
+        None => "built-in forecaster".to_string(),
+    };
+    format!(
+        "pool {pool}: autoscale recommends {}..={} backends at {} % utilisation for the p90 \
+         {} s ahead, a rate every {} s, {model}, {capacity}",
+        a.min_backends,
+        a.max_backends,
+        a.target_utilization * 100.0,
+        a.horizon.as_secs_f64(),
+        a.step.as_secs_f64(),
+    )
+}
+
 fn main() -> ExitCode {
     logging::init();
     let cli = Cli::parse();
@@ -313,6 +334,11 @@ fn main() -> ExitCode {
                     config.pools.len(),
                     backends
                 );
+                for pool in &config.pools {
+                    if let Some(a) = &pool.autoscale {
+                        println!("{}", autoscale_summary(&pool.name, a));
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
