@@ -15,7 +15,9 @@
 
 pub mod controller;
 pub mod decisions;
+pub mod demand;
 pub mod features;
+pub mod forecast_model;
 pub mod guardrails;
 pub mod model;
 pub mod observe;
