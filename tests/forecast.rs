@@ -191,3 +191,114 @@ async fn the_recommendation_rises_with_the_offered_rate() {
     assert!(records.len() > 1500, "{} requests", records.len());
     assert_eq!(stats.errors(), 0, "client-visible errors");
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    repo_root().join("crates/control/tests/fixtures").join(name)
+}
+
+/// Replace `path` atomically, as a deploy would.
+fn install(src: &std::path::Path, path: &std::path::Path) {
+    let tmp = path.with_extension("tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The forecaster named by `/api/forecast` and why the model is not in use, once stepped.
+async fn forecaster(f: &Fulcrum) -> (String, Option<String>) {
+    let r = get(f.admin, "/api/forecast?pool=web").await.unwrap();
+    if r.status == 503 {
+        return (String::new(), None);
+    }
+    let v = forecast(f).await;
+    (
+        v["forecaster"].as_str().unwrap().to_string(),
+        v["model_error"].as_str().map(str::to_string),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forecast_model_is_loaded_checked_and_reloaded_with_the_configuration() {
+    let b = backends(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("forecast.onnx");
+    install(&fixture("forecast_last_value.onnx"), &model);
+    let mut web = web_pool(Algorithm::LeastConnections, &[&b[0], &b[1]]);
+    web.autoscale = Some(AutoscaleConfig {
+        step: Duration::from_millis(100),
+        horizon: Duration::from_secs(1),
+        forecast_model: Some(model.clone()),
+        ..AutoscaleConfig::default()
+    });
+    let config = move |p, a| {
+        let mut config = single_pool(p, a, web.clone());
+        config.control.tick = Duration::from_millis(50);
+        config
+    };
+    let f = Fulcrum::start(config.clone()).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed, tasks) = keep_busy(f.proxy, 2, "/", stop.clone());
+
+    // The model answers once it has its 32-step window.
+    let used = eventually(Duration::from_secs(10), || async {
+        forecaster(&f).await.0 == "forecast.onnx"
+    })
+    .await;
+    assert!(used.is_some(), "model never used: {}", forecast(&f).await);
+    let loaded = "fulcrum_pool_forecast_model_loaded{pool=\"web\"}";
+    assert_eq!(metric(&f, loaded).await, 1.0);
+    let v = forecast(&f).await;
+    let f0 = &v["forecasts"][0];
+    assert!(
+        (f0["p90"].as_f64().unwrap() / f0["p50"].as_f64().unwrap() - 1.25).abs() < 1e-3,
+        "the model's p90 is 1.25 times its p50: {f0}"
+    );
+
+    // A new file that does not fit, on reload: refused, the running model keeps running.
+    install(&fixture("forecast_wrong_schema.onnx"), &model);
+    f.sighup();
+    let refused = eventually(Duration::from_secs(5), || async {
+        forecaster(&f)
+            .await
+            .1
+            .is_some_and(|e| e.contains("the running model keeps running"))
+    })
+    .await;
+    assert!(refused.is_some(), "{}", forecast(&f).await);
+    let (name, why) = forecaster(&f).await;
+    assert_eq!(name, "forecast.onnx");
+    assert!(why.unwrap().contains("window16-v0"));
+
+    // The configuration names another file, of the wrong width: the built-in forecaster runs.
+    let wrong = dir.path().join("wide.onnx");
+    install(&fixture("forecast_wrong_width.onnx"), &wrong);
+    let mut next = config(f.proxy, f.admin);
+    next.pools[0].autoscale.as_mut().unwrap().forecast_model = Some(wrong);
+    std::fs::write(&f.config_path, next.to_toml()).unwrap();
+    f.sighup();
+    let builtin = eventually(Duration::from_secs(5), || async {
+        let (name, why) = forecaster(&f).await;
+        name == "builtin" && why.is_some_and(|e| e.contains("expected [N, 39]"))
+    })
+    .await;
+    assert!(builtin.is_some(), "{}", forecast(&f).await);
+    assert_eq!(metric(&f, loaded).await, 0.0);
+
+    // And back to a good model.
+    install(&fixture("forecast_last_value.onnx"), &model);
+    let mut back = config(f.proxy, f.admin);
+    back.pools[0].autoscale.as_mut().unwrap().forecast_model = Some(model.clone());
+    std::fs::write(&f.config_path, back.to_toml()).unwrap();
+    f.sighup();
+    let again = eventually(Duration::from_secs(5), || async {
+        forecaster(&f).await == ("forecast.onnx".to_string(), None)
+    })
+    .await;
+    assert!(again.is_some(), "{}", forecast(&f).await);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(failed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(ok.load(std::sync::atomic::Ordering::Relaxed) > 0);
+}
