@@ -253,6 +253,28 @@ async fn the_forecast_model_is_loaded_checked_and_reloaded_with_the_configuratio
         "the model's p90 is 1.25 times its p50: {f0}"
     );
 
+    // A model whose p90 falls below its p50 whenever the latest rate is above the window's
+    // mean: those steps fall back to the built-in forecast and are counted, the model stays.
+    install(&fixture("forecast_inverted_when_rising.onnx"), &model);
+    f.sighup();
+    let fallbacks = "fulcrum_pool_forecast_model_fallbacks_total{pool=\"web\"}";
+    let counted = eventually(Duration::from_secs(10), || async {
+        metric(&f, fallbacks).await >= 3.0
+    })
+    .await;
+    assert!(counted.is_some(), "{}", forecast(&f).await);
+    assert_eq!(metric(&f, loaded).await, 1.0);
+    install(&fixture("forecast_last_value.onnx"), &model);
+    f.sighup();
+    let good = eventually(Duration::from_secs(5), || async {
+        let before = metric(&f, fallbacks).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        metric(&f, fallbacks).await == before
+            && forecaster(&f).await == ("forecast.onnx".to_string(), None)
+    })
+    .await;
+    assert!(good.is_some(), "{}", forecast(&f).await);
+
     // A new file that does not fit, on reload: refused, the running model keeps running.
     install(&fixture("forecast_wrong_schema.onnx"), &model);
     f.sighup();
