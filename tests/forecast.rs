@@ -324,3 +324,53 @@ async fn the_forecast_model_is_loaded_checked_and_reloaded_with_the_configuratio
     assert_eq!(failed.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert!(ok.load(std::sync::atomic::Ordering::Relaxed) > 0);
 }
+
+#[test]
+fn check_shows_each_autoscaled_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fulcrum.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = [\"127.0.0.1:18080\"]\n\n[[routes]]\npool = \"web\"\n\n[pools.web]\n\
+         [[pools.web.backends]]\naddr = \"127.0.0.1:9001\"\n\n[pools.web.autoscale]\n\
+         min_backends = 2\nmax_backends = 40\nhorizon_s = 120\n\
+         forecast_model = \"models/forecast.onnx\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(fulcrum_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "pool web: autoscale recommends 2..=40 backends at 70 % utilisation for the p90 120 s \
+             ahead, a rate every 10 s, forecast model models/forecast.onnx, capacity per backend \
+             estimated from the traffic"
+        ),
+        "{stdout}"
+    );
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("max_backends = 40", "max_backends = 1"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(fulcrum_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            ": error: pools.web.autoscale.max_backends: max_backends (1) must be at least \
+             min_backends (2)"
+        ),
+        "{stderr}"
+    );
+}
