@@ -30,6 +30,9 @@ const HISTORY_S: f64 = 2.0 * 86_400.0;
 const BASELINE_STEPS: usize = 360;
 /// A step with more failed attempts than this is not "healthy latency": no capacity sample.
 const MAX_ERROR_SHARE: f64 = 0.05;
+/// Utilisation below this, inferred from latency, is not a capacity sample: latency within a
+/// quarter of its idle level is noise as much as load.
+const MIN_LATENCY_UTILIZATION: f64 = 0.2;
 /// Weight of a new capacity sample in the running estimate.
 const CAPACITY_SMOOTHING: f64 = 0.3;
 
@@ -181,12 +184,13 @@ impl CapacityEstimator {
             let sample = match (obs.reported_load, obs.mean_latency_ms) {
                 (Some(load), _) => Some((load, "reported load")),
                 (None, Some(now)) if now > 0.0 => {
-                    let idle = self
-                        .recent_latency_ms
-                        .iter()
-                        .copied()
-                        .fold(f64::INFINITY, f64::min);
-                    Some(((1.0 - idle / now).max(0.0), "latency"))
+                    // The idle level is a low percentile rather than the minimum, which noise
+                    // alone drags down; and a rise under a quarter is not told apart from noise.
+                    let mut recent: Vec<f64> = self.recent_latency_ms.iter().copied().collect();
+                    recent.sort_by(f64::total_cmp);
+                    let idle = recent[recent.len() / 10];
+                    let utilization = 1.0 - idle / now;
+                    (utilization >= MIN_LATENCY_UTILIZATION).then_some((utilization, "latency"))
                 }
                 _ => None,
             }
@@ -566,6 +570,13 @@ mod tests {
             ..StepObservation::default()
         };
         assert_eq!(c.update(&idle, None), (None, "unknown"));
+        // Latency a tenth above idle is noise, not load.
+        let noisy = StepObservation {
+            rate_rps: 40.0,
+            mean_latency_ms: Some(11.0),
+            ..idle
+        };
+        assert_eq!(c.update(&noisy, None), (None, "unknown"));
         // Latency doubled: half busy (M/M/1), so 80 rps at full load.
         let busy = StepObservation {
             rate_rps: 40.0,
