@@ -104,6 +104,10 @@ impl ForecastStatus {
     }
 }
 
+/// Time the control thread spends on forecast steps in one tick before it leaves the pools
+/// still due for the next tick.
+const STEP_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A forecast model file: the running model (kept when a new version is refused) and why the
 /// last load failed.
 struct ModelSlot {
@@ -208,7 +212,14 @@ impl Forecasts {
             self.reconfigure(upstreams, config, status);
         }
         let now = fulcrum_balance::now_ns();
+        let started = std::time::Instant::now();
         for p in &upstreams.pools {
+            // A step of the built-in forecaster on a full two-day ring takes ~20 ms (release
+            // build); past this budget the pools still due wait for the next control tick, so
+            // many autoscaled pools never hold up the weights of the model pools for long.
+            if started.elapsed() > STEP_BUDGET {
+                break;
+            }
             let Some(a) = &p.config.autoscale else {
                 continue;
             };
