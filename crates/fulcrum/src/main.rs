@@ -10,6 +10,7 @@ use fulcrum_config::{Config, Diagnostic, Diagnostics, EXIT_CONFIG};
 use fulcrum_proxy::{ConfigSource, Start};
 
 mod demo;
+mod forecast_cmd;
 mod logging;
 mod probe;
 
@@ -45,6 +46,8 @@ enum Command {
     /// answer, 1 otherwise. For container health checks; the file given with `-c` is read
     /// only for `admin.listen`.
     Probe(probe::ProbeArgs),
+    /// Forecast a request-rate series (CSV `t_s,rps`) with a rolling origin.
+    Forecast(forecast_cmd::ForecastArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -291,6 +294,27 @@ fn run(config: Config, source: ConfigSource, start: Start) -> ExitCode {
     }
 }
 
+/// One line of `fulcrum check` about a pool's `[pools.NAME.autoscale]` section.
+fn autoscale_summary(pool: &str, a: &fulcrum_config::AutoscaleConfig) -> String {
+    let capacity = match a.backend_capacity_rps {
+        Some(c) => format!("{c} rps per backend (configured)"),
+        None => "capacity per backend estimated from the traffic".to_string(),
+    };
+    let model = match &a.forecast_model {
+        Some(m) => format!("forecast model {}", m.display()),
+        None => "built-in forecaster".to_string(),
+    };
+    format!(
+        "pool {pool}: autoscale recommends {}..={} backends at {} % utilisation for the p90 \
+         {} s ahead, a rate every {} s, {model}, {capacity}",
+        a.min_backends,
+        a.max_backends,
+        a.target_utilization * 100.0,
+        a.horizon.as_secs_f64(),
+        a.step.as_secs_f64(),
+    )
+}
+
 fn main() -> ExitCode {
     logging::init();
     let cli = Cli::parse();
@@ -324,6 +348,11 @@ fn main() -> ExitCode {
                     config.pools.len(),
                     backends
                 );
+                for pool in &config.pools {
+                    if let Some(a) = &pool.autoscale {
+                        println!("{}", autoscale_summary(&pool.name, a));
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -333,6 +362,7 @@ fn main() -> ExitCode {
         Command::Lab(args) => lab(args),
         Command::Testbed(args) => testbed(args),
         Command::Probe(args) => run_probe(&args, cli.config.as_ref()),
+        Command::Forecast(args) => forecast_cmd::run(args),
     }
 }
 
