@@ -602,6 +602,10 @@ fn check_headless(
     problems
 }
 
+/// Namespaces of the systems the manifests plug into rather than create: the Prometheus stack
+/// (prometheus-adapter's rule for the HPA recipe lives beside the adapter).
+const EXTERNAL_NAMESPACES: &[&str] = &["monitoring"];
+
 /// Everything between the objects of `all`: workloads (fulcrum and testbed containers,
 /// security), selectors of Services and PodDisruptionBudgets, namespaces.
 fn check_together(all: &[Manifest]) -> Vec<String> {
@@ -616,7 +620,10 @@ fn check_together(all: &[Manifest]) -> Vec<String> {
         .filter(|m| m.object.pointer("/spec/template/spec/containers").is_some())
         .collect();
     for m in all {
-        if m.kind() != "Namespace" && !namespaces.is_empty() && !namespaces.contains(&m.namespace())
+        if m.kind() != "Namespace"
+            && !namespaces.is_empty()
+            && !namespaces.contains(&m.namespace())
+            && !EXTERNAL_NAMESPACES.contains(&m.namespace())
         {
             problems.push(format!(
                 "{}: namespace {} is not one of the manifests' {namespaces:?}",
