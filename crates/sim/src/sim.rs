@@ -602,12 +602,7 @@ impl<'a> Sim<'a> {
         let mut e = self.arrival_rng.exp1();
         while t < end {
             let rate = load.rate_at(t);
-            let boundary = load
-                .steps
-                .iter()
-                .map(|s| s.0)
-                .find(|&at| at > t)
-                .map_or(end, |at| at.min(end));
+            let boundary = load.next_change(t, end);
             if rate > 0.0 {
                 let next = t + e / rate;
                 if next < boundary {
