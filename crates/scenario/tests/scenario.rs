@@ -731,3 +731,21 @@ fn autoscale_mistakes_are_explained() {
     let d = errors(&AUTOSCALED.replace("min_backends = 2", "min_backends = 20"));
     assert!(d.errors[0].message.contains("must not exceed"), "{d}");
 }
+
+#[test]
+fn autoscale_suite_parses_with_scaler_and_slo() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(suite_dir().join("autoscale"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    for path in &files {
+        let (s, warnings) =
+            load_scenario(path).unwrap_or_else(|d| panic!("{}:\n{d}", path.display()));
+        assert!(warnings.is_empty(), "{}: {warnings:?}", path.display());
+        assert_eq!(s.name, path.file_stem().unwrap().to_str().unwrap());
+        assert!(s.autoscale.is_some() && s.slo.is_some(), "{}", s.name);
+    }
+}
