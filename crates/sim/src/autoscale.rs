@@ -186,6 +186,11 @@ impl Hpa {
     /// One sync: the new `spec.replicas` from `current` and the view's metrics.
     pub fn sync(&mut self, t_s: f64, current: u32, ready_utilisation: &[f64], unready: u32) -> u32 {
         let s = self.settings;
+        if self.recommendations.is_empty() {
+            // As the controller does for an HPA it has not seen: the scale it found counts as a
+            // recommendation, so a fresh controller does not scale down at once.
+            self.recommendations.push((t_s, current));
+        }
         let proposed = hpa_replicas(current, ready_utilisation, unready, &s);
         // stabilizeRecommendationWithBehaviors: windows end at `t_s` and exclude their start.
         let (mut up, mut down) = (proposed, proposed);

@@ -12,6 +12,8 @@ pub mod features;
 pub mod sim;
 
 #[cfg(test)]
+mod autoscale_tests;
+#[cfg(test)]
 mod tests;
 
 pub use autoscale::{AutoscaleStats, ScaleSample, ScaleView, Scaler, ScalerKind};
