@@ -3,16 +3,19 @@
 //! seconds, p99 latency, SLO-violation windows, slow and failed requests, scale events. Each
 //! scenario is measured twice: from its own `warmup_s` (the forecast still learning the cycle)
 //! and from two diurnal periods on (once a season can have been found). With a second
-//! argument, writes each run's control steps as CSV into that directory (for plots).
+//! argument, writes per scenario an SVG plot of the demand, the forecast scaler's plan and the
+//! copies serving under each scaler into that directory, and with `TIMELINE_CSV=1` each run's
+//! control steps as CSV.
 //!
 //! ```sh
 //! cargo run --release -p fulcrum-sim --example autoscale -- benches/scenarios/autoscale out/
+//! TIMELINE_CSV=1 cargo run --release -p fulcrum-sim --example autoscale -- DIR out/
 //! ```
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use fulcrum_scenario::load_scenario;
+use fulcrum_scenario::{load_scenario, Scenario};
 use fulcrum_sim::{simulate_autoscaled, AutoscaleRun, Policy, ScalerKind, SimOptions};
 
 const SCALERS: [ScalerKind; 3] = [
@@ -28,6 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_else(|| "benches/scenarios/autoscale".into()),
     );
     let timelines = args.next().map(PathBuf::from);
+    if let Some(dir) = &timelines {
+        std::fs::create_dir_all(dir)?;
+    }
     let policy: Policy = std::env::var("POLICY")
         .unwrap_or_else(|_| "least_connections".into())
         .parse()?;
@@ -100,9 +106,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 a.peak_serving,
             )?;
             if let Some(dir) = &timelines {
-                if !sc.name.contains(' ') {
+                if !sc.name.contains(' ') && std::env::var_os("TIMELINE_CSV").is_some() {
                     write_timeline(dir, &sc.name, run)?;
                 }
+            }
+        }
+        if let Some(dir) = &timelines {
+            if !sc.name.contains(' ') {
+                std::fs::write(dir.join(format!("{}.svg", sc.name)), plot(sc, &runs))?;
             }
         }
     }
@@ -135,4 +146,126 @@ fn write_timeline(dir: &Path, scenario: &str, run: &AutoscaleRun) -> std::io::Re
         ])?;
     }
     w.flush()
+}
+
+/// Demand (in copies needed at the target utilisation), the forecast's plan and the copies
+/// serving under each scaler over the whole run; the warm-up is shaded.
+fn plot(sc: &Scenario, runs: &[AutoscaleRun]) -> String {
+    let (w, h, left, right, top, bottom) = (960.0, 360.0, 50.0, 150.0, 30.0, 40.0);
+    let a = sc.autoscale.as_ref().expect("autoscale scenarios");
+    let copy = &sc.backends[a.first];
+    let per_copy =
+        f64::from(copy.concurrency) * 1000.0 / copy.mean_service_ms() * a.target_utilization;
+    let needed: Vec<(f64, f64)> = (0..=sc.duration_s as usize)
+        .step_by(5)
+        .map(|t| (t as f64, sc.load.rate_at(t as f64) / per_copy))
+        .collect();
+    let planned: Vec<(f64, f64)> = runs
+        .iter()
+        .find(|r| r.autoscale.scaler == "forecast")
+        .map(|r| {
+            r.autoscale
+                .timeline
+                .iter()
+                .filter_map(|s| s.planned_rps.map(|p| (s.t_s, p / per_copy)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let top_y = runs
+        .iter()
+        .flat_map(|r| r.autoscale.timeline.iter().map(|s| f64::from(s.serving)))
+        .chain(needed.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        .ceil()
+        + 1.0;
+    let x = |t: f64| left + t / sc.duration_s * (w - left - right);
+    let y = |v: f64| top + (1.0 - v.min(top_y) / top_y) * (h - top - bottom);
+    let path = |pts: &[(f64, f64)], step: bool| {
+        let mut d = String::new();
+        let mut prev: Option<f64> = None;
+        for &(t, v) in pts {
+            match prev {
+                None => d.push_str(&format!("M{:.1},{:.1}", x(t), y(v))),
+                Some(p) if step => d.push_str(&format!(
+                    " L{:.1},{:.1} L{:.1},{:.1}",
+                    x(t),
+                    y(p),
+                    x(t),
+                    y(v)
+                )),
+                Some(_) => d.push_str(&format!(" L{:.1},{:.1}", x(t), y(v))),
+            }
+            prev = Some(v);
+        }
+        d
+    };
+    let mut svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="{w}" height="{h}" fill="white"/>
+<rect x="{left}" y="{top}" width="{:.1}" height="{:.1}" fill="#eee"/>
+<text x="{left}" y="18">{}: copies serving (at {:.0} rps per copy = {:.0} % of capacity); grey: warm-up</text>
+"##,
+        x(sc.warmup_s) - left,
+        h - top - bottom,
+        sc.name,
+        per_copy,
+        a.target_utilization * 100.0,
+    );
+    for k in 0..=4 {
+        let v = top_y * f64::from(k) / 4.0;
+        svg.push_str(&format!(
+            "<line x1=\"{left}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ccc\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>\n",
+            w - right,
+            y(v),
+            y(v),
+            left - 4.0,
+            y(v) + 4.0
+        ));
+    }
+    for k in 0..=6 {
+        let t = sc.duration_s * f64::from(k) / 6.0;
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{t:.0} s</text>\n",
+            x(t),
+            h - bottom + 16.0
+        ));
+    }
+    let mut series: Vec<(String, &str, String, &str)> = vec![
+        ("demand / copy".into(), "#888", path(&needed, false), "4,3"),
+        ("forecast plan".into(), "#9cf", path(&planned, false), "2,2"),
+    ];
+    for r in runs {
+        let colour = match r.autoscale.scaler.as_str() {
+            "hpa" => "#d62728",
+            "forecast" => "#1f5fbf",
+            _ => "#2ca02c",
+        };
+        let pts: Vec<(f64, f64)> = r
+            .autoscale
+            .timeline
+            .iter()
+            .map(|s| (s.t_s, f64::from(s.serving)))
+            .collect();
+        series.push((
+            format!("{} serving", r.autoscale.scaler),
+            colour,
+            path(&pts, true),
+            "",
+        ));
+    }
+    for (i, (name, colour, d, dash)) in series.iter().enumerate() {
+        svg.push_str(&format!(
+            "<path d=\"{d}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" stroke-dasharray=\"{dash}\"/>\n"
+        ));
+        let ly = top + 16.0 * i as f64 + 8.0;
+        svg.push_str(&format!(
+            "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{ly:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"2\" stroke-dasharray=\"{dash}\"/><text x=\"{:.1}\" y=\"{:.1}\">{name}</text>\n",
+            w - right + 10.0,
+            w - right + 30.0,
+            w - right + 34.0,
+            ly + 4.0
+        ));
+    }
+    svg.push_str("</svg>\n");
+    svg
 }
