@@ -12,11 +12,12 @@
 //! TIMELINE_CSV=1 cargo run --release -p fulcrum-sim --example autoscale -- DIR out/
 //! ```
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use fulcrum_scenario::{load_scenario, Scenario};
-use fulcrum_sim::{simulate_autoscaled, AutoscaleRun, Policy, ScalerKind, SimOptions};
+use fulcrum_sim::{
+    simulate_autoscaled, AutoscaleRun, Policy, ScalerKind, SimOptions, AUTOSCALE_TABLE_HEADER,
+};
 
 const SCALERS: [ScalerKind; 3] = [
     ScalerKind::Hpa,
@@ -44,11 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
     let opts = SimOptions::default();
     let mut out = String::new();
-    writeln!(
-        out,
-        "| scenario | scaler | backend-s | vs hpa | p99 ms | SLO violation windows | slow requests | failed | scale up/down | peak serving |"
-    )?;
-    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|")?;
+    out.push_str(AUTOSCALE_TABLE_HEADER);
     let mut scenarios = Vec::new();
     for path in &files {
         let (sc, _) = load_scenario(path).map_err(|d| format!("{}:\n{d}", path.display()))?;
@@ -86,25 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let runs = runs.into_iter().collect::<Result<Vec<_>, _>>()?;
         let hpa_cost = runs[0].autoscale.backend_seconds;
         for run in &runs {
-            let a = &run.autoscale;
-            let r = &run.result;
-            writeln!(
-                out,
-                "| {} | {} | {:.0} | {:.2}× | {:.0} | {}/{} ({:.1} %) | {:.2} % | {} | {}/{} | {} |",
-                sc.name,
-                a.scaler,
-                a.backend_seconds,
-                a.backend_seconds / hpa_cost,
-                r.p99_ms,
-                a.slo_violation_windows,
-                a.slo_windows,
-                100.0 * f64::from(a.slo_violation_windows) / f64::from(a.slo_windows.max(1)),
-                100.0 * a.slow_requests as f64 / r.requests.max(1) as f64,
-                r.errors,
-                a.scale_ups,
-                a.scale_downs,
-                a.peak_serving,
-            )?;
+            out.push_str(&run.markdown_row(&sc.name, hpa_cost));
             if let Some(dir) = &timelines {
                 if !sc.name.contains(' ') && std::env::var_os("TIMELINE_CSV").is_some() {
                     write_timeline(dir, &sc.name, run)?;

@@ -1340,3 +1340,28 @@ impl Sim<'_> {
         }
     }
 }
+
+/// Header of the Markdown table [`AutoscaleRun::markdown_row`] writes rows of.
+pub const AUTOSCALE_TABLE_HEADER: &str = "| scenario | scaler | backend-s | vs hpa | p99 ms | SLO violation windows | slow requests | failed | scale up/down | peak serving |\n|---|---|---|---|---|---|---|---|---|---|\n";
+
+impl AutoscaleRun {
+    /// One row of the comparison table; `hpa_backend_seconds` is the reference for the ratio.
+    pub fn markdown_row(&self, scenario: &str, hpa_backend_seconds: f64) -> String {
+        let (a, r) = (&self.autoscale, &self.result);
+        format!(
+            "| {scenario} | {} | {:.0} | {:.2}× | {:.0} | {}/{} ({:.1} %) | {:.2} % | {} | {}/{} | {} |\n",
+            a.scaler,
+            a.backend_seconds,
+            a.backend_seconds / hpa_backend_seconds,
+            r.p99_ms,
+            a.slo_violation_windows,
+            a.slo_windows,
+            100.0 * f64::from(a.slo_violation_windows) / f64::from(a.slo_windows.max(1)),
+            100.0 * a.slow_requests as f64 / r.requests.max(1) as f64,
+            r.errors,
+            a.scale_ups,
+            a.scale_downs,
+            a.peak_serving,
+        )
+    }
+}
