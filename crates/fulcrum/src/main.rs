@@ -201,7 +201,8 @@ fn sim(args: SimArgs) -> ExitCode {
 
 /// `fulcrum sim --scaler ...`: every policy under every scaler, a Markdown table on stdout and
 /// the results as JSON (each with `scaler`, `backend_seconds`, `slo_windows`,
-/// `slo_violation_windows`, `slow_requests`, `scale_ups`, `scale_downs`, `peak_serving`).
+/// `slo_violation_windows`, `slow_requests`, `timed_out`, `scale_ups`, `scale_downs`,
+/// `peak_serving`).
 fn sim_autoscaled(
     scenario: &fulcrum_scenario::Scenario,
     policies: &[fulcrum_sim::Policy],
@@ -270,6 +271,7 @@ fn sim_autoscaled(
                 s.slo_violation_windows.into(),
             );
             o.insert("slow_requests".into(), s.slow_requests.into());
+            o.insert("timed_out".into(), s.timed_out.into());
             o.insert("scale_ups".into(), s.scale_ups.into());
             o.insert("scale_downs".into(), s.scale_downs.into());
             o.insert("peak_serving".into(), s.peak_serving.into());

@@ -354,6 +354,9 @@ pub struct AutoscaleStats {
     pub slo_violation_windows: u32,
     /// Requests answered later than `[slo] p99_ms`.
     pub slow_requests: u64,
+    /// Requests answered later than the proxy's default read timeout (30 s): a client behind
+    /// fulcrum would have had a 504 (the simulator itself has no timeout and serves them).
+    pub timed_out: u64,
     /// Scale-ups (decisions that started copies).
     pub scale_ups: u32,
     /// Scale-downs (decisions that removed copies).

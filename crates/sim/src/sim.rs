@@ -1314,13 +1314,15 @@ impl Sim<'_> {
     fn autoscale_stats(&mut self) -> AutoscaleStats {
         let window_s = (self.duration_ns - self.warmup_ns) as f64 * 1e-9;
         let slo = self.sc.slo;
-        let (mut windows, mut violations, mut slow) = (0u32, 0u32, 0u64);
+        let (mut windows, mut violations, mut slow, mut timed_out) = (0u32, 0u32, 0u64, 0u64);
+        let timeout_ms = pool_defaults::READ_TIMEOUT_MS as f32;
         for w in &mut self.slo_latencies {
             if w.is_empty() {
                 continue;
             }
             let limit = slo.map_or(f64::INFINITY, |s| s.p99_ms) as f32;
             slow += w.iter().filter(|&&l| l > limit).count() as u64;
+            timed_out += w.iter().filter(|&&l| l > timeout_ms).count() as u64;
             w.sort_unstable_by(f32::total_cmp);
             let p99 = w[((w.len() as f64 * 0.99).ceil() as usize).clamp(1, w.len()) - 1];
             windows += 1;
@@ -1333,6 +1335,7 @@ impl Sim<'_> {
             slo_windows: windows,
             slo_violation_windows: violations,
             slow_requests: slow,
+            timed_out,
             scale_ups: s.scale_ups,
             scale_downs: s.scale_downs,
             peak_serving: s.peak_serving,
@@ -1342,14 +1345,14 @@ impl Sim<'_> {
 }
 
 /// Header of the Markdown table [`AutoscaleRun::markdown_row`] writes rows of.
-pub const AUTOSCALE_TABLE_HEADER: &str = "| scenario | scaler | backend-s | vs hpa | p99 ms | SLO violation windows | slow requests | failed | scale up/down | peak serving |\n|---|---|---|---|---|---|---|---|---|---|\n";
+pub const AUTOSCALE_TABLE_HEADER: &str = "| scenario | scaler | backend-s | vs hpa | p99 ms | SLO violation windows | slow requests | failed | over 30 s | scale up/down | peak serving |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 impl AutoscaleRun {
     /// One row of the comparison table; `hpa_backend_seconds` is the reference for the ratio.
     pub fn markdown_row(&self, scenario: &str, hpa_backend_seconds: f64) -> String {
         let (a, r) = (&self.autoscale, &self.result);
         format!(
-            "| {scenario} | {} | {:.0} | {:.2}× | {:.0} | {}/{} ({:.1} %) | {:.2} % | {} | {}/{} | {} |\n",
+            "| {scenario} | {} | {:.0} | {:.2}× | {:.0} | {}/{} ({:.1} %) | {:.2} % | {} | {:.2} % | {}/{} | {} |\n",
             a.scaler,
             a.backend_seconds,
             a.backend_seconds / hpa_backend_seconds,
@@ -1359,6 +1362,7 @@ impl AutoscaleRun {
             100.0 * f64::from(a.slo_violation_windows) / f64::from(a.slo_windows.max(1)),
             100.0 * a.slow_requests as f64 / r.requests.max(1) as f64,
             r.errors,
+            100.0 * a.timed_out as f64 / r.requests.max(1) as f64,
             a.scale_ups,
             a.scale_downs,
             a.peak_serving,
