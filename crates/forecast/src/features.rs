@@ -5,6 +5,17 @@
 pub const WINDOW: usize = 32;
 /// Values around the target one season earlier: target − season + k for k in −SPAN..=SPAN.
 pub const SEASON_SPAN: usize = 2;
+/// Width of a feature row: the window, the seasonal values, `has_season`, `horizon_steps`.
+pub const NUM_FEATURES: usize = WINDOW + 2 * SEASON_SPAN + 1 + 2;
+/// The schema a forecast model names in its metadata under [`SCHEMA_KEY`].
+pub const SCHEMA: &str = "window32-season5-v1";
+/// Metadata key of a forecast model's schema.
+pub const SCHEMA_KEY: &str = "fulcrum.forecast.schema";
+/// Name of a forecast model's input, `float32[N, NUM_FEATURES]`.
+pub const INPUT_NAME: &str = "features";
+/// Name of a forecast model's output, `float32[N, 2]`: p50 and p90 as ratios to the window's
+/// mean.
+pub const OUTPUT_NAME: &str = "quantiles";
 
 /// Column names of a feature row, in order.
 pub fn feature_names() -> Vec<String> {
@@ -63,6 +74,7 @@ mod tests {
         assert!(feature_row(&y[..WINDOW - 1], None, 1).is_none());
         let (row, mean) = feature_row(&y, Some(10), 3).unwrap();
         assert_eq!(row.len(), feature_names().len());
+        assert_eq!(row.len(), NUM_FEATURES);
         assert!((mean - 14.5 - 0.1).abs() < 0.2, "{mean}");
         // Target index 102; one season back is 92 (value 12).
         assert!((row[WINDOW + SEASON_SPAN] - 12.0 / mean).abs() < 1e-12);

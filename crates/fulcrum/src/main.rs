@@ -12,6 +12,7 @@ use fulcrum_proxy::{ConfigSource, Start};
 mod demo;
 mod forecast_cmd;
 mod logging;
+mod probe;
 
 /// fulcrum: a Layer-7 load-balancing reverse proxy whose backend weights can be tuned live.
 #[derive(Debug, Parser)]
@@ -41,6 +42,10 @@ enum Command {
     Lab(LabArgs),
     /// Start a scenario's backends on loopback (point any proxy at them).
     Testbed(TestbedArgs),
+    /// Ask a running fulcrum's admin listener for `/healthz` (or PATH): exit 0 on a 2xx
+    /// answer, 1 otherwise. For container health checks; the file given with `-c` is read
+    /// only for `admin.listen`.
+    Probe(probe::ProbeArgs),
     /// Forecast a request-rate series (CSV `t_s,rps`) with a rolling origin.
     Forecast(forecast_cmd::ForecastArgs),
 }
@@ -93,6 +98,10 @@ struct SimArgs {
     /// peak) or `static:N`; repeat for several.
     #[arg(long = "scaler")]
     scalers: Vec<String>,
+    /// Proxies sharing the backends, each with its own pickers and control loop; the load is
+    /// split evenly over them (as the replicas of a Deployment behind one Service).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    replicas: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -120,6 +129,10 @@ struct TestbedArgs {
     /// Timeline speed-up, as for `lab`.
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
+    /// Where backend `i` listens: this address with its port plus `i` (port 0: ephemeral
+    /// ports). `0.0.0.0:9001` serves other hosts, as in a container.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
 }
 
 fn load_scenario(path: &std::path::Path) -> Result<fulcrum_scenario::Scenario, ExitCode> {
@@ -159,6 +172,7 @@ fn sim(args: SimArgs) -> ExitCode {
     };
     let mut opts = SimOptions {
         seed: args.seed,
+        replicas: args.replicas,
         ..SimOptions::default()
     };
     if policies.iter().any(Policy::needs_model) {
@@ -346,7 +360,7 @@ fn testbed(args: TestbedArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    match fulcrum_testbed::scenario::run_testbed(&scenario, args.time_scale) {
+    match fulcrum_testbed::scenario::run_testbed_at(&scenario, args.listen, args.time_scale) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
@@ -397,6 +411,27 @@ fn run(config: Config, source: ConfigSource, start: Start) -> ExitCode {
     }
 }
 
+/// One line of `fulcrum check` about a pool's `[pools.NAME.autoscale]` section.
+fn autoscale_summary(pool: &str, a: &fulcrum_config::AutoscaleConfig) -> String {
+    let capacity = match a.backend_capacity_rps {
+        Some(c) => format!("{c} rps per backend (configured)"),
+        None => "capacity per backend estimated from the traffic".to_string(),
+    };
+    let model = match &a.forecast_model {
+        Some(m) => format!("forecast model {}", m.display()),
+        None => "built-in forecaster".to_string(),
+    };
+    format!(
+        "pool {pool}: autoscale recommends {}..={} backends at {} % utilisation for the p90 \
+         {} s ahead, a rate every {} s, {model}, {capacity}",
+        a.min_backends,
+        a.max_backends,
+        a.target_utilization * 100.0,
+        a.horizon.as_secs_f64(),
+        a.step.as_secs_f64(),
+    )
+}
+
 fn main() -> ExitCode {
     logging::init();
     let cli = Cli::parse();
@@ -430,6 +465,11 @@ fn main() -> ExitCode {
                     config.pools.len(),
                     backends
                 );
+                for pool in &config.pools {
+                    if let Some(a) = &pool.autoscale {
+                        println!("{}", autoscale_summary(&pool.name, a));
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -438,6 +478,33 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim(args),
         Command::Lab(args) => lab(args),
         Command::Testbed(args) => testbed(args),
+        Command::Probe(args) => run_probe(&args, cli.config.as_ref()),
         Command::Forecast(args) => forecast_cmd::run(args),
+    }
+}
+
+/// `fulcrum probe`: the admin address from `--admin`, else from the configuration (its
+/// `admin.listen`), else the default admin address.
+fn run_probe(args: &probe::ProbeArgs, config: Option<&PathBuf>) -> ExitCode {
+    let configured = match (&args.admin, config) {
+        (None, Some(_)) => match load(config) {
+            Ok((config, _)) => config.admin.listen,
+            Err(code) => return code,
+        },
+        _ => fulcrum_config::AdminConfig::default().listen,
+    };
+    let result = probe::target(args.admin.as_deref(), configured).and_then(|addr| {
+        probe::probe(
+            addr,
+            &args.path,
+            std::time::Duration::from_millis(args.timeout_ms),
+        )
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fulcrum probe: {e}");
+            ExitCode::from(1)
+        }
     }
 }

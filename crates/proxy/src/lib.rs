@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod control;
 pub mod discovery;
+pub mod forecast;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;
@@ -68,6 +69,8 @@ pub struct Shared {
     pub discovered: Arc<discovery::Discovered>,
     /// What scores the model pools (model or heuristic, and why), for the admin API.
     pub model: control::ModelStatus,
+    /// The latest demand forecast of each pool with `[pools.NAME.autoscale]`.
+    pub forecasts: forecast::ForecastStatus,
 }
 
 /// Errors that stop the proxy from starting.
@@ -142,6 +145,7 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
     let certificates = CertificateSet::from_config(&config).map_err(StartError::Certificates)?;
 
     control::describe_metrics();
+    forecast::describe_metrics();
     tls::describe_metrics();
     discovery::describe_metrics();
     // DNS pools start empty (not ready) until their names are first resolved.
@@ -163,6 +167,7 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
         lifecycle: lifecycle.clone(),
         discovered,
         model: control::ModelStatus::default(),
+        forecasts: forecast::ForecastStatus::default(),
     });
     control::spawn(shared.clone(), model_reloads).map_err(StartError::Runtime)?;
 

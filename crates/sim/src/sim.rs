@@ -8,6 +8,11 @@
 //! checker with the proxy's thresholds, and a control tick running the same
 //! [`TickObserver`] the control loop uses.
 //!
+//! With `SimOptions::replicas` > 1 several proxies share the backends, as the replicas of a
+//! Kubernetes Deployment do: arrivals go to them in turn, and each has its own pool (picker,
+//! statistics, health view), its own control loop and its own health checker, ticking out of
+//! phase with the others.
+//!
 //! A run is a pure function of the scenario, the policy, the options and the seed: every random
 //! draw comes from [`fulcrum_scenario::rng`] streams derived from the seed, and simultaneous
 //! events are processed in the order they were scheduled.
@@ -68,6 +73,8 @@ pub struct SimOptions {
     pub refused_ms: f64,
     /// Control loop for the `ALGO+model` policies.
     pub weight_controller: Option<Arc<ControllerFactory>>,
+    /// Proxies sharing the backends (default 1).
+    pub replicas: u32,
 }
 
 impl Default for SimOptions {
@@ -84,6 +91,7 @@ impl Default for SimOptions {
             tick_ms: control_defaults::TICK_MS,
             refused_ms: 0.1,
             weight_controller: None,
+            replicas: 1,
         }
     }
 }
@@ -101,6 +109,7 @@ impl fmt::Debug for SimOptions {
             .field("tick_ms", &self.tick_ms)
             .field("refused_ms", &self.refused_ms)
             .field("weight_controller", &self.weight_controller.is_some())
+            .field("replicas", &self.replicas)
             .finish()
     }
 }
@@ -164,11 +173,13 @@ pub struct BackendTruth {
     pub busy: u32,
 }
 
-/// Everything visible at one control tick.
+/// Everything visible at one control tick of one proxy.
 #[derive(Debug)]
 pub struct TickSnapshot<'a> {
     /// Simulated time, seconds.
     pub t_s: f64,
+    /// The proxy that ticked (0 when there is one).
+    pub replica: usize,
     /// The pool, after the weight controller (if any) ran.
     pub pool: &'a Pool,
     /// The window's observations, one per backend.
@@ -245,16 +256,18 @@ pub fn simulate_detailed(
     on_tick: &mut dyn FnMut(&TickSnapshot<'_>),
 ) -> Result<SimOutput, SimError> {
     validate(scenario, opts)?;
-    let controller = match (policy.needs_model(), &opts.weight_controller) {
-        (false, _) => None,
-        (true, Some(factory)) => Some(factory(scenario)),
+    let controllers = match (policy.needs_model(), &opts.weight_controller) {
+        (false, _) => (0..opts.replicas).map(|_| None).collect(),
+        (true, Some(factory)) => (0..opts.replicas)
+            .map(|_| Some(factory(scenario)))
+            .collect(),
         (true, None) => {
             return Err(SimError::NeedsModel {
                 policy: policy.to_string(),
             })
         }
     };
-    let mut sim = Sim::new(scenario, policy, opts, controller);
+    let mut sim = Sim::new(scenario, policy, opts, controllers);
     sim.run(on_tick);
     Ok(sim.finish())
 }
@@ -290,6 +303,9 @@ fn validate(sc: &Scenario, opts: &SimOptions) -> Result<(), SimError> {
     if opts.tick_ms == 0 || opts.health_interval.is_zero() {
         return bad("tick_ms and health_interval must be positive".into());
     }
+    if opts.replicas == 0 {
+        return bad("replicas must be at least 1".into());
+    }
     Ok(())
 }
 
@@ -302,8 +318,10 @@ const ORACLE_FAILURE_PENALTY_MS: f64 = 10_000.0;
 enum Kind {
     Arrival,
     Done(u32),
-    Tick,
-    Health,
+    /// A control tick of this replica.
+    Tick(u32),
+    /// A round of active checks of this replica.
+    Health(u32),
     /// A scaler's control step.
     Scale,
     /// A provisioned copy is ready: `(backend, generation)`.
@@ -361,6 +379,8 @@ struct Attempt {
 
 #[derive(Debug, Clone, Copy)]
 struct Request {
+    /// The proxy the request arrived at.
+    replica: u32,
     arrival_ns: u64,
     post: bool,
     tried: Tried,
@@ -417,18 +437,26 @@ struct BackendSim {
     busy: u32,
     queue: VecDeque<u32>,
     rng: Rng,
-    health: HealthTracker,
     busy_integral: Integral,
     /// Busy slots over the whole run, for the scalers' utilisation.
     busy_area: Integral,
+}
+
+/// One proxy: its pool, control loop, tick window and health checker, one tracker per backend.
+struct Replica {
+    pool: Arc<Pool>,
+    controller: Option<Box<dyn WeightController>>,
+    observer: TickObserver,
+    health: Vec<HealthTracker>,
 }
 
 struct Sim<'a> {
     sc: &'a Scenario,
     opts: &'a SimOptions,
     policy: Policy,
-    pool: Arc<Pool>,
-    controller: Option<Box<dyn WeightController>>,
+    replicas: Vec<Replica>,
+    /// Arrivals so far, which pick the replica in turn.
+    arrivals: u64,
     now: u64,
     seq: u64,
     events: u64,
@@ -511,37 +539,30 @@ impl<'a> Sim<'a> {
         sc: &'a Scenario,
         policy: &Policy,
         opts: &'a SimOptions,
-        controller: Option<Box<dyn WeightController>>,
+        controllers: Vec<Option<Box<dyn WeightController>>>,
     ) -> Self {
         let seed = opts.seed.unwrap_or(sc.seed);
-        let backends: Vec<Backend> = sc
-            .backends
-            .iter()
+        let replicas = controllers
+            .into_iter()
             .enumerate()
-            .map(|(i, b)| {
-                // Identifiers only; no socket is ever opened.
-                let ip = Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
-                let mut backend = Backend::new(SocketAddr::from((ip, 80)), b.weight);
-                backend.name = b.name.clone();
-                backend
+            .map(|(r, controller)| {
+                let pool = Self::pool(sc, policy, opts, seed, r);
+                Replica {
+                    observer: TickObserver::new(&pool, 0),
+                    health: (0..sc.backends.len())
+                        .map(|_| {
+                            HealthTracker::new(HealthRule {
+                                unhealthy_after: opts.unhealthy_threshold,
+                                healthy_after: opts.healthy_threshold,
+                            })
+                        })
+                        .collect(),
+                    pool,
+                    controller,
+                }
             })
             .collect();
-        let algorithm = policy.algorithm().unwrap_or(Algorithm::LeastConnections);
-        let picker = match algorithm {
-            Algorithm::P2cEwma => Box::new(P2cEwma::with_seed(stream_seed(seed, Stream::P2c))) as _,
-            a => fulcrum_balance::new_picker(a),
-        };
-        let pool = Arc::new(Pool::with_picker(
-            sc.name.clone(),
-            algorithm,
-            backends,
-            opts.ewma_decay,
-            opts.max_consecutive_failures,
-            picker,
-        ));
         let capacity_changes = if *policy == Policy::CapacityOracle {
-            // Always valid: one finite, non-negative weight per backend.
-            let _ = pool.set_weights(sc.capacity_weights(0.0));
             sc.change_times().into_iter().map(ns).collect()
         } else {
             Vec::new()
@@ -554,8 +575,8 @@ impl<'a> Sim<'a> {
             sc,
             opts,
             policy: *policy,
-            pool,
-            controller,
+            replicas,
+            arrivals: 0,
             now: 0,
             seq: 0,
             events: 0,
@@ -565,10 +586,6 @@ impl<'a> Sim<'a> {
                     busy: 0,
                     queue: VecDeque::new(),
                     rng: Rng::stream(seed, Stream::Backend(i)),
-                    health: HealthTracker::new(HealthRule {
-                        unhealthy_after: opts.unhealthy_threshold,
-                        healthy_after: opts.healthy_threshold,
-                    }),
                     busy_integral: Integral::new(warmup_ns, duration_ns),
                     busy_area: Integral::new(0, u64::MAX),
                 })
@@ -607,6 +624,43 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// The pool of replica `r`: the proxy's picker (P2C seeded apart per replica) over the
+    /// scenario's backends.
+    fn pool(sc: &Scenario, policy: &Policy, opts: &SimOptions, seed: u64, r: usize) -> Arc<Pool> {
+        let backends: Vec<Backend> = sc
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                // Identifiers only; no socket is ever opened.
+                let ip = Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
+                let mut backend = Backend::new(SocketAddr::from((ip, 80)), b.weight);
+                backend.name = b.name.clone();
+                backend
+            })
+            .collect();
+        let algorithm = policy.algorithm().unwrap_or(Algorithm::LeastConnections);
+        let picker = match algorithm {
+            Algorithm::P2cEwma => Box::new(P2cEwma::with_seed(
+                stream_seed(seed, Stream::P2c).wrapping_add(r as u64),
+            )) as _,
+            a => fulcrum_balance::new_picker(a),
+        };
+        let pool = Arc::new(Pool::with_picker(
+            sc.name.clone(),
+            algorithm,
+            backends,
+            opts.ewma_decay,
+            opts.max_consecutive_failures,
+            picker,
+        ));
+        if *policy == Policy::CapacityOracle {
+            // Always valid: one finite, non-negative weight per backend.
+            let _ = pool.set_weights(sc.capacity_weights(0.0));
+        }
+        pool
+    }
+
     #[inline]
     fn schedule(&mut self, t: u64, kind: Kind) {
         self.seq += 1;
@@ -618,16 +672,20 @@ impl<'a> Sim<'a> {
     }
 
     fn run(&mut self, on_tick: &mut dyn FnMut(&TickSnapshot<'_>)) {
-        let mut observer = TickObserver::new(&self.pool, 0);
         let tick_ns = self.opts.tick_ms.saturating_mul(1_000_000);
         let health_ns = u64::try_from(self.opts.health_interval.as_nanos()).unwrap_or(u64::MAX);
         if let Some(t) = self.next_arrival(0.0) {
             self.schedule(t, Kind::Arrival);
         }
-        if tick_ns <= self.duration_ns {
-            self.schedule(tick_ns, Kind::Tick);
+        // Replicas started apart tick apart: replica r is r/N of a period behind replica 0.
+        let n = self.replicas.len() as u64;
+        for r in 0..n {
+            let tick_at = tick_ns + tick_ns / n * r;
+            if tick_at <= self.duration_ns {
+                self.schedule(tick_at, Kind::Tick(r as u32));
+            }
+            self.schedule(health_ns + health_ns / n * r, Kind::Health(r as u32));
         }
-        self.schedule(health_ns, Kind::Health);
         if let Some(period) = self.scaling.as_ref().map(|s| s.period_ns) {
             if period <= self.duration_ns {
                 self.schedule(period, Kind::Scale);
@@ -639,17 +697,17 @@ impl<'a> Sim<'a> {
             match ev.kind {
                 Kind::Arrival => self.arrival(),
                 Kind::Done(id) => self.done(id),
-                Kind::Tick => {
-                    self.tick(&mut observer, on_tick);
+                Kind::Tick(r) => {
+                    self.tick(r as usize, on_tick);
                     let next = self.now.saturating_add(tick_ns);
                     if next <= self.duration_ns {
-                        self.schedule(next, Kind::Tick);
+                        self.schedule(next, Kind::Tick(r));
                     }
                 }
-                Kind::Health => {
-                    self.health_check();
+                Kind::Health(r) => {
+                    self.health_check(r as usize);
                     if self.now < self.duration_ns || self.outstanding > 0 {
-                        self.schedule(self.now.saturating_add(health_ns), Kind::Health);
+                        self.schedule(self.now.saturating_add(health_ns), Kind::Health(r));
                     }
                 }
                 Kind::Scale => {
@@ -716,7 +774,10 @@ impl<'a> Sim<'a> {
         if let Some(t) = self.next_arrival(now_s) {
             self.schedule(t, Kind::Arrival);
         }
+        let replica = (self.arrivals % self.replicas.len() as u64) as u32;
+        self.arrivals += 1;
         let req = Request {
+            replica,
             arrival_ns: self.now,
             post,
             tried: Tried::new(),
@@ -751,7 +812,9 @@ impl<'a> Sim<'a> {
         }
         let pick = match self.policy {
             Policy::Oracle => self.oracle_pick(r.tried, r.post),
-            _ => self.pool.pick(r.tried, self.now),
+            _ => self.replicas[r.replica as usize]
+                .pool
+                .pick(r.tried, self.now),
         };
         let Some(b) = pick else {
             self.finish_request(id, false);
@@ -765,7 +828,7 @@ impl<'a> Sim<'a> {
             backend: b as u32,
             start_ns: self.now,
             fate: Fate::Queued,
-            guard: Some(self.pool.lease(b)),
+            guard: Some(self.replicas[r.replica as usize].pool.lease(b)),
         };
         let aid = match self.free_attempts.pop() {
             Some(aid) => {
@@ -829,8 +892,10 @@ impl<'a> Sim<'a> {
             Fate::Error => Outcome::ServerError,
             Fate::Refused | Fate::Queued => Outcome::ConnectFailure,
         };
-        self.pool.record(b, latency, outcome, self.now);
         let r = self.requests[req as usize];
+        self.replicas[r.replica as usize]
+            .pool
+            .record(b, latency, outcome, self.now);
         if r.arrival_ns >= self.warmup_ns {
             self.acc
                 .attempt(r.arrival_ns as f64 * 1e-9, b, outcome != Outcome::Success);
@@ -887,7 +952,9 @@ impl<'a> Sim<'a> {
         }
         let weights = self.sc.capacity_weights(self.now as f64 * 1e-9);
         if weights.iter().any(|w| *w > 0.0) {
-            let _ = self.pool.set_weights(weights);
+            for r in &self.replicas {
+                let _ = r.pool.set_weights(weights.clone());
+            }
         }
     }
 
@@ -946,25 +1013,30 @@ impl<'a> Sim<'a> {
             .collect()
     }
 
-    fn tick(&mut self, observer: &mut TickObserver, on_tick: &mut dyn FnMut(&TickSnapshot<'_>)) {
-        let observations = observer.observe(&self.pool, self.now);
-        if let Some(c) = self.controller.as_mut() {
-            c.tick(&self.pool, &observations, self.now);
+    fn tick(&mut self, r: usize, on_tick: &mut dyn FnMut(&TickSnapshot<'_>)) {
+        let now = self.now;
+        let replica = &mut self.replicas[r];
+        let observations = replica.observer.observe(&replica.pool, now);
+        if let Some(c) = replica.controller.as_mut() {
+            c.tick(&replica.pool, &observations, now);
         }
         let truth = self.truth();
         on_tick(&TickSnapshot {
-            t_s: self.now as f64 * 1e-9,
-            pool: &self.pool,
+            t_s: now as f64 * 1e-9,
+            replica: r,
+            pool: &self.replicas[r].pool,
             observations: &observations,
             truth: &truth,
         });
     }
 
-    /// One round of active checks, with the proxy's health rule.
-    fn health_check(&mut self) {
+    /// One round of active checks of replica `r`, with the proxy's health rule.
+    fn health_check(&mut self, r: usize) {
         let now_s = self.now as f64 * 1e-9;
-        for (i, bs) in self.backends.iter_mut().enumerate() {
-            if let Some(s) = &self.scaling {
+        let scaling = &self.scaling;
+        let replica = &mut self.replicas[r];
+        for (i, tracker) in replica.health.iter_mut().enumerate() {
+            if let Some(s) = scaling {
                 if i >= s.first
                     && i < s.first + s.slots.len()
                     && s.slots[i - s.first] != Slot::Serving
@@ -972,9 +1044,9 @@ impl<'a> Sim<'a> {
                     continue;
                 }
             }
-            let stats = &self.pool.backends()[i].stats;
+            let stats = &replica.pool.backends()[i].stats;
             let up = !self.sc.backends[i].state_at(now_s).down;
-            match bs.health.observe(up, stats.is_healthy()) {
+            match tracker.observe(up, stats.is_healthy()) {
                 Some(HealthChange::Up) => {
                     // Starts a slow-start ramp, which only a pool built with one applies.
                     stats.recover(self.now);
@@ -994,13 +1066,16 @@ pub(crate) fn run_for_test(
     opts: &SimOptions,
 ) -> (SimOutput, Vec<u64>) {
     validate(scenario, opts).unwrap();
-    let mut sim = Sim::new(scenario, policy, opts, None);
+    let controllers = (0..opts.replicas).map(|_| None).collect();
+    let mut sim = Sim::new(scenario, policy, opts, controllers);
     sim.run(&mut |_| {});
-    let in_flight = sim
-        .pool
-        .backends()
-        .iter()
-        .map(|b| b.stats.in_flight())
+    let in_flight = (0..scenario.backends.len())
+        .map(|i| {
+            sim.replicas
+                .iter()
+                .map(|r| r.pool.backends()[i].stats.in_flight())
+                .sum()
+        })
         .collect();
     (sim.finish(), in_flight)
 }
@@ -1098,9 +1173,9 @@ pub fn simulate_autoscaled_detailed(
     let sc = with_every_copy(scenario)?;
     validate(&sc, opts)?;
     let a = sc.autoscale.clone().expect("checked by with_every_copy");
-    let controller = match (policy.needs_model(), &opts.weight_controller) {
-        (false, _) => None,
-        (true, Some(factory)) => Some(factory(&sc)),
+    let controllers = match (policy.needs_model(), &opts.weight_controller) {
+        (false, _) => (0..opts.replicas).map(|_| None).collect(),
+        (true, Some(factory)) => (0..opts.replicas).map(|_| Some(factory(&sc))).collect(),
         (true, None) => {
             return Err(SimError::NeedsModel {
                 policy: policy.to_string(),
@@ -1118,7 +1193,7 @@ pub fn simulate_autoscaled_detailed(
             (Box::new(StaticScaler(n)), n)
         }
     };
-    let mut sim = Sim::new(&sc, policy, opts, controller);
+    let mut sim = Sim::new(&sc, policy, opts, controllers);
     sim.start_scaling(boxed, scaler, &a, start);
     sim.run(on_tick);
     let autoscale = sim.autoscale_stats();
@@ -1143,7 +1218,9 @@ impl Sim<'_> {
             .collect();
         for (k, s) in slots.iter().enumerate() {
             if *s == Slot::Off {
-                self.pool.backends()[a.first + k].stats.set_healthy(false);
+                for r in &self.replicas {
+                    r.pool.backends()[a.first + k].stats.set_healthy(false);
+                }
             }
         }
         let period_ns = ns(scaler.period_s()).max(1);
@@ -1263,7 +1340,9 @@ impl Sim<'_> {
                 fewer -= 1;
                 let b = s.first + k;
                 if s.slots[k] == Slot::Serving {
-                    self.pool.backends()[b].stats.set_healthy(false);
+                    for r in &self.replicas {
+                        r.pool.backends()[b].stats.set_healthy(false);
+                    }
                     let bs = &self.backends[b];
                     s.slots[k] = if bs.busy == 0 && bs.queue.is_empty() {
                         Slot::Off
@@ -1291,11 +1370,15 @@ impl Sim<'_> {
         s.slots[k] = Slot::Serving;
         let serving = s.count(|x| x == Slot::Serving);
         s.peak_serving = s.peak_serving.max(serving);
-        self.backends[b].health = HealthTracker::new(HealthRule {
+        let rule = HealthRule {
             unhealthy_after: self.opts.unhealthy_threshold,
             healthy_after: self.opts.healthy_threshold,
-        });
-        self.pool.backends()[b].stats.set_healthy(true);
+        };
+        // Every proxy sees the new copy, as every replica of a Deployment does an endpoint.
+        for r in &mut self.replicas {
+            r.health[b] = HealthTracker::new(rule);
+            r.pool.backends()[b].stats.set_healthy(true);
+        }
     }
 
     /// Backend `b` holds nothing any more: a draining copy is gone.
