@@ -1,7 +1,8 @@
 //! Scalers that add and remove copies of a scenario's `[autoscale]` backend during a run:
 //! Kubernetes' Horizontal Pod Autoscaler on utilisation ([`Hpa`]), fulcrum's forecast and
-//! recommendation ([`ForecastScaler`], which calls [`fulcrum_forecast`]'s [`Tracker`] and
-//! [`recommend`], the code the proxy calls), and a fixed count ([`ScalerKind::Static`]).
+//! recommendation ([`ForecastScaler`]: the proxy's [`PoolDemand`], which forecasts with
+//! `fulcrum_forecast`'s tracker and sizes with its `recommend`), and a fixed count
+//! ([`ScalerKind::Static`]).
 //!
 //! A scaler runs every control step with what an operator's metrics would show
 //! ([`ScaleView`]) and answers how many copies should exist. The simulator starts a new copy
@@ -11,7 +12,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use fulcrum_forecast::{capacity_per_backend, recommend, RateRing, Sizing, Tracker};
+use fulcrum_balance::Pool;
+use fulcrum_control::demand::{DemandSettings, PoolDemand, StepObservation};
+use fulcrum_forecast::Sizing;
 use fulcrum_scenario::Autoscale;
 
 /// Which scaler drives a run.
@@ -74,6 +77,13 @@ pub struct ScaleView {
     pub arrivals_rps: f64,
     /// Requests the pool completed per second over the period.
     pub completed_rps: f64,
+    /// Attempts the backends completed per second over the period (retries included), as the
+    /// proxy counts them.
+    pub attempts_rps: f64,
+    /// Share of those attempts that failed.
+    pub error_share: f64,
+    /// Mean latency of those attempts, ms (`None` without any).
+    pub mean_latency_ms: Option<f64>,
     /// Busy slots over offered slots of every backend taking traffic, over the period.
     pub pool_utilisation: f64,
     /// Backends taking traffic now, scaled or not.
@@ -233,47 +243,51 @@ impl Scaler for Hpa {
     }
 }
 
-/// Seconds per step of the forecast scaler's rate series (the proxy's ring step).
+/// Seconds per step of the forecast scaler (the proxy's default `[pools.NAME.autoscale] step`).
 pub const FORECAST_STEP_S: f64 = 10.0;
-/// Steps the forecast scaler's series keeps (two hours at 10 s).
-pub const FORECAST_RING_STEPS: usize = 720;
 
-/// fulcrum's scaler: every step it pushes the pool's arrival rate into a [`Tracker`],
-/// forecasts p90 for every step up to the provisioning horizon plus one step (a copy started
-/// now serves from `provision_s` on, and one removed now can only be replaced that late), and
-/// sizes the pool with [`recommend`] for the highest of those and of the rate just seen,
-/// with the capacity per backend measured by [`capacity_per_backend`].
-#[derive(Debug)]
+/// fulcrum's scaler: the proxy's own demand tracking ([`PoolDemand`], the code its control
+/// thread runs per autoscaled pool) on the simulated pool. Every step the simulator hands it
+/// what the pool did ([`StepObservation`]: completed attempts per second, error share, mean
+/// latency, and the copies' utilisation as the load they report about themselves), and it
+/// forecasts, estimates the capacity per backend and recommends a count for the p90 at the
+/// provisioning horizon (`horizon_s = provision_s`), as the proxy recommends it.
 pub struct ForecastScaler {
-    tracker: Tracker,
-    horizons_s: Vec<f64>,
-    provision_s: f64,
-    sizing: Sizing,
-    capacity: Option<f64>,
+    demand: PoolDemand,
     planned: Option<f64>,
 }
 
+impl fmt::Debug for ForecastScaler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ForecastScaler")
+            .field("demand", &self.demand)
+            .finish()
+    }
+}
+
 impl ForecastScaler {
-    /// A scaler for the scenario's `[autoscale]` table over a pool with `fixed` other backends.
-    pub fn new(a: &Autoscale, fixed: u32) -> Self {
-        let steps = ((a.provision_s / FORECAST_STEP_S).ceil() as usize).max(1) + 1;
-        Self {
-            tracker: Tracker::new(RateRing::new(FORECAST_STEP_S, FORECAST_RING_STEPS), None),
-            horizons_s: (1..=steps).map(|k| k as f64 * FORECAST_STEP_S).collect(),
-            provision_s: a.provision_s,
+    /// A scaler for the scenario's `[autoscale]` table over `pool` (with `fixed` backends that
+    /// are not scaled), starting now.
+    pub fn new(a: &Autoscale, fixed: u32, pool: &Pool, now_ns: u64) -> Self {
+        let settings = DemandSettings {
+            step_s: FORECAST_STEP_S,
+            horizon_s: a.provision_s.max(FORECAST_STEP_S),
             sizing: Sizing {
                 target_utilization: a.target_utilization,
                 min_backends: a.min_backends + fixed,
                 max_backends: a.max_backends + fixed,
             },
-            capacity: None,
+            backend_capacity_rps: None,
+        };
+        Self {
+            demand: PoolDemand::new(pool, settings, now_ns),
             planned: None,
         }
     }
 
-    /// The tracker, for its season and series.
-    pub fn tracker(&self) -> &Tracker {
-        &self.tracker
+    /// The proxy's demand tracking, for its latest report.
+    pub fn demand(&self) -> &PoolDemand {
+        &self.demand
     }
 }
 
@@ -283,26 +297,22 @@ impl Scaler for ForecastScaler {
     }
 
     fn desired(&mut self, v: &ScaleView) -> u32 {
-        self.tracker.push(v.arrivals_rps);
-        if let Some(c) = capacity_per_backend(v.completed_rps, v.pool_utilisation, v.pool_backends)
-        {
-            self.capacity = Some(c);
-        }
-        let ahead = self
-            .tracker
-            .forecast(&self.horizons_s)
-            .map_or(0.0, |f| f.iter().map(|q| q.p90).fold(0.0, f64::max));
-        let demand = ahead.max(v.arrivals_rps);
-        self.planned = Some(demand);
-        let current = v.replicas + v.fixed_backends;
-        let r = recommend(
-            demand,
-            self.provision_s,
-            self.capacity.unwrap_or(f64::NAN),
-            self.sizing,
-            current,
-        );
-        r.backends.saturating_sub(v.fixed_backends)
+        let obs = StepObservation {
+            rate_rps: v.attempts_rps,
+            error_share: v.error_share,
+            mean_latency_ms: v.mean_latency_ms,
+            reported_load: (v.pool_backends > 0).then_some(v.pool_utilisation),
+            backends: v.pool_backends,
+            healthy: v.pool_backends,
+        };
+        let report = self.demand.record(obs, None);
+        let horizon = report.horizon_s;
+        self.planned = report
+            .forecasts
+            .iter()
+            .find(|f| f.horizon_s == horizon)
+            .map(|f| f.p90);
+        report.recommended_backends.saturating_sub(v.fixed_backends)
     }
 
     fn planned_rps(&self) -> Option<f64> {

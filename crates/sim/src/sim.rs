@@ -481,6 +481,10 @@ struct Sim<'a> {
     /// Every arrival and every successful completion of the run, for the scalers.
     arrivals_total: u64,
     completed_total: u64,
+    /// Every attempt completed, failed, and their summed latency (ns), for the scalers.
+    attempts_total: u64,
+    attempts_failed: u64,
+    attempt_latency_ns: u128,
     /// Per SLO window, the latencies (ms) of the requests that arrived in it.
     slo_latencies: Vec<Vec<f32>>,
     scaling: Option<Scaling>,
@@ -514,6 +518,7 @@ struct Scaling {
     last_ns: u64,
     last_arrivals: u64,
     last_completed: u64,
+    last_attempts: (u64, u64, u128),
     last_busy: Vec<f64>,
     scale_ups: u32,
     scale_downs: u32,
@@ -611,6 +616,9 @@ impl<'a> Sim<'a> {
             arrivals_in_window: 0,
             arrivals_total: 0,
             completed_total: 0,
+            attempts_total: 0,
+            attempts_failed: 0,
+            attempt_latency_ns: 0,
             slo_latencies: match sc.slo {
                 Some(slo) => {
                     let n = ((sc.duration_s - sc.warmup_s) / slo.window_s)
@@ -875,6 +883,9 @@ impl<'a> Sim<'a> {
         let latency = self.now - a.start_ns;
         // The lease ends with the attempt.
         drop(a.guard.take());
+        self.attempts_total += 1;
+        self.attempts_failed += u64::from(fate != Fate::Ok);
+        self.attempt_latency_ns += u128::from(latency);
         self.free_attempts.push(aid);
         if fate != Fate::Refused {
             let bs = &mut self.backends[b];
@@ -1183,9 +1194,14 @@ pub fn simulate_autoscaled_detailed(
         }
     };
     let fixed = (sc.backends.len() - a.max_backends as usize) as u32;
+    let mut sim = Sim::new(&sc, policy, opts, controllers);
     let (boxed, start): (Box<dyn Scaler>, u32) = match scaler {
         ScalerKind::Hpa => (Box::new(Hpa::new(HpaSettings::kubernetes(&a))), a.initial),
-        ScalerKind::Forecast => (Box::new(ForecastScaler::new(&a, fixed)), a.initial),
+        // The proxy's demand tracking reads the first replica's pool at the start.
+        ScalerKind::Forecast => (
+            Box::new(ForecastScaler::new(&a, fixed, &sim.replicas[0].pool, 0)),
+            a.initial,
+        ),
         ScalerKind::Static(n) => {
             let n = n
                 .unwrap_or_else(|| peak_sized_count(scenario))
@@ -1193,7 +1209,6 @@ pub fn simulate_autoscaled_detailed(
             (Box::new(StaticScaler(n)), n)
         }
     };
-    let mut sim = Sim::new(&sc, policy, opts, controllers);
     sim.start_scaling(boxed, scaler, &a, start);
     sim.run(on_tick);
     let autoscale = sim.autoscale_stats();
@@ -1236,6 +1251,7 @@ impl Sim<'_> {
             last_ns: 0,
             last_arrivals: 0,
             last_completed: 0,
+            last_attempts: (0, 0, 0),
             last_busy: vec![0.0; self.backends.len()],
             scale_ups: 0,
             scale_downs: 0,
@@ -1280,6 +1296,20 @@ impl Sim<'_> {
             unready: s.count(|x| matches!(x, Slot::Provisioning(_))),
             arrivals_rps: (self.arrivals_total - s.last_arrivals) as f64 / dt,
             completed_rps: (self.completed_total - s.last_completed) as f64 / dt,
+            attempts_rps: (self.attempts_total - s.last_attempts.0) as f64 / dt,
+            error_share: {
+                let n = self.attempts_total - s.last_attempts.0;
+                if n > 0 {
+                    (self.attempts_failed - s.last_attempts.1) as f64 / n as f64
+                } else {
+                    0.0
+                }
+            },
+            mean_latency_ms: {
+                let n = self.attempts_total - s.last_attempts.0;
+                (n > 0)
+                    .then(|| (self.attempt_latency_ns - s.last_attempts.2) as f64 / n as f64 / 1e6)
+            },
             pool_utilisation: if offered > 0.0 {
                 busy_sum / offered
             } else {
@@ -1291,6 +1321,11 @@ impl Sim<'_> {
         s.last_ns = now;
         s.last_arrivals = self.arrivals_total;
         s.last_completed = self.completed_total;
+        s.last_attempts = (
+            self.attempts_total,
+            self.attempts_failed,
+            self.attempt_latency_ns,
+        );
         let desired = s.scaler.desired(&view).clamp(1, s.slots.len() as u32);
         s.timeline.push(ScaleSample {
             t_s: view.t_s,
