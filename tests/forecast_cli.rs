@@ -192,3 +192,93 @@ fn bad_input_is_refused_with_its_line() {
     ]);
     assert_eq!(run.status.code(), Some(66));
 }
+
+/// `fulcrum sim --scaler`: every policy under every scaler, with what scaling cost and bought
+/// in the JSON; a scenario without `[autoscale]` is refused.
+#[test]
+fn sim_runs_scalers_and_reports_their_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("day.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+name = "day"
+duration_s = 600
+warmup_s = 60
+
+[load]
+rate_rps = 300
+diurnal = { period_s = 300, amplitude = 0.5 }
+
+[[backends]]
+name = "web"
+count = 2
+concurrency = 4
+service_ms = 20
+
+[autoscale]
+backend = "web"
+max_backends = 6
+provision_s = 30
+
+[slo]
+p99_ms = 100
+"#,
+    )
+    .unwrap();
+    let json = dir.path().join("out.json");
+    let out = Command::new(fulcrum_bin())
+        .args(["sim", "--scenario"])
+        .arg(&scenario)
+        .args(["--policy", "least_connections"])
+        .args([
+            "--scaler", "reactive", "--scaler", "forecast", "--scaler", "none",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("| day (least_connections) | forecast |"),
+        "{stdout}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    let scalers: Vec<&str> = results
+        .iter()
+        .map(|r| r["scaler"].as_str().unwrap())
+        .collect();
+    assert_eq!(scalers, ["hpa", "forecast", "static:2"]);
+    for r in results {
+        assert_eq!(r["policy"], "least_connections");
+        // 540 measured seconds: the fixed pool of 2 costs exactly 1,080 backend-seconds.
+        assert!(r["backend_seconds"].as_f64().unwrap() >= 540.0, "{r}");
+        assert_eq!(r["slo_windows"], 54, "{r}");
+        assert!(r["slo_violation_windows"].as_u64().unwrap() <= 54);
+    }
+    assert!((results[2]["backend_seconds"].as_f64().unwrap() - 1080.0).abs() < 1e-6);
+
+    let plain = dir.path().join("plain.toml");
+    let text = std::fs::read_to_string(&scenario).unwrap();
+    let cut = text.find("[autoscale]").unwrap();
+    std::fs::write(&plain, &text[..cut]).unwrap();
+    let out = Command::new(fulcrum_bin())
+        .args(["sim", "--scenario"])
+        .arg(&plain)
+        .args(["--scaler", "hpa"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs an [autoscale] table"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -99,6 +99,11 @@ struct SimArgs {
     /// Use the built-in heuristic controller for `+model` policies instead of a model.
     #[arg(long)]
     heuristic: bool,
+    /// Scaler for a scenario with an `[autoscale]` table: `none` (default: the backends as
+    /// written), `hpa` (or `reactive`: Kubernetes' HPA), `forecast`, `static` (sized for the
+    /// peak) or `static:N`; repeat for several.
+    #[arg(long = "scaler")]
+    scalers: Vec<String>,
     /// Proxies sharing the backends, each with its own pickers and control loop; the load is
     /// split evenly over them (as the replicas of a Deployment behind one Service).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -152,8 +157,13 @@ fn sim(args: SimArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    let scaled = args.scalers.iter().any(|s| s != "none");
     let policies: Vec<Policy> = if args.run.policies.is_empty() {
-        Policy::BASELINES.to_vec()
+        Policy::BASELINES
+            .iter()
+            .filter(|p| !scaled || !matches!(p, Policy::Oracle | Policy::CapacityOracle))
+            .copied()
+            .collect()
     } else {
         match args
             .run
@@ -187,6 +197,15 @@ fn sim(args: SimArgs) -> ExitCode {
             Err(e) => return fail(e),
         }
     }
+    if scaled {
+        return sim_autoscaled(
+            &scenario,
+            &policies,
+            &args.scalers,
+            &opts,
+            args.run.json.as_ref(),
+        );
+    }
     if let Some(path) = &args.export_features {
         match fulcrum_sim::export_features(&scenario, &policies[0], &opts, path) {
             Ok(export) => eprintln!("wrote {} feature rows to {}", export.rows, path.display()),
@@ -198,6 +217,104 @@ fn sim(args: SimArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     write_outputs(&report, args.run.json.as_ref(), args.run.report.as_ref())
+}
+
+/// `fulcrum sim --scaler ...`: every policy under every scaler, a Markdown table on stdout and
+/// the results as JSON (each with `scaler`, `backend_seconds`, `slo_windows`,
+/// `slo_violation_windows`, `slow_requests`, `timed_out`, `scale_ups`, `scale_downs`,
+/// `peak_serving`).
+fn sim_autoscaled(
+    scenario: &fulcrum_scenario::Scenario,
+    policies: &[fulcrum_sim::Policy],
+    scalers: &[String],
+    opts: &fulcrum_sim::SimOptions,
+    json: Option<&PathBuf>,
+) -> ExitCode {
+    use fulcrum_sim::{simulate_autoscaled, ScalerKind};
+    let Some(a) = &scenario.autoscale else {
+        return fail(format!(
+            "{}: --scaler needs an [autoscale] table in the scenario",
+            scenario.name
+        ));
+    };
+    let mut kinds = Vec::new();
+    for s in scalers {
+        match s.as_str() {
+            "none" => kinds.push(ScalerKind::Static(Some(a.initial))),
+            other => match other.parse::<ScalerKind>() {
+                Ok(k) => kinds.push(k),
+                Err(e) => return fail(e),
+            },
+        }
+    }
+    let pairs: Vec<(fulcrum_sim::Policy, ScalerKind)> = policies
+        .iter()
+        .flat_map(|p| kinds.iter().map(move |k| (*p, *k)))
+        .collect();
+    let runs = std::thread::scope(|s| {
+        let handles: Vec<_> = pairs
+            .iter()
+            .map(|(p, k)| s.spawn(move || simulate_autoscaled(scenario, p, *k, opts)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a simulation thread panicked"))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let runs = match runs {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let mut table = fulcrum_sim::AUTOSCALE_TABLE_HEADER.to_string();
+    let mut results = Vec::new();
+    for ((policy, _), run) in pairs.iter().zip(&runs) {
+        let reference = pairs
+            .iter()
+            .zip(&runs)
+            .find(|((p, k), _)| p == policy && *k == ScalerKind::Hpa)
+            .map_or(run.autoscale.backend_seconds, |(_, r)| {
+                r.autoscale.backend_seconds
+            });
+        let label = format!("{} ({policy})", scenario.name);
+        table.push_str(&run.markdown_row(&label, reference));
+        let mut v = match serde_json::to_value(&run.result) {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        };
+        let s = &run.autoscale;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("scaler".into(), s.scaler.clone().into());
+            o.insert("backend_seconds".into(), s.backend_seconds.into());
+            o.insert("slo_windows".into(), s.slo_windows.into());
+            o.insert(
+                "slo_violation_windows".into(),
+                s.slo_violation_windows.into(),
+            );
+            o.insert("slow_requests".into(), s.slow_requests.into());
+            o.insert("timed_out".into(), s.timed_out.into());
+            o.insert("scale_ups".into(), s.scale_ups.into());
+            o.insert("scale_downs".into(), s.scale_downs.into());
+            o.insert("peak_serving".into(), s.peak_serving.into());
+        }
+        results.push(v);
+    }
+    print!("{table}");
+    if let Some(path) = json {
+        let doc = serde_json::json!({
+            "scenario": scenario.name,
+            "seed": opts.seed.unwrap_or(scenario.seed),
+            "mode": "sim",
+            "results": results,
+        });
+        let text = match serde_json::to_string_pretty(&doc) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+        if let Err(e) = std::fs::write(path, text) {
+            return fail(format!("{}: {e}", path.display()));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn write_outputs(

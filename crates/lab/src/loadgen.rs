@@ -171,12 +171,8 @@ fn next_arrival(load: &Load, scale: f64, mut w: f64, end_w: f64, rng: &mut Rng) 
     loop {
         let t = w / scale;
         let rate = load.rate_at(t);
-        let change_w = load
-            .steps
-            .iter()
-            .map(|(at, _)| *at * scale)
-            .filter(|at| *at > w)
-            .min_by(f64::total_cmp);
+        let change_w =
+            Some(load.next_change(t, f64::INFINITY) * scale).filter(|at| at.is_finite() && *at > w);
         if rate <= 0.0 || !rate.is_finite() {
             w = change_w?;
         } else {
@@ -282,6 +278,8 @@ mod tests {
             rate_rps: 100.0,
             steps: vec![(10.0, 0.0), (20.0, 400.0)],
             non_idempotent_fraction: 0.0,
+            diurnal: None,
+            bursts: Vec::new(),
         };
         let mut rng = Rng::new(9);
         let (mut w, mut counts) = (0.0, [0u32; 3]);

@@ -48,8 +48,12 @@ pub(crate) fn scenario(
             rate_rps,
             steps: Vec::new(),
             non_idempotent_fraction: 0.0,
+            diurnal: None,
+            bursts: Vec::new(),
         },
         backends,
+        autoscale: None,
+        slo: None,
     }
 }
 
