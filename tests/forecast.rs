@@ -133,7 +133,7 @@ async fn the_recommendation_rises_with_the_offered_rate() {
     assert_eq!(low["forecaster"], "builtin");
     let low_rec = low["recommended_backends"].as_u64().unwrap();
     let reason = low["reason"].as_str().unwrap();
-    assert!(reason.starts_with("p90 in 2 s: "), "{reason}");
+    assert!(reason.starts_with("highest p90 within 2 s: "), "{reason}");
     assert!(
         reason.contains("one backend serves ~20 rps at 50 %"),
         "{reason}"

@@ -4,8 +4,8 @@
 //! The rate is read from the counters the data plane already keeps (each backend's completed
 //! attempts, a relaxed atomic load), so the request path does nothing more. Every step the
 //! rate goes into a [`Tracker`], which forecasts it (the built-in forecaster, or an
-//! [`OnnxForecaster`] whose refused answers fall back to it), and [`recommend`] turns the p90
-//! at the provisioning horizon into a backend count with the reasoning in words. The time is
+//! [`OnnxForecaster`] whose refused answers fall back to it), and [`recommend`] turns the
+//! highest p90 until the provisioning horizon into a backend count with the reasoning in words. The time is
 //! an input, so the simulator can drive the same code on simulated time.
 
 use std::collections::{HashMap, VecDeque};
@@ -22,6 +22,9 @@ use crate::forecast_model::{ForecastRefused, OnnxForecaster};
 
 /// Horizons every pool is forecast at, seconds (its own `horizon_s` is added).
 pub const REPORTED_HORIZONS_S: [f64; 3] = [60.0, 300.0, 900.0];
+/// Horizons between now and the provisioning horizon the recommendation takes the highest
+/// p90 of (see [`DemandSettings::planning_horizons_s`]).
+pub const PLAN_POINTS: usize = 6;
 /// The longest series kept, in steps: two days at the default 10 s step.
 pub const MAX_STEPS: usize = 17_280;
 /// Seconds of history the ring aims for: two cycles of a daily season.
@@ -68,6 +71,23 @@ impl DemandSettings {
     /// The step as a duration.
     pub fn step(&self) -> Duration {
         Duration::from_secs_f64(self.step_s)
+    }
+
+    /// The horizons the recommendation looks at: [`PLAN_POINTS`] whole steps spread evenly up
+    /// to the provisioning horizon (which is the last). A backend removed now is gone at once
+    /// while one added now serves only after `horizon_s`, so the pool must cover the highest
+    /// demand expected anywhere in between, not only the one at the horizon.
+    pub fn planning_horizons_s(&self) -> Vec<f64> {
+        let steps = (self.horizon_s / self.step_s).round().max(1.0) as usize;
+        let points = steps.min(PLAN_POINTS);
+        let mut h: Vec<f64> = (1..=points)
+            .map(|i| (steps * i).div_ceil(points) as f64 * self.step_s)
+            .collect();
+        if let Some(last) = h.last_mut() {
+            *last = self.horizon_s;
+        }
+        h.dedup();
+        h
     }
 
     /// The horizons forecast each step: [`REPORTED_HORIZONS_S`] and the provisioning horizon.
@@ -367,7 +387,13 @@ impl PoolDemand {
     ) -> &DemandReport {
         self.steps += 1;
         self.tracker.push(obs.rate_rps);
-        let horizons = self.settings.horizons_s();
+        // One forecast call for the reported horizons and the planning ones, then split.
+        let reported = self.settings.horizons_s();
+        let planning = self.settings.planning_horizons_s();
+        let mut horizons = reported.clone();
+        horizons.extend(planning.iter().copied());
+        horizons.sort_by(f64::total_cmp);
+        horizons.dedup();
         let step_s = self.settings.step_s;
         let builtin = self.tracker.forecast(&horizons);
         let warm = builtin.is_some();
@@ -401,12 +427,20 @@ impl PoolDemand {
         let (capacity, capacity_source) = self
             .capacity
             .update(&obs, self.settings.backend_capacity_rps);
-        let at_horizon = horizons
+        let of = |h: &f64| {
+            horizons
+                .iter()
+                .position(|x| x == h)
+                .map_or(forecasts[0], |i| forecasts[i])
+        };
+        // The highest p90 until a backend started now would serve, and never below the rate
+        // served now: backends are not given up before the demand has actually fallen.
+        let plan = planning
             .iter()
-            .position(|h| *h == self.settings.horizon_s)
-            .map_or(forecasts[0], |i| forecasts[i]);
+            .map(|h| of(h).p90)
+            .fold(obs.rate_rps.max(0.0), f64::max);
         let rec = recommend(
-            at_horizon.p90,
+            plan,
             self.settings.horizon_s,
             capacity.unwrap_or(f64::NAN),
             self.settings.sizing,
@@ -425,13 +459,15 @@ impl PoolDemand {
             steps: self.steps,
             step_s,
             observed_rps: obs.rate_rps,
-            forecasts: horizons
+            forecasts: reported
                 .iter()
-                .zip(&forecasts)
-                .map(|(h, f)| HorizonForecast {
-                    horizon_s: *h,
-                    p50: f.p50,
-                    p90: f.p90,
+                .map(|h| {
+                    let f = of(h);
+                    HorizonForecast {
+                        horizon_s: *h,
+                        p50: f.p50,
+                        p90: f.p90,
+                    }
                 })
                 .collect(),
             horizon_s: self.settings.horizon_s,
@@ -480,6 +516,38 @@ mod tests {
             },
             backend_capacity_rps: capacity,
         }
+    }
+
+    #[test]
+    fn the_plan_looks_at_whole_steps_up_to_the_horizon() {
+        assert_eq!(
+            settings(None).planning_horizons_s(),
+            [1.0, 2.0, 3.0, 4.0, 5.0]
+        );
+        let s = DemandSettings {
+            step_s: 10.0,
+            horizon_s: 120.0,
+            ..settings(None)
+        };
+        assert_eq!(
+            s.planning_horizons_s(),
+            [20.0, 40.0, 60.0, 80.0, 100.0, 120.0]
+        );
+        let s = DemandSettings {
+            step_s: 10.0,
+            horizon_s: 300.0,
+            ..settings(None)
+        };
+        assert_eq!(
+            s.planning_horizons_s(),
+            [50.0, 100.0, 150.0, 200.0, 250.0, 300.0]
+        );
+        let s = DemandSettings {
+            step_s: 10.0,
+            horizon_s: 5.0,
+            ..settings(None)
+        };
+        assert_eq!(s.planning_horizons_s(), [5.0]);
     }
 
     /// `n` attempts spread over the pool's backends, each `latency_ms` long.

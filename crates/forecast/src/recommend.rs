@@ -17,12 +17,13 @@ pub struct Sizing {
 pub struct Recommendation {
     /// Backends to run.
     pub backends: u32,
-    /// The reasoning, e.g. "p90 in 5 min: 1,840 rps; one backend serves ~210 rps at 70 %;
+    /// The reasoning, e.g. "highest p90 within 5 min: 1,840 rps; one backend serves ~210 rps at 70 %;
     /// 9 backends, 3 more than now".
     pub reason: String,
 }
 
-/// Backends needed for `p90_rps` expected `horizon_s` from now, when one backend serves
+/// Backends needed for `p90_rps`, the highest demand expected from now until `horizon_s`
+/// (the time a new backend needs to serve), when one backend serves
 /// `capacity_per_backend` rps at full utilisation; `current` is the count running now.
 pub fn recommend(
     p90_rps: f64,
@@ -40,7 +41,7 @@ pub fn recommend(
         0.0
     };
     let when = format!(
-        "p90 in {}: {} rps",
+        "highest p90 within {}: {} rps",
         duration_words(horizon_s),
         thousands(demand)
     );
@@ -140,7 +141,7 @@ mod tests {
         assert_eq!(r.backends, 9);
         assert_eq!(
             r.reason,
-            "p90 in 5 min: 1,840 rps; one backend serves ~210 rps at 70 %; 9 backends, 3 more than now"
+            "highest p90 within 5 min: 1,840 rps; one backend serves ~210 rps at 70 %; 9 backends, 3 more than now"
         );
     }
 

@@ -24,7 +24,7 @@ pub mod names {
     /// Requests per second one backend serves at full utilisation.
     pub const POOL_CAPACITY_PER_BACKEND_REQUESTS_PER_SECOND: &str =
         "fulcrum_pool_capacity_per_backend_requests_per_second";
-    /// The backend count recommended for the p90 forecast at the provisioning horizon.
+    /// The backend count recommended for the highest p90 forecast until the provisioning horizon.
     pub const POOL_RECOMMENDED_BACKENDS: &str = "fulcrum_pool_recommended_backends";
     /// 1 when the pool's forecast model is loaded, 0 when the built-in forecaster runs.
     pub const POOL_FORECAST_MODEL_LOADED: &str = "fulcrum_pool_forecast_model_loaded";
@@ -46,7 +46,7 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         names::POOL_RECOMMENDED_BACKENDS,
-        "Backends a pool needs for the p90 forecast at its provisioning horizon at its target utilisation."
+        "Backends a pool needs for the highest p90 forecast until its provisioning horizon, at its target utilisation."
     );
     describe_gauge!(
         names::POOL_FORECAST_MODEL_LOADED,
