@@ -10,8 +10,8 @@
 # held. RSS does not depend on other load on the machine.
 #
 # Limits raised in the rendered copies of benches/peers/* (the templates stay as they are):
-# nginx worker_connections and worker_rlimit_nofile, HAProxy maxconn and keep-alive timeouts
-# (600 s); for fulcrum, server.max_connections and server.keepalive_timeout_ms (600 s) when
+# nginx worker_connections and worker_rlimit_nofile, HAProxy maxconn (with `no strict-limits`)
+# and keep-alive timeouts (600 s); for fulcrum, server.max_connections and server.keepalive_timeout_ms (600 s) when
 # this build knows those keys (`fulcrum check` decides; the result says which). Without them
 # fulcrum (pingora) keeps an idle HTTP/1.1 connection open with no timeout. Every
 # connection is opened, measured and closed within about a minute in any case.
@@ -61,7 +61,9 @@ tune_config() { # NAME FILE
         sed -i "s|^worker_processes 1;|&\nworker_rlimit_nofile $(ulimit -n);|; s|worker_connections [0-9]*;|worker_connections $limit;|" "$file"
         ;;
     haproxy)
-        sed -i "s|maxconn [0-9]*|maxconn $limit|; s|timeout client 60s|timeout client 600s|; s|timeout http-keep-alive 60s|timeout http-keep-alive 600s|" "$file"
+        # HAProxy wants 2 descriptors per connection (client and server side) and refuses to
+        # start when the open-files limit is below that; idle clients need only one each.
+        sed -i "s|maxconn [0-9]*|maxconn $limit\n    no strict-limits|; s|timeout client 60s|timeout client 600s|; s|timeout http-keep-alive 60s|timeout http-keep-alive 600s|" "$file"
         ;;
     fulcrum)
         cp "$file" "$file.plain"
@@ -130,7 +132,7 @@ cmd="CONNS=$CONNS PARALLEL=$PARALLEL SETTLE=$SETTLE PROXIES=\"$PROXIES\" benches
     echo "- Method: each proxy (release builds, one worker; configs from benches/peers/) is warmed with $WARM_CONNS connections, then its RSS (VmRSS summed over its processes) is read;" \
         "$CONNS client connections each complete one \`GET /\` over HTTP/1.1 and stay open (benches/idle_conns.py, $PARALLEL opened at once);" \
         "${SETTLE} s later the RSS is read again. KiB/conn = RSS difference / connections opened."
-    echo "- Limits raised for the run: nginx worker_connections $((CONNS + 1000)) and worker_rlimit_nofile $(ulimit -n); HAProxy maxconn $((CONNS + 1000)), client and keep-alive timeouts 600 s;" \
+    echo "- Limits raised for the run: nginx worker_connections $((CONNS + 1000)) and worker_rlimit_nofile $(ulimit -n); HAProxy maxconn $((CONNS + 1000)) with \`no strict-limits\` (it asks for 2 descriptors per connection, more than the limit of $(ulimit -n); idle clients use one), client and keep-alive timeouts 600 s;" \
         "fulcrum: $FULCRUM_LIMITS. bare pingora and fulcrum (pingora) keep idle HTTP/1.1 connections without a timeout unless configured; nginx's keepalive_timeout is 300 s. Each set of connections was held at most $(awk -F, 'NR > 1 && $10 > m { m = $10 } END { print m + 0 }' "$RAW") s, well within every timeout."
     echo "- Established = connections the proxy had established on its port at the second reading (\`ss\`); alive = connections still open when the client closed them."
     echo "- Layout: proxy pinned to core $PROXY_CORE, client and nginx origin to core $CLIENT_CORE."

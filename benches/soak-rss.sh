@@ -47,7 +47,7 @@ PIDS_TO_STOP+=("$WRK_PID")
 start="$(date +%s.%N)"
 for ((i = 1; i * INTERVAL <= DURATION; i++)); do
     # Sleep to the sample's instant on the start's clock, so samples do not drift.
-    sleep "$(awk -v s="$start" -v t=$((i * INTERVAL)) -v now="$(date +%s.%N)" 'BEGIN { d = s + t - now; print d > 0 ? d : 0 }')"
+    sleep "$(awk -v s="$start" -v t=$((i * INTERVAL)) -v now="$(date +%s.%N)" 'BEGIN { d = s + t - now; print (d > 0 ? d : 0) }')"
     kill -0 "$PROXY_PID" 2>/dev/null || die "fulcrum exited during the soak (stderr: $WORK/fulcrum/stderr)"
     rss="$(rss_kib "$PROXY_PID")"
     echo "$((i * INTERVAL)),$rss" >>"$SAMPLES"
