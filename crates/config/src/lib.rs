@@ -46,9 +46,9 @@ use std::path::Path;
 pub use admin_token::{AdminToken, MAX_TOKEN_LEN};
 pub use fulcrum_diagnostics::{Diagnostic, Diagnostics, Severity};
 pub use model::{
-    AdminConfig, Algorithm, BackendConfig, CertificateConfig, Config, ControlConfig,
-    HealthCheckConfig, HostMatch, PoolConfig, PoolTlsConfig, RouteConfig, ServerConfig, TlsVersion,
-    WeightSource,
+    AdminConfig, Algorithm, BackendConfig, CertificateConfig, Config, ControlConfig, Discovery,
+    DnsName, HealthCheckConfig, HostMatch, PoolConfig, PoolTlsConfig, RouteConfig, ServerConfig,
+    TlsVersion, WeightSource,
 };
 
 /// The default configuration shipped with fulcrum (`config/fulcrum.toml`).

@@ -350,8 +350,13 @@ fn main() -> ExitCode {
         Command::Check => match load(cli.config.as_ref()) {
             Ok((config, _)) => {
                 let backends: usize = config.pools.iter().map(|p| p.backends.len()).sum();
+                let names: usize = config.pools.iter().map(|p| p.discovery.names().len()).sum();
+                let names = match names {
+                    0 => String::new(),
+                    n => format!(", {n} DNS names resolved at run time"),
+                };
                 println!(
-                    "{}: configuration is valid ({} routes, {} pools, {} backends)",
+                    "{}: configuration is valid ({} routes, {} pools, {} backends{names})",
                     cli.config
                         .as_ref()
                         .map(|p| p.display().to_string())

@@ -222,7 +222,8 @@ impl ControlLoop {
             .iter()
             .filter(|p| p.config.weights == WeightSource::Model)
         {
-            if fresh.contains(&p.config.name.as_str()) {
+            // A DNS pool whose names have not resolved yet has nothing to tune.
+            if fresh.contains(&p.config.name.as_str()) || p.pool.backends().is_empty() {
                 continue;
             }
             let Some(state) = self.pools.get_mut(&p.config.name) else {

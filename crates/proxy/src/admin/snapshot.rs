@@ -20,6 +20,8 @@ pub struct PoolSnapshot {
     pub algorithm: &'static str,
     /// Where weights come from (`static` or `model`).
     pub weights: &'static str,
+    /// How the backends are found (`static` or `dns`).
+    pub discovery: &'static str,
     /// Backends currently eligible for traffic.
     pub healthy_backends: usize,
     /// Per-backend state.
@@ -31,6 +33,8 @@ pub struct PoolSnapshot {
 pub struct BackendSnapshot {
     /// `ip:port`.
     pub addr: String,
+    /// The `host:port` name DNS discovery found the backend under (`null` when configured).
+    pub dns_name: Option<String>,
     /// Eligible for traffic.
     pub healthy: bool,
     /// Weight from the configuration.
@@ -69,6 +73,7 @@ pub fn pools_snapshot(shared: &Shared) -> PoolsSnapshot {
                     fulcrum_config::WeightSource::Static => "static",
                     fulcrum_config::WeightSource::Model => "model",
                 },
+                discovery: p.config.discovery.as_str(),
                 healthy_backends: p.pool.healthy_count(),
                 backends: p
                     .pool
@@ -79,6 +84,7 @@ pub fn pools_snapshot(shared: &Shared) -> PoolsSnapshot {
                         let ramp = p.pool.ramp_factor(i, now);
                         BackendSnapshot {
                             addr: b.name.clone(),
+                            dns_name: shared.discovered.origin(&p.config, b.addr),
                             healthy: b.stats.is_healthy(),
                             static_weight: b.static_weight,
                             weight: weights.weights().get(i).copied().unwrap_or(0.0),
