@@ -98,18 +98,30 @@ def seasonal_naive(s, h, ts):
     return s.values[ts + h - back]
 
 
-def holt_winters(s, h, ts):
+_HW_FITS: dict[str, object] = {}
+
+
+def _holt_winters_fit(s):
+    """statsmodels' fit on the warm-up, once per series (it does not depend on the horizon)."""
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
+    if s.name not in _HW_FITS:
+        y = np.log(np.maximum(s.values[: warm_up(s)], 1e-3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if s.period:
+                model = ExponentialSmoothing(y, trend="add", damped_trend=True, seasonal="add", seasonal_periods=s.period)
+            else:
+                model = ExponentialSmoothing(y, trend="add", damped_trend=True)
+            _HW_FITS[s.name] = model.fit()
+    return _HW_FITS[s.name]
+
+
+def holt_winters(s, h, ts):
     y = np.log(np.maximum(s.values, 1e-3))
     w = warm_up(s)
     m = s.period
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if m:
-            fit = ExponentialSmoothing(y[:w], trend="add", damped_trend=True, seasonal="add", seasonal_periods=m).fit()
-        else:
-            fit = ExponentialSmoothing(y[:w], trend="add", damped_trend=True).fit()
+    fit = _holt_winters_fit(s)
     p = fit.params
     a, b, phi = p["smoothing_level"], p["smoothing_trend"], p["damping_trend"]
     g = p.get("smoothing_seasonal", 0.0) or 0.0
