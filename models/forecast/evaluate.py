@@ -146,13 +146,16 @@ def holt_winters(s, h, ts):
     return np.exp(np.array([out.get(int(t), np.nan) for t in ts]))
 
 
-def sarima(s, h, ts):
-    """SARIMA(1,0,1)(0,1,0)[m] on log(rate): ARMA(1,1) with a mean on the seasonal difference
-    d_t = y_t - y_{t-m} (m = 1, i.e. ARIMA(1,1,1), without a season). statsmodels fits it on
-    the warm-up; after that the parameters stay fixed and the innovations are updated one
-    step at a time, so each origin's forecast uses rows up to it only."""
+_SARIMA: dict[str, tuple] = {}
+
+
+def _sarima_filter(s):
+    """Fit on the warm-up and one-step predictions of the seasonal difference over the whole
+    series with those parameters, once per series (neither depends on the horizon)."""
     from statsmodels.tsa.statespace.sarimax import SARIMAX
 
+    if s.name in _SARIMA:
+        return _SARIMA[s.name]
     y = np.log(np.maximum(s.values, 1e-3))
     w = warm_up(s)
     m = s.period or 1
@@ -164,13 +167,24 @@ def sarima(s, h, ts):
     p = dict(zip(res.model.param_names, np.asarray(res.params, dtype=float)))
     c, phi, theta = p["intercept"], p["ar.L1"], p["ma.L1"]
     mu = c / (1 - phi) if abs(phi) < 0.999 else 0.0
-    # One-step predictions and innovations over the whole series, fixed parameters.
     pred_next = np.full(len(y), np.nan)  # d-hat_{t+1 | t}
     e_prev, d_prev = 0.0, mu
     for t in range(m, len(y)):
         e = d[t] - (mu + phi * (d_prev - mu) + theta * e_prev)
         pred_next[t] = mu + phi * (d[t] - mu) + theta * e
         e_prev, d_prev = e, d[t]
+    _SARIMA[s.name] = (mu, phi, pred_next)
+    return _SARIMA[s.name]
+
+
+def sarima(s, h, ts):
+    """SARIMA(1,0,1)(0,1,0)[m] on log(rate): ARMA(1,1) with a mean on the seasonal difference
+    d_t = y_t - y_{t-m} (m = 1, i.e. ARIMA(1,1,1), without a season). statsmodels fits it on
+    the warm-up; after that the parameters stay fixed and the innovations are updated one
+    step at a time, so each origin's forecast uses rows up to it only."""
+    y = np.log(np.maximum(s.values, 1e-3))
+    m = s.period or 1
+    mu, phi, pred_next = _sarima_filter(s)
     # k-step forecasts from every origin at once: d-hat_{t+k} = mu + phi^(k-1) (d-hat_{t+1} - mu),
     # y-hat_{t+k} = (y or y-hat)_{t+k-m} + d-hat_{t+k}.
     yhat = {}
@@ -332,7 +346,7 @@ def main() -> None:
 
 
 def render(summary: dict) -> str:
-    lines = []
+    lines = overview(summary)
     for horizon_s in map(str, HORIZONS_S):
         lines.append(f"### Horizon {int(horizon_s) // 60} min: MAPE % / sMAPE % / p90 coverage %")
         lines.append("")
@@ -357,6 +371,35 @@ def render(summary: dict) -> str:
             lines.append(f"| {family} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def overview(summary: dict) -> list[str]:
+    """MAPE % (p90 coverage %) averaged over the held-out families, and on the unseen set."""
+    methods = sorted({m for f in summary.values() for m in f}, key=lambda m: (m not in ("model", "fulcrum"), m != "model", m))
+    lines = [
+        "### Overview: MAPE % (p90 coverage %), mean over the held-out families, and the unseen set",
+        "",
+        "| set | horizon | " + " | ".join(methods) + " |",
+        "|---|---|" + "---:|" * len(methods),
+    ]
+    held = [f for f in summary if f != "unseen"]
+    for set_name, fams in ((f"held-out ({len(held)} families)", held), ("unseen", ["unseen"] if "unseen" in summary else [])):
+        for horizon_s in map(str, HORIZONS_S):
+            have = [m for m in methods if fams and all(horizon_s in summary[f].get(m, {}) for f in fams)]
+            if not have:
+                continue
+            mape = {m: np.mean([summary[f][m][horizon_s]["mape"] for f in fams]) for m in have}
+            cov = {m: np.mean([summary[f][m][horizon_s]["coverage90"] for f in fams]) for m in have}
+            best = min(mape.values())
+            cells = []
+            for m in methods:
+                if m not in mape:
+                    cells.append("n/a")
+                    continue
+                v = f"{100 * mape[m]:.1f}"
+                cells.append((f"**{v}**" if mape[m] == best else v) + f" ({100 * cov[m]:.0f})")
+            lines.append(f"| {set_name} | {int(horizon_s) // 60} min | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 if __name__ == "__main__":
