@@ -112,3 +112,37 @@ fn a_bad_answer_falls_back_to_the_builtin_forecast_for_that_step_only() {
     assert!(why.contains("below p50"), "{why}");
     assert!(r.forecasts.iter().all(|f| f.p90 >= f.p50 && f.p50 > 0.0));
 }
+
+/// The model `models/forecast/run.sh` ships: accepted by the loader, and on a clean daily
+/// cycle its forecasts follow the cycle (ahead of a rise it forecasts more than now).
+#[test]
+fn the_shipped_forecast_model_loads_and_follows_a_season() {
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/forecast.onnx");
+    let mut m = OnnxForecaster::load(env(), &shipped).expect("models/forecast.onnx is accepted");
+    // A 60-step season (10 min at 10 s steps), three cycles, ending at the trough: the rate
+    // rises from here on.
+    let season = 60usize;
+    let rate = |i: usize| {
+        let phase = (i % season) as f64 / season as f64 * std::f64::consts::TAU;
+        500.0 - 300.0 * phase.cos()
+    };
+    let history: Vec<f64> = (0..3 * season).map(rate).collect();
+    let now = *history.last().unwrap();
+    let f = m
+        .forecast(&history, 10.0, &[60.0, 150.0, 300.0], Some(season))
+        .unwrap();
+    for (q, h) in f.iter().zip([60.0, 150.0, 300.0]) {
+        assert!(q.p50.is_finite() && q.p90 >= q.p50, "{h} s: {q:?}");
+        let truth = rate(3 * season - 1 + (h / 10.0) as usize);
+        assert!(
+            (q.p50 - truth).abs() < 0.35 * truth,
+            "{h} s ahead: p50 {:.0} rps, the cycle says {truth:.0}",
+            q.p50
+        );
+    }
+    assert!(
+        f[2].p50 > 1.5 * now,
+        "half a season ahead of the trough ({now:.0} rps) the forecast must rise: {:?}",
+        f[2]
+    );
+}
