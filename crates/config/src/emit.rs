@@ -93,6 +93,24 @@ impl Config {
             "tls_min_version = {}",
             quote(self.server.tls_min_version.as_str())
         );
+        let limits = &self.server.limits;
+        let _ = writeln!(out, "max_connections = {}", limits.max_connections);
+        let _ = writeln!(
+            out,
+            "header_timeout_ms = {}",
+            limits.header_timeout.as_millis()
+        );
+        let _ = writeln!(
+            out,
+            "keepalive_timeout_ms = {}",
+            limits.keepalive_timeout.as_millis()
+        );
+        let _ = writeln!(out, "max_header_bytes = {}", limits.max_header_bytes);
+        let _ = writeln!(
+            out,
+            "max_request_line_bytes = {}",
+            limits.max_request_line_bytes
+        );
         for c in &self.server.certificates {
             let _ = writeln!(out);
             let _ = writeln!(out, "[[server.certificates]]");

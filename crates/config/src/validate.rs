@@ -18,7 +18,7 @@ use fulcrum_diagnostics::{suggest, Diagnostic, Diagnostics};
 
 use crate::admin_token::AdminToken;
 use crate::model::{
-    AdminConfig, Algorithm, BackendConfig, CertificateConfig, Config, ControlConfig,
+    AdminConfig, Algorithm, BackendConfig, CertificateConfig, ClientLimits, Config, ControlConfig,
     HealthCheckConfig, HostMatch, PoolConfig, PoolTlsConfig, RouteConfig, ServerConfig, TlsVersion,
     WeightSource,
 };
@@ -34,6 +34,11 @@ const SERVER_KEYS: &[&str] = &[
     "grace_period_s",
     "drain_delay_s",
     "upgrade_sock",
+    "max_connections",
+    "header_timeout_ms",
+    "keepalive_timeout_ms",
+    "max_header_bytes",
+    "max_request_line_bytes",
 ];
 const CERTIFICATE_KEYS: &[&str] = &["cert", "key"];
 const ADMIN_KEYS: &[&str] = &["listen", "token_file", "protect_metrics"];
@@ -304,6 +309,7 @@ pub(crate) fn parse(
             tls_listen: server.tls_listen.into_iter().map(|(a, _, _)| a).collect(),
             tls_min_version: server.tls_min_version,
             certificates: server.certificates,
+            limits: server.limits,
         },
         admin,
         routes,
@@ -324,6 +330,7 @@ struct ServerParts {
     grace_period_s: u64,
     drain_delay_s: u64,
     upgrade_sock: PathBuf,
+    limits: ClientLimits,
 }
 
 impl ServerParts {
@@ -343,6 +350,7 @@ fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
         grace_period_s: server_default::GRACE_PERIOD_S,
         drain_delay_s: server_default::DRAIN_DELAY_S,
         upgrade_sock: PathBuf::from(server_default::UPGRADE_SOCK),
+        limits: ClientLimits::default(),
     };
     let missing_listen = "missing required key `listen`: the data-plane listen addresses, e.g. listen = [\"127.0.0.1:8080\"]";
     let Some(v) = root.get("server") else {
@@ -423,7 +431,72 @@ fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
         }
     }
     read_server_tls(ctx, &t, &mut parts);
+    parts.limits = read_client_limits(ctx, &t);
     parts
+}
+
+/// `max_connections`, `header_timeout_ms`, `keepalive_timeout_ms`, `max_header_bytes` and
+/// `max_request_line_bytes`.
+fn read_client_limits(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> ClientLimits {
+    let max_connections = bounded(
+        ctx,
+        t,
+        "max_connections",
+        server_default::MAX_CONNECTIONS as u64,
+        1,
+        1_000_000,
+    ) as usize;
+    let header_timeout = millis(
+        ctx,
+        t,
+        "header_timeout_ms",
+        server_default::HEADER_TIMEOUT_MS,
+        1,
+    );
+    let keepalive_timeout = millis(
+        ctx,
+        t,
+        "keepalive_timeout_ms",
+        server_default::KEEPALIVE_TIMEOUT_MS,
+        0,
+    );
+    let max_header_bytes = bounded(
+        ctx,
+        t,
+        "max_header_bytes",
+        server_default::MAX_HEADER_BYTES as u64,
+        1024,
+        server_default::MAX_HEADER_BYTES_LIMIT as i128,
+    ) as usize;
+    let mut max_request_line_bytes = bounded(
+        ctx,
+        t,
+        "max_request_line_bytes",
+        server_default::MAX_REQUEST_LINE_BYTES as u64,
+        64,
+        server_default::MAX_HEADER_BYTES_LIMIT as i128,
+    ) as usize;
+    if max_request_line_bytes > max_header_bytes {
+        let span = t
+            .get("max_request_line_bytes")
+            .or_else(|| t.get("max_header_bytes"))
+            .map(|v| v.span());
+        ctx.error(
+            span.as_ref(),
+            "server.max_request_line_bytes",
+            format!(
+                "max_request_line_bytes ({max_request_line_bytes}) must not exceed max_header_bytes ({max_header_bytes}): the request line is part of the head"
+            ),
+        );
+        max_request_line_bytes = max_header_bytes;
+    }
+    ClientLimits {
+        max_connections,
+        header_timeout,
+        keepalive_timeout,
+        max_header_bytes,
+        max_request_line_bytes,
+    }
 }
 
 /// What is wrong with an upgrade socket path: refused, or accepted with a warning.

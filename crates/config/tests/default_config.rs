@@ -32,6 +32,7 @@ fn expected_default() -> Config {
             tls_listen: Vec::new(),
             tls_min_version: TlsVersion::Tls12,
             certificates: Vec::new(),
+            limits: Default::default(),
         },
         admin: AdminConfig {
             listen: addr("127.0.0.1:9900"),

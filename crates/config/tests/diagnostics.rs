@@ -697,3 +697,86 @@ fn upgrade_sock_must_be_absolute_and_short() {
     let e = single_error(&upgrade_sock_config(""));
     assert!(e.message.contains("must not be empty"), "{e}");
 }
+
+#[test]
+fn client_limits_have_defaults() {
+    let (config, _) = parse(&with_server(VALID_TAIL), "test.toml").unwrap();
+    assert_eq!(
+        config.server.limits,
+        fulcrum_config::ClientLimits::default()
+    );
+    let l = config.server.limits;
+    assert_eq!(l.max_connections, 10_000);
+    assert_eq!(l.header_timeout.as_millis(), 10_000);
+    assert_eq!(l.keepalive_timeout.as_millis(), 60_000);
+    assert_eq!(
+        (l.max_header_bytes, l.max_request_line_bytes),
+        (65_536, 8_192)
+    );
+    let src = with_server(&format!(
+        "max_connections = 5\nheader_timeout_ms = 300\nkeepalive_timeout_ms = 0\nmax_header_bytes = 4096\nmax_request_line_bytes = 1024\n{VALID_TAIL}"
+    ));
+    let (config, _) = parse(&src, "test.toml").unwrap();
+    let l = config.server.limits;
+    assert_eq!(l.max_connections, 5);
+    assert_eq!(l.header_timeout.as_millis(), 300);
+    assert!(l.keepalive_timeout.is_zero());
+    assert_eq!((l.max_header_bytes, l.max_request_line_bytes), (4096, 1024));
+}
+
+#[test]
+fn client_limits_out_of_range_name_key_and_line() {
+    for (line, key, expected) in [
+        (
+            "max_connections = 0",
+            "server.max_connections",
+            "between 1 and 1000000",
+        ),
+        (
+            "header_timeout_ms = 0",
+            "server.header_timeout_ms",
+            "between 1 and 86400000",
+        ),
+        (
+            "keepalive_timeout_ms = -1",
+            "server.keepalive_timeout_ms",
+            "between 0 and 86400000",
+        ),
+        (
+            "max_header_bytes = 100",
+            "server.max_header_bytes",
+            "between 1024 and 1048575",
+        ),
+        (
+            "max_header_bytes = 2000000",
+            "server.max_header_bytes",
+            "between 1024 and 1048575",
+        ),
+        (
+            "max_request_line_bytes = 10",
+            "server.max_request_line_bytes",
+            "between 64 and 1048575",
+        ),
+        ("max_connections = \"many\"", "server.max_connections", ""),
+    ] {
+        let e = single_error(&with_server(&format!("{line}\n{VALID_TAIL}")));
+        assert_eq!((e.key_path.as_str(), e.line), (key, 3), "{line}: {e}");
+        assert!(e.message.contains(expected), "{line}: {e}");
+    }
+}
+
+#[test]
+fn request_line_limit_cannot_exceed_the_head_limit() {
+    let e = single_error(&with_server(&format!(
+        "max_header_bytes = 2048\nmax_request_line_bytes = 4096\n{VALID_TAIL}"
+    )));
+    assert_eq!(
+        (e.key_path.as_str(), e.line),
+        ("server.max_request_line_bytes", 4)
+    );
+    assert!(
+        e.message
+            .contains("must not exceed max_header_bytes (2048)"),
+        "{e}"
+    );
+}
