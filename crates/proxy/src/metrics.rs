@@ -45,6 +45,14 @@ pub const CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS: &str =
 pub const BACKEND_SLOW_START: &str = "fulcrum_backend_slow_start";
 /// 1 while the process drains before exiting (after `SIGTERM`), else 0.
 pub const DRAINING: &str = "fulcrum_draining";
+/// Client connections open on the data-plane listeners.
+pub const CONNECTIONS_OPEN: &str = "fulcrum_connections_open";
+/// The client-connection cap applied (`server.max_connections`, bounded by the open-file limit).
+pub const CONNECTIONS_MAX: &str = "fulcrum_connections_max";
+/// Connections that found every slot taken and waited in the listen backlog.
+pub const CONNECTIONS_QUEUED_TOTAL: &str = "fulcrum_connections_queued_total";
+/// Connections waiting for a request head that were closed to make room for a new one.
+pub const CONNECTIONS_EVICTED_TOTAL: &str = "fulcrum_connections_evicted_total";
 /// Constant 1 labelled with the build's version.
 pub const BUILD_INFO: &str = "fulcrum_build_info";
 
@@ -257,6 +265,22 @@ fn describe() {
     describe_gauge!(
         DRAINING,
         "1 while the process drains before exiting (after SIGTERM), else 0."
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "Client connections open on the data-plane listeners."
+    );
+    describe_gauge!(
+        CONNECTIONS_MAX,
+        "The client-connection cap applied: server.max_connections, bounded by the open-file limit."
+    );
+    describe_counter!(
+        CONNECTIONS_QUEUED_TOTAL,
+        "Connections that found every allowed connection open and waited in the listen backlog."
+    );
+    describe_counter!(
+        CONNECTIONS_EVICTED_TOTAL,
+        "Connections waiting for a request head, closed (oldest first) to make room for a new one."
     );
     describe_gauge!(BUILD_INFO, "Constant 1, labelled with the fulcrum version.");
 }
