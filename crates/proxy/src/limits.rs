@@ -400,8 +400,6 @@ enum NoHead {
     Closed { partial: bool },
     /// The time ran out, or the connection was closed to make room; `partial` as above.
     TimedOut { partial: bool },
-    /// The process drains: idle connections close.
-    Draining,
 }
 
 /// When the bytes of one head must arrive.
@@ -421,6 +419,9 @@ pub struct LimitedApp<A> {
     gate: Arc<ConnectionGate>,
     limits: ClientLimits,
     h2c: bool,
+    /// Set once the listeners have stopped: idle keep-alive connections close then, as
+    /// pingora's own sessions do.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl<A> LimitedApp<A> {
@@ -439,6 +440,7 @@ impl<A> LimitedApp<A> {
             gate,
             limits,
             h2c,
+            stopped: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -460,8 +462,11 @@ impl<A> LimitedApp<A> {
         let mut buf = BytesMut::with_capacity(HEAD_READ_STEP);
         let mut scan = HeadScan::default();
         let mut head_deadline = deadlines.head;
-        let mut drain = self.drain.clone();
         let _waiting = self.gate.wait_for_head(kill);
+        let mut stopped = self.stopped.subscribe();
+        if *stopped.borrow() {
+            return Err(NoHead::Closed { partial: false });
+        }
         loop {
             let deadline = match head_deadline {
                 Some(d) if !buf.is_empty() => d,
@@ -476,7 +481,7 @@ impl<A> LimitedApp<A> {
                 tokio::select! {
                     r = timeout_at(deadline, stream.read_buf(&mut limited)) => r,
                     _ = kill.notified() => return Err(NoHead::TimedOut { partial }),
-                    _ = drain.changed(), if !partial => return Err(NoHead::Draining),
+                    _ = stopped.changed(), if !partial => return Err(NoHead::Closed { partial }),
                 }
             };
             match read {
@@ -619,6 +624,7 @@ where
     }
 
     async fn cleanup(&self) {
+        self.stopped.send_replace(true);
         ServerApp::cleanup(&*self.inner).await;
     }
 }
