@@ -265,6 +265,29 @@ fn report<T>(parsed: Result<(T, Vec<Diagnostic>), Diagnostics>) -> Result<T, Exi
     }
 }
 
+/// What `fulcrum check` says about the client limits: the connection cap `fulcrum run` can
+/// honour under this process's hard open-file limit (which it raises the soft limit to).
+fn print_client_limits(config: &Config, backends: usize) {
+    let l = &config.server.limits;
+    let open_files = fulcrum_proxy::limits::open_file_limit()
+        .map(|l| l.hard)
+        .unwrap_or(1024);
+    let budget = fulcrum_proxy::limits::ConnectionBudget::new(l, backends, open_files);
+    println!(
+        "client limits: {} connections at once (max_connections {}, open-file limit {}), head within {} ms, keep-alive idle {} ms, head up to {} bytes, request line up to {} bytes",
+        budget.effective,
+        budget.configured,
+        open_files,
+        l.header_timeout.as_millis(),
+        l.keepalive_timeout.as_millis(),
+        l.max_header_bytes,
+        l.max_request_line_bytes
+    );
+    if let Some(w) = budget.warning() {
+        eprintln!("warning: {w}");
+    }
+}
+
 fn run(config: Config, source: ConfigSource, start: Start) -> ExitCode {
     match fulcrum_proxy::serve(config, source, start) {
         Ok(()) => ExitCode::SUCCESS,
@@ -357,6 +380,7 @@ fn main() -> ExitCode {
                     config.pools.len(),
                     backends
                 );
+                print_client_limits(&config, backends);
                 ExitCode::SUCCESS
             }
             Err(code) => code,
