@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install what is missing, build fulcrum, and run the demo: two local backends behind the proxy
-# on the embedded default configuration (proxy :8080, admin :9900).
+# Install what is missing, build fulcrum, and run the demo: four uneven loopback backends, a
+# steady open-loop load and the proxy with weights tuned by the ONNX model (proxy :8080, status
+# page http://127.0.0.1:9900/). `./demo.sh --static` runs the same story with least connections
+# over static weights (proxy :8081, status page http://127.0.0.1:9901/), beside it if you like.
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh build

@@ -27,6 +27,14 @@
 #                        fulcrum-model for the same pool with weights = "model"
 #                        (the shipped models/balancer.onnx, control loop ticking)
 #   SKIP_BUILD=1         use the existing release binaries as they are
+#   BREAKDOWN=1          instead of timing, count what each proxy does per request over one
+#                        wrk run of DURATION: syscalls by kind (perf's syscall tracepoints),
+#                        libc allocator calls (perf uprobes on malloc/calloc/realloc/free),
+#                        and a sampled profile split into kernel, allocator, copies, the proxy's
+#                        own code and its frameworks; written to cost-breakdown[-tls-*].md by
+#                        benches/cost_breakdown.py. Needs perf and root (uprobes). The counts
+#                        do not depend on other load on the machine; the CPU figures of the
+#                        timing runs do.
 #   RESULTS_DIR=benches/results   where peer-compare.md / .csv are written
 #   TLS=off              off: cleartext HTTP/1.1 (the default);
 #                        keepalive: HTTPS (TLS 1.3, HTTP/1.1) with keep-alive connections,
@@ -333,6 +341,54 @@ $out"
     echo "$name,$run,$requests,$secs,$rps,$p99us,$((after - before)),$per_req,$core,$errs,$other,1" >>"$RAW"
     log "$name run $run: $rps req/s, p99 ${p99}, ${per_req} us CPU/req, proxy core ${core}%, errors $errs, other CPU ${other}%"
 }
+
+# ---------------------------------------------------------------- breakdown
+if [[ -n "${BREAKDOWN:-}" ]]; then
+    command -v perf >/dev/null 2>&1 || die "BREAKDOWN needs perf (Debian: apt-get install -y linux-perf)"
+    libc="$(ldconfig -p | awk '/libc\.so\.6 .*x86-64/ { print $NF; exit }')"
+    for call in malloc calloc realloc free; do
+        perf probe -q -x "$libc" --add "$call" >/dev/null 2>&1 || true
+    done
+    perf probe -l 2>/dev/null | grep -q 'probe_libc:malloc' ||
+        die "could not place uprobes on $libc (BREAKDOWN needs root, or kernel.perf_event_paranoid <= -1)"
+    for p in $PROXIES; do
+        port="$(free_port)"
+        url="$SCHEME://127.0.0.1:$port/"
+        start_proxy "$p" "$port"
+        "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${WARMUP}s" "$url" >/dev/null
+        # -p takes every thread of each process; the wrk command only bounds the window.
+        pids="$(tree_pids "$PROXY_PID" | paste -sd,)"
+        perf stat -x, -o "$WORK/$p.stat" -e 'syscalls:sys_enter_*' -e 'probe_libc:*' -p "$pids" -- \
+            "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${DURATION}s" "$url" >"$WORK/$p.wrk"
+        mapfile -t tree < <(tree_pids "$PROXY_PID")
+        before="$(cpu_ticks "${tree[@]}")"
+        perf record -q -F 997 -o "$WORK/$p.data" -p "$pids" -- \
+            "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${DURATION}s" "$url" >"$WORK/$p.profile.wrk" 2>/dev/null
+        # CPU µs per request over the profiled run, to turn the profile's shares into µs.
+        awk -v t=$(($(cpu_ticks "${tree[@]}") - before)) -v hz="$CLK_TCK" \
+            '/requests in/ { printf "%.3f\n", t * 1e6 / hz / $1 }' "$WORK/$p.profile.wrk" >"$WORK/$p.cpu"
+        perf report -i "$WORK/$p.data" --no-children --sort dso,sym --stdio >"$WORK/$p.report" 2>/dev/null
+        stop_proxy
+        log "$p: counted $(awk '/requests in/ { print $1 }' "$WORK/$p.wrk") requests"
+    done
+    out="$RESULTS_DIR/cost-breakdown$([[ "$TLS" == off ]] || echo "-tls-$TLS").md"
+    mkdir -p "$RESULTS_DIR"
+    {
+        echo "# Where the data-plane CPU goes, per request: fulcrum beside its peers"
+        echo
+        echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+        echo "- Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(uname -sr)"
+        echo "- Command: \`BREAKDOWN=1 TLS=$TLS DURATION=$DURATION CONNECTIONS=$CONNECTIONS PROXIES=\"$PROXIES\" benches/peer-compare.sh\`"
+        echo "- Same layout as the timing runs (proxy pinned to core $PROXY_CORE with one worker, wrk -c$CONNECTIONS and the nginx origin on core $CLIENT_CORE, keep-alive \`GET /\`)."
+        echo "  Syscalls and allocator calls are counted over one ${DURATION}s wrk run and divided by the requests it completed;"
+        echo "  the profile is a second run sampled at 997 Hz (self time by symbol, \`perf report --no-children --sort dso,sym\`),"
+        echo "  its shares turned into µs with the proxy's utime+stime per request over that run (sampling costs a little; uprobes are off then)."
+        echo
+        python3 "$ROOT/benches/cost_breakdown.py" "$WORK" $PROXIES
+    } >"$out"
+    cat "$out"
+    exit 0
+fi
 
 for run in $(seq "$REPEAT"); do
     for p in $PROXIES; do

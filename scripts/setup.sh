@@ -3,8 +3,9 @@
 # Usage: scripts/setup.sh [build|test|bench]
 #   build: cmake (pingora's zlib-ng needs it), a Rust toolchain check, and .venv with
 #          ONNX Runtime and the training stack (models/requirements.txt)
-#   test:  build + promtool (Debian package `prometheus`) for the metrics test, and curl,
-#          openssl and nghttp, the real clients of the TLS tests
+#   test:  build + promtool (Debian package `prometheus`) for the metrics test, curl,
+#          openssl and nghttp, the real clients of the TLS tests, and chromium, the real
+#          browser of the status page's test
 #   bench: test + wrk, nginx-light, haproxy for the peer comparison
 set -euo pipefail
 want="${1:-build}"
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 need_cmds=(cmake)
 need_pkgs=(cmake)
 if [[ "$want" == test || "$want" == bench ]]; then
-  need_cmds+=(promtool nghttp curl openssl); need_pkgs+=(prometheus nghttp2-client curl openssl)
+  need_cmds+=(promtool nghttp curl openssl chromium); need_pkgs+=(prometheus nghttp2-client curl openssl chromium)
 fi
 if [[ "$want" == bench ]]; then
   need_cmds+=(wrk nginx haproxy taskset); need_pkgs+=(wrk nginx-light haproxy util-linux)

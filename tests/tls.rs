@@ -268,6 +268,16 @@ struct TlsClient {
 
 impl TlsClient {
     async fn connect(tls: SocketAddr, server_name: &str, ca: CertificateDer<'static>) -> TlsClient {
+        let stream = Self::handshake(tls, server_name, ca).await.unwrap();
+        TlsClient { stream }
+    }
+
+    /// A TLS handshake with `tls` by a client trusting only `ca`.
+    async fn handshake(
+        tls: SocketAddr,
+        server_name: &str,
+        ca: CertificateDer<'static>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca).unwrap();
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -277,13 +287,11 @@ impl TlsClient {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let tcp = TcpStream::connect(tls).await.unwrap();
+        let tcp = TcpStream::connect(tls).await?;
         let name = ServerName::try_from(server_name.to_string()).unwrap();
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
-            .unwrap();
-        TlsClient { stream }
     }
 
     /// The common name of the certificate the server presented.
@@ -731,5 +739,45 @@ addr = "127.0.0.1:9001"
             "{file}:3:14: error: server.tls_listen: tls_listen needs at least one certificate"
         )),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_refusing_the_certificate_are_counted_by_reason_not_logged_as_errors() {
+    let edge = Edge::start(&[("a", "a-cert", &["a.example"])], |_| {}).await;
+    let (f, tls) = (&edge.f, edge.tls);
+    // A client trusting another CA: OpenSSL sends `unknown_ca` and gives up.
+    let stranger = Pki::new("another CA");
+    let ca_file = stranger.path("ca.pem");
+    let args = ["-CAfile", ca_file.to_str().unwrap(), "-verify_return_error"];
+    assert_eq!(served_subject(tls, Some("a.example"), &args).await, None);
+    // A client trusting our CA but asking for a name the certificate does not carry: rustls
+    // sends `bad_certificate`.
+    let refused = TlsClient::handshake(tls, "b.example", edge.pki.ca_der()).await;
+    assert!(refused.is_err(), "the name check must fail");
+
+    let counter = |reason: &str| {
+        format!("fulcrum_tls_handshake_failures_total{{listener=\"{tls}\",reason=\"{reason}\"}}")
+    };
+    let (unknown_ca, bad_certificate) = (counter("unknown_ca"), counter("bad_certificate"));
+    let counted = eventually(Duration::from_secs(5), || async {
+        metric(f, &unknown_ca).await == 1.0 && metric(f, &bad_certificate).await == 1.0
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "unknown_ca {}, bad_certificate {}",
+        metric(f, &unknown_ca).await,
+        metric(f, &bad_certificate).await
+    );
+    assert_eq!(metric(f, &counter("other")).await, 0.0);
+    // A trusting client still gets through, and is counted as a handshake, not a failure.
+    let mut ok = TlsClient::connect(tls, "a.example", edge.pki.ca_der()).await;
+    assert_eq!(ok.get("/").await.0, 200);
+    let log = f.log_tail();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("handshake")),
+        "a refused certificate is logged as an error:\n{log}"
     );
 }

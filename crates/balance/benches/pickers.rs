@@ -1,17 +1,31 @@
-//! Per-pick cost of every algorithm at 10 and 100 backends, plus weight-table build and swap.
+//! Per-pick cost of every algorithm at 10 and 100 backends (least connections and round robin
+//! also at 1,000), least connections' exact scan against its sampled path across pool sizes,
+//! plus weight-table build and swap.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use fulcrum_balance::{Algorithm, Backend, InFlightGuard, Outcome, Pool, Tried, WeightTable};
+use fulcrum_balance::{
+    new_picker, Algorithm, Backend, InFlightGuard, LeastConnections, Outcome, Picker, Pool, Tried,
+    WeightTable,
+};
 
 const NOW: u64 = 60_000_000_000;
 
 /// A pool with realistic live state: mixed weights, 1–8 requests in flight per backend,
 /// EWMA samples of 1–5 ms recorded at various ages, one backend in ten down.
 fn loaded_pool(alg: Algorithm, n: usize) -> (Arc<Pool>, Vec<InFlightGuard>) {
+    loaded_pool_with(alg, n, new_picker(alg))
+}
+
+/// [`loaded_pool`] with an explicit picker.
+fn loaded_pool_with(
+    alg: Algorithm,
+    n: usize,
+    picker: Box<dyn Picker>,
+) -> (Arc<Pool>, Vec<InFlightGuard>) {
     let backends = (0..n)
         .map(|i| {
             Backend::new(
@@ -22,12 +36,13 @@ fn loaded_pool(alg: Algorithm, n: usize) -> (Arc<Pool>, Vec<InFlightGuard>) {
             )
         })
         .collect();
-    let pool = Arc::new(Pool::new(
+    let pool = Arc::new(Pool::with_picker(
         "bench",
         alg,
         backends,
         Duration::from_secs(10),
         5,
+        picker,
     ));
     let mut held = Vec::new();
     for i in 0..n {
@@ -56,8 +71,26 @@ fn pick(c: &mut Criterion) {
         ("least_connections", Algorithm::LeastConnections),
         ("p2c_ewma", Algorithm::P2cEwma),
     ] {
-        for n in [10, 100] {
+        let sizes: &[usize] = match alg {
+            Algorithm::LeastConnections | Algorithm::RoundRobin => &[10, 100, 1000],
+            _ => &[10, 100],
+        };
+        for &n in sizes {
             let (pool, _held) = loaded_pool(alg, n);
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| pool.pick(black_box(Tried::new()), black_box(NOW)))
+            });
+        }
+    }
+    group.finish();
+
+    // Least connections with the path forced: the exact scan (the baseline and the picker's
+    // behaviour at or below `EXACT_MAX`) against the sampled path, to place the threshold.
+    let mut group = c.benchmark_group("least_connections_path");
+    for (name, exact_max) in [("exact", usize::MAX), ("sampled", 0)] {
+        for n in [4, 8, 16, 32, 64, 100, 1000] {
+            let picker = Box::new(LeastConnections::with_exact_max(exact_max));
+            let (pool, _held) = loaded_pool_with(Algorithm::LeastConnections, n, picker);
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| pool.pick(black_box(Tried::new()), black_box(NOW)))
             });

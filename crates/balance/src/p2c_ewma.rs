@@ -12,7 +12,7 @@ use crate::{fallback_pick, Backend, Picker, SlowStart, Tried, WeightTable};
 /// the backends eligible the chance of needing the scan is below 1/256.
 const MAX_DRAWS: usize = 4;
 /// splitmix64 increment (the 64-bit golden ratio).
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+pub(crate) const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// P2C over Peak-EWMA: draw two distinct eligible backends at random and take the cheaper.
 ///
@@ -47,10 +47,7 @@ impl P2cEwma {
     /// Next 64 random bits (splitmix64: Weyl step + xorshift-multiply finaliser).
     #[inline]
     fn next_u64(&self) -> u64 {
-        let mut z = self.state.fetch_add(GOLDEN, Relaxed).wrapping_add(GOLDEN);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix(self.state.fetch_add(GOLDEN, Relaxed))
     }
 }
 
@@ -58,6 +55,36 @@ impl P2cEwma {
 #[inline]
 fn reduce(r: u32, n: usize) -> usize {
     ((u64::from(r) * n as u64) >> 32) as usize
+}
+
+/// "No candidate" in [`draw_two`]'s answer.
+pub(crate) const NONE: usize = usize::MAX;
+
+/// The two random choices: up to [`MAX_DRAWS`] draws of 64 bits from `next_u64`, each half
+/// mapped to a backend by `index` (uniform for P2C, weighted for least connections) and kept
+/// when `eligible(index, half)` and distinct from the first. Returns the first and second
+/// candidates ([`NONE`] when not found) and the last draw, for the caller's fallback.
+#[inline(always)]
+pub(crate) fn draw_two(
+    mut next_u64: impl FnMut() -> u64,
+    index: impl Fn(u32) -> usize,
+    eligible: impl Fn(usize, u64) -> bool,
+) -> (usize, usize, u64) {
+    let (mut a, mut r) = (NONE, 0);
+    for _ in 0..MAX_DRAWS {
+        r = next_u64();
+        for half in [r as u32, (r >> 32) as u32] {
+            let i = index(half);
+            if i != a && eligible(i, u64::from(half)) {
+                if a == NONE {
+                    a = i;
+                } else {
+                    return (a, i, r);
+                }
+            }
+        }
+    }
+    (a, NONE, r)
 }
 
 #[inline]
@@ -86,27 +113,11 @@ impl Picker for P2cEwma {
                     SlowStart::admits(s.factor(&backends[i].stats, now_ns), mix(seed))
                 })
         };
-        const NONE: usize = usize::MAX;
-        let (mut a, mut b) = (NONE, NONE);
-        let mut r = 0;
-        if n > 2 {
-            'draws: for _ in 0..MAX_DRAWS {
-                r = self.next_u64();
-                for half in [r as u32, (r >> 32) as u32] {
-                    let i = reduce(half, n);
-                    if i != a && eligible(i, u64::from(half)) {
-                        if a == NONE {
-                            a = i;
-                        } else {
-                            b = i;
-                            break 'draws;
-                        }
-                    }
-                }
-            }
+        let (mut a, mut b, r) = if n > 2 {
+            draw_two(|| self.next_u64(), |half| reduce(half, n), eligible)
         } else {
-            r = self.next_u64();
-        }
+            (NONE, NONE, self.next_u64())
+        };
         if b == NONE && n > 0 {
             // Few eligible (or a tiny pool): count what exists and take candidates by a random
             // rank among them. The first one after a random start would favour a backend that

@@ -67,11 +67,18 @@ impl BackendRegistry {
     /// probes, and its run-time weight unless its configured weight changed or
     /// `spec.keep_weights` is false. A backend new to an existing pool starts with no
     /// statistics and, when the pool has slow start, ramps up from `now_ns`; the backends of a
-    /// pool seen for the first time start at full weight, having nobody to ramp against.
+    /// pool seen for the first time, or of one that had no backend, start at full weight,
+    /// having nobody to ramp against.
     /// Backends no longer configured are forgotten.
     pub fn build_pool(&self, spec: &PoolSpec<'_>, now_ns: u64) -> Arc<Pool> {
         let previous = self.pools.get(spec.name).map(|p| p.upgrade());
-        let known = previous.is_some();
+        // A pool seen for the first time, or one that had no backend (a DNS-discovered pool
+        // before its names first resolved), has nobody to ramp against.
+        let known = match &previous {
+            None => false,
+            Some(None) => true,
+            Some(Some(p)) => !p.backends().is_empty(),
+        };
         let previous = previous.flatten();
         let mut backends = Vec::with_capacity(spec.backends.len());
         let mut weights = Vec::with_capacity(spec.backends.len());
@@ -266,6 +273,20 @@ mod tests {
         // ... and stay reset on the next reload.
         let again = reg.build_pool(&spec(&two, Algorithm::P2cEwma), 0);
         assert_eq!(again.weights().weights(), &[2.0, 1.0]);
+    }
+
+    #[test]
+    fn the_first_backends_of_an_empty_pool_do_not_ramp() {
+        let reg = BackendRegistry::new();
+        let empty = reg.build_pool(&spec(&[], Algorithm::WeightedRoundRobin), 0);
+        assert!(empty.backends().is_empty());
+        let two = [(addr(1), 1), (addr(2), 1)];
+        let first = reg.build_pool(&spec(&two, Algorithm::WeightedRoundRobin), 10 * MS);
+        assert!((0..2).all(|i| first.ramp_factor(i, 10 * MS) == 1.0));
+        let three = [(addr(1), 1), (addr(2), 1), (addr(3), 1)];
+        let next = reg.build_pool(&spec(&three, Algorithm::WeightedRoundRobin), 20 * MS);
+        assert_eq!(next.ramp_factor(2, 20 * MS), 103.0 / 1024.0);
+        drop(empty);
     }
 
     #[test]

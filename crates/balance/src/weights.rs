@@ -29,6 +29,9 @@ pub struct WeightTable {
     /// The smallest positive multiplier: the score of an idle backend of the largest weight,
     /// which no backend can beat.
     lc_floor: u64,
+    /// Walker/Vose alias table over the weights: least connections draws its candidates from
+    /// it on large pools (empty when no weight is positive).
+    lc_alias: Box<[AliasSlot]>,
     /// Backend indices in smooth (nginx) WRR order; one full cycle.
     wrr_sequence: Box<[u32]>,
     /// The pool's slow-start ramp, which scales these weights per pick; `None` when off.
@@ -79,6 +82,7 @@ impl WeightTable {
             .filter(|&m| m > 0)
             .min()
             .unwrap_or(0);
+        let lc_alias = alias_table(&weights);
         let wrr_sequence = if with_sequence {
             smooth_sequence(&wrr_quanta(&weights))
         } else {
@@ -89,6 +93,7 @@ impl WeightTable {
             inverse,
             lc_mult,
             lc_floor,
+            lc_alias,
             wrr_sequence,
             slow_start: None,
         }
@@ -141,6 +146,64 @@ impl WeightTable {
     pub(crate) fn lc_floor(&self) -> u64 {
         self.lc_floor
     }
+
+    /// Map 32 random bits to a backend index with probability proportional to its weight
+    /// (never a weight-0 backend); `None` when no weight is positive. O(1): one multiply, one
+    /// table slot, one compare.
+    #[inline]
+    pub(crate) fn weighted_index(&self, random: u32) -> Option<usize> {
+        let n = self.lc_alias.len();
+        // Lemire's multiply-shift: the high half is a uniform slot, the low half the
+        // (independent enough) fraction that decides between the slot and its alias.
+        let x = u64::from(random) * n as u64;
+        let slot = self.lc_alias.get((x >> 32) as usize)?;
+        Some(if (x as u32) < slot.keep {
+            slot.own as usize
+        } else {
+            slot.alias as usize
+        })
+    }
+}
+
+/// One column of the alias table: keep `own` when the fraction is below `keep` (out of 2^32),
+/// otherwise take `alias`.
+#[derive(Debug, Clone, Copy)]
+struct AliasSlot {
+    keep: u32,
+    own: u32,
+    alias: u32,
+}
+
+/// Vose's alias method: O(n) to build, O(1) per weighted draw. A column whose probability
+/// rounds to one gets itself as alias, so `keep < 2^32` never loses it.
+fn alias_table(weights: &[f64]) -> Box<[AliasSlot]> {
+    let n = weights.len();
+    let sum: f64 = weights.iter().sum();
+    if n == 0 || n > u32::MAX as usize || !sum.is_finite() || sum <= 0.0 {
+        return Box::default();
+    }
+    let mut scaled: Vec<f64> = weights.iter().map(|&w| w * n as f64 / sum).collect();
+    let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| scaled[i] < 1.0);
+    let mut slots: Vec<AliasSlot> = (0..n)
+        .map(|i| AliasSlot {
+            keep: u32::MAX,
+            own: i as u32,
+            alias: i as u32,
+        })
+        .collect();
+    while let (Some(&s), Some(&l)) = (small.last(), large.last()) {
+        small.pop();
+        // scaled[s] < 1, so the product stays below 2^32.
+        slots[s].keep = (scaled[s] * 4_294_967_296.0) as u32;
+        slots[s].alias = l as u32;
+        scaled[l] -= 1.0 - scaled[s];
+        if scaled[l] < 1.0 {
+            large.pop();
+            small.push(l);
+        }
+    }
+    // Whatever is left is 1 up to rounding: keeps itself (the defaults).
+    slots.into_boxed_slice()
 }
 
 fn all_integral(weights: &[f64], max: f64) -> bool {
@@ -310,6 +373,38 @@ mod tests {
         assert_eq!(t.inverse(), &[0.0, 0.0, 0.0, 0.5]);
         assert_eq!(t.lc_multipliers(), &[0, 0, 0, 1]);
         assert_eq!(t.wrr_sequence(), &[3]);
+    }
+
+    /// Exact draw frequencies of every 32-bit input, sampled on a regular grid.
+    fn alias_shares(w: &[f64]) -> Vec<f64> {
+        let t = WeightTable::new(w.to_vec());
+        let mut hits = vec![0u64; w.len()];
+        let steps = 1u64 << 20;
+        for k in 0..steps {
+            let r = (k << 12) as u32 | (k as u32 >> 8);
+            hits[t.weighted_index(r).unwrap()] += 1;
+        }
+        hits.iter().map(|&h| h as f64 / steps as f64).collect()
+    }
+
+    #[test]
+    fn alias_table_draws_in_proportion_to_weight() {
+        let w = [3.0, 0.0, 1.0, 0.5, 2.5, 1.0];
+        let sum: f64 = w.iter().sum();
+        for (got, &w) in alias_shares(&w).iter().zip(&w) {
+            assert!((got - w / sum).abs() < 1e-3, "{got} vs {}", w / sum);
+        }
+        assert_eq!(alias_shares(&[0.0, 0.0, 7.0]), vec![0.0, 0.0, 1.0]);
+        let even = alias_shares(&[2.0; 7]);
+        assert!(
+            even.iter().all(|&s| (s - 1.0 / 7.0).abs() < 1e-3),
+            "{even:?}"
+        );
+        assert_eq!(WeightTable::new(vec![0.0, 0.0]).weighted_index(7), None);
+        assert_eq!(WeightTable::new(vec![]).weighted_index(7), None);
+        // The extremes of the input stay in range.
+        let t = WeightTable::new(vec![1.0, 1e-9, 5.0]);
+        assert!([0, u32::MAX].iter().all(|&r| t.weighted_index(r).is_some()));
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! Asserts that picking never allocates, for every algorithm, at 100 backends.
+//! Asserts that picking never allocates, for every algorithm, at 100 backends (least
+//! connections both sampled, as `new_picker` makes it at that size, and scanning exactly).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fulcrum_balance::{Algorithm, Backend, Outcome, Pool, SlowStart, Tried};
+use fulcrum_balance::{
+    new_picker, Algorithm, Backend, LeastConnections, Outcome, Picker, Pool, SlowStart, Tried,
+};
 
 /// Counts allocations made by the current thread while `COUNTING` is set, so allocations by the
 /// test harness on other threads cannot cause false failures.
@@ -59,12 +62,13 @@ fn allocations_during(f: impl FnOnce()) -> u64 {
     ALLOCS.with(|a| a.get())
 }
 
-fn pool(alg: Algorithm, slow_start: Option<SlowStart>) -> Arc<Pool> {
+fn pool(alg: Algorithm, picker: Box<dyn Picker>, slow_start: Option<SlowStart>) -> Arc<Pool> {
     let backends = (0..100)
         .map(|i| Backend::new(format!("10.0.0.{i}:80").parse().unwrap(), 1 + i % 4))
         .collect();
     let pool = Arc::new(
-        Pool::new("p", alg, backends, Duration::from_secs(10), 5).with_slow_start(slow_start),
+        Pool::with_picker("p", alg, backends, Duration::from_secs(10), 5, picker)
+            .with_slow_start(slow_start),
     );
     for (i, b) in pool.backends().iter().enumerate() {
         // Varied latency state; some backends down so the skip paths run too.
@@ -80,17 +84,37 @@ fn pool(alg: Algorithm, slow_start: Option<SlowStart>) -> Arc<Pool> {
     pool
 }
 
+/// Builds the picker a pool of the given algorithm is tested with.
+type MakePicker = fn(Algorithm) -> Box<dyn Picker>;
+
 #[test]
 fn pick_does_not_allocate() {
     // Sanity check that the counter works at all.
     assert!(allocations_during(|| drop(std::hint::black_box(vec![1u8; 16]))) >= 1);
 
+    const {
+        assert!(
+            100 > LeastConnections::EXACT_MAX,
+            "least connections samples at 100"
+        )
+    };
     let ramp = SlowStart::new(Duration::from_secs(60), 10);
-    for (alg, slow_start) in Algorithm::ALL
+    let exact_lc = |_| Box::new(LeastConnections::with_exact_max(usize::MAX)) as Box<dyn Picker>;
+    let pickers: [(Algorithm, MakePicker); 5] = [
+        (Algorithm::RoundRobin, new_picker),
+        (Algorithm::WeightedRoundRobin, new_picker),
+        (Algorithm::LeastConnections, new_picker),
+        (Algorithm::LeastConnections, exact_lc),
+        (Algorithm::P2cEwma, new_picker),
+    ];
+    assert!(Algorithm::ALL
+        .iter()
+        .all(|a| pickers.iter().any(|(b, _)| a == b)));
+    for (alg, picker, slow_start) in pickers
         .into_iter()
-        .flat_map(|alg| [(alg, None), (alg, ramp)])
+        .flat_map(|(alg, p)| [(alg, p, None), (alg, p, ramp)])
     {
-        let pool = pool(alg, slow_start);
+        let pool = pool(alg, picker(alg), slow_start);
         // Leases held so least-connections has a real scan to do.
         let held: Vec<_> = (0..100).map(|i| pool.lease((i * 7) % 100)).collect();
         let mut tried = Tried::new();

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::model::{Config, ControlConfig, WeightSource};
+use crate::model::{Config, ControlConfig, Discovery, WeightSource};
 use crate::pool_defaults;
 
 /// A TOML basic string literal for `s`.
@@ -58,7 +58,8 @@ impl Config {
     ///
     /// Every setting is written explicitly, defaults included, but for the slow-start keys,
     /// written only when they differ from their defaults, and `[pools.NAME.tls]`, written for
-    /// pools that speak TLS. TLS material is written as its files' paths; reading the result
+    /// pools that speak TLS. A pool with `discovery = "dns"` is written with its names, not the
+    /// addresses they resolved to. TLS material is written as its files' paths; reading the result
     /// back reads those files. Durations are written in whole
     /// milliseconds. The admin token is written as its file's path only, never as the secret;
     /// reading the result back reads that file. The `[control]` section is written when a pool
@@ -111,6 +112,9 @@ impl Config {
             "max_request_line_bytes = {}",
             limits.max_request_line_bytes
         );
+        if let Some(resolver) = &self.server.dns_resolver {
+            let _ = writeln!(out, "dns_resolver = {}", quote(&resolver.to_string()));
+        }
         for c in &self.server.certificates {
             let _ = writeln!(out);
             let _ = writeln!(out, "[[server.certificates]]");
@@ -149,6 +153,10 @@ impl Config {
                 "max_consecutive_failures = {}",
                 pool.max_consecutive_failures
             );
+            if let Discovery::Dns { refresh, .. } = &pool.discovery {
+                let _ = writeln!(out, "discovery = \"dns\"");
+                let _ = writeln!(out, "dns_refresh_ms = {}", ms(*refresh));
+            }
             if !pool.slow_start.is_zero() {
                 let _ = writeln!(out, "slow_start_ms = {}", ms(pool.slow_start));
             }
@@ -188,11 +196,21 @@ impl Config {
                     let _ = writeln!(out, "client_key = {}", path(key));
                 }
             }
-            for b in &pool.backends {
+            let backends: Vec<(String, u32)> = match &pool.discovery {
+                Discovery::Static => pool
+                    .backends
+                    .iter()
+                    .map(|b| (b.addr.to_string(), b.weight))
+                    .collect(),
+                Discovery::Dns { names, .. } => {
+                    names.iter().map(|n| (n.to_string(), n.weight)).collect()
+                }
+            };
+            for (addr, weight) in backends {
                 let _ = writeln!(out);
                 let _ = writeln!(out, "[[pools.{name}.backends]]");
-                let _ = writeln!(out, "addr = {}", quote(&b.addr.to_string()));
-                let _ = writeln!(out, "weight = {}", b.weight);
+                let _ = writeln!(out, "addr = {}", quote(&addr));
+                let _ = writeln!(out, "weight = {weight}");
             }
         }
         let model_pools = self.pools.iter().any(|p| p.weights == WeightSource::Model);

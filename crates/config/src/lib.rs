@@ -49,8 +49,8 @@ pub use admin_token::{AdminToken, MAX_TOKEN_LEN};
 pub use fulcrum_diagnostics::{Diagnostic, Diagnostics, Severity};
 pub use model::{
     AdminConfig, Algorithm, BackendConfig, CertificateConfig, ClientLimits, Config, ControlConfig,
-    HealthCheckConfig, HostMatch, PoolConfig, PoolTlsConfig, RouteConfig, ServerConfig, TlsVersion,
-    WeightSource,
+    Discovery, DnsName, HealthCheckConfig, HostMatch, PoolConfig, PoolTlsConfig, RouteConfig,
+    ServerConfig, TlsVersion, WeightSource,
 };
 
 /// The default configuration shipped with fulcrum (`config/fulcrum.toml`).

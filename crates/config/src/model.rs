@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// The Unix socket a process started with `fulcrum run --upgrade` takes the listeners
     /// through (an absolute path; default `/run/fulcrum/upgrade.sock`).
     pub upgrade_sock: PathBuf,
+    /// The nameserver pools with `discovery = "dns"` ask (`dns_resolver`, `IP:PORT`); `None`
+    /// reads the system's `/etc/resolv.conf`.
+    pub dns_resolver: Option<SocketAddr>,
     /// Addresses the proxy accepts TLS on, HTTP/1.1 and HTTP/2 chosen by ALPN (`tls_listen`,
     /// default none).
     pub tls_listen: Vec<SocketAddr>,
@@ -453,8 +456,63 @@ pub struct PoolConfig {
     pub health_check: HealthCheckConfig,
     /// TLS to the backends (`[pools.NAME.tls]`); `None` speaks cleartext HTTP to them.
     pub tls: Option<PoolTlsConfig>,
-    /// The backends of the pool (at least one).
+    /// How the pool finds its backends (`discovery`, default static).
+    pub discovery: Discovery,
+    /// The backends of the pool: as configured for a static pool (at least one); for a pool
+    /// with `discovery = "dns"`, the addresses its names resolved to (none as parsed).
     pub backends: Vec<BackendConfig>,
+}
+
+/// How a pool finds its backends.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Discovery {
+    /// The `IP:PORT` addresses written in `backends` (`discovery = "static"`, the default).
+    #[default]
+    Static,
+    /// Every address the `host:port` names in `backends` resolve to is a backend, re-resolved
+    /// every `refresh` (`discovery = "dns"`, as a Kubernetes headless Service publishes).
+    Dns {
+        /// Time between lookups (`dns_refresh_ms`, default
+        /// [`crate::pool_defaults::DNS_REFRESH_MS`]).
+        refresh: Duration,
+        /// The names, in configuration order (at least one).
+        names: Vec<DnsName>,
+    },
+}
+
+impl Discovery {
+    /// The config-file spelling, `"static"` or `"dns"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Discovery::Static => "static",
+            Discovery::Dns { .. } => "dns",
+        }
+    }
+
+    /// The names of a DNS pool (none for a static one).
+    pub fn names(&self) -> &[DnsName] {
+        match self {
+            Discovery::Static => &[],
+            Discovery::Dns { names, .. } => names,
+        }
+    }
+}
+
+/// A backend named by DNS: every address `host` resolves to, on `port`, with `weight`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DnsName {
+    /// The host name, lowercased, without a trailing dot.
+    pub host: String,
+    /// The port of every resolved address.
+    pub port: u16,
+    /// The weight of every resolved address (1..=10000).
+    pub weight: u32,
+}
+
+impl fmt::Display for DnsName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 /// TLS from the proxy to a pool's backends; health checks of the pool use it too.

@@ -28,3 +28,7 @@ pub const SLOW_START_MS: u64 = 0;
 /// Share of its weight a backend starts its slow-start ramp with, in percent
 /// (`slow_start_min_percent`).
 pub const SLOW_START_MIN_PERCENT: u32 = 10;
+
+/// Time between DNS lookups of a pool with `discovery = "dns"`, in milliseconds
+/// (`dns_refresh_ms`).
+pub const DNS_REFRESH_MS: u64 = 5000;

@@ -19,8 +19,8 @@ use fulcrum_diagnostics::{suggest, Diagnostic, Diagnostics};
 use crate::admin_token::AdminToken;
 use crate::model::{
     AdminConfig, Algorithm, BackendConfig, CertificateConfig, ClientLimits, Config, ControlConfig,
-    HealthCheckConfig, HostMatch, PoolConfig, PoolTlsConfig, RouteConfig, ServerConfig, TlsVersion,
-    WeightSource,
+    Discovery, DnsName, HealthCheckConfig, HostMatch, PoolConfig, PoolTlsConfig, RouteConfig,
+    ServerConfig, TlsVersion, WeightSource,
 };
 use crate::tls::{self, KeyPair, PairFile};
 
@@ -39,6 +39,7 @@ const SERVER_KEYS: &[&str] = &[
     "keepalive_timeout_ms",
     "max_header_bytes",
     "max_request_line_bytes",
+    "dns_resolver",
 ];
 const CERTIFICATE_KEYS: &[&str] = &["cert", "key"];
 const ADMIN_KEYS: &[&str] = &["listen", "token_file", "protect_metrics"];
@@ -58,6 +59,8 @@ const POOL_KEYS: &[&str] = &[
     "health_check",
     "tls",
     "backends",
+    "discovery",
+    "dns_refresh_ms",
 ];
 const POOL_TLS_KEYS: &[&str] = &["sni", "ca_file", "verify", "client_cert", "client_key"];
 const HEALTH_KEYS: &[&str] = &[
@@ -239,7 +242,13 @@ fn socket_addr(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<SocketAdd
             if let Some((host, port)) = s.rsplit_once(':') {
                 let is_name = host.chars().any(|c| c.is_ascii_alphabetic()) && !host.contains(':');
                 if is_name && port.parse::<u16>().is_ok() {
-                    msg.push_str("; host names are not resolved, use an IP address");
+                    if path.contains(".backends[") {
+                        msg.push_str(
+                            "; host names are not resolved in a static pool: use an IP address, or set discovery = \"dns\" on the pool",
+                        );
+                    } else {
+                        msg.push_str("; host names are not resolved, use an IP address");
+                    }
                 }
             }
             ctx.error(Some(&v.span()), path, msg);
@@ -306,6 +315,7 @@ pub(crate) fn parse(
             grace_period_s: server.grace_period_s,
             drain_delay_s: server.drain_delay_s,
             upgrade_sock: server.upgrade_sock,
+            dns_resolver: server.dns_resolver,
             tls_listen: server.tls_listen.into_iter().map(|(a, _, _)| a).collect(),
             tls_min_version: server.tls_min_version,
             certificates: server.certificates,
@@ -331,6 +341,7 @@ struct ServerParts {
     drain_delay_s: u64,
     upgrade_sock: PathBuf,
     limits: ClientLimits,
+    dns_resolver: Option<SocketAddr>,
 }
 
 impl ServerParts {
@@ -351,6 +362,7 @@ fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
         drain_delay_s: server_default::DRAIN_DELAY_S,
         upgrade_sock: PathBuf::from(server_default::UPGRADE_SOCK),
         limits: ClientLimits::default(),
+        dns_resolver: None,
     };
     let missing_listen = "missing required key `listen`: the data-plane listen addresses, e.g. listen = [\"127.0.0.1:8080\"]";
     let Some(v) = root.get("server") else {
@@ -397,6 +409,9 @@ fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
                 "an array of \"IP:PORT\" strings, e.g. [\"127.0.0.1:8080\"]",
             ),
         },
+    }
+    if let Some(v) = t.get("dns_resolver") {
+        parts.dns_resolver = socket_addr(ctx, v, "server.dns_resolver");
     }
     parts.threads = bounded(ctx, &t, "threads", server_default::THREADS as u64, 1, 1024) as usize;
     parts.grace_period_s = bounded(
@@ -968,7 +983,12 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
         Some(v) => as_table(ctx, v, t.child("tls"), "a table ([pools.NAME.tls])")
             .map(|tt| read_pool_tls(ctx, &tt, name)),
     };
-    let backends = read_backends(ctx, t);
+    let dns = read_discovery(ctx, t);
+    let (backends, names) = read_backends(ctx, t, dns.is_some());
+    let discovery = match dns {
+        Some(refresh) => Discovery::Dns { refresh, names },
+        None => Discovery::Static,
+    };
     if algorithm == Algorithm::RoundRobin
         && weights == WeightSource::Static
         && backends.windows(2).any(|w| w[0].weight != w[1].weight)
@@ -995,8 +1015,78 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
         slow_start_min_percent,
         health_check,
         tls,
+        discovery,
         backends,
     }
+}
+
+/// `discovery` and `dns_refresh_ms`: `Some(refresh)` for a pool whose backends are found by
+/// DNS, `None` for a static one.
+fn read_discovery(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> Option<Duration> {
+    let dns = match t.get("discovery") {
+        None => false,
+        Some(v) => {
+            let path = t.child("discovery");
+            match as_str(ctx, v, &path) {
+                Some("static") | None => false,
+                Some("dns") => true,
+                Some(other) => {
+                    let mut msg = format!("unknown discovery {other:?}; valid: static, dns");
+                    if let Some(s) = suggest(other, ["static", "dns"]) {
+                        msg.push_str(&format!(" (did you mean {s:?}?)"));
+                    }
+                    ctx.error(Some(&v.span()), &path, msg);
+                    false
+                }
+            }
+        }
+    };
+    let refresh = millis(ctx, t, "dns_refresh_ms", pool::DNS_REFRESH_MS, 100);
+    if !dns {
+        if let Some(v) = t.get("dns_refresh_ms") {
+            ctx.warning(
+                Some(&v.span()),
+                &t.child("dns_refresh_ms"),
+                "dns_refresh_ms has no effect without discovery = \"dns\"",
+            );
+        }
+    }
+    dns.then_some(refresh)
+}
+
+/// A backend `addr` of a pool with `discovery = "dns"`: `host:port` with a host name.
+fn dns_name(s: &str) -> Result<(String, u16), String> {
+    let example =
+        "expected HOST:PORT with a host name, e.g. \"web.default.svc.cluster.local:8080\"";
+    if s.parse::<SocketAddr>().is_ok() {
+        return Err(format!(
+            "{s:?} is an IP address, but discovery = \"dns\" resolves host names ({example}); list IP addresses in a pool with discovery = \"static\""
+        ));
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} has no port ({example})"));
+    };
+    let port = match port.parse::<u16>() {
+        Ok(p) if p > 0 => p,
+        _ => {
+            return Err(format!(
+                "{s:?} has no valid port: {port:?} is not 1-65535 ({example})"
+            ))
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let labels_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if !labels_ok || host.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!("{s:?} is not a valid host name ({example})"));
+    }
+    Ok((host, port))
 }
 
 /// `[pools.NAME.tls]`: TLS to the backends of pool `pool`.
@@ -1124,22 +1214,28 @@ fn read_health(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> HealthCheckConfig {
     hc
 }
 
-fn read_backends(ctx: &mut Ctx<'_>, pool: &Table<'_, '_>) -> Vec<BackendConfig> {
+/// The backends of a pool: `IP:PORT` addresses, or with `dns` the `host:port` names to resolve.
+fn read_backends(
+    ctx: &mut Ctx<'_>,
+    pool: &Table<'_, '_>,
+    dns: bool,
+) -> (Vec<BackendConfig>, Vec<DnsName>) {
     let path = pool.child("backends");
     let required = "at least one backend is required, e.g. [[pools.NAME.backends]] with addr = \"127.0.0.1:9001\"";
     let required = required.replace("NAME", pool.path.trim_start_matches("pools."));
     let Some(v) = pool.get("backends") else {
         ctx.error(pool.span.as_ref(), &path, required);
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let DeValue::Array(items) = v.get_ref() else {
         type_error(ctx, v, &path, "an array of tables ([[...backends]])");
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     if items.is_empty() {
         ctx.error(Some(&v.span()), &path, required);
     }
     let mut backends = Vec::new();
+    let mut names: Vec<(DnsName, String)> = Vec::new();
     let mut seen: HashMap<SocketAddr, String> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
         let bpath = format!("{path}[{i}]");
@@ -1157,6 +1253,27 @@ fn read_backends(ctx: &mut Ctx<'_>, pool: &Table<'_, '_>) -> Vec<BackendConfig> 
                     "missing required key `addr`: the backend address, e.g. addr = \"127.0.0.1:9001\"",
                 );
                 None
+            }
+            Some(av) if dns => {
+                let weight = bounded(ctx, &bt, "weight", 1, 1, 10_000) as u32;
+                match as_str(ctx, av, &addr_path).map(dns_name) {
+                    Some(Ok((host, port))) => {
+                        let name = DnsName { host, port, weight };
+                        let first = names
+                            .iter()
+                            .find(|(n, _)| n.host == name.host && n.port == name.port);
+                        if let Some((_, first)) = first {
+                            let msg =
+                                format!("duplicate backend name {name} (already used by {first})");
+                            ctx.error(Some(&av.span()), &addr_path, msg);
+                        } else {
+                            names.push((name, addr_path.clone()));
+                        }
+                    }
+                    Some(Err(msg)) => ctx.error(Some(&av.span()), &addr_path, msg),
+                    None => {}
+                }
+                continue;
             }
             Some(av) => {
                 let addr = socket_addr(ctx, av, &addr_path);
@@ -1177,7 +1294,7 @@ fn read_backends(ctx: &mut Ctx<'_>, pool: &Table<'_, '_>) -> Vec<BackendConfig> 
             backends.push(BackendConfig { addr, weight });
         }
     }
-    backends
+    (backends, names.into_iter().map(|(n, _)| n).collect())
 }
 
 fn read_routes(

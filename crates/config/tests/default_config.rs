@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use fulcrum_config::{
     load, load_default, parse, AdminConfig, Algorithm, BackendConfig, Config, ControlConfig,
-    HealthCheckConfig, HostMatch, PoolConfig, RouteConfig, ServerConfig, TlsVersion, WeightSource,
-    DEFAULT_CONFIG, DEFAULT_CONFIG_NAME,
+    Discovery, HealthCheckConfig, HostMatch, PoolConfig, RouteConfig, ServerConfig, TlsVersion,
+    WeightSource, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME,
 };
 
 fn addr(s: &str) -> SocketAddr {
@@ -29,6 +29,7 @@ fn expected_default() -> Config {
             grace_period_s: 5,
             drain_delay_s: 5,
             upgrade_sock: "/run/fulcrum/upgrade.sock".into(),
+            dns_resolver: None,
             tls_listen: Vec::new(),
             tls_min_version: TlsVersion::Tls12,
             certificates: Vec::new(),
@@ -67,6 +68,7 @@ fn expected_default() -> Config {
                 healthy_threshold: 2,
             },
             tls: None,
+            discovery: Discovery::Static,
             backends: vec![
                 BackendConfig {
                     addr: addr("127.0.0.1:9001"),

@@ -1,11 +1,15 @@
-//! The process log: `env_logger`, with clients that leave before their request head is complete
-//! counted and logged at debug level instead of as errors.
+//! The process log: `env_logger`, with clients that leave before their request head is complete,
+//! and clients that fail their TLS handshake, counted and logged at debug level instead of as
+//! errors.
 //!
 //! pingora reads the request head before any proxy hook runs, and logs every failed read as an
 //! error (`Fail to proxy: Downstream ConnectionClosed …, downstream session type: …`). At an
 //! edge proxy a client hanging up, resetting or stalling mid-head is routine, and one error line
 //! each lets a slowloris run flood the log. That record is recognised here, the only place it
-//! passes through fulcrum.
+//! passes through fulcrum. So is pingora's error for a failed downstream TLS handshake (a
+//! scanner, an old client, a client that does not trust the certificate), which no other hook
+//! of pingora reports: `fulcrum_proxy::tls::handshake_failure_logged` counts it by listener and
+//! reason.
 
 use log::{Level, Log, Metadata, Record};
 
@@ -33,17 +37,33 @@ fn is_client_abort_in_head(record: &Record<'_>) -> bool {
     }) && message.contains(HEAD_READ_MARKER)
 }
 
-/// A logger that demotes client aborts in the request head to debug and counts each with
-/// `on_abort`; every other record goes to `inner` unchanged.
+/// Whether `record` is an error of pingora's listening service about a downstream handshake,
+/// which `on_handshake` then counts (it returns whether it recognised the message).
+fn is_handshake_failure(record: &Record<'_>, on_handshake: fn(&str) -> bool) -> bool {
+    record.level() == Level::Error
+        && record.target().starts_with("pingora_core")
+        && on_handshake(&record.args().to_string())
+}
+
+/// A logger that demotes client aborts in the request head and failed downstream handshakes to
+/// debug, counting each with `on_abort` or `on_handshake`; every other record goes to `inner`
+/// unchanged.
 pub struct ClientAbortFilter<L> {
     inner: L,
     on_abort: fn(),
+    on_handshake: fn(&str) -> bool,
 }
 
 impl<L: Log> ClientAbortFilter<L> {
-    /// Wrap `inner`, calling `on_abort` once for every client abort it demotes.
-    pub fn new(inner: L, on_abort: fn()) -> Self {
-        Self { inner, on_abort }
+    /// Wrap `inner`, calling `on_abort` once for every client abort it demotes, and
+    /// `on_handshake` with every error message of pingora-core (which counts and returns
+    /// `true` for a failed downstream handshake, and the record is demoted).
+    pub fn new(inner: L, on_abort: fn(), on_handshake: fn(&str) -> bool) -> Self {
+        Self {
+            inner,
+            on_abort,
+            on_handshake,
+        }
     }
 }
 
@@ -53,11 +73,12 @@ impl<L: Log> Log for ClientAbortFilter<L> {
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !is_client_abort_in_head(record) {
+        if is_client_abort_in_head(record) {
+            (self.on_abort)();
+        } else if !is_handshake_failure(record, self.on_handshake) {
             self.inner.log(record);
             return;
         }
-        (self.on_abort)();
         let demoted = Record::builder()
             .args(*record.args())
             .level(Level::Debug)
@@ -77,13 +98,15 @@ impl<L: Log> Log for ClientAbortFilter<L> {
 }
 
 /// Install the process logger: `RUST_LOG` (default `info`), client aborts in the request head
-/// counted in `fulcrum_client_aborts_total{phase="head"}` and logged at debug level.
+/// counted in `fulcrum_client_aborts_total{phase="head"}` and failed downstream handshakes in
+/// `fulcrum_tls_handshake_failures_total`, both logged at debug level.
 pub fn init() {
     let inner =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let max = inner.filter();
     let count = || fulcrum_proxy::metrics::client_aborts().head.increment(1);
-    if log::set_boxed_logger(Box::new(ClientAbortFilter::new(inner, count))).is_ok() {
+    let filter = ClientAbortFilter::new(inner, count, fulcrum_proxy::tls::handshake_failure_logged);
+    if log::set_boxed_logger(Box::new(filter)).is_ok() {
         log::set_max_level(max);
     }
 }
@@ -124,9 +147,13 @@ mod tests {
 
     #[test]
     fn client_aborts_in_the_head_are_counted_and_demoted() {
-        let logger = ClientAbortFilter::new(Capture::default(), || {
-            ABORTS.fetch_add(1, Relaxed);
-        });
+        let logger = ClientAbortFilter::new(
+            Capture::default(),
+            || {
+                ABORTS.fetch_add(1, Relaxed);
+            },
+            |_| false,
+        );
         let session = ", downstream session type: HTTP/1.1";
         let aborts = [
             "Downstream ConnectionClosed context: while reading request headers, bytes already read: 24",
@@ -190,9 +217,36 @@ mod tests {
             }
             fn flush(&self) {}
         }
-        let logger = ClientAbortFilter::new(ErrorsOnly(AtomicUsize::new(0)), || {});
+        let logger = ClientAbortFilter::new(ErrorsOnly(AtomicUsize::new(0)), || {}, |_| false);
         let abort = "Fail to proxy: Downstream ConnectionClosed, downstream session type: HTTP/1.1";
         send(&logger, Level::Error, "pingora_proxy", abort);
         assert_eq!(logger.inner.0.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn failed_handshakes_are_handed_over_and_demoted() {
+        let logger = ClientAbortFilter::new(
+            Capture::default(),
+            || {},
+            |m| m.starts_with("Downstream handshake"),
+        );
+        let failed = "Downstream handshake error from 127.0.0.1:5000: TLSHandshakeFailure context: TLS accept() failed: received fatal alert: UnknownCA";
+        send(
+            &logger,
+            Level::Error,
+            "pingora_core::services::listening",
+            failed,
+        );
+        // The same words from another crate, and other pingora-core errors, pass unchanged.
+        send(&logger, Level::Error, "pingora_proxy", failed);
+        send(
+            &logger,
+            Level::Error,
+            "pingora_core::services::listening",
+            "Accept() failed",
+        );
+        let seen = logger.inner.0.lock().unwrap();
+        let levels: Vec<Level> = seen.iter().map(|(l, _)| *l).collect();
+        assert_eq!(levels, [Level::Debug, Level::Error, Level::Error]);
     }
 }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use fulcrum_config::{Config, Diagnostic, Diagnostics, EXIT_CONFIG};
 use fulcrum_proxy::{ConfigSource, Start};
 
+mod demo;
 mod logging;
 
 /// fulcrum: a Layer-7 load-balancing reverse proxy whose backend weights can be tuned live.
@@ -29,9 +30,10 @@ enum Command {
     Run(RunArgs),
     /// Validate a configuration, print every problem, exit 0 (valid) or 78 (invalid).
     Check,
-    /// Start local demo backends on the configuration's backend addresses, then the proxy
-    /// (the embedded default configuration unless `-c` is given).
-    Demo,
+    /// Watch the model at work: four uneven loopback backends, a steady open-loop load and
+    /// the proxy (the embedded config/demo.toml unless `-c` is given); status page on the
+    /// admin port. `--static` runs the same story with static weights on other ports.
+    Demo(demo::DemoArgs),
     /// Run policies on a scenario in the discrete-event simulator.
     Sim(SimArgs),
     /// Run policies on a scenario for real: loopback backends, the real proxy, open-loop load.
@@ -298,60 +300,6 @@ fn run(config: Config, source: ConfigSource, start: Start) -> ExitCode {
     }
 }
 
-/// Every backend address of every pool once, in configuration order: a backend shared by
-/// two pools, listed anywhere in either, gets one demo server, since binding twice fails.
-fn backend_addrs(config: &Config) -> Vec<std::net::SocketAddr> {
-    let mut seen = std::collections::HashSet::new();
-    config
-        .pools
-        .iter()
-        .flat_map(|p| p.backends.iter().map(|b| b.addr))
-        .filter(|a| seen.insert(*a))
-        .collect()
-}
-
-fn demo(path: Option<&PathBuf>) -> ExitCode {
-    let (config, source) = match load(path) {
-        Ok(loaded) => loaded,
-        Err(code) => return code,
-    };
-    let addrs = backend_addrs(&config);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let backend_addrs = addrs.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("demo runtime");
-        rt.block_on(async move {
-            match fulcrum_testbed::serve_forever(&backend_addrs).await {
-                Ok(servers) => {
-                    let _ = ready_tx.send(Ok(()));
-                    std::future::pending::<()>().await;
-                    drop(servers);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            }
-        });
-    });
-    match ready_rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            eprintln!("fulcrum demo: cannot start the demo backends on {addrs:?}: {e}");
-            return ExitCode::from(1);
-        }
-        Err(_) => return ExitCode::from(1),
-    }
-    let listen = config.server.listen[0];
-    eprintln!(
-        "fulcrum demo: backends on {addrs:?}\n  try:    curl http://{listen}/\n  pools:  curl http://{}/api/pools\n  metrics: curl http://{}/metrics\n  stop:   Ctrl-C",
-        config.admin.listen, config.admin.listen
-    );
-    run(config, source, Start::Fresh)
-}
-
 fn main() -> ExitCode {
     logging::init();
     let cli = Cli::parse();
@@ -370,8 +318,13 @@ fn main() -> ExitCode {
         Command::Check => match load(cli.config.as_ref()) {
             Ok((config, _)) => {
                 let backends: usize = config.pools.iter().map(|p| p.backends.len()).sum();
+                let names: usize = config.pools.iter().map(|p| p.discovery.names().len()).sum();
+                let names = match names {
+                    0 => String::new(),
+                    n => format!(", {n} DNS names resolved at run time"),
+                };
                 println!(
-                    "{}: configuration is valid ({} routes, {} pools, {} backends)",
+                    "{}: configuration is valid ({} routes, {} pools, {} backends{names})",
                     cli.config
                         .as_ref()
                         .map(|p| p.display().to_string())
@@ -385,52 +338,9 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Demo => demo(cli.config.as_ref()),
+        Command::Demo(args) => demo::run(cli.config.as_ref(), args),
         Command::Sim(args) => sim(args),
         Command::Lab(args) => lab(args),
         Command::Testbed(args) => testbed(args),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backend_addrs_are_unique_in_configuration_order() {
-        let source = r#"
-[server]
-listen = ["127.0.0.1:8080"]
-
-[[routes]]
-path_prefix = "/a"
-pool = "a"
-
-[[routes]]
-path_prefix = "/b"
-pool = "b"
-
-[pools.a]
-[[pools.a.backends]]
-addr = "127.0.0.1:9002"
-[[pools.a.backends]]
-addr = "127.0.0.1:9001"
-
-[pools.b]
-[[pools.b.backends]]
-addr = "127.0.0.1:9003"
-[[pools.b.backends]]
-addr = "127.0.0.1:9002"
-"#;
-        let (config, _) = fulcrum_config::parse(source, "test.toml").unwrap();
-        let addrs: Vec<String> = backend_addrs(&config)
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
-        // 9002 is not adjacent to its repeat, which `dedup` alone would keep twice.
-        assert_eq!(
-            addrs,
-            ["127.0.0.1:9002", "127.0.0.1:9001", "127.0.0.1:9003"]
-        );
     }
 }

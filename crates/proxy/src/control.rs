@@ -37,6 +37,61 @@ pub mod names {
     pub const CONTROL_TICKS_TOTAL: &str = "fulcrum_control_ticks_total";
 }
 
+/// What scores the model pools, for the admin API and the status page.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ModelState {
+    /// An ONNX model scores backends (`false`: the built-in heuristic does).
+    pub loaded: bool,
+    /// `model` or `heuristic`.
+    pub source: &'static str,
+    /// The configured model file.
+    pub path: String,
+    /// The feature schema this fulcrum feeds (a loaded model was trained on it).
+    pub schema: &'static str,
+    /// The model's own description, when one is loaded.
+    pub description: String,
+    /// Why no model is loaded (or why the last reload was refused, the running one kept).
+    pub error: Option<String>,
+    /// Duration of the last inference, microseconds.
+    pub inference_us: f64,
+    /// Control ticks run, every pool together.
+    pub ticks: u64,
+    /// Ticks whose scores failed a guardrail (previous weights kept).
+    pub rejected_ticks: u64,
+    /// Ticks skipped because inference overran its budget.
+    pub skipped_ticks: u64,
+}
+
+/// The control loop's [`ModelState`], written by the control thread, read by the admin API.
+#[derive(Debug, Default)]
+pub struct ModelStatus(std::sync::Mutex<ModelState>);
+
+impl ModelStatus {
+    /// A copy of the current state.
+    pub fn get(&self) -> ModelState {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ModelState)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Record which scorer runs now; `error` says why it is not (or no longer) a new model.
+    fn set_scorer(&self, scorer: &Scorer, cfg: &ControlConfig, error: Option<String>) {
+        self.update(|s| {
+            s.loaded = matches!(scorer, Scorer::Model(_));
+            s.source = scorer.source();
+            s.path = cfg.model.display().to_string();
+            s.schema = fulcrum_control::FEATURE_SCHEMA;
+            s.description = match scorer {
+                Scorer::Model(m) => m.description().to_string(),
+                Scorer::Heuristic(_) => String::new(),
+            };
+            s.error = error;
+        });
+    }
+}
+
 /// A request to reload the model, answered with the outcome.
 pub type ModelReloadRequest = oneshot::Sender<Result<String, String>>;
 
@@ -121,6 +176,7 @@ struct ControlLoop {
 impl ControlLoop {
     fn new(shared: Arc<Shared>) -> Self {
         let cfg = shared.config.load().control.clone();
+        let mut load_error = None;
         let (scorer, model_mtime) = match load_model(&cfg) {
             Ok(m) => {
                 log::info!("control: model {} loaded", cfg.model.display());
@@ -140,9 +196,11 @@ impl ControlLoop {
                     );
                 }
                 metrics::gauge!(names::MODEL_LOADED).set(0.0);
+                load_error = Some(why);
                 (Scorer::Heuristic(Heuristic::default()), None)
             }
         };
+        shared.model.set_scorer(&scorer, &cfg, load_error);
         let record = cfg.record.as_deref().and_then(open_record);
         ControlLoop {
             shared,
@@ -162,6 +220,7 @@ impl ControlLoop {
             Ok(m) => {
                 self.scorer = Scorer::Model(m);
                 self.model_mtime = mtime(&cfg.model);
+                self.shared.model.set_scorer(&self.scorer, &cfg, None);
                 metrics::gauge!(names::MODEL_LOADED).set(1.0);
                 metrics::counter!(names::MODEL_RELOADS_TOTAL, "result" => "ok").increment(1);
                 let msg = format!("model {} loaded", cfg.model.display());
@@ -173,6 +232,11 @@ impl ControlLoop {
                 self.model_mtime = mtime(&cfg.model);
                 metrics::counter!(names::MODEL_RELOADS_TOTAL, "result" => "error").increment(1);
                 let kept = self.scorer.source();
+                self.shared.model.set_scorer(
+                    &self.scorer,
+                    &cfg,
+                    Some(format!("reload refused, the {kept} keeps running: {why}")),
+                );
                 log::error!("control: model reload refused, the {kept} keeps running: {why}");
                 Err(format!(
                     "model reload refused, the {kept} keeps running: {why}\n"
@@ -222,7 +286,8 @@ impl ControlLoop {
             .iter()
             .filter(|p| p.config.weights == WeightSource::Model)
         {
-            if fresh.contains(&p.config.name.as_str()) {
+            // A DNS pool whose names have not resolved yet has nothing to tune.
+            if fresh.contains(&p.config.name.as_str()) || p.pool.backends().is_empty() {
                 continue;
             }
             let Some(state) = self.pools.get_mut(&p.config.name) else {
@@ -236,6 +301,12 @@ impl ControlLoop {
             metrics::counter!(names::CONTROL_TICKS_TOTAL, "pool" => p.config.name.clone())
                 .increment(1);
             metrics::gauge!(names::MODEL_INFERENCE_SECONDS).set(decision.inference_us / 1e6);
+            self.shared.model.update(|s| {
+                s.ticks += 1;
+                s.inference_us = decision.inference_us;
+                s.rejected_ticks += u64::from(outcome == TickOutcome::Rejected);
+                s.skipped_ticks += u64::from(outcome == TickOutcome::Skipped);
+            });
             match outcome {
                 TickOutcome::Applied => {}
                 TickOutcome::Rejected => {

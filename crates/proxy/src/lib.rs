@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod control;
+pub mod discovery;
 pub mod health;
 pub mod lifecycle;
 pub mod limits;
@@ -64,6 +65,10 @@ pub struct Shared {
     pub model_reload: std::sync::mpsc::Sender<control::ModelReloadRequest>,
     /// Draining, the listeners' hand-over and the requests in flight.
     pub lifecycle: Arc<Lifecycle>,
+    /// The last good addresses of the backend names of pools with `discovery = "dns"`.
+    pub discovered: Arc<discovery::Discovered>,
+    /// What scores the model pools (model or heuristic, and why), for the admin API.
+    pub model: control::ModelStatus,
 }
 
 /// Errors that stop the proxy from starting.
@@ -129,7 +134,7 @@ fn check_bindable(config: &Config) -> Result<(), StartError> {
 
 /// Start the admin listener, health checks and the pingora data plane; blocks until the process
 /// has drained (`SIGTERM`), handed its listeners to a new binary (`SIGQUIT`) or was interrupted.
-pub fn serve(config: Config, source: ConfigSource, start: Start) -> Result<(), StartError> {
+pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(), StartError> {
     let metrics = metrics::install()?;
     match start {
         Start::Fresh => check_bindable(&config)?,
@@ -140,6 +145,10 @@ pub fn serve(config: Config, source: ConfigSource, start: Start) -> Result<(), S
 
     control::describe_metrics();
     tls::describe_metrics();
+    discovery::describe_metrics();
+    // DNS pools start empty (not ready) until their names are first resolved.
+    let discovered = Arc::new(discovery::Discovered::new());
+    discovered.expand(&mut config);
     let (model_reload, model_reloads) = std::sync::mpsc::channel();
     let builder = UpstreamsBuilder::new();
     metrics::record_config_load(true);
@@ -154,6 +163,8 @@ pub fn serve(config: Config, source: ConfigSource, start: Start) -> Result<(), S
         decisions: fulcrum_control::decisions::DecisionLog::new(config.control.decisions),
         model_reload,
         lifecycle: lifecycle.clone(),
+        discovered,
+        model: control::ModelStatus::default(),
     });
     control::spawn(shared.clone(), model_reloads).map_err(StartError::Runtime)?;
 
@@ -301,8 +312,8 @@ fn add_tls_listeners(
     Ok(())
 }
 
-/// The admin thread: health checks, and configuration reloads asked for by `SIGHUP` or the
-/// admin API, one at a time.
+/// The admin thread: health checks, DNS discovery, and configuration reloads asked for by
+/// `SIGHUP` or the admin API, one at a time.
 async fn admin_main(
     shared: Arc<Shared>,
     reload_tx: mpsc::Sender<admin::ReloadRequest>,
@@ -310,6 +321,14 @@ async fn admin_main(
 ) {
     let mut health_tasks = JoinSet::new();
     health::spawn_all(&shared.upstreams.load_full(), &mut health_tasks);
+    let (dns_changed, mut dns_changes) = mpsc::channel::<()>(1);
+    let mut dns_tasks = JoinSet::new();
+    discovery::spawn_all(
+        &shared.config.load(),
+        &shared.discovered,
+        &dns_changed,
+        &mut dns_tasks,
+    );
 
     // SIGHUP asks for a reload, as with nginx and HAProxy.
     let sighup_tx = reload_tx;
@@ -327,8 +346,28 @@ async fn admin_main(
         }
     });
 
-    while let Some(reply) = reload_rx.recv().await {
+    loop {
+        let reply = tokio::select! {
+            reply = reload_rx.recv() => match reply {
+                Some(reply) => reply,
+                None => return,
+            },
+            Some(()) = dns_changes.recv() => {
+                apply_discovered(&shared, &mut health_tasks);
+                continue;
+            }
+        };
         let result = reload(&shared, &mut health_tasks);
+        if result.is_ok() {
+            // The names, their refresh and the nameserver may have changed.
+            dns_tasks.abort_all();
+            discovery::spawn_all(
+                &shared.config.load(),
+                &shared.discovered,
+                &dns_changed,
+                &mut dns_tasks,
+            );
+        }
         let label = if result.is_ok() { "ok" } else { "error" };
         ::metrics::counter!(metrics::CONFIG_RELOADS_TOTAL, "result" => label).increment(1);
         metrics::record_config_load(result.is_ok());
@@ -351,7 +390,8 @@ fn reload(shared: &Shared, health_tasks: &mut JoinSet<()>) -> Result<String, Str
         }
         ConfigSource::File(p) => p,
     };
-    let (config, warnings) = fulcrum_config::load(path).map_err(|d| d.to_string())?;
+    let (mut config, warnings) = fulcrum_config::load(path).map_err(|d| d.to_string())?;
+    shared.discovered.expand(&mut config);
     let old = shared.config.load();
     let mut notes = String::new();
     for w in &warnings {
@@ -379,4 +419,29 @@ fn reload(shared: &Shared, health_tasks: &mut JoinSet<()>) -> Result<String, Str
         "configuration reloaded from {}\n{notes}",
         path.display()
     ))
+}
+
+/// Rebuild the upstreams with the addresses DNS discovery found now, through the same builder
+/// as a reload: added backends start afresh (slow start included), removed ones get no new
+/// request. Nothing happens when no pool's backends changed.
+fn apply_discovered(shared: &Shared, health_tasks: &mut JoinSet<()>) {
+    let old = shared.config.load_full();
+    let mut config = Config::clone(&old);
+    shared.discovered.expand(&mut config);
+    let changed: Vec<&str> = config
+        .pools
+        .iter()
+        .zip(&old.pools)
+        .filter(|(new, old)| new.backends != old.backends)
+        .map(|(new, _)| new.name.as_str())
+        .collect();
+    if changed.is_empty() {
+        return;
+    }
+    log::info!("DNS discovery changed the backends of pools {changed:?}");
+    let upstreams = Arc::new(shared.builder.build(&config, Some(&old)));
+    health_tasks.abort_all();
+    health::spawn_all(&upstreams, health_tasks);
+    shared.config.store(Arc::new(config));
+    shared.upstreams.store(upstreams);
 }

@@ -419,6 +419,7 @@ mod tests {
             grace_period_s,
             drain_delay_s,
             upgrade_sock: "/nonexistent/upgrade.sock".into(),
+            dns_resolver: None,
             tls_listen: Vec::new(),
             tls_min_version: fulcrum_config::TlsVersion::Tls12,
             certificates: Vec::new(),

@@ -106,6 +106,30 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
+/// `X-Forwarded-For` with `ip` appended to `prev`, built in one allocation of the exact size
+/// (the address is formatted on the stack, not through a `String` that grows).
+fn forwarded_for(prev: Option<&[u8]>, ip: IpAddr) -> HeaderValue {
+    use std::io::Write as _;
+    // The longest IPv6 text form is 45 bytes.
+    let mut text = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    let ip = &text[..len];
+    let value = match prev {
+        Some(prev) => {
+            let mut v = bytes::BytesMut::with_capacity(prev.len() + 2 + ip.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip);
+            v.freeze()
+        }
+        None => Bytes::copy_from_slice(ip),
+    };
+    // Both parts are valid header bytes: `prev` came from a parsed header, `ip` is ASCII.
+    HeaderValue::from_maybe_shared(value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 /// Whether the raw HTTP/1 request head carries a `Content-Length` header. pingora drops
 /// `Content-Length` when `Transfer-Encoding` is present, so the raw bytes are the only witness.
 fn raw_head_has_content_length(session: &Session) -> bool {
@@ -522,16 +546,11 @@ impl ProxyHttp for FulcrumProxy {
         let keep_upgrade = session.is_upgrade_req();
         strip_hop_by_hop_request(upstream_request, keep_upgrade);
         if let Some(ip) = client_ip(session) {
-            let xff = match upstream_request.headers.get(&X_FORWARDED_FOR) {
-                Some(prev) if !prev.is_empty() => {
-                    let mut v = Vec::with_capacity(prev.len() + 48);
-                    v.extend_from_slice(prev.as_bytes());
-                    v.extend_from_slice(b", ");
-                    v.extend_from_slice(ip.to_string().as_bytes());
-                    v
-                }
-                _ => ip.to_string().into_bytes(),
-            };
+            let prev = upstream_request
+                .headers
+                .get(&X_FORWARDED_FOR)
+                .filter(|v| !v.is_empty());
+            let xff = forwarded_for(prev.map(HeaderValue::as_bytes), ip);
             upstream_request.insert_header("X-Forwarded-For", xff)?;
         }
         // Static names keep the inserts free of name allocations.
@@ -676,6 +695,21 @@ impl ProxyHttp for FulcrumProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_appends_the_client_address() {
+        let v4: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(forwarded_for(None, v4), "203.0.113.7");
+        assert_eq!(
+            forwarded_for(Some(b"198.51.100.1, 10.0.0.1"), v4),
+            "198.51.100.1, 10.0.0.1, 203.0.113.7"
+        );
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
+        let text = longest.to_string();
+        assert_eq!(forwarded_for(None, longest), text.as_str());
+    }
 
     #[test]
     fn https_locations_keep_path_and_query() {

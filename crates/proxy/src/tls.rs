@@ -10,14 +10,18 @@
 //! alert, before rustls runs) and hands the bytes back; [`HandshakeRecorder`] is the listener's
 //! post-handshake callback and counts completed handshakes by version. Failures rustls itself
 //! finds in the middle of a handshake (a client refusing our certificate, say) reach no hook of
-//! pingora 0.9.1 (it only logs them), so they are not counted.
+//! pingora 0.9.1: it logs them with the client's address. The process logger hands those
+//! records to [`handshake_failure_logged`], which finds the listener from the address the
+//! ClientHello check noted and counts the failure by reason.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
 use fulcrum_config::tls::KeyPair;
 use fulcrum_config::{Config, PoolTlsConfig, TlsVersion};
@@ -157,13 +161,39 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Why a handshake was refused (the `reason` label).
+/// Why a handshake failed (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
     /// The client offers no TLS version we accept.
     ProtocolVersion,
-    /// The first bytes are not a TLS ClientHello at all.
+    /// The client does not trust the issuer of our certificate (its `unknown_ca` alert).
+    UnknownCa,
+    /// The client refused our certificate itself: wrong name, expired, unsupported, revoked.
+    BadCertificate,
+    /// The handshake did not finish within pingora's 60 s.
+    Timeout,
+    /// Anything else, including bytes that are not TLS at all.
     Other,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 5] = [
+        Refusal::ProtocolVersion,
+        Refusal::UnknownCa,
+        Refusal::BadCertificate,
+        Refusal::Timeout,
+        Refusal::Other,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::ProtocolVersion => "protocol_version",
+            Refusal::UnknownCa => "unknown_ca",
+            Refusal::BadCertificate => "bad_certificate",
+            Refusal::Timeout => "timeout",
+            Refusal::Other => "other",
+        }
+    }
 }
 
 /// The metric handles of one TLS listener.
@@ -171,8 +201,8 @@ enum Refusal {
 struct ListenerMetrics {
     tls12: Counter,
     tls13: Counter,
-    protocol_version: Counter,
-    other: Counter,
+    /// One counter per [`Refusal`], in [`Refusal::ALL`] order.
+    refused: [Counter; 5],
 }
 
 impl ListenerMetrics {
@@ -181,17 +211,169 @@ impl ListenerMetrics {
         ListenerMetrics {
             tls12: metrics::counter!(HANDSHAKES_TOTAL, "listener" => l.clone(), "version" => "1.2"),
             tls13: metrics::counter!(HANDSHAKES_TOTAL, "listener" => l.clone(), "version" => "1.3"),
-            protocol_version: metrics::counter!(HANDSHAKE_FAILURES_TOTAL, "listener" => l.clone(), "reason" => "protocol_version"),
-            other: metrics::counter!(HANDSHAKE_FAILURES_TOTAL, "listener" => l, "reason" => "other"),
+            refused: Refusal::ALL.map(|r| {
+                metrics::counter!(HANDSHAKE_FAILURES_TOTAL, "listener" => l.clone(), "reason" => r.label())
+            }),
         }
     }
 
     fn refused(&self, why: Refusal) {
-        match why {
-            Refusal::ProtocolVersion => self.protocol_version.increment(1),
-            Refusal::Other => self.other.increment(1),
+        self.refused[why as usize].increment(1);
+    }
+}
+
+/// The TLS listeners of the process, and the listener of each recent handshake by the client's
+/// address, so that a failure pingora reports only by that address is counted where it belongs.
+#[derive(Debug)]
+struct Attribution {
+    listeners: Vec<(SocketAddr, Arc<ListenerMetrics>)>,
+    /// Recent handshakes, overwritten in turn: the client address's hash with its low 16 bits
+    /// replaced by the listener's index + 1 (0 = empty). Lock-free, so noting a handshake costs
+    /// one atomic add and one store; a lookup scans the ring, which happens only on a failure.
+    recent: Box<[AtomicU64]>,
+    next: AtomicUsize,
+}
+
+/// How many handshakes under way [`Attribution`] remembers.
+const RECENT_HANDSHAKES: usize = 4096;
+
+/// The attribution of the running process, set when its TLS listeners are built.
+static ATTRIBUTION: ArcSwapOption<Attribution> = ArcSwapOption::const_empty();
+
+/// Failures whose listener is no longer known: several listeners, and the handshake was
+/// overwritten in the ring by newer ones, or pingora did not print the client's address.
+fn unattributed() -> &'static ListenerMetrics {
+    static UNKNOWN: std::sync::OnceLock<ListenerMetrics> = std::sync::OnceLock::new();
+    UNKNOWN.get_or_init(|| ListenerMetrics::register("unknown"))
+}
+
+impl Attribution {
+    fn new(listeners: Vec<(SocketAddr, Arc<ListenerMetrics>)>) -> Self {
+        Attribution {
+            listeners,
+            recent: (0..RECENT_HANDSHAKES).map(|_| AtomicU64::new(0)).collect(),
+            next: AtomicUsize::new(0),
         }
     }
+
+    /// The ring's key of a client address as pingora prints it (`ip:port`).
+    fn key(peer: &str) -> u64 {
+        BuildHasherDefault::<DefaultHasher>::default().hash_one(peer) & !0xffff
+    }
+
+    /// The listener that accepted a connection to `local`: exact, else a wildcard on its port.
+    fn index_of(&self, local: SocketAddr) -> Option<usize> {
+        self.listeners
+            .iter()
+            .position(|(a, _)| *a == local)
+            .or_else(|| {
+                self.listeners
+                    .iter()
+                    .position(|(a, _)| a.port() == local.port() && a.ip().is_unspecified())
+            })
+    }
+
+    fn metrics(&self, index: usize) -> &ListenerMetrics {
+        &self.listeners[index].1
+    }
+
+    /// Note that `listener` is handshaking with `peer`. Only needed with several listeners.
+    fn note(&self, peer: SocketAddr, listener: usize) {
+        if self.listeners.len() < 2 {
+            return;
+        }
+        let slot = self.next.fetch_add(1, Relaxed) % self.recent.len();
+        let tag = (listener as u64 + 1) & 0xffff;
+        self.recent[slot].store(Self::key(&peer.to_string()) | tag, Relaxed);
+    }
+
+    /// The metrics of the listener that accepted `peer` (as pingora prints it), if known.
+    fn metrics_of(&self, peer: Option<&str>) -> &ListenerMetrics {
+        if let [(_, only)] = self.listeners.as_slice() {
+            return only;
+        }
+        let Some(peer) = peer else {
+            return unattributed();
+        };
+        let key = Self::key(peer);
+        self.recent
+            .iter()
+            .map(|slot| slot.load(Relaxed))
+            .find(|v| *v != 0 && v & !0xffff == key)
+            .and_then(|v| self.listeners.get((v & 0xffff) as usize - 1))
+            .map_or_else(|| unattributed(), |(_, m)| m.as_ref())
+    }
+}
+
+/// Start of pingora's log message for a failed downstream handshake; the client's address and
+/// the error follow.
+const HANDSHAKE_FAILED: &str = "Downstream handshake error from ";
+/// The same, when pingora does not know the client's address.
+const HANDSHAKE_FAILED_NO_PEER: &str = "Downstream handshake error: ";
+/// pingora's log message when a downstream handshake outlasts its 60 s.
+const HANDSHAKE_TIMED_OUT: &str = "Downstream handshake timeout";
+/// The ClientHello check's own error, already counted when it was raised.
+const NO_SHARED_VERSION: &str = "client offers no TLS version";
+/// The ClientHello check's error for a client that left before a full ClientHello.
+const CLOSED_BEFORE_HELLO: &str = "closed before a ClientHello";
+
+/// Whether `message` is pingora's log record of a failed downstream TLS handshake; if so, the
+/// failure is counted in `fulcrum_tls_handshake_failures_total` under its listener and reason.
+/// The process logger calls this for pingora's error records: a client failing its handshake
+/// is routine at an edge and is reported by the metric, not by an error line.
+pub fn handshake_failure_logged(message: &str) -> bool {
+    let (peer, reason) = if let Some(rest) = message.strip_prefix(HANDSHAKE_FAILED) {
+        match rest.split_once(": ") {
+            Some((peer, error)) => (Some(peer), failure_reason(error)),
+            None => (None, failure_reason(rest)),
+        }
+    } else if let Some(error) = message.strip_prefix(HANDSHAKE_FAILED_NO_PEER) {
+        (None, failure_reason(error))
+    } else if message.starts_with(HANDSHAKE_TIMED_OUT) {
+        (None, Some(Refusal::Timeout))
+    } else {
+        return false;
+    };
+    if let (Some(reason), Some(attribution)) = (reason, ATTRIBUTION.load().as_ref()) {
+        attribution.metrics_of(peer).refused(reason);
+    }
+    true
+}
+
+/// The reason a handshake failed, from the error pingora reports; `None` when there is nothing
+/// more to count (the ClientHello check counted it already, or the client left before it sent
+/// a ClientHello).
+fn failure_reason(error: &str) -> Option<Refusal> {
+    if error.contains(NO_SHARED_VERSION) || error.contains(CLOSED_BEFORE_HELLO) {
+        return None;
+    }
+    // rustls prints an alert from the client as `received fatal alert: UnknownCA`.
+    let Some((_, alert)) = error.split_once("received fatal alert: ") else {
+        // rustls: `peer is incompatible: SupportedVersionsExtensionRequired`, `Tls12NotOffered`…
+        let incompatible_version = error
+            .split_once("peer is incompatible: ")
+            .is_some_and(|(_, why)| why.contains("Version") || why.contains("NotOffered"));
+        return Some(if incompatible_version {
+            Refusal::ProtocolVersion
+        } else {
+            Refusal::Other
+        });
+    };
+    let alert = alert
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or_default();
+    Some(match alert {
+        "UnknownCA" => Refusal::UnknownCa,
+        "BadCertificate"
+        | "CertificateUnknown"
+        | "UnsupportedCertificate"
+        | "CertificateExpired"
+        | "CertificateRevoked"
+        | "BadCertificateStatusResponse" => Refusal::BadCertificate,
+        "ProtocolVersion" => Refusal::ProtocolVersion,
+        _ => Refusal::Other,
+    })
 }
 
 /// Describe the TLS metrics; call once after the recorder is installed.
@@ -202,7 +384,7 @@ pub fn describe_metrics() {
     );
     metrics::describe_counter!(
         HANDSHAKE_FAILURES_TOTAL,
-        "TLS handshakes refused before they began, by listener and reason: protocol_version (no TLS version in common), other (not a TLS ClientHello)."
+        "TLS handshakes that failed, by listener and reason: protocol_version (no TLS version in common), unknown_ca and bad_certificate (the client refused our certificate), timeout, other (not TLS, or any other failure)."
     );
 }
 
@@ -229,20 +411,24 @@ impl TlsAccept for HandshakeRecorder {
 /// The TLS side of the data plane: one recorder per TLS listener and the ClientHello check
 /// they share.
 pub struct EdgeTls {
-    listeners: Vec<(SocketAddr, Arc<ListenerMetrics>)>,
+    attribution: Arc<Attribution>,
     min_version: TlsVersion,
 }
 
 impl EdgeTls {
-    /// Register the metrics of every TLS listener of `config` (exported at 0 from the start).
+    /// Register the metrics of every TLS listener of `config` (exported at 0 from the start),
+    /// and make them the ones [`handshake_failure_logged`] counts into.
     pub fn new(config: &Config) -> Self {
+        let listeners = config
+            .server
+            .tls_listen
+            .iter()
+            .map(|a| (*a, Arc::new(ListenerMetrics::register(&a.to_string()))))
+            .collect();
+        let attribution = Arc::new(Attribution::new(listeners));
+        ATTRIBUTION.store(Some(attribution.clone()));
         EdgeTls {
-            listeners: config
-                .server
-                .tls_listen
-                .iter()
-                .map(|a| (*a, Arc::new(ListenerMetrics::register(&a.to_string()))))
-                .collect(),
+            attribution,
             min_version: config.server.tls_min_version,
         }
     }
@@ -250,6 +436,7 @@ impl EdgeTls {
     /// The post-handshake callback of the listener on `addr`.
     pub fn recorder(&self, addr: SocketAddr) -> HandshakeRecorder {
         let metrics = self
+            .attribution
             .listeners
             .iter()
             .find(|(a, _)| *a == addr)
@@ -261,7 +448,7 @@ impl EdgeTls {
     /// The pre-handshake check shared by every TLS listener.
     pub fn client_hello_check(&self) -> ClientHelloCheck {
         ClientHelloCheck {
-            listeners: self.listeners.clone(),
+            attribution: self.attribution.clone(),
             min_version: self.min_version,
         }
     }
@@ -272,7 +459,7 @@ impl EdgeTls {
 /// rustls already never speaks TLS 1.0 or 1.1; the check adds `tls_min_version = "1.3"`
 /// (rustls takes one version set for all listeners from pingora) and counts the refusals.
 pub struct ClientHelloCheck {
-    listeners: Vec<(SocketAddr, Arc<ListenerMetrics>)>,
+    attribution: Arc<Attribution>,
     min_version: TlsVersion,
 }
 
@@ -282,20 +469,6 @@ const MAX_RECORD: usize = 16_384 + 2_048;
 const PROTOCOL_VERSION_ALERT: [u8; 7] = [21, 3, 1, 0, 2, 2, 70];
 
 impl ClientHelloCheck {
-    /// The metrics of the listener that accepted a connection to `local`.
-    fn metrics_for(&self, local: Option<SocketAddr>) -> Option<&ListenerMetrics> {
-        let local = local?;
-        self.listeners
-            .iter()
-            .find(|(a, _)| *a == local)
-            .or_else(|| {
-                self.listeners
-                    .iter()
-                    .find(|(a, _)| a.port() == local.port() && a.ip().is_unspecified())
-            })
-            .map(|(_, m)| m.as_ref())
-    }
-
     fn wire_minimum(&self) -> u16 {
         match self.min_version {
             TlsVersion::Tls12 => 0x0303,
@@ -307,9 +480,17 @@ impl ClientHelloCheck {
 #[async_trait]
 impl PreTlsProcess for ClientHelloCheck {
     async fn process(&self, stream: &mut L4Stream) -> Result<()> {
-        let local = stream
-            .get_socket_digest()
+        let digest = stream.get_socket_digest();
+        let local = digest
+            .as_ref()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        let listener = local.and_then(|l| self.attribution.index_of(l));
+        if let (Some(index), Some(peer)) = (
+            listener,
+            digest.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied()),
+        ) {
+            self.attribution.note(peer, index);
+        }
         let mut record = vec![0u8; 5];
         if stream.read_exact(&mut record).await.is_err() {
             // Gone before saying anything: not a handshake attempt, nothing to count.
@@ -333,8 +514,10 @@ impl PreTlsProcess for ClientHelloCheck {
         };
         match verdict {
             Some(Refusal::ProtocolVersion) => {
-                if let Some(m) = self.metrics_for(local) {
-                    m.refused(Refusal::ProtocolVersion);
+                if let Some(i) = listener {
+                    self.attribution
+                        .metrics(i)
+                        .refused(Refusal::ProtocolVersion);
                 }
                 let _ = stream.write_all(&PROTOCOL_VERSION_ALERT).await;
                 let _ = stream.flush().await;
@@ -346,15 +529,8 @@ impl PreTlsProcess for ClientHelloCheck {
                     ),
                 )
             }
-            Some(Refusal::Other) => {
-                if let Some(m) = self.metrics_for(local) {
-                    m.refused(Refusal::Other);
-                }
-                // rustls answers it as it does any bytes that are not TLS.
-                stream.rewind(&record);
-                Ok(())
-            }
-            None => {
+            // Not TLS: rustls refuses it, and its failure is counted from pingora's report.
+            _ => {
                 stream.rewind(&record);
                 Ok(())
             }
@@ -544,6 +720,95 @@ impl ServerCertVerifier for NoVerification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handshake_failures_are_told_apart_by_the_alert_the_client_sent() {
+        let accept = "TLSHandshakeFailure context: TLS accept() failed: ";
+        let cases = [
+            ("received fatal alert: UnknownCA", Some(Refusal::UnknownCa)),
+            (
+                "received fatal alert: BadCertificate",
+                Some(Refusal::BadCertificate),
+            ),
+            (
+                "received fatal alert: CertificateUnknown",
+                Some(Refusal::BadCertificate),
+            ),
+            (
+                "received fatal alert: CertificateExpired",
+                Some(Refusal::BadCertificate),
+            ),
+            (
+                "received fatal alert: ProtocolVersion",
+                Some(Refusal::ProtocolVersion),
+            ),
+            ("received fatal alert: DecryptError", Some(Refusal::Other)),
+            (
+                "peer is incompatible: SupportedVersionsExtensionRequired",
+                Some(Refusal::ProtocolVersion),
+            ),
+            (
+                "peer is incompatible: Tls12NotOffered",
+                Some(Refusal::ProtocolVersion),
+            ),
+            (
+                "peer is incompatible: NoCipherSuitesInCommon",
+                Some(Refusal::Other),
+            ),
+            (
+                "received corrupt message of type InvalidContentType",
+                Some(Refusal::Other),
+            ),
+        ];
+        for (error, want) in cases {
+            assert_eq!(failure_reason(&format!("{accept}{error}")), want, "{error}");
+        }
+        // Counted by the ClientHello check already, or no handshake at all.
+        assert_eq!(
+            failure_reason("HandshakeError context: client offers no TLS version at or above 1.3"),
+            None
+        );
+        assert_eq!(
+            failure_reason("ConnectionClosed context: closed before a ClientHello"),
+            None
+        );
+        assert!(handshake_failure_logged(
+            "Downstream handshake error from 127.0.0.1:4000: TLSHandshakeFailure"
+        ));
+        assert!(handshake_failure_logged("Downstream handshake timeout"));
+        assert!(!handshake_failure_logged(
+            "Accept() failed Too many open files"
+        ));
+    }
+
+    #[test]
+    fn with_several_listeners_a_failure_is_counted_where_its_handshake_was_accepted() {
+        let a: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let b: SocketAddr = "0.0.0.0:9443".parse().unwrap();
+        let attribution = Attribution::new(vec![
+            (a, Arc::new(ListenerMetrics::register("a"))),
+            (b, Arc::new(ListenerMetrics::register("b"))),
+        ]);
+        assert_eq!(attribution.index_of(a), Some(0));
+        assert_eq!(
+            attribution.index_of("10.0.0.1:9443".parse().unwrap()),
+            Some(1)
+        );
+        assert_eq!(attribution.index_of("127.0.0.1:1".parse().unwrap()), None);
+        let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        attribution.note(peer, 1);
+        let found = attribution.metrics_of(Some("127.0.0.1:50000"));
+        assert!(std::ptr::eq(found, attribution.metrics(1)));
+        // Overwritten by newer handshakes, or never seen: counted as unknown.
+        for port in 0..RECENT_HANDSHAKES as u16 {
+            attribution.note(SocketAddr::from(([10, 0, 0, 1], port)), 0);
+        }
+        assert!(std::ptr::eq(
+            attribution.metrics_of(Some("127.0.0.1:50000")),
+            unattributed()
+        ));
+        assert!(std::ptr::eq(attribution.metrics_of(None), unattributed()));
+    }
 
     /// A ClientHello handshake message offering `legacy` and, when given, `supported_versions`.
     fn client_hello(legacy: u16, versions: Option<&[u16]>) -> Vec<u8> {

@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/api/pools`, `/api/decisions`,
-//! `PUT /api/pools/{pool}/weights`, `POST /api/config/reload`, `POST /api/model/reload`.
+//! `PUT /api/pools/{pool}/weights`, `POST /api/config/reload`, `POST /api/model/reload`, and
+//! the status page at `/` and `/status`.
 //!
 //! It runs as a pingora service with its own one-thread runtime, apart from the data plane, so
 //! a slow scrape can never take a worker from client traffic; being a pingora listener, it moves
@@ -28,6 +29,7 @@ mod access;
 mod response;
 mod routes;
 mod snapshot;
+mod window;
 
 use access::Access;
 use response::Reply;
@@ -46,6 +48,8 @@ struct Admin {
     reload: mpsc::Sender<ReloadRequest>,
     /// The address the listener is bound to: whether it is loopback, and its own origin.
     listen: SocketAddr,
+    /// Histogram snapshots for the recent p50 and p99 of `/api/pools`.
+    windows: Arc<window::LatencyWindows>,
 }
 
 /// The admin API as a pingora application: its listener is one of the process's listening
@@ -68,6 +72,7 @@ impl AdminApp {
                 shared,
                 reload,
                 listen,
+                windows: Arc::default(),
             },
         }
     }
@@ -114,10 +119,12 @@ enum Route {
     Decisions,
     ConfigReload,
     ModelReload,
+    StatusPage,
+    Status,
 }
 
 impl Route {
-    const ALL: [Route; 8] = [
+    const ALL: [Route; 10] = [
         Route::Metrics,
         Route::Healthz,
         Route::Readyz,
@@ -126,6 +133,8 @@ impl Route {
         Route::Decisions,
         Route::ConfigReload,
         Route::ModelReload,
+        Route::StatusPage,
+        Route::Status,
     ];
 
     /// The path, or for `Weights` its pattern (which matches itself).
@@ -139,6 +148,8 @@ impl Route {
             Route::Decisions => "/api/decisions",
             Route::ConfigReload => "/api/config/reload",
             Route::ModelReload => "/api/model/reload",
+            Route::StatusPage => "/",
+            Route::Status => "/status",
         }
     }
 
@@ -197,7 +208,7 @@ async fn dispatch(req: Request<Incoming>, admin: &Admin) -> Reply {
     }
     let Some(route) = route else {
         return response::not_found(
-            "not found; try /metrics /healthz /readyz /api/pools /api/decisions\n",
+            "not found; try / (status page) /metrics /healthz /readyz /api/pools /api/decisions\n",
         );
     };
     if req.method() != route.method() {
@@ -212,7 +223,7 @@ async fn dispatch(req: Request<Incoming>, admin: &Admin) -> Reply {
         Route::Metrics => routes::metrics::get(&admin.shared),
         Route::Healthz => routes::health::healthz(),
         Route::Readyz => routes::health::readyz(&admin.shared),
-        Route::Pools => routes::pools::get(&admin.shared),
+        Route::Pools => routes::pools::get(&admin.shared, &admin.windows),
         Route::Weights => {
             let pool = routes::pools::weights_path(req.uri().path())
                 .unwrap_or_default()
@@ -222,6 +233,7 @@ async fn dispatch(req: Request<Incoming>, admin: &Admin) -> Reply {
         Route::Decisions => routes::decisions::get(&admin.shared, req.uri().query()),
         Route::ConfigReload => routes::reload::config(&admin.reload).await,
         Route::ModelReload => routes::reload::model(&admin.shared).await,
+        Route::StatusPage | Route::Status => routes::status::get(),
     }
 }
 
@@ -262,5 +274,8 @@ mod tests {
         assert_eq!(Route::Readyz.access(), Access::Open);
         assert_eq!(Route::Pools.access(), Access::Read);
         assert_eq!(Route::Decisions.access(), Access::Read);
+        // The page holds no data: what it shows comes from the /api reads it makes.
+        assert_eq!(Route::StatusPage.access(), Access::Open);
+        assert_eq!(Route::Status.access(), Access::Open);
     }
 }

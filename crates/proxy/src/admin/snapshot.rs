@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::admin::window::LatencyWindows;
+use crate::control::ModelState;
 use crate::Shared;
 
 /// `/api/pools` document.
@@ -9,6 +11,10 @@ use crate::Shared;
 pub struct PoolsSnapshot {
     /// Every pool in configuration order.
     pub pools: Vec<PoolSnapshot>,
+    /// What scores the `weights = "model"` pools.
+    pub model: ModelState,
+    /// The process is draining (after `SIGTERM`): `/readyz` answers 503.
+    pub draining: bool,
 }
 
 /// One pool in `/api/pools`.
@@ -20,6 +26,8 @@ pub struct PoolSnapshot {
     pub algorithm: &'static str,
     /// Where weights come from (`static` or `model`).
     pub weights: &'static str,
+    /// How the backends are found (`static` or `dns`).
+    pub discovery: &'static str,
     /// Backends currently eligible for traffic.
     pub healthy_backends: usize,
     /// Per-backend state.
@@ -31,6 +39,8 @@ pub struct PoolSnapshot {
 pub struct BackendSnapshot {
     /// `ip:port`.
     pub addr: String,
+    /// The `host:port` name DNS discovery found the backend under (`null` when configured).
+    pub dns_name: Option<String>,
     /// Eligible for traffic.
     pub healthy: bool,
     /// Weight from the configuration.
@@ -51,11 +61,25 @@ pub struct BackendSnapshot {
     pub slow_start: bool,
     /// Share of `weight` the ramp gives the backend now, percent (100 outside slow start).
     pub ramp_percent: f64,
+    /// Median latency of the attempts over the last `latency_window_s`, milliseconds.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency over the same window, milliseconds.
+    pub p99_ms: Option<f64>,
+    /// Length of the window `p50_ms` and `p99_ms` cover, seconds (about 10; longer after a
+    /// spell without reads, absent on the first read).
+    pub latency_window_s: Option<f64>,
 }
 
-/// Build the `/api/pools` document from live state.
+/// Build the `/api/pools` document from live state (without recent latencies, which need
+/// the admin listener's history of reads).
 pub fn pools_snapshot(shared: &Shared) -> PoolsSnapshot {
+    build(shared, None)
+}
+
+/// The `/api/pools` document; with `windows`, recent p50 and p99 per backend.
+pub(crate) fn build(shared: &Shared, windows: Option<&LatencyWindows>) -> PoolsSnapshot {
     let now = fulcrum_balance::now_ns();
+    let instant = std::time::Instant::now();
     let upstreams = shared.upstreams.load();
     let pools = upstreams
         .pools
@@ -69,6 +93,7 @@ pub fn pools_snapshot(shared: &Shared) -> PoolsSnapshot {
                     fulcrum_config::WeightSource::Static => "static",
                     fulcrum_config::WeightSource::Model => "model",
                 },
+                discovery: p.config.discovery.as_str(),
                 healthy_backends: p.pool.healthy_count(),
                 backends: p
                     .pool
@@ -77,8 +102,19 @@ pub fn pools_snapshot(shared: &Shared) -> PoolsSnapshot {
                     .enumerate()
                     .map(|(i, b)| {
                         let ramp = p.pool.ramp_factor(i, now);
+                        let recent = windows
+                            .map(|w| {
+                                w.recent(
+                                    &p.config.name,
+                                    &b.name,
+                                    b.stats.latency_histogram(),
+                                    instant,
+                                )
+                            })
+                            .unwrap_or_default();
                         BackendSnapshot {
                             addr: b.name.clone(),
+                            dns_name: shared.discovered.origin(&p.config, b.addr),
                             healthy: b.stats.is_healthy(),
                             static_weight: b.static_weight,
                             weight: weights.weights().get(i).copied().unwrap_or(0.0),
@@ -89,11 +125,25 @@ pub fn pools_snapshot(shared: &Shared) -> PoolsSnapshot {
                             consecutive_failures: b.stats.consecutive_failures(),
                             slow_start: ramp < 1.0,
                             ramp_percent: ramp * 100.0,
+                            p50_ms: recent.p50_ms,
+                            p99_ms: recent.p99_ms,
+                            latency_window_s: recent.window_s,
                         }
                     })
                     .collect(),
             }
         })
-        .collect();
-    PoolsSnapshot { pools }
+        .collect::<Vec<PoolSnapshot>>();
+    if let Some(w) = windows {
+        let keep: Vec<(String, String)> = pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|b| (p.name.clone(), b.addr.clone())))
+            .collect();
+        w.retain(&keep);
+    }
+    PoolsSnapshot {
+        pools,
+        model: shared.model.get(),
+        draining: shared.lifecycle.draining(),
+    }
 }

@@ -35,11 +35,15 @@ impl DecisionsQuery {
     }
 }
 
-/// The newest decisions, optionally of one pool, as `{"decisions": [...]}`.
+/// The newest decisions, optionally of one pool, as `{"decisions": [...], "feature_names":
+/// [...]}`; `feature_names` names the columns of each decision's `features` rows.
 pub(crate) fn get(shared: &Shared, query: Option<&str>) -> Reply {
     let q = DecisionsQuery::parse(query);
     let decisions = shared.decisions.recent(q.limit, q.pool.as_deref());
-    json(&serde_json::json!({ "decisions": decisions }))
+    json(&serde_json::json!({
+        "decisions": decisions,
+        "feature_names": fulcrum_control::FEATURE_NAMES,
+    }))
 }
 
 #[cfg(test)]

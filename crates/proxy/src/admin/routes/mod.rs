@@ -5,3 +5,4 @@ pub(super) mod health;
 pub(super) mod metrics;
 pub(super) mod pools;
 pub(super) mod reload;
+pub(super) mod status;

@@ -9,7 +9,8 @@ use hyper::{Request, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::admin::response::{json, not_found, text, unprocessable, Reply};
-use crate::admin::snapshot::pools_snapshot;
+use crate::admin::snapshot;
+use crate::admin::window::LatencyWindows;
 use crate::Shared;
 
 /// Largest accepted `PUT /api/pools/{pool}/weights` body.
@@ -18,9 +19,9 @@ const MAX_WEIGHTS_BODY: usize = 1 << 20;
 /// Largest weight the API accepts for one backend.
 const MAX_WEIGHT: f64 = 1e9;
 
-/// Every pool and backend as JSON.
-pub(crate) fn get(shared: &Shared) -> Reply {
-    json(&pools_snapshot(shared))
+/// Every pool and backend as JSON, with each backend's recent p50 and p99.
+pub(crate) fn get(shared: &Shared, windows: &LatencyWindows) -> Reply {
+    json(&snapshot::build(shared, Some(windows)))
 }
 
 /// The pool name in `/api/pools/{pool}/weights`.
