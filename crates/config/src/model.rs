@@ -58,6 +58,9 @@ pub struct ServerConfig {
     /// The certificates served on the TLS listeners (`[[server.certificates]]`), chosen by SNI;
     /// the first is the default. Required when `tls_listen` is set.
     pub certificates: Vec<CertificateConfig>,
+    /// Longest wait between two reads of a request body from the client (`body_timeout_ms`,
+    /// default 30000).
+    pub body_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -418,6 +421,9 @@ pub struct PoolConfig {
     pub tls: Option<PoolTlsConfig>,
     /// The backends of the pool (at least one).
     pub backends: Vec<BackendConfig>,
+    /// Request bodies up to this size are read whole before a backend is picked
+    /// (`request_buffer_bytes`, 0..=65536, default 65536; 0 streams every body).
+    pub request_buffer_bytes: usize,
 }
 
 /// TLS from the proxy to a pool's backends; health checks of the pool use it too.

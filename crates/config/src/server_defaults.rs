@@ -21,3 +21,7 @@ pub const UPGRADE_SOCK: &str = "/run/fulcrum/upgrade.sock";
 
 /// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
 pub const UNIX_SOCKET_PATH_MAX: usize = 107;
+
+/// Longest wait between two reads of a request body from the client, in milliseconds
+/// (`body_timeout_ms`); a client that stops sending is answered 408 or cut.
+pub const BODY_TIMEOUT_MS: u64 = 30_000;

@@ -34,6 +34,7 @@ const SERVER_KEYS: &[&str] = &[
     "grace_period_s",
     "drain_delay_s",
     "upgrade_sock",
+    "body_timeout_ms",
 ];
 const CERTIFICATE_KEYS: &[&str] = &["cert", "key"];
 const ADMIN_KEYS: &[&str] = &["listen", "token_file", "protect_metrics"];
@@ -53,6 +54,7 @@ const POOL_KEYS: &[&str] = &[
     "health_check",
     "tls",
     "backends",
+    "request_buffer_bytes",
 ];
 const POOL_TLS_KEYS: &[&str] = &["sni", "ca_file", "verify", "client_cert", "client_key"];
 const HEALTH_KEYS: &[&str] = &[
@@ -304,6 +306,7 @@ pub(crate) fn parse(
             tls_listen: server.tls_listen.into_iter().map(|(a, _, _)| a).collect(),
             tls_min_version: server.tls_min_version,
             certificates: server.certificates,
+            body_timeout: server.body_timeout,
         },
         admin,
         routes,
@@ -324,6 +327,7 @@ struct ServerParts {
     grace_period_s: u64,
     drain_delay_s: u64,
     upgrade_sock: PathBuf,
+    body_timeout: Duration,
 }
 
 impl ServerParts {
@@ -343,6 +347,7 @@ fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
         grace_period_s: server_default::GRACE_PERIOD_S,
         drain_delay_s: server_default::DRAIN_DELAY_S,
         upgrade_sock: PathBuf::from(server_default::UPGRADE_SOCK),
+        body_timeout: Duration::from_millis(server_default::BODY_TIMEOUT_MS),
     };
     let missing_listen = "missing required key `listen`: the data-plane listen addresses, e.g. listen = [\"127.0.0.1:8080\"]";
     let Some(v) = root.get("server") else {
@@ -422,6 +427,13 @@ fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
             parts.upgrade_sock = sock;
         }
     }
+    parts.body_timeout = millis(
+        ctx,
+        &t,
+        "body_timeout_ms",
+        server_default::BODY_TIMEOUT_MS,
+        1,
+    );
     read_server_tls(ctx, &t, &mut parts);
     parts
 }
@@ -895,6 +907,14 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
         Some(v) => as_table(ctx, v, t.child("tls"), "a table ([pools.NAME.tls])")
             .map(|tt| read_pool_tls(ctx, &tt, name)),
     };
+    let request_buffer_bytes = bounded(
+        ctx,
+        t,
+        "request_buffer_bytes",
+        pool::REQUEST_BUFFER_BYTES as u64,
+        0,
+        pool::REQUEST_BUFFER_BYTES_MAX as i128,
+    ) as usize;
     let backends = read_backends(ctx, t);
     if algorithm == Algorithm::RoundRobin
         && weights == WeightSource::Static
@@ -923,6 +943,7 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
         health_check,
         tls,
         backends,
+        request_buffer_bytes,
     }
 }
 
