@@ -77,6 +77,7 @@ impl Config {
         let _ = writeln!(out, "threads = {}", self.server.threads);
         let _ = writeln!(out, "grace_period_s = {}", self.server.grace_period_s);
         let _ = writeln!(out, "drain_delay_s = {}", self.server.drain_delay_s);
+        let _ = writeln!(out, "body_timeout_ms = {}", ms(self.server.body_timeout));
         let _ = writeln!(
             out,
             "upgrade_sock = {}",
@@ -157,6 +158,7 @@ impl Config {
                 let _ = writeln!(out, "discovery = \"dns\"");
                 let _ = writeln!(out, "dns_refresh_ms = {}", ms(*refresh));
             }
+            let _ = writeln!(out, "request_buffer_bytes = {}", pool.request_buffer_bytes);
             if !pool.slow_start.is_zero() {
                 let _ = writeln!(out, "slow_start_ms = {}", ms(pool.slow_start));
             }

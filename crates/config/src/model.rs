@@ -63,6 +63,9 @@ pub struct ServerConfig {
     pub certificates: Vec<CertificateConfig>,
     /// What one client may hold: connections, time and bytes before its request is read.
     pub limits: ClientLimits,
+    /// Longest wait between two reads of a request body from the client (`body_timeout_ms`,
+    /// default 30000).
+    pub body_timeout: Duration,
 }
 
 /// The limits a client meets before its request reaches a pool (`[server]` keys
@@ -461,6 +464,9 @@ pub struct PoolConfig {
     /// The backends of the pool: as configured for a static pool (at least one); for a pool
     /// with `discovery = "dns"`, the addresses its names resolved to (none as parsed).
     pub backends: Vec<BackendConfig>,
+    /// Request bodies up to this size are read whole before a backend is picked
+    /// (`request_buffer_bytes`, 0..=65536, default 65536; 0 streams every body).
+    pub request_buffer_bytes: usize,
 }
 
 /// How a pool finds its backends.

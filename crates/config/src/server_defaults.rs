@@ -45,3 +45,7 @@ pub const MAX_REQUEST_LINE_BYTES: usize = 8_192;
 
 /// The largest `max_header_bytes` accepted: the HTTP/1 parser underneath never buffers more.
 pub const MAX_HEADER_BYTES_LIMIT: usize = 1_048_575;
+
+/// Longest wait between two reads of a request body from the client, in milliseconds
+/// (`body_timeout_ms`); a client that stops sending is answered 408 or cut.
+pub const BODY_TIMEOUT_MS: u64 = 30_000;

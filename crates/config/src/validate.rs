@@ -40,6 +40,7 @@ const SERVER_KEYS: &[&str] = &[
     "max_header_bytes",
     "max_request_line_bytes",
     "dns_resolver",
+    "body_timeout_ms",
 ];
 const CERTIFICATE_KEYS: &[&str] = &["cert", "key"];
 const ADMIN_KEYS: &[&str] = &["listen", "token_file", "protect_metrics"];
@@ -61,6 +62,7 @@ const POOL_KEYS: &[&str] = &[
     "backends",
     "discovery",
     "dns_refresh_ms",
+    "request_buffer_bytes",
 ];
 const POOL_TLS_KEYS: &[&str] = &["sni", "ca_file", "verify", "client_cert", "client_key"];
 const HEALTH_KEYS: &[&str] = &[
@@ -320,6 +322,7 @@ pub(crate) fn parse(
             tls_min_version: server.tls_min_version,
             certificates: server.certificates,
             limits: server.limits,
+            body_timeout: server.body_timeout,
         },
         admin,
         routes,
@@ -342,6 +345,7 @@ struct ServerParts {
     upgrade_sock: PathBuf,
     limits: ClientLimits,
     dns_resolver: Option<SocketAddr>,
+    body_timeout: Duration,
 }
 
 impl ServerParts {
@@ -363,6 +367,7 @@ fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
         upgrade_sock: PathBuf::from(server_default::UPGRADE_SOCK),
         limits: ClientLimits::default(),
         dns_resolver: None,
+        body_timeout: Duration::from_millis(server_default::BODY_TIMEOUT_MS),
     };
     let missing_listen = "missing required key `listen`: the data-plane listen addresses, e.g. listen = [\"127.0.0.1:8080\"]";
     let Some(v) = root.get("server") else {
@@ -445,6 +450,13 @@ fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
             parts.upgrade_sock = sock;
         }
     }
+    parts.body_timeout = millis(
+        ctx,
+        &t,
+        "body_timeout_ms",
+        server_default::BODY_TIMEOUT_MS,
+        1,
+    );
     read_server_tls(ctx, &t, &mut parts);
     parts.limits = read_client_limits(ctx, &t);
     parts
@@ -989,6 +1001,14 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
         Some(refresh) => Discovery::Dns { refresh, names },
         None => Discovery::Static,
     };
+    let request_buffer_bytes = bounded(
+        ctx,
+        t,
+        "request_buffer_bytes",
+        pool::REQUEST_BUFFER_BYTES as u64,
+        0,
+        pool::REQUEST_BUFFER_BYTES_MAX as i128,
+    ) as usize;
     if algorithm == Algorithm::RoundRobin
         && weights == WeightSource::Static
         && backends.windows(2).any(|w| w[0].weight != w[1].weight)
@@ -1017,6 +1037,7 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
         tls,
         discovery,
         backends,
+        request_buffer_bytes,
     }
 }
 

@@ -780,3 +780,39 @@ fn request_line_limit_cannot_exceed_the_head_limit() {
         "{e}"
     );
 }
+
+#[test]
+fn request_body_keys_parse_and_bad_values_name_their_key() {
+    let src = |server: &str, pool: &str| {
+        with_server(&format!(
+            "{server}\n[[routes]]\npool = \"web\"\n\n[pools.web]\n{pool}\n[[pools.web.backends]]\naddr = \"127.0.0.1:9001\"\n"
+        ))
+    };
+    let (config, _) = parse(&src("", ""), "test.toml").unwrap();
+    assert_eq!(config.server.body_timeout.as_millis(), 30_000);
+    assert_eq!(config.pools[0].request_buffer_bytes, 65_536);
+    let (config, _) = parse(
+        &src("body_timeout_ms = 500", "request_buffer_bytes = 0"),
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(config.server.body_timeout.as_millis(), 500);
+    assert_eq!(config.pools[0].request_buffer_bytes, 0);
+
+    let d = errors(&src("body_timeout_ms = 0", "request_buffer_bytes = 65537"));
+    let text = d.to_string();
+    assert_eq!(d.errors.len(), 2, "{text}");
+    assert!(
+        text.contains("test.toml:3:19: error: server.body_timeout_ms: body_timeout_ms must be between 1 and 86400000, got 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("test.toml:8:24: error: pools.web.request_buffer_bytes: request_buffer_bytes must be between 0 and 65536, got 65537"),
+        "{text}"
+    );
+    let d = errors(&src("", "request_buffer_bytes = \"64k\""));
+    assert!(
+        d.to_string().contains("pools.web.request_buffer_bytes"),
+        "{d}"
+    );
+}

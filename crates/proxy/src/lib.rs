@@ -4,6 +4,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod body;
 pub mod control;
 pub mod discovery;
 pub mod health;

@@ -34,6 +34,11 @@ pub const UNROUTED_REQUESTS_TOTAL: &str = "fulcrum_unrouted_requests_total";
 pub const REJECTED_REQUESTS_TOTAL: &str = "fulcrum_rejected_requests_total";
 /// Clients whose connection ended before they had their answer, by phase.
 pub const CLIENT_ABORTS_TOTAL: &str = "fulcrum_client_aborts_total";
+/// Clients that stopped sending for longer than their timeout, by phase.
+pub const CLIENT_TIMEOUTS_TOTAL: &str = "fulcrum_client_timeouts_total";
+/// Request bodies with broken framing (invalid chunks, HTTP/2 DATA frames that disagree with
+/// `content-length`), by whether a backend had been picked when it showed.
+pub const REQUEST_FRAMING_ERRORS_TOTAL: &str = "fulcrum_request_framing_errors_total";
 /// Configuration reloads, by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "fulcrum_config_reloads_total";
 /// 1 when the last configuration reload succeeded, 0 when it was refused.
@@ -201,6 +206,42 @@ pub fn client_aborts() -> &'static ClientAborts {
     })
 }
 
+/// Handles for clients that stopped sending, one per `phase` label.
+#[derive(Debug)]
+pub struct ClientTimeouts {
+    /// Between two reads of the request body, longer than `server.body_timeout_ms`
+    /// (`phase="body"`).
+    pub body: Counter,
+}
+
+/// The client-timeout handles, registered on first use; [`install`] makes that use.
+pub fn client_timeouts() -> &'static ClientTimeouts {
+    static TIMEOUTS: OnceLock<ClientTimeouts> = OnceLock::new();
+    TIMEOUTS.get_or_init(|| ClientTimeouts {
+        body: metrics::counter!(CLIENT_TIMEOUTS_TOTAL, "phase" => "body"),
+    })
+}
+
+/// Handles for request bodies with broken framing, one per `stage` label.
+#[derive(Debug)]
+pub struct FramingErrors {
+    /// Found while the body was read ahead: refused with 400, no backend saw the request
+    /// (`stage="buffered"`).
+    pub buffered: Counter,
+    /// Found while the body streamed to a backend: the request and its backend connection
+    /// were abandoned (`stage="streaming"`).
+    pub streaming: Counter,
+}
+
+/// The framing-error handles, registered on first use; [`install`] makes that use.
+pub fn framing_errors() -> &'static FramingErrors {
+    static FRAMING: OnceLock<FramingErrors> = OnceLock::new();
+    FRAMING.get_or_init(|| FramingErrors {
+        buffered: metrics::counter!(REQUEST_FRAMING_ERRORS_TOTAL, "stage" => "buffered"),
+        streaming: metrics::counter!(REQUEST_FRAMING_ERRORS_TOTAL, "stage" => "streaming"),
+    })
+}
+
 /// Install the process-wide recorder and describe every metric. Call once, before any pool is built.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new().install_recorder()?;
@@ -208,6 +249,8 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     // Registered only after the recorder exists, or the handles would count into nothing.
     rejections();
     client_aborts();
+    client_timeouts();
+    framing_errors();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
@@ -247,6 +290,14 @@ fn describe() {
     describe_counter!(
         CLIENT_ABORTS_TOTAL,
         "Clients whose connection ended before they had their answer, by phase."
+    );
+    describe_counter!(
+        CLIENT_TIMEOUTS_TOTAL,
+        "Clients that stopped sending for longer than their timeout, by phase."
+    );
+    describe_counter!(
+        REQUEST_FRAMING_ERRORS_TOTAL,
+        "Request bodies with broken framing, by whether they were read ahead (buffered) or streamed to a backend."
     );
     describe_counter!(CONFIG_RELOADS_TOTAL, "Configuration reloads, by result.");
     describe_gauge!(

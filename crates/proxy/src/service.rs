@@ -15,6 +15,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::body::BodyFailure;
 use crate::lifecycle::InFlight;
 use crate::router::normalize_host;
 use crate::state::Upstreams;
@@ -32,6 +33,8 @@ pub struct RequestCtx {
     attempt_recorded: bool,
     /// The current attempt ended in a 502/503/504 that will be replayed elsewhere.
     replay_response: bool,
+    /// What was read of the request body before a backend was picked.
+    body: crate::body::Buffered,
     /// Counts the request in flight, so a draining process exits once the last one is answered.
     _in_flight: InFlight,
 }
@@ -97,6 +100,17 @@ fn https_location(host: &str, port: u16, req: &RequestHeader) -> String {
     } else {
         format!("https://{host}:{port}{path}")
     }
+}
+
+/// Keep one `Content-Length` line of several identical ones (RFC 9110 §8.6); pingora has
+/// already refused a request whose values differ.
+fn merge_content_length(req: &mut RequestHeader) -> Result<()> {
+    let mut values = req.headers.get_all(header::CONTENT_LENGTH).iter();
+    if let (Some(first), Some(_)) = (values.next(), values.next()) {
+        let first = first.clone();
+        req.insert_header(header::CONTENT_LENGTH, first)?;
+    }
+    Ok(())
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -368,6 +382,7 @@ impl ProxyHttp for FulcrumProxy {
             attempt_started_ns: 0,
             attempt_recorded: true,
             replay_response: false,
+            body: crate::body::Buffered::NotRead,
             _in_flight: self.shared.lifecycle.request_started(),
         }
     }
@@ -421,8 +436,14 @@ impl ProxyHttp for FulcrumProxy {
                 Ok(true)
             }
             Some(routed) => {
+                let limit = upstreams.pools[routed.pool].config.request_buffer_bytes;
                 ctx.pool = Some(routed.pool);
                 ctx.upstreams = Some(upstreams);
+                // Between reads of a streamed HTTP/1.1 body too: pingora applies it to every
+                // body read of this request.
+                let body_timeout = self.shared.config.load().server.body_timeout;
+                session.set_read_timeout(Some(body_timeout));
+                ctx.body = crate::body::read_ahead(session, limit, body_timeout).await?;
                 Ok(false)
             }
             None => {
@@ -431,6 +452,17 @@ impl ProxyHttp for FulcrumProxy {
                 Ok(true)
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        ctx.body.restore_prefix(body);
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -461,6 +493,11 @@ impl ProxyHttp for FulcrumProxy {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
+        if crate::body::failure(error).is_some() {
+            // A client's slow or broken body is counted in `fail_to_proxy`, not logged as ours.
+            log::debug!("request body refused: {error}");
+            return true;
+        }
         // A client that hangs up is routine at an edge proxy, not an error of ours.
         let client_gone = *error.esource() == ErrorSource::Downstream
             && matches!(
@@ -541,10 +578,16 @@ impl ProxyHttp for FulcrumProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let keep_upgrade = session.is_upgrade_req();
         strip_hop_by_hop_request(upstream_request, keep_upgrade);
+        merge_content_length(upstream_request)?;
+        if ctx.body.is_whole() {
+            // fulcrum answered `100 Continue` itself and holds the whole body: nothing is left
+            // for the backend to approve.
+            upstream_request.remove_header(&header::EXPECT);
+        }
         if let Some(ip) = client_ip(session) {
             let prev = upstream_request
                 .headers
@@ -622,12 +665,25 @@ impl ProxyHttp for FulcrumProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy
     where
         Self::CTX: Send + Sync,
     {
+        let body_failure = crate::body::failure(e);
+        match body_failure {
+            Some(BodyFailure::TimedOut) => crate::metrics::client_timeouts().body.increment(1),
+            Some(BodyFailure::Malformed) if ctx.attempts == 0 => {
+                crate::metrics::framing_errors().buffered.increment(1)
+            }
+            Some(BodyFailure::Malformed) => crate::metrics::framing_errors().streaming.increment(1),
+            None => {}
+        }
         let (code, body): (u16, &'static [u8]) = match e.etype() {
+            _ if body_failure == Some(BodyFailure::TimedOut) => (408, b"request body timed out\n"),
+            _ if body_failure == Some(BodyFailure::Malformed) => {
+                (400, b"bad request: malformed request body\n")
+            }
             ErrorType::HTTPStatus(503) => (503, b"no healthy backend available\n"),
             ErrorType::HTTPStatus(code) => (*code, b"request failed\n"),
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
