@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod recording;
 pub mod scenario;
 
 use std::convert::Infallible;
