@@ -112,15 +112,15 @@ async fn a_slow_small_body_holds_no_backend_connection_until_it_is_complete() {
         0,
         "a backend connection was taken before the body was complete"
     );
-    assert!(backend.requests().is_empty());
+    assert!(backend.received().is_empty());
     s.write_all(&body[3999..]).await.unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body, "received 4000 bytes\n");
-    let got = backend.requests();
+    let got = backend.received();
     assert_eq!(got.len(), 1);
     assert!(got[0].complete);
-    assert_eq!(got[0].body, body);
+    assert_eq!(got[0].decoded_body(), body);
     assert_eq!(got[0].header_values("content-length"), ["4000"]);
 
     // The connection stays usable, and a chunked body is buffered the same way.
@@ -129,14 +129,14 @@ async fn a_slow_small_body_holds_no_backend_connection_until_it_is_complete() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        backend.requests().len(),
+        backend.received().len(),
         1,
         "a partial chunked body reached the backend"
     );
     s.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(backend.requests()[1].body, b"hello world");
+    assert_eq!(backend.received()[1].decoded_body(), b"hello world");
 }
 
 #[tokio::test]
@@ -153,7 +153,7 @@ async fn a_body_that_stops_coming_is_answered_408_and_reaches_no_backend() {
         "{r:?}"
     );
     assert_eq!(backend.accepted_connections(), 0);
-    assert!(backend.requests().is_empty());
+    assert!(backend.received().is_empty());
     assert_eq!(
         metric(&f, "fulcrum_client_timeouts_total{phase=\"body\"}").await,
         1.0
@@ -173,17 +173,17 @@ async fn a_body_above_the_buffer_streams_to_the_backend() {
     // The head reaches the backend while the client is still sending.
     let streamed = eventually(Duration::from_secs(5), || async {
         backend
-            .requests()
+            .received()
             .first()
-            .is_some_and(|r| !r.body.is_empty())
+            .is_some_and(|r| !r.body().is_empty())
     })
     .await;
     assert!(streamed.is_some(), "the body did not start streaming");
-    assert!(!backend.requests()[0].complete);
+    assert!(!backend.received()[0].complete);
     s.write_all(&body[50_000..]).await.unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(backend.requests()[0].body, body);
+    assert_eq!(backend.received()[0].decoded_body(), body);
 }
 
 #[tokio::test]
@@ -208,10 +208,10 @@ async fn a_chunked_body_that_outgrows_the_buffer_arrives_whole() {
     s.write_all(b"0\r\n\r\n").await.unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let got = backend.requests();
+    let got = backend.received();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].body.len(), body.len());
-    assert!(got[0].body == body, "the body arrived altered");
+    assert_eq!(got[0].decoded_body().len(), body.len());
+    assert!(got[0].decoded_body() == body, "the body arrived altered");
 }
 
 #[tokio::test]
@@ -227,7 +227,7 @@ async fn invalid_chunked_framing_is_refused_before_any_backend_byte() {
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 400, "{r:?}");
     assert_eq!(backend.accepted_connections(), 0);
-    assert!(backend.requests().is_empty());
+    assert!(backend.received().is_empty());
     assert_eq!(
         metric(
             &f,
@@ -250,9 +250,9 @@ async fn identical_content_length_lines_reach_the_backend_as_one() {
     .unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let got = backend.requests();
+    let got = backend.received();
     assert_eq!(got[0].header_values("content-length"), ["5"]);
-    assert_eq!(got[0].body, b"hello");
+    assert_eq!(got[0].decoded_body(), b"hello");
 }
 
 #[tokio::test]
@@ -273,7 +273,11 @@ async fn a_post_retried_after_a_connect_failure_sends_the_same_bytes() {
         bodies.push(body);
     }
     assert!(metric(&f, "fulcrum_retries_total").await >= 1.0);
-    let got: Vec<Vec<u8>> = backend.requests().into_iter().map(|r| r.body).collect();
+    let got: Vec<Vec<u8>> = backend
+        .received()
+        .into_iter()
+        .map(|r| r.decoded_body())
+        .collect();
     assert!(got == bodies, "the backend did not get every body intact");
 }
 
@@ -320,7 +324,7 @@ async fn h2_data_that_disagrees_with_content_length_never_reaches_a_backend() {
             data.len()
         );
     }
-    assert!(backend.requests().is_empty(), "{:?}", backend.requests());
+    assert!(backend.received().is_empty(), "{:?}", backend.received());
     assert_eq!(
         metric(
             &f,
@@ -331,5 +335,5 @@ async fn h2_data_that_disagrees_with_content_length_never_reaches_a_backend() {
     );
     // A well-formed h2 POST still goes through.
     assert_eq!(h2_post(&f, "5", b"hello").await, Some(200));
-    assert_eq!(backend.requests()[0].body, b"hello");
+    assert_eq!(backend.received()[0].decoded_body(), b"hello");
 }
