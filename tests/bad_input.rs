@@ -87,9 +87,8 @@ struct Row {
     input: Input,
     client: Client,
     backend: Backend,
-    /// Set while fulcrum does not behave so yet: the part of the hardening work that fixes it
-    /// (`limits`: connection and head limits; `body`: request body checks; `open`: not yet
-    /// taken up).
+    /// Set while fulcrum does not behave so yet: why, or what is missing (no row is pending
+    /// now; the mark stays for rows added before their fix).
     pending: Option<&'static str>,
 }
 
@@ -123,6 +122,8 @@ fn h2(
 }
 
 impl Row {
+    /// Mark a row whose behaviour fulcrum does not have yet, with the reason.
+    #[allow(dead_code)]
     fn pending(mut self, by: &'static str) -> Row {
         self.pending = Some(by);
         self
@@ -303,12 +304,12 @@ fn table() -> Vec<Row> {
         h1("TE: xchunked", post("Transfer-Encoding: xchunked\r\n", "0\r\n\r\n"), RefusedOneOf(&[400, 501]), Nothing),
         h1("TE: chunked, identity", post("Transfer-Encoding: chunked, identity\r\n", "0\r\n\r\n"), RefusedOneOf(&[400, 501]), Nothing),
         h1("TE: identity", post("Transfer-Encoding: identity\r\n", "abcd"), RefusedOneOf(&[400, 501]), Nothing),
-        h1("TE: chunked twice in two lines", post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "0\r\n\r\n"), RefusedOneOf(&[400, 501]), Nothing).pending("open"),
-        h1("TE: chunked, chunked", post("Transfer-Encoding: chunked, chunked\r\n", "0\r\n\r\n"), RefusedOneOf(&[400, 501]), Nothing).pending("open"),
+        h1("TE: chunked twice in two lines", post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "0\r\n\r\n"), RefusedOneOf(&[400, 501]), Nothing),
+        h1("TE: chunked, chunked", post("Transfer-Encoding: chunked, chunked\r\n", "0\r\n\r\n"), RefusedOneOf(&[400, 501]), Nothing),
         h1("TE: vertical tab", post("Transfer-Encoding:\x0bchunked\r\n", "0\r\n\r\n"), RefusedOneOf(&[400, 501]), Nothing),
         h1("TE in HTTP/1.0", b"POST /p HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n", RefusedClosed(400), Nothing),
         // Content-Length: duplicated, conflicting, not a number (RFC 9110 §8.6, RFC 9112 §6.3).
-        h1("CL twice, identical", post("Content-Length: 4\r\nContent-Length: 4\r\n", "abcd"), Status(200), One(one_cl_4_abcd)).pending("body"),
+        h1("CL twice, identical", post("Content-Length: 4\r\nContent-Length: 4\r\n", "abcd"), Status(200), One(one_cl_4_abcd)),
         h1("CL twice, conflicting", post("Content-Length: 4\r\nContent-Length: 5\r\n", "abcde"), RefusedClosed(400), Nothing),
         h1("CL list, conflicting", post("Content-Length: 4, 5\r\n", "abcde"), RefusedClosed(400), Nothing),
         h1("CL negative", post("Content-Length: -1\r\n", "abcd"), RefusedClosed(400), Nothing),
@@ -328,19 +329,19 @@ fn table() -> Vec<Row> {
         h1("bare CR in a header name", post("X-C\rr: a\r\nContent-Length: 4\r\n", "abcd"), RefusedClosed(400), Nothing),
         h1("bare CR ending a line", post("X-Cr: a\rContent-Length: 4\r\n", "abcd"), RefusedClosed(400), Nothing),
         // Chunk sizes: nothing of a body that cannot be framed reaches a backend.
-        h1("chunk size: huge hex", chunked("FFFFFFFFFFFFFFFFFFFFFF\r\nabcd\r\n0\r\n\r\n"), RefusedClosed(400), Nothing).pending("body"),
-        h1("chunk size: negative", chunked("-4\r\nabcd\r\n0\r\n\r\n"), RefusedClosed(400), Nothing).pending("body"),
-        h1("chunk size: 0x prefix", chunked("0x4\r\nabcd\r\n0\r\n\r\n"), RefusedClosed(400), Nothing).pending("body"),
-        h1("chunk size: not hex", chunked("zz\r\nabcd\r\n0\r\n\r\n"), RefusedClosed(400), Nothing).pending("body"),
-        h1("chunk extension of 100 KB", chunked(&long_ext), RefusedClosed(400), Nothing).pending("body"),
-        h1("chunk data without its CRLF", chunked("4\r\nabcdX\r\n0\r\n\r\n"), RefusedClosed(400), Nothing).pending("body"),
+        h1("chunk size: huge hex", chunked("FFFFFFFFFFFFFFFFFFFFFF\r\nabcd\r\n0\r\n\r\n"), RefusedClosed(400), Nothing),
+        h1("chunk size: negative", chunked("-4\r\nabcd\r\n0\r\n\r\n"), RefusedClosed(400), Nothing),
+        h1("chunk size: 0x prefix", chunked("0x4\r\nabcd\r\n0\r\n\r\n"), RefusedClosed(400), Nothing),
+        h1("chunk size: not hex", chunked("zz\r\nabcd\r\n0\r\n\r\n"), RefusedClosed(400), Nothing),
+        h1("chunk extension of 100 KB", chunked(&long_ext), RefusedClosed(400), Nothing),
+        h1("chunk data without its CRLF", chunked("4\r\nabcdX\r\n0\r\n\r\n"), RefusedClosed(400), Nothing),
         // Size limits (defaults: 64 KiB head → 431, 8 KiB request line → 414).
-        h1("head over 64 KiB", format!("GET /g HTTP/1.1\r\nHost: x\r\nX-Big: {big_value}\r\n\r\n"), RefusedClosed(431), Nothing).pending("limits"),
-        h1("request line over 8 KiB", format!("GET {long_path} HTTP/1.1\r\nHost: x\r\n\r\n"), RefusedClosed(414), Nothing).pending("limits"),
+        h1("head over 64 KiB", format!("GET /g HTTP/1.1\r\nHost: x\r\nX-Big: {big_value}\r\n\r\n"), RefusedClosed(431), Nothing),
+        h1("request line over 8 KiB", format!("GET {long_path} HTTP/1.1\r\nHost: x\r\n\r\n"), RefusedClosed(414), Nothing),
         // Heads without header lines (RFC 9112 §3.2: HTTP/1.1 needs Host).
-        h1("HTTP/1.1 head without header lines", "GET / HTTP/1.1\r\n\r\n", RefusedClosed(400), Nothing).pending("limits"),
-        h1("HTTP/1.0 head without header lines", "OPTIONS / HTTP/1.0\r\n\r\n", Status(200), One(ok)).pending("limits"),
-        h1("HTTP/1.1 without Host", "GET /g HTTP/1.1\r\nX-A: 1\r\n\r\n", RefusedClosed(400), Nothing).pending("open"),
+        h1("HTTP/1.1 head without header lines", "GET / HTTP/1.1\r\n\r\n", RefusedClosed(400), Nothing),
+        h1("HTTP/1.0 head without header lines", "OPTIONS / HTTP/1.0\r\n\r\n", Status(200), One(ok)),
+        h1("HTTP/1.1 without Host", "GET /g HTTP/1.1\r\nX-A: 1\r\n\r\n", RefusedClosed(400), Nothing),
         h1("two Host headers", "GET /g HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", RefusedClosed(400), Nothing),
         // HTTP/1.0 bodies: Content-Length frames them; without it there is none (RFC 9112 §6.3).
         h1("HTTP/1.0 with Content-Length", "POST /p HTTP/1.0\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcd", Status(200), One(one_cl_4_abcd)),
@@ -370,9 +371,9 @@ fn table() -> Vec<Row> {
         h2("h2: transfer-encoding", &[(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/p"), ("transfer-encoding", "chunked")], &[b"4\r\nabcd\r\n0\r\n\r\n"], H2Refused, Nothing),
         h2("h2: upgrade header", &[(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/g"), ("upgrade", "websocket")], &[], H2Refused, Nothing),
         h2("h2: CR LF in a value", &[(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/g"), ("x-a", "1\r\nx-injected: 1")], &[], H2Refused, Nothing),
-        h2("h2: content-length 0 with DATA", &[(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/p"), ("content-length", "0")], &[b"abcd"], H2Refused, Nothing).pending("body"),
-        h2("h2: content-length above the DATA", &[(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/p"), ("content-length", "8")], &[b"abcd"], H2Refused, Nothing).pending("body"),
-        h2("h2: content-length below the DATA", &[(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/p"), ("content-length", "2")], &[b"abcd"], H2Refused, Nothing).pending("body"),
+        h2("h2: content-length 0 with DATA", &[(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/p"), ("content-length", "0")], &[b"abcd"], H2Refused, Nothing),
+        h2("h2: content-length above the DATA", &[(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/p"), ("content-length", "8")], &[b"abcd"], H2Refused, Nothing),
+        h2("h2: content-length below the DATA", &[(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/p"), ("content-length", "2")], &[b"abcd"], H2Refused, Nothing),
     ]
 }
 
@@ -819,19 +820,46 @@ fn hpack_status_reads_indexed_and_literal_statuses() {
     assert_eq!(hpack_status(&[0x48, 0x82, 0b0110_1001, 0b1001_0000]), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_table() {
+/// Rows run on this many proxies at once, each with its own recording backend, so that the
+/// waits of one row (the backend settling, the proxy closing) overlap with the others'.
+const LANES: usize = 4;
+
+/// A proxy in front of a recording backend, for one lane of rows.
+async fn lane() -> (Fulcrum, RecordingBackend) {
     let backend = RecordingBackend::start().await.unwrap();
     let mut web = pool("web", Algorithm::RoundRobin, &[(backend.addr(), 1)]);
     web.retries = 0;
     web.health_check.path = HEALTH.to_string();
     web.health_check.interval = Duration::from_secs(30);
-    let f = Fulcrum::web(web).await;
+    (Fulcrum::web(web).await, backend)
+}
 
-    let rows = table();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_table() {
+    let rows = std::sync::Arc::new(table());
+    let lanes = (0..LANES).map(|n| {
+        let rows = rows.clone();
+        tokio::spawn(async move {
+            let (mut fulcrum, backend) = lane().await;
+            let mut results = Vec::new();
+            for (i, row) in rows.iter().enumerate().skip(n).step_by(LANES) {
+                results.push((i, run_row(fulcrum.proxy, &backend, row).await));
+            }
+            assert!(fulcrum.running(), "fulcrum exited: {}", fulcrum.log_tail());
+            // The proxy still serves a well-formed request after its rows.
+            let after = h1_exchange(fulcrum.proxy, b"GET /g HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            assert_eq!(after.statuses.first(), Some(&200), "{after:?}");
+            results
+        })
+    });
+    let mut results = Vec::new();
+    for lane in lanes.collect::<Vec<_>>() {
+        results.extend(lane.await.expect("a lane of rows panicked"));
+    }
+    results.sort_by_key(|(i, _)| *i);
     let mut failed = Vec::new();
-    for row in &rows {
-        let result = run_row(f.proxy, &backend, row).await;
+    for (i, result) in results {
+        let row = &rows[i];
         match (&result, row.pending) {
             (Ok(summary), None) => println!("ok       {}: {summary}", row.name),
             (Err(why), None) => {
@@ -847,11 +875,6 @@ async fn bad_input_table() {
             }
         }
     }
-    let mut fulcrum = f;
-    assert!(fulcrum.running(), "fulcrum exited: {}", fulcrum.log_tail());
-    // The proxy still serves a well-formed request after the whole table.
-    let after = h1_exchange(fulcrum.proxy, b"GET /g HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(after.statuses.first(), Some(&200), "{after:?}");
     assert!(
         failed.is_empty(),
         "{} of {} rows failed:\n{}",

@@ -176,6 +176,10 @@ pub fn render(handle: &PrometheusHandle) -> String {
 pub struct Rejections {
     /// Both `Content-Length` and `Transfer-Encoding` (`reason="content_length_and_transfer_encoding"`).
     pub both_framings: Counter,
+    /// An HTTP/1.1 request without `Host` (`reason="missing_host"`).
+    pub missing_host: Counter,
+    /// `Transfer-Encoding` other than exactly one `chunked` (`reason="transfer_encoding"`).
+    pub transfer_encoding: Counter,
 }
 
 /// The rejection handles, registered on first use; [`install`] makes that use, so every reason
@@ -184,6 +188,8 @@ pub fn rejections() -> &'static Rejections {
     static REJECTIONS: OnceLock<Rejections> = OnceLock::new();
     REJECTIONS.get_or_init(|| Rejections {
         both_framings: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "content_length_and_transfer_encoding"),
+        missing_host: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "missing_host"),
+        transfer_encoding: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "transfer_encoding"),
     })
 }
 

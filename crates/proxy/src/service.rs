@@ -162,6 +162,57 @@ pub fn head_has_content_length(raw: &[u8]) -> bool {
         .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
+/// Why an HTTP/1 request head that pingora parsed is refused all the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadRefusal {
+    /// An HTTP/1.1 request without `Host` (RFC 9112 §3.2: answered 400).
+    MissingHost,
+    /// `Transfer-Encoding` other than exactly one `chunked`: `chunked` twice, in one line or
+    /// two, is a framing two parsers may read differently (RFC 9112 §6.1, §6.3).
+    TransferEncoding,
+}
+
+impl HeadRefusal {
+    /// The body of the 400 answer.
+    fn message(self) -> &'static [u8] {
+        match self {
+            HeadRefusal::MissingHost => {
+                b"bad request: an HTTP/1.1 request needs a Host header
+"
+            }
+            HeadRefusal::TransferEncoding => {
+                b"bad request: Transfer-Encoding must be exactly one chunked
+"
+            }
+        }
+    }
+}
+
+/// The checks fulcrum adds to pingora's on an HTTP/1 request head, as HAProxy and nginx make
+/// them; `None` lets the request through. HTTP/2 requests are not checked here: the HTTP/2
+/// layer refuses `transfer-encoding`, and `:authority` stands for `Host`. Public for the fuzz
+/// targets only.
+#[doc(hidden)]
+pub fn head_refusal(req: &RequestHeader) -> Option<HeadRefusal> {
+    if req.version > http::Version::HTTP_11 {
+        return None;
+    }
+    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(header::HOST) {
+        return Some(HeadRefusal::MissingHost);
+    }
+    let mut codings = req
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|c| c.trim_ascii());
+    match (codings.next(), codings.next()) {
+        (None, _) => None,
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some(HeadRefusal::TransferEncoding),
+    }
+}
+
 /// Answer from the proxy itself, keeping the client connection open (unlike pingora's error
 /// responses, which always close it).
 async fn respond_local(session: &mut Session, status: u16, body: &'static [u8]) -> Result<()> {
@@ -400,6 +451,18 @@ impl ProxyHttp for FulcrumProxy {
                     400,
                     Bytes::from_static(b"bad request: both Content-Length and Transfer-Encoding\n"),
                 )
+                .await?;
+            return Ok(true);
+        }
+        if let Some(refusal) = head_refusal(session.req_header()) {
+            let rejections = crate::metrics::rejections();
+            match refusal {
+                HeadRefusal::MissingHost => rejections.missing_host.increment(1),
+                HeadRefusal::TransferEncoding => rejections.transfer_encoding.increment(1),
+            }
+            session.set_keepalive(None);
+            session
+                .respond_error_with_body(400, Bytes::from_static(refusal.message()))
                 .await?;
             return Ok(true);
         }
@@ -794,6 +857,44 @@ mod tests {
         assert_eq!(reported_load(&r), Some(0.25));
         r.insert_header("x-backend-load", "0.5").unwrap();
         assert_eq!(reported_load(&r), Some(0.5));
+    }
+
+    #[test]
+    fn heads_pingora_lets_through_are_refused_here() {
+        let head = |version: http::Version, lines: &[(&str, &str)]| {
+            let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+            req.set_version(version);
+            for (k, v) in lines {
+                req.append_header(k.to_string(), *v).unwrap();
+            }
+            head_refusal(&req)
+        };
+        let v11 = http::Version::HTTP_11;
+        assert_eq!(head(v11, &[("host", "a")]), None);
+        assert_eq!(
+            head(v11, &[("host", "a"), ("transfer-encoding", "Chunked")]),
+            None
+        );
+        assert_eq!(head(v11, &[]), Some(HeadRefusal::MissingHost));
+        assert_eq!(head(http::Version::HTTP_10, &[]), None);
+        assert_eq!(head(http::Version::HTTP_2, &[]), None);
+        for te in [
+            &[("transfer-encoding", "chunked, chunked")][..],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[("transfer-encoding", "")],
+        ] {
+            let mut lines = vec![("host", "a")];
+            lines.extend_from_slice(te);
+            assert_eq!(
+                head(v11, &lines),
+                Some(HeadRefusal::TransferEncoding),
+                "{te:?}"
+            );
+        }
     }
 
     #[test]
