@@ -180,6 +180,9 @@ pub struct Rejections {
     pub missing_host: Counter,
     /// `Transfer-Encoding` other than exactly one `chunked` (`reason="transfer_encoding"`).
     pub transfer_encoding: Counter,
+    /// A request sent before the previous one on its connection was answered; the connection
+    /// closes after that answer (`reason="pipelined_request"`).
+    pub pipelined: Counter,
 }
 
 /// The rejection handles, registered on first use; [`install`] makes that use, so every reason
@@ -190,6 +193,7 @@ pub fn rejections() -> &'static Rejections {
         both_framings: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "content_length_and_transfer_encoding"),
         missing_host: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "missing_host"),
         transfer_encoding: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "transfer_encoding"),
+        pipelined: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "pipelined_request"),
     })
 }
 
