@@ -160,6 +160,59 @@ async fn a_body_that_stops_coming_is_answered_408_and_reaches_no_backend() {
     );
 }
 
+/// slowhttptest's slow-body attack in small: many clients each declare a body under
+/// `request_buffer_bytes` and trickle it, one byte at a time within the body timeout, then stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_slow_uploads_hold_no_backend_connection_until_the_body_timeout() {
+    const CLIENTS: usize = 100;
+    let backend = RecordingBackend::start().await.unwrap();
+    let f = start(recorded_pool(&[backend.addr()]), Duration::from_millis(800)).await;
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let mut s = connect(&f).await;
+        // Half announce a length, half send chunks.
+        if i % 2 == 0 {
+            s.write_all(post_head(4096).as_bytes()).await.unwrap();
+            s.write_all(b"a").await.unwrap();
+        } else {
+            s.write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\na")
+                .await
+                .unwrap();
+        }
+        clients.push(s);
+    }
+    // Each keeps its body alive for 1.5 s: longer than the body timeout, never a gap as long.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for s in &mut clients {
+            s.write_all(b"a").await.unwrap();
+        }
+    }
+    assert_eq!(
+        backend.accepted_connections(),
+        0,
+        "a slow upload took a backend connection"
+    );
+    // A well-behaved client is served meanwhile, on one backend connection.
+    let mut good = connect(&f).await;
+    good.write_all(post_head(5).as_bytes()).await.unwrap();
+    good.write_all(b"hello").await.unwrap();
+    assert_eq!(read_response(&mut good).await.status, 200);
+    // Then the uploads stop: each is answered 408, none reached the backend.
+    for s in &mut clients {
+        let r = read_response(s).await;
+        assert_eq!(r.status, 408, "{r:?}");
+    }
+    assert_eq!(backend.accepted_connections(), 1);
+    let got = backend.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].decoded_body(), b"hello");
+    assert_eq!(
+        metric(&f, "fulcrum_client_timeouts_total{phase=\"body\"}").await,
+        CLIENTS as f64
+    );
+}
+
 #[tokio::test]
 async fn a_body_above_the_buffer_streams_to_the_backend() {
     let backend = RecordingBackend::start().await.unwrap();
