@@ -455,8 +455,31 @@ async fn metrics_pass_promtool() {
         "fulcrum_config_last_reload_timestamp_seconds ",
         "fulcrum_build_info{",
         "fulcrum_draining 0",
+        // Every client limit, exported from the start.
+        "fulcrum_connections_open ",
+        "fulcrum_connections_max ",
+        "fulcrum_connections_queued_total ",
+        "fulcrum_connections_evicted_total ",
+        "fulcrum_connections_idle_closed_total ",
+        "fulcrum_client_aborts_total{phase=\"head\"} ",
+        "fulcrum_client_timeouts_total{phase=\"body\"} ",
+        "fulcrum_request_framing_errors_total{stage=\"buffered\"} ",
     ] {
         assert!(m.body.contains(name), "missing {name} in\n{}", m.body);
+    }
+    for reason in [
+        "head_timeout",
+        "head_too_large",
+        "request_line_too_long",
+        "body_timeout",
+        "malformed_body",
+        "content_length_and_transfer_encoding",
+        "transfer_encoding",
+        "missing_host",
+        "pipelined_request",
+    ] {
+        let name = format!("fulcrum_rejected_requests_total{{reason=\"{reason}\"}} ");
+        assert!(m.body.contains(&name), "missing {name} in\n{}", m.body);
     }
     assert!(m.body.contains("code_class=\"5xx\""), "{}", m.body);
     let mut child = std::process::Command::new("promtool")

@@ -160,6 +160,10 @@ async fn silent_and_idle_connections_are_closed() {
         !String::from_utf8_lossy(&rest).contains("HTTP/1.1 408"),
         "an idle connection is closed quietly"
     );
+    assert_eq!(
+        metric(&f, "fulcrum_connections_idle_closed_total").await,
+        2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,4 +289,73 @@ async fn at_max_connections_the_oldest_idle_connection_makes_room() {
         .unwrap();
     let (answer, _) = read_to_close(&mut idle[1]).await.expect("answered");
     assert!(answer.starts_with(b"HTTP/1.1 200"));
+}
+
+/// `fulcrum check` names every limit that is out of range by key path and line, and prints the
+/// limits a valid configuration applies.
+#[test]
+fn check_validates_and_prints_every_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, server: &str, pool: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = [\"127.0.0.1:18080\"]\n{server}\n[admin]\nlisten = \"127.0.0.1:18090\"\n\n[[routes]]\npool = \"web\"\n\n[pools.web]\n{pool}\n[[pools.web.backends]]\naddr = \"127.0.0.1:18081\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let check = |path: &std::path::Path| {
+        std::process::Command::new(fulcrum_bin())
+            .args(["check", "-c"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let bad = write(
+        "bad.toml",
+        "max_connections = 0\nheader_timeout_ms = 0\nkeepalive_timeout_ms = -1\nmax_header_bytes = 10\nmax_request_line_bytes = 10\nbody_timeout_ms = 0",
+        "request_buffer_bytes = 65537",
+    );
+    let out = check(&bad);
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (line, key) in [
+        (3, "server.max_connections"),
+        (4, "server.header_timeout_ms"),
+        (5, "server.keepalive_timeout_ms"),
+        (6, "server.max_header_bytes"),
+        (7, "server.max_request_line_bytes"),
+        (8, "server.body_timeout_ms"),
+        (16, "pools.web.request_buffer_bytes"),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("bad.toml:{line}:"))
+                    && l.contains(&format!("error: {key}: "))),
+            "{key} at line {line} not named in:\n{stderr}"
+        );
+    }
+    let good = write(
+        "good.toml",
+        "max_connections = 100\nheader_timeout_ms = 2000\nkeepalive_timeout_ms = 3000\nmax_header_bytes = 4096\nmax_request_line_bytes = 1024\nbody_timeout_ms = 5000",
+        "request_buffer_bytes = 1000",
+    );
+    let out = check(&good);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for shown in [
+        "100 connections at once (max_connections 100",
+        "head within 2000 ms",
+        "keep-alive idle 3000 ms",
+        "head up to 4096 bytes",
+        "request line up to 1024 bytes",
+        "body reads at most 5000 ms apart",
+        "pool web: request bodies up to 1000 bytes are read whole",
+    ] {
+        assert!(stdout.contains(shown), "{shown:?} not in:\n{stdout}");
+    }
 }

@@ -158,6 +158,14 @@ async fn a_body_that_stops_coming_is_answered_408_and_reaches_no_backend() {
         metric(&f, "fulcrum_client_timeouts_total{phase=\"body\"}").await,
         1.0
     );
+    assert_eq!(
+        metric(
+            &f,
+            "fulcrum_rejected_requests_total{reason=\"body_timeout\"}"
+        )
+        .await,
+        1.0
+    );
 }
 
 /// slowhttptest's slow-body attack in small: many clients each declare a body under
@@ -285,6 +293,14 @@ async fn invalid_chunked_framing_is_refused_before_any_backend_byte() {
         metric(
             &f,
             "fulcrum_request_framing_errors_total{stage=\"buffered\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &f,
+            "fulcrum_rejected_requests_total{reason=\"malformed_body\"}"
         )
         .await,
         1.0

@@ -276,15 +276,28 @@ fn print_client_limits(config: &Config, backends: usize) {
         .unwrap_or(1024);
     let budget = fulcrum_proxy::limits::ConnectionBudget::new(l, backends, open_files);
     println!(
-        "client limits: {} connections at once (max_connections {}, open-file limit {}), head within {} ms, keep-alive idle {} ms, head up to {} bytes, request line up to {} bytes",
+        "client limits: {} connections at once (max_connections {}, open-file limit {}), head within {} ms, keep-alive idle {} ms, head up to {} bytes, request line up to {} bytes, body reads at most {} ms apart",
         budget.effective,
         budget.configured,
         open_files,
         l.header_timeout.as_millis(),
         l.keepalive_timeout.as_millis(),
         l.max_header_bytes,
-        l.max_request_line_bytes
+        l.max_request_line_bytes,
+        config.server.body_timeout.as_millis()
     );
+    for pool in &config.pools {
+        match pool.request_buffer_bytes {
+            0 => println!(
+                "pool {}: request bodies stream to the backend as they arrive",
+                pool.name
+            ),
+            n => println!(
+                "pool {}: request bodies up to {n} bytes are read whole before a backend is picked",
+                pool.name
+            ),
+        }
+    }
     if let Some(w) = budget.warning() {
         eprintln!("warning: {w}");
     }

@@ -165,6 +165,7 @@ struct GateMetrics {
     open: Gauge,
     queued: Counter,
     evicted: Counter,
+    idle_closed: Counter,
     head_timeout: Counter,
     head_too_large: Counter,
     line_too_long: Counter,
@@ -223,6 +224,7 @@ impl ConnectionGate {
             open: ::metrics::gauge!(names::CONNECTIONS_OPEN),
             queued: ::metrics::counter!(names::CONNECTIONS_QUEUED_TOTAL),
             evicted: ::metrics::counter!(names::CONNECTIONS_EVICTED_TOTAL),
+            idle_closed: ::metrics::counter!(names::CONNECTIONS_IDLE_CLOSED_TOTAL),
             head_timeout: reason("head_timeout"),
             head_too_large: reason("head_too_large"),
             line_too_long: reason("request_line_too_long"),
@@ -398,8 +400,10 @@ impl HeadScan {
 enum NoHead {
     /// The client closed, or the read failed; `partial` when part of a head had arrived.
     Closed { partial: bool },
-    /// The time ran out, or the connection was closed to make room; `partial` as above.
+    /// The time ran out; `partial` as above.
     TimedOut { partial: bool },
+    /// The connection was closed to make room for a new one; `partial` as above.
+    Evicted { partial: bool },
 }
 
 /// When the bytes of one head must arrive.
@@ -480,7 +484,7 @@ impl<A> LimitedApp<A> {
                 let mut limited = (&mut buf).limit(room);
                 tokio::select! {
                     r = timeout_at(deadline, stream.read_buf(&mut limited)) => r,
-                    _ = kill.notified() => return Err(NoHead::TimedOut { partial }),
+                    _ = kill.notified() => return Err(NoHead::Evicted { partial }),
                     _ = stopped.changed(), if !partial => return Err(NoHead::Closed { partial }),
                 }
             };
@@ -562,7 +566,7 @@ where
                 .await
             {
                 Ok(read) => read,
-                Err(NoHead::TimedOut { partial: true }) => {
+                Err(NoHead::TimedOut { partial: true } | NoHead::Evicted { partial: true }) => {
                     self.refuse(
                         stream,
                         "408 Request Timeout",
@@ -575,7 +579,13 @@ where
                     crate::metrics::client_aborts().head.increment(1);
                     return None;
                 }
-                Err(_) => return None,
+                Err(NoHead::TimedOut { partial: false }) => {
+                    self.gate.metrics.idle_closed.increment(1);
+                    return None;
+                }
+                Err(NoHead::Closed { partial: false } | NoHead::Evicted { partial: false }) => {
+                    return None
+                }
             };
             match head {
                 Head::Http1 => {}

@@ -58,6 +58,9 @@ pub const CONNECTIONS_MAX: &str = "fulcrum_connections_max";
 pub const CONNECTIONS_QUEUED_TOTAL: &str = "fulcrum_connections_queued_total";
 /// Connections waiting for a request head that were closed to make room for a new one.
 pub const CONNECTIONS_EVICTED_TOTAL: &str = "fulcrum_connections_evicted_total";
+/// Connections closed for sending nothing: a new one within the shorter of the keep-alive and
+/// header timeouts, a kept-alive one within `server.keepalive_timeout_ms`.
+pub const CONNECTIONS_IDLE_CLOSED_TOTAL: &str = "fulcrum_connections_idle_closed_total";
 /// Constant 1 labelled with the build's version.
 pub const BUILD_INFO: &str = "fulcrum_build_info";
 
@@ -183,6 +186,12 @@ pub struct Rejections {
     /// A request sent before the previous one on its connection was answered; the connection
     /// closes after that answer (`reason="pipelined_request"`).
     pub pipelined: Counter,
+    /// A request body that stopped coming for longer than `server.body_timeout_ms`, answered
+    /// 408 (`reason="body_timeout"`).
+    pub body_timeout: Counter,
+    /// A request body whose framing is broken, found before a backend was picked and answered
+    /// 400 (`reason="malformed_body"`).
+    pub malformed_body: Counter,
 }
 
 /// The rejection handles, registered on first use; [`install`] makes that use, so every reason
@@ -194,6 +203,8 @@ pub fn rejections() -> &'static Rejections {
         missing_host: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "missing_host"),
         transfer_encoding: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "transfer_encoding"),
         pipelined: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "pipelined_request"),
+        body_timeout: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "body_timeout"),
+        malformed_body: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "malformed_body"),
     })
 }
 
@@ -295,7 +306,7 @@ fn describe() {
     );
     describe_counter!(
         REJECTED_REQUESTS_TOTAL,
-        "Requests rejected before routing for malformed framing."
+        "Requests refused by fulcrum before any backend saw them, by reason: a client limit (head_timeout, head_too_large, request_line_too_long, body_timeout) or a malformed or ambiguous request."
     );
     describe_counter!(
         CLIENT_ABORTS_TOTAL,
@@ -342,6 +353,10 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_EVICTED_TOTAL,
         "Connections waiting for a request head, closed (oldest first) to make room for a new one."
+    );
+    describe_counter!(
+        CONNECTIONS_IDLE_CLOSED_TOTAL,
+        "Connections closed for sending nothing within the keep-alive timeout (new ones: the shorter of it and the header timeout)."
     );
     describe_gauge!(BUILD_INFO, "Constant 1, labelled with the fulcrum version.");
 }

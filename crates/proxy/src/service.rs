@@ -745,9 +745,13 @@ impl ProxyHttp for FulcrumProxy {
     {
         let body_failure = crate::body::failure(e);
         match body_failure {
-            Some(BodyFailure::TimedOut) => crate::metrics::client_timeouts().body.increment(1),
+            Some(BodyFailure::TimedOut) => {
+                crate::metrics::client_timeouts().body.increment(1);
+                crate::metrics::rejections().body_timeout.increment(1);
+            }
             Some(BodyFailure::Malformed) if ctx.attempts == 0 => {
-                crate::metrics::framing_errors().buffered.increment(1)
+                crate::metrics::framing_errors().buffered.increment(1);
+                crate::metrics::rejections().malformed_body.increment(1);
             }
             Some(BodyFailure::Malformed) => crate::metrics::framing_errors().streaming.increment(1),
             None => {}
