@@ -566,7 +566,7 @@ where
                 .await
             {
                 Ok(read) => read,
-                Err(NoHead::TimedOut { partial: true } | NoHead::Evicted { partial: true }) => {
+                Err(NoHead::TimedOut { partial: true }) => {
                     self.refuse(
                         stream,
                         "408 Request Timeout",
@@ -583,9 +583,11 @@ where
                     self.gate.metrics.idle_closed.increment(1);
                     return None;
                 }
-                Err(NoHead::Closed { partial: false } | NoHead::Evicted { partial: false }) => {
-                    return None
-                }
+                // Closed at once, without an answer and its lingering read: the slot is wanted
+                // now, by a connection waiting in the backlog. Every connection a slow client
+                // opens past the cap would otherwise cost a slot for the linger time, and the
+                // accepts (a well-behaved client's among them) would queue behind them.
+                Err(NoHead::Closed { partial: false } | NoHead::Evicted { .. }) => return None,
             };
             match head {
                 Head::Http1 => {}

@@ -679,8 +679,24 @@ impl ProxyHttp for FulcrumProxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        if let Some(host) = host {
-            upstream_request.insert_header("X-Forwarded-Host", host)?;
+        match host {
+            Some(host) => upstream_request.insert_header("X-Forwarded-Host", host)?,
+            // Only HTTP/1.0 comes without a host, and it goes upstream as HTTP/1.1, which must
+            // carry one (RFC 9112 §3.2): the backend's address, as nginx's `$proxy_host`.
+            None => {
+                let backend = ctx.lease.as_ref().and_then(|l| {
+                    Some(
+                        ctx.pool()?
+                            .peers
+                            .get(l.backend_index())?
+                            ._address
+                            .to_string(),
+                    )
+                });
+                if let Some(addr) = backend {
+                    upstream_request.insert_header(header::HOST, addr)?;
+                }
+            }
         }
         Ok(())
     }
