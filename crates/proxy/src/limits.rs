@@ -174,6 +174,12 @@ struct GateMetrics {
 /// The client-connection slots and the connections waiting for a request head, oldest first.
 pub struct ConnectionGate {
     slots: Arc<Semaphore>,
+    /// Connections closed at once when the cap is reached: one per 32 slots, 1 to 32, as
+    /// nginx drains up to 32 reusable connections when it runs out. Closing one per accept
+    /// lets a slow client that reconnects as fast as it is closed keep the backlog full: a
+    /// well-behaved connection then waits behind every slow one queued before it, one
+    /// eviction at a time.
+    evict_batch: usize,
     waiting: Mutex<BTreeMap<u64, Arc<Notify>>>,
     next_wait: AtomicU64,
     metrics: GateMetrics,
@@ -232,6 +238,7 @@ impl ConnectionGate {
         metrics.open.set(0.0);
         Arc::new(ConnectionGate {
             slots: Arc::new(Semaphore::new(slots)),
+            evict_batch: (slots / 32).clamp(1, 32),
             waiting: Mutex::new(BTreeMap::new()),
             next_wait: AtomicU64::new(0),
             metrics,
@@ -265,21 +272,21 @@ impl ConnectionGate {
         Waiting { gate: self, id }
     }
 
-    /// Close the connection that has waited longest for a request head; false if none waits.
-    fn evict_oldest(&self) -> bool {
-        let oldest = self
-            .waiting
-            .lock()
-            .ok()
-            .and_then(|mut waiting| waiting.pop_first());
-        match oldest {
-            Some((_, kill)) => {
-                kill.notify_one();
-                self.metrics.evicted.increment(1);
-                true
-            }
-            None => false,
+    /// Close the `n` connections that have waited longest for a request head (fewer if fewer
+    /// wait); how many were closed.
+    fn evict_oldest(&self, n: usize) -> usize {
+        let oldest: Vec<Arc<Notify>> = match self.waiting.lock() {
+            Ok(mut waiting) => (0..n)
+                .map_while(|_| waiting.pop_first())
+                .map(|(_, k)| k)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for kill in &oldest {
+            kill.notify_one();
         }
+        self.metrics.evicted.increment(oldest.len() as u64);
+        oldest.len()
     }
 
     /// Wait until a slot is free, closing idle connections to free one.
@@ -289,7 +296,7 @@ impl ConnectionGate {
         }
         self.metrics.queued.increment(1);
         loop {
-            self.evict_oldest();
+            self.evict_oldest(self.evict_batch);
             match tokio::time::timeout(EVICT_RETRY, self.slots.acquire()).await {
                 Ok(Ok(_free)) => return true,
                 Ok(Err(_closed)) => return false,
@@ -751,6 +758,19 @@ mod tests {
         let b = ConnectionBudget::new(&l, 3, 1 << 20);
         assert_eq!(b.effective, l.max_connections);
         assert!(b.warning().is_none());
+    }
+
+    #[test]
+    fn evictions_come_in_batches_on_large_gates() {
+        let gate = ConnectionGate::new(100);
+        assert_eq!(gate.evict_batch, 3);
+        let kills: Vec<_> = (0..5).map(|_| Arc::new(Notify::new())).collect();
+        let waits: Vec<_> = kills.iter().map(|k| gate.wait_for_head(k)).collect();
+        assert_eq!(gate.evict_oldest(gate.evict_batch), 3);
+        assert_eq!(gate.waiting.lock().unwrap().len(), 2);
+        drop(waits);
+        assert_eq!(ConnectionGate::new(2).evict_batch, 1);
+        assert_eq!(ConnectionGate::new(100_000).evict_batch, 32);
     }
 
     #[tokio::test]
