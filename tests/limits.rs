@@ -228,11 +228,13 @@ async fn beyond_max_connections_a_connection_waits_and_health_checks_go_on() {
             tokio::spawn(async move { get(proxy, "/?delay_ms=1500").await })
         })
         .collect();
+    // Wait until all three are at the backend: a connection accepted whose head has not
+    // arrived yet is one the cap may close to make room.
     let opened = eventually(HANG, || async {
-        metric(&f, "fulcrum_connections_open ").await == 3.0
+        metric(&f, "fulcrum_connections_open ").await == 3.0 && b[0].requests() == 3
     })
     .await;
-    assert!(opened.is_some(), "three connections open");
+    assert!(opened.is_some(), "three requests in flight");
     // The fourth is not served while they are...
     let fourth = tokio::spawn({
         let proxy = f.proxy;

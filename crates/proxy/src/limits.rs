@@ -409,8 +409,8 @@ enum NoHead {
     Closed { partial: bool },
     /// The time ran out; `partial` as above.
     TimedOut { partial: bool },
-    /// The connection was closed to make room for a new one; `partial` as above.
-    Evicted { partial: bool },
+    /// The connection was closed to make room for a new one.
+    Evicted,
 }
 
 /// When the bytes of one head must arrive.
@@ -491,7 +491,7 @@ impl<A> LimitedApp<A> {
                 let mut limited = (&mut buf).limit(room);
                 tokio::select! {
                     r = timeout_at(deadline, stream.read_buf(&mut limited)) => r,
-                    _ = kill.notified() => return Err(NoHead::Evicted { partial }),
+                    _ = kill.notified() => return Err(NoHead::Evicted),
                     _ = stopped.changed(), if !partial => return Err(NoHead::Closed { partial }),
                 }
             };
@@ -594,7 +594,7 @@ where
                 // now, by a connection waiting in the backlog. Every connection a slow client
                 // opens past the cap would otherwise cost a slot for the linger time, and the
                 // accepts (a well-behaved client's among them) would queue behind them.
-                Err(NoHead::Closed { partial: false } | NoHead::Evicted { .. }) => return None,
+                Err(NoHead::Closed { partial: false } | NoHead::Evicted) => return None,
             };
             match head {
                 Head::Http1 => {}
