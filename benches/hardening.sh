@@ -11,7 +11,8 @@
 #     connections for ATTACK_S seconds, with the probe client beside it;
 #   - the idle, trickled-head, keep-alive and malformed-request probes;
 #   - slowloris again with the hard open-file limit at 1024 as well (the connection cap then
-#     falls to what 1024 files can hold).
+#     falls to what 1024 files can hold), and the same against nginx and HAProxy under the same
+#     limit, each with a 10 s request-head timeout like fulcrum's default (PEERS=0 skips them).
 # For each: the probe client's success count and p99 (new connection per request, 5 s timeout),
 # fulcrum's RSS before / peak during / after, its open files and client connections at peak,
 # the fewest backends marked up during the run, and the health-check failures.
@@ -22,10 +23,11 @@
 #   FULCRUM_BIN=target/debug/fulcrum   the binary under test ($CARGO_TARGET_DIR honoured);
 #                                      built with `cargo build -p fulcrum` unless SKIP_BUILD=1
 #   CONNECTIONS=1100  ATTACK_S=30  PROBE_RATE=20   attack size and length, probe requests/s
-#   BASE_PORT=18600   fulcrum BASE_PORT, admin +1, origins +2 and +3 (127.0.0.1 only)
+#   BASE_PORT=18600   fulcrum BASE_PORT, admin +1, origins +2 and +3, nginx +4, HAProxy +5
+#                     (127.0.0.1 only)
 #   RESULTS=benches/results/hardening.md
-# Requirements: slowhttptest, nginx, curl, python3, prlimit
-#   (Debian: apt-get install -y slowhttptest nginx-light curl python3 util-linux)
+# Requirements: slowhttptest, nginx, haproxy, curl, python3, prlimit
+#   (Debian: apt-get install -y slowhttptest nginx-light haproxy curl python3 util-linux)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -202,6 +204,81 @@ measure "slowloris (-H), hard limit 1024" "$SLOWLORIS" "$PROBE_S"
 LIMITS_1024=$(grep 'accepting up to' "$WORK/fulcrum.log" | tail -1 | sed 's/.*\] //')
 stop_fulcrum
 
+# --- the same slowloris against nginx and HAProxy, hard limit 1024 -----------------------------
+PEER_ROWS=()
+peer_slowloris() { # $1 name, $2 port, $3... the command that runs the peer in the foreground
+    local name="$1" port="$2"
+    shift 2
+    prlimit --nofile=1024:1024 "$@" >"$WORK/$name.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    slowhttptest -c "$CONNECTIONS" -H -i 10 -r 200 -t GET -u "http://127.0.0.1:$port/" -x 24 -p 3 -l "$ATTACK_S" >"$WORK/attack-peer-$name.log" 2>&1 &
+    local attack=$!
+    sleep 3
+    $PROBE client "http://127.0.0.1:$port/" --rate "$PROBE_RATE" --duration "$PROBE_S" >"$WORK/probe-peer-$name.json"
+    wait "$attack" || true
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    PEER_ROWS+=("| $name | $($PROBE row "$WORK/probe-peer-$name.json") |")
+    echo "$name under slowloris, hard limit 1024: $($PROBE row "$WORK/probe-peer-$name.json")" >&2
+}
+if [ "${PEERS:-1}" = 1 ]; then
+    NGINX_PORT=$((BASE_PORT + 4))
+    HAPROXY_PORT=$((BASE_PORT + 5))
+    mkdir -p "$WORK/nginx"
+    cat >"$WORK/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log error;
+events { worker_connections 512; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    client_header_timeout 10s;
+    client_body_timeout 30s;
+    upstream web {
+        server 127.0.0.1:$ORIGIN1;
+        server 127.0.0.1:$ORIGIN2;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://web;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    cat >"$WORK/haproxy.cfg" <<EOF
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+frontend fe
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend web
+backend web
+    balance roundrobin
+    server s1 127.0.0.1:$ORIGIN1
+    server s2 127.0.0.1:$ORIGIN2
+EOF
+    peer_slowloris "nginx $(nginx -v 2>&1 | sed 's|.*/||')" "$NGINX_PORT" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx"
+    peer_slowloris "HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }')" "$HAPROXY_PORT" haproxy -f "$WORK/haproxy.cfg" -db
+fi
+
 ERRORS=$(grep -c ' ERROR ' "$WORK/fulcrum.log" || true)
 WARNS=$(grep -c ' WARN ' "$WORK/fulcrum.log" || true)
 
@@ -226,6 +303,17 @@ WARNS=$(grep -c ' WARN ' "$WORK/fulcrum.log" || true)
     echo "|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
     echo
+    if [ "${#PEER_ROWS[@]}" -gt 0 ]; then
+        echo "The same slowloris with the hard open-file limit at 1024, against fulcrum and its peers in"
+        echo "this run (nginx: \`worker_connections 512\`, its default, and \`client_header_timeout 10s\`;"
+        echo "HAProxy: \`maxconn\` derived from the limit, \`timeout http-request 10s\`):"
+        echo
+        echo "| proxy | probe: ok of sent | p50 ms | p99 ms |"
+        echo "|---|---|---|---|"
+        echo "| fulcrum | $($PROBE row "$WORK/probe-slowloris (-H), hard limit 1024.json") |"
+        printf '%s\n' "${PEER_ROWS[@]}"
+        echo
+    fi
     echo "Attacks:"
     echo
     echo "- slowloris: \`$SLOWLORIS\`"
