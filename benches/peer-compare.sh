@@ -25,7 +25,9 @@
 #                        "other CPU %" column shows it)
 #   PROXIES="fulcrum bare-pingora nginx haproxy"   which proxies to measure; add
 #                        fulcrum-model for the same pool with weights = "model"
-#                        (the shipped models/balancer.onnx, control loop ticking)
+#                        (the shipped models/balancer.onnx, control loop ticking), and
+#                        fulcrum-glibc for fulcrum built with the system allocator
+#                        (--no-default-features) instead of mimalloc
 #   SKIP_BUILD=1         use the existing release binaries as they are
 #   BREAKDOWN=1          instead of timing, count what each proxy does per request over one
 #                        wrk run of DURATION: syscalls by kind (perf's syscall tracepoints),
@@ -74,6 +76,7 @@ esac
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 FULCRUM_BIN="$TARGET_DIR/release/fulcrum"
+FULCRUM_GLIBC_BIN="$TARGET_DIR/release/fulcrum-glibc"
 BARE_BIN="$TARGET_DIR/release/examples/bare_pingora"
 PROXY_CORE=0
 CLIENT_CORE=1
@@ -92,13 +95,18 @@ if ((${#missing[@]})); then
 fi
 (( $(nproc) >= 2 )) || die "needs at least 2 CPU cores (proxy on core 0, client+origin on core 1)"
 for p in $PROXIES; do
-    case "$p" in fulcrum|fulcrum-model|bare-pingora|nginx|haproxy) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case "$p" in fulcrum|fulcrum-model|fulcrum-glibc|bare-pingora|nginx|haproxy) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
 done
 want() {
-    [[ " $PROXIES " == *" $1 "* ]] || { [[ "$1" == fulcrum ]] && [[ " $PROXIES " == *" fulcrum-model "* ]]; }
+    [[ " $PROXIES " == *" $1 "* ]] || { [[ "$1" == fulcrum ]] && [[ " $PROXIES " == *" fulcrum-model "* || " $PROXIES " == *" fulcrum-glibc "* ]]; }
 }
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
+    if want fulcrum-glibc; then
+        log "building fulcrum with the system allocator"
+        cargo build --release -p fulcrum --bin fulcrum --no-default-features >&2 || die "build failed"
+        cp "$FULCRUM_BIN" "$FULCRUM_GLIBC_BIN"
+    fi
     # Target flags apply to every -p, hence the explicit --bin / --example.
     build=(cargo build --release)
     want fulcrum && build+=(-p fulcrum --bin fulcrum)
@@ -110,6 +118,7 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
 fi
 want fulcrum && { [[ -x "$FULCRUM_BIN" ]] || die "no $FULCRUM_BIN"; }
 want bare-pingora && { [[ -x "$BARE_BIN" ]] || die "no $BARE_BIN"; }
+want fulcrum-glibc && { [[ -x "$FULCRUM_GLIBC_BIN" ]] || die "no $FULCRUM_GLIBC_BIN"; }
 
 # ---------------------------------------------------------------- cleanup
 WORK="$(mktemp -d /tmp/peer-compare.XXXXXX)"
@@ -257,6 +266,13 @@ start_proxy() { # NAME PORT
             LISTEN_PORT="$port" ADMIN_PORT="$(free_port)" BACKEND_PORT="$BACKEND_PORT"
         [[ "$TLS" == off ]] || tlsify "$dir/fulcrum.toml" fulcrum "$port"
         RUST_LOG=error taskset -c "$PROXY_CORE" "$FULCRUM_BIN" run -c "$dir/fulcrum.toml" \
+            >"$dir/stdout" 2>"$dir/stderr" &
+        ;;
+    fulcrum-glibc)
+        render "$PEERS/fulcrum.toml" "$dir/fulcrum.toml" \
+            LISTEN_PORT="$port" ADMIN_PORT="$(free_port)" BACKEND_PORT="$BACKEND_PORT"
+        [[ "$TLS" == off ]] || tlsify "$dir/fulcrum.toml" fulcrum "$port"
+        RUST_LOG=error taskset -c "$PROXY_CORE" "$FULCRUM_GLIBC_BIN" run -c "$dir/fulcrum.toml" \
             >"$dir/stdout" 2>"$dir/stderr" &
         ;;
     fulcrum-model)
@@ -423,6 +439,7 @@ cmd="TLS=$TLS DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONN
 
 declare -A label=(
     [fulcrum]="fulcrum"
+    [fulcrum-glibc]="fulcrum, system allocator (glibc malloc)"
     [fulcrum-model]="fulcrum, weights = \"model\" (least connections + control loop)"
     [bare-pingora]="bare pingora (round robin)"
     [nginx]="nginx $(nginx -v 2>&1 | sed 's|.*nginx/||')"
@@ -475,6 +492,14 @@ declare -A label=(
         echo
         awk -v a="$(median fulcrum 8)" -v b="$BARE_CPU" \
             'BEGIN { printf "fulcrum / bare pingora CPU per request: **%.2f×** (%.2f µs vs %.2f µs; +%.2f µs per request)\n", a / b, a, b, a - b }'
+    fi
+    if [[ " $PROXIES " == *" fulcrum "* ]] && [[ -n "$NGINX_CPU" ]]; then
+        awk -v a="$(median fulcrum 8)" -v b="$NGINX_CPU" \
+            'BEGIN { printf "\nfulcrum / nginx CPU per request: **%.2f×** (%.2f µs vs %.2f µs)\n", a / b, a, b }'
+    fi
+    if [[ " $PROXIES " == *" fulcrum "* ]] && [[ " $PROXIES " == *" fulcrum-glibc "* ]]; then
+        awk -v a="$(median fulcrum 8)" -v b="$(median fulcrum-glibc 8)" \
+            'BEGIN { printf "\nfulcrum with mimalloc / with glibc malloc CPU per request: **%.3f×** (%.2f µs vs %.2f µs)\n", a / b, a, b }'
     fi
     if [[ " $PROXIES " == *" fulcrum "* ]] && [[ " $PROXIES " == *" fulcrum-model "* ]]; then
         awk -v a="$(median fulcrum-model 8)" -v b="$(median fulcrum 8)" \

@@ -3,9 +3,10 @@
 # Usage: scripts/setup.sh [build|test|bench]
 #   build: cmake (pingora's zlib-ng needs it), a Rust toolchain check, and .venv with
 #          ONNX Runtime and the training stack (models/requirements.txt)
-#   test:  build + promtool (Debian package `prometheus`) for the metrics test, curl,
-#          openssl and nghttp, the real clients of the TLS tests, and chromium, the real
-#          browser of the status page's test
+#   test:  build + Prometheus and promtool (Debian package `prometheus`) for the metrics and
+#          dashboard tests, curl, openssl and nghttp, the real clients of the TLS tests,
+#          chromium, the real browser of the status page's test, and hadolint and
+#          kubernetes-validate in .venv (docker/requirements.txt)
 #   bench: test + wrk, nginx-light, haproxy for the peer comparison
 set -euo pipefail
 want="${1:-build}"
@@ -25,27 +26,34 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# The Python venv with ONNX Runtime (its wheel carries libonnxruntime) and the training stack.
+# The Python venv with ONNX Runtime (its wheel carries libonnxruntime) and the training stack,
+# and for tests the checks of the deployment files.
 setup_venv() {
+  local reqs=(models/requirements.txt)
+  if [[ "$want" == test || "$want" == bench ]]; then
+    reqs+=(docker/requirements.txt)
+  fi
   local stamp=.venv/.fulcrum-requirements
-  if [[ -f "$stamp" ]] && cmp -s models/requirements.txt "$stamp"; then
+  if [[ -f "$stamp" ]] && cat "${reqs[@]}" | cmp -s - "$stamp"; then
     return 0
   fi
   if ! command -v python3 >/dev/null 2>&1; then
     echo "setup: python3 is missing; install Python 3.10+ and run this again." >&2
     exit 1
   fi
-  echo "setup: creating .venv with models/requirements.txt" >&2
-  if ! python3 -m venv .venv; then
+  echo "setup: installing ${reqs[*]} into .venv" >&2
+  if [[ ! -x .venv/bin/pip ]] && ! python3 -m venv .venv; then
     echo "setup: python3 -m venv failed; install the venv module (Debian: apt-get install -y python3-venv)." >&2
     exit 1
   fi
-  if ! .venv/bin/pip install -q -r models/requirements.txt; then
-    echo "setup: pip could not install models/requirements.txt (no network or no package index?)." >&2
+  local args=()
+  for r in "${reqs[@]}"; do args+=(-r "$r"); done
+  if ! .venv/bin/pip install -q "${args[@]}"; then
+    echo "setup: pip could not install ${reqs[*]} (no network or no package index?)." >&2
     echo "       Install them into .venv by another route, or set ORT_DYLIB_PATH to a libonnxruntime.so." >&2
     exit 1
   fi
-  cp models/requirements.txt "$stamp"
+  cat "${reqs[@]}" > "$stamp"
 }
 
 missing=()

@@ -139,7 +139,12 @@ async fn with_a_token_every_api_request_needs_it_and_the_probes_do_not() {
     let good = format!("Bearer {TOKEN}");
     let authorized = [("authorization", good.as_str())];
 
-    for path in ["/api/pools", "/api/decisions", "/api/nope"] {
+    for path in [
+        "/api/pools",
+        "/api/decisions",
+        "/api/forecast?pool=web",
+        "/api/nope",
+    ] {
         let r = call(&f, "GET", path, &[]).await;
         assert_eq!(r.status, 401, "{path}: {r:?}");
         assert_eq!(
@@ -158,6 +163,10 @@ async fn with_a_token_every_api_request_needs_it_and_the_probes_do_not() {
     }
     assert_eq!(call(&f, "GET", "/api/pools", &authorized).await.status, 200);
     assert_eq!(call(&f, "GET", "/api/nope", &authorized).await.status, 404);
+    // A pool without [pools.web.autoscale] is not forecast: told so, to whom may read.
+    let r = call(&f, "GET", "/api/forecast?pool=web", &authorized).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.body.contains("[pools.web.autoscale]"), "{}", r.body);
     for open in ["/metrics", "/healthz", "/readyz"] {
         assert_eq!(call(&f, "GET", open, &[]).await.status, 200, "{open}");
     }

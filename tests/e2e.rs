@@ -433,13 +433,28 @@ fn check_reports_every_mistake_and_exits_78() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool() {
     let b = backends(2).await;
-    let web = web_pool(Algorithm::P2cEwma, &[&b[0], &b[1]]);
+    let mut web = web_pool(Algorithm::P2cEwma, &[&b[0], &b[1]]);
+    // Forecasts every 200 ms (the control loop's tick bounds it), so their metrics are there.
+    web.autoscale = Some(fulcrum_config::AutoscaleConfig {
+        step: Duration::from_millis(200),
+        horizon: Duration::from_secs(1),
+        ..Default::default()
+    });
     let f = Fulcrum::web(web).await;
     let mut c = Conn::open(f.proxy).await.unwrap();
     for i in 0..20 {
         let path = if i % 5 == 0 { "/?status=503" } else { "/" };
         c.send("GET", path, &[], b"").await.unwrap();
     }
+    let stepped = eventually(Duration::from_secs(5), || async {
+        get(f.admin, "/metrics")
+            .await
+            .unwrap()
+            .body
+            .contains("fulcrum_pool_recommended_backends{")
+    })
+    .await;
+    assert!(stepped.is_some(), "no forecast step");
     let m = get(f.admin, "/metrics").await.unwrap();
     assert_eq!(m.status, 200);
     for name in [
@@ -464,6 +479,12 @@ async fn metrics_pass_promtool() {
         "fulcrum_client_aborts_total{phase=\"head\"} ",
         "fulcrum_client_timeouts_total{phase=\"body\"} ",
         "fulcrum_request_framing_errors_total{stage=\"buffered\"} ",
+        "fulcrum_pool_requests_per_second{pool=\"web\"}",
+        "fulcrum_pool_forecast_requests_per_second{pool=\"web\",horizon=\"300\",quantile=\"0.9\"}",
+        "fulcrum_pool_forecast_requests_per_second{pool=\"web\",horizon=\"1\",quantile=\"0.5\"}",
+        "fulcrum_pool_recommended_backends{pool=\"web\"}",
+        "fulcrum_pool_forecast_model_loaded{pool=\"web\"} 0",
+        "fulcrum_pool_forecast_model_fallbacks_total{pool=\"web\"} 0",
     ] {
         assert!(m.body.contains(name), "missing {name} in\n{}", m.body);
     }

@@ -28,8 +28,12 @@ fn tiny_scenario_against_the_real_proxy() {
             rate_rps: 100.0,
             steps: Vec::new(),
             non_idempotent_fraction: 0.1,
+            diurnal: None,
+            bursts: Vec::new(),
         },
         backends: vec![backend("fast", 8, 5.0, 3), backend("slow", 2, 40.0, 1)],
+        autoscale: None,
+        slo: None,
     };
     // The slow backend refuses connections for a second: the proxy retries elsewhere.
     scenario.backends[1].events.push(BackendEvent {

@@ -13,6 +13,9 @@ use std::time::Duration;
 pub use fulcrum_config::{Algorithm, Config, ControlConfig, PoolConfig, WeightSource};
 pub use fulcrum_lab::harness::{eventually, get, pool, request, single_pool, Conn};
 pub use fulcrum_testbed::BackendServer;
+pub use nameserver::Nameserver;
+
+mod nameserver;
 
 /// The headers of an admin request that changes state: the admin API takes only JSON there,
 /// even with an empty body.
@@ -26,6 +29,17 @@ pub fn fulcrum_bin() -> &'static str {
 /// The repository root (for example configs).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A tool `scripts/setup.sh test` installs into the project's venv (docker/requirements.txt).
+pub fn venv_tool(name: &str) -> PathBuf {
+    let tool = repo_root().join(".venv/bin").join(name);
+    assert!(
+        tool.is_file(),
+        "{} is missing: scripts/setup.sh test installs docker/requirements.txt into .venv",
+        tool.display()
+    );
+    tool
 }
 
 /// A loopback address on a port that was free a moment ago: nothing answers there.

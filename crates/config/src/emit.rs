@@ -198,6 +198,21 @@ impl Config {
                     let _ = writeln!(out, "client_key = {}", path(key));
                 }
             }
+            if let Some(a) = &pool.autoscale {
+                let _ = writeln!(out);
+                let _ = writeln!(out, "[pools.{name}.autoscale]");
+                let _ = writeln!(out, "target_utilization = {}", float(a.target_utilization));
+                let _ = writeln!(out, "min_backends = {}", a.min_backends);
+                let _ = writeln!(out, "max_backends = {}", a.max_backends);
+                let _ = writeln!(out, "horizon_s = {}", float(a.horizon.as_secs_f64()));
+                let _ = writeln!(out, "step_s = {}", float(a.step.as_secs_f64()));
+                if let Some(m) = &a.forecast_model {
+                    let _ = writeln!(out, "forecast_model = {}", path(m));
+                }
+                if let Some(c) = a.backend_capacity_rps {
+                    let _ = writeln!(out, "backend_capacity_rps = {}", float(c));
+                }
+            }
             let backends: Vec<(String, u32)> = match &pool.discovery {
                 Discovery::Static => pool
                     .backends

@@ -11,7 +11,8 @@
 //!   and the file holding the bearer token its `/api/*` endpoints require;
 //! * `[[routes]]` — host/path-prefix rules mapping requests to pools;
 //! * `[pools.NAME]` — upstream pools with their algorithm, timeouts, health checks,
-//!   TLS to their backends (`[pools.NAME.tls]`) and `[[pools.NAME.backends]]`;
+//!   TLS to their backends (`[pools.NAME.tls]`), `[[pools.NAME.backends]]` and, optionally,
+//!   demand forecasts with a recommended backend count (`[pools.NAME.autoscale]`);
 //! * `[control]` (optional) — the control loop that tunes the backend weights of pools
 //!   with `weights = "model"` using an ONNX model: tick period, model file, inference
 //!   budget, weight bounds, decision history and feature recording.
@@ -35,6 +36,7 @@
 #![warn(missing_docs)]
 
 mod admin_token;
+pub mod autoscale_defaults;
 pub mod control_defaults;
 mod emit;
 mod model;
@@ -48,9 +50,9 @@ use std::path::Path;
 pub use admin_token::{AdminToken, MAX_TOKEN_LEN};
 pub use fulcrum_diagnostics::{Diagnostic, Diagnostics, Severity};
 pub use model::{
-    AdminConfig, Algorithm, BackendConfig, CertificateConfig, ClientLimits, Config, ControlConfig,
-    Discovery, DnsName, HealthCheckConfig, HostMatch, PoolConfig, PoolTlsConfig, RouteConfig,
-    ServerConfig, TlsVersion, WeightSource,
+    AdminConfig, Algorithm, AutoscaleConfig, BackendConfig, CertificateConfig, ClientLimits,
+    Config, ControlConfig, Discovery, DnsName, HealthCheckConfig, HostMatch, PoolConfig,
+    PoolTlsConfig, RouteConfig, ServerConfig, TlsVersion, WeightSource,
 };
 
 /// The default configuration shipped with fulcrum (`config/fulcrum.toml`).

@@ -467,6 +467,52 @@ pub struct PoolConfig {
     /// Request bodies up to this size are read whole before a backend is picked
     /// (`request_buffer_bytes`, 0..=65536, default 65536; 0 streams every body).
     pub request_buffer_bytes: usize,
+    /// Demand forecasts and a recommended backend count (`[pools.NAME.autoscale]`); `None`
+    /// leaves the pool unforecast.
+    pub autoscale: Option<AutoscaleConfig>,
+}
+
+/// `[pools.NAME.autoscale]`: how a pool's demand is forecast and its backends counted.
+///
+/// Every `step` the control thread records the pool's request rate, forecasts it and
+/// recommends `ceil(p90 at horizon / (capacity per backend × target_utilization))` backends,
+/// clamped to `min_backends..=max_backends`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoscaleConfig {
+    /// Share of a backend's capacity to plan for (0 < x <= 1, default
+    /// [`crate::autoscale_defaults::TARGET_UTILIZATION`]).
+    pub target_utilization: f64,
+    /// Fewest backends to recommend (1..=100000, default 1).
+    pub min_backends: u32,
+    /// Most backends to recommend (at least `min_backends`, default 100).
+    pub max_backends: u32,
+    /// Provisioning horizon: the time a new backend needs to take traffic; the recommendation
+    /// covers the p90 forecast this far ahead (`horizon_s`, 1..=86400, default 300).
+    pub horizon: Duration,
+    /// An ONNX forecast model; `None` forecasts with the built-in Holt-Winters / seasonal
+    /// naive forecaster.
+    pub forecast_model: Option<PathBuf>,
+    /// Step of the rate series: one rate per step, one forecast per step (`step_s`,
+    /// 0.1..=3600, default 10).
+    pub step: Duration,
+    /// Requests per second one backend serves at full utilisation, when the operator knows it
+    /// (`backend_capacity_rps`); `None` estimates it from the traffic.
+    pub backend_capacity_rps: Option<f64>,
+}
+
+impl Default for AutoscaleConfig {
+    fn default() -> Self {
+        use crate::autoscale_defaults as d;
+        AutoscaleConfig {
+            target_utilization: d::TARGET_UTILIZATION,
+            min_backends: d::MIN_BACKENDS,
+            max_backends: d::MAX_BACKENDS,
+            horizon: Duration::from_secs(d::HORIZON_S),
+            forecast_model: None,
+            step: Duration::from_secs(d::STEP_S),
+            backend_capacity_rps: None,
+        }
+    }
 }
 
 /// How a pool finds its backends.

@@ -18,9 +18,9 @@ use fulcrum_diagnostics::{suggest, Diagnostic, Diagnostics};
 
 use crate::admin_token::AdminToken;
 use crate::model::{
-    AdminConfig, Algorithm, BackendConfig, CertificateConfig, ClientLimits, Config, ControlConfig,
-    Discovery, DnsName, HealthCheckConfig, HostMatch, PoolConfig, PoolTlsConfig, RouteConfig,
-    ServerConfig, TlsVersion, WeightSource,
+    AdminConfig, Algorithm, AutoscaleConfig, BackendConfig, CertificateConfig, ClientLimits,
+    Config, ControlConfig, Discovery, DnsName, HealthCheckConfig, HostMatch, PoolConfig,
+    PoolTlsConfig, RouteConfig, ServerConfig, TlsVersion, WeightSource,
 };
 use crate::tls::{self, KeyPair, PairFile};
 
@@ -63,6 +63,16 @@ const POOL_KEYS: &[&str] = &[
     "discovery",
     "dns_refresh_ms",
     "request_buffer_bytes",
+    "autoscale",
+];
+const AUTOSCALE_KEYS: &[&str] = &[
+    "target_utilization",
+    "min_backends",
+    "max_backends",
+    "horizon_s",
+    "forecast_model",
+    "step_s",
+    "backend_capacity_rps",
 ];
 const POOL_TLS_KEYS: &[&str] = &["sni", "ca_file", "verify", "client_cert", "client_key"];
 const HEALTH_KEYS: &[&str] = &[
@@ -995,6 +1005,16 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
         Some(v) => as_table(ctx, v, t.child("tls"), "a table ([pools.NAME.tls])")
             .map(|tt| read_pool_tls(ctx, &tt, name)),
     };
+    let autoscale = match t.get("autoscale") {
+        None => None,
+        Some(v) => as_table(
+            ctx,
+            v,
+            t.child("autoscale"),
+            "a table ([pools.NAME.autoscale])",
+        )
+        .map(|at| read_autoscale(ctx, &at)),
+    };
     let dns = read_discovery(ctx, t);
     let (backends, names) = read_backends(ctx, t, dns.is_some());
     let discovery = match dns {
@@ -1038,7 +1058,85 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
         discovery,
         backends,
         request_buffer_bytes,
+        autoscale,
     }
+}
+
+/// `[pools.NAME.autoscale]`: demand forecasts and the recommended backend count.
+fn read_autoscale(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> AutoscaleConfig {
+    use crate::autoscale_defaults as d;
+    t.check_keys(ctx, AUTOSCALE_KEYS);
+    let mut a = AutoscaleConfig::default();
+    if let Some(x) = bounded_f64(
+        ctx,
+        t,
+        "target_utilization",
+        |x| x > 0.0 && x <= 1.0,
+        "greater than 0 and at most 1 (the share of a backend's capacity to plan for)",
+    ) {
+        a.target_utilization = x;
+    }
+    a.min_backends = bounded(ctx, t, "min_backends", d::MIN_BACKENDS.into(), 1, 100_000) as u32;
+    a.max_backends = bounded(ctx, t, "max_backends", d::MAX_BACKENDS.into(), 1, 100_000) as u32;
+    if a.max_backends < a.min_backends {
+        let span = t
+            .get("max_backends")
+            .or(t.get("min_backends"))
+            .map(|v| v.span());
+        ctx.error(
+            span.as_ref(),
+            &t.child("max_backends"),
+            format!(
+                "max_backends ({}) must be at least min_backends ({})",
+                a.max_backends, a.min_backends
+            ),
+        );
+    }
+    if let Some(x) = bounded_f64(
+        ctx,
+        t,
+        "horizon_s",
+        |x| (1.0..=86_400.0).contains(&x),
+        "between 1 and 86400 seconds (the time a new backend needs to take traffic)",
+    ) {
+        a.horizon = Duration::from_secs_f64(x);
+    }
+    if let Some(x) = bounded_f64(
+        ctx,
+        t,
+        "step_s",
+        |x| (0.1..=3600.0).contains(&x),
+        "between 0.1 and 3600 seconds (one rate and one forecast per step)",
+    ) {
+        a.step = Duration::from_secs_f64(x);
+    }
+    a.forecast_model = file_path(
+        ctx,
+        t,
+        "forecast_model",
+        "the path of an ONNX forecast model, e.g. \"models/forecast.onnx\" (omit the key to use the built-in forecaster)",
+    );
+    a.backend_capacity_rps = bounded_f64(
+        ctx,
+        t,
+        "backend_capacity_rps",
+        |x| x > 0.0 && x.is_finite(),
+        "a positive number of requests per second (omit the key to estimate it from the traffic)",
+    );
+    if a.step > a.horizon {
+        let span = t.get("step_s").map(|v| v.span());
+        ctx.warning(
+            span.as_ref(),
+            &t.child("step_s"),
+            format!(
+                "step_s ({} s) is longer than horizon_s ({} s): the forecast looks one step ahead, \
+                 further than the provisioning horizon",
+                a.step.as_secs_f64(),
+                a.horizon.as_secs_f64()
+            ),
+        );
+    }
+    a
 }
 
 /// `discovery` and `dns_refresh_ms`: `Some(refresh)` for a pool whose backends are found by

@@ -69,6 +69,7 @@ fn expected_default() -> Config {
                 healthy_threshold: 2,
             },
             tls: None,
+            autoscale: None,
             discovery: Discovery::Static,
             backends: vec![
                 BackendConfig {

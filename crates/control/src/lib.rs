@@ -9,13 +9,19 @@
 //! [`fulcrum_balance::Pool::set_weights`], grants recovery probes to starved backends and
 //! explains the tick in a [`decisions::Decision`]. The proxy runs the loop on wall-clock time,
 //! the simulator on simulated time.
+//!
+//! Beside the weights, [`demand`] tracks each autoscaled pool's request rate, forecasts it (the
+//! built-in forecaster of `fulcrum_forecast`, or the ONNX [`forecast_model`] with its own
+//! schema and guardrails) and recommends a backend count.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
 pub mod controller;
 pub mod decisions;
+pub mod demand;
 pub mod features;
+pub mod forecast_model;
 pub mod guardrails;
 pub mod model;
 pub mod observe;

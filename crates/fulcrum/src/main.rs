@@ -10,7 +10,15 @@ use fulcrum_config::{Config, Diagnostic, Diagnostics, EXIT_CONFIG};
 use fulcrum_proxy::{ConfigSource, Start};
 
 mod demo;
+mod forecast_cmd;
 mod logging;
+mod probe;
+
+/// A request makes dozens of small, short-lived allocations (header maps, futures, buffers);
+/// mimalloc serves them from thread-local pages at a fraction of glibc malloc's cost.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// fulcrum: a Layer-7 load-balancing reverse proxy whose backend weights can be tuned live.
 #[derive(Debug, Parser)]
@@ -40,6 +48,12 @@ enum Command {
     Lab(LabArgs),
     /// Start a scenario's backends on loopback (point any proxy at them).
     Testbed(TestbedArgs),
+    /// Ask a running fulcrum's admin listener for `/healthz` (or PATH): exit 0 on a 2xx
+    /// answer, 1 otherwise. For container health checks; the file given with `-c` is read
+    /// only for `admin.listen`.
+    Probe(probe::ProbeArgs),
+    /// Forecast a request-rate series (CSV `t_s,rps`) with a rolling origin.
+    Forecast(forecast_cmd::ForecastArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -85,6 +99,15 @@ struct SimArgs {
     /// Use the built-in heuristic controller for `+model` policies instead of a model.
     #[arg(long)]
     heuristic: bool,
+    /// Scaler for a scenario with an `[autoscale]` table: `none` (default: the backends as
+    /// written), `hpa` (or `reactive`: Kubernetes' HPA), `forecast`, `static` (sized for the
+    /// peak) or `static:N`; repeat for several.
+    #[arg(long = "scaler")]
+    scalers: Vec<String>,
+    /// Proxies sharing the backends, each with its own pickers and control loop; the load is
+    /// split evenly over them (as the replicas of a Deployment behind one Service).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    replicas: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,6 +135,10 @@ struct TestbedArgs {
     /// Timeline speed-up, as for `lab`.
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
+    /// Where backend `i` listens: this address with its port plus `i` (port 0: ephemeral
+    /// ports). `0.0.0.0:9001` serves other hosts, as in a container.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
 }
 
 fn load_scenario(path: &std::path::Path) -> Result<fulcrum_scenario::Scenario, ExitCode> {
@@ -130,8 +157,13 @@ fn sim(args: SimArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    let scaled = args.scalers.iter().any(|s| s != "none");
     let policies: Vec<Policy> = if args.run.policies.is_empty() {
-        Policy::BASELINES.to_vec()
+        Policy::BASELINES
+            .iter()
+            .filter(|p| !scaled || !matches!(p, Policy::Oracle | Policy::CapacityOracle))
+            .copied()
+            .collect()
     } else {
         match args
             .run
@@ -146,6 +178,7 @@ fn sim(args: SimArgs) -> ExitCode {
     };
     let mut opts = SimOptions {
         seed: args.seed,
+        replicas: args.replicas,
         ..SimOptions::default()
     };
     if policies.iter().any(Policy::needs_model) {
@@ -164,6 +197,15 @@ fn sim(args: SimArgs) -> ExitCode {
             Err(e) => return fail(e),
         }
     }
+    if scaled {
+        return sim_autoscaled(
+            &scenario,
+            &policies,
+            &args.scalers,
+            &opts,
+            args.run.json.as_ref(),
+        );
+    }
     if let Some(path) = &args.export_features {
         match fulcrum_sim::export_features(&scenario, &policies[0], &opts, path) {
             Ok(export) => eprintln!("wrote {} feature rows to {}", export.rows, path.display()),
@@ -175,6 +217,104 @@ fn sim(args: SimArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     write_outputs(&report, args.run.json.as_ref(), args.run.report.as_ref())
+}
+
+/// `fulcrum sim --scaler ...`: every policy under every scaler, a Markdown table on stdout and
+/// the results as JSON (each with `scaler`, `backend_seconds`, `slo_windows`,
+/// `slo_violation_windows`, `slow_requests`, `timed_out`, `scale_ups`, `scale_downs`,
+/// `peak_serving`).
+fn sim_autoscaled(
+    scenario: &fulcrum_scenario::Scenario,
+    policies: &[fulcrum_sim::Policy],
+    scalers: &[String],
+    opts: &fulcrum_sim::SimOptions,
+    json: Option<&PathBuf>,
+) -> ExitCode {
+    use fulcrum_sim::{simulate_autoscaled, ScalerKind};
+    let Some(a) = &scenario.autoscale else {
+        return fail(format!(
+            "{}: --scaler needs an [autoscale] table in the scenario",
+            scenario.name
+        ));
+    };
+    let mut kinds = Vec::new();
+    for s in scalers {
+        match s.as_str() {
+            "none" => kinds.push(ScalerKind::Static(Some(a.initial))),
+            other => match other.parse::<ScalerKind>() {
+                Ok(k) => kinds.push(k),
+                Err(e) => return fail(e),
+            },
+        }
+    }
+    let pairs: Vec<(fulcrum_sim::Policy, ScalerKind)> = policies
+        .iter()
+        .flat_map(|p| kinds.iter().map(move |k| (*p, *k)))
+        .collect();
+    let runs = std::thread::scope(|s| {
+        let handles: Vec<_> = pairs
+            .iter()
+            .map(|(p, k)| s.spawn(move || simulate_autoscaled(scenario, p, *k, opts)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a simulation thread panicked"))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let runs = match runs {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let mut table = fulcrum_sim::AUTOSCALE_TABLE_HEADER.to_string();
+    let mut results = Vec::new();
+    for ((policy, _), run) in pairs.iter().zip(&runs) {
+        let reference = pairs
+            .iter()
+            .zip(&runs)
+            .find(|((p, k), _)| p == policy && *k == ScalerKind::Hpa)
+            .map_or(run.autoscale.backend_seconds, |(_, r)| {
+                r.autoscale.backend_seconds
+            });
+        let label = format!("{} ({policy})", scenario.name);
+        table.push_str(&run.markdown_row(&label, reference));
+        let mut v = match serde_json::to_value(&run.result) {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        };
+        let s = &run.autoscale;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("scaler".into(), s.scaler.clone().into());
+            o.insert("backend_seconds".into(), s.backend_seconds.into());
+            o.insert("slo_windows".into(), s.slo_windows.into());
+            o.insert(
+                "slo_violation_windows".into(),
+                s.slo_violation_windows.into(),
+            );
+            o.insert("slow_requests".into(), s.slow_requests.into());
+            o.insert("timed_out".into(), s.timed_out.into());
+            o.insert("scale_ups".into(), s.scale_ups.into());
+            o.insert("scale_downs".into(), s.scale_downs.into());
+            o.insert("peak_serving".into(), s.peak_serving.into());
+        }
+        results.push(v);
+    }
+    print!("{table}");
+    if let Some(path) = json {
+        let doc = serde_json::json!({
+            "scenario": scenario.name,
+            "seed": opts.seed.unwrap_or(scenario.seed),
+            "mode": "sim",
+            "results": results,
+        });
+        let text = match serde_json::to_string_pretty(&doc) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+        if let Err(e) = std::fs::write(path, text) {
+            return fail(format!("{}: {e}", path.display()));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn write_outputs(
@@ -226,7 +366,7 @@ fn testbed(args: TestbedArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    match fulcrum_testbed::scenario::run_testbed(&scenario, args.time_scale) {
+    match fulcrum_testbed::scenario::run_testbed_at(&scenario, args.listen, args.time_scale) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
@@ -313,6 +453,27 @@ fn run(config: Config, source: ConfigSource, start: Start) -> ExitCode {
     }
 }
 
+/// One line of `fulcrum check` about a pool's `[pools.NAME.autoscale]` section.
+fn autoscale_summary(pool: &str, a: &fulcrum_config::AutoscaleConfig) -> String {
+    let capacity = match a.backend_capacity_rps {
+        Some(c) => format!("{c} rps per backend (configured)"),
+        None => "capacity per backend estimated from the traffic".to_string(),
+    };
+    let model = match &a.forecast_model {
+        Some(m) => format!("forecast model {}", m.display()),
+        None => "built-in forecaster".to_string(),
+    };
+    format!(
+        "pool {pool}: autoscale recommends {}..={} backends at {} % utilisation for the p90 \
+         {} s ahead, a rate every {} s, {model}, {capacity}",
+        a.min_backends,
+        a.max_backends,
+        a.target_utilization * 100.0,
+        a.horizon.as_secs_f64(),
+        a.step.as_secs_f64(),
+    )
+}
+
 fn main() -> ExitCode {
     logging::init();
     let cli = Cli::parse();
@@ -347,6 +508,11 @@ fn main() -> ExitCode {
                     backends
                 );
                 print_client_limits(&config, backends);
+                for pool in &config.pools {
+                    if let Some(a) = &pool.autoscale {
+                        println!("{}", autoscale_summary(&pool.name, a));
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -355,5 +521,33 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim(args),
         Command::Lab(args) => lab(args),
         Command::Testbed(args) => testbed(args),
+        Command::Probe(args) => run_probe(&args, cli.config.as_ref()),
+        Command::Forecast(args) => forecast_cmd::run(args),
+    }
+}
+
+/// `fulcrum probe`: the admin address from `--admin`, else from the configuration (its
+/// `admin.listen`), else the default admin address.
+fn run_probe(args: &probe::ProbeArgs, config: Option<&PathBuf>) -> ExitCode {
+    let configured = match (&args.admin, config) {
+        (None, Some(_)) => match load(config) {
+            Ok((config, _)) => config.admin.listen,
+            Err(code) => return code,
+        },
+        _ => fulcrum_config::AdminConfig::default().listen,
+    };
+    let result = probe::target(args.admin.as_deref(), configured).and_then(|addr| {
+        probe::probe(
+            addr,
+            &args.path,
+            std::time::Duration::from_millis(args.timeout_ms),
+        )
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fulcrum probe: {e}");
+            ExitCode::from(1)
+        }
     }
 }

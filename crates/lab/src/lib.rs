@@ -12,6 +12,7 @@
 pub mod harness;
 pub mod loadgen;
 mod proxy;
+mod timer;
 
 use std::io::Write as _;
 use std::net::SocketAddr;

@@ -4,7 +4,8 @@
 //! the [`LabClock`]). Every request is sent on its own task at its scheduled instant, whatever
 //! happened to earlier requests, and its latency is measured from that scheduled instant: a
 //! queue anywhere between the generator and the backends shows up in the latencies instead of
-//! silently lowering the offered rate.
+//! silently lowering the offered rate. Sends are timed by a [`PreciseTimer`] thread, not
+//! tokio's millisecond timer wheel, so a send leaves within tens of µs of its instant.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,8 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
+
+use crate::timer::PreciseTimer;
 
 /// Body of the POST requests sent as the non-idempotent share of the load.
 const POST_BODY: &[u8] = b"{\"lab\":\"non-idempotent\"}";
@@ -171,12 +174,8 @@ fn next_arrival(load: &Load, scale: f64, mut w: f64, end_w: f64, rng: &mut Rng) 
     loop {
         let t = w / scale;
         let rate = load.rate_at(t);
-        let change_w = load
-            .steps
-            .iter()
-            .map(|(at, _)| *at * scale)
-            .filter(|at| *at > w)
-            .min_by(f64::total_cmp);
+        let change_w =
+            Some(load.next_change(t, f64::INFINITY) * scale).filter(|at| at.is_finite() && *at > w);
         if rate <= 0.0 || !rate.is_finite() {
             w = change_w?;
         } else {
@@ -217,11 +216,12 @@ pub async fn run(cfg: &LoadGenConfig, stats: Arc<LoadStats>) -> Vec<RequestRecor
     let mut tasks = JoinSet::new();
     let mut records = Vec::new();
     let mut w = 0.0;
+    let timer = PreciseTimer::start();
     while let Some(next) = next_arrival(&cfg.load, scale, w, end_w, &mut rng) {
         w = next;
         let post = rng.uniform() < cfg.load.non_idempotent_fraction;
         let scheduled = cfg.clock.start + Duration::from_secs_f64(w);
-        tokio::time::sleep_until(scheduled.into()).await;
+        timer.sleep_until(scheduled).await;
         while let Some(Ok(r)) = tasks.try_join_next() {
             records.push(r);
         }
@@ -282,6 +282,8 @@ mod tests {
             rate_rps: 100.0,
             steps: vec![(10.0, 0.0), (20.0, 400.0)],
             non_idempotent_fraction: 0.0,
+            diurnal: None,
+            bursts: Vec::new(),
         };
         let mut rng = Rng::new(9);
         let (mut w, mut counts) = (0.0, [0u32; 3]);

@@ -27,6 +27,8 @@ fn config(server: &ScenarioServer, rate: f64, duration_s: f64, post: f64) -> Loa
             rate_rps: rate,
             steps: Vec::new(),
             non_idempotent_fraction: post,
+            diurnal: None,
+            bursts: Vec::new(),
         },
         duration_s,
         clock: LabClock::new(1.0),

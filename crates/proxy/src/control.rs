@@ -171,6 +171,8 @@ struct ControlLoop {
     generation: u64,
     started: Instant,
     record: Option<csv::Writer<std::fs::File>>,
+    /// Demand forecasts of the pools with `[pools.NAME.autoscale]`.
+    forecasts: crate::forecast::Forecasts,
 }
 
 impl ControlLoop {
@@ -210,6 +212,7 @@ impl ControlLoop {
             generation: 0,
             started: Instant::now(),
             record,
+            forecasts: crate::forecast::Forecasts::default(),
         }
     }
 
@@ -249,7 +252,10 @@ impl ControlLoop {
         // Upstreams before configuration: a reload stores them the other way round, so a tick
         // that sees a new generation also sees the `[control]` settings it came with.
         let upstreams = self.shared.upstreams.load_full();
-        let cfg = self.shared.config.load().control.clone();
+        let config = self.shared.config.load_full();
+        self.forecasts
+            .tick(&upstreams, &config, &self.shared.forecasts);
+        let cfg = config.control.clone();
         if cfg.watch_model {
             let current = mtime(&cfg.model);
             if current.is_some() && current != self.model_mtime {

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod body;
 pub mod control;
 pub mod discovery;
+pub mod forecast;
 pub mod health;
 pub mod lifecycle;
 pub mod limits;
@@ -70,6 +71,8 @@ pub struct Shared {
     pub discovered: Arc<discovery::Discovered>,
     /// What scores the model pools (model or heuristic, and why), for the admin API.
     pub model: control::ModelStatus,
+    /// The latest demand forecast of each pool with `[pools.NAME.autoscale]`.
+    pub forecasts: forecast::ForecastStatus,
 }
 
 /// Errors that stop the proxy from starting.
@@ -145,6 +148,7 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
     let budget = connection_budget(&config);
 
     control::describe_metrics();
+    forecast::describe_metrics();
     tls::describe_metrics();
     discovery::describe_metrics();
     // DNS pools start empty (not ready) until their names are first resolved.
@@ -166,6 +170,7 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
         lifecycle: lifecycle.clone(),
         discovered,
         model: control::ModelStatus::default(),
+        forecasts: forecast::ForecastStatus::default(),
     });
     control::spawn(shared.clone(), model_reloads).map_err(StartError::Runtime)?;
 

@@ -171,6 +171,8 @@ pub fn render(handle: &PrometheusHandle) -> String {
             h.render(&mut out, &labels);
         }
     }
+    drop(registry);
+    crate::forecast::render_forecasts(&mut out);
     out
 }
 

@@ -19,7 +19,62 @@ pub struct Scenario {
     pub load: Load,
     /// `[[backends]]`, expanded.
     pub backends: Vec<ScenarioBackend>,
+    /// `[autoscale]`: which backend's count a scaler may change.
+    pub autoscale: Option<Autoscale>,
+    /// `[slo]`: the latency objective windows are judged against.
+    pub slo: Option<Slo>,
 }
+
+/// The `[autoscale]` table: the backend entry whose copies a scaler adds and removes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Autoscale {
+    /// `backend`: the `[[backends]]` entry's name, as written.
+    pub backend: String,
+    /// Index in [`Scenario::backends`] of its first copy; its copies are contiguous.
+    pub first: usize,
+    /// Its `count`: backends running at time 0.
+    pub initial: u32,
+    /// `min_backends`.
+    pub min_backends: u32,
+    /// `max_backends`.
+    pub max_backends: u32,
+    /// `provision_s`: from a scale-up decision until the new backend takes traffic.
+    pub provision_s: f64,
+    /// `target_utilization`: share of a backend's capacity the scalers plan for (default 0.7).
+    pub target_utilization: f64,
+}
+
+/// The `[slo]` table: a window whose p99 latency is above `p99_ms` is a violation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slo {
+    /// `p99_ms`.
+    pub p99_ms: f64,
+    /// `window_s`.
+    pub window_s: f64,
+}
+
+/// `diurnal`: the rate is multiplied by `1 + amplitude·sin(2πt/period_s)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Diurnal {
+    /// `period_s`: length of one cycle.
+    pub period_s: f64,
+    /// `amplitude`: relative swing, in [0, 1).
+    pub amplitude: f64,
+}
+
+/// One of `bursts`: from `at_s` for `duration_s` the rate is multiplied by `factor`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Burst {
+    /// Start, seconds.
+    pub at_s: f64,
+    /// Length, seconds.
+    pub duration_s: f64,
+    /// Rate multiplier.
+    pub factor: f64,
+}
+
+/// A smooth `diurnal` rate is applied as constant over slices of this many seconds.
+pub const DIURNAL_SLICE_S: f64 = 1.0;
 
 /// The `[load]` table: open-loop Poisson arrivals.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,16 +85,53 @@ pub struct Load {
     pub steps: Vec<(f64, f64)>,
     /// `non_idempotent_fraction`: share of requests sent as POST (default 0).
     pub non_idempotent_fraction: f64,
+    /// `diurnal`: a daily cycle over the rate (optional).
+    pub diurnal: Option<Diurnal>,
+    /// `bursts`: temporary multipliers over the rate, sorted by start.
+    pub bursts: Vec<Burst>,
 }
 
 impl Load {
-    /// The arrival rate in force at `t` seconds.
+    /// The arrival rate in force at `t` seconds: the step's rate, times the diurnal cycle at
+    /// the start of `t`'s slice, times every burst in force.
     pub fn rate_at(&self, t: f64) -> f64 {
-        self.steps
+        let mut rate = self
+            .steps
             .iter()
             .rev()
             .find(|(at, _)| *at <= t)
-            .map_or(self.rate_rps, |(_, r)| *r)
+            .map_or(self.rate_rps, |(_, r)| *r);
+        if let Some(d) = self.diurnal {
+            let slice = (t / DIURNAL_SLICE_S).floor() * DIURNAL_SLICE_S;
+            rate *= 1.0 + d.amplitude * (std::f64::consts::TAU * slice / d.period_s).sin();
+        }
+        for b in &self.bursts {
+            if b.at_s <= t && t < b.at_s + b.duration_s {
+                rate *= b.factor;
+            }
+        }
+        rate
+    }
+
+    /// The first time after `t` (capped at `end`) at which [`Load::rate_at`] may change.
+    pub fn next_change(&self, t: f64, end: f64) -> f64 {
+        let mut next = self
+            .steps
+            .iter()
+            .map(|s| s.0)
+            .find(|&at| at > t)
+            .map_or(end, |at| at.min(end));
+        if self.diurnal.is_some() {
+            next = next.min(((t / DIURNAL_SLICE_S).floor() + 1.0) * DIURNAL_SLICE_S);
+        }
+        for b in &self.bursts {
+            for edge in [b.at_s, b.at_s + b.duration_s] {
+                if edge > t {
+                    next = next.min(edge);
+                }
+            }
+        }
+        next
     }
 }
 

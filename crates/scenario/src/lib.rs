@@ -35,7 +35,10 @@ mod parse;
 pub mod policy;
 pub mod rng;
 
-pub use format::{BackendEvent, BackendState, Load, Scenario, ScenarioBackend};
+pub use format::{
+    Autoscale, BackendEvent, BackendState, Burst, Diurnal, Load, Scenario, ScenarioBackend, Slo,
+    DIURNAL_SLICE_S,
+};
 pub use fulcrum_diagnostics::{Diagnostic, Diagnostics, Severity};
 pub use parse::{load_scenario, parse_scenario};
 pub use policy::{ParsePolicyError, Policy};

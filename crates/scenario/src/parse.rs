@@ -11,7 +11,9 @@ use fulcrum_diagnostics::reader::{
 };
 use fulcrum_diagnostics::{load_with, suggest, Diagnostic, Diagnostics};
 
-use crate::format::{BackendEvent, Load, Scenario, ScenarioBackend};
+use crate::format::{
+    Autoscale, BackendEvent, Burst, Diurnal, Load, Scenario, ScenarioBackend, Slo,
+};
 
 const TOP_KEYS: &[&str] = &[
     "name",
@@ -21,8 +23,25 @@ const TOP_KEYS: &[&str] = &[
     "warmup_s",
     "load",
     "backends",
+    "autoscale",
+    "slo",
 ];
-const LOAD_KEYS: &[&str] = &["rate_rps", "steps", "non_idempotent_fraction"];
+const LOAD_KEYS: &[&str] = &[
+    "rate_rps",
+    "steps",
+    "non_idempotent_fraction",
+    "diurnal",
+    "bursts",
+];
+const DIURNAL_KEYS: &[&str] = &["period_s", "amplitude"];
+const AUTOSCALE_KEYS: &[&str] = &[
+    "backend",
+    "min_backends",
+    "max_backends",
+    "provision_s",
+    "target_utilization",
+];
+const SLO_KEYS: &[&str] = &["p99_ms", "window_s"];
 const BACKEND_KEYS: &[&str] = &[
     "name",
     "count",
@@ -106,6 +125,8 @@ pub fn parse_scenario(
     };
     let (load, rate_spans) = read_load(&mut ctx, &root, duration);
     let drafts = read_backends(&mut ctx, &root, duration);
+    let autoscale = read_autoscale(&mut ctx, &root, &drafts);
+    let slo = read_slo(&mut ctx, &root, duration);
     let backends = expand(&mut ctx, drafts);
 
     let diags = ctx.finish();
@@ -120,6 +141,8 @@ pub fn parse_scenario(
         warmup_s,
         load,
         backends,
+        autoscale,
+        slo,
     };
     let mut ctx = Ctx::new(source, file_name);
     ctx.warnings = diags.warnings;
@@ -311,6 +334,8 @@ fn read_load(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, duration: Option<f64>) -> 
         rate_rps: 0.0,
         steps: Vec::new(),
         non_idempotent_fraction: 0.0,
+        diurnal: None,
+        bursts: Vec::new(),
     };
     let mut spans = Vec::new();
     let rate_hint = "the mean arrival rate in requests per second, e.g. rate_rps = 500";
@@ -334,6 +359,8 @@ fn read_load(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, duration: Option<f64>) -> 
     }
     load.non_idempotent_fraction =
         opt_number(ctx, &t, "non_idempotent_fraction", 0.0, Limits::FRACTION);
+    load.diurnal = read_diurnal(ctx, &t);
+    load.bursts = read_bursts(ctx, &t, duration);
     let Some(v) = t.get("steps") else {
         return (load, spans);
     };
@@ -420,6 +447,206 @@ fn read_load(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, duration: Option<f64>) -> 
         }
     }
     (load, spans)
+}
+
+/// `load.diurnal = { period_s, amplitude }`.
+fn read_diurnal(ctx: &mut Ctx<'_>, load: &Table<'_, '_>) -> Option<Diurnal> {
+    let v = load.get("diurnal")?;
+    let t = as_table(
+        ctx,
+        v,
+        load.child("diurnal"),
+        "a table, e.g. diurnal = { period_s = 600, amplitude = 0.6 }",
+    )?;
+    t.check_keys(ctx, DIURNAL_KEYS);
+    let period_s = req_number(
+        ctx,
+        &t,
+        "period_s",
+        Limits::POSITIVE,
+        "the length of one cycle in seconds, e.g. period_s = 600",
+    );
+    let below_one = Limits {
+        min: 0.0,
+        min_inclusive: true,
+        max: Some((1.0, false, "")),
+    };
+    let amplitude = req_number(
+        ctx,
+        &t,
+        "amplitude",
+        below_one,
+        "the relative swing, 0 <= amplitude < 1, e.g. amplitude = 0.6",
+    );
+    Some(Diurnal {
+        period_s: period_s?,
+        amplitude: amplitude?,
+    })
+}
+
+/// `load.bursts = [[at_s, duration_s, factor], ...]`.
+fn read_bursts(ctx: &mut Ctx<'_>, load: &Table<'_, '_>, duration: Option<f64>) -> Vec<Burst> {
+    let mut bursts = Vec::new();
+    let Some(v) = load.get("bursts") else {
+        return bursts;
+    };
+    let shape = "an array of [at_s, duration_s, factor] triples, e.g. bursts = [[300, 30, 1.8]]";
+    let DeValue::Array(items) = v.get_ref() else {
+        type_error(ctx, v, "load.bursts", shape);
+        return bursts;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("load.bursts[{i}]");
+        let triple = match item.get_ref() {
+            DeValue::Array(t) if t.len() == 3 => t,
+            other => {
+                ctx.error(
+                    Some(&item.span()),
+                    &path,
+                    format!(
+                        "expected an [at_s, duration_s, factor] triple, e.g. [300, 30, 1.8], got {}",
+                        describe_step(other)
+                    ),
+                );
+                continue;
+            }
+        };
+        let at_lim = match duration {
+            Some(d) => Limits::below(d, "duration_s"),
+            None => Limits::NON_NEGATIVE,
+        };
+        let mut field = |k: usize, what: &str, lim: Limits| {
+            let x = number(ctx, &triple[k], &path)?;
+            if lim.contains(x) {
+                Some(x)
+            } else {
+                ctx.error(
+                    Some(&triple[k].span()),
+                    &path,
+                    format!("burst {what} must be {}, got {x}", lim.describe()),
+                );
+                None
+            }
+        };
+        let at = field(0, "at_s", at_lim);
+        let len = field(1, "duration_s", Limits::POSITIVE);
+        let factor = field(2, "factor", Limits::POSITIVE);
+        if let (Some(at_s), Some(duration_s), Some(factor)) = (at, len, factor) {
+            bursts.push(Burst {
+                at_s,
+                duration_s,
+                factor,
+            });
+        }
+    }
+    bursts.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    bursts
+}
+
+/// `[autoscale]`: the backend entry must exist and its `count` lie within the bounds.
+fn read_autoscale(
+    ctx: &mut Ctx<'_>,
+    root: &Table<'_, '_>,
+    drafts: &[BackendDraft],
+) -> Option<Autoscale> {
+    let v = root.get("autoscale")?;
+    let t = as_table(ctx, v, "autoscale".into(), "a table ([autoscale])")?;
+    t.check_keys(ctx, AUTOSCALE_KEYS);
+    let Some(bv) = t.get("backend") else {
+        ctx.error(
+            t.span.as_ref(),
+            "autoscale.backend",
+            "missing required key `backend`: the [[backends]] entry whose count is scaled, e.g. backend = \"web\"",
+        );
+        return None;
+    };
+    let name = as_str(ctx, bv, "autoscale.backend")?.to_string();
+    let mut first = 0usize;
+    let mut found = None;
+    for d in drafts {
+        match &d.name {
+            Some((n, _)) if *n == name => {
+                found = Some(d.count);
+                break;
+            }
+            _ => first += d.count as usize,
+        }
+    }
+    let Some(initial) = found else {
+        let names: Vec<&str> = drafts
+            .iter()
+            .filter_map(|d| d.name.as_ref().map(|n| n.0.as_str()))
+            .collect();
+        let mut msg = format!("no [[backends]] entry named {name:?}");
+        if let Some(s) = suggest(&name, names.iter().copied()) {
+            msg.push_str(&format!(" (did you mean {s:?}?)"));
+        } else if !names.is_empty() {
+            msg.push_str(&format!("; the backends are {}", names.join(", ")));
+        }
+        ctx.error(Some(&bv.span()), "autoscale.backend", msg);
+        return None;
+    };
+    let min_backends = int_key(ctx, &t, "min_backends", 1, 1000).unwrap_or(1);
+    let max_backends = int_key(ctx, &t, "max_backends", 1, 1000).unwrap_or(100);
+    if min_backends > max_backends {
+        let span = t.get("min_backends").map(|v| v.span());
+        ctx.error(
+            span.as_ref(),
+            "autoscale.min_backends",
+            format!("min_backends ({min_backends}) must not exceed max_backends ({max_backends})"),
+        );
+    } else if !(min_backends..=max_backends).contains(&initial) {
+        ctx.error(
+            Some(&bv.span()),
+            "autoscale.backend",
+            format!(
+                "backend {name:?} starts with count = {initial}, outside min_backends..=max_backends ({min_backends}..={max_backends})"
+            ),
+        );
+    }
+    let provision_s = opt_number(ctx, &t, "provision_s", 60.0, Limits::NON_NEGATIVE);
+    let util = Limits {
+        min: 0.0,
+        min_inclusive: false,
+        max: Some((1.0, true, "")),
+    };
+    let target_utilization = opt_number(ctx, &t, "target_utilization", 0.7, util);
+    Some(Autoscale {
+        backend: name,
+        first,
+        initial,
+        min_backends,
+        max_backends,
+        provision_s,
+        target_utilization,
+    })
+}
+
+/// `[slo]`: `p99_ms` is required, `window_s` defaults to 10.
+fn read_slo(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, duration: Option<f64>) -> Option<Slo> {
+    let v = root.get("slo")?;
+    let t = as_table(ctx, v, "slo".into(), "a table ([slo])")?;
+    t.check_keys(ctx, SLO_KEYS);
+    let p99_ms = req_number(
+        ctx,
+        &t,
+        "p99_ms",
+        Limits::POSITIVE,
+        "the p99 latency a window must stay under, in ms, e.g. p99_ms = 120",
+    );
+    let window = match duration {
+        Some(d) => Limits {
+            min: 0.0,
+            min_inclusive: false,
+            max: Some((d, true, "duration_s")),
+        },
+        None => Limits::POSITIVE,
+    };
+    let window_s = opt_number(ctx, &t, "window_s", 10.0, window);
+    Some(Slo {
+        p99_ms: p99_ms?,
+        window_s,
+    })
 }
 
 fn describe_step(v: &DeValue<'_>) -> String {
@@ -749,13 +976,18 @@ fn describe_copies(names: &[String]) -> String {
     }
 }
 
-/// Warn about load that exceeds the backends' capacity before any events.
+/// Warn about load that exceeds the backends' capacity before any events (with the scaled
+/// backend at `max_backends`).
 fn load_warnings(ctx: &mut Ctx<'_>, s: &Scenario, rates: &RateSpans) {
-    let capacity: f64 = s
-        .backends
-        .iter()
-        .map(|b| f64::from(b.concurrency) * 1000.0 / b.mean_service_ms())
-        .sum();
+    let per = |b: &crate::format::ScenarioBackend| {
+        f64::from(b.concurrency) * 1000.0 / b.mean_service_ms()
+    };
+    let mut capacity: f64 = s.backends.iter().map(per).sum();
+    if let Some(a) = &s.autoscale {
+        if let Some(b) = s.backends.get(a.first) {
+            capacity += (f64::from(a.max_backends) - f64::from(a.initial)) * per(b);
+        }
+    }
     for (rate, path, span) in rates {
         if *rate > capacity {
             ctx.warning(

@@ -109,6 +109,8 @@ fn example_parses_to_expected_values() {
             rate_rps: 600.0,
             steps: vec![(60.0, 900.0)],
             non_idempotent_fraction: 0.3,
+            diurnal: None,
+            bursts: Vec::new(),
         },
         backends: vec![
             backend("b-1", vec![]),
@@ -116,6 +118,8 @@ fn example_parses_to_expected_values() {
             backend("b-3", vec![]),
             backend("b-4", vec![]),
         ],
+        autoscale: None,
+        slo: None,
     };
     assert_eq!(s, expected);
 }
@@ -630,4 +634,118 @@ fn published_suite_load_figures() {
     assert_eq!(failing.backends[3].state_at(0.0).error_rate, 0.4);
     assert_eq!(failing.backends[0].state_at(0.0).error_rate, 0.0);
     assert_eq!(failing.load.non_idempotent_fraction, 0.3);
+}
+
+const AUTOSCALED: &str = r#"
+name = "t"
+duration_s = 1200
+
+[load]
+rate_rps = 400
+diurnal = { period_s = 600, amplitude = 0.5 }
+bursts = [[700, 30, 2.0], [300, 20, 1.5]]
+
+[[backends]]
+name = "fixed"
+concurrency = 4
+service_ms = 10
+
+[[backends]]
+name = "web"
+count = 3
+concurrency = 8
+service_ms = 20
+
+[autoscale]
+backend = "web"
+min_backends = 2
+max_backends = 12
+provision_s = 90
+
+[slo]
+p99_ms = 120
+"#;
+
+#[test]
+fn autoscale_slo_diurnal_and_bursts_parse() {
+    let s = parse_ok(AUTOSCALED);
+    let a = s.autoscale.clone().unwrap();
+    assert_eq!(
+        (
+            a.backend.as_str(),
+            a.first,
+            a.initial,
+            a.min_backends,
+            a.max_backends
+        ),
+        ("web", 1, 3, 2, 12)
+    );
+    assert_eq!((a.provision_s, a.target_utilization), (90.0, 0.7));
+    assert_eq!(s.slo.unwrap().p99_ms, 120.0);
+    assert_eq!(s.slo.unwrap().window_s, 10.0);
+    // Sorted by start.
+    assert_eq!(s.load.bursts[0].at_s, 300.0);
+    // A quarter period in: the top of the cycle; inside a burst, times its factor.
+    assert!((s.load.rate_at(150.0) - 600.0).abs() < 1e-9);
+    assert!((s.load.rate_at(450.5) - 200.0).abs() < 1e-9);
+    assert!((s.load.rate_at(300.0) - 400.0 * 1.5).abs() < 1e-6);
+    assert!(
+        (s.load.rate_at(320.0)
+            - 400.0 * (1.0 + 0.5 * (std::f64::consts::TAU * 320.0 / 600.0).sin()))
+        .abs()
+            < 1e-9
+    );
+    // The rate is constant over one-second slices and changes at burst edges.
+    assert_eq!(s.load.next_change(150.2, 1200.0), 151.0);
+    assert_eq!(s.load.rate_at(150.2), s.load.rate_at(150.9));
+    let flat =
+        parse_ok(&MINIMAL.replace("rate_rps = 100", "rate_rps = 100\nbursts = [[30, 10, 3]]"));
+    assert_eq!(flat.load.next_change(0.0, 100.0), 30.0);
+    assert_eq!(flat.load.next_change(30.0, 100.0), 40.0);
+    assert_eq!(flat.load.next_change(40.0, 100.0), 100.0);
+    assert_eq!(flat.load.rate_at(35.0), 300.0);
+}
+
+#[test]
+fn autoscale_mistakes_are_explained() {
+    let src = AUTOSCALED
+        .replace("backend = \"web\"", "backend = \"wbe\"")
+        .replace("amplitude = 0.5", "amplitude = 1.0")
+        .replace("[300, 20, 1.5]", "[300, 20]")
+        .replace("p99_ms = 120", "p99_ms = 0");
+    let d = errors(&src);
+    let paths: Vec<&str> = d.errors.iter().map(|e| e.key_path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "load.diurnal.amplitude",
+            "load.bursts[1]",
+            "autoscale.backend",
+            "slo.p99_ms"
+        ],
+        "{d}"
+    );
+    assert!(d.errors[2].message.contains("did you mean \"web\"?"), "{d}");
+    let d = errors(&AUTOSCALED.replace("min_backends = 2", "min_backends = 4"));
+    assert!(d.errors[0].message.contains("count = 3, outside"), "{d}");
+    let d = errors(&AUTOSCALED.replace("min_backends = 2", "min_backends = 20"));
+    assert!(d.errors[0].message.contains("must not exceed"), "{d}");
+}
+
+#[test]
+fn autoscale_suite_parses_with_scaler_and_slo() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(suite_dir().join("autoscale"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    for path in &files {
+        let (s, warnings) =
+            load_scenario(path).unwrap_or_else(|d| panic!("{}:\n{d}", path.display()));
+        assert!(warnings.is_empty(), "{}: {warnings:?}", path.display());
+        assert_eq!(s.name, path.file_stem().unwrap().to_str().unwrap());
+        assert!(s.autoscale.is_some() && s.slo.is_some(), "{}", s.name);
+    }
 }

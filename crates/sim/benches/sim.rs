@@ -29,8 +29,12 @@ fn scenario() -> Scenario {
             rate_rps: 0.0,
             steps: Vec::new(),
             non_idempotent_fraction: 0.1,
+            diurnal: None,
+            bursts: Vec::new(),
         },
         backends,
+        autoscale: None,
+        slo: None,
     };
     sc.load.rate_rps = 0.8 * sc.capacity_rps_at(0.0);
     sc

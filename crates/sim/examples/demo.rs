@@ -51,8 +51,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rate_rps: 0.0,
             steps: Vec::new(),
             non_idempotent_fraction: 0.1,
+            diurnal: None,
+            bursts: Vec::new(),
         },
         backends,
+        autoscale: None,
+        slo: None,
     };
     scenario.load.rate_rps = 0.8 * scenario.capacity_rps_at(0.0);
     let report = simulate_all(&scenario, &Policy::BASELINES, &SimOptions::default())?;

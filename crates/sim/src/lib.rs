@@ -6,16 +6,21 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod autoscale;
 pub mod control;
 pub mod features;
 pub mod sim;
 
 #[cfg(test)]
+mod autoscale_tests;
+#[cfg(test)]
 mod tests;
 
+pub use autoscale::{AutoscaleStats, ScaleSample, ScaleView, Scaler, ScalerKind};
 pub use features::{export_features, features_header, write_feature_rows, FeatureExport};
 pub use fulcrum_scenario::{ParsePolicyError, Policy};
 pub use sim::{
-    simulate, simulate_all, simulate_detailed, BackendTruth, ControllerFactory, SimError,
-    SimOptions, SimOutput, SimStats, TickSnapshot, WeightController,
+    peak_sized_count, simulate, simulate_all, simulate_autoscaled, simulate_autoscaled_detailed,
+    simulate_detailed, with_every_copy, AutoscaleRun, BackendTruth, ControllerFactory, SimError,
+    SimOptions, SimOutput, SimStats, TickSnapshot, WeightController, AUTOSCALE_TABLE_HEADER,
 };

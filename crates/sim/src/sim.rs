@@ -8,6 +8,11 @@
 //! checker with the proxy's thresholds, and a control tick running the same
 //! [`TickObserver`] the control loop uses.
 //!
+//! With `SimOptions::replicas` > 1 several proxies share the backends, as the replicas of a
+//! Kubernetes Deployment do: arrivals go to them in turn, and each has its own pool (picker,
+//! statistics, health view), its own control loop and its own health checker, ticking out of
+//! phase with the others.
+//!
 //! A run is a pure function of the scenario, the policy, the options and the seed: every random
 //! draw comes from [`fulcrum_scenario::rng`] streams derived from the seed, and simultaneous
 //! events are processed in the order they were scheduled.
@@ -29,6 +34,11 @@ use fulcrum_control::{BackendObservation, TickObserver};
 use fulcrum_report::{Accumulator, PolicyResult, RunReport};
 use fulcrum_scenario::rng::{stream_seed, Rng, Stream};
 use fulcrum_scenario::{Policy, Scenario};
+
+use crate::autoscale::{
+    AutoscaleStats, ForecastScaler, Hpa, HpaSettings, ScaleSample, ScaleView, Scaler, ScalerKind,
+    StaticScaler,
+};
 
 /// Sets pool weights from each control tick's observations, on simulated time.
 pub trait WeightController {
@@ -63,6 +73,8 @@ pub struct SimOptions {
     pub refused_ms: f64,
     /// Control loop for the `ALGO+model` policies.
     pub weight_controller: Option<Arc<ControllerFactory>>,
+    /// Proxies sharing the backends (default 1).
+    pub replicas: u32,
 }
 
 impl Default for SimOptions {
@@ -79,6 +91,7 @@ impl Default for SimOptions {
             tick_ms: control_defaults::TICK_MS,
             refused_ms: 0.1,
             weight_controller: None,
+            replicas: 1,
         }
     }
 }
@@ -96,6 +109,7 @@ impl fmt::Debug for SimOptions {
             .field("tick_ms", &self.tick_ms)
             .field("refused_ms", &self.refused_ms)
             .field("weight_controller", &self.weight_controller.is_some())
+            .field("replicas", &self.replicas)
             .finish()
     }
 }
@@ -159,11 +173,13 @@ pub struct BackendTruth {
     pub busy: u32,
 }
 
-/// Everything visible at one control tick.
+/// Everything visible at one control tick of one proxy.
 #[derive(Debug)]
 pub struct TickSnapshot<'a> {
     /// Simulated time, seconds.
     pub t_s: f64,
+    /// The proxy that ticked (0 when there is one).
+    pub replica: usize,
     /// The pool, after the weight controller (if any) ran.
     pub pool: &'a Pool,
     /// The window's observations, one per backend.
@@ -240,16 +256,18 @@ pub fn simulate_detailed(
     on_tick: &mut dyn FnMut(&TickSnapshot<'_>),
 ) -> Result<SimOutput, SimError> {
     validate(scenario, opts)?;
-    let controller = match (policy.needs_model(), &opts.weight_controller) {
-        (false, _) => None,
-        (true, Some(factory)) => Some(factory(scenario)),
+    let controllers = match (policy.needs_model(), &opts.weight_controller) {
+        (false, _) => (0..opts.replicas).map(|_| None).collect(),
+        (true, Some(factory)) => (0..opts.replicas)
+            .map(|_| Some(factory(scenario)))
+            .collect(),
         (true, None) => {
             return Err(SimError::NeedsModel {
                 policy: policy.to_string(),
             })
         }
     };
-    let mut sim = Sim::new(scenario, policy, opts, controller);
+    let mut sim = Sim::new(scenario, policy, opts, controllers);
     sim.run(on_tick);
     Ok(sim.finish())
 }
@@ -285,6 +303,9 @@ fn validate(sc: &Scenario, opts: &SimOptions) -> Result<(), SimError> {
     if opts.tick_ms == 0 || opts.health_interval.is_zero() {
         return bad("tick_ms and health_interval must be positive".into());
     }
+    if opts.replicas == 0 {
+        return bad("replicas must be at least 1".into());
+    }
     Ok(())
 }
 
@@ -297,8 +318,14 @@ const ORACLE_FAILURE_PENALTY_MS: f64 = 10_000.0;
 enum Kind {
     Arrival,
     Done(u32),
-    Tick,
-    Health,
+    /// A control tick of this replica.
+    Tick(u32),
+    /// A round of active checks of this replica.
+    Health(u32),
+    /// A scaler's control step.
+    Scale,
+    /// A provisioned copy is ready: `(backend, generation)`.
+    Ready(u32, u32),
 }
 
 /// A scheduled event; the heap pops the earliest, ties in scheduling order.
@@ -352,6 +379,8 @@ struct Attempt {
 
 #[derive(Debug, Clone, Copy)]
 struct Request {
+    /// The proxy the request arrived at.
+    replica: u32,
     arrival_ns: u64,
     post: bool,
     tried: Tried,
@@ -395,6 +424,12 @@ impl Integral {
         self.set(self.to.max(self.last), self.value);
         self.area / (self.to - self.from).max(1) as f64
     }
+
+    /// The area up to `now` (value-nanoseconds).
+    fn area_to(&mut self, now: u64) -> f64 {
+        self.set(now.max(self.last), self.value);
+        self.area
+    }
 }
 
 #[derive(Debug)]
@@ -402,16 +437,26 @@ struct BackendSim {
     busy: u32,
     queue: VecDeque<u32>,
     rng: Rng,
-    health: HealthTracker,
     busy_integral: Integral,
+    /// Busy slots over the whole run, for the scalers' utilisation.
+    busy_area: Integral,
+}
+
+/// One proxy: its pool, control loop, tick window and health checker, one tracker per backend.
+struct Replica {
+    pool: Arc<Pool>,
+    controller: Option<Box<dyn WeightController>>,
+    observer: TickObserver,
+    health: Vec<HealthTracker>,
 }
 
 struct Sim<'a> {
     sc: &'a Scenario,
     opts: &'a SimOptions,
     policy: Policy,
-    pool: Arc<Pool>,
-    controller: Option<Box<dyn WeightController>>,
+    replicas: Vec<Replica>,
+    /// Arrivals so far, which pick the replica in turn.
+    arrivals: u64,
     now: u64,
     seq: u64,
     events: u64,
@@ -433,6 +478,61 @@ struct Sim<'a> {
     acc: Accumulator,
     in_system: Integral,
     arrivals_in_window: u64,
+    /// Every arrival and every successful completion of the run, for the scalers.
+    arrivals_total: u64,
+    completed_total: u64,
+    /// Every attempt completed, failed, and their summed latency (ns), for the scalers.
+    attempts_total: u64,
+    attempts_failed: u64,
+    attempt_latency_ns: u128,
+    /// Per SLO window, the latencies (ms) of the requests that arrived in it.
+    slo_latencies: Vec<Vec<f32>>,
+    scaling: Option<Scaling>,
+}
+
+/// Where a copy of the scaled backend is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Does not exist.
+    Off,
+    /// Started, takes traffic at the `Ready` event of this generation.
+    Provisioning(u32),
+    /// Takes traffic.
+    Serving,
+    /// Removed: takes no new request, finishes what it holds.
+    Draining,
+}
+
+/// The scaler of a run and the copies it controls (backends `first..first + slots.len()`).
+struct Scaling {
+    scaler: Box<dyn Scaler>,
+    kind: ScalerKind,
+    first: usize,
+    slots: Vec<Slot>,
+    generation: u32,
+    provision_ns: u64,
+    period_ns: u64,
+    /// Copies existing (not `Off`) over the measured window.
+    existing: Integral,
+    /// At the previous step: time, arrivals, completions, busy area of every backend.
+    last_ns: u64,
+    last_arrivals: u64,
+    last_completed: u64,
+    last_attempts: (u64, u64, u128),
+    last_busy: Vec<f64>,
+    scale_ups: u32,
+    scale_downs: u32,
+    peak_serving: u32,
+    timeline: Vec<ScaleSample>,
+}
+
+impl Scaling {
+    fn count(&self, f: impl Fn(Slot) -> bool) -> u32 {
+        self.slots.iter().filter(|s| f(**s)).count() as u32
+    }
+    fn existing_now(&self) -> u64 {
+        u64::from(self.count(|s| s != Slot::Off))
+    }
 }
 
 fn ns(seconds: f64) -> u64 {
@@ -444,37 +544,30 @@ impl<'a> Sim<'a> {
         sc: &'a Scenario,
         policy: &Policy,
         opts: &'a SimOptions,
-        controller: Option<Box<dyn WeightController>>,
+        controllers: Vec<Option<Box<dyn WeightController>>>,
     ) -> Self {
         let seed = opts.seed.unwrap_or(sc.seed);
-        let backends: Vec<Backend> = sc
-            .backends
-            .iter()
+        let replicas = controllers
+            .into_iter()
             .enumerate()
-            .map(|(i, b)| {
-                // Identifiers only; no socket is ever opened.
-                let ip = Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
-                let mut backend = Backend::new(SocketAddr::from((ip, 80)), b.weight);
-                backend.name = b.name.clone();
-                backend
+            .map(|(r, controller)| {
+                let pool = Self::pool(sc, policy, opts, seed, r);
+                Replica {
+                    observer: TickObserver::new(&pool, 0),
+                    health: (0..sc.backends.len())
+                        .map(|_| {
+                            HealthTracker::new(HealthRule {
+                                unhealthy_after: opts.unhealthy_threshold,
+                                healthy_after: opts.healthy_threshold,
+                            })
+                        })
+                        .collect(),
+                    pool,
+                    controller,
+                }
             })
             .collect();
-        let algorithm = policy.algorithm().unwrap_or(Algorithm::LeastConnections);
-        let picker = match algorithm {
-            Algorithm::P2cEwma => Box::new(P2cEwma::with_seed(stream_seed(seed, Stream::P2c))) as _,
-            a => fulcrum_balance::new_picker(a),
-        };
-        let pool = Arc::new(Pool::with_picker(
-            sc.name.clone(),
-            algorithm,
-            backends,
-            opts.ewma_decay,
-            opts.max_consecutive_failures,
-            picker,
-        ));
         let capacity_changes = if *policy == Policy::CapacityOracle {
-            // Always valid: one finite, non-negative weight per backend.
-            let _ = pool.set_weights(sc.capacity_weights(0.0));
             sc.change_times().into_iter().map(ns).collect()
         } else {
             Vec::new()
@@ -487,8 +580,8 @@ impl<'a> Sim<'a> {
             sc,
             opts,
             policy: *policy,
-            pool,
-            controller,
+            replicas,
+            arrivals: 0,
             now: 0,
             seq: 0,
             events: 0,
@@ -498,11 +591,8 @@ impl<'a> Sim<'a> {
                     busy: 0,
                     queue: VecDeque::new(),
                     rng: Rng::stream(seed, Stream::Backend(i)),
-                    health: HealthTracker::new(HealthRule {
-                        unhealthy_after: opts.unhealthy_threshold,
-                        healthy_after: opts.healthy_threshold,
-                    }),
                     busy_integral: Integral::new(warmup_ns, duration_ns),
+                    busy_area: Integral::new(0, u64::MAX),
                 })
                 .collect(),
             attempts: Vec::with_capacity(1024),
@@ -524,7 +614,59 @@ impl<'a> Sim<'a> {
             },
             in_system: Integral::new(warmup_ns, duration_ns),
             arrivals_in_window: 0,
+            arrivals_total: 0,
+            completed_total: 0,
+            attempts_total: 0,
+            attempts_failed: 0,
+            attempt_latency_ns: 0,
+            slo_latencies: match sc.slo {
+                Some(slo) => {
+                    let n = ((sc.duration_s - sc.warmup_s) / slo.window_s)
+                        .ceil()
+                        .max(1.0);
+                    vec![Vec::new(); n as usize]
+                }
+                None => Vec::new(),
+            },
+            scaling: None,
         }
+    }
+
+    /// The pool of replica `r`: the proxy's picker (P2C seeded apart per replica) over the
+    /// scenario's backends.
+    fn pool(sc: &Scenario, policy: &Policy, opts: &SimOptions, seed: u64, r: usize) -> Arc<Pool> {
+        let backends: Vec<Backend> = sc
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                // Identifiers only; no socket is ever opened.
+                let ip = Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
+                let mut backend = Backend::new(SocketAddr::from((ip, 80)), b.weight);
+                backend.name = b.name.clone();
+                backend
+            })
+            .collect();
+        let algorithm = policy.algorithm().unwrap_or(Algorithm::LeastConnections);
+        let picker = match algorithm {
+            Algorithm::P2cEwma => Box::new(P2cEwma::with_seed(
+                stream_seed(seed, Stream::P2c).wrapping_add(r as u64),
+            )) as _,
+            a => fulcrum_balance::new_picker(a),
+        };
+        let pool = Arc::new(Pool::with_picker(
+            sc.name.clone(),
+            algorithm,
+            backends,
+            opts.ewma_decay,
+            opts.max_consecutive_failures,
+            picker,
+        ));
+        if *policy == Policy::CapacityOracle {
+            // Always valid: one finite, non-negative weight per backend.
+            let _ = pool.set_weights(sc.capacity_weights(0.0));
+        }
+        pool
     }
 
     #[inline]
@@ -538,35 +680,54 @@ impl<'a> Sim<'a> {
     }
 
     fn run(&mut self, on_tick: &mut dyn FnMut(&TickSnapshot<'_>)) {
-        let mut observer = TickObserver::new(&self.pool, 0);
         let tick_ns = self.opts.tick_ms.saturating_mul(1_000_000);
         let health_ns = u64::try_from(self.opts.health_interval.as_nanos()).unwrap_or(u64::MAX);
         if let Some(t) = self.next_arrival(0.0) {
             self.schedule(t, Kind::Arrival);
         }
-        if tick_ns <= self.duration_ns {
-            self.schedule(tick_ns, Kind::Tick);
+        // Replicas started apart tick apart: replica r is r/N of a period behind replica 0.
+        let n = self.replicas.len() as u64;
+        for r in 0..n {
+            let tick_at = tick_ns + tick_ns / n * r;
+            if tick_at <= self.duration_ns {
+                self.schedule(tick_at, Kind::Tick(r as u32));
+            }
+            self.schedule(health_ns + health_ns / n * r, Kind::Health(r as u32));
         }
-        self.schedule(health_ns, Kind::Health);
+        if let Some(period) = self.scaling.as_ref().map(|s| s.period_ns) {
+            if period <= self.duration_ns {
+                self.schedule(period, Kind::Scale);
+            }
+        }
         while let Some(ev) = self.heap.pop() {
             self.now = ev.t;
             self.events += 1;
             match ev.kind {
                 Kind::Arrival => self.arrival(),
                 Kind::Done(id) => self.done(id),
-                Kind::Tick => {
-                    self.tick(&mut observer, on_tick);
+                Kind::Tick(r) => {
+                    self.tick(r as usize, on_tick);
                     let next = self.now.saturating_add(tick_ns);
                     if next <= self.duration_ns {
-                        self.schedule(next, Kind::Tick);
+                        self.schedule(next, Kind::Tick(r));
                     }
                 }
-                Kind::Health => {
-                    self.health_check();
+                Kind::Health(r) => {
+                    self.health_check(r as usize);
                     if self.now < self.duration_ns || self.outstanding > 0 {
-                        self.schedule(self.now.saturating_add(health_ns), Kind::Health);
+                        self.schedule(self.now.saturating_add(health_ns), Kind::Health(r));
                     }
                 }
+                Kind::Scale => {
+                    self.scale_step();
+                    if let Some(period) = self.scaling.as_ref().map(|s| s.period_ns) {
+                        let next = self.now.saturating_add(period);
+                        if next <= self.duration_ns {
+                            self.schedule(next, Kind::Scale);
+                        }
+                    }
+                }
+                Kind::Ready(b, generation) => self.ready(b as usize, generation),
             }
         }
     }
@@ -602,12 +763,7 @@ impl<'a> Sim<'a> {
         let mut e = self.arrival_rng.exp1();
         while t < end {
             let rate = load.rate_at(t);
-            let boundary = load
-                .steps
-                .iter()
-                .map(|s| s.0)
-                .find(|&at| at > t)
-                .map_or(end, |at| at.min(end));
+            let boundary = load.next_change(t, end);
             if rate > 0.0 {
                 let next = t + e / rate;
                 if next < boundary {
@@ -626,7 +782,10 @@ impl<'a> Sim<'a> {
         if let Some(t) = self.next_arrival(now_s) {
             self.schedule(t, Kind::Arrival);
         }
+        let replica = (self.arrivals % self.replicas.len() as u64) as u32;
+        self.arrivals += 1;
         let req = Request {
+            replica,
             arrival_ns: self.now,
             post,
             tried: Tried::new(),
@@ -643,6 +802,7 @@ impl<'a> Sim<'a> {
             }
         };
         self.outstanding += 1;
+        self.arrivals_total += 1;
         self.in_system.set(self.now, self.outstanding);
         if self.now >= self.warmup_ns && self.now < self.duration_ns {
             self.arrivals_in_window += 1;
@@ -660,7 +820,9 @@ impl<'a> Sim<'a> {
         }
         let pick = match self.policy {
             Policy::Oracle => self.oracle_pick(r.tried, r.post),
-            _ => self.pool.pick(r.tried, self.now),
+            _ => self.replicas[r.replica as usize]
+                .pool
+                .pick(r.tried, self.now),
         };
         let Some(b) = pick else {
             self.finish_request(id, false);
@@ -674,7 +836,7 @@ impl<'a> Sim<'a> {
             backend: b as u32,
             start_ns: self.now,
             fate: Fate::Queued,
-            guard: Some(self.pool.lease(b)),
+            guard: Some(self.replicas[r.replica as usize].pool.lease(b)),
         };
         let aid = match self.free_attempts.pop() {
             Some(aid) => {
@@ -704,6 +866,7 @@ impl<'a> Sim<'a> {
         let bs = &mut self.backends[b];
         bs.busy += 1;
         bs.busy_integral.set(self.now, u64::from(bs.busy));
+        bs.busy_area.set(self.now, u64::from(bs.busy));
         let (fate, ms) = if state.error_rate > 0.0 && bs.rng.uniform() < state.error_rate {
             (Fate::Error, sb.error_ms)
         } else {
@@ -720,13 +883,19 @@ impl<'a> Sim<'a> {
         let latency = self.now - a.start_ns;
         // The lease ends with the attempt.
         drop(a.guard.take());
+        self.attempts_total += 1;
+        self.attempts_failed += u64::from(fate != Fate::Ok);
+        self.attempt_latency_ns += u128::from(latency);
         self.free_attempts.push(aid);
         if fate != Fate::Refused {
             let bs = &mut self.backends[b];
             bs.busy -= 1;
             bs.busy_integral.set(self.now, u64::from(bs.busy));
+            bs.busy_area.set(self.now, u64::from(bs.busy));
             if let Some(next) = bs.queue.pop_front() {
                 self.start_service(b, next);
+            } else if bs.busy == 0 {
+                self.drained(b);
             }
         }
         let outcome = match fate {
@@ -734,8 +903,10 @@ impl<'a> Sim<'a> {
             Fate::Error => Outcome::ServerError,
             Fate::Refused | Fate::Queued => Outcome::ConnectFailure,
         };
-        self.pool.record(b, latency, outcome, self.now);
         let r = self.requests[req as usize];
+        self.replicas[r.replica as usize]
+            .pool
+            .record(b, latency, outcome, self.now);
         if r.arrival_ns >= self.warmup_ns {
             self.acc
                 .attempt(r.arrival_ns as f64 * 1e-9, b, outcome != Outcome::Success);
@@ -765,10 +936,17 @@ impl<'a> Sim<'a> {
 
     fn finish_request(&mut self, id: u32, ok: bool) {
         let r = self.requests[id as usize];
+        self.completed_total += u64::from(ok);
         if r.arrival_ns >= self.warmup_ns {
             let latency_ms = (self.now - r.arrival_ns) as f64 * 1e-6;
             self.acc
                 .request(latency_ms, ok, r.attempts.saturating_sub(1));
+            if let Some(slo) = self.sc.slo {
+                let k = ((r.arrival_ns - self.warmup_ns) as f64 * 1e-9 / slo.window_s) as usize;
+                if let Some(w) = self.slo_latencies.get_mut(k) {
+                    w.push(latency_ms as f32);
+                }
+            }
         }
         self.free_requests.push(id);
         self.outstanding -= 1;
@@ -785,7 +963,9 @@ impl<'a> Sim<'a> {
         }
         let weights = self.sc.capacity_weights(self.now as f64 * 1e-9);
         if weights.iter().any(|w| *w > 0.0) {
-            let _ = self.pool.set_weights(weights);
+            for r in &self.replicas {
+                let _ = r.pool.set_weights(weights.clone());
+            }
         }
     }
 
@@ -844,27 +1024,40 @@ impl<'a> Sim<'a> {
             .collect()
     }
 
-    fn tick(&mut self, observer: &mut TickObserver, on_tick: &mut dyn FnMut(&TickSnapshot<'_>)) {
-        let observations = observer.observe(&self.pool, self.now);
-        if let Some(c) = self.controller.as_mut() {
-            c.tick(&self.pool, &observations, self.now);
+    fn tick(&mut self, r: usize, on_tick: &mut dyn FnMut(&TickSnapshot<'_>)) {
+        let now = self.now;
+        let replica = &mut self.replicas[r];
+        let observations = replica.observer.observe(&replica.pool, now);
+        if let Some(c) = replica.controller.as_mut() {
+            c.tick(&replica.pool, &observations, now);
         }
         let truth = self.truth();
         on_tick(&TickSnapshot {
-            t_s: self.now as f64 * 1e-9,
-            pool: &self.pool,
+            t_s: now as f64 * 1e-9,
+            replica: r,
+            pool: &self.replicas[r].pool,
             observations: &observations,
             truth: &truth,
         });
     }
 
-    /// One round of active checks, with the proxy's health rule.
-    fn health_check(&mut self) {
+    /// One round of active checks of replica `r`, with the proxy's health rule.
+    fn health_check(&mut self, r: usize) {
         let now_s = self.now as f64 * 1e-9;
-        for (i, bs) in self.backends.iter_mut().enumerate() {
-            let stats = &self.pool.backends()[i].stats;
+        let scaling = &self.scaling;
+        let replica = &mut self.replicas[r];
+        for (i, tracker) in replica.health.iter_mut().enumerate() {
+            if let Some(s) = scaling {
+                if i >= s.first
+                    && i < s.first + s.slots.len()
+                    && s.slots[i - s.first] != Slot::Serving
+                {
+                    continue;
+                }
+            }
+            let stats = &replica.pool.backends()[i].stats;
             let up = !self.sc.backends[i].state_at(now_s).down;
-            match bs.health.observe(up, stats.is_healthy()) {
+            match tracker.observe(up, stats.is_healthy()) {
                 Some(HealthChange::Up) => {
                     // Starts a slow-start ramp, which only a pool built with one applies.
                     stats.recover(self.now);
@@ -884,13 +1077,413 @@ pub(crate) fn run_for_test(
     opts: &SimOptions,
 ) -> (SimOutput, Vec<u64>) {
     validate(scenario, opts).unwrap();
-    let mut sim = Sim::new(scenario, policy, opts, None);
+    let controllers = (0..opts.replicas).map(|_| None).collect();
+    let mut sim = Sim::new(scenario, policy, opts, controllers);
     sim.run(&mut |_| {});
-    let in_flight = sim
-        .pool
-        .backends()
-        .iter()
-        .map(|b| b.stats.in_flight())
+    let in_flight = (0..scenario.backends.len())
+        .map(|i| {
+            sim.replicas
+                .iter()
+                .map(|r| r.pool.backends()[i].stats.in_flight())
+                .sum()
+        })
         .collect();
     (sim.finish(), in_flight)
+}
+
+/// The result of a run under a scaler.
+#[derive(Debug, Clone)]
+pub struct AutoscaleRun {
+    /// The policy's results (backends are every copy the scaler could start).
+    pub result: PolicyResult,
+    /// Queueing figures.
+    pub stats: SimStats,
+    /// What scaling cost and bought.
+    pub autoscale: AutoscaleStats,
+}
+
+/// The scenario with `max_backends` copies of its `[autoscale]` backend (the copies past its
+/// `count` named on from it, without its events), so every copy a scaler may start has a place
+/// in the pool from the start.
+pub fn with_every_copy(sc: &Scenario) -> Result<Scenario, SimError> {
+    let Some(a) = &sc.autoscale else {
+        return Err(SimError::Invalid(
+            "the scenario has no [autoscale] table".into(),
+        ));
+    };
+    let template = sc
+        .backends
+        .get(a.first)
+        .cloned()
+        .ok_or_else(|| SimError::Invalid("[autoscale] names no backend".into()))?;
+    let mut out = sc.clone();
+    let at = a.first + a.initial as usize;
+    let extra = (a.max_backends.saturating_sub(a.initial)) as usize;
+    let copies = (0..extra).map(|k| {
+        let mut b = template.clone();
+        b.name = format!("{}-{}", a.backend, a.initial as usize + k + 1);
+        b.events.clear();
+        b
+    });
+    out.backends.splice(at..at, copies);
+    Ok(out)
+}
+
+/// Copies a `static` scaler runs when no count is given: the scenario's peak rate (sampled
+/// every second) over `target_utilization` of one copy's capacity, net of the other backends.
+pub fn peak_sized_count(sc: &Scenario) -> u32 {
+    let Some(a) = &sc.autoscale else {
+        return 1;
+    };
+    let per = |b: &fulcrum_scenario::ScenarioBackend| {
+        f64::from(b.concurrency) * 1000.0 / b.mean_service_ms()
+    };
+    let copy = sc.backends.get(a.first).map_or(f64::NAN, per);
+    let others: f64 = sc
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i < a.first || *i >= a.first + a.initial as usize)
+        .map(|(_, b)| per(b))
+        .sum();
+    let peak = (0..=sc.duration_s.ceil() as usize)
+        .map(|t| sc.load.rate_at(t as f64))
+        .fold(0.0, f64::max);
+    let need = ((peak - others * a.target_utilization) / (copy * a.target_utilization)).ceil();
+    if need.is_finite() {
+        (need.max(0.0) as u32).clamp(a.min_backends, a.max_backends)
+    } else {
+        a.max_backends
+    }
+}
+
+/// Simulate `scenario` under `policy` with `scaler` adding and removing copies of its
+/// `[autoscale]` backend.
+pub fn simulate_autoscaled(
+    scenario: &Scenario,
+    policy: &Policy,
+    scaler: ScalerKind,
+    opts: &SimOptions,
+) -> Result<AutoscaleRun, SimError> {
+    simulate_autoscaled_detailed(scenario, policy, scaler, opts, &mut |_| {})
+}
+
+/// [`simulate_autoscaled`] with every control tick shown to `on_tick`.
+pub fn simulate_autoscaled_detailed(
+    scenario: &Scenario,
+    policy: &Policy,
+    scaler: ScalerKind,
+    opts: &SimOptions,
+    on_tick: &mut dyn FnMut(&TickSnapshot<'_>),
+) -> Result<AutoscaleRun, SimError> {
+    if matches!(policy, Policy::Oracle | Policy::CapacityOracle) {
+        return Err(SimError::Invalid(format!(
+            "policy {policy} reads the scenario's backends directly and cannot run under a scaler"
+        )));
+    }
+    let sc = with_every_copy(scenario)?;
+    validate(&sc, opts)?;
+    let a = sc.autoscale.clone().expect("checked by with_every_copy");
+    let controllers = match (policy.needs_model(), &opts.weight_controller) {
+        (false, _) => (0..opts.replicas).map(|_| None).collect(),
+        (true, Some(factory)) => (0..opts.replicas).map(|_| Some(factory(&sc))).collect(),
+        (true, None) => {
+            return Err(SimError::NeedsModel {
+                policy: policy.to_string(),
+            })
+        }
+    };
+    let fixed = (sc.backends.len() - a.max_backends as usize) as u32;
+    let mut sim = Sim::new(&sc, policy, opts, controllers);
+    let (boxed, start): (Box<dyn Scaler>, u32) = match scaler {
+        ScalerKind::Hpa => (Box::new(Hpa::new(HpaSettings::kubernetes(&a))), a.initial),
+        // The proxy's demand tracking reads the first replica's pool at the start.
+        ScalerKind::Forecast => (
+            Box::new(ForecastScaler::new(&a, fixed, &sim.replicas[0].pool, 0)),
+            a.initial,
+        ),
+        ScalerKind::Static(n) => {
+            let n = n
+                .unwrap_or_else(|| peak_sized_count(scenario))
+                .clamp(1, a.max_backends);
+            (Box::new(StaticScaler(n)), n)
+        }
+    };
+    sim.start_scaling(boxed, scaler, &a, start);
+    sim.run(on_tick);
+    let autoscale = sim.autoscale_stats();
+    let out = sim.finish();
+    Ok(AutoscaleRun {
+        result: out.result,
+        stats: out.stats,
+        autoscale,
+    })
+}
+
+impl Sim<'_> {
+    fn start_scaling(
+        &mut self,
+        scaler: Box<dyn Scaler>,
+        kind: ScalerKind,
+        a: &fulcrum_scenario::Autoscale,
+        start: u32,
+    ) {
+        let slots: Vec<Slot> = (0..a.max_backends)
+            .map(|k| if k < start { Slot::Serving } else { Slot::Off })
+            .collect();
+        for (k, s) in slots.iter().enumerate() {
+            if *s == Slot::Off {
+                for r in &self.replicas {
+                    r.pool.backends()[a.first + k].stats.set_healthy(false);
+                }
+            }
+        }
+        let period_ns = ns(scaler.period_s()).max(1);
+        let mut scaling = Scaling {
+            scaler,
+            kind,
+            first: a.first,
+            slots,
+            generation: 0,
+            provision_ns: ns(a.provision_s),
+            period_ns,
+            existing: Integral::new(self.warmup_ns, self.duration_ns),
+            last_ns: 0,
+            last_arrivals: 0,
+            last_completed: 0,
+            last_attempts: (0, 0, 0),
+            last_busy: vec![0.0; self.backends.len()],
+            scale_ups: 0,
+            scale_downs: 0,
+            peak_serving: start,
+            timeline: Vec::new(),
+        };
+        scaling.existing.set(0, scaling.existing_now());
+        self.scaling = Some(scaling);
+    }
+
+    /// A control step: measure the period, ask the scaler, start or remove copies.
+    fn scale_step(&mut self) {
+        let now = self.now;
+        let Some(mut s) = self.scaling.take() else {
+            return;
+        };
+        let dt_ns = now.saturating_sub(s.last_ns).max(1);
+        let dt = dt_ns as f64 * 1e-9;
+        let mut ready_utilisation = Vec::new();
+        let (mut busy_sum, mut offered, mut pool_backends) = (0.0, 0.0, 0u32);
+        for (i, bs) in self.backends.iter_mut().enumerate() {
+            let area = bs.busy_area.area_to(now);
+            let busy = area - s.last_busy[i];
+            s.last_busy[i] = area;
+            let slot = (i >= s.first && i < s.first + s.slots.len()).then(|| s.slots[i - s.first]);
+            if matches!(slot, None | Some(Slot::Serving)) {
+                let conc = f64::from(self.sc.backends[i].concurrency);
+                let u = (busy / (conc * dt_ns as f64)).clamp(0.0, 1.0);
+                busy_sum += busy;
+                offered += conc * dt_ns as f64;
+                pool_backends += 1;
+                if slot.is_some() {
+                    ready_utilisation.push(u);
+                }
+            }
+        }
+        let view = ScaleView {
+            t_s: now as f64 * 1e-9,
+            period_s: dt,
+            replicas: s.count(|x| matches!(x, Slot::Serving | Slot::Provisioning(_))),
+            ready_utilisation,
+            unready: s.count(|x| matches!(x, Slot::Provisioning(_))),
+            arrivals_rps: (self.arrivals_total - s.last_arrivals) as f64 / dt,
+            completed_rps: (self.completed_total - s.last_completed) as f64 / dt,
+            attempts_rps: (self.attempts_total - s.last_attempts.0) as f64 / dt,
+            error_share: {
+                let n = self.attempts_total - s.last_attempts.0;
+                if n > 0 {
+                    (self.attempts_failed - s.last_attempts.1) as f64 / n as f64
+                } else {
+                    0.0
+                }
+            },
+            mean_latency_ms: {
+                let n = self.attempts_total - s.last_attempts.0;
+                (n > 0)
+                    .then(|| (self.attempt_latency_ns - s.last_attempts.2) as f64 / n as f64 / 1e6)
+            },
+            pool_utilisation: if offered > 0.0 {
+                busy_sum / offered
+            } else {
+                0.0
+            },
+            pool_backends,
+            fixed_backends: (self.backends.len() - s.slots.len()) as u32,
+        };
+        s.last_ns = now;
+        s.last_arrivals = self.arrivals_total;
+        s.last_completed = self.completed_total;
+        s.last_attempts = (
+            self.attempts_total,
+            self.attempts_failed,
+            self.attempt_latency_ns,
+        );
+        let desired = s.scaler.desired(&view).clamp(1, s.slots.len() as u32);
+        s.timeline.push(ScaleSample {
+            t_s: view.t_s,
+            arrivals_rps: view.arrivals_rps,
+            serving: view.replicas - view.unready,
+            provisioning: view.unready,
+            desired,
+            planned_rps: s.scaler.planned_rps(),
+        });
+        let counted = now >= self.warmup_ns;
+        if desired > view.replicas {
+            s.scale_ups += u32::from(counted);
+            let mut more = desired - view.replicas;
+            for k in 0..s.slots.len() {
+                if more == 0 {
+                    break;
+                }
+                if s.slots[k] == Slot::Off {
+                    more -= 1;
+                    s.generation += 1;
+                    s.slots[k] = Slot::Provisioning(s.generation);
+                    let (b, g) = ((s.first + k) as u32, s.generation);
+                    self.schedule(now + s.provision_ns, Kind::Ready(b, g));
+                }
+            }
+        } else if desired < view.replicas {
+            s.scale_downs += u32::from(counted);
+            let mut fewer = view.replicas - desired;
+            // Like a ReplicaSet: copies not yet ready go first (the newest first), then the
+            // newest copies taking traffic.
+            let mut order: Vec<usize> = (0..s.slots.len())
+                .filter(|&k| matches!(s.slots[k], Slot::Provisioning(_)))
+                .collect();
+            order.sort_by_key(|&k| match s.slots[k] {
+                Slot::Provisioning(g) => std::cmp::Reverse(g),
+                _ => std::cmp::Reverse(0),
+            });
+            order.extend(
+                (0..s.slots.len())
+                    .rev()
+                    .filter(|&k| s.slots[k] == Slot::Serving),
+            );
+            for k in order {
+                if fewer == 0 {
+                    break;
+                }
+                fewer -= 1;
+                let b = s.first + k;
+                if s.slots[k] == Slot::Serving {
+                    for r in &self.replicas {
+                        r.pool.backends()[b].stats.set_healthy(false);
+                    }
+                    let bs = &self.backends[b];
+                    s.slots[k] = if bs.busy == 0 && bs.queue.is_empty() {
+                        Slot::Off
+                    } else {
+                        Slot::Draining
+                    };
+                } else {
+                    s.slots[k] = Slot::Off;
+                }
+            }
+        }
+        s.existing.set(now, s.existing_now());
+        self.scaling = Some(s);
+    }
+
+    /// A provisioned copy takes traffic, unless it was removed meanwhile.
+    fn ready(&mut self, b: usize, generation: u32) {
+        let Some(s) = self.scaling.as_mut() else {
+            return;
+        };
+        let k = b - s.first;
+        if s.slots[k] != Slot::Provisioning(generation) {
+            return;
+        }
+        s.slots[k] = Slot::Serving;
+        let serving = s.count(|x| x == Slot::Serving);
+        s.peak_serving = s.peak_serving.max(serving);
+        let rule = HealthRule {
+            unhealthy_after: self.opts.unhealthy_threshold,
+            healthy_after: self.opts.healthy_threshold,
+        };
+        // Every proxy sees the new copy, as every replica of a Deployment does an endpoint.
+        for r in &mut self.replicas {
+            r.health[b] = HealthTracker::new(rule);
+            r.pool.backends()[b].stats.set_healthy(true);
+        }
+    }
+
+    /// Backend `b` holds nothing any more: a draining copy is gone.
+    fn drained(&mut self, b: usize) {
+        let now = self.now;
+        let Some(s) = self.scaling.as_mut() else {
+            return;
+        };
+        if b >= s.first && b < s.first + s.slots.len() && s.slots[b - s.first] == Slot::Draining {
+            s.slots[b - s.first] = Slot::Off;
+            let n = s.existing_now();
+            s.existing.set(now, n);
+        }
+    }
+
+    fn autoscale_stats(&mut self) -> AutoscaleStats {
+        let window_s = (self.duration_ns - self.warmup_ns) as f64 * 1e-9;
+        let slo = self.sc.slo;
+        let (mut windows, mut violations, mut slow, mut timed_out) = (0u32, 0u32, 0u64, 0u64);
+        let timeout_ms = pool_defaults::READ_TIMEOUT_MS as f32;
+        for w in &mut self.slo_latencies {
+            if w.is_empty() {
+                continue;
+            }
+            let limit = slo.map_or(f64::INFINITY, |s| s.p99_ms) as f32;
+            slow += w.iter().filter(|&&l| l > limit).count() as u64;
+            timed_out += w.iter().filter(|&&l| l > timeout_ms).count() as u64;
+            w.sort_unstable_by(f32::total_cmp);
+            let p99 = w[((w.len() as f64 * 0.99).ceil() as usize).clamp(1, w.len()) - 1];
+            windows += 1;
+            violations += u32::from(p99 > limit);
+        }
+        let s = self.scaling.as_mut().expect("a scaled run");
+        AutoscaleStats {
+            scaler: s.kind.to_string(),
+            backend_seconds: s.existing.mean() * window_s,
+            slo_windows: windows,
+            slo_violation_windows: violations,
+            slow_requests: slow,
+            timed_out,
+            scale_ups: s.scale_ups,
+            scale_downs: s.scale_downs,
+            peak_serving: s.peak_serving,
+            timeline: std::mem::take(&mut s.timeline),
+        }
+    }
+}
+
+/// Header of the Markdown table [`AutoscaleRun::markdown_row`] writes rows of.
+pub const AUTOSCALE_TABLE_HEADER: &str = "| scenario | scaler | backend-s | vs hpa | p99 ms | SLO violation windows | slow requests | failed | over 30 s | scale up/down | peak serving |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+
+impl AutoscaleRun {
+    /// One row of the comparison table; `hpa_backend_seconds` is the reference for the ratio.
+    pub fn markdown_row(&self, scenario: &str, hpa_backend_seconds: f64) -> String {
+        let (a, r) = (&self.autoscale, &self.result);
+        format!(
+            "| {scenario} | {} | {:.0} | {:.2}× | {:.0} | {}/{} ({:.1} %) | {:.2} % | {} | {:.2} % | {}/{} | {} |\n",
+            a.scaler,
+            a.backend_seconds,
+            a.backend_seconds / hpa_backend_seconds,
+            r.p99_ms,
+            a.slo_violation_windows,
+            a.slo_windows,
+            100.0 * f64::from(a.slo_violation_windows) / f64::from(a.slo_windows.max(1)),
+            100.0 * a.slow_requests as f64 / r.requests.max(1) as f64,
+            r.errors,
+            100.0 * a.timed_out as f64 / r.requests.max(1) as f64,
+            a.scale_ups,
+            a.scale_downs,
+            a.peak_serving,
+        )
+    }
 }

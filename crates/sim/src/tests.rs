@@ -48,8 +48,12 @@ pub(crate) fn scenario(
             rate_rps,
             steps: Vec::new(),
             non_idempotent_fraction: 0.0,
+            diurnal: None,
+            bursts: Vec::new(),
         },
         backends,
+        autoscale: None,
+        slo: None,
     }
 }
 
@@ -428,4 +432,70 @@ fn invalid_scenarios_are_rejected() {
     assert!(simulate(&zero, &Policy::RoundRobin, &opts).is_err());
     let warm = scenario(1, 10.0, 10.0, 10.0, vec![backend("a", 1, 1.0, 0.0)]);
     assert!(simulate(&warm, &Policy::RoundRobin, &opts).is_err());
+}
+
+/// N proxies share the backends: the same arrivals reach them in turn, each has its own control
+/// loop ticking 1/N of a period after the previous one, and every lease of every proxy ends.
+#[test]
+fn replicas_share_the_backends_each_with_its_own_loop() {
+    let sc = scenario(
+        3,
+        10.0,
+        0.0,
+        200.0,
+        vec![backend("a", 2, 5.0, 0.2), backend("b", 2, 5.0, 0.2)],
+    );
+    let (one, _) = run_for_test(&sc, &Policy::LeastConnections, &SimOptions::default());
+    let four = SimOptions {
+        replicas: 4,
+        ..SimOptions::default()
+    };
+    let (out, in_flight) = run_for_test(&sc, &Policy::LeastConnections, &four);
+    assert_eq!(in_flight, vec![0, 0], "a lease outlived its attempt");
+    assert_eq!(
+        out.stats.arrivals, one.stats.arrivals,
+        "the arrivals differ"
+    );
+    assert_eq!(out.result.requests, one.result.requests);
+
+    thread_local! {
+        static LOOPS: Rc<Cell<u32>> = Rc::new(Cell::new(0));
+    }
+    let opts = SimOptions {
+        replicas: 3,
+        weight_controller: Some(Arc::new(|_: &Scenario| {
+            LOOPS.with(|l| l.set(l.get() + 1));
+            Box::new(CountingController {
+                ticks: Rc::new(Cell::new(0)),
+            }) as Box<dyn WeightController>
+        })),
+        ..SimOptions::default()
+    };
+    let policy: Policy = "least_connections+model".parse().unwrap();
+    let mut ticks: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    crate::simulate_detailed(&sc, &policy, &opts, &mut |t| ticks[t.replica].push(t.t_s)).unwrap();
+    assert_eq!(LOOPS.with(|l| l.get()), 3, "one control loop per replica");
+    let period = opts.tick_ms as f64 / 1000.0;
+    for (r, times) in ticks.iter().enumerate() {
+        let first = period + period / 3.0 * r as f64;
+        assert!(
+            (times[0] - first).abs() < 1e-6,
+            "replica {r} first ticks at {}",
+            times[0]
+        );
+        assert!(
+            times.len() >= 19,
+            "replica {r} ticked {} times",
+            times.len()
+        );
+    }
+
+    let none = SimOptions {
+        replicas: 0,
+        ..SimOptions::default()
+    };
+    assert!(matches!(
+        simulate(&sc, &Policy::RoundRobin, &none),
+        Err(SimError::Invalid(_))
+    ));
 }

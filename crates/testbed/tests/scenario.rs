@@ -244,8 +244,12 @@ fn run_testbed_ends_with_the_scenario() {
             rate_rps: 1.0,
             steps: Vec::new(),
             non_idempotent_fraction: 0.0,
+            diurnal: None,
+            bursts: Vec::new(),
         },
         backends: vec![backend(1, 1.0)],
+        autoscale: None,
+        slo: None,
     };
     let start = Instant::now();
     fulcrum_testbed::scenario::run_testbed(&scenario, 0.5).unwrap();

@@ -117,6 +117,7 @@ enum Route {
     Pools,
     Weights,
     Decisions,
+    Forecast,
     ConfigReload,
     ModelReload,
     StatusPage,
@@ -124,13 +125,14 @@ enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 10] = [
+    const ALL: [Route; 11] = [
         Route::Metrics,
         Route::Healthz,
         Route::Readyz,
         Route::Pools,
         Route::Weights,
         Route::Decisions,
+        Route::Forecast,
         Route::ConfigReload,
         Route::ModelReload,
         Route::StatusPage,
@@ -146,6 +148,7 @@ impl Route {
             Route::Pools => "/api/pools",
             Route::Weights => "/api/pools/{pool}/weights",
             Route::Decisions => "/api/decisions",
+            Route::Forecast => "/api/forecast",
             Route::ConfigReload => "/api/config/reload",
             Route::ModelReload => "/api/model/reload",
             Route::StatusPage => "/",
@@ -208,7 +211,7 @@ async fn dispatch(req: Request<Incoming>, admin: &Admin) -> Reply {
     }
     let Some(route) = route else {
         return response::not_found(
-            "not found; try / (status page) /metrics /healthz /readyz /api/pools /api/decisions\n",
+            "not found; try / (status page) /metrics /healthz /readyz /api/pools /api/decisions /api/forecast?pool=NAME\n",
         );
     };
     if req.method() != route.method() {
@@ -231,6 +234,7 @@ async fn dispatch(req: Request<Incoming>, admin: &Admin) -> Reply {
             routes::pools::put_weights(req, &admin.shared, &pool).await
         }
         Route::Decisions => routes::decisions::get(&admin.shared, req.uri().query()),
+        Route::Forecast => routes::forecast::get(&admin.shared, req.uri().query()),
         Route::ConfigReload => routes::reload::config(&admin.reload).await,
         Route::ModelReload => routes::reload::model(&admin.shared).await,
         Route::StatusPage | Route::Status => routes::status::get(),
@@ -274,6 +278,7 @@ mod tests {
         assert_eq!(Route::Readyz.access(), Access::Open);
         assert_eq!(Route::Pools.access(), Access::Read);
         assert_eq!(Route::Decisions.access(), Access::Read);
+        assert_eq!(Route::Forecast.access(), Access::Read);
         // The page holds no data: what it shows comes from the /api reads it makes.
         assert_eq!(Route::StatusPage.access(), Access::Open);
         assert_eq!(Route::Status.access(), Access::Open);

@@ -1,0 +1,20 @@
+//! Defaults of a `[pools.NAME.autoscale]` section, shared by the configuration and the
+//! simulator's forecast scaler.
+
+/// Share of a backend's capacity to plan for (`target_utilization`).
+pub const TARGET_UTILIZATION: f64 = 0.7;
+
+/// Fewest backends recommended (`min_backends`).
+pub const MIN_BACKENDS: u32 = 1;
+
+/// Most backends recommended (`max_backends`).
+pub const MAX_BACKENDS: u32 = 100;
+
+/// Provisioning horizon in seconds: the time a new backend needs to take traffic (`horizon_s`).
+pub const HORIZON_S: u64 = 300;
+
+/// Step of the rate series in seconds (`step_s`).
+pub const STEP_S: u64 = 10;
+
+/// Horizons every pool is forecast at, in seconds, beside its own `horizon_s`.
+pub const REPORTED_HORIZONS_S: [u64; 3] = [60, 300, 900];

@@ -1,0 +1,125 @@
+//! `[pools.NAME.autoscale]`: defaults, every bad value located by key path and line, and a
+//! round trip through the TOML writer.
+
+use std::time::Duration;
+
+use fulcrum_config::{parse, AutoscaleConfig};
+
+fn config(autoscale: &str) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:8080"]
+
+[[routes]]
+pool = "web"
+
+[pools.web]
+[[pools.web.backends]]
+addr = "127.0.0.1:9001"
+
+[pools.web.autoscale]
+{autoscale}"#
+    )
+}
+
+#[test]
+fn an_empty_section_takes_the_defaults_and_no_section_means_no_forecast() {
+    let (c, warnings) = parse(&config(""), "test.toml").unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let a = c.pool("web").unwrap().autoscale.clone().unwrap();
+    assert_eq!(a, AutoscaleConfig::default());
+    assert_eq!(a.target_utilization, 0.7);
+    assert_eq!((a.min_backends, a.max_backends), (1, 100));
+    assert_eq!(a.horizon, Duration::from_secs(300));
+    assert_eq!(a.step, Duration::from_secs(10));
+    assert_eq!(a.forecast_model, None);
+    assert_eq!(a.backend_capacity_rps, None);
+    let plain = config("").replace("[pools.web.autoscale]\n", "");
+    let (c, _) = parse(&plain, "test.toml").unwrap();
+    assert_eq!(c.pool("web").unwrap().autoscale, None);
+}
+
+#[test]
+fn every_key_is_read_and_written_back() {
+    let src = config(
+        "target_utilization = 0.6\nmin_backends = 2\nmax_backends = 40\nhorizon_s = 45\n\
+         step_s = 0.5\nforecast_model = \"models/forecast.onnx\"\nbackend_capacity_rps = 210\n",
+    );
+    let (c, _) = parse(&src, "test.toml").unwrap();
+    let a = c.pool("web").unwrap().autoscale.clone().unwrap();
+    assert_eq!(a.target_utilization, 0.6);
+    assert_eq!((a.min_backends, a.max_backends), (2, 40));
+    assert_eq!(a.horizon, Duration::from_secs(45));
+    assert_eq!(a.step, Duration::from_millis(500));
+    assert_eq!(
+        a.forecast_model.as_deref(),
+        Some(std::path::Path::new("models/forecast.onnx"))
+    );
+    assert_eq!(a.backend_capacity_rps, Some(210.0));
+    let (again, _) = parse(&c.to_toml(), "emitted.toml").unwrap();
+    assert_eq!(again, c);
+}
+
+#[test]
+fn bad_values_are_reported_at_their_key_and_line_all_at_once() {
+    let src = config(
+        "target_utilization = 1.5\nmin_backends = 0\nhorizon_s = 0\nstep_s = \"10s\"\n\
+         forecast_model = \"\"\nbackend_capacity_rps = -1\nmax_backend = 3\n",
+    );
+    let d = parse(&src, "test.toml").unwrap_err();
+    let got: Vec<(&str, usize)> = d
+        .errors
+        .iter()
+        .map(|e| (e.key_path.as_str(), e.line))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("pools.web.autoscale.target_utilization", 12),
+            ("pools.web.autoscale.min_backends", 13),
+            ("pools.web.autoscale.horizon_s", 14),
+            ("pools.web.autoscale.step_s", 15),
+            ("pools.web.autoscale.forecast_model", 16),
+            ("pools.web.autoscale.backend_capacity_rps", 17),
+            ("pools.web.autoscale.max_backend", 18),
+        ],
+        "{d}"
+    );
+    let text = d.to_string();
+    assert!(text.contains("did you mean `max_backends`?"), "{text}");
+    assert!(
+        text.contains("target_utilization must be greater than 0 and at most 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("min_backends must be between 1 and 100000, got 0"),
+        "{text}"
+    );
+
+    let d = parse(&config("min_backends = 8\nmax_backends = 4\n"), "t.toml").unwrap_err();
+    assert_eq!(d.errors.len(), 1, "{d}");
+    assert_eq!(d.errors[0].key_path, "pools.web.autoscale.max_backends");
+    assert_eq!(d.errors[0].line, 13);
+    assert!(
+        d.errors[0]
+            .message
+            .contains("max_backends (4) must be at least min_backends (8)"),
+        "{d}"
+    );
+
+    let d = parse(
+        &config("")
+            .replace("[pools.web]\n", "[pools.web]\nautoscale = 3\n")
+            .replace("[pools.web.autoscale]\n", ""),
+        "t.toml",
+    )
+    .unwrap_err();
+    assert!(d.to_string().contains("pools.web.autoscale"), "{d}");
+}
+
+#[test]
+fn a_step_longer_than_the_horizon_is_a_warning() {
+    let (_, warnings) = parse(&config("step_s = 60\nhorizon_s = 30\n"), "t.toml").unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].key_path, "pools.web.autoscale.step_s");
+}

@@ -1,0 +1,690 @@
+//! A pool's demand, step after step: its request rate, the forecasts of that rate, the
+//! capacity of one backend and the backend count to run.
+//!
+//! The rate is read from the counters the data plane already keeps (each backend's completed
+//! attempts, a relaxed atomic load), so the request path does nothing more. Every step the
+//! rate goes into a [`Tracker`], which forecasts it (the built-in forecaster, or an
+//! [`OnnxForecaster`] whose refused answers fall back to it), and [`recommend`] turns the
+//! highest p90 until the provisioning horizon into a backend count with the reasoning in words. The time is
+//! an input, so the simulator can drive the same code on simulated time.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fulcrum_balance::histogram::HistogramSnapshot;
+use fulcrum_balance::Pool;
+use fulcrum_config::AutoscaleConfig;
+use fulcrum_forecast::builtin::WARMUP_STEPS;
+use fulcrum_forecast::{capacity_per_backend, recommend, Forecast, RateRing, Sizing, Tracker};
+
+use crate::forecast_model::{ForecastRefused, OnnxForecaster};
+
+/// Horizons every pool is forecast at, seconds (its own `horizon_s` is added).
+pub const REPORTED_HORIZONS_S: [f64; 3] = [60.0, 300.0, 900.0];
+/// Horizons between now and the provisioning horizon the recommendation takes the highest
+/// p90 of (see [`DemandSettings::planning_horizons_s`]).
+pub const PLAN_POINTS: usize = 6;
+/// The longest series kept, in steps: two days at the default 10 s step.
+pub const MAX_STEPS: usize = 17_280;
+/// Seconds of history the ring aims for: two cycles of a daily season.
+const HISTORY_S: f64 = 2.0 * 86_400.0;
+/// Steps of mean latency among which the lowest stands for the pool's idle latency.
+const BASELINE_STEPS: usize = 360;
+/// A step with more failed attempts than this is not "healthy latency": no capacity sample.
+const MAX_ERROR_SHARE: f64 = 0.05;
+/// Utilisation below this, inferred from latency, is not a capacity sample: latency within a
+/// quarter of its idle level is noise as much as load.
+const MIN_LATENCY_UTILIZATION: f64 = 0.2;
+/// Weight of a new capacity sample in the running estimate.
+const CAPACITY_SMOOTHING: f64 = 0.3;
+
+/// How a pool's demand is tracked and sized, from `[pools.NAME.autoscale]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemandSettings {
+    /// Seconds per step.
+    pub step_s: f64,
+    /// The provisioning horizon, seconds.
+    pub horizon_s: f64,
+    /// Utilisation target and backend bounds.
+    pub sizing: Sizing,
+    /// A backend's capacity when the operator knows it.
+    pub backend_capacity_rps: Option<f64>,
+}
+
+impl From<&AutoscaleConfig> for DemandSettings {
+    fn from(a: &AutoscaleConfig) -> Self {
+        DemandSettings {
+            step_s: a.step.as_secs_f64(),
+            horizon_s: a.horizon.as_secs_f64(),
+            sizing: Sizing {
+                target_utilization: a.target_utilization,
+                min_backends: a.min_backends,
+                max_backends: a.max_backends,
+            },
+            backend_capacity_rps: a.backend_capacity_rps,
+        }
+    }
+}
+
+impl DemandSettings {
+    /// The step as a duration.
+    pub fn step(&self) -> Duration {
+        Duration::from_secs_f64(self.step_s)
+    }
+
+    /// The horizons the recommendation looks at: [`PLAN_POINTS`] whole steps spread evenly up
+    /// to the provisioning horizon (which is the last). A backend removed now is gone at once
+    /// while one added now serves only after `horizon_s`, so the pool must cover the highest
+    /// demand expected anywhere in between, not only the one at the horizon.
+    pub fn planning_horizons_s(&self) -> Vec<f64> {
+        let steps = (self.horizon_s / self.step_s).round().max(1.0) as usize;
+        let points = steps.min(PLAN_POINTS);
+        let mut h: Vec<f64> = (1..=points)
+            .map(|i| (steps * i).div_ceil(points) as f64 * self.step_s)
+            .collect();
+        if let Some(last) = h.last_mut() {
+            *last = self.horizon_s;
+        }
+        h.dedup();
+        h
+    }
+
+    /// The horizons forecast each step: [`REPORTED_HORIZONS_S`] and the provisioning horizon.
+    pub fn horizons_s(&self) -> Vec<f64> {
+        let mut h = REPORTED_HORIZONS_S.to_vec();
+        if !h.contains(&self.horizon_s) {
+            h.push(self.horizon_s);
+            h.sort_by(f64::total_cmp);
+        }
+        h
+    }
+}
+
+/// The forecast of one horizon.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct HorizonForecast {
+    /// Seconds ahead.
+    pub horizon_s: f64,
+    /// Median rate, requests per second.
+    pub p50: f64,
+    /// 90th percentile rate, requests per second.
+    pub p90: f64,
+}
+
+/// What one step found, for metrics and `/api/forecast`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DemandReport {
+    /// Steps recorded so far.
+    pub steps: u64,
+    /// Seconds per step.
+    pub step_s: f64,
+    /// The rate in the step just ended, requests per second.
+    pub observed_rps: f64,
+    /// Forecasts per horizon, shortest first.
+    pub forecasts: Vec<HorizonForecast>,
+    /// The provisioning horizon the recommendation covers, seconds.
+    pub horizon_s: f64,
+    /// `builtin`, or the model's file name when its answer was used this step.
+    pub forecaster: String,
+    /// Why the model's answer was not used this step (the built-in forecast was).
+    pub model_fallback: Option<String>,
+    /// The season found in the series (or none), seconds.
+    pub season_s: Option<f64>,
+    /// Whether enough steps are held to forecast (otherwise the observed rate stands in).
+    pub warm: bool,
+    /// Requests per second one backend serves at full utilisation, when known.
+    pub capacity_per_backend_rps: Option<f64>,
+    /// Where the capacity comes from: `configured`, `reported load`, `latency`, or `unknown`.
+    pub capacity_source: &'static str,
+    /// Backends in the pool now.
+    pub current_backends: u32,
+    /// Backends eligible for traffic now.
+    pub healthy_backends: u32,
+    /// Backends to run.
+    pub recommended_backends: u32,
+    /// The reasoning in words.
+    pub reason: String,
+    /// Share of the step's attempts that failed.
+    pub error_share: f64,
+}
+
+/// The counters of one backend at the start of the step.
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    requests: u64,
+    errors: u64,
+    latency: HistogramSnapshot,
+}
+
+/// What the pool's backends did in one step, read from their counters.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StepObservation {
+    /// Completed attempts per second (retries included: they are load the backends carry).
+    pub rate_rps: f64,
+    /// Share of the attempts that failed.
+    pub error_share: f64,
+    /// Mean latency of the step's attempts, ms (`None` without any).
+    pub mean_latency_ms: Option<f64>,
+    /// Mean utilisation the healthy backends report about themselves, if any does.
+    pub reported_load: Option<f64>,
+    /// Backends in the pool.
+    pub backends: u32,
+    /// Backends eligible for traffic.
+    pub healthy: u32,
+}
+
+/// The capacity of one backend, from the operator or from what the pool does: throughput
+/// divided by utilisation, where utilisation is what the backends report about themselves, or
+/// else how far latency has risen above its idle level (`1 − idle / now`, the M/M/1 relation).
+#[derive(Debug, Clone, Default)]
+pub struct CapacityEstimator {
+    estimate: Option<f64>,
+    source: &'static str,
+    recent_latency_ms: VecDeque<f64>,
+}
+
+impl CapacityEstimator {
+    /// Take one step's observation into the estimate; returns the estimate and its source.
+    pub fn update(
+        &mut self,
+        obs: &StepObservation,
+        configured: Option<f64>,
+    ) -> (Option<f64>, &'static str) {
+        if let Some(c) = configured {
+            return (Some(c), "configured");
+        }
+        if let Some(ms) = obs.mean_latency_ms.filter(|ms| *ms > 0.0) {
+            if self.recent_latency_ms.len() == BASELINE_STEPS {
+                self.recent_latency_ms.pop_front();
+            }
+            self.recent_latency_ms.push_back(ms);
+        }
+        if obs.error_share <= MAX_ERROR_SHARE {
+            let sample = match (obs.reported_load, obs.mean_latency_ms) {
+                (Some(load), _) => Some((load, "reported load")),
+                (None, Some(now)) if now > 0.0 => {
+                    // The idle level is a low percentile rather than the minimum, which noise
+                    // alone drags down; and a rise under a quarter is not told apart from noise.
+                    let mut recent: Vec<f64> = self.recent_latency_ms.iter().copied().collect();
+                    recent.sort_by(f64::total_cmp);
+                    let idle = recent[recent.len() / 10];
+                    let utilization = 1.0 - idle / now;
+                    (utilization >= MIN_LATENCY_UTILIZATION).then_some((utilization, "latency"))
+                }
+                _ => None,
+            }
+            .and_then(|(utilization, source)| {
+                capacity_per_backend(obs.rate_rps, utilization, obs.healthy).map(|c| (c, source))
+            });
+            if let Some((c, source)) = sample {
+                self.estimate = Some(match self.estimate {
+                    Some(e) => e + CAPACITY_SMOOTHING * (c - e),
+                    None => c,
+                });
+                self.source = source;
+            }
+        }
+        match self.estimate {
+            Some(e) => (Some(e), self.source),
+            None => (None, "unknown"),
+        }
+    }
+}
+
+/// One pool's demand tracking.
+pub struct PoolDemand {
+    settings: DemandSettings,
+    tracker: Tracker,
+    counters: HashMap<SocketAddr, Counters>,
+    step_started_ns: u64,
+    steps: u64,
+    capacity: CapacityEstimator,
+    latest: Option<DemandReport>,
+}
+
+impl std::fmt::Debug for PoolDemand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolDemand")
+            .field("settings", &self.settings)
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+/// Steps the ring holds for `step_s`: two days, at most [`MAX_STEPS`].
+pub fn ring_steps(step_s: f64) -> usize {
+    ((HISTORY_S / step_s).ceil() as usize).clamp(WARMUP_STEPS * 4, MAX_STEPS)
+}
+
+impl PoolDemand {
+    /// Start tracking `pool` now: the first step counts what happens from `now_ns` on.
+    pub fn new(pool: &Pool, settings: DemandSettings, now_ns: u64) -> Self {
+        let ring = RateRing::new(settings.step_s, ring_steps(settings.step_s));
+        let mut demand = PoolDemand {
+            settings,
+            tracker: Tracker::new(ring, None),
+            counters: HashMap::new(),
+            step_started_ns: now_ns,
+            steps: 0,
+            capacity: CapacityEstimator::default(),
+            latest: None,
+        };
+        demand.observe(pool, now_ns);
+        demand
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &DemandSettings {
+        &self.settings
+    }
+
+    /// New settings (a reload); the series is kept when the step is unchanged, and `false` is
+    /// returned when it cannot be (the caller starts afresh).
+    pub fn reconfigure(&mut self, settings: DemandSettings) -> bool {
+        if settings.step_s != self.settings.step_s {
+            return false;
+        }
+        self.settings = settings;
+        true
+    }
+
+    /// Whether a step has ended at `now_ns`.
+    pub fn due(&self, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.step_started_ns) as f64 >= self.settings.step_s * 1e9
+    }
+
+    /// The last step's report.
+    pub fn latest(&self) -> Option<&DemandReport> {
+        self.latest.as_ref()
+    }
+
+    /// The rate series, oldest first.
+    pub fn series(&self) -> Vec<f64> {
+        self.tracker.ring().to_vec()
+    }
+
+    /// Read the pool's counters: what happened since the previous read. Backends are matched
+    /// by address, so a reload that rebuilds the pool loses no count; a backend seen for the
+    /// first time counts from now.
+    fn observe(&mut self, pool: &Pool, now_ns: u64) -> StepObservation {
+        let elapsed_s = now_ns.saturating_sub(self.step_started_ns) as f64 / 1e9;
+        self.step_started_ns = now_ns;
+        let (mut requests, mut errors, mut latency_sum_us, mut latency_n) = (0u64, 0u64, 0.0, 0);
+        let (mut load_sum, mut load_n, mut healthy) = (0.0, 0u32, 0u32);
+        let mut seen = HashMap::with_capacity(pool.backends().len());
+        for b in pool.backends() {
+            let s = &b.stats;
+            let (r, e) = (s.requests(), s.errors());
+            let fresh = !self.counters.contains_key(&b.addr);
+            let prev = self.counters.remove(&b.addr).unwrap_or_else(|| Counters {
+                requests: r,
+                errors: e,
+                latency: s.latency_histogram().snapshot(),
+            });
+            let mut latency = prev.latency;
+            let window = s.latency_histogram().advance(&mut latency);
+            if !fresh {
+                requests += r.saturating_sub(prev.requests);
+                errors += e.saturating_sub(prev.errors);
+                if let Some(mean) = window.mean_us {
+                    latency_sum_us += mean * window.count as f64;
+                    latency_n += window.count;
+                }
+            }
+            if s.is_healthy() {
+                healthy += 1;
+                if let Some(load) = s.reported_load() {
+                    load_sum += load.clamp(0.0, 1.0);
+                    load_n += 1;
+                }
+            }
+            seen.insert(
+                b.addr,
+                Counters {
+                    requests: r,
+                    errors: e,
+                    latency,
+                },
+            );
+        }
+        self.counters = seen;
+        StepObservation {
+            rate_rps: if elapsed_s > 0.0 {
+                requests as f64 / elapsed_s
+            } else {
+                0.0
+            },
+            error_share: if requests > 0 {
+                errors as f64 / requests as f64
+            } else {
+                0.0
+            },
+            mean_latency_ms: (latency_n > 0).then(|| latency_sum_us / latency_n as f64 / 1000.0),
+            reported_load: (load_n > 0).then(|| load_sum / f64::from(load_n)),
+            backends: pool.backends().len() as u32,
+            healthy,
+        }
+    }
+
+    /// End the step at `now_ns`: record the rate, forecast, size. `model` is the forecast
+    /// model to try first; its refused answers fall back to the built-in forecaster.
+    pub fn step(
+        &mut self,
+        pool: &Pool,
+        now_ns: u64,
+        model: Option<&mut OnnxForecaster>,
+    ) -> &DemandReport {
+        let obs = self.observe(pool, now_ns);
+        self.record(obs, model)
+    }
+
+    /// End a step whose observation the caller made (the simulator's path).
+    pub fn record(
+        &mut self,
+        obs: StepObservation,
+        model: Option<&mut OnnxForecaster>,
+    ) -> &DemandReport {
+        self.steps += 1;
+        self.tracker.push(obs.rate_rps);
+        // One forecast call for the reported horizons and the planning ones, then split.
+        let reported = self.settings.horizons_s();
+        let planning = self.settings.planning_horizons_s();
+        let mut horizons = reported.clone();
+        horizons.extend(planning.iter().copied());
+        horizons.sort_by(f64::total_cmp);
+        horizons.dedup();
+        let step_s = self.settings.step_s;
+        let builtin = self.tracker.forecast(&horizons);
+        let warm = builtin.is_some();
+        let mut forecaster = "builtin".to_string();
+        let mut model_fallback = None;
+        let forecasts: Vec<Forecast> = match (builtin, model) {
+            (None, _) => vec![Forecast::new(obs.rate_rps, obs.rate_rps); horizons.len()],
+            (Some(b), None) => b,
+            (Some(b), Some(m)) => {
+                let season = self.tracker.season_steps();
+                let history = self.tracker.ring().to_vec();
+                match m.forecast(&history, step_s, &horizons, season) {
+                    Ok(f) => {
+                        forecaster = m.name().to_string();
+                        f
+                    }
+                    Err(why) => {
+                        model_fallback = Some(match why {
+                            ForecastRefused::NoInput(w) => {
+                                format!("model {} not run: {w}", m.name())
+                            }
+                            ForecastRefused::BadOutput(w) => {
+                                format!("model {} refused this step: {w}", m.name())
+                            }
+                        });
+                        b
+                    }
+                }
+            }
+        };
+        let (capacity, capacity_source) = self
+            .capacity
+            .update(&obs, self.settings.backend_capacity_rps);
+        let of = |h: &f64| {
+            horizons
+                .iter()
+                .position(|x| x == h)
+                .map_or(forecasts[0], |i| forecasts[i])
+        };
+        // The highest p90 until a backend started now would serve, and never below the rate
+        // served now: backends are not given up before the demand has actually fallen.
+        let plan = planning
+            .iter()
+            .map(|h| of(h).p90)
+            .fold(obs.rate_rps.max(0.0), f64::max);
+        let rec = recommend(
+            plan,
+            self.settings.horizon_s,
+            capacity.unwrap_or(f64::NAN),
+            self.settings.sizing,
+            obs.backends,
+        );
+        let reason = if warm {
+            rec.reason
+        } else {
+            format!(
+                "warming up ({} of {WARMUP_STEPS} steps), the observed rate stands in for the forecast; {}",
+                self.tracker.ring().len(),
+                rec.reason
+            )
+        };
+        self.latest = Some(DemandReport {
+            steps: self.steps,
+            step_s,
+            observed_rps: obs.rate_rps,
+            forecasts: reported
+                .iter()
+                .map(|h| {
+                    let f = of(h);
+                    HorizonForecast {
+                        horizon_s: *h,
+                        p50: f.p50,
+                        p90: f.p90,
+                    }
+                })
+                .collect(),
+            horizon_s: self.settings.horizon_s,
+            forecaster,
+            model_fallback,
+            season_s: self.tracker.season_steps().map(|m| m as f64 * step_s),
+            warm,
+            capacity_per_backend_rps: capacity,
+            capacity_source,
+            current_backends: obs.backends,
+            healthy_backends: obs.healthy,
+            recommended_backends: rec.backends,
+            reason,
+            error_share: obs.error_share,
+        });
+        self.latest.as_ref().expect("just set")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fulcrum_balance::{Algorithm, Backend, Outcome};
+
+    fn pool(n: u16) -> Pool {
+        let backends = (1..=n)
+            .map(|i| Backend::new(SocketAddr::from(([127, 0, 0, 1], i)), 1))
+            .collect();
+        Pool::new(
+            "web",
+            Algorithm::RoundRobin,
+            backends,
+            Duration::from_secs(10),
+            5,
+        )
+    }
+
+    fn settings(capacity: Option<f64>) -> DemandSettings {
+        DemandSettings {
+            step_s: 1.0,
+            horizon_s: 5.0,
+            sizing: Sizing {
+                target_utilization: 0.5,
+                min_backends: 1,
+                max_backends: 50,
+            },
+            backend_capacity_rps: capacity,
+        }
+    }
+
+    #[test]
+    fn the_plan_looks_at_whole_steps_up_to_the_horizon() {
+        assert_eq!(
+            settings(None).planning_horizons_s(),
+            [1.0, 2.0, 3.0, 4.0, 5.0]
+        );
+        let s = DemandSettings {
+            step_s: 10.0,
+            horizon_s: 120.0,
+            ..settings(None)
+        };
+        assert_eq!(
+            s.planning_horizons_s(),
+            [20.0, 40.0, 60.0, 80.0, 100.0, 120.0]
+        );
+        let s = DemandSettings {
+            step_s: 10.0,
+            horizon_s: 300.0,
+            ..settings(None)
+        };
+        assert_eq!(
+            s.planning_horizons_s(),
+            [50.0, 100.0, 150.0, 200.0, 250.0, 300.0]
+        );
+        let s = DemandSettings {
+            step_s: 10.0,
+            horizon_s: 5.0,
+            ..settings(None)
+        };
+        assert_eq!(s.planning_horizons_s(), [5.0]);
+    }
+
+    /// `n` attempts spread over the pool's backends, each `latency_ms` long.
+    fn serve(pool: &Pool, n: u64, latency_ms: u64) {
+        let backends = pool.backends().len() as u64;
+        for i in 0..n {
+            pool.record(
+                (i % backends) as usize,
+                latency_ms * 1_000_000,
+                Outcome::Success,
+                0,
+            );
+        }
+    }
+
+    #[test]
+    fn the_rate_is_read_from_the_counters_and_the_recommendation_follows_it() {
+        let p = pool(2);
+        let mut d = PoolDemand::new(&p, settings(Some(10.0)), 0);
+        assert!(!d.due(999_999_999));
+        assert!(d.due(1_000_000_000));
+        let mut t = 0;
+        for _ in 0..20 {
+            t += 1_000_000_000;
+            serve(&p, 20, 2);
+            d.step(&p, t, None);
+        }
+        let r = d.latest().unwrap().clone();
+        assert!(r.warm);
+        assert!((r.observed_rps - 20.0).abs() < 1e-9, "{r:?}");
+        assert_eq!(r.forecasts.len(), 4, "60/300/900 and the 5 s horizon");
+        // 20 rps at 10 rps per backend at 50 %: 4 backends, 2 more than now.
+        assert_eq!(r.recommended_backends, 4, "{r:?}");
+        assert!(
+            r.reason.ends_with("4 backends, 2 more than now"),
+            "{}",
+            r.reason
+        );
+        assert_eq!(r.capacity_source, "configured");
+        for _ in 0..20 {
+            t += 1_000_000_000;
+            serve(&p, 60, 2);
+            d.step(&p, t, None);
+        }
+        let r = d.latest().unwrap();
+        assert!((r.observed_rps - 60.0).abs() < 1e-9, "{r:?}");
+        assert!(r.recommended_backends >= 12, "{r:?}");
+        assert_eq!(d.series().len(), 40);
+    }
+
+    #[test]
+    fn warm_up_uses_the_observed_rate_and_says_so() {
+        let p = pool(1);
+        let mut d = PoolDemand::new(&p, settings(Some(10.0)), 0);
+        serve(&p, 30, 1);
+        let r = d.step(&p, 1_000_000_000, None);
+        assert!(!r.warm);
+        assert!(
+            r.reason.starts_with("warming up (1 of 12 steps)"),
+            "{}",
+            r.reason
+        );
+        assert_eq!(r.forecasts[0].p90, 30.0);
+        assert_eq!(r.recommended_backends, 6);
+    }
+
+    #[test]
+    fn capacity_comes_from_reported_load_or_from_latency_above_its_idle_level() {
+        let mut c = CapacityEstimator::default();
+        let obs = StepObservation {
+            rate_rps: 100.0,
+            reported_load: Some(0.25),
+            mean_latency_ms: Some(5.0),
+            backends: 2,
+            healthy: 2,
+            ..StepObservation::default()
+        };
+        // 100 rps over 2 backends a quarter busy: 200 rps each at full load.
+        assert_eq!(c.update(&obs, None), (Some(200.0), "reported load"));
+        assert_eq!(c.update(&obs, Some(50.0)), (Some(50.0), "configured"));
+
+        let mut c = CapacityEstimator::default();
+        let idle = StepObservation {
+            rate_rps: 10.0,
+            mean_latency_ms: Some(10.0),
+            backends: 1,
+            healthy: 1,
+            ..StepObservation::default()
+        };
+        assert_eq!(c.update(&idle, None), (None, "unknown"));
+        // Latency a tenth above idle is noise, not load.
+        let noisy = StepObservation {
+            rate_rps: 40.0,
+            mean_latency_ms: Some(11.0),
+            ..idle
+        };
+        assert_eq!(c.update(&noisy, None), (None, "unknown"));
+        // Latency doubled: half busy (M/M/1), so 80 rps at full load.
+        let busy = StepObservation {
+            rate_rps: 40.0,
+            mean_latency_ms: Some(20.0),
+            ..idle
+        };
+        let (cap, source) = c.update(&busy, None);
+        assert_eq!(source, "latency");
+        assert!((cap.unwrap() - 80.0).abs() < 1e-9, "{cap:?}");
+        // A failing step is not healthy latency: the estimate stays.
+        let failing = StepObservation {
+            rate_rps: 400.0,
+            error_share: 0.5,
+            mean_latency_ms: Some(40.0),
+            ..idle
+        };
+        assert_eq!(c.update(&failing, None).0, cap);
+    }
+
+    #[test]
+    fn a_rebuilt_pool_keeps_its_counts_by_address() {
+        let p = pool(2);
+        let mut d = PoolDemand::new(&p, settings(Some(10.0)), 0);
+        serve(&p, 10, 1);
+        // The same backends (same stats) in a rebuilt pool, plus a new one.
+        let mut backends: Vec<Backend> = p
+            .backends()
+            .iter()
+            .map(|b| Backend::with_stats(b.addr, 1, b.stats.clone()))
+            .collect();
+        backends.push(Backend::new(SocketAddr::from(([127, 0, 0, 1], 9)), 1));
+        let rebuilt = Pool::new(
+            "web",
+            Algorithm::RoundRobin,
+            backends,
+            Duration::from_secs(10),
+            5,
+        );
+        let r = d.step(&rebuilt, 1_000_000_000, None);
+        assert_eq!(r.observed_rps, 10.0);
+        assert_eq!(r.current_backends, 3);
+    }
+}

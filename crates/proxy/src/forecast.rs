@@ -1,0 +1,342 @@
+//! Demand forecasts and backend recommendations of the pools with `[pools.NAME.autoscale]`,
+//! run on the control thread: every step of each such pool, its rate is read from the
+//! backends' counters, forecast, and turned into a recommended backend count, exported as
+//! metrics and through `GET /api/forecast`. The request path does nothing for it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use fulcrum_config::Config;
+use fulcrum_control::demand::{DemandReport, DemandSettings, PoolDemand};
+use fulcrum_control::forecast_model::OnnxForecaster;
+use fulcrum_control::model::runtime;
+
+use crate::Upstreams;
+
+/// Metric names owned by the forecasts.
+pub mod names {
+    /// The pool's observed request rate in the last step.
+    pub const POOL_REQUESTS_PER_SECOND: &str = "fulcrum_pool_requests_per_second";
+    /// The forecast request rate, by horizon (seconds) and quantile (0.5, 0.9).
+    pub const POOL_FORECAST_REQUESTS_PER_SECOND: &str = "fulcrum_pool_forecast_requests_per_second";
+    /// Requests per second one backend serves at full utilisation.
+    pub const POOL_CAPACITY_PER_BACKEND_REQUESTS_PER_SECOND: &str =
+        "fulcrum_pool_capacity_per_backend_requests_per_second";
+    /// The backend count recommended for the highest p90 forecast until the provisioning horizon.
+    pub const POOL_RECOMMENDED_BACKENDS: &str = "fulcrum_pool_recommended_backends";
+    /// 1 when the pool's forecast model is loaded, 0 when the built-in forecaster runs.
+    pub const POOL_FORECAST_MODEL_LOADED: &str = "fulcrum_pool_forecast_model_loaded";
+    /// Steps whose forecast-model answer was refused (built-in forecast used instead).
+    pub const POOL_FORECAST_MODEL_FALLBACKS_TOTAL: &str =
+        "fulcrum_pool_forecast_model_fallbacks_total";
+}
+
+/// Describe the forecast metrics (call once after the recorder is installed).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        names::POOL_REQUESTS_PER_SECOND,
+        "Requests per second a pool's backends completed in the last forecast step."
+    );
+    describe_gauge!(
+        names::POOL_CAPACITY_PER_BACKEND_REQUESTS_PER_SECOND,
+        "Requests per second one backend of a pool serves at full utilisation (configured or estimated)."
+    );
+    describe_gauge!(
+        names::POOL_RECOMMENDED_BACKENDS,
+        "Backends a pool needs for the highest p90 forecast until its provisioning horizon, at its target utilisation."
+    );
+    describe_gauge!(
+        names::POOL_FORECAST_MODEL_LOADED,
+        "1 when a pool's ONNX forecast model is loaded, 0 when the built-in forecaster runs."
+    );
+    describe_counter!(
+        names::POOL_FORECAST_MODEL_FALLBACKS_TOTAL,
+        "Forecast steps whose model answer failed a guardrail; the built-in forecast was used."
+    );
+}
+
+/// A pool's latest forecast, for `/api/forecast`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolForecastView {
+    /// The pool.
+    pub pool: String,
+    /// The last step's report.
+    #[serde(flatten)]
+    pub report: DemandReport,
+    /// The rate series, oldest first, `step_s` apart.
+    pub series: Vec<f64>,
+    /// The configured forecast model, if any.
+    pub model: Option<String>,
+    /// Why the configured model is not loaded (or why its last reload was refused).
+    pub model_error: Option<String>,
+}
+
+/// The latest forecast of each autoscaled pool, written by the control thread every step and
+/// read by the admin API.
+#[derive(Debug, Default)]
+pub struct ForecastStatus(Mutex<BTreeMap<String, PoolForecastView>>);
+
+impl ForecastStatus {
+    /// The latest view of `pool`, if it has stepped yet.
+    pub fn get(&self, pool: &str) -> Option<PoolForecastView> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pool)
+            .cloned()
+    }
+
+    fn set(&self, view: PoolForecastView) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(view.pool.clone(), view);
+    }
+
+    fn retain(&self, pools: &[&str]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| pools.contains(&name.as_str()));
+    }
+}
+
+/// Time the control thread spends on forecast steps in one tick before it leaves the pools
+/// still due for the next tick.
+const STEP_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A forecast model file: the running model (kept when a new version is refused) and why the
+/// last load failed.
+struct ModelSlot {
+    mtime: Option<SystemTime>,
+    model: Option<OnnxForecaster>,
+    error: Option<String>,
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The forecast side of the control loop.
+#[derive(Default)]
+pub struct Forecasts {
+    pools: HashMap<String, PoolDemand>,
+    models: HashMap<PathBuf, ModelSlot>,
+    generation: Option<u64>,
+}
+
+impl Forecasts {
+    /// Match the tracked pools and models to a new configuration: pools whose step is unchanged
+    /// keep their series, and every configured model file is loaded again if it changed.
+    fn reconfigure(&mut self, upstreams: &Upstreams, config: &Config, status: &ForecastStatus) {
+        let now = fulcrum_balance::now_ns();
+        let mut kept = HashMap::new();
+        for p in &upstreams.pools {
+            let Some(a) = &p.config.autoscale else {
+                continue;
+            };
+            let settings = DemandSettings::from(a);
+            let demand = match self.pools.remove(&p.config.name) {
+                Some(mut d) => {
+                    if d.reconfigure(settings.clone()) {
+                        d
+                    } else {
+                        PoolDemand::new(&p.pool, settings, now)
+                    }
+                }
+                None => PoolDemand::new(&p.pool, settings, now),
+            };
+            kept.insert(p.config.name.clone(), demand);
+        }
+        self.pools = kept;
+        let names: Vec<&str> = self.pools.keys().map(String::as_str).collect();
+        status.retain(&names);
+        forecast_values()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(p, _, _), _| names.contains(&p.as_str()));
+        let wanted: Vec<PathBuf> = upstreams
+            .pools
+            .iter()
+            .filter_map(|p| p.config.autoscale.as_ref()?.forecast_model.clone())
+            .collect();
+        self.models.retain(|path, _| wanted.contains(path));
+        for path in wanted {
+            self.load_model(&path, config);
+        }
+    }
+
+    /// Load `path` unless the same file is loaded already; a refused file keeps the running
+    /// model of that path, or the built-in forecaster when there is none.
+    fn load_model(&mut self, path: &Path, config: &Config) {
+        let current = mtime(path);
+        if let Some(slot) = self.models.get(path) {
+            if slot.mtime == current && (slot.model.is_some() || slot.error.is_some()) {
+                return;
+            }
+        }
+        let loaded = runtime(config.control.ort_library.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|env| OnnxForecaster::load(env, path).map_err(|e| e.to_string()));
+        let slot = self.models.entry(path.to_path_buf()).or_insert(ModelSlot {
+            mtime: None,
+            model: None,
+            error: None,
+        });
+        slot.mtime = current;
+        match loaded {
+            Ok(m) => {
+                log::info!("forecast: model {} loaded", path.display());
+                slot.model = Some(m);
+                slot.error = None;
+            }
+            Err(why) => {
+                let kept = if slot.model.is_some() {
+                    "the running model"
+                } else {
+                    "the built-in forecaster"
+                };
+                log::error!("forecast: model refused, {kept} keeps running: {why}");
+                slot.error = Some(format!("refused, {kept} keeps running: {why}"));
+            }
+        }
+    }
+
+    /// Step every autoscaled pool whose step has ended.
+    pub fn tick(&mut self, upstreams: &Upstreams, config: &Config, status: &ForecastStatus) {
+        if self.generation != Some(upstreams.generation) {
+            self.generation = Some(upstreams.generation);
+            self.reconfigure(upstreams, config, status);
+        }
+        let now = fulcrum_balance::now_ns();
+        let started = std::time::Instant::now();
+        for p in &upstreams.pools {
+            // A step of the built-in forecaster on a full two-day ring takes ~20 ms (release
+            // build); past this budget the pools still due wait for the next control tick, so
+            // many autoscaled pools never hold up the weights of the model pools for long.
+            if started.elapsed() > STEP_BUDGET {
+                break;
+            }
+            let Some(a) = &p.config.autoscale else {
+                continue;
+            };
+            let name = &p.config.name;
+            let Some(demand) = self.pools.get_mut(name) else {
+                continue;
+            };
+            if !demand.due(now) {
+                continue;
+            }
+            let slot = a
+                .forecast_model
+                .as_ref()
+                .and_then(|path| self.models.get_mut(path));
+            let (model, model_error) = match slot {
+                Some(s) => (s.model.as_mut(), s.error.clone()),
+                None => (None, None),
+            };
+            let loaded = model.is_some();
+            let report = demand.step(&p.pool, now, model).clone();
+            export(name, &report, loaded);
+            status.set(PoolForecastView {
+                pool: name.clone(),
+                series: demand.series(),
+                report,
+                model: a.forecast_model.as_ref().map(|m| m.display().to_string()),
+                model_error,
+            });
+        }
+    }
+}
+
+/// A horizon in seconds, ordered as a number.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct HorizonKey(f64);
+
+impl Eq for HorizonKey {}
+
+impl PartialOrd for HorizonKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for HorizonKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+type ForecastValues = Mutex<BTreeMap<(String, HorizonKey, &'static str), f64>>;
+
+/// The latest forecast of every pool, horizon and quantile, rendered at each scrape by
+/// [`render_forecasts`].
+fn forecast_values() -> &'static ForecastValues {
+    static VALUES: std::sync::OnceLock<ForecastValues> = std::sync::OnceLock::new();
+    VALUES.get_or_init(Default::default)
+}
+
+/// Append `fulcrum_pool_forecast_requests_per_second` to a Prometheus exposition.
+///
+/// Its `quantile` label is what operators query (`quantile="0.9"`), and Prometheus reserves
+/// that label for summaries in typed families, so the family is written `untyped`: the
+/// exposition format's type for a value that is neither a counter nor a summary of
+/// observations. PromQL reads it as it reads a gauge.
+pub fn render_forecasts(out: &mut String) {
+    use std::fmt::Write as _;
+    let values = forecast_values().lock().unwrap_or_else(|e| e.into_inner());
+    if values.is_empty() {
+        return;
+    }
+    let name = names::POOL_FORECAST_REQUESTS_PER_SECOND;
+    let _ = writeln!(
+        out,
+        "# HELP {name} Forecast requests per second of a pool, by horizon in seconds and quantile."
+    );
+    let _ = writeln!(out, "# TYPE {name} untyped");
+    for ((pool, horizon, quantile), v) in values.iter() {
+        let _ = writeln!(
+            out,
+            "{name}{{pool=\"{}\",horizon=\"{}\",quantile=\"{quantile}\"}} {v}",
+            crate::metrics::escape_label(pool),
+            horizon.0
+        );
+    }
+}
+
+/// The step's figures as metrics (label sets are built here, on the control thread, once per
+/// pool and step).
+fn export(pool: &str, r: &DemandReport, model_loaded: bool) {
+    let pool = pool.to_string();
+    metrics::gauge!(names::POOL_REQUESTS_PER_SECOND, "pool" => pool.clone()).set(r.observed_rps);
+    {
+        let mut forecasts = forecast_values().lock().unwrap_or_else(|e| e.into_inner());
+        forecasts.retain(|(p, _, _), _| *p != pool);
+        for f in &r.forecasts {
+            for (quantile, v) in [("0.5", f.p50), ("0.9", f.p90)] {
+                forecasts.insert((pool.clone(), HorizonKey(f.horizon_s), quantile), v);
+            }
+        }
+    }
+    if let Some(c) = r.capacity_per_backend_rps {
+        metrics::gauge!(
+            names::POOL_CAPACITY_PER_BACKEND_REQUESTS_PER_SECOND,
+            "pool" => pool.clone()
+        )
+        .set(c);
+    }
+    metrics::gauge!(names::POOL_RECOMMENDED_BACKENDS, "pool" => pool.clone())
+        .set(f64::from(r.recommended_backends));
+    metrics::gauge!(names::POOL_FORECAST_MODEL_LOADED, "pool" => pool.clone())
+        .set(if model_loaded { 1.0 } else { 0.0 });
+    let fallbacks = metrics::counter!(names::POOL_FORECAST_MODEL_FALLBACKS_TOTAL, "pool" => pool);
+    if model_loaded && r.model_fallback.is_some() && r.warm {
+        fallbacks.increment(1);
+    } else {
+        // Exported at 0 from the first step, so a rate() over it is defined.
+        fallbacks.increment(0);
+    }
+}

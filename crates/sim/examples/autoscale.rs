@@ -1,0 +1,250 @@
+//! Runs every scenario of a directory (default `benches/scenarios/autoscale`) under each scaler
+//! (`hpa`, `forecast`, `static` sized for the peak) and prints a Markdown comparison: backend-
+//! seconds, p99 latency, SLO-violation windows, slow and failed requests, scale events. Each
+//! scenario is measured twice: from its own `warmup_s` (the forecast still learning the cycle)
+//! and from two diurnal periods on (once a season can have been found). With a second
+//! argument, writes per scenario an SVG plot of the demand, the forecast scaler's plan and the
+//! copies serving under each scaler into that directory, and with `TIMELINE_CSV=1` each run's
+//! control steps as CSV.
+//!
+//! ```sh
+//! cargo run --release -p fulcrum-sim --example autoscale -- benches/scenarios/autoscale out/
+//! TIMELINE_CSV=1 cargo run --release -p fulcrum-sim --example autoscale -- DIR out/
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use fulcrum_scenario::{load_scenario, Scenario};
+use fulcrum_sim::{
+    simulate_autoscaled, AutoscaleRun, Policy, ScalerKind, SimOptions, AUTOSCALE_TABLE_HEADER,
+};
+
+const SCALERS: [ScalerKind; 3] = [
+    ScalerKind::Hpa,
+    ScalerKind::Forecast,
+    ScalerKind::Static(None),
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let dir = PathBuf::from(
+        args.next()
+            .unwrap_or_else(|| "benches/scenarios/autoscale".into()),
+    );
+    let timelines = args.next().map(PathBuf::from);
+    if let Some(dir) = &timelines {
+        std::fs::create_dir_all(dir)?;
+    }
+    let policy: Policy = std::env::var("POLICY")
+        .unwrap_or_else(|_| "least_connections".into())
+        .parse()?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| p.extension().is_some_and(|x| x == "toml"));
+    files.sort();
+    let opts = SimOptions::default();
+    let mut out = String::new();
+    out.push_str(AUTOSCALE_TABLE_HEADER);
+    let mut scenarios = Vec::new();
+    for path in &files {
+        let (sc, _) = load_scenario(path).map_err(|d| format!("{}:\n{d}", path.display()))?;
+        scenarios.push(sc);
+    }
+    let steady: Vec<_> = scenarios
+        .iter()
+        .filter_map(|sc| {
+            let two = 2.0 * sc.load.diurnal?.period_s;
+            (two > sc.warmup_s && two < sc.duration_s).then(|| {
+                let mut s = sc.clone();
+                s.warmup_s = two;
+                s.name = format!("{} (from {two:.0} s)", sc.name);
+                s
+            })
+        })
+        .collect();
+    scenarios.extend(steady);
+    for sc in &scenarios {
+        let runs: Vec<Result<AutoscaleRun, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = SCALERS
+                .iter()
+                .map(|k| {
+                    let opts = &opts;
+                    s.spawn(move || {
+                        simulate_autoscaled(sc, &policy, *k, opts).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("panicked".into())))
+                .collect()
+        });
+        let runs = runs.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let hpa_cost = runs[0].autoscale.backend_seconds;
+        for run in &runs {
+            out.push_str(&run.markdown_row(&sc.name, hpa_cost));
+            if let Some(dir) = &timelines {
+                if !sc.name.contains(' ') && std::env::var_os("TIMELINE_CSV").is_some() {
+                    write_timeline(dir, &sc.name, run)?;
+                }
+            }
+        }
+        if let Some(dir) = &timelines {
+            if !sc.name.contains(' ') {
+                std::fs::write(dir.join(format!("{}.svg", sc.name)), plot(sc, &runs))?;
+            }
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn write_timeline(dir: &Path, scenario: &str, run: &AutoscaleRun) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut w = csv::Writer::from_path(dir.join(format!(
+        "{scenario}-{}.csv",
+        run.autoscale.scaler.replace(':', "-")
+    )))?;
+    w.write_record([
+        "t_s",
+        "arrivals_rps",
+        "serving",
+        "provisioning",
+        "desired",
+        "planned_rps",
+    ])?;
+    for s in &run.autoscale.timeline {
+        w.write_record([
+            format!("{:.0}", s.t_s),
+            format!("{:.1}", s.arrivals_rps),
+            s.serving.to_string(),
+            s.provisioning.to_string(),
+            s.desired.to_string(),
+            s.planned_rps.map_or(String::new(), |p| format!("{p:.1}")),
+        ])?;
+    }
+    w.flush()
+}
+
+/// Demand (in copies needed at the target utilisation), the forecast's plan and the copies
+/// serving under each scaler over the whole run; the warm-up is shaded.
+fn plot(sc: &Scenario, runs: &[AutoscaleRun]) -> String {
+    let (w, h, left, right, top, bottom) = (960.0, 360.0, 50.0, 150.0, 30.0, 40.0);
+    let a = sc.autoscale.as_ref().expect("autoscale scenarios");
+    let copy = &sc.backends[a.first];
+    let per_copy =
+        f64::from(copy.concurrency) * 1000.0 / copy.mean_service_ms() * a.target_utilization;
+    let needed: Vec<(f64, f64)> = (0..=sc.duration_s as usize)
+        .step_by(5)
+        .map(|t| (t as f64, sc.load.rate_at(t as f64) / per_copy))
+        .collect();
+    let planned: Vec<(f64, f64)> = runs
+        .iter()
+        .find(|r| r.autoscale.scaler == "forecast")
+        .map(|r| {
+            r.autoscale
+                .timeline
+                .iter()
+                .filter_map(|s| s.planned_rps.map(|p| (s.t_s, p / per_copy)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let top_y = runs
+        .iter()
+        .flat_map(|r| r.autoscale.timeline.iter().map(|s| f64::from(s.serving)))
+        .chain(needed.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        .ceil()
+        + 1.0;
+    let x = |t: f64| left + t / sc.duration_s * (w - left - right);
+    let y = |v: f64| top + (1.0 - v.min(top_y) / top_y) * (h - top - bottom);
+    let path = |pts: &[(f64, f64)], step: bool| {
+        let mut d = String::new();
+        let mut prev: Option<f64> = None;
+        for &(t, v) in pts {
+            match prev {
+                None => d.push_str(&format!("M{:.1},{:.1}", x(t), y(v))),
+                Some(p) if step => d.push_str(&format!(
+                    " L{:.1},{:.1} L{:.1},{:.1}",
+                    x(t),
+                    y(p),
+                    x(t),
+                    y(v)
+                )),
+                Some(_) => d.push_str(&format!(" L{:.1},{:.1}", x(t), y(v))),
+            }
+            prev = Some(v);
+        }
+        d
+    };
+    let mut svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="{w}" height="{h}" fill="white"/>
+<rect x="{left}" y="{top}" width="{:.1}" height="{:.1}" fill="#eee"/>
+<text x="{left}" y="18">{}: copies serving (at {:.0} rps per copy = {:.0} % of capacity); grey: warm-up</text>
+"##,
+        x(sc.warmup_s) - left,
+        h - top - bottom,
+        sc.name,
+        per_copy,
+        a.target_utilization * 100.0,
+    );
+    for k in 0..=4 {
+        let v = top_y * f64::from(k) / 4.0;
+        svg.push_str(&format!(
+            "<line x1=\"{left}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ccc\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>\n",
+            w - right,
+            y(v),
+            y(v),
+            left - 4.0,
+            y(v) + 4.0
+        ));
+    }
+    for k in 0..=6 {
+        let t = sc.duration_s * f64::from(k) / 6.0;
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{t:.0} s</text>\n",
+            x(t),
+            h - bottom + 16.0
+        ));
+    }
+    let mut series: Vec<(String, &str, String, &str)> = vec![
+        ("demand / copy".into(), "#888", path(&needed, false), "4,3"),
+        ("forecast plan".into(), "#9cf", path(&planned, false), "2,2"),
+    ];
+    for r in runs {
+        let colour = match r.autoscale.scaler.as_str() {
+            "hpa" => "#d62728",
+            "forecast" => "#1f5fbf",
+            _ => "#2ca02c",
+        };
+        let pts: Vec<(f64, f64)> = r
+            .autoscale
+            .timeline
+            .iter()
+            .map(|s| (s.t_s, f64::from(s.serving)))
+            .collect();
+        series.push((
+            format!("{} serving", r.autoscale.scaler),
+            colour,
+            path(&pts, true),
+            "",
+        ));
+    }
+    for (i, (name, colour, d, dash)) in series.iter().enumerate() {
+        svg.push_str(&format!(
+            "<path d=\"{d}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" stroke-dasharray=\"{dash}\"/>\n"
+        ));
+        let ly = top + 16.0 * i as f64 + 8.0;
+        svg.push_str(&format!(
+            "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{ly:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"2\" stroke-dasharray=\"{dash}\"/><text x=\"{:.1}\" y=\"{:.1}\">{name}</text>\n",
+            w - right + 10.0,
+            w - right + 30.0,
+            w - right + 34.0,
+            ly + 4.0
+        ));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}

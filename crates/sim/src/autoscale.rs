@@ -1,0 +1,378 @@
+//! Scalers that add and remove copies of a scenario's `[autoscale]` backend during a run:
+//! Kubernetes' Horizontal Pod Autoscaler on utilisation ([`Hpa`]), fulcrum's forecast and
+//! recommendation ([`ForecastScaler`]: the proxy's [`PoolDemand`], which forecasts with
+//! `fulcrum_forecast`'s tracker and sizes with its `recommend`), and a fixed count
+//! ([`ScalerKind::Static`]).
+//!
+//! A scaler runs every control step with what an operator's metrics would show
+//! ([`ScaleView`]) and answers how many copies should exist. The simulator starts a new copy
+//! at once but it takes traffic only `provision_s` later; a removed copy takes no new request
+//! and finishes what it holds (it drains).
+
+use std::fmt;
+use std::str::FromStr;
+
+use fulcrum_balance::Pool;
+use fulcrum_control::demand::{DemandSettings, PoolDemand, StepObservation};
+use fulcrum_forecast::Sizing;
+use fulcrum_scenario::Autoscale;
+
+/// Which scaler drives a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ScalerKind {
+    /// Kubernetes' HPA with its default behaviour ([`HpaSettings::kubernetes`]).
+    Hpa,
+    /// fulcrum's forecast and recommendation.
+    Forecast,
+    /// A fixed number of copies from time 0; `None`: sized for the scenario's peak rate at
+    /// `target_utilization` of the copies' true capacity (the over-provisioned reference).
+    Static(Option<u32>),
+}
+
+impl fmt::Display for ScalerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScalerKind::Hpa => f.write_str("hpa"),
+            ScalerKind::Forecast => f.write_str("forecast"),
+            ScalerKind::Static(None) => f.write_str("static"),
+            ScalerKind::Static(Some(n)) => write!(f, "static:{n}"),
+        }
+    }
+}
+
+impl FromStr for ScalerKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hpa" | "reactive" => Ok(ScalerKind::Hpa),
+            "forecast" => Ok(ScalerKind::Forecast),
+            "static" => Ok(ScalerKind::Static(None)),
+            _ => match s.strip_prefix("static:").map(str::parse::<u32>) {
+                Some(Ok(n)) if n > 0 => Ok(ScalerKind::Static(Some(n))),
+                _ => Err(format!(
+                    "unknown scaler {s:?}: expected hpa, forecast, static or static:N"
+                )),
+            },
+        }
+    }
+}
+
+/// What a scaler sees at a control step: the last period's metrics of the pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleView {
+    /// Simulated time, seconds.
+    pub t_s: f64,
+    /// Seconds since the previous step.
+    pub period_s: f64,
+    /// Copies of the scaled backend that exist (taking traffic or provisioning): Kubernetes'
+    /// `spec.replicas`.
+    pub replicas: u32,
+    /// Utilisation of each copy taking traffic over the period: busy slots / concurrency, time
+    /// averaged, as a CPU metric sees it (requests waiting in a queue burn no CPU).
+    pub ready_utilisation: Vec<f64>,
+    /// Copies still provisioning (not ready).
+    pub unready: u32,
+    /// Requests that arrived at the pool per second over the period.
+    pub arrivals_rps: f64,
+    /// Requests the pool completed per second over the period.
+    pub completed_rps: f64,
+    /// Attempts the backends completed per second over the period (retries included), as the
+    /// proxy counts them.
+    pub attempts_rps: f64,
+    /// Share of those attempts that failed.
+    pub error_share: f64,
+    /// Mean latency of those attempts, ms (`None` without any).
+    pub mean_latency_ms: Option<f64>,
+    /// Busy slots over offered slots of every backend taking traffic, over the period.
+    pub pool_utilisation: f64,
+    /// Backends taking traffic now, scaled or not.
+    pub pool_backends: u32,
+    /// Backends of the pool that are not scaled.
+    pub fixed_backends: u32,
+}
+
+/// A rule that sets the number of copies.
+pub trait Scaler: Send {
+    /// Seconds between two steps.
+    fn period_s(&self) -> f64;
+    /// The number of copies there should be, from the view of this step.
+    fn desired(&mut self, view: &ScaleView) -> u32;
+    /// The demand this step planned for (rps), for reports; `None` when it plans on none.
+    fn planned_rps(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// The HPA's knobs; [`HpaSettings::kubernetes`] gives the documented defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HpaSettings {
+    /// Target utilisation, in (0, 1].
+    pub target: f64,
+    /// `--horizontal-pod-autoscaler-tolerance` (0.1).
+    pub tolerance: f64,
+    /// `--horizontal-pod-autoscaler-sync-period` (15 s).
+    pub sync_period_s: f64,
+    /// `behavior.scaleUp.stabilizationWindowSeconds` (0).
+    pub scale_up_window_s: f64,
+    /// `behavior.scaleDown.stabilizationWindowSeconds` (300).
+    pub scale_down_window_s: f64,
+    /// `minReplicas`.
+    pub min_replicas: u32,
+    /// `maxReplicas`.
+    pub max_replicas: u32,
+}
+
+impl HpaSettings {
+    /// Kubernetes' defaults with the scenario's bounds and target.
+    pub fn kubernetes(a: &Autoscale) -> Self {
+        Self {
+            target: a.target_utilization,
+            tolerance: 0.1,
+            sync_period_s: 15.0,
+            scale_up_window_s: 0.0,
+            scale_down_window_s: 300.0,
+            min_replicas: a.min_backends,
+            max_replicas: a.max_backends,
+        }
+    }
+}
+
+/// The replica count the HPA's replica calculator asks for (`GetResourceReplicas` in
+/// `pkg/controller/podautoscaler/replica_calculator.go`), before stabilisation and rate limits.
+///
+/// Utilisation is an integer percentage of the pods' requests, as Kubernetes computes it.
+/// Pods not yet ready are set aside; on a scale-up they are counted back in at 0 % (so a
+/// scale-up already under way damps the next one), on a scale-down they are ignored.
+pub fn hpa_replicas(current: u32, ready_utilisation: &[f64], unready: u32, s: &HpaSettings) -> u32 {
+    if ready_utilisation.is_empty() {
+        // No metrics: the HPA leaves the scale alone.
+        return current;
+    }
+    let ready = ready_utilisation.len() as f64;
+    let total: f64 = ready_utilisation.iter().sum();
+    let target_pct = (s.target * 100.0).round();
+    let utilisation_pct = (total * 100.0 / ready).floor();
+    let usage_ratio = utilisation_pct / target_pct;
+    let rebalance_unready = unready > 0 && usage_ratio > 1.0;
+    if !rebalance_unready {
+        if (usage_ratio - 1.0).abs() <= s.tolerance {
+            return current;
+        }
+        return (usage_ratio * ready).ceil() as u32;
+    }
+    let pods = ready + f64::from(unready);
+    let new_ratio = (total * 100.0 / pods).floor() / target_pct;
+    if (new_ratio - 1.0).abs() <= s.tolerance || new_ratio < 1.0 {
+        return current;
+    }
+    let replicas = (new_ratio * pods).ceil() as u32;
+    if replicas < current {
+        return current;
+    }
+    replicas
+}
+
+/// Kubernetes' HPA: [`hpa_replicas`], then the behaviour's stabilisation windows
+/// (the lowest recommendation of the scale-up window, the highest of the scale-down window)
+/// and the default rate limits (up: the larger of +100 % and +4 pods per 15 s; down: −100 %),
+/// clamped to `[minReplicas, maxReplicas]`.
+#[derive(Debug, Clone)]
+pub struct Hpa {
+    settings: HpaSettings,
+    /// Past recommendations `(t_s, replicas)`, oldest first.
+    recommendations: Vec<(f64, u32)>,
+}
+
+impl Hpa {
+    /// An HPA with no history.
+    pub fn new(settings: HpaSettings) -> Self {
+        Self {
+            settings,
+            recommendations: Vec::new(),
+        }
+    }
+
+    /// One sync: the new `spec.replicas` from `current` and the view's metrics.
+    pub fn sync(&mut self, t_s: f64, current: u32, ready_utilisation: &[f64], unready: u32) -> u32 {
+        let s = self.settings;
+        if self.recommendations.is_empty() {
+            // As the controller does for an HPA it has not seen: the scale it found counts as a
+            // recommendation, so a fresh controller does not scale down at once.
+            self.recommendations.push((t_s, current));
+        }
+        let proposed = hpa_replicas(current, ready_utilisation, unready, &s);
+        // stabilizeRecommendationWithBehaviors: windows end at `t_s` and exclude their start.
+        let (mut up, mut down) = (proposed, proposed);
+        for &(at, r) in &self.recommendations {
+            if at > t_s - s.scale_up_window_s {
+                up = up.min(r);
+            }
+            if at > t_s - s.scale_down_window_s {
+                down = down.max(r);
+            }
+        }
+        let mut stabilised = current;
+        if stabilised < up {
+            stabilised = up;
+        }
+        if stabilised > down {
+            stabilised = down;
+        }
+        let keep = s.scale_up_window_s.max(s.scale_down_window_s);
+        self.recommendations.retain(|&(at, _)| at > t_s - keep);
+        self.recommendations.push((t_s, proposed));
+        // Default policies: up by max(100 %, 4 pods) per 15 s, down by up to 100 % per 15 s.
+        let up_limit = (current * 2).max(current + 4);
+        let limited = if stabilised > current {
+            stabilised.min(up_limit)
+        } else {
+            stabilised
+        };
+        limited.clamp(s.min_replicas.max(1), s.max_replicas.max(1))
+    }
+}
+
+impl Scaler for Hpa {
+    fn period_s(&self) -> f64 {
+        self.settings.sync_period_s
+    }
+
+    fn desired(&mut self, v: &ScaleView) -> u32 {
+        self.sync(v.t_s, v.replicas, &v.ready_utilisation, v.unready)
+    }
+}
+
+/// Seconds per step of the forecast scaler (the proxy's default `[pools.NAME.autoscale] step`).
+pub const FORECAST_STEP_S: f64 = 10.0;
+
+/// fulcrum's scaler: the proxy's own demand tracking ([`PoolDemand`], the code its control
+/// thread runs per autoscaled pool) on the simulated pool. Every step the simulator hands it
+/// what the pool did ([`StepObservation`]: completed attempts per second, error share, mean
+/// latency, and the copies' utilisation as the load they report about themselves), and it
+/// forecasts, estimates the capacity per backend and recommends a count for the p90 at the
+/// provisioning horizon (`horizon_s = provision_s`), as the proxy recommends it.
+pub struct ForecastScaler {
+    demand: PoolDemand,
+    planned: Option<f64>,
+}
+
+impl fmt::Debug for ForecastScaler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ForecastScaler")
+            .field("demand", &self.demand)
+            .finish()
+    }
+}
+
+impl ForecastScaler {
+    /// A scaler for the scenario's `[autoscale]` table over `pool` (with `fixed` backends that
+    /// are not scaled), starting now.
+    pub fn new(a: &Autoscale, fixed: u32, pool: &Pool, now_ns: u64) -> Self {
+        let settings = DemandSettings {
+            step_s: FORECAST_STEP_S,
+            horizon_s: a.provision_s.max(FORECAST_STEP_S),
+            sizing: Sizing {
+                target_utilization: a.target_utilization,
+                min_backends: a.min_backends + fixed,
+                max_backends: a.max_backends + fixed,
+            },
+            backend_capacity_rps: None,
+        };
+        Self {
+            demand: PoolDemand::new(pool, settings, now_ns),
+            planned: None,
+        }
+    }
+
+    /// The proxy's demand tracking, for its latest report.
+    pub fn demand(&self) -> &PoolDemand {
+        &self.demand
+    }
+}
+
+impl Scaler for ForecastScaler {
+    fn period_s(&self) -> f64 {
+        FORECAST_STEP_S
+    }
+
+    fn desired(&mut self, v: &ScaleView) -> u32 {
+        let obs = StepObservation {
+            rate_rps: v.attempts_rps,
+            error_share: v.error_share,
+            mean_latency_ms: v.mean_latency_ms,
+            reported_load: (v.pool_backends > 0).then_some(v.pool_utilisation),
+            backends: v.pool_backends,
+            healthy: v.pool_backends,
+        };
+        let report = self.demand.record(obs, None);
+        let horizon = report.horizon_s;
+        self.planned = report
+            .forecasts
+            .iter()
+            .find(|f| f.horizon_s == horizon)
+            .map(|f| f.p90);
+        report.recommended_backends.saturating_sub(v.fixed_backends)
+    }
+
+    fn planned_rps(&self) -> Option<f64> {
+        self.planned
+    }
+}
+
+/// A fixed count.
+#[derive(Debug, Clone, Copy)]
+pub struct StaticScaler(pub u32);
+
+impl Scaler for StaticScaler {
+    fn period_s(&self) -> f64 {
+        FORECAST_STEP_S
+    }
+
+    fn desired(&mut self, _: &ScaleView) -> u32 {
+        self.0
+    }
+}
+
+/// One control step of a run, for plots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleSample {
+    /// Simulated time, seconds.
+    pub t_s: f64,
+    /// Arrivals per second over the last period.
+    pub arrivals_rps: f64,
+    /// Copies taking traffic.
+    pub serving: u32,
+    /// Copies provisioning.
+    pub provisioning: u32,
+    /// The scaler's answer.
+    pub desired: u32,
+    /// The demand the scaler planned for, if it plans on one.
+    pub planned_rps: Option<f64>,
+}
+
+/// What scaling cost and bought over the measured window (after warm-up).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoscaleStats {
+    /// The scaler.
+    pub scaler: String,
+    /// Seconds of copies existing (provisioning, serving or draining), summed over copies.
+    pub backend_seconds: f64,
+    /// SLO windows that had requests.
+    pub slo_windows: u32,
+    /// Of those, windows whose p99 latency was above `[slo] p99_ms`.
+    pub slo_violation_windows: u32,
+    /// Requests answered later than `[slo] p99_ms`.
+    pub slow_requests: u64,
+    /// Requests answered later than the proxy's default read timeout (30 s): a client behind
+    /// fulcrum would have had a 504 (the simulator itself has no timeout and serves them).
+    pub timed_out: u64,
+    /// Scale-ups (decisions that started copies).
+    pub scale_ups: u32,
+    /// Scale-downs (decisions that removed copies).
+    pub scale_downs: u32,
+    /// Most copies taking traffic at once.
+    pub peak_serving: u32,
+    /// Every control step of the whole run.
+    pub timeline: Vec<ScaleSample>,
+}

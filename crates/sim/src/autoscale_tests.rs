@@ -1,0 +1,172 @@
+//! Scalers in the simulator: provisioning delay, Kubernetes' HPA formula on hand-computed
+//! cases, and the forecast provisioning ahead of a periodic ramp where the HPA reacts.
+
+use fulcrum_scenario::{parse_scenario, Scenario};
+
+use crate::autoscale::{hpa_replicas, Hpa, HpaSettings};
+use crate::{simulate_autoscaled, simulate_autoscaled_detailed, Policy, ScalerKind, SimOptions};
+
+fn scenario(load: &str, duration_s: f64, provision_s: f64, max: u32) -> Scenario {
+    let src = format!(
+        r#"
+name = "t"
+seed = 5
+duration_s = {duration_s}
+
+[load]
+{load}
+
+[[backends]]
+name = "web"
+count = 1
+concurrency = 4
+service_ms = 20
+
+[autoscale]
+backend = "web"
+min_backends = 1
+max_backends = {max}
+provision_s = {provision_s}
+
+[slo]
+p99_ms = 100
+"#
+    );
+    parse_scenario(&src, "t.toml").unwrap().0
+}
+
+const HPA: HpaSettings = HpaSettings {
+    target: 0.7,
+    tolerance: 0.1,
+    sync_period_s: 15.0,
+    scale_up_window_s: 0.0,
+    scale_down_window_s: 300.0,
+    min_replicas: 1,
+    max_replicas: 100,
+};
+
+/// A copy the HPA starts takes its first request no sooner than `provision_s` after the
+/// decision, and does take traffic soon after.
+#[test]
+fn a_scaled_up_backend_takes_no_traffic_before_provision_s() {
+    // One copy serves 200 rps; 320 rps overloads it, so the first sync (15 s) scales up.
+    let sc = scenario("rate_rps = 320", 120.0, 40.0, 4);
+    let mut first_request = [None::<f64>; 4];
+    let run = simulate_autoscaled_detailed(
+        &sc,
+        &Policy::LeastConnections,
+        ScalerKind::Hpa,
+        &SimOptions::default(),
+        &mut |tick| {
+            for (i, b) in tick.pool.backends().iter().enumerate() {
+                if b.stats.requests() > 0 && first_request[i].is_none() {
+                    first_request[i] = Some(tick.t_s);
+                }
+            }
+        },
+    )
+    .unwrap();
+    let decided = run
+        .autoscale
+        .timeline
+        .iter()
+        .find(|s| s.desired > s.serving + s.provisioning)
+        .expect("the HPA scaled up")
+        .t_s;
+    assert!((decided - 15.0).abs() < 1e-6, "decided at {decided} s");
+    for (i, first) in first_request.iter().enumerate().skip(1) {
+        let Some(first) = first else { continue };
+        assert!(
+            *first >= decided + 40.0,
+            "web-{}: first request at {first} s, decided at {decided} s",
+            i + 1
+        );
+    }
+    let started = first_request[1].expect("web-2 took traffic");
+    assert!(
+        started <= decided + 41.0,
+        "web-2 first served at {started} s"
+    );
+}
+
+/// `desired = ceil(current × utilisation / target)` with Kubernetes' tolerance, integer
+/// percentages and unready pods, on cases worked by hand.
+#[test]
+fn hpa_reproduces_the_documented_formula() {
+    // 4 pods at 90 %: 90 / 70 = 1.2857, ceil(4 × 1.2857) = ceil(5.14) = 6.
+    assert_eq!(hpa_replicas(4, &[0.9, 0.95, 0.85, 0.9], 0, &HPA), 6);
+    // 75 / 70 = 1.071: within the 0.1 tolerance, no change.
+    assert_eq!(hpa_replicas(2, &[0.75, 0.75], 0, &HPA), 2);
+    // 10 pods at 30 %: 30 / 70 = 0.4286, ceil(4.29) = 5.
+    assert_eq!(hpa_replicas(10, &[0.3; 10], 0, &HPA), 5);
+    // Utilisation is truncated to a whole percent: 62.9 % counts as 62 %, 62 / 70 = 0.886
+    // (outside the tolerance), ceil(10 × 0.886) = 9.
+    assert_eq!(hpa_replicas(10, &[0.629; 10], 0, &HPA), 9);
+    // 4 ready at 100 % and 1 unready counted at 0 %: 400 / 5 = 80 %, 80 / 70 = 1.143,
+    // ceil(5 × 1.143) = 6.
+    assert_eq!(hpa_replicas(5, &[1.0; 4], 1, &HPA), 6);
+    // 4 ready at 90 % and 2 unready: 360 / 6 = 60 %, below target once the new pods count:
+    // no change while they start.
+    assert_eq!(hpa_replicas(6, &[0.9; 4], 2, &HPA), 6);
+
+    // Stabilisation: the highest recommendation of the last 300 s wins a scale-down, so the
+    // HPA holds 10 pods at 30 % until the first recommendation leaves the window.
+    let mut hpa = Hpa::new(HPA);
+    let mut at = |t: f64, current: u32| hpa.sync(t, current, &vec![0.3; current as usize], 0);
+    assert_eq!(at(0.0, 10), 10);
+    assert_eq!(at(15.0, 10), 10);
+    assert_eq!(at(285.0, 10), 10);
+    assert_eq!(at(300.0, 10), 5);
+    // Scale-up is immediate (window 0) but at most doubles (or +4) per sync.
+    let mut hpa = Hpa::new(HPA);
+    assert_eq!(hpa.sync(0.0, 2, &[1.0, 1.0], 0), 3);
+    let mut hpa = Hpa::new(HPA);
+    // 3 pods at 100 % with target 10 %: ceil(3 × 10) = 30, limited to max(6, 7) = 7.
+    let low = HpaSettings { target: 0.1, ..HPA };
+    let mut low_hpa = Hpa::new(low);
+    assert_eq!(low_hpa.sync(0.0, 3, &[1.0; 3], 0), 7);
+    assert_eq!(hpa.sync(0.0, 3, &[1.0; 3], 0), 5);
+}
+
+/// On a load that repeats every 1,200 s, the forecast scaler has found the cycle by the third
+/// one and starts copies before the rise, while the HPA waits for utilisation to climb: on the
+/// last rise the forecast has the copies the peak needs serving sooner, and misses the SLO in
+/// fewer windows.
+#[test]
+fn forecast_provisions_ahead_of_a_periodic_ramp() {
+    let sc = scenario(
+        "rate_rps = 300\ndiurnal = { period_s = 1200, amplitude = 0.6 }",
+        3900.0,
+        60.0,
+        8,
+    );
+    let run = |scaler| {
+        let run = simulate_autoscaled(
+            &sc,
+            &Policy::LeastConnections,
+            scaler,
+            &SimOptions::default(),
+        )
+        .unwrap();
+        // The last cycle's trough is at 2,400 + 900 s (120 rps, one copy); the HPA holds what
+        // it had for 300 s after, so the rise counts from 3,420 s (150 rps), from where the
+        // rate climbs to 480 rps at 3,900 s (4 copies at 70 % of 200 rps).
+        let three_serving = run
+            .autoscale
+            .timeline
+            .iter()
+            .find(|s| s.t_s >= 3420.0 && s.serving >= 3)
+            .map_or(f64::INFINITY, |s| s.t_s);
+        (three_serving, run.autoscale.slo_violation_windows)
+    };
+    let (forecast, forecast_violations) = run(ScalerKind::Forecast);
+    let (hpa, hpa_violations) = run(ScalerKind::Hpa);
+    assert!(
+        forecast < hpa,
+        "three copies serving on the last rise: forecast at {forecast} s, hpa at {hpa} s"
+    );
+    assert!(
+        forecast_violations < hpa_violations,
+        "SLO violations: forecast {forecast_violations}, hpa {hpa_violations}"
+    );
+}

@@ -1,0 +1,376 @@
+//! End-to-end: the real binary forecasts a pool's demand under an open-loop load whose rate
+//! changes, and recommends more backends when the rate rises.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use fulcrum_config::AutoscaleConfig;
+use fulcrum_lab::loadgen::{self, LoadGenConfig, LoadStats};
+use fulcrum_testbed::scenario::LabClock;
+
+/// Offered rates: the first phase, then the second from `RISE_S` on.
+const LOW_RPS: f64 = 80.0;
+const HIGH_RPS: f64 = 240.0;
+const RISE_S: f64 = 9.0;
+const END_S: f64 = 15.0;
+/// One backend serves 40 rps at full load, planned at 50 %: 20 rps per backend.
+const CAPACITY_RPS: f64 = 40.0;
+
+/// The open-loop load: Poisson arrivals at `LOW_RPS`, then `HIGH_RPS`.
+fn load() -> fulcrum_scenario::Load {
+    let source = format!(
+        "name = \"forecast\"\nseed = 13\nduration_s = {END_S}\n\n[load]\nrate_rps = {LOW_RPS}\n\
+         steps = [[{RISE_S}, {HIGH_RPS}]]\n\n[[backends]]\nname = \"b\"\nconcurrency = 4\nservice_ms = 1.0\n"
+    );
+    let (scenario, _) = fulcrum_scenario::parse_scenario(&source, "forecast.toml").unwrap();
+    scenario.load
+}
+
+async fn forecast(f: &Fulcrum) -> serde_json::Value {
+    let r = get(f.admin, "/api/forecast?pool=web").await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// Mean of the last `n` steps of the series.
+fn recent_rate(view: &serde_json::Value, n: usize) -> f64 {
+    let series: Vec<f64> = view["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let tail = &series[series.len().saturating_sub(n)..];
+    tail.iter().sum::<f64>() / tail.len() as f64
+}
+
+/// Mean of `fulcrum_pool_requests_per_second{pool="web"}` over a few scrapes a step apart.
+async fn metric_rate(f: &Fulcrum) -> f64 {
+    let mut sum = 0.0;
+    for _ in 0..4 {
+        sum += metric(f, "fulcrum_pool_requests_per_second{pool=\"web\"}").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    sum / 4.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recommendation_rises_with_the_offered_rate() {
+    let b = backends(2).await;
+    let mut web = web_pool(Algorithm::LeastConnections, &[&b[0], &b[1]]);
+    web.autoscale = Some(AutoscaleConfig {
+        step: Duration::from_millis(500),
+        horizon: Duration::from_secs(2),
+        target_utilization: 0.5,
+        backend_capacity_rps: Some(CAPACITY_RPS),
+        ..AutoscaleConfig::default()
+    });
+    let f = Fulcrum::start(|p, a| {
+        let mut config = single_pool(p, a, web);
+        config.control.tick = Duration::from_millis(100);
+        config
+    })
+    .await;
+
+    // Before the first step: known pool, no data yet; unknown pools and a missing name: 404.
+    let r = get(f.admin, "/api/forecast?pool=nope").await.unwrap();
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.body.contains("no pool \"nope\""), "{}", r.body);
+    let r = get(f.admin, "/api/forecast").await.unwrap();
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.body.contains("[\"web\"]"), "{}", r.body);
+
+    let names = vec!["b1".to_string(), "b2".to_string()];
+    let cfg = LoadGenConfig {
+        target: f.proxy,
+        load: load(),
+        duration_s: END_S,
+        clock: LabClock::new(1.0),
+        backend_names: names,
+        seed: 13,
+        drain_timeout: Duration::from_secs(2),
+    };
+    let stats = Arc::new(LoadStats::default());
+    let generator = tokio::spawn({
+        let stats = stats.clone();
+        async move { loadgen::run(&cfg, stats).await }
+    });
+
+    // The first phase, once warm (12 steps) and with a few steps of margin.
+    tokio::time::sleep(Duration::from_secs_f64(RISE_S - 2.5)).await;
+    let low_metric = metric_rate(&f).await;
+    let low = forecast(&f).await;
+    eprintln!("low phase: {low:#}");
+    assert_eq!(low["pool"], "web");
+    assert_eq!(low["warm"], true, "{low}");
+    let low_rate = recent_rate(&low, 8);
+    assert!(
+        (low_rate - LOW_RPS).abs() < 0.2 * LOW_RPS,
+        "series says {low_rate:.1} rps, offered {LOW_RPS}"
+    );
+    assert!(
+        (low_metric - LOW_RPS).abs() < 0.3 * LOW_RPS,
+        "metric says {low_metric:.1} rps, offered {LOW_RPS}"
+    );
+    let horizons: Vec<f64> = low["forecasts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["horizon_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(horizons, [2.0, 60.0, 300.0, 900.0]);
+    assert!(low["forecasts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["p90"].as_f64() >= h["p50"].as_f64()));
+    assert_eq!(low["capacity_per_backend_rps"], CAPACITY_RPS);
+    assert_eq!(low["capacity_source"], "configured");
+    assert_eq!(low["current_backends"], 2);
+    assert_eq!(low["forecaster"], "builtin");
+    let low_rec = low["recommended_backends"].as_u64().unwrap();
+    let reason = low["reason"].as_str().unwrap();
+    assert!(reason.starts_with("highest p90 within 2 s: "), "{reason}");
+    assert!(
+        reason.contains("one backend serves ~20 rps at 50 %"),
+        "{reason}"
+    );
+    assert!(reason.contains(&format!("{low_rec} backends")), "{reason}");
+    // 80 rps at 20 rps per backend: 4, and a p90 above the median.
+    assert!((4..=8).contains(&low_rec), "{low_rec}: {reason}");
+
+    // The second phase: the rate triples, so does the recommendation, give or take.
+    tokio::time::sleep(Duration::from_secs_f64(END_S - RISE_S - 2.0)).await;
+    let high_metric = metric_rate(&f).await;
+    let high = forecast(&f).await;
+    eprintln!("high phase: {high:#}");
+    let high_rate = recent_rate(&high, 6);
+    assert!(
+        (high_rate - HIGH_RPS).abs() < 0.2 * HIGH_RPS,
+        "series says {high_rate:.1} rps, offered {HIGH_RPS}"
+    );
+    assert!(
+        (high_metric - HIGH_RPS).abs() < 0.3 * HIGH_RPS,
+        "metric says {high_metric:.1} rps, offered {HIGH_RPS}"
+    );
+    let high_rec = high["recommended_backends"].as_u64().unwrap();
+    assert!(
+        high_rec >= low_rec + 4 && high_rec >= 12,
+        "recommendation {low_rec} -> {high_rec}: {}",
+        high["reason"]
+    );
+    assert!(
+        high["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{} more than now", high_rec - 2)),
+        "{}",
+        high["reason"]
+    );
+    let m = metric(&f, "fulcrum_pool_recommended_backends{pool=\"web\"}").await;
+    assert!(m >= 12.0, "metric recommends {m}");
+    let p90 = metric(
+        &f,
+        "fulcrum_pool_forecast_requests_per_second{pool=\"web\",horizon=\"2\",quantile=\"0.9\"}",
+    )
+    .await;
+    assert!(p90 > 0.7 * HIGH_RPS, "p90 forecast {p90}");
+    assert_eq!(
+        metric(
+            &f,
+            "fulcrum_pool_capacity_per_backend_requests_per_second{pool=\"web\"}"
+        )
+        .await,
+        CAPACITY_RPS
+    );
+
+    let records = generator.await.unwrap();
+    assert!(records.len() > 1500, "{} requests", records.len());
+    assert_eq!(stats.errors(), 0, "client-visible errors");
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    repo_root().join("crates/control/tests/fixtures").join(name)
+}
+
+/// Replace `path` atomically, as a deploy would.
+fn install(src: &std::path::Path, path: &std::path::Path) {
+    let tmp = path.with_extension("tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The forecaster named by `/api/forecast` and why the model is not in use, once stepped.
+async fn forecaster(f: &Fulcrum) -> (String, Option<String>) {
+    let r = get(f.admin, "/api/forecast?pool=web").await.unwrap();
+    if r.status == 503 {
+        return (String::new(), None);
+    }
+    let v = forecast(f).await;
+    (
+        v["forecaster"].as_str().unwrap().to_string(),
+        v["model_error"].as_str().map(str::to_string),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forecast_model_is_loaded_checked_and_reloaded_with_the_configuration() {
+    let b = backends(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("forecast.onnx");
+    install(&fixture("forecast_last_value.onnx"), &model);
+    let mut web = web_pool(Algorithm::LeastConnections, &[&b[0], &b[1]]);
+    web.autoscale = Some(AutoscaleConfig {
+        step: Duration::from_millis(100),
+        horizon: Duration::from_secs(1),
+        forecast_model: Some(model.clone()),
+        ..AutoscaleConfig::default()
+    });
+    let config = move |p, a| {
+        let mut config = single_pool(p, a, web.clone());
+        config.control.tick = Duration::from_millis(50);
+        config
+    };
+    let f = Fulcrum::start(config.clone()).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed, tasks) = keep_busy(f.proxy, 2, "/", stop.clone());
+
+    // The model answers once it has its 32-step window.
+    let used = eventually(Duration::from_secs(10), || async {
+        forecaster(&f).await.0 == "forecast.onnx"
+    })
+    .await;
+    assert!(used.is_some(), "model never used: {}", forecast(&f).await);
+    let loaded = "fulcrum_pool_forecast_model_loaded{pool=\"web\"}";
+    assert_eq!(metric(&f, loaded).await, 1.0);
+    let v = forecast(&f).await;
+    let f0 = &v["forecasts"][0];
+    assert!(
+        (f0["p90"].as_f64().unwrap() / f0["p50"].as_f64().unwrap() - 1.25).abs() < 1e-3,
+        "the model's p90 is 1.25 times its p50: {f0}"
+    );
+
+    // A model whose p90 falls below its p50 whenever the latest rate is above the window's
+    // mean: those steps fall back to the built-in forecast and are counted, the model stays.
+    install(&fixture("forecast_inverted_when_rising.onnx"), &model);
+    f.sighup();
+    let fallbacks = "fulcrum_pool_forecast_model_fallbacks_total{pool=\"web\"}";
+    let counted = eventually(Duration::from_secs(10), || async {
+        metric(&f, fallbacks).await >= 3.0
+    })
+    .await;
+    assert!(counted.is_some(), "{}", forecast(&f).await);
+    assert_eq!(metric(&f, loaded).await, 1.0);
+    install(&fixture("forecast_last_value.onnx"), &model);
+    f.sighup();
+    let good = eventually(Duration::from_secs(5), || async {
+        let before = metric(&f, fallbacks).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        metric(&f, fallbacks).await == before
+            && forecaster(&f).await == ("forecast.onnx".to_string(), None)
+    })
+    .await;
+    assert!(good.is_some(), "{}", forecast(&f).await);
+
+    // A new file that does not fit, on reload: refused, the running model keeps running.
+    install(&fixture("forecast_wrong_schema.onnx"), &model);
+    f.sighup();
+    let refused = eventually(Duration::from_secs(5), || async {
+        forecaster(&f)
+            .await
+            .1
+            .is_some_and(|e| e.contains("the running model keeps running"))
+    })
+    .await;
+    assert!(refused.is_some(), "{}", forecast(&f).await);
+    let (name, why) = forecaster(&f).await;
+    assert_eq!(name, "forecast.onnx");
+    assert!(why.unwrap().contains("window16-v0"));
+
+    // The configuration names another file, of the wrong width: the built-in forecaster runs.
+    let wrong = dir.path().join("wide.onnx");
+    install(&fixture("forecast_wrong_width.onnx"), &wrong);
+    let mut next = config(f.proxy, f.admin);
+    next.pools[0].autoscale.as_mut().unwrap().forecast_model = Some(wrong);
+    std::fs::write(&f.config_path, next.to_toml()).unwrap();
+    f.sighup();
+    let builtin = eventually(Duration::from_secs(5), || async {
+        let (name, why) = forecaster(&f).await;
+        name == "builtin" && why.is_some_and(|e| e.contains("expected [N, 39]"))
+    })
+    .await;
+    assert!(builtin.is_some(), "{}", forecast(&f).await);
+    assert_eq!(metric(&f, loaded).await, 0.0);
+
+    // And back to a good model.
+    install(&fixture("forecast_last_value.onnx"), &model);
+    let mut back = config(f.proxy, f.admin);
+    back.pools[0].autoscale.as_mut().unwrap().forecast_model = Some(model.clone());
+    std::fs::write(&f.config_path, back.to_toml()).unwrap();
+    f.sighup();
+    let again = eventually(Duration::from_secs(5), || async {
+        forecaster(&f).await == ("forecast.onnx".to_string(), None)
+    })
+    .await;
+    assert!(again.is_some(), "{}", forecast(&f).await);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(failed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(ok.load(std::sync::atomic::Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn check_shows_each_autoscaled_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fulcrum.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = [\"127.0.0.1:18080\"]\n\n[[routes]]\npool = \"web\"\n\n[pools.web]\n\
+         [[pools.web.backends]]\naddr = \"127.0.0.1:9001\"\n\n[pools.web.autoscale]\n\
+         min_backends = 2\nmax_backends = 40\nhorizon_s = 120\n\
+         forecast_model = \"models/forecast.onnx\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(fulcrum_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "pool web: autoscale recommends 2..=40 backends at 70 % utilisation for the p90 120 s \
+             ahead, a rate every 10 s, forecast model models/forecast.onnx, capacity per backend \
+             estimated from the traffic"
+        ),
+        "{stdout}"
+    );
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("max_backends = 40", "max_backends = 1"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(fulcrum_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            ": error: pools.web.autoscale.max_backends: max_backends (1) must be at least \
+             min_backends (2)"
+        ),
+        "{stderr}"
+    );
+}
