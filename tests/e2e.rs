@@ -470,6 +470,15 @@ async fn metrics_pass_promtool() {
         "fulcrum_config_last_reload_timestamp_seconds ",
         "fulcrum_build_info{",
         "fulcrum_draining 0",
+        // Every client limit, exported from the start.
+        "fulcrum_connections_open ",
+        "fulcrum_connections_max ",
+        "fulcrum_connections_queued_total ",
+        "fulcrum_connections_evicted_total ",
+        "fulcrum_connections_idle_closed_total ",
+        "fulcrum_client_aborts_total{phase=\"head\"} ",
+        "fulcrum_client_timeouts_total{phase=\"body\"} ",
+        "fulcrum_request_framing_errors_total{stage=\"buffered\"} ",
         "fulcrum_pool_requests_per_second{pool=\"web\"}",
         "fulcrum_pool_forecast_requests_per_second{pool=\"web\",horizon=\"300\",quantile=\"0.9\"}",
         "fulcrum_pool_forecast_requests_per_second{pool=\"web\",horizon=\"1\",quantile=\"0.5\"}",
@@ -478,6 +487,20 @@ async fn metrics_pass_promtool() {
         "fulcrum_pool_forecast_model_fallbacks_total{pool=\"web\"} 0",
     ] {
         assert!(m.body.contains(name), "missing {name} in\n{}", m.body);
+    }
+    for reason in [
+        "head_timeout",
+        "head_too_large",
+        "request_line_too_long",
+        "body_timeout",
+        "malformed_body",
+        "content_length_and_transfer_encoding",
+        "transfer_encoding",
+        "missing_host",
+        "pipelined_request",
+    ] {
+        let name = format!("fulcrum_rejected_requests_total{{reason=\"{reason}\"}} ");
+        assert!(m.body.contains(&name), "missing {name} in\n{}", m.body);
     }
     assert!(m.body.contains("code_class=\"5xx\""), "{}", m.body);
     let mut child = std::process::Command::new("promtool")
@@ -807,4 +830,47 @@ async fn clients_hanging_up_mid_head_are_counted_not_logged_as_errors() {
     assert!(!log.contains("ERROR"), "{log}");
     assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
     assert_eq!(b[0].requests(), 1, "a partial head reached the backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_gone_before_their_answer_and_pipelining_clients_are_not_logged_as_errors() {
+    use std::net::Shutdown;
+    let b = backends(1).await;
+    let f = Fulcrum::web(web_pool(Algorithm::RoundRobin, &[&b[0]])).await;
+    for i in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(f.proxy).await.unwrap();
+        s.write_all(b"GET /?delay_ms=200 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if i % 2 == 0 {
+            // Gone while its answer is on the way, with a reset.
+            s.set_zero_linger().unwrap();
+            drop(s);
+            continue;
+        }
+        // The next request before this one is answered: answered, then closed.
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the connection stayed open");
+        let _ = s.into_std().map(|s| s.shutdown(Shutdown::Both));
+    }
+    let pipelined = "fulcrum_rejected_requests_total{reason=\"pipelined_request\"}";
+    let gone = "fulcrum_client_aborts_total{phase=\"request\"}";
+    let counted = eventually(Duration::from_secs(5), || async {
+        metric(&f, pipelined).await >= 1.0 && metric(&f, gone).await >= 1.0
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "{pipelined} = {}, {gone} = {}",
+        metric(&f, pipelined).await,
+        metric(&f, gone).await
+    );
+    let log = f.log_tail();
+    assert!(!log.contains("ERROR"), "{log}");
+    assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
 }

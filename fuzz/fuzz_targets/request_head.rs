@@ -3,6 +3,8 @@
 //! - The raw `Content-Length` witness agrees with what an HTTP/1 parser reads from the same
 //!   head (pingora reads heads with httparse's defaults), so `Content-Length` beside
 //!   `Transfer-Encoding` is refused however it is spelled.
+//! - A head is refused for a missing `Host` exactly when it is HTTP/1.1 without one, and for its
+//!   `Transfer-Encoding` exactly when the codings of all its lines are not one `chunked`.
 //! - Hop-by-hop stripping leaves no hop-by-hop header and none that `Connection` names, keeps
 //!   every other header, and changes nothing when applied twice.
 #![no_main]
@@ -12,7 +14,8 @@ use libfuzzer_sys::fuzz_target;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use fulcrum_proxy::service::{
-    head_has_content_length, strip_hop_by_hop_request, strip_hop_by_hop_response,
+    head_has_content_length, head_refusal, strip_hop_by_hop_request, strip_hop_by_hop_response,
+    HeadRefusal,
 };
 
 /// pingora's limit on header lines in a request head.
@@ -66,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
         request.append_header(name.clone(), value.clone()).unwrap();
         response.append_header(name, value).unwrap();
     }
+    check_refusal(&mut request, &req);
     for keep_upgrade in [false, true] {
         let mut once = request.clone();
         strip_hop_by_hop_request(&mut once, keep_upgrade);
@@ -88,6 +92,37 @@ fuzz_target!(|data: &[u8]| {
         "response stripping is not idempotent"
     );
 });
+
+/// `head_refusal` against the rule read straight from httparse's view of the head.
+fn check_refusal(request: &mut RequestHeader, req: &httparse::Request<'_, '_>) {
+    let http11 = req.version == Some(1);
+    request.set_version(if http11 {
+        http::Version::HTTP_11
+    } else {
+        http::Version::HTTP_10
+    });
+    let codings: Vec<&[u8]> = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(|c| c.trim_ascii())
+        .collect();
+    let has_host = req
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("host"));
+    let expected = if http11 && !has_host {
+        Some(HeadRefusal::MissingHost)
+    } else if codings.is_empty()
+        || (codings.len() == 1 && codings[0].eq_ignore_ascii_case(b"chunked"))
+    {
+        None
+    } else {
+        Some(HeadRefusal::TransferEncoding)
+    };
+    assert_eq!(head_refusal(request), expected, "{request:?}");
+}
 
 /// Header names listed in `Connection` values, lower-cased.
 fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {

@@ -31,6 +31,11 @@ use crate::{fallback_pick, Backend, Picker, SlowStart, Tried, WeightTable};
 /// [`crate::RoundRobin`]). A cursor that merely counted picks would start every third scan of
 /// `[a, down, b]` on the down backend and hand that turn to `b`: twice `a`'s share.
 ///
+/// A retry (something already tried) turns its own cursor. A backend that is dead but not yet
+/// ejected fails fast, so it stays idle and wins every first attempt; the shared cursor then
+/// always stands just past it, and every retry's tie would go to its right-hand neighbour:
+/// twice the share of the other live backend, until the dead one is ejected.
+///
 /// # Large pools: the better of two weighted random choices
 ///
 /// The scan costs about 1 ns per backend (110 ns at 100), so above `EXACT_MAX` a pick draws two
@@ -66,6 +71,8 @@ use crate::{fallback_pick, Backend, Picker, SlowStart, Tried, WeightTable};
 #[derive(Debug)]
 pub struct LeastConnections {
     next: AtomicUsize,
+    /// The tie-break cursor of retries.
+    retry_next: AtomicUsize,
     exact_max: usize,
 }
 
@@ -90,6 +97,7 @@ impl LeastConnections {
     pub fn with_exact_max(exact_max: usize) -> Self {
         Self {
             next: AtomicUsize::new(0),
+            retry_next: AtomicUsize::new(0),
             exact_max,
         }
     }
@@ -232,7 +240,12 @@ impl Picker for LeastConnections {
         let (bs, mults) = (&backends[..n], &weights.lc_multipliers()[..n]);
         let floor = weights.lc_floor();
         let same = |_: &Backend, m: u64| m;
-        let mut cursor = self.next.load(Relaxed);
+        let rotation = if tried.is_empty() {
+            &self.next
+        } else {
+            &self.retry_next
+        };
+        let mut cursor = rotation.load(Relaxed);
         for attempt in 0..CURSOR_CAS_RETRIES {
             let start = cursor % n;
             let found = match weights.slow_start() {
@@ -259,7 +272,7 @@ impl Picker for LeastConnections {
             } else {
                 idx + n - start
             };
-            match advance_cursor(&self.next, cursor, step, attempt) {
+            match advance_cursor(rotation, cursor, step, attempt) {
                 None => return Some(idx),
                 Some(actual) => cursor = actual,
             }
@@ -609,6 +622,26 @@ mod tests {
             hits[i] += 1;
         }
         assert_eq!(hits, [500, 0, 0, 500, 0]);
+    }
+
+    #[test]
+    fn retries_from_a_dead_backend_not_yet_ejected_split_evenly() {
+        // Backend 1 is dead but still marked up: it fails at once, so it is idle and wins
+        // every first attempt; the retry must not always land on its neighbour.
+        let p = pool(&[1, 1, 1]);
+        let _busy = leases(&p, &[1, 0, 1]);
+        let lc = LeastConnections::new();
+        let mut tried = Tried::new();
+        tried.insert(1);
+        let mut hits = [0; 3];
+        for _ in 0..1000 {
+            assert_eq!(
+                lc.pick(p.backends(), &p.weights(), Tried::new(), 0),
+                Some(1)
+            );
+            hits[lc.pick(p.backends(), &p.weights(), tried, 0).unwrap()] += 1;
+        }
+        assert_eq!(hits, [500, 0, 500]);
     }
 
     #[test]

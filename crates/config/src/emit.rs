@@ -77,6 +77,7 @@ impl Config {
         let _ = writeln!(out, "threads = {}", self.server.threads);
         let _ = writeln!(out, "grace_period_s = {}", self.server.grace_period_s);
         let _ = writeln!(out, "drain_delay_s = {}", self.server.drain_delay_s);
+        let _ = writeln!(out, "body_timeout_ms = {}", ms(self.server.body_timeout));
         let _ = writeln!(
             out,
             "upgrade_sock = {}",
@@ -93,6 +94,24 @@ impl Config {
             out,
             "tls_min_version = {}",
             quote(self.server.tls_min_version.as_str())
+        );
+        let limits = &self.server.limits;
+        let _ = writeln!(out, "max_connections = {}", limits.max_connections);
+        let _ = writeln!(
+            out,
+            "header_timeout_ms = {}",
+            limits.header_timeout.as_millis()
+        );
+        let _ = writeln!(
+            out,
+            "keepalive_timeout_ms = {}",
+            limits.keepalive_timeout.as_millis()
+        );
+        let _ = writeln!(out, "max_header_bytes = {}", limits.max_header_bytes);
+        let _ = writeln!(
+            out,
+            "max_request_line_bytes = {}",
+            limits.max_request_line_bytes
         );
         if let Some(resolver) = &self.server.dns_resolver {
             let _ = writeln!(out, "dns_resolver = {}", quote(&resolver.to_string()));
@@ -139,6 +158,7 @@ impl Config {
                 let _ = writeln!(out, "discovery = \"dns\"");
                 let _ = writeln!(out, "dns_refresh_ms = {}", ms(*refresh));
             }
+            let _ = writeln!(out, "request_buffer_bytes = {}", pool.request_buffer_bytes);
             if !pool.slow_start.is_zero() {
                 let _ = writeln!(out, "slow_start_ms = {}", ms(pool.slow_start));
             }

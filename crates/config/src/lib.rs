@@ -4,7 +4,9 @@
 //!
 //! * `[server]` — data-plane listen addresses (cleartext and TLS), the TLS certificates
 //!   (`[[server.certificates]]`) and oldest TLS version, worker threads, the drain on `SIGTERM`
-//!   (`drain_delay_s`, `grace_period_s`) and the binary-upgrade socket (`upgrade_sock`);
+//!   (`drain_delay_s`, `grace_period_s`), the binary-upgrade socket (`upgrade_sock`) and what
+//!   one client may hold ([`ClientLimits`]: `max_connections`, `header_timeout_ms`,
+//!   `keepalive_timeout_ms`, `max_header_bytes`, `max_request_line_bytes`);
 //! * `[admin]` — the admin listener serving `/metrics`, `/healthz`, `/readyz`, `/api/pools`,
 //!   and the file holding the bearer token its `/api/*` endpoints require;
 //! * `[[routes]]` — host/path-prefix rules mapping requests to pools;
@@ -48,9 +50,9 @@ use std::path::Path;
 pub use admin_token::{AdminToken, MAX_TOKEN_LEN};
 pub use fulcrum_diagnostics::{Diagnostic, Diagnostics, Severity};
 pub use model::{
-    AdminConfig, Algorithm, AutoscaleConfig, BackendConfig, CertificateConfig, Config,
-    ControlConfig, Discovery, DnsName, HealthCheckConfig, HostMatch, PoolConfig, PoolTlsConfig,
-    RouteConfig, ServerConfig, TlsVersion, WeightSource,
+    AdminConfig, Algorithm, AutoscaleConfig, BackendConfig, CertificateConfig, ClientLimits,
+    Config, ControlConfig, Discovery, DnsName, HealthCheckConfig, HostMatch, PoolConfig,
+    PoolTlsConfig, RouteConfig, ServerConfig, TlsVersion, WeightSource,
 };
 
 /// The default configuration shipped with fulcrum (`config/fulcrum.toml`).

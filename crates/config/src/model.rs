@@ -61,6 +61,45 @@ pub struct ServerConfig {
     /// The certificates served on the TLS listeners (`[[server.certificates]]`), chosen by SNI;
     /// the first is the default. Required when `tls_listen` is set.
     pub certificates: Vec<CertificateConfig>,
+    /// What one client may hold: connections, time and bytes before its request is read.
+    pub limits: ClientLimits,
+    /// Longest wait between two reads of a request body from the client (`body_timeout_ms`,
+    /// default 30000).
+    pub body_timeout: Duration,
+}
+
+/// The limits a client meets before its request reaches a pool (`[server]` keys
+/// `max_connections`, `header_timeout_ms`, `keepalive_timeout_ms`, `max_header_bytes`,
+/// `max_request_line_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Client connections open at once, per process (1..=1000000, default 10000).
+    pub max_connections: usize,
+    /// The whole request head must arrive within this, counted from the connection's accept
+    /// for its first request and from the first byte for later ones (default 10 s).
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for the first byte of its next request
+    /// (default 60 s); zero closes every connection after one response.
+    pub keepalive_timeout: Duration,
+    /// The largest request head, request line and final blank line included (default 65536);
+    /// larger is answered 431.
+    pub max_header_bytes: usize,
+    /// The longest request line without its line ending (default 8192); longer is
+    /// answered 414.
+    pub max_request_line_bytes: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        use crate::server_defaults as d;
+        ClientLimits {
+            max_connections: d::MAX_CONNECTIONS,
+            header_timeout: Duration::from_millis(d::HEADER_TIMEOUT_MS),
+            keepalive_timeout: Duration::from_millis(d::KEEPALIVE_TIMEOUT_MS),
+            max_header_bytes: d::MAX_HEADER_BYTES,
+            max_request_line_bytes: d::MAX_REQUEST_LINE_BYTES,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -75,6 +114,7 @@ impl ServerConfig {
             || self.grace_period_s != new.grace_period_s
             || self.drain_delay_s != new.drain_delay_s
             || self.upgrade_sock != new.upgrade_sock
+            || self.limits != new.limits
     }
 }
 
@@ -424,6 +464,9 @@ pub struct PoolConfig {
     /// The backends of the pool: as configured for a static pool (at least one); for a pool
     /// with `discovery = "dns"`, the addresses its names resolved to (none as parsed).
     pub backends: Vec<BackendConfig>,
+    /// Request bodies up to this size are read whole before a backend is picked
+    /// (`request_buffer_bytes`, 0..=65536, default 65536; 0 streams every body).
+    pub request_buffer_bytes: usize,
     /// Demand forecasts and a recommended backend count (`[pools.NAME.autoscale]`); `None`
     /// leaves the pool unforecast.
     pub autoscale: Option<AutoscaleConfig>,

@@ -32,3 +32,11 @@ pub const SLOW_START_MIN_PERCENT: u32 = 10;
 /// Time between DNS lookups of a pool with `discovery = "dns"`, in milliseconds
 /// (`dns_refresh_ms`).
 pub const DNS_REFRESH_MS: u64 = 5000;
+
+/// Request bodies up to this many bytes are read whole from the client before a backend is
+/// picked (`request_buffer_bytes`); 0 streams every body.
+pub const REQUEST_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The largest `request_buffer_bytes`: the size of the buffer from which a request body is
+/// replayed to the backend (and to the next one on a retry).
+pub const REQUEST_BUFFER_BYTES_MAX: usize = 64 * 1024;

@@ -18,9 +18,9 @@ use fulcrum_diagnostics::{suggest, Diagnostic, Diagnostics};
 
 use crate::admin_token::AdminToken;
 use crate::model::{
-    AdminConfig, Algorithm, AutoscaleConfig, BackendConfig, CertificateConfig, Config,
-    ControlConfig, Discovery, DnsName, HealthCheckConfig, HostMatch, PoolConfig, PoolTlsConfig,
-    RouteConfig, ServerConfig, TlsVersion, WeightSource,
+    AdminConfig, Algorithm, AutoscaleConfig, BackendConfig, CertificateConfig, ClientLimits,
+    Config, ControlConfig, Discovery, DnsName, HealthCheckConfig, HostMatch, PoolConfig,
+    PoolTlsConfig, RouteConfig, ServerConfig, TlsVersion, WeightSource,
 };
 use crate::tls::{self, KeyPair, PairFile};
 
@@ -34,7 +34,13 @@ const SERVER_KEYS: &[&str] = &[
     "grace_period_s",
     "drain_delay_s",
     "upgrade_sock",
+    "max_connections",
+    "header_timeout_ms",
+    "keepalive_timeout_ms",
+    "max_header_bytes",
+    "max_request_line_bytes",
     "dns_resolver",
+    "body_timeout_ms",
 ];
 const CERTIFICATE_KEYS: &[&str] = &["cert", "key"];
 const ADMIN_KEYS: &[&str] = &["listen", "token_file", "protect_metrics"];
@@ -56,6 +62,7 @@ const POOL_KEYS: &[&str] = &[
     "backends",
     "discovery",
     "dns_refresh_ms",
+    "request_buffer_bytes",
     "autoscale",
 ];
 const AUTOSCALE_KEYS: &[&str] = &[
@@ -324,6 +331,8 @@ pub(crate) fn parse(
             tls_listen: server.tls_listen.into_iter().map(|(a, _, _)| a).collect(),
             tls_min_version: server.tls_min_version,
             certificates: server.certificates,
+            limits: server.limits,
+            body_timeout: server.body_timeout,
         },
         admin,
         routes,
@@ -344,7 +353,9 @@ struct ServerParts {
     grace_period_s: u64,
     drain_delay_s: u64,
     upgrade_sock: PathBuf,
+    limits: ClientLimits,
     dns_resolver: Option<SocketAddr>,
+    body_timeout: Duration,
 }
 
 impl ServerParts {
@@ -364,7 +375,9 @@ fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
         grace_period_s: server_default::GRACE_PERIOD_S,
         drain_delay_s: server_default::DRAIN_DELAY_S,
         upgrade_sock: PathBuf::from(server_default::UPGRADE_SOCK),
+        limits: ClientLimits::default(),
         dns_resolver: None,
+        body_timeout: Duration::from_millis(server_default::BODY_TIMEOUT_MS),
     };
     let missing_listen = "missing required key `listen`: the data-plane listen addresses, e.g. listen = [\"127.0.0.1:8080\"]";
     let Some(v) = root.get("server") else {
@@ -447,8 +460,80 @@ fn read_server(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> ServerParts {
             parts.upgrade_sock = sock;
         }
     }
+    parts.body_timeout = millis(
+        ctx,
+        &t,
+        "body_timeout_ms",
+        server_default::BODY_TIMEOUT_MS,
+        1,
+    );
     read_server_tls(ctx, &t, &mut parts);
+    parts.limits = read_client_limits(ctx, &t);
     parts
+}
+
+/// `max_connections`, `header_timeout_ms`, `keepalive_timeout_ms`, `max_header_bytes` and
+/// `max_request_line_bytes`.
+fn read_client_limits(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> ClientLimits {
+    let max_connections = bounded(
+        ctx,
+        t,
+        "max_connections",
+        server_default::MAX_CONNECTIONS as u64,
+        1,
+        1_000_000,
+    ) as usize;
+    let header_timeout = millis(
+        ctx,
+        t,
+        "header_timeout_ms",
+        server_default::HEADER_TIMEOUT_MS,
+        1,
+    );
+    let keepalive_timeout = millis(
+        ctx,
+        t,
+        "keepalive_timeout_ms",
+        server_default::KEEPALIVE_TIMEOUT_MS,
+        0,
+    );
+    let max_header_bytes = bounded(
+        ctx,
+        t,
+        "max_header_bytes",
+        server_default::MAX_HEADER_BYTES as u64,
+        1024,
+        server_default::MAX_HEADER_BYTES_LIMIT as i128,
+    ) as usize;
+    let mut max_request_line_bytes = bounded(
+        ctx,
+        t,
+        "max_request_line_bytes",
+        server_default::MAX_REQUEST_LINE_BYTES as u64,
+        64,
+        server_default::MAX_HEADER_BYTES_LIMIT as i128,
+    ) as usize;
+    if max_request_line_bytes > max_header_bytes {
+        let span = t
+            .get("max_request_line_bytes")
+            .or_else(|| t.get("max_header_bytes"))
+            .map(|v| v.span());
+        ctx.error(
+            span.as_ref(),
+            "server.max_request_line_bytes",
+            format!(
+                "max_request_line_bytes ({max_request_line_bytes}) must not exceed max_header_bytes ({max_header_bytes}): the request line is part of the head"
+            ),
+        );
+        max_request_line_bytes = max_header_bytes;
+    }
+    ClientLimits {
+        max_connections,
+        header_timeout,
+        keepalive_timeout,
+        max_header_bytes,
+        max_request_line_bytes,
+    }
 }
 
 /// What is wrong with an upgrade socket path: refused, or accepted with a warning.
@@ -936,6 +1021,14 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
         Some(refresh) => Discovery::Dns { refresh, names },
         None => Discovery::Static,
     };
+    let request_buffer_bytes = bounded(
+        ctx,
+        t,
+        "request_buffer_bytes",
+        pool::REQUEST_BUFFER_BYTES as u64,
+        0,
+        pool::REQUEST_BUFFER_BYTES_MAX as i128,
+    ) as usize;
     if algorithm == Algorithm::RoundRobin
         && weights == WeightSource::Static
         && backends.windows(2).any(|w| w[0].weight != w[1].weight)
@@ -964,6 +1057,7 @@ fn read_pool(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> PoolConfig {
         tls,
         discovery,
         backends,
+        request_buffer_bytes,
         autoscale,
     }
 }

@@ -33,6 +33,8 @@ fn expected_default() -> Config {
             tls_listen: Vec::new(),
             tls_min_version: TlsVersion::Tls12,
             certificates: Vec::new(),
+            limits: Default::default(),
+            body_timeout: Duration::from_millis(30_000),
         },
         admin: AdminConfig {
             listen: addr("127.0.0.1:9900"),
@@ -79,6 +81,7 @@ fn expected_default() -> Config {
                     weight: 1,
                 },
             ],
+            request_buffer_bytes: 65_536,
         }],
         control: ControlConfig::default(),
     }

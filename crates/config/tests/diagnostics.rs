@@ -697,3 +697,122 @@ fn upgrade_sock_must_be_absolute_and_short() {
     let e = single_error(&upgrade_sock_config(""));
     assert!(e.message.contains("must not be empty"), "{e}");
 }
+
+#[test]
+fn client_limits_have_defaults() {
+    let (config, _) = parse(&with_server(VALID_TAIL), "test.toml").unwrap();
+    assert_eq!(
+        config.server.limits,
+        fulcrum_config::ClientLimits::default()
+    );
+    let l = config.server.limits;
+    assert_eq!(l.max_connections, 10_000);
+    assert_eq!(l.header_timeout.as_millis(), 10_000);
+    assert_eq!(l.keepalive_timeout.as_millis(), 60_000);
+    assert_eq!(
+        (l.max_header_bytes, l.max_request_line_bytes),
+        (65_536, 8_192)
+    );
+    let src = with_server(&format!(
+        "max_connections = 5\nheader_timeout_ms = 300\nkeepalive_timeout_ms = 0\nmax_header_bytes = 4096\nmax_request_line_bytes = 1024\n{VALID_TAIL}"
+    ));
+    let (config, _) = parse(&src, "test.toml").unwrap();
+    let l = config.server.limits;
+    assert_eq!(l.max_connections, 5);
+    assert_eq!(l.header_timeout.as_millis(), 300);
+    assert!(l.keepalive_timeout.is_zero());
+    assert_eq!((l.max_header_bytes, l.max_request_line_bytes), (4096, 1024));
+}
+
+#[test]
+fn client_limits_out_of_range_name_key_and_line() {
+    for (line, key, expected) in [
+        (
+            "max_connections = 0",
+            "server.max_connections",
+            "between 1 and 1000000",
+        ),
+        (
+            "header_timeout_ms = 0",
+            "server.header_timeout_ms",
+            "between 1 and 86400000",
+        ),
+        (
+            "keepalive_timeout_ms = -1",
+            "server.keepalive_timeout_ms",
+            "between 0 and 86400000",
+        ),
+        (
+            "max_header_bytes = 100",
+            "server.max_header_bytes",
+            "between 1024 and 1048575",
+        ),
+        (
+            "max_header_bytes = 2000000",
+            "server.max_header_bytes",
+            "between 1024 and 1048575",
+        ),
+        (
+            "max_request_line_bytes = 10",
+            "server.max_request_line_bytes",
+            "between 64 and 1048575",
+        ),
+        ("max_connections = \"many\"", "server.max_connections", ""),
+    ] {
+        let e = single_error(&with_server(&format!("{line}\n{VALID_TAIL}")));
+        assert_eq!((e.key_path.as_str(), e.line), (key, 3), "{line}: {e}");
+        assert!(e.message.contains(expected), "{line}: {e}");
+    }
+}
+
+#[test]
+fn request_line_limit_cannot_exceed_the_head_limit() {
+    let e = single_error(&with_server(&format!(
+        "max_header_bytes = 2048\nmax_request_line_bytes = 4096\n{VALID_TAIL}"
+    )));
+    assert_eq!(
+        (e.key_path.as_str(), e.line),
+        ("server.max_request_line_bytes", 4)
+    );
+    assert!(
+        e.message
+            .contains("must not exceed max_header_bytes (2048)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn request_body_keys_parse_and_bad_values_name_their_key() {
+    let src = |server: &str, pool: &str| {
+        with_server(&format!(
+            "{server}\n[[routes]]\npool = \"web\"\n\n[pools.web]\n{pool}\n[[pools.web.backends]]\naddr = \"127.0.0.1:9001\"\n"
+        ))
+    };
+    let (config, _) = parse(&src("", ""), "test.toml").unwrap();
+    assert_eq!(config.server.body_timeout.as_millis(), 30_000);
+    assert_eq!(config.pools[0].request_buffer_bytes, 65_536);
+    let (config, _) = parse(
+        &src("body_timeout_ms = 500", "request_buffer_bytes = 0"),
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(config.server.body_timeout.as_millis(), 500);
+    assert_eq!(config.pools[0].request_buffer_bytes, 0);
+
+    let d = errors(&src("body_timeout_ms = 0", "request_buffer_bytes = 65537"));
+    let text = d.to_string();
+    assert_eq!(d.errors.len(), 2, "{text}");
+    assert!(
+        text.contains("test.toml:3:19: error: server.body_timeout_ms: body_timeout_ms must be between 1 and 86400000, got 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("test.toml:8:24: error: pools.web.request_buffer_bytes: request_buffer_bytes must be between 0 and 65536, got 65537"),
+        "{text}"
+    );
+    let d = errors(&src("", "request_buffer_bytes = \"64k\""));
+    assert!(
+        d.to_string().contains("pools.web.request_buffer_bytes"),
+        "{d}"
+    );
+}

@@ -1,12 +1,15 @@
-//! The process log: `env_logger`, with clients that leave before their request head is complete,
-//! and clients that fail their TLS handshake, counted and logged at debug level instead of as
-//! errors.
+//! The process log: `env_logger`, with clients that leave before their request head is complete
+//! or before their answer is written, and clients that fail their TLS handshake, counted and
+//! logged at debug level instead of as errors.
 //!
 //! pingora reads the request head before any proxy hook runs, and logs every failed read as an
 //! error (`Fail to proxy: Downstream ConnectionClosed …, downstream session type: …`). At an
 //! edge proxy a client hanging up, resetting or stalling mid-head is routine, and one error line
 //! each lets a slowloris run flood the log. That record is recognised here, the only place it
-//! passes through fulcrum. So is pingora's error for a failed downstream TLS handshake (a
+//! passes through fulcrum. So are pingora's errors for an answer it could not finish writing
+//! because the client had gone (`failed to send error response to downstream: …`, `Error finish
+//! sending body to downstream: …`: a client that sent a malformed head and reset, a slow reader
+//! that gave up), and pingora's error for a failed downstream TLS handshake (a
 //! scanner, an old client, a client that does not trust the certificate), which no other hook
 //! of pingora reports: `fulcrum_proxy::tls::handshake_failure_logged` counts it by listener and
 //! reason.
@@ -20,21 +23,64 @@ const HEAD_READ_MARKER: &str = ", downstream session type: ";
 /// Error types of a head read that the client caused: it hung up, reset, or was too slow.
 const CLIENT_SIDE: [&str; 3] = ["ConnectionClosed", "ReadError", "ReadTimedout"];
 
+/// Starts of pingora-proxy's messages for an answer it could not finish writing downstream;
+/// the error follows.
+const WRITE_FAILED: [&str; 2] = [
+    "failed to send error response to downstream: ",
+    "Error finish sending body to downstream: ",
+];
+/// Error types of a failed write to a client that went away.
+const CLIENT_GONE: [&str; 4] = [
+    "WriteError",
+    "ConnectionClosed",
+    "ReadError",
+    "WriteTimedout",
+];
+
+/// Whether `error` (pingora's rendering of an error) starts with one of `types`, after the
+/// `Downstream` source if it names one; an error of another source is never the client's.
+fn names_client_error(error: &str, types: &[&str]) -> bool {
+    let error = error.trim_start();
+    let error = error.strip_prefix("Downstream ").unwrap_or(error);
+    types.iter().any(|t| {
+        error
+            .strip_prefix(t)
+            .is_some_and(|after| after.is_empty() || after.starts_with([' ', ',']))
+    })
+}
+
+/// Where a client that went away was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortPhase {
+    /// Before its request head was complete.
+    Head,
+    /// After its request, before its answer was written whole.
+    Answer,
+}
+
 /// Whether `record` is pingora's error for a client that left before its request head was
-/// complete.
-fn is_client_abort_in_head(record: &Record<'_>) -> bool {
+/// complete, or before the answer to it was written, and which.
+fn client_abort(record: &Record<'_>) -> Option<AbortPhase> {
     if record.level() != Level::Error || !record.target().starts_with("pingora_proxy") {
-        return false;
+        return None;
     }
     // Only error records from pingora-proxy get this far, so formatting them costs nothing
     // on the request path of a healthy exchange.
     let message = record.args().to_string();
-    message.strip_prefix(HEAD_READ_FAILED).is_some_and(|rest| {
-        CLIENT_SIDE.iter().any(|t| {
-            rest.strip_prefix(t)
-                .is_some_and(|after| after.starts_with([' ', ',']))
-        })
-    }) && message.contains(HEAD_READ_MARKER)
+    let in_head = message
+        .strip_prefix(HEAD_READ_FAILED)
+        .is_some_and(|rest| names_client_error(rest, &CLIENT_SIDE))
+        && message.contains(HEAD_READ_MARKER);
+    let in_answer = WRITE_FAILED.iter().any(|start| {
+        message
+            .strip_prefix(start)
+            .is_some_and(|rest| names_client_error(rest, &CLIENT_GONE))
+    });
+    match (in_head, in_answer) {
+        (true, _) => Some(AbortPhase::Head),
+        (false, true) => Some(AbortPhase::Answer),
+        (false, false) => None,
+    }
 }
 
 /// Whether `record` is an error of pingora's listening service about a downstream handshake,
@@ -45,12 +91,12 @@ fn is_handshake_failure(record: &Record<'_>, on_handshake: fn(&str) -> bool) -> 
         && on_handshake(&record.args().to_string())
 }
 
-/// A logger that demotes client aborts in the request head and failed downstream handshakes to
-/// debug, counting each with `on_abort` or `on_handshake`; every other record goes to `inner`
+/// A logger that demotes client aborts (in the request head, or while their answer is written)
+/// and failed downstream handshakes to debug, counting each with `on_abort` or `on_handshake`; every other record goes to `inner`
 /// unchanged.
 pub struct ClientAbortFilter<L> {
     inner: L,
-    on_abort: fn(),
+    on_abort: fn(AbortPhase),
     on_handshake: fn(&str) -> bool,
 }
 
@@ -58,7 +104,7 @@ impl<L: Log> ClientAbortFilter<L> {
     /// Wrap `inner`, calling `on_abort` once for every client abort it demotes, and
     /// `on_handshake` with every error message of pingora-core (which counts and returns
     /// `true` for a failed downstream handshake, and the record is demoted).
-    pub fn new(inner: L, on_abort: fn(), on_handshake: fn(&str) -> bool) -> Self {
+    pub fn new(inner: L, on_abort: fn(AbortPhase), on_handshake: fn(&str) -> bool) -> Self {
         Self {
             inner,
             on_abort,
@@ -73,8 +119,8 @@ impl<L: Log> Log for ClientAbortFilter<L> {
     }
 
     fn log(&self, record: &Record<'_>) {
-        if is_client_abort_in_head(record) {
-            (self.on_abort)();
+        if let Some(phase) = client_abort(record) {
+            (self.on_abort)(phase);
         } else if !is_handshake_failure(record, self.on_handshake) {
             self.inner.log(record);
             return;
@@ -97,14 +143,20 @@ impl<L: Log> Log for ClientAbortFilter<L> {
     }
 }
 
-/// Install the process logger: `RUST_LOG` (default `info`), client aborts in the request head
-/// counted in `fulcrum_client_aborts_total{phase="head"}` and failed downstream handshakes in
+/// Install the process logger: `RUST_LOG` (default `info`), client aborts counted in
+/// `fulcrum_client_aborts_total{phase="head"}` (those in the answer with the request's phase) and failed downstream handshakes in
 /// `fulcrum_tls_handshake_failures_total`, both logged at debug level.
 pub fn init() {
     let inner =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let max = inner.filter();
-    let count = || fulcrum_proxy::metrics::client_aborts().head.increment(1);
+    let count = |phase| {
+        let aborts = fulcrum_proxy::metrics::client_aborts();
+        match phase {
+            AbortPhase::Head => aborts.head.increment(1),
+            AbortPhase::Answer => aborts.request.increment(1),
+        }
+    };
     let filter = ClientAbortFilter::new(inner, count, fulcrum_proxy::tls::handshake_failure_logged);
     if log::set_boxed_logger(Box::new(filter)).is_ok() {
         log::set_max_level(max);
@@ -149,7 +201,8 @@ mod tests {
     fn client_aborts_in_the_head_are_counted_and_demoted() {
         let logger = ClientAbortFilter::new(
             Capture::default(),
-            || {
+            |phase| {
+                assert_eq!(phase, AbortPhase::Head);
                 ABORTS.fetch_add(1, Relaxed);
             },
             |_| false,
@@ -205,6 +258,43 @@ mod tests {
         }
     }
 
+    static WRITE_ABORTS: AtomicUsize = AtomicUsize::new(0);
+
+    #[test]
+    fn clients_gone_before_their_answer_is_written_are_counted_and_demoted() {
+        let logger = ClientAbortFilter::new(
+            Capture::default(),
+            |phase| {
+                assert_eq!(phase, AbortPhase::Answer);
+                WRITE_ABORTS.fetch_add(1, Relaxed);
+            },
+            |_| false,
+        );
+        let gone = [
+            "failed to send error response to downstream:  WriteError context: writing response header cause: Broken pipe (os error 32)",
+            "failed to send error response to downstream: Downstream WriteError cause: Connection reset by peer (os error 104)",
+            "Error finish sending body to downstream:  WriteError context: while writing body cause: Broken pipe (os error 32)",
+            "Error finish sending body to downstream: ConnectionClosed",
+            "Error finish sending body to downstream:  WriteTimedout context: writing body",
+        ];
+        let kept = [
+            // Another source, another type, another message.
+            "failed to send error response to downstream: Upstream WriteError context: x",
+            "Error finish sending body to downstream: InternalError context: x",
+            "Error finish sending body to downstream: WriteErrorish",
+            "Encountered error while filtering upstream trailers WriteError",
+        ];
+        for m in gone.iter().chain(&kept) {
+            send(&logger, Level::Error, "pingora_proxy::proxy_h1", m);
+        }
+        assert_eq!(WRITE_ABORTS.load(Relaxed), gone.len());
+        let seen = logger.inner.0.lock().unwrap();
+        let levels: Vec<Level> = seen.iter().map(|(l, _)| *l).collect();
+        let mut want = vec![Level::Debug; gone.len()];
+        want.extend([Level::Error; 4]);
+        assert_eq!(levels, want);
+    }
+
     #[test]
     fn a_demoted_record_is_dropped_when_debug_is_off() {
         struct ErrorsOnly(AtomicUsize);
@@ -217,7 +307,7 @@ mod tests {
             }
             fn flush(&self) {}
         }
-        let logger = ClientAbortFilter::new(ErrorsOnly(AtomicUsize::new(0)), || {}, |_| false);
+        let logger = ClientAbortFilter::new(ErrorsOnly(AtomicUsize::new(0)), |_| {}, |_| false);
         let abort = "Fail to proxy: Downstream ConnectionClosed, downstream session type: HTTP/1.1";
         send(&logger, Level::Error, "pingora_proxy", abort);
         assert_eq!(logger.inner.0.load(Relaxed), 0);
@@ -227,7 +317,7 @@ mod tests {
     fn failed_handshakes_are_handed_over_and_demoted() {
         let logger = ClientAbortFilter::new(
             Capture::default(),
-            || {},
+            |_| {},
             |m| m.starts_with("Downstream handshake"),
         );
         let failed = "Downstream handshake error from 127.0.0.1:5000: TLSHandshakeFailure context: TLS accept() failed: received fatal alert: UnknownCA";

@@ -407,6 +407,42 @@ fn report<T>(parsed: Result<(T, Vec<Diagnostic>), Diagnostics>) -> Result<T, Exi
     }
 }
 
+/// What `fulcrum check` says about the client limits: the connection cap `fulcrum run` can
+/// honour under this process's hard open-file limit (which it raises the soft limit to).
+fn print_client_limits(config: &Config, backends: usize) {
+    let l = &config.server.limits;
+    let open_files = fulcrum_proxy::limits::open_file_limit()
+        .map(|l| l.hard)
+        .unwrap_or(1024);
+    let budget = fulcrum_proxy::limits::ConnectionBudget::new(l, backends, open_files);
+    println!(
+        "client limits: {} connections at once (max_connections {}, open-file limit {}), head within {} ms, keep-alive idle {} ms, head up to {} bytes, request line up to {} bytes, body reads at most {} ms apart",
+        budget.effective,
+        budget.configured,
+        open_files,
+        l.header_timeout.as_millis(),
+        l.keepalive_timeout.as_millis(),
+        l.max_header_bytes,
+        l.max_request_line_bytes,
+        config.server.body_timeout.as_millis()
+    );
+    for pool in &config.pools {
+        match pool.request_buffer_bytes {
+            0 => println!(
+                "pool {}: request bodies stream to the backend as they arrive",
+                pool.name
+            ),
+            n => println!(
+                "pool {}: request bodies up to {n} bytes are read whole before a backend is picked",
+                pool.name
+            ),
+        }
+    }
+    if let Some(w) = budget.warning() {
+        eprintln!("warning: {w}");
+    }
+}
+
 fn run(config: Config, source: ConfigSource, start: Start) -> ExitCode {
     match fulcrum_proxy::serve(config, source, start) {
         Ok(()) => ExitCode::SUCCESS,
@@ -471,6 +507,7 @@ fn main() -> ExitCode {
                     config.pools.len(),
                     backends
                 );
+                print_client_limits(&config, backends);
                 for pool in &config.pools {
                     if let Some(a) = &pool.autoscale {
                         println!("{}", autoscale_summary(&pool.name, a));

@@ -4,11 +4,13 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod body;
 pub mod control;
 pub mod discovery;
 pub mod forecast;
 pub mod health;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod router;
 pub mod service;
@@ -31,7 +33,7 @@ use pingora_core::services::listening::Service as ListeningService;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use lifecycle::{DrainingApp, Lifecycle, Listener, Managed, Signals};
+use lifecycle::{Lifecycle, Listener, Managed, Signals};
 pub use service::FulcrumProxy;
 pub use state::{Upstreams, UpstreamsBuilder};
 pub use tls::CertificateSet;
@@ -143,6 +145,7 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
         Start::Upgrade => lifecycle::check_upgrade_sock(&config.server.upgrade_sock)?,
     }
     let certificates = CertificateSet::from_config(&config).map_err(StartError::Certificates)?;
+    let budget = connection_budget(&config);
 
     control::describe_metrics();
     forecast::describe_metrics();
@@ -194,7 +197,8 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
         max_retries: 16,
         ..ServerConf::default()
     };
-    conf.upstream_keepalive_pool_size = 1024;
+    // Idle backend connections count against the same open files as the clients.
+    conf.upstream_keepalive_pool_size = budget.effective.min(1024);
     let opt = Opt {
         upgrade: start == Start::Upgrade,
         ..Opt::default()
@@ -203,20 +207,29 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
 
     let mut http =
         pingora_proxy::http_proxy(&server.configuration, FulcrumProxy::new(shared.clone()));
+    let limits = config.server.limits;
     let mut opts = HttpServerOptions::default();
-    // HTTP/2 with prior knowledge on cleartext listeners, beside HTTP/1.1.
+    // HTTP/2 with prior knowledge on cleartext listeners, beside HTTP/1.1; `limits` tells the
+    // two apart from the first bytes.
     opts.h2c = true;
+    opts.h2_idle_timeout =
+        (!limits.keepalive_timeout.is_zero()).then_some(limits.keepalive_timeout);
     http.server_options = Some(opts);
+    let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(limits.max_header_bytes as u32);
+    http.h2_options = Some(h2);
+    let gate = limits::ConnectionGate::new(budget.effective);
     let mut listeners = Listeners::new();
     for addr in &config.server.listen {
         listeners.add_tcp(&addr.to_string());
     }
     add_tls_listeners(&mut listeners, &config, &shared)?;
-    let proxy = ListeningService::with_listeners(
+    let mut proxy = ListeningService::with_listeners(
         "fulcrum".into(),
         listeners,
-        DrainingApp::new(http, &lifecycle),
+        limits::LimitedApp::new(http, lifecycle.drain_watch(), gate.clone(), limits, true),
     );
+    proxy.set_connection_filter(Arc::new(limits::GateFilter(gate)));
     server.add_service(Managed::new(proxy, Listener::Data, lifecycle.clone()));
 
     let mut admin = ListeningService::with_listeners(
@@ -240,6 +253,40 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
         shutdown_signal: Box::new(Signals(lifecycle)),
     });
     Ok(())
+}
+
+/// Raise the soft open-file limit to the hard one and size the client-connection cap to it,
+/// saying so in the log.
+fn connection_budget(config: &Config) -> limits::ConnectionBudget {
+    let backends = config.pools.iter().map(|p| p.backends.len()).sum();
+    let open_files = match limits::raise_open_file_limit() {
+        Ok(l) => {
+            if l.soft > l.before {
+                log::info!(
+                    "open-file limit raised from {} to {} (the hard limit is {})",
+                    l.before,
+                    l.soft,
+                    l.hard
+                );
+            }
+            l.soft
+        }
+        Err(e) => {
+            log::warn!("cannot raise the open-file limit: {e}");
+            limits::open_file_limit().map(|l| l.soft).unwrap_or(1024)
+        }
+    };
+    let budget = limits::ConnectionBudget::new(&config.server.limits, backends, open_files);
+    if let Some(w) = budget.warning() {
+        log::warn!("{w}");
+    }
+    log::info!(
+        "accepting up to {} client connections at once ({} open files, {} in reserve)",
+        budget.effective,
+        budget.open_files,
+        budget.reserve
+    );
+    budget
 }
 
 /// One pingora TLS listener per `tls_listen` address: HTTP/2 and HTTP/1.1 by ALPN, the
@@ -359,8 +406,9 @@ fn reload(shared: &Shared, health_tasks: &mut JoinSet<()>) -> Result<String, Str
     // The admin token and protect_metrics apply from the next request; the sockets do not move.
     if old.server.restart_needed_for(&config.server) || config.admin.listen != old.admin.listen {
         notes.push_str(
-            "note: changes to the listeners, tls_min_version, threads, grace_period_s and \
-             admin.listen take effect on restart\n",
+            "note: changes to the listeners, tls_min_version, threads, grace_period_s, the \
+             client limits (max_connections, *_timeout_ms, max_*_bytes) and admin.listen take \
+             effect on restart\n",
         );
     }
     // Certificates are checked by the parse above; new handshakes get them from the next one,

@@ -423,6 +423,8 @@ mod tests {
             tls_listen: Vec::new(),
             tls_min_version: fulcrum_config::TlsVersion::Tls12,
             certificates: Vec::new(),
+            limits: Default::default(),
+            body_timeout: std::time::Duration::from_secs(30),
         }
     }
 

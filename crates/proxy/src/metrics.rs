@@ -34,6 +34,11 @@ pub const UNROUTED_REQUESTS_TOTAL: &str = "fulcrum_unrouted_requests_total";
 pub const REJECTED_REQUESTS_TOTAL: &str = "fulcrum_rejected_requests_total";
 /// Clients whose connection ended before they had their answer, by phase.
 pub const CLIENT_ABORTS_TOTAL: &str = "fulcrum_client_aborts_total";
+/// Clients that stopped sending for longer than their timeout, by phase.
+pub const CLIENT_TIMEOUTS_TOTAL: &str = "fulcrum_client_timeouts_total";
+/// Request bodies with broken framing (invalid chunks, HTTP/2 DATA frames that disagree with
+/// `content-length`), by whether a backend had been picked when it showed.
+pub const REQUEST_FRAMING_ERRORS_TOTAL: &str = "fulcrum_request_framing_errors_total";
 /// Configuration reloads, by result.
 pub const CONFIG_RELOADS_TOTAL: &str = "fulcrum_config_reloads_total";
 /// 1 when the last configuration reload succeeded, 0 when it was refused.
@@ -45,6 +50,17 @@ pub const CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS: &str =
 pub const BACKEND_SLOW_START: &str = "fulcrum_backend_slow_start";
 /// 1 while the process drains before exiting (after `SIGTERM`), else 0.
 pub const DRAINING: &str = "fulcrum_draining";
+/// Client connections open on the data-plane listeners.
+pub const CONNECTIONS_OPEN: &str = "fulcrum_connections_open";
+/// The client-connection cap applied (`server.max_connections`, bounded by the open-file limit).
+pub const CONNECTIONS_MAX: &str = "fulcrum_connections_max";
+/// Connections that found every slot taken and waited in the listen backlog.
+pub const CONNECTIONS_QUEUED_TOTAL: &str = "fulcrum_connections_queued_total";
+/// Connections waiting for a request head that were closed to make room for a new one.
+pub const CONNECTIONS_EVICTED_TOTAL: &str = "fulcrum_connections_evicted_total";
+/// Connections closed for sending nothing: a new one within the shorter of the keep-alive and
+/// header timeouts, a kept-alive one within `server.keepalive_timeout_ms`.
+pub const CONNECTIONS_IDLE_CLOSED_TOTAL: &str = "fulcrum_connections_idle_closed_total";
 /// Constant 1 labelled with the build's version.
 pub const BUILD_INFO: &str = "fulcrum_build_info";
 
@@ -165,6 +181,19 @@ pub fn render(handle: &PrometheusHandle) -> String {
 pub struct Rejections {
     /// Both `Content-Length` and `Transfer-Encoding` (`reason="content_length_and_transfer_encoding"`).
     pub both_framings: Counter,
+    /// An HTTP/1.1 request without `Host` (`reason="missing_host"`).
+    pub missing_host: Counter,
+    /// `Transfer-Encoding` other than exactly one `chunked` (`reason="transfer_encoding"`).
+    pub transfer_encoding: Counter,
+    /// A request sent before the previous one on its connection was answered; the connection
+    /// closes after that answer (`reason="pipelined_request"`).
+    pub pipelined: Counter,
+    /// A request body that stopped coming for longer than `server.body_timeout_ms`, answered
+    /// 408 (`reason="body_timeout"`).
+    pub body_timeout: Counter,
+    /// A request body whose framing is broken, found before a backend was picked and answered
+    /// 400 (`reason="malformed_body"`).
+    pub malformed_body: Counter,
 }
 
 /// The rejection handles, registered on first use; [`install`] makes that use, so every reason
@@ -173,6 +202,11 @@ pub fn rejections() -> &'static Rejections {
     static REJECTIONS: OnceLock<Rejections> = OnceLock::new();
     REJECTIONS.get_or_init(|| Rejections {
         both_framings: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "content_length_and_transfer_encoding"),
+        missing_host: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "missing_host"),
+        transfer_encoding: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "transfer_encoding"),
+        pipelined: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "pipelined_request"),
+        body_timeout: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "body_timeout"),
+        malformed_body: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "malformed_body"),
     })
 }
 
@@ -195,6 +229,42 @@ pub fn client_aborts() -> &'static ClientAborts {
     })
 }
 
+/// Handles for clients that stopped sending, one per `phase` label.
+#[derive(Debug)]
+pub struct ClientTimeouts {
+    /// Between two reads of the request body, longer than `server.body_timeout_ms`
+    /// (`phase="body"`).
+    pub body: Counter,
+}
+
+/// The client-timeout handles, registered on first use; [`install`] makes that use.
+pub fn client_timeouts() -> &'static ClientTimeouts {
+    static TIMEOUTS: OnceLock<ClientTimeouts> = OnceLock::new();
+    TIMEOUTS.get_or_init(|| ClientTimeouts {
+        body: metrics::counter!(CLIENT_TIMEOUTS_TOTAL, "phase" => "body"),
+    })
+}
+
+/// Handles for request bodies with broken framing, one per `stage` label.
+#[derive(Debug)]
+pub struct FramingErrors {
+    /// Found while the body was read ahead: refused with 400, no backend saw the request
+    /// (`stage="buffered"`).
+    pub buffered: Counter,
+    /// Found while the body streamed to a backend: the request and its backend connection
+    /// were abandoned (`stage="streaming"`).
+    pub streaming: Counter,
+}
+
+/// The framing-error handles, registered on first use; [`install`] makes that use.
+pub fn framing_errors() -> &'static FramingErrors {
+    static FRAMING: OnceLock<FramingErrors> = OnceLock::new();
+    FRAMING.get_or_init(|| FramingErrors {
+        buffered: metrics::counter!(REQUEST_FRAMING_ERRORS_TOTAL, "stage" => "buffered"),
+        streaming: metrics::counter!(REQUEST_FRAMING_ERRORS_TOTAL, "stage" => "streaming"),
+    })
+}
+
 /// Install the process-wide recorder and describe every metric. Call once, before any pool is built.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new().install_recorder()?;
@@ -202,6 +272,8 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     // Registered only after the recorder exists, or the handles would count into nothing.
     rejections();
     client_aborts();
+    client_timeouts();
+    framing_errors();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
@@ -236,11 +308,19 @@ fn describe() {
     );
     describe_counter!(
         REJECTED_REQUESTS_TOTAL,
-        "Requests rejected before routing for malformed framing."
+        "Requests refused by fulcrum before any backend saw them, by reason: a client limit (head_timeout, head_too_large, request_line_too_long, body_timeout) or a malformed or ambiguous request."
     );
     describe_counter!(
         CLIENT_ABORTS_TOTAL,
         "Clients whose connection ended before they had their answer, by phase."
+    );
+    describe_counter!(
+        CLIENT_TIMEOUTS_TOTAL,
+        "Clients that stopped sending for longer than their timeout, by phase."
+    );
+    describe_counter!(
+        REQUEST_FRAMING_ERRORS_TOTAL,
+        "Request bodies with broken framing, by whether they were read ahead (buffered) or streamed to a backend."
     );
     describe_counter!(CONFIG_RELOADS_TOTAL, "Configuration reloads, by result.");
     describe_gauge!(
@@ -259,6 +339,26 @@ fn describe() {
     describe_gauge!(
         DRAINING,
         "1 while the process drains before exiting (after SIGTERM), else 0."
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "Client connections open on the data-plane listeners."
+    );
+    describe_gauge!(
+        CONNECTIONS_MAX,
+        "The client-connection cap applied: server.max_connections, bounded by the open-file limit."
+    );
+    describe_counter!(
+        CONNECTIONS_QUEUED_TOTAL,
+        "Connections that found every allowed connection open and waited in the listen backlog."
+    );
+    describe_counter!(
+        CONNECTIONS_EVICTED_TOTAL,
+        "Connections waiting for a request head, closed (oldest first) to make room for a new one."
+    );
+    describe_counter!(
+        CONNECTIONS_IDLE_CLOSED_TOTAL,
+        "Connections closed for sending nothing within the keep-alive timeout (new ones: the shorter of it and the header timeout)."
     );
     describe_gauge!(BUILD_INFO, "Constant 1, labelled with the fulcrum version.");
 }

@@ -15,6 +15,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::body::BodyFailure;
 use crate::lifecycle::InFlight;
 use crate::router::normalize_host;
 use crate::state::Upstreams;
@@ -32,6 +33,8 @@ pub struct RequestCtx {
     attempt_recorded: bool,
     /// The current attempt ended in a 502/503/504 that will be replayed elsewhere.
     replay_response: bool,
+    /// What was read of the request body before a backend was picked.
+    body: crate::body::Buffered,
     /// Counts the request in flight, so a draining process exits once the last one is answered.
     _in_flight: InFlight,
 }
@@ -99,6 +102,17 @@ fn https_location(host: &str, port: u16, req: &RequestHeader) -> String {
     }
 }
 
+/// Keep one `Content-Length` line of several identical ones (RFC 9110 §8.6); pingora has
+/// already refused a request whose values differ.
+fn merge_content_length(req: &mut RequestHeader) -> Result<()> {
+    let mut values = req.headers.get_all(header::CONTENT_LENGTH).iter();
+    if let (Some(first), Some(_)) = (values.next(), values.next()) {
+        let first = first.clone();
+        req.insert_header(header::CONTENT_LENGTH, first)?;
+    }
+    Ok(())
+}
+
 fn client_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
@@ -146,6 +160,57 @@ pub fn head_has_content_length(raw: &[u8]) -> bool {
     raw.split(|&b| b == b'\n')
         .skip(1)
         .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
+/// Why an HTTP/1 request head that pingora parsed is refused all the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadRefusal {
+    /// An HTTP/1.1 request without `Host` (RFC 9112 §3.2: answered 400).
+    MissingHost,
+    /// `Transfer-Encoding` other than exactly one `chunked`: `chunked` twice, in one line or
+    /// two, is a framing two parsers may read differently (RFC 9112 §6.1, §6.3).
+    TransferEncoding,
+}
+
+impl HeadRefusal {
+    /// The body of the 400 answer.
+    fn message(self) -> &'static [u8] {
+        match self {
+            HeadRefusal::MissingHost => {
+                b"bad request: an HTTP/1.1 request needs a Host header
+"
+            }
+            HeadRefusal::TransferEncoding => {
+                b"bad request: Transfer-Encoding must be exactly one chunked
+"
+            }
+        }
+    }
+}
+
+/// The checks fulcrum adds to pingora's on an HTTP/1 request head, as HAProxy and nginx make
+/// them; `None` lets the request through. HTTP/2 requests are not checked here: the HTTP/2
+/// layer refuses `transfer-encoding`, and `:authority` stands for `Host`. Public for the fuzz
+/// targets only.
+#[doc(hidden)]
+pub fn head_refusal(req: &RequestHeader) -> Option<HeadRefusal> {
+    if req.version > http::Version::HTTP_11 {
+        return None;
+    }
+    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(header::HOST) {
+        return Some(HeadRefusal::MissingHost);
+    }
+    let mut codings = req
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|c| c.trim_ascii());
+    match (codings.next(), codings.next()) {
+        (None, _) => None,
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some(HeadRefusal::TransferEncoding),
+    }
 }
 
 /// Answer from the proxy itself, keeping the client connection open (unlike pingora's error
@@ -368,6 +433,7 @@ impl ProxyHttp for FulcrumProxy {
             attempt_started_ns: 0,
             attempt_recorded: true,
             replay_response: false,
+            body: crate::body::Buffered::NotRead,
             _in_flight: self.shared.lifecycle.request_started(),
         }
     }
@@ -385,6 +451,18 @@ impl ProxyHttp for FulcrumProxy {
                     400,
                     Bytes::from_static(b"bad request: both Content-Length and Transfer-Encoding\n"),
                 )
+                .await?;
+            return Ok(true);
+        }
+        if let Some(refusal) = head_refusal(session.req_header()) {
+            let rejections = crate::metrics::rejections();
+            match refusal {
+                HeadRefusal::MissingHost => rejections.missing_host.increment(1),
+                HeadRefusal::TransferEncoding => rejections.transfer_encoding.increment(1),
+            }
+            session.set_keepalive(None);
+            session
+                .respond_error_with_body(400, Bytes::from_static(refusal.message()))
                 .await?;
             return Ok(true);
         }
@@ -421,8 +499,14 @@ impl ProxyHttp for FulcrumProxy {
                 Ok(true)
             }
             Some(routed) => {
+                let limit = upstreams.pools[routed.pool].config.request_buffer_bytes;
                 ctx.pool = Some(routed.pool);
                 ctx.upstreams = Some(upstreams);
+                // Between reads of a streamed HTTP/1.1 body too: pingora applies it to every
+                // body read of this request.
+                let body_timeout = self.shared.config.load().server.body_timeout;
+                session.set_read_timeout(Some(body_timeout));
+                ctx.body = crate::body::read_ahead(session, limit, body_timeout).await?;
                 Ok(false)
             }
             None => {
@@ -431,6 +515,17 @@ impl ProxyHttp for FulcrumProxy {
                 Ok(true)
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        ctx.body.restore_prefix(body);
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -461,6 +556,11 @@ impl ProxyHttp for FulcrumProxy {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
+        if crate::body::failure(error).is_some() {
+            // A client's slow or broken body is counted in `fail_to_proxy`, not logged as ours.
+            log::debug!("request body refused: {error}");
+            return true;
+        }
         // A client that hangs up is routine at an edge proxy, not an error of ours.
         let client_gone = *error.esource() == ErrorSource::Downstream
             && matches!(
@@ -470,8 +570,18 @@ impl ProxyHttp for FulcrumProxy {
         if client_gone {
             log::debug!("client went away: {error}");
             crate::metrics::client_aborts().request.increment(1);
+            return true;
         }
-        client_gone
+        // pingora's only downstream `ConnectError`: the client sent its next request before
+        // this one was answered (pipelining, which fulcrum does not serve): the connection
+        // closes after this answer, as RFC 9112 §9.3.2 lets a server do; the client's to retry.
+        let pipelined = *error.esource() == ErrorSource::Downstream
+            && matches!(error.etype(), ErrorType::ConnectError);
+        if pipelined {
+            log::debug!("client pipelined a request: {error}");
+            crate::metrics::rejections().pipelined.increment(1);
+        }
+        pipelined
     }
 
     fn suppress_proxy_warn_log(
@@ -541,10 +651,16 @@ impl ProxyHttp for FulcrumProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let keep_upgrade = session.is_upgrade_req();
         strip_hop_by_hop_request(upstream_request, keep_upgrade);
+        merge_content_length(upstream_request)?;
+        if ctx.body.is_whole() {
+            // fulcrum answered `100 Continue` itself and holds the whole body: nothing is left
+            // for the backend to approve.
+            upstream_request.remove_header(&header::EXPECT);
+        }
         if let Some(ip) = client_ip(session) {
             let prev = upstream_request
                 .headers
@@ -563,8 +679,24 @@ impl ProxyHttp for FulcrumProxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        if let Some(host) = host {
-            upstream_request.insert_header("X-Forwarded-Host", host)?;
+        match host {
+            Some(host) => upstream_request.insert_header("X-Forwarded-Host", host)?,
+            // Only HTTP/1.0 comes without a host, and it goes upstream as HTTP/1.1, which must
+            // carry one (RFC 9112 §3.2): the backend's address, as nginx's `$proxy_host`.
+            None => {
+                let backend = ctx.lease.as_ref().and_then(|l| {
+                    Some(
+                        ctx.pool()?
+                            .peers
+                            .get(l.backend_index())?
+                            ._address
+                            .to_string(),
+                    )
+                });
+                if let Some(addr) = backend {
+                    upstream_request.insert_header(header::HOST, addr)?;
+                }
+            }
         }
         Ok(())
     }
@@ -622,12 +754,29 @@ impl ProxyHttp for FulcrumProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy
     where
         Self::CTX: Send + Sync,
     {
+        let body_failure = crate::body::failure(e);
+        match body_failure {
+            Some(BodyFailure::TimedOut) => {
+                crate::metrics::client_timeouts().body.increment(1);
+                crate::metrics::rejections().body_timeout.increment(1);
+            }
+            Some(BodyFailure::Malformed) if ctx.attempts == 0 => {
+                crate::metrics::framing_errors().buffered.increment(1);
+                crate::metrics::rejections().malformed_body.increment(1);
+            }
+            Some(BodyFailure::Malformed) => crate::metrics::framing_errors().streaming.increment(1),
+            None => {}
+        }
         let (code, body): (u16, &'static [u8]) = match e.etype() {
+            _ if body_failure == Some(BodyFailure::TimedOut) => (408, b"request body timed out\n"),
+            _ if body_failure == Some(BodyFailure::Malformed) => {
+                (400, b"bad request: malformed request body\n")
+            }
             ErrorType::HTTPStatus(503) => (503, b"no healthy backend available\n"),
             ErrorType::HTTPStatus(code) => (*code, b"request failed\n"),
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
@@ -738,6 +887,44 @@ mod tests {
         assert_eq!(reported_load(&r), Some(0.25));
         r.insert_header("x-backend-load", "0.5").unwrap();
         assert_eq!(reported_load(&r), Some(0.5));
+    }
+
+    #[test]
+    fn heads_pingora_lets_through_are_refused_here() {
+        let head = |version: http::Version, lines: &[(&str, &str)]| {
+            let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+            req.set_version(version);
+            for (k, v) in lines {
+                req.append_header(k.to_string(), *v).unwrap();
+            }
+            head_refusal(&req)
+        };
+        let v11 = http::Version::HTTP_11;
+        assert_eq!(head(v11, &[("host", "a")]), None);
+        assert_eq!(
+            head(v11, &[("host", "a"), ("transfer-encoding", "Chunked")]),
+            None
+        );
+        assert_eq!(head(v11, &[]), Some(HeadRefusal::MissingHost));
+        assert_eq!(head(http::Version::HTTP_10, &[]), None);
+        assert_eq!(head(http::Version::HTTP_2, &[]), None);
+        for te in [
+            &[("transfer-encoding", "chunked, chunked")][..],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[("transfer-encoding", "")],
+        ] {
+            let mut lines = vec![("host", "a")];
+            lines.extend_from_slice(te);
+            assert_eq!(
+                head(v11, &lines),
+                Some(HeadRefusal::TransferEncoding),
+                "{te:?}"
+            );
+        }
     }
 
     #[test]

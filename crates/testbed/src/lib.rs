@@ -11,10 +11,12 @@
 //!   `?status=N` picks the status code for that request.
 //! - every response carries `x-backend: NAME`.
 //!
-//! The [`scenario`] module holds backends that play a lab scenario's `[[backends]]`.
+//! The [`scenario`] module holds backends that play a lab scenario's `[[backends]]`; the
+//! [`recording`] module holds one that records the raw requests it receives.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod recording;
 pub mod scenario;
 
 use std::convert::Infallible;

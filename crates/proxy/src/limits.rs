@@ -1,0 +1,798 @@
+//! What one client may hold: a connection slot, time and bytes before its request head is read.
+//!
+//! pingora on its own accepts every connection, waits for the whole 24-byte HTTP/2 preface
+//! before choosing the protocol on an h2c listener (so `GET / HTTP/1.1\r\n\r\n` hangs), lets a
+//! head take 60 s per read and grow to 1 MiB, and keeps a silent connection open for as long as
+//! it stays silent. fulcrum therefore reads each HTTP/1 request head itself, before pingora sees
+//! the connection ([`LimitedApp`]):
+//!
+//! * the head must arrive within `header_timeout_ms`, counted from the accept for the first
+//!   request and from its first byte for later ones on a keep-alive connection; an idle
+//!   keep-alive connection waits at most `keepalive_timeout_ms` for that first byte. On expiry
+//!   the connection closes, with a 408 if part of a head had arrived (as HAProxy does);
+//! * a request line longer than `max_request_line_bytes` is answered 414 and a head larger than
+//!   `max_header_bytes` 431, without reading further and without a byte reaching a backend;
+//! * the protocol is told from the first bytes: anything that stops matching the HTTP/2
+//!   preface is HTTP/1.
+//!
+//! The complete head is then handed to pingora as the start of the connection's input, so
+//! pingora parses it without reading from the socket again.
+//!
+//! The number of client connections is capped by a semaphore ([`ConnectionGate`]). While every
+//! slot is taken, the accept loops stop accepting (connections wait in the kernel's backlog,
+//! [`GateFilter`]) and each held-back connection closes the connection that has waited longest
+//! for a request head, oldest first, the way nginx reuses idle keep-alive connections when it
+//! runs out: a slow client cannot keep a well-behaved one out. The cap is bounded by the
+//! open-file limit ([`ConnectionBudget`]), which the process raises to its hard limit at start
+//! ([`raise_open_file_limit`]), so that backend connections and health checks always find a
+//! file descriptor.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{BufMut, BytesMut};
+use fulcrum_config::ClientLimits;
+use metrics::{Counter, Gauge};
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::listeners::ConnectionFilter;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{timeout_at, Instant};
+
+use crate::metrics as names;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Bytes a head buffer starts with and grows by; most request heads fit in the first step.
+const HEAD_READ_STEP: usize = 4096;
+
+/// File descriptors kept out of the client budget whatever the configuration: listeners, the
+/// admin API and its clients, logs, the epoll and timer descriptors of the runtimes, the model
+/// file and the upgrade socket.
+pub const FD_RESERVE_BASE: u64 = 64;
+
+/// How long a refused head's connection is read and discarded after the answer, so that the
+/// client reads the answer instead of a reset caused by unread bytes (nginx's lingering close).
+const LINGER: Duration = Duration::from_millis(500);
+
+/// The most bytes discarded while lingering.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// How often a held-back accept looks again for a connection to close when none was waiting
+/// for a head.
+const EVICT_RETRY: Duration = Duration::from_millis(100);
+
+/// The client-connection cap the process can honour, from the configuration and the
+/// open-file limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBudget {
+    /// `server.max_connections` as configured.
+    pub configured: usize,
+    /// The cap applied: the configured one, or fewer when the open-file limit cannot hold it.
+    pub effective: usize,
+    /// The open-file limit the budget was computed for.
+    pub open_files: u64,
+    /// File descriptors kept for everything but client connections and their backend
+    /// connections.
+    pub reserve: u64,
+}
+
+impl ConnectionBudget {
+    /// The budget for `limits` with `backends` health-checked backends under an open-file
+    /// limit of `open_files`: every client connection may hold a backend connection as well,
+    /// so each counts twice, after a reserve for the fixed descriptors and one health-check
+    /// connection per backend.
+    pub fn new(limits: &ClientLimits, backends: usize, open_files: u64) -> Self {
+        let reserve = FD_RESERVE_BASE + backends as u64;
+        let by_fds = (open_files.saturating_sub(reserve) / 2).max(1);
+        let effective = (limits.max_connections as u64).min(by_fds) as usize;
+        ConnectionBudget {
+            configured: limits.max_connections,
+            effective,
+            open_files,
+            reserve,
+        }
+    }
+
+    /// A warning to print when the configured cap cannot be honoured, else `None`.
+    pub fn warning(&self) -> Option<String> {
+        (self.effective < self.configured).then(|| {
+            format!(
+                "server.max_connections = {} needs {} open files (two per connection and {} in reserve), but the open-file limit is {}: at most {} client connections are accepted at once; raise the hard limit (LimitNOFILE= in a systemd unit, ulimit -Hn) to honour it",
+                self.configured,
+                self.configured as u64 * 2 + self.reserve,
+                self.reserve,
+                self.open_files,
+                self.effective
+            )
+        })
+    }
+}
+
+/// The open-file limits of the process: soft (applied) and hard (the ceiling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFileLimit {
+    /// The soft limit before the start.
+    pub before: u64,
+    /// The soft limit now.
+    pub soft: u64,
+    /// The hard limit.
+    pub hard: u64,
+}
+
+/// The largest number of open files the kernel lets a process have (`fs.nr_open`).
+fn kernel_open_file_ceiling() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20)
+}
+
+/// The open-file limits as they are, without changing them.
+pub fn open_file_limit() -> std::io::Result<OpenFileLimit> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(std::io::Error::from)?;
+    Ok(OpenFileLimit {
+        before: soft,
+        soft,
+        hard,
+    })
+}
+
+/// Raise the soft open-file limit to the hard limit (or the kernel's ceiling, if lower), as
+/// nginx's `worker_rlimit_nofile` and HAProxy do at start.
+pub fn raise_open_file_limit() -> std::io::Result<OpenFileLimit> {
+    use nix::sys::resource::{setrlimit, Resource};
+    let mut limit = open_file_limit()?;
+    let target = limit.hard.min(kernel_open_file_ceiling());
+    if target > limit.soft {
+        setrlimit(Resource::RLIMIT_NOFILE, target, limit.hard).map_err(std::io::Error::from)?;
+        limit.soft = target;
+    }
+    Ok(limit)
+}
+
+/// Metric handles of the limits, registered once.
+struct GateMetrics {
+    open: Gauge,
+    queued: Counter,
+    evicted: Counter,
+    idle_closed: Counter,
+    head_timeout: Counter,
+    head_too_large: Counter,
+    line_too_long: Counter,
+}
+
+/// The client-connection slots and the connections waiting for a request head, oldest first.
+pub struct ConnectionGate {
+    slots: Arc<Semaphore>,
+    /// Connections closed at once when the cap is reached: one per 32 slots, 1 to 32, as
+    /// nginx drains up to 32 reusable connections when it runs out. Closing one per accept
+    /// lets a slow client that reconnects as fast as it is closed keep the backlog full: a
+    /// well-behaved connection then waits behind every slow one queued before it, one
+    /// eviction at a time.
+    evict_batch: usize,
+    waiting: Mutex<BTreeMap<u64, Arc<Notify>>>,
+    next_wait: AtomicU64,
+    metrics: GateMetrics,
+}
+
+impl std::fmt::Debug for ConnectionGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionGate")
+            .field("free", &self.slots.available_permits())
+            .finish()
+    }
+}
+
+/// One client connection's slot; dropping it frees the slot.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
+}
+
+/// A connection's place among those waiting for a request head; dropping it leaves the queue.
+struct Waiting<'a> {
+    gate: &'a ConnectionGate,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut waiting) = self.gate.waiting.lock() {
+            waiting.remove(&self.id);
+        }
+    }
+}
+
+impl ConnectionGate {
+    /// A gate of `slots` client connections; registers the limits' metrics, so call it after
+    /// the metrics recorder is installed.
+    pub fn new(slots: usize) -> Arc<Self> {
+        ::metrics::gauge!(names::CONNECTIONS_MAX).set(slots as f64);
+        let reason =
+            |r: &'static str| ::metrics::counter!(names::REJECTED_REQUESTS_TOTAL, "reason" => r);
+        let metrics = GateMetrics {
+            open: ::metrics::gauge!(names::CONNECTIONS_OPEN),
+            queued: ::metrics::counter!(names::CONNECTIONS_QUEUED_TOTAL),
+            evicted: ::metrics::counter!(names::CONNECTIONS_EVICTED_TOTAL),
+            idle_closed: ::metrics::counter!(names::CONNECTIONS_IDLE_CLOSED_TOTAL),
+            head_timeout: reason("head_timeout"),
+            head_too_large: reason("head_too_large"),
+            line_too_long: reason("request_line_too_long"),
+        };
+        metrics.open.set(0.0);
+        Arc::new(ConnectionGate {
+            slots: Arc::new(Semaphore::new(slots)),
+            evict_batch: (slots / 32).clamp(1, 32),
+            waiting: Mutex::new(BTreeMap::new()),
+            next_wait: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    /// Take a slot for a connection just accepted, waiting for one if another accept loop
+    /// took the last free one first.
+    pub async fn enter(&self) -> Option<Slot> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => self.slots.clone().acquire_owned().await.ok()?,
+        };
+        self.metrics.open.increment(1.0);
+        Some(Slot {
+            _permit: permit,
+            open: self.metrics.open.clone(),
+        })
+    }
+
+    /// Slots free now.
+    pub fn free(&self) -> usize {
+        self.slots.available_permits()
+    }
+
+    fn wait_for_head(&self, kill: &Arc<Notify>) -> Waiting<'_> {
+        let id = self.next_wait.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.insert(id, kill.clone());
+        }
+        Waiting { gate: self, id }
+    }
+
+    /// Close the `n` connections that have waited longest for a request head (fewer if fewer
+    /// wait); how many were closed.
+    fn evict_oldest(&self, n: usize) -> usize {
+        let oldest: Vec<Arc<Notify>> = match self.waiting.lock() {
+            Ok(mut waiting) => (0..n)
+                .map_while(|_| waiting.pop_first())
+                .map(|(_, k)| k)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for kill in &oldest {
+            kill.notify_one();
+        }
+        self.metrics.evicted.increment(oldest.len() as u64);
+        oldest.len()
+    }
+
+    /// Wait until a slot is free, closing idle connections to free one.
+    async fn admit(&self) -> bool {
+        if self.slots.available_permits() > 0 {
+            return true;
+        }
+        self.metrics.queued.increment(1);
+        loop {
+            self.evict_oldest(self.evict_batch);
+            match tokio::time::timeout(EVICT_RETRY, self.slots.acquire()).await {
+                Ok(Ok(_free)) => return true,
+                Ok(Err(_closed)) => return false,
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
+/// The accept loops' filter: while every slot is taken, an accept waits here (later
+/// connections stay in the kernel's backlog) until a slot frees.
+#[derive(Debug)]
+pub struct GateFilter(pub Arc<ConnectionGate>);
+
+#[async_trait]
+impl ConnectionFilter for GateFilter {
+    async fn should_accept(&self, _addr: Option<&SocketAddr>) -> bool {
+        self.0.admit().await
+    }
+}
+
+/// What reading a request head came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    /// A complete HTTP/1 head (and whatever followed it).
+    Http1,
+    /// The HTTP/2 connection preface.
+    Http2,
+    /// More bytes are needed.
+    Partial,
+    /// The request line is longer than allowed.
+    LineTooLong,
+    /// The head is larger than allowed.
+    TooLarge,
+}
+
+/// Incremental scan of a head being read: where the request line and the head end, looked for
+/// only in the bytes not yet seen, so a head sent a byte at a time costs linear time.
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// Bytes already scanned for the end of the head.
+    scanned: usize,
+    /// Whether the request line's end was found (and was short enough).
+    line_done: bool,
+}
+
+impl HeadScan {
+    fn classify(&mut self, buf: &[u8], limits: &ClientLimits, h2c: bool) -> Head {
+        if h2c {
+            let n = buf.len().min(H2_PREFACE.len());
+            if buf[..n] == H2_PREFACE[..n] {
+                return if n == H2_PREFACE.len() {
+                    Head::Http2
+                } else {
+                    Head::Partial
+                };
+            }
+        }
+        // Empty lines before a request line are ignored (RFC 9112 §2.2).
+        let start = buf
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap_or(buf.len());
+        let head = &buf[start..];
+        if !self.line_done {
+            match head.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    let line = if i > 0 && head[i - 1] == b'\r' {
+                        i - 1
+                    } else {
+                        i
+                    };
+                    if line > limits.max_request_line_bytes {
+                        return Head::LineTooLong;
+                    }
+                    self.line_done = true;
+                }
+                // One more byte may still be the `\r` of a line exactly at the limit.
+                None if head.len() > limits.max_request_line_bytes + 1 => return Head::LineTooLong,
+                None => {}
+            }
+        }
+        let from = self.scanned.saturating_sub(2).max(start);
+        self.scanned = buf.len();
+        let end = buf[from..]
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .find_map(|(i, _)| {
+                let rest = &buf[from + i + 1..];
+                match rest {
+                    [b'\n', ..] => Some(from + i + 2),
+                    [b'\r', b'\n', ..] => Some(from + i + 3),
+                    _ => None,
+                }
+            });
+        match end {
+            Some(end) if end > limits.max_header_bytes => Head::TooLarge,
+            Some(_) => Head::Http1,
+            None if buf.len() >= limits.max_header_bytes => Head::TooLarge,
+            None => Head::Partial,
+        }
+    }
+}
+
+/// Why no head came.
+#[derive(Debug)]
+enum NoHead {
+    /// The client closed, or the read failed; `partial` when part of a head had arrived.
+    Closed { partial: bool },
+    /// The time ran out; `partial` as above.
+    TimedOut { partial: bool },
+    /// The connection was closed to make room for a new one.
+    Evicted,
+}
+
+/// When the bytes of one head must arrive.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    /// The first byte.
+    first_byte: Instant,
+    /// The whole head, when fixed in advance (first request: counted from the accept).
+    head: Option<Instant>,
+}
+
+/// fulcrum's HTTP application: the limits of this module in front of pingora's HTTP proxy,
+/// whose sessions see the drain watch as their shutdown signal (see [`crate::lifecycle`]).
+pub struct LimitedApp<A> {
+    inner: Arc<A>,
+    drain: ShutdownWatch,
+    gate: Arc<ConnectionGate>,
+    limits: ClientLimits,
+    h2c: bool,
+    /// Set once the listeners have stopped: idle keep-alive connections close then, as
+    /// pingora's own sessions do.
+    stopped: tokio::sync::watch::Sender<bool>,
+}
+
+impl<A> LimitedApp<A> {
+    /// `inner` behind `gate` and `limits`, draining with `drain`; `h2c` accepts HTTP/2 with
+    /// prior knowledge on cleartext connections.
+    pub fn new(
+        inner: A,
+        drain: ShutdownWatch,
+        gate: Arc<ConnectionGate>,
+        limits: ClientLimits,
+        h2c: bool,
+    ) -> Self {
+        LimitedApp {
+            inner: Arc::new(inner),
+            drain,
+            gate,
+            limits,
+            h2c,
+            stopped: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// The keep-alive time pingora's sessions are told, in whole seconds (at least 1), or
+    /// `None` when keep-alive is off; fulcrum enforces the exact time itself.
+    fn pingora_keepalive(&self) -> Option<u64> {
+        let ms = self.limits.keepalive_timeout.as_millis() as u64;
+        (ms > 0).then(|| ms.div_ceil(1000))
+    }
+
+    /// Read one request head into a new buffer.
+    async fn read_head(
+        &self,
+        stream: &mut Stream,
+        deadlines: Deadlines,
+        kill: &Arc<Notify>,
+        h2c: bool,
+    ) -> Result<(Head, BytesMut), NoHead> {
+        let mut buf = BytesMut::with_capacity(HEAD_READ_STEP);
+        let mut scan = HeadScan::default();
+        let mut head_deadline = deadlines.head;
+        let _waiting = self.gate.wait_for_head(kill);
+        let mut stopped = self.stopped.subscribe();
+        if *stopped.borrow() {
+            return Err(NoHead::Closed { partial: false });
+        }
+        loop {
+            let deadline = match head_deadline {
+                Some(d) if !buf.is_empty() => d,
+                _ => deadlines.first_byte,
+            };
+            // At most one byte past the head limit is ever buffered.
+            let room = self.limits.max_header_bytes + 1 - buf.len();
+            buf.reserve(room.min(HEAD_READ_STEP));
+            let partial = !buf.is_empty();
+            let read = {
+                let mut limited = (&mut buf).limit(room);
+                tokio::select! {
+                    r = timeout_at(deadline, stream.read_buf(&mut limited)) => r,
+                    _ = kill.notified() => return Err(NoHead::Evicted),
+                    _ = stopped.changed(), if !partial => return Err(NoHead::Closed { partial }),
+                }
+            };
+            match read {
+                Err(_elapsed) => return Err(NoHead::TimedOut { partial }),
+                Ok(Err(_)) | Ok(Ok(0)) => return Err(NoHead::Closed { partial }),
+                Ok(Ok(_)) => {}
+            }
+            if head_deadline.is_none() {
+                head_deadline = Some(Instant::now() + self.limits.header_timeout);
+            }
+            match scan.classify(&buf, &self.limits, h2c) {
+                Head::Partial => continue,
+                done => return Ok((done, buf)),
+            }
+        }
+    }
+
+    /// Answer a refused head and close: the answer, then a short lingering read so that it is
+    /// not lost to a reset.
+    async fn refuse(&self, mut stream: Stream, status: &str, counter: &Counter) {
+        counter.increment(1);
+        let body = format!("{status}\n");
+        let answer = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(answer.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+            return;
+        }
+        let _ = AsyncWriteExt::shutdown(&mut stream).await;
+        let until = Instant::now() + LINGER;
+        let mut sink = [0u8; 4096];
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            match timeout_at(until, stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => discarded += n,
+                _ => break,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for LimitedApp<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let accepted = Instant::now();
+        let _slot = self.gate.enter().await?;
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2 chosen by ALPN: pingora's HTTP/2 server, its idle timeout and header limit.
+            return self.inner.process_new(stream, &self.drain).await;
+        }
+        let h2c = self.h2c && stream.get_ssl_digest().is_none();
+        let kill = Arc::new(Notify::new());
+        let keepalive = self.limits.keepalive_timeout;
+        let header = self.limits.header_timeout;
+        // A new connection gets the first byte's wait of an idle one, within the head's time.
+        let first_wait = if keepalive.is_zero() {
+            header
+        } else {
+            keepalive.min(header)
+        };
+        let mut deadlines = Deadlines {
+            first_byte: accepted + first_wait,
+            head: Some(accepted + header),
+        };
+        let mut settings = None;
+        let mut first = true;
+        loop {
+            let (head, buf) = match self
+                .read_head(&mut stream, deadlines, &kill, h2c && first)
+                .await
+            {
+                Ok(read) => read,
+                Err(NoHead::TimedOut { partial: true }) => {
+                    self.refuse(
+                        stream,
+                        "408 Request Timeout",
+                        &self.gate.metrics.head_timeout,
+                    )
+                    .await;
+                    return None;
+                }
+                Err(NoHead::Closed { partial: true }) => {
+                    crate::metrics::client_aborts().head.increment(1);
+                    return None;
+                }
+                Err(NoHead::TimedOut { partial: false }) => {
+                    self.gate.metrics.idle_closed.increment(1);
+                    return None;
+                }
+                // Closed at once, without an answer and its lingering read: the slot is wanted
+                // now, by a connection waiting in the backlog. Every connection a slow client
+                // opens past the cap would otherwise cost a slot for the linger time, and the
+                // accepts (a well-behaved client's among them) would queue behind them.
+                Err(NoHead::Closed { partial: false } | NoHead::Evicted) => return None,
+            };
+            match head {
+                Head::Http1 => {}
+                Head::Http2 => return self.serve_h2c(stream, buf).await,
+                Head::LineTooLong => {
+                    self.refuse(stream, "414 URI Too Long", &self.gate.metrics.line_too_long)
+                        .await;
+                    return None;
+                }
+                Head::TooLarge | Head::Partial => {
+                    self.refuse(
+                        stream,
+                        "431 Request Header Fields Too Large",
+                        &self.gate.metrics.head_too_large,
+                    )
+                    .await;
+                    return None;
+                }
+            }
+            first = false;
+            let mut session = ServerSession::new_http1(stream);
+            match settings.take() {
+                Some(settings) => pingora_core::apps::HttpPersistentSettings::apply_to_session(
+                    settings,
+                    &mut session,
+                ),
+                None => session.set_keepalive(self.pingora_keepalive()),
+            }
+            if *self.drain.borrow() {
+                session.set_keepalive(None);
+            }
+            session.set_pipelined_prefix(buf);
+            let reused = self.inner.process_new_http(session, &self.drain).await?;
+            let (next, next_settings) = reused.consume();
+            stream = next;
+            settings = next_settings;
+            if keepalive.is_zero() || *self.drain.borrow() {
+                return None;
+            }
+            let now = Instant::now();
+            deadlines = Deadlines {
+                first_byte: now + keepalive,
+                head: None,
+            };
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.stopped.send_replace(true);
+        ServerApp::cleanup(&*self.inner).await;
+    }
+}
+
+impl<A> LimitedApp<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// Hand a connection that opened with the HTTP/2 preface to pingora's HTTP/2 server, with
+    /// the bytes already read put back in front of the socket.
+    async fn serve_h2c(self: &Arc<Self>, stream: Stream, read: BytesMut) -> Option<Stream> {
+        use pingora_core::protocols::l4::stream::Stream as TcpStream;
+        let mut tcp = match stream.into_any().downcast::<TcpStream>() {
+            Ok(tcp) => tcp,
+            Err(_) => {
+                log::debug!("an h2c connection is not a plain TCP stream; closing it");
+                return None;
+            }
+        };
+        tcp.rewind(&read);
+        self.inner.process_new(tcp, &self.drain).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(line: usize, head: usize) -> ClientLimits {
+        ClientLimits {
+            max_request_line_bytes: line,
+            max_header_bytes: head,
+            ..ClientLimits::default()
+        }
+    }
+
+    fn classify(input: &[u8], l: &ClientLimits, h2c: bool) -> Head {
+        HeadScan::default().classify(input, l, h2c)
+    }
+
+    #[test]
+    fn heads_without_header_lines_are_complete() {
+        let l = limits(64, 1024);
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n\r\n", &l, true), Head::Http1);
+        assert_eq!(
+            classify(b"OPTIONS / HTTP/1.0\r\n\r\n", &l, true),
+            Head::Http1
+        );
+        assert_eq!(classify(b"GET / HTTP/1.1\n\n", &l, true), Head::Http1);
+        assert_eq!(
+            classify(b"\r\nGET / HTTP/1.1\r\n\r\n", &l, false),
+            Head::Http1
+        );
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\nHost: a\r\n", &l, true),
+            Head::Partial
+        );
+    }
+
+    #[test]
+    fn the_preface_is_told_apart_from_the_first_bytes() {
+        let l = limits(64, 1024);
+        assert_eq!(classify(b"P", &l, true), Head::Partial);
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\n", &l, true), Head::Partial);
+        assert_eq!(classify(H2_PREFACE, &l, true), Head::Http2);
+        assert_eq!(classify(b"POST / HTTP/1.1\r\n\r\n", &l, true), Head::Http1);
+        // Without h2c the preface is just an odd HTTP/1 head, left to the parser.
+        assert_eq!(classify(H2_PREFACE, &l, false), Head::Http1);
+    }
+
+    #[test]
+    fn long_lines_and_large_heads_are_refused_without_waiting_for_their_end() {
+        let l = limits(16, 1024);
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(20));
+        assert_eq!(classify(long.as_bytes(), &l, true), Head::LineTooLong);
+        assert_eq!(classify(&[b'a'; 18], &l, true), Head::LineTooLong);
+        assert_eq!(classify(&[b'a'; 17], &l, true), Head::Partial);
+        // A line of exactly the limit is allowed.
+        assert_eq!(
+            classify(b"GET /abcdefghijk\r\n\r\n", &l, true),
+            Head::Http1,
+            "16 bytes"
+        );
+        let mut big = b"GET / HTTP/1.1\r\n".to_vec();
+        while big.len() < 1024 {
+            big.extend_from_slice(b"X-Filler: 0123456789\r\n");
+        }
+        assert_eq!(classify(&big, &l, true), Head::TooLarge);
+        big.truncate(1000);
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(classify(&big, &l, true), Head::Http1);
+    }
+
+    #[test]
+    fn a_head_sent_a_byte_at_a_time_is_found() {
+        let l = limits(64, 1024);
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut scan = HeadScan::default();
+        for n in 1..input.len() {
+            assert_eq!(scan.classify(&input[..n], &l, true), Head::Partial, "{n}");
+        }
+        assert_eq!(scan.classify(input, &l, true), Head::Http1);
+    }
+
+    #[test]
+    fn the_budget_keeps_descriptors_for_backends_and_health_checks() {
+        let l = ClientLimits::default();
+        let b = ConnectionBudget::new(&l, 3, 1024);
+        assert_eq!(b.reserve, FD_RESERVE_BASE + 3);
+        assert_eq!(b.effective, (1024 - 67) / 2);
+        assert!(b.warning().unwrap().contains("at most 478"));
+        let b = ConnectionBudget::new(&l, 3, 1 << 20);
+        assert_eq!(b.effective, l.max_connections);
+        assert!(b.warning().is_none());
+    }
+
+    #[test]
+    fn evictions_come_in_batches_on_large_gates() {
+        let gate = ConnectionGate::new(100);
+        assert_eq!(gate.evict_batch, 3);
+        let kills: Vec<_> = (0..5).map(|_| Arc::new(Notify::new())).collect();
+        let waits: Vec<_> = kills.iter().map(|k| gate.wait_for_head(k)).collect();
+        assert_eq!(gate.evict_oldest(gate.evict_batch), 3);
+        assert_eq!(gate.waiting.lock().unwrap().len(), 2);
+        drop(waits);
+        assert_eq!(ConnectionGate::new(2).evict_batch, 1);
+        assert_eq!(ConnectionGate::new(100_000).evict_batch, 32);
+    }
+
+    #[tokio::test]
+    async fn a_full_gate_closes_the_oldest_connection_waiting_for_a_head() {
+        let gate = ConnectionGate::new(2);
+        let a = gate.enter().await.unwrap();
+        let _b = gate.enter().await.unwrap();
+        assert_eq!(gate.free(), 0);
+        let (old, new) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let old_wait = gate.wait_for_head(&old);
+        let _new_wait = gate.wait_for_head(&new);
+        let admitted = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.admit().await }
+        });
+        // The oldest waiter is told to close; it frees its slot.
+        tokio::time::timeout(Duration::from_secs(1), old.notified())
+            .await
+            .unwrap();
+        drop(old_wait);
+        drop(a);
+        assert!(admitted.await.unwrap());
+        assert_eq!(gate.waiting.lock().unwrap().len(), 1);
+    }
+}
