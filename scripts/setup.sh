@@ -18,7 +18,7 @@ if [[ "$want" == test || "$want" == bench ]]; then
   need_cmds+=(promtool nghttp curl openssl chromium); need_pkgs+=(prometheus nghttp2-client curl openssl chromium)
 fi
 if [[ "$want" == bench ]]; then
-  need_cmds+=(wrk nginx haproxy taskset); need_pkgs+=(wrk nginx-light haproxy util-linux)
+  need_cmds+=(wrk nginx haproxy taskset prlimit slowhttptest perf); need_pkgs+=(wrk nginx-light haproxy util-linux util-linux slowhttptest linux-perf)
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
