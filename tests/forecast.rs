@@ -139,8 +139,9 @@ async fn the_recommendation_rises_with_the_offered_rate() {
         "{reason}"
     );
     assert!(reason.contains(&format!("{low_rec} backends")), "{reason}");
-    // 80 rps at 20 rps per backend: 4, and a p90 above the median.
-    assert!((4..=8).contains(&low_rec), "{low_rec}: {reason}");
+    // 80 rps at 20 rps per backend: 4, and the highest p90 of the next steps above it (a
+    // one-second series of a random arrival process is noisy: up to about 2.5x the rate).
+    assert!((4..=10).contains(&low_rec), "{low_rec}: {reason}");
 
     // The second phase: the rate triples, so does the recommendation, give or take.
     tokio::time::sleep(Duration::from_secs_f64(END_S - RISE_S - 2.0)).await;
