@@ -20,7 +20,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::model::ModelError;
+use crate::model::{open_checked, ModelError};
 
 /// A loaded, validated forecast model.
 pub struct OnnxForecaster {
@@ -53,62 +53,19 @@ pub enum ForecastRefused {
 impl OnnxForecaster {
     /// Load `path`, check its schema, input and output, and run a probe inference.
     pub fn load(env: &Environment, path: &Path) -> Result<OnnxForecaster, ModelError> {
-        let load_err = |reason: String| ModelError::Load {
-            path: path.to_path_buf(),
-            reason,
-        };
         let incompatible = |reason: String| ModelError::Incompatible {
             path: path.to_path_buf(),
             reason,
         };
-        let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
-        // One thread and no spinning, as for the weight model: the data plane keeps the CPU.
-        let builder_err =
-            |e: ort::Error<ort::session::builder::SessionBuilder>| load_err(e.to_string());
-        let session = Session::builder(env)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_threads(1)
-            .map_err(builder_err)?
-            .with_inter_threads(1)
-            .map_err(builder_err)?
-            .with_config_entry("session.intra_op.allow_spinning", "0")
-            .map_err(builder_err)?
-            .with_config_entry("session.inter_op.allow_spinning", "0")
-            .map_err(builder_err)?
-            .commit_from_memory(&bytes)
-            .map_err(|e| load_err(e.to_string()))?;
-        let metadata = session.metadata().map_err(|e| load_err(e.to_string()))?;
-        let schema = metadata.custom(SCHEMA_KEY);
-        let description = metadata.description().unwrap_or_default();
-        drop(metadata);
-        match schema.as_deref() {
-            Some(s) if s == SCHEMA => {}
-            Some(s) => {
-                return Err(incompatible(format!(
-                    "its forecast schema is {s:?}, this fulcrum feeds {SCHEMA:?}"
-                )))
-            }
-            None => {
-                return Err(incompatible(format!(
-                    "its metadata has no {SCHEMA_KEY:?} entry; expected {SCHEMA:?}"
-                )))
-            }
-        }
-        let inputs = session.inputs();
-        if inputs.len() != 1 || inputs[0].name() != INPUT_NAME {
-            let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
-            return Err(incompatible(format!(
-                "expected exactly one input named {INPUT_NAME:?}, found {names:?}"
-            )));
-        }
-        if let Some(shape) = inputs[0].dtype().tensor_shape() {
-            let dims: &[i64] = shape;
-            if dims.len() != 2 || (dims[1] >= 0 && dims[1] != NUM_FEATURES as i64) {
-                return Err(incompatible(format!(
-                    "input {INPUT_NAME:?} has shape {dims:?}; expected [N, {NUM_FEATURES}]"
-                )));
-            }
-        }
+        let (session, description) = open_checked(
+            env,
+            path,
+            SCHEMA_KEY,
+            SCHEMA,
+            |s| format!("its forecast schema is {s:?}, this fulcrum feeds {SCHEMA:?}"),
+            INPUT_NAME,
+            NUM_FEATURES,
+        )?;
         let outputs = session.outputs();
         let Some(output) = outputs.iter().find(|o| o.name() == OUTPUT_NAME) else {
             let names: Vec<&str> = outputs.iter().map(|o| o.name()).collect();

@@ -145,66 +145,93 @@ impl std::fmt::Debug for OnnxModel {
     }
 }
 
+/// Open the ONNX model at `path` for the control thread (one thread, no spinning: a model this
+/// small gains nothing from a thread pool, and pool threads spinning after each inference
+/// would take CPU from the data plane), and check what every fulcrum model must have: the
+/// schema `expected` under the metadata key `schema_key` (`mismatch` words a different one),
+/// and exactly one input `input` of shape `[N, width]`. Returns the session and the model's
+/// description.
+pub(crate) fn open_checked(
+    env: &Environment,
+    path: &Path,
+    schema_key: &str,
+    expected: &str,
+    mismatch: impl FnOnce(&str) -> String,
+    input: &str,
+    width: usize,
+) -> Result<(Session, String), ModelError> {
+    let load_err = |reason: String| ModelError::Load {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let incompatible = |reason: String| ModelError::Incompatible {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
+    let builder_err =
+        |e: ort::Error<ort::session::builder::SessionBuilder>| load_err(e.to_string());
+    let session = Session::builder(env)
+        .map_err(|e| load_err(e.to_string()))?
+        .with_intra_threads(1)
+        .map_err(builder_err)?
+        .with_inter_threads(1)
+        .map_err(builder_err)?
+        .with_config_entry("session.intra_op.allow_spinning", "0")
+        .map_err(builder_err)?
+        .with_config_entry("session.inter_op.allow_spinning", "0")
+        .map_err(builder_err)?
+        .commit_from_memory(&bytes)
+        .map_err(|e| load_err(e.to_string()))?;
+    let metadata = session.metadata().map_err(|e| load_err(e.to_string()))?;
+    let schema = metadata.custom(schema_key);
+    let description = metadata.description().unwrap_or_default();
+    drop(metadata);
+    match schema.as_deref() {
+        Some(s) if s == expected => {}
+        Some(s) => return Err(incompatible(mismatch(s))),
+        None => {
+            return Err(incompatible(format!(
+                "its metadata has no {schema_key:?} entry; expected {expected:?}"
+            )))
+        }
+    }
+    let inputs = session.inputs();
+    if inputs.len() != 1 || inputs[0].name() != input {
+        let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
+        return Err(incompatible(format!(
+            "expected exactly one input named {input:?}, found {names:?}"
+        )));
+    }
+    if let Some(shape) = inputs[0].dtype().tensor_shape() {
+        let dims: &[i64] = shape;
+        if dims.len() != 2 || (dims[1] >= 0 && dims[1] != width as i64) {
+            return Err(incompatible(format!(
+                "input {input:?} has shape {dims:?}; expected [N, {width}]"
+            )));
+        }
+    }
+    Ok((session, description))
+}
+
 impl OnnxModel {
     /// Load `path`, check its schema and shapes, and run a probe inference.
     pub fn load(env: &Environment, path: &Path) -> Result<OnnxModel, ModelError> {
-        let load_err = |reason: String| ModelError::Load {
-            path: path.to_path_buf(),
-            reason,
-        };
         let incompatible = |reason: String| ModelError::Incompatible {
             path: path.to_path_buf(),
             reason,
         };
-        let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
-        // One thread, no spinning: a model this small gains nothing from a thread pool, and
-        // pool threads spinning after each inference would take CPU from the data plane.
-        let builder_err =
-            |e: ort::Error<ort::session::builder::SessionBuilder>| load_err(e.to_string());
-        let session = Session::builder(env)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_threads(1)
-            .map_err(builder_err)?
-            .with_inter_threads(1)
-            .map_err(builder_err)?
-            .with_config_entry("session.intra_op.allow_spinning", "0")
-            .map_err(builder_err)?
-            .with_config_entry("session.inter_op.allow_spinning", "0")
-            .map_err(builder_err)?
-            .commit_from_memory(&bytes)
-            .map_err(|e| load_err(e.to_string()))?;
-        let metadata = session.metadata().map_err(|e| load_err(e.to_string()))?;
-        let schema = metadata.custom(SCHEMA_KEY);
-        let description = metadata.description().unwrap_or_default();
-        drop(metadata);
-        match schema.as_deref() {
-            Some(s) if s == FEATURE_SCHEMA => {}
-            Some(s) => {
-                return Err(incompatible(format!(
-                "it was trained on feature schema {s:?}, this fulcrum produces {FEATURE_SCHEMA:?}"
-            )))
-            }
-            None => {
-                return Err(incompatible(format!(
-                    "its metadata has no {SCHEMA_KEY:?} entry; expected {FEATURE_SCHEMA:?}"
-                )))
-            }
-        }
-        let inputs = session.inputs();
-        if inputs.len() != 1 || inputs[0].name() != INPUT_NAME {
-            let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
-            return Err(incompatible(format!(
-                "expected exactly one input named {INPUT_NAME:?}, found {names:?}"
-            )));
-        }
-        if let Some(shape) = inputs[0].dtype().tensor_shape() {
-            let dims: &[i64] = shape;
-            if dims.len() != 2 || (dims[1] >= 0 && dims[1] != NUM_FEATURES as i64) {
-                return Err(incompatible(format!(
-                    "input {INPUT_NAME:?} has shape {dims:?}; expected [N, {NUM_FEATURES}]"
-                )));
-            }
-        }
+        let (session, description) = open_checked(
+            env,
+            path,
+            SCHEMA_KEY,
+            FEATURE_SCHEMA,
+            |s| {
+                format!("it was trained on feature schema {s:?}, this fulcrum produces {FEATURE_SCHEMA:?}")
+            },
+            INPUT_NAME,
+            NUM_FEATURES,
+        )?;
         let outputs = session.outputs();
         if outputs.is_empty() {
             return Err(incompatible("the model has no output".into()));
