@@ -153,7 +153,8 @@ TAKEN=" "
 free_port() {
     local p
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 40000))
+        # below the kernel's ephemeral range, so no client socket of an earlier run holds it
+        p=$((15000 + RANDOM % 17000))
         [[ "$TAKEN" == *" $p "* ]] && continue
         port_busy "$p" && continue
         TAKEN+="$p "
@@ -178,7 +179,8 @@ wait_http() { # PORT NAME [SCHEME]
         if [[ "$(curl -fsS --max-time 1 "${trust[@]}" "$scheme://127.0.0.1:$1/" 2>/dev/null)" == "ok" ]]; then return 0; fi
         sleep 0.1
     done
-    die "$2 did not answer 'ok' on $scheme://127.0.0.1:$1 (logs in $WORK)"
+    log "$2 did not answer 'ok' on $scheme://127.0.0.1:$1"
+    return 1
 }
 
 # Make the proxy config in $1 (of kind $2) terminate TLS on port $3 with the test certificate.
@@ -252,7 +254,7 @@ mkdir -p "$WORK/origin/logs"
 render "$PEERS/nginx-backend.conf" "$WORK/origin/nginx.conf" DIR="$WORK/origin" BACKEND_PORT="$BACKEND_PORT"
 taskset -c "$CLIENT_CORE" nginx -p "$WORK/origin" -c "$WORK/origin/nginx.conf" 2>"$WORK/origin/stderr" &
 ORIGIN_PID=$!
-wait_http "$BACKEND_PORT" "origin nginx"
+wait_http "$BACKEND_PORT" "origin nginx" || die "the origin nginx did not start: $(tail -5 "$WORK/origin/stderr")"
 log "origin nginx on 127.0.0.1:$BACKEND_PORT"
 
 # ---------------------------------------------------------------- proxies
@@ -307,7 +309,11 @@ start_proxy() { # NAME PORT
         ;;
     esac
     PROXY_PID=$!
-    wait_http "$port" "$name" "$SCHEME"
+    if ! wait_http "$port" "$name" "$SCHEME"; then
+        log "$name stderr: $(tail -5 "$dir/stderr" 2>/dev/null)"
+        stop_proxy
+        return 1
+    fi
 }
 
 stop_proxy() {
@@ -321,8 +327,12 @@ echo "proxy,run,requests,duration_s,rps,p99_us,cpu_ticks,cpu_us_per_req,proxy_co
 measure() { # NAME RUN
     local name="$1" run="$2" port out pids opids before after obefore oafter mbefore mafter
     local requests secs rps p99 p99us errs cpu_us per_req core wrk_us other
+    local tries=0
     port="$(free_port)"
-    start_proxy "$name" "$port"
+    until start_proxy "$name" "$port"; do
+        ((++tries < 3)) || die "$name did not start three times (logs in $WORK)"
+        port="$(free_port)"
+    done
     "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${WARMUP}s" "$SCHEME://127.0.0.1:$port/" >/dev/null
     mapfile -t pids < <(tree_pids "$PROXY_PID")
     mapfile -t opids < <(tree_pids "$ORIGIN_PID")
@@ -370,7 +380,7 @@ if [[ -n "${BREAKDOWN:-}" ]]; then
     for p in $PROXIES; do
         port="$(free_port)"
         url="$SCHEME://127.0.0.1:$port/"
-        start_proxy "$p" "$port"
+        start_proxy "$p" "$port" || die "$p did not start (logs in $WORK)"
         "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${WARMUP}s" "$url" >/dev/null
         # -p takes every thread of each process; the wrk command only bounds the window.
         pids="$(tree_pids "$PROXY_PID" | paste -sd,)"
