@@ -159,7 +159,7 @@ fn forecast_provisions_ahead_of_a_periodic_ramp() {
             .map_or(f64::INFINITY, |s| s.t_s);
         (three_serving, run.autoscale.slo_violation_windows)
     };
-    let (forecast, forecast_violations) = run(ScalerKind::Forecast);
+    let (forecast, forecast_violations) = run(ScalerKind::Forecast(None));
     let (hpa, hpa_violations) = run(ScalerKind::Hpa);
     assert!(
         forecast < hpa,
