@@ -1,5 +1,6 @@
 //! Runs every scenario of a directory (default `benches/scenarios/autoscale`) under each scaler
-//! (`hpa`, `forecast`, `static` sized for the peak) and prints a Markdown comparison: backend-
+//! (`hpa`, `forecast`, `forecast:60`, `static` sized for the peak; `SCALERS=hpa,forecast` picks
+//! some) and prints a Markdown comparison, then the targets per scenario: backend-
 //! seconds, p99 latency, SLO-violation windows, slow and failed requests, scale events. Each
 //! scenario is measured twice: from its own `warmup_s` (the forecast still learning the cycle)
 //! and from two diurnal periods on (once a season can have been found). With a second
@@ -19,9 +20,12 @@ use fulcrum_sim::{
     simulate_autoscaled, AutoscaleRun, Policy, ScalerKind, SimOptions, AUTOSCALE_TABLE_HEADER,
 };
 
-const SCALERS: [ScalerKind; 3] = [
+/// The HPA, the forecast with the proxy's defaults, the forecast with a 60 s scale-down
+/// stabilisation (a short cycle's setting), and the static pool.
+const SCALERS: [ScalerKind; 4] = [
     ScalerKind::Hpa,
     ScalerKind::Forecast(None),
+    ScalerKind::Forecast(Some(60.0)),
     ScalerKind::Static(None),
 ];
 
