@@ -13,6 +13,11 @@ pub const MAX_BACKENDS: u32 = 100;
 /// Provisioning horizon in seconds: the time a new backend needs to take traffic (`horizon_s`).
 pub const HORIZON_S: u64 = 300;
 
+/// Seconds the recommendation must have been lower before it goes down
+/// (`scale_down_stabilization_s`): Kubernetes' HPA default for
+/// `behavior.scaleDown.stabilizationWindowSeconds`.
+pub const SCALE_DOWN_STABILIZATION_S: u64 = 300;
+
 /// Step of the rate series in seconds (`step_s`).
 pub const STEP_S: u64 = 10;
 

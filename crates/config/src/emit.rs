@@ -206,6 +206,11 @@ impl Config {
                 let _ = writeln!(out, "max_backends = {}", a.max_backends);
                 let _ = writeln!(out, "horizon_s = {}", float(a.horizon.as_secs_f64()));
                 let _ = writeln!(out, "step_s = {}", float(a.step.as_secs_f64()));
+                let _ = writeln!(
+                    out,
+                    "scale_down_stabilization_s = {}",
+                    float(a.scale_down_stabilization.as_secs_f64())
+                );
                 if let Some(m) = &a.forecast_model {
                     let _ = writeln!(out, "forecast_model = {}", path(m));
                 }

@@ -476,7 +476,8 @@ pub struct PoolConfig {
 ///
 /// Every `step` the control thread records the pool's request rate, forecasts it and
 /// recommends `ceil(p90 at horizon / (capacity per backend × target_utilization))` backends,
-/// clamped to `min_backends..=max_backends`.
+/// clamped to `min_backends..=max_backends`; it goes down only to the highest count of the
+/// last `scale_down_stabilization` (as Kubernetes' HPA `behavior` does).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoscaleConfig {
     /// Share of a backend's capacity to plan for (0 < x <= 1, default
@@ -498,6 +499,11 @@ pub struct AutoscaleConfig {
     /// Requests per second one backend serves at full utilisation, when the operator knows it
     /// (`backend_capacity_rps`); `None` estimates it from the traffic.
     pub backend_capacity_rps: Option<f64>,
+    /// The recommendation goes down only to the highest count recommended over this window, so
+    /// a backend is given up once the demand has been lower for that long
+    /// (`scale_down_stabilization_s`, 0..=86400, default
+    /// [`crate::autoscale_defaults::SCALE_DOWN_STABILIZATION_S`]; 0 follows every step).
+    pub scale_down_stabilization: Duration,
 }
 
 impl Default for AutoscaleConfig {
@@ -511,6 +517,7 @@ impl Default for AutoscaleConfig {
             forecast_model: None,
             step: Duration::from_secs(d::STEP_S),
             backend_capacity_rps: None,
+            scale_down_stabilization: Duration::from_secs(d::SCALE_DOWN_STABILIZATION_S),
         }
     }
 }

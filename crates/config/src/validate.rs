@@ -73,6 +73,7 @@ const AUTOSCALE_KEYS: &[&str] = &[
     "forecast_model",
     "step_s",
     "backend_capacity_rps",
+    "scale_down_stabilization_s",
 ];
 const POOL_TLS_KEYS: &[&str] = &["sni", "ca_file", "verify", "client_cert", "client_key"];
 const HEALTH_KEYS: &[&str] = &[
@@ -1123,6 +1124,16 @@ fn read_autoscale(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> AutoscaleConfig {
         |x| x > 0.0 && x.is_finite(),
         "a positive number of requests per second (omit the key to estimate it from the traffic)",
     );
+    if let Some(x) = bounded_f64(
+        ctx,
+        t,
+        "scale_down_stabilization_s",
+        |x| (0.0..=86_400.0).contains(&x),
+        "between 0 and 86400 seconds (how long the recommendation must have been lower before \
+         it goes down; 0 follows every step)",
+    ) {
+        a.scale_down_stabilization = Duration::from_secs_f64(x);
+    }
     if a.step > a.horizon {
         let span = t.get("step_s").map(|v| v.span());
         ctx.warning(

@@ -21,6 +21,7 @@ fn settings() -> DemandSettings {
             max_backends: 100,
         },
         backend_capacity_rps: None,
+        scale_down_stabilization_s: 300.0,
     }
 }
 

@@ -16,7 +16,10 @@ use fulcrum_balance::histogram::HistogramSnapshot;
 use fulcrum_balance::Pool;
 use fulcrum_config::AutoscaleConfig;
 use fulcrum_forecast::builtin::WARMUP_STEPS;
-use fulcrum_forecast::{capacity_per_backend, recommend, Forecast, RateRing, Sizing, Tracker};
+use fulcrum_forecast::recommend::{duration_words, thousands};
+use fulcrum_forecast::{
+    capacity_per_backend, recommend_for, Forecast, Hold, RateRing, Sizing, Tracker,
+};
 
 use crate::forecast_model::{ForecastRefused, OnnxForecaster};
 
@@ -36,6 +39,10 @@ const MAX_ERROR_SHARE: f64 = 0.05;
 /// Utilisation below this, inferred from latency, is not a capacity sample: latency within a
 /// quarter of its idle level is noise as much as load.
 const MIN_LATENCY_UTILIZATION: f64 = 0.2;
+/// The plan never exceeds this multiple of the highest rate in the series (unless the rate
+/// now does): a forecast far beyond anything the pool has seen is an extrapolation (a trend
+/// carried past the turn of a cycle not found yet), not demand.
+const PLAN_CEILING: f64 = 1.25;
 /// Weight of a new capacity sample in the running estimate.
 const CAPACITY_SMOOTHING: f64 = 0.3;
 
@@ -50,6 +57,8 @@ pub struct DemandSettings {
     pub sizing: Sizing,
     /// A backend's capacity when the operator knows it.
     pub backend_capacity_rps: Option<f64>,
+    /// Seconds the recommendation must have been lower before it goes down (0: every step).
+    pub scale_down_stabilization_s: f64,
 }
 
 impl From<&AutoscaleConfig> for DemandSettings {
@@ -63,6 +72,7 @@ impl From<&AutoscaleConfig> for DemandSettings {
                 max_backends: a.max_backends,
             },
             backend_capacity_rps: a.backend_capacity_rps,
+            scale_down_stabilization_s: a.scale_down_stabilization.as_secs_f64(),
         }
     }
 }
@@ -88,6 +98,12 @@ impl DemandSettings {
         }
         h.dedup();
         h
+    }
+
+    /// Steps whose recommendations hold a scale-down back: those of the last
+    /// `scale_down_stabilization_s`, the current one included (at least the current one).
+    pub fn stabilization_steps(&self) -> usize {
+        ((self.scale_down_stabilization_s / self.step_s).round() as usize).max(1)
     }
 
     /// The horizons forecast each step: [`REPORTED_HORIZONS_S`] and the provisioning horizon.
@@ -119,8 +135,14 @@ pub struct DemandReport {
     pub steps: u64,
     /// Seconds per step.
     pub step_s: f64,
-    /// The rate in the step just ended, requests per second.
+    /// The rate sent to the pool's backends in the step just ended, requests per second:
+    /// attempts completed plus the growth of those in flight (what the series records).
     pub observed_rps: f64,
+    /// Attempts the backends completed in the step, per second.
+    pub completed_rps: f64,
+    /// The demand the count is sized for: the highest p90 until the provisioning horizon, or
+    /// the rate now when that is higher, requests per second.
+    pub planned_rps: f64,
     /// Forecasts per horizon, shortest first.
     pub forecasts: Vec<HorizonForecast>,
     /// The provisioning horizon the recommendation covers, seconds.
@@ -143,6 +165,9 @@ pub struct DemandReport {
     pub healthy_backends: u32,
     /// Backends to run.
     pub recommended_backends: u32,
+    /// Backends the demand alone asks for, before the scale-down stabilisation holds a
+    /// recent higher count.
+    pub needed_backends: u32,
     /// The reasoning in words.
     pub reason: String,
     /// Share of the step's attempts that failed.
@@ -154,6 +179,7 @@ pub struct DemandReport {
 struct Counters {
     requests: u64,
     errors: u64,
+    in_flight: u64,
     latency: HistogramSnapshot,
 }
 
@@ -172,6 +198,9 @@ pub struct StepObservation {
     pub backends: u32,
     /// Backends eligible for traffic.
     pub healthy: u32,
+    /// How much the attempts in flight grew over the step, per second (negative when they
+    /// fell): demand that arrived but did not complete yet, a queue building up.
+    pub in_flight_growth_rps: f64,
 }
 
 /// The capacity of one backend, from the operator or from what the pool does: throughput
@@ -241,6 +270,8 @@ pub struct PoolDemand {
     steps: u64,
     capacity: CapacityEstimator,
     latest: Option<DemandReport>,
+    /// The counts the demand asked for in the last steps, `(step, backends)`, oldest first.
+    recent: VecDeque<(u64, u32)>,
 }
 
 impl std::fmt::Debug for PoolDemand {
@@ -269,6 +300,7 @@ impl PoolDemand {
             steps: 0,
             capacity: CapacityEstimator::default(),
             latest: None,
+            recent: VecDeque::new(),
         };
         demand.observe(pool, now_ns);
         demand
@@ -312,14 +344,16 @@ impl PoolDemand {
         self.step_started_ns = now_ns;
         let (mut requests, mut errors, mut latency_sum_us, mut latency_n) = (0u64, 0u64, 0.0, 0);
         let (mut load_sum, mut load_n, mut healthy) = (0.0, 0u32, 0u32);
+        let mut in_flight_growth = 0i64;
         let mut seen = HashMap::with_capacity(pool.backends().len());
         for b in pool.backends() {
             let s = &b.stats;
-            let (r, e) = (s.requests(), s.errors());
+            let (r, e, f) = (s.requests(), s.errors(), s.in_flight());
             let fresh = !self.counters.contains_key(&b.addr);
             let prev = self.counters.remove(&b.addr).unwrap_or_else(|| Counters {
                 requests: r,
                 errors: e,
+                in_flight: f,
                 latency: s.latency_histogram().snapshot(),
             });
             let mut latency = prev.latency;
@@ -327,6 +361,9 @@ impl PoolDemand {
             if !fresh {
                 requests += r.saturating_sub(prev.requests);
                 errors += e.saturating_sub(prev.errors);
+                // Only backends seen at both ends: one joining or leaving with attempts in
+                // flight is not demand arriving or leaving.
+                in_flight_growth += f as i64 - prev.in_flight as i64;
                 if let Some(mean) = window.mean_us {
                     latency_sum_us += mean * window.count as f64;
                     latency_n += window.count;
@@ -344,6 +381,7 @@ impl PoolDemand {
                 Counters {
                     requests: r,
                     errors: e,
+                    in_flight: f,
                     latency,
                 },
             );
@@ -364,6 +402,11 @@ impl PoolDemand {
             reported_load: (load_n > 0).then(|| load_sum / f64::from(load_n)),
             backends: pool.backends().len() as u32,
             healthy,
+            in_flight_growth_rps: if elapsed_s > 0.0 {
+                in_flight_growth as f64 / elapsed_s
+            } else {
+                0.0
+            },
         }
     }
 
@@ -386,7 +429,11 @@ impl PoolDemand {
         model: Option<&mut OnnxForecaster>,
     ) -> &DemandReport {
         self.steps += 1;
-        self.tracker.push(obs.rate_rps);
+        let step_s = self.settings.step_s;
+        // What arrived, not only what completed: under overload completions are capped at what
+        // the backends can do, and the rest waits in flight.
+        let offered = (obs.rate_rps + obs.in_flight_growth_rps).max(0.0);
+        self.tracker.push(offered);
         // One forecast call for the reported horizons and the planning ones, then split.
         let reported = self.settings.horizons_s();
         let planning = self.settings.planning_horizons_s();
@@ -394,13 +441,12 @@ impl PoolDemand {
         horizons.extend(planning.iter().copied());
         horizons.sort_by(f64::total_cmp);
         horizons.dedup();
-        let step_s = self.settings.step_s;
         let builtin = self.tracker.forecast(&horizons);
         let warm = builtin.is_some();
         let mut forecaster = "builtin".to_string();
         let mut model_fallback = None;
         let forecasts: Vec<Forecast> = match (builtin, model) {
-            (None, _) => vec![Forecast::new(obs.rate_rps, obs.rate_rps); horizons.len()],
+            (None, _) => vec![Forecast::new(offered, offered); horizons.len()],
             (Some(b), None) => b,
             (Some(b), Some(m)) => {
                 let season = self.tracker.season_steps();
@@ -434,18 +480,67 @@ impl PoolDemand {
                 .map_or(forecasts[0], |i| forecasts[i])
         };
         // The highest p90 until a backend started now would serve, and never below the rate
-        // served now: backends are not given up before the demand has actually fallen.
-        let plan = planning
-            .iter()
-            .map(|h| of(h).p90)
-            .fold(obs.rate_rps.max(0.0), f64::max);
-        let rec = recommend(
-            plan,
-            self.settings.horizon_s,
-            capacity.unwrap_or(f64::NAN),
-            self.settings.sizing,
-            obs.backends,
-        );
+        // now: backends are not given up before the demand has actually fallen.
+        let highest_p90 = planning.iter().map(|h| of(h).p90).fold(0.0, f64::max);
+        let within = duration_words(self.settings.horizon_s);
+        let highest_seen = self.tracker.ring().to_vec().into_iter().fold(0.0, f64::max);
+        let ceiling = PLAN_CEILING * highest_seen;
+        let (plan, basis) = if offered > highest_p90 {
+            (
+                offered,
+                format!(
+                    "rate now: {} rps, above the highest p90 within {within} ({} rps)",
+                    thousands(offered),
+                    thousands(highest_p90)
+                ),
+            )
+        } else if highest_p90 > ceiling {
+            (
+                ceiling,
+                format!(
+                    "highest p90 within {within}: {} rps, bounded to {} rps ({PLAN_CEILING}× the highest rate seen)",
+                    thousands(highest_p90),
+                    thousands(ceiling)
+                ),
+            )
+        } else {
+            (
+                highest_p90,
+                format!(
+                    "highest p90 within {within}: {} rps",
+                    thousands(highest_p90)
+                ),
+            )
+        };
+        let capacity_rps = capacity.unwrap_or(f64::NAN);
+        let sizing = self.settings.sizing;
+        let needed = recommend_for(plan, &basis, capacity_rps, sizing, obs.backends, None);
+        // Scale-down stabilisation: the highest count the demand asked for over the window.
+        let window = self.settings.stabilization_steps() as u64;
+        while self
+            .recent
+            .front()
+            .is_some_and(|&(at, _)| at + window <= self.steps)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((self.steps, needed.backends));
+        let held = self.recent.iter().map(|&(_, b)| b).max().unwrap_or(0);
+        let rec = if held > needed.backends {
+            recommend_for(
+                plan,
+                &basis,
+                capacity_rps,
+                sizing,
+                obs.backends,
+                Some(Hold {
+                    backends: held,
+                    window_s: self.settings.scale_down_stabilization_s,
+                }),
+            )
+        } else {
+            needed.clone()
+        };
         let reason = if warm {
             rec.reason
         } else {
@@ -458,7 +553,9 @@ impl PoolDemand {
         self.latest = Some(DemandReport {
             steps: self.steps,
             step_s,
-            observed_rps: obs.rate_rps,
+            observed_rps: offered,
+            completed_rps: obs.rate_rps,
+            planned_rps: plan,
             forecasts: reported
                 .iter()
                 .map(|h| {
@@ -480,6 +577,7 @@ impl PoolDemand {
             current_backends: obs.backends,
             healthy_backends: obs.healthy,
             recommended_backends: rec.backends,
+            needed_backends: needed.backends,
             reason,
             error_share: obs.error_share,
         });
@@ -515,6 +613,7 @@ mod tests {
                 max_backends: 50,
             },
             backend_capacity_rps: capacity,
+            scale_down_stabilization_s: 0.0,
         }
     }
 
@@ -612,6 +711,127 @@ mod tests {
         );
         assert_eq!(r.forecasts[0].p90, 30.0);
         assert_eq!(r.recommended_backends, 6);
+    }
+
+    /// A step of `rps` completed at 2 ms on two backends, the attempts in flight growing by
+    /// `growth` a second.
+    fn obs(rps: f64, growth: f64) -> StepObservation {
+        StepObservation {
+            rate_rps: rps,
+            mean_latency_ms: Some(2.0),
+            backends: 2,
+            healthy: 2,
+            in_flight_growth_rps: growth,
+            ..StepObservation::default()
+        }
+    }
+
+    #[test]
+    fn a_scale_down_waits_until_the_demand_has_been_lower_for_the_window() {
+        let p = pool(2);
+        let mut follow = PoolDemand::new(&p, settings(Some(10.0)), 0);
+        let held = DemandSettings {
+            scale_down_stabilization_s: 5.0,
+            ..settings(Some(10.0))
+        };
+        assert_eq!(held.stabilization_steps(), 5);
+        let mut stable = PoolDemand::new(&p, held, 0);
+        // A plateau, a fall, noise: each step the stabilised count is the highest of the
+        // last five counts the demand alone asked for.
+        let rates = (0..60).map(|i| match i {
+            0..=19 => 60.0,
+            20..=39 => 15.0,
+            _ => 30.0 + if i % 3 == 0 { 12.0 } else { 0.0 },
+        });
+        let mut needed = Vec::new();
+        let mut held_steps = 0;
+        for r in rates {
+            let f = follow.record(obs(r, 0.0), None).clone();
+            let s = stable.record(obs(r, 0.0), None).clone();
+            assert_eq!(f.recommended_backends, f.needed_backends);
+            assert_eq!(
+                s.needed_backends, f.needed_backends,
+                "the demand is the same"
+            );
+            needed.push(f.needed_backends);
+            let window = &needed[needed.len().saturating_sub(5)..];
+            assert_eq!(
+                s.recommended_backends,
+                *window.iter().max().unwrap(),
+                "{window:?}: {}",
+                s.reason
+            );
+            if s.recommended_backends > s.needed_backends {
+                held_steps += 1;
+                assert!(
+                    s.reason.contains(&format!(
+                        "{} backends would do, but {} were recommended within the last 5 s \
+                         (scale-down stabilisation)",
+                        s.needed_backends, s.recommended_backends
+                    )),
+                    "{}",
+                    s.reason
+                );
+            } else {
+                assert!(!s.reason.contains("stabilisation"), "{}", s.reason);
+            }
+        }
+        assert!(held_steps >= 4, "the fall was held for {held_steps} steps");
+    }
+
+    #[test]
+    fn demand_waiting_in_flight_counts_and_the_rate_now_is_a_floor() {
+        let p = pool(2);
+        let mut d = PoolDemand::new(&p, settings(Some(10.0)), 0);
+        for _ in 0..20 {
+            d.record(obs(20.0, 0.0), None);
+        }
+        let r = d.latest().unwrap().clone();
+        assert_eq!((r.observed_rps, r.completed_rps), (20.0, 20.0));
+        // The backends complete what they can (capped at 20 rps) while 100 more attempts a
+        // second queue up: 120 rps arrived, more than any p90 forecast from the past.
+        let r = d.record(obs(20.0, 100.0), None).clone();
+        assert_eq!((r.observed_rps, r.completed_rps), (120.0, 20.0));
+        assert_eq!(r.planned_rps, 120.0);
+        // 120 rps at 5 rps per backend (10 at 50 %).
+        assert_eq!(r.recommended_backends, 24, "{}", r.reason);
+        assert!(
+            r.reason
+                .starts_with("rate now: 120 rps, above the highest p90 within 5 s ("),
+            "{}",
+            r.reason
+        );
+        assert_eq!(*d.series().last().unwrap(), 120.0);
+        // The queue drains: fewer arrived than completed.
+        let r = d.record(obs(20.0, -10.0), None);
+        assert_eq!(r.observed_rps, 10.0);
+    }
+
+    #[test]
+    fn the_plan_never_goes_far_beyond_the_highest_rate_seen() {
+        let p = pool(2);
+        let mut d = PoolDemand::new(
+            &p,
+            DemandSettings {
+                horizon_s: 30.0,
+                ..settings(Some(10.0))
+            },
+            0,
+        );
+        // A steep ramp: a trend carried 30 steps on lands far above anything seen.
+        for i in 1..=20 {
+            d.record(obs(10.0 * f64::from(i), 0.0), None);
+        }
+        let r = d.latest().unwrap();
+        assert!(r.forecasts.iter().any(|f| f.p90 > 300.0), "{r:?}");
+        assert_eq!(r.planned_rps, 250.0, "1.25 × 200 rps");
+        assert_eq!(r.recommended_backends, 50, "{}", r.reason);
+        assert!(
+            r.reason
+                .contains("rps, bounded to 250 rps (1.25× the highest rate seen)"),
+            "{}",
+            r.reason
+        );
     }
 
     #[test]

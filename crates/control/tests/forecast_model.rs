@@ -85,6 +85,7 @@ fn a_bad_answer_falls_back_to_the_builtin_forecast_for_that_step_only() {
             max_backends: 100,
         },
         backend_capacity_rps: Some(10.0),
+        scale_down_stabilization_s: 0.0,
     };
     let mut d = PoolDemand::new(&pool, settings, 0);
     let serve = |n: u64| {

@@ -41,7 +41,7 @@ pub mod smoothing;
 pub mod tracker;
 
 pub use builtin::{Builtin, Season};
-pub use recommend::{capacity_per_backend, recommend, Recommendation, Sizing};
+pub use recommend::{capacity_per_backend, recommend, recommend_for, Hold, Recommendation, Sizing};
 pub use ring::RateRing;
 pub use season::detect_season;
 pub use tracker::Tracker;

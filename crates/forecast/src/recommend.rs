@@ -32,58 +32,127 @@ pub fn recommend(
     sizing: Sizing,
     current: u32,
 ) -> Recommendation {
+    let demand = finite_rate(p90_rps);
+    recommend_for(
+        demand,
+        &format!(
+            "highest p90 within {}: {} rps",
+            duration_words(horizon_s),
+            thousands(demand)
+        ),
+        capacity_per_backend,
+        sizing,
+        current,
+        None,
+    )
+}
+
+/// A count recommended recently that holds a scale-down back: the recommendation goes down
+/// only once it has been lower for the whole window (Kubernetes' HPA `behavior.scaleDown`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hold {
+    /// The highest count recommended within the window.
+    pub backends: u32,
+    /// The window, seconds.
+    pub window_s: f64,
+}
+
+/// Backends needed for `demand_rps`, described by `basis` (what the demand is, in words, the
+/// first clause of the reasoning), when one backend serves `capacity_per_backend` rps at full
+/// utilisation; `current` is the count running now, and `hold` keeps a recent higher count.
+pub fn recommend_for(
+    demand_rps: f64,
+    basis: &str,
+    capacity_per_backend: f64,
+    sizing: Sizing,
+    current: u32,
+    hold: Option<Hold>,
+) -> Recommendation {
     let min = sizing.min_backends.max(1);
     let max = sizing.max_backends.max(min);
     let per_backend = capacity_per_backend * sizing.target_utilization;
-    let demand = if p90_rps.is_finite() {
-        p90_rps.max(0.0)
-    } else {
-        0.0
-    };
-    let when = format!(
-        "highest p90 within {}: {} rps",
-        duration_words(horizon_s),
-        thousands(demand)
-    );
-    if !(per_backend.is_finite() && per_backend > 0.0) {
-        return Recommendation {
-            backends: current.clamp(min, max),
-            reason: format!(
-                "{when}; capacity per backend not known yet; keep {} backends",
-                current.clamp(min, max)
-            ),
+    let demand = finite_rate(demand_rps);
+    let (needed, sizing_words) = if per_backend.is_finite() && per_backend > 0.0 {
+        let raw = (demand / per_backend).ceil();
+        let backends = if raw >= f64::from(max) {
+            max
+        } else {
+            (raw as u32).clamp(min, max)
         };
-    }
-    let raw = (demand / per_backend).ceil();
-    let backends = if raw >= f64::from(max) {
-        max
-    } else {
-        (raw as u32).clamp(min, max)
-    };
-    let clamp_note = if raw > f64::from(max) {
-        format!(
-            " (capped at max_backends = {max}, {} needed)",
-            thousands(raw)
+        let clamp_note = if raw > f64::from(max) {
+            format!(
+                " (capped at max_backends = {max}, {} needed)",
+                thousands(raw)
+            )
+        } else if raw < f64::from(min) {
+            format!(" (min_backends = {min})")
+        } else {
+            String::new()
+        };
+        (
+            backends,
+            format!(
+                "one backend serves ~{} rps at {:.0} %; {}{clamp_note}",
+                thousands(per_backend),
+                sizing.target_utilization * 100.0,
+                count_words(backends),
+            ),
         )
-    } else if raw < f64::from(min) {
-        format!(" (min_backends = {min})")
     } else {
-        String::new()
+        let keep = current.clamp(min, max);
+        (
+            keep,
+            format!("capacity per backend not known yet; {}", count_words(keep)),
+        )
     };
-    let change = match backends.cmp(&current) {
+    let Some(h) = hold.filter(|h| h.backends.min(max) > needed) else {
+        if !(per_backend.is_finite() && per_backend > 0.0) {
+            return Recommendation {
+                backends: needed,
+                reason: format!(
+                    "{basis}; capacity per backend not known yet; keep {}",
+                    count_words(needed)
+                ),
+            };
+        }
+        return Recommendation {
+            backends: needed,
+            reason: format!("{basis}; {sizing_words}, {}", change_words(needed, current)),
+        };
+    };
+    let held = h.backends.min(max);
+    Recommendation {
+        backends: held,
+        reason: format!(
+            "{basis}; {sizing_words} would do, but {held} {} recommended within the last {} \
+             (scale-down stabilisation): {}, {}",
+            if held == 1 { "was" } else { "were" },
+            duration_words(h.window_s),
+            count_words(held),
+            change_words(held, current),
+        ),
+    }
+}
+
+fn change_words(backends: u32, current: u32) -> String {
+    match backends.cmp(&current) {
         std::cmp::Ordering::Greater => format!("{} more than now", backends - current),
         std::cmp::Ordering::Less => format!("{} fewer than now", current - backends),
         std::cmp::Ordering::Equal => "as many as now".to_string(),
-    };
-    Recommendation {
-        backends,
-        reason: format!(
-            "{when}; one backend serves ~{} rps at {:.0} %; {backends} backend{}{clamp_note}, {change}",
-            thousands(per_backend),
-            sizing.target_utilization * 100.0,
-            if backends == 1 { "" } else { "s" },
-        ),
     }
+}
+
+fn finite_rate(x: f64) -> f64 {
+    if x.is_finite() {
+        x.max(0.0)
+    } else {
+        0.0
+    }
+}
+
+/// `1` -> `"1 backend"`, `9` -> `"9 backends"`.
+fn count_words(n: u32) -> String {
+    format!("{n} backend{}", if n == 1 { "" } else { "s" })
 }
 
 /// A backend's capacity (rps at full utilisation) from what a pool served: `throughput_rps`
@@ -109,7 +178,7 @@ pub fn thousands(x: f64) -> String {
 }
 
 /// `300` -> `"5 min"`, `45` -> `"45 s"`, `5400` -> `"1.5 h"`.
-fn duration_words(s: f64) -> String {
+pub fn duration_words(s: f64) -> String {
     if s >= 3600.0 {
         format!("{} h", trim(s / 3600.0))
     } else if s >= 60.0 {
@@ -166,5 +235,43 @@ mod tests {
         assert_eq!(capacity_per_backend(700.0, 0.5, 7), Some(200.0));
         assert_eq!(capacity_per_backend(700.0, 0.01, 7), None);
         assert_eq!(thousands(1234567.4), "1,234,567");
+    }
+
+    #[test]
+    fn a_recent_higher_count_holds_a_scale_down_and_says_so() {
+        let hold = Some(Hold {
+            backends: 9,
+            window_s: 300.0,
+        });
+        // 1000 / 210 = 4.76 -> 5 would do; 9 were recommended within the window.
+        let r = recommend_for(1000.0, "demand 1,000 rps", 300.0, SIZING, 10, hold);
+        assert_eq!(r.backends, 9);
+        assert_eq!(
+            r.reason,
+            "demand 1,000 rps; one backend serves ~210 rps at 70 %; 5 backends would do, but 9 \
+             were recommended within the last 5 min (scale-down stabilisation): 9 backends, 1 \
+             fewer than now"
+        );
+        // A scale-up is never held back, and a hold above max_backends is capped.
+        let r = recommend_for(3000.0, "d", 300.0, SIZING, 10, hold);
+        assert_eq!(r.backends, 15);
+        assert_eq!(
+            r.reason,
+            "d; one backend serves ~210 rps at 70 %; 15 backends, 5 more than now"
+        );
+        let small = Sizing {
+            max_backends: 6,
+            ..SIZING
+        };
+        assert_eq!(recommend_for(100.0, "d", 300.0, small, 6, hold).backends, 6);
+        // The unknown capacity keeps the current count, or the held one if higher.
+        let r = recommend_for(100.0, "d", f64::NAN, SIZING, 3, hold);
+        assert_eq!(r.backends, 9);
+        assert!(
+            r.reason
+                .contains("not known yet; 3 backends would do, but 9"),
+            "{}",
+            r.reason
+        );
     }
 }

@@ -100,8 +100,9 @@ struct SimArgs {
     #[arg(long)]
     heuristic: bool,
     /// Scaler for a scenario with an `[autoscale]` table: `none` (default: the backends as
-    /// written), `hpa` (or `reactive`: Kubernetes' HPA), `forecast`, `static` (sized for the
-    /// peak) or `static:N`; repeat for several.
+    /// written), `hpa` (or `reactive`: Kubernetes' HPA), `forecast` (fulcrum's recommendation
+    /// with its defaults), `forecast:S` (with `scale_down_stabilization_s = S`), `static`
+    /// (sized for the peak) or `static:N`; repeat for several.
     #[arg(long = "scaler")]
     scalers: Vec<String>,
     /// Proxies sharing the backends, each with its own pickers and control loop; the load is
@@ -463,9 +464,17 @@ fn autoscale_summary(pool: &str, a: &fulcrum_config::AutoscaleConfig) -> String 
         Some(m) => format!("forecast model {}", m.display()),
         None => "built-in forecaster".to_string(),
     };
+    let down = if a.scale_down_stabilization.is_zero() {
+        "down at once when the demand falls".to_string()
+    } else {
+        format!(
+            "down only after {} s lower",
+            a.scale_down_stabilization.as_secs_f64()
+        )
+    };
     format!(
         "pool {pool}: autoscale recommends {}..={} backends at {} % utilisation for the p90 \
-         {} s ahead, a rate every {} s, {model}, {capacity}",
+         {} s ahead, {down}, a rate every {} s, {model}, {capacity}",
         a.min_backends,
         a.max_backends,
         a.target_utilization * 100.0,

@@ -17,7 +17,8 @@ use crate::Upstreams;
 
 /// Metric names owned by the forecasts.
 pub mod names {
-    /// The pool's observed request rate in the last step.
+    /// The pool's request rate in the last step (completed attempts plus the growth of those
+    /// in flight).
     pub const POOL_REQUESTS_PER_SECOND: &str = "fulcrum_pool_requests_per_second";
     /// The forecast request rate, by horizon (seconds) and quantile (0.5, 0.9).
     pub const POOL_FORECAST_REQUESTS_PER_SECOND: &str = "fulcrum_pool_forecast_requests_per_second";
@@ -38,7 +39,7 @@ pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!(
         names::POOL_REQUESTS_PER_SECOND,
-        "Requests per second a pool's backends completed in the last forecast step."
+        "Requests per second sent to a pool's backends in the last forecast step (completed attempts plus the growth of those in flight)."
     );
     describe_gauge!(
         names::POOL_CAPACITY_PER_BACKEND_REQUESTS_PER_SECOND,
@@ -46,7 +47,7 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         names::POOL_RECOMMENDED_BACKENDS,
-        "Backends a pool needs for the highest p90 forecast until its provisioning horizon, at its target utilisation."
+        "Backends a pool needs for the highest p90 forecast until its provisioning horizon (or the rate now, if higher) at its target utilisation, held for the scale-down stabilisation window."
     );
     describe_gauge!(
         names::POOL_FORECAST_MODEL_LOADED,

@@ -734,13 +734,19 @@ fn autoscale_mistakes_are_explained() {
 
 #[test]
 fn autoscale_suite_parses_with_scaler_and_slo() {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(suite_dir().join("autoscale"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 5, "{files:?}");
+    let toml_in = |dir: &str| -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(suite_dir().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        files
+    };
+    let (public, unseen) = (toml_in("autoscale"), toml_in("autoscale-unseen"));
+    assert!(public.len() >= 5, "{public:?}");
+    assert!(unseen.len() >= 2, "{unseen:?}");
+    let files: Vec<PathBuf> = public.into_iter().chain(unseen).collect();
     for path in &files {
         let (s, warnings) =
             load_scenario(path).unwrap_or_else(|d| panic!("{}:\n{d}", path.display()));

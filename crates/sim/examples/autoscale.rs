@@ -1,5 +1,6 @@
 //! Runs every scenario of a directory (default `benches/scenarios/autoscale`) under each scaler
-//! (`hpa`, `forecast`, `static` sized for the peak) and prints a Markdown comparison: backend-
+//! (`hpa`, `forecast`, `forecast:60`, `static` sized for the peak; `SCALERS=hpa,forecast` picks
+//! some) and prints a Markdown comparison, then the targets per scenario: backend-
 //! seconds, p99 latency, SLO-violation windows, slow and failed requests, scale events. Each
 //! scenario is measured twice: from its own `warmup_s` (the forecast still learning the cycle)
 //! and from two diurnal periods on (once a season can have been found). With a second
@@ -19,11 +20,22 @@ use fulcrum_sim::{
     simulate_autoscaled, AutoscaleRun, Policy, ScalerKind, SimOptions, AUTOSCALE_TABLE_HEADER,
 };
 
-const SCALERS: [ScalerKind; 3] = [
+/// The HPA, the forecast with the proxy's defaults, the forecast with a 60 s scale-down
+/// stabilisation (a short cycle's setting), and the static pool.
+const SCALERS: [ScalerKind; 4] = [
     ScalerKind::Hpa,
-    ScalerKind::Forecast,
+    ScalerKind::Forecast(None),
+    ScalerKind::Forecast(Some(60.0)),
     ScalerKind::Static(None),
 ];
+
+/// The scalers to run: every one of [`SCALERS`], or those named in `SCALERS=forecast,hpa`.
+fn scalers() -> Result<Vec<ScalerKind>, String> {
+    match std::env::var("SCALERS") {
+        Ok(list) => list.split(',').map(str::parse).collect(),
+        Err(_) => Ok(SCALERS.to_vec()),
+    }
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -44,7 +56,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.retain(|p| p.extension().is_some_and(|x| x == "toml"));
     files.sort();
     let opts = SimOptions::default();
+    let kinds = scalers()?;
     let mut out = String::new();
+    let mut targets = String::from(TARGETS_HEADER);
     out.push_str(AUTOSCALE_TABLE_HEADER);
     let mut scenarios = Vec::new();
     for path in &files {
@@ -63,10 +77,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
         })
         .collect();
-    scenarios.extend(steady);
+    if std::env::var_os("STEADY").is_none_or(|v| v != "0") {
+        scenarios.extend(steady);
+    }
     for sc in &scenarios {
         let runs: Vec<Result<AutoscaleRun, String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = SCALERS
+            let handles: Vec<_> = kinds
                 .iter()
                 .map(|k| {
                     let opts = &opts;
@@ -81,7 +97,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect()
         });
         let runs = runs.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let hpa_cost = runs[0].autoscale.backend_seconds;
+        targets.push_str(&targets_rows(&sc.name, &runs));
+        let hpa_cost = runs
+            .iter()
+            .find(|r| r.autoscale.scaler == "hpa")
+            .map_or(f64::NAN, |r| r.autoscale.backend_seconds);
         for run in &runs {
             out.push_str(&run.markdown_row(&sc.name, hpa_cost));
             if let Some(dir) = &timelines {
@@ -97,7 +117,61 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     print!("{out}");
+    if targets != TARGETS_HEADER {
+        print!("\n{targets}");
+    }
     Ok(())
+}
+
+const TARGETS_HEADER: &str = "| scenario | forecast ≤ ½ HPA's violation windows | ≤ 1.1× HPA's backend-s | ≤ 0.75× static's backend-s | ≤ static's violation windows | scale events hpa / forecast |\n|---|---|---|---|---|---|\n";
+
+/// The targets for each forecast scaler on one scenario, against the HPA and the
+/// static pool (rows only when both ran).
+fn targets_rows(scenario: &str, runs: &[AutoscaleRun]) -> String {
+    let of = |name: &str| {
+        runs.iter()
+            .find(|r| r.autoscale.scaler == name)
+            .map(|r| &r.autoscale)
+    };
+    let (Some(h), Some(s)) = (of("hpa"), of("static")) else {
+        return String::new();
+    };
+    let verdict = |ok: bool, detail: String| {
+        if ok {
+            format!("yes ({detail})")
+        } else {
+            format!("**no** ({detail})")
+        }
+    };
+    let mut out = String::new();
+    for f in runs
+        .iter()
+        .map(|r| &r.autoscale)
+        .filter(|a| a.scaler.starts_with("forecast"))
+    {
+        let (fv, hv, sv) = (
+            f.slo_violation_windows,
+            h.slo_violation_windows,
+            s.slo_violation_windows,
+        );
+        let vs_hpa = f.backend_seconds / h.backend_seconds;
+        let vs_static = f.backend_seconds / s.backend_seconds;
+        let name = if f.scaler == "forecast" {
+            scenario.to_string()
+        } else {
+            format!("{scenario}, {}", f.scaler)
+        };
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} / {} |\n",
+            verdict(2 * fv <= hv, format!("{fv} vs {hv}")),
+            verdict(vs_hpa <= 1.1, format!("{vs_hpa:.2}×")),
+            verdict(vs_static <= 0.75, format!("{vs_static:.2}×")),
+            verdict(fv <= sv, format!("{fv} vs {sv}")),
+            h.scale_ups + h.scale_downs,
+            f.scale_ups + f.scale_downs,
+        ));
+    }
+    out
 }
 
 fn write_timeline(dir: &Path, scenario: &str, run: &AutoscaleRun) -> std::io::Result<()> {
@@ -217,6 +291,7 @@ fn plot(sc: &Scenario, runs: &[AutoscaleRun]) -> String {
         let colour = match r.autoscale.scaler.as_str() {
             "hpa" => "#d62728",
             "forecast" => "#1f5fbf",
+            s if s.starts_with("forecast:") => "#9467bd",
             _ => "#2ca02c",
         };
         let pts: Vec<(f64, f64)> = r

@@ -22,8 +22,9 @@ use fulcrum_scenario::Autoscale;
 pub enum ScalerKind {
     /// Kubernetes' HPA with its default behaviour ([`HpaSettings::kubernetes`]).
     Hpa,
-    /// fulcrum's forecast and recommendation.
-    Forecast,
+    /// fulcrum's forecast and recommendation; `Some(s)`: with `scale_down_stabilization_s = s`
+    /// instead of the proxy's default.
+    Forecast(Option<f64>),
     /// A fixed number of copies from time 0; `None`: sized for the scenario's peak rate at
     /// `target_utilization` of the copies' true capacity (the over-provisioned reference).
     Static(Option<u32>),
@@ -33,7 +34,8 @@ impl fmt::Display for ScalerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ScalerKind::Hpa => f.write_str("hpa"),
-            ScalerKind::Forecast => f.write_str("forecast"),
+            ScalerKind::Forecast(None) => f.write_str("forecast"),
+            ScalerKind::Forecast(Some(s)) => write!(f, "forecast:{s}"),
             ScalerKind::Static(None) => f.write_str("static"),
             ScalerKind::Static(Some(n)) => write!(f, "static:{n}"),
         }
@@ -46,14 +48,24 @@ impl FromStr for ScalerKind {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "hpa" | "reactive" => Ok(ScalerKind::Hpa),
-            "forecast" => Ok(ScalerKind::Forecast),
+            "forecast" => Ok(ScalerKind::Forecast(None)),
             "static" => Ok(ScalerKind::Static(None)),
-            _ => match s.strip_prefix("static:").map(str::parse::<u32>) {
-                Some(Ok(n)) if n > 0 => Ok(ScalerKind::Static(Some(n))),
-                _ => Err(format!(
-                    "unknown scaler {s:?}: expected hpa, forecast, static or static:N"
-                )),
-            },
+            _ => {
+                if let Some(Ok(n)) = s.strip_prefix("static:").map(str::parse::<u32>) {
+                    if n > 0 {
+                        return Ok(ScalerKind::Static(Some(n)));
+                    }
+                }
+                if let Some(Ok(w)) = s.strip_prefix("forecast:").map(str::parse::<f64>) {
+                    if (0.0..=86_400.0).contains(&w) {
+                        return Ok(ScalerKind::Forecast(Some(w)));
+                    }
+                }
+                Err(format!(
+                    "unknown scaler {s:?}: expected hpa, forecast, forecast:S (S seconds of \
+                     scale-down stabilisation), static or static:N"
+                ))
+            }
         }
     }
 }
@@ -86,6 +98,9 @@ pub struct ScaleView {
     pub mean_latency_ms: Option<f64>,
     /// Busy slots over offered slots of every backend taking traffic, over the period.
     pub pool_utilisation: f64,
+    /// How much the attempts in flight at the backends (in service or queued, draining copies
+    /// included) grew over the period, per second, as the proxy counts them.
+    pub in_flight_growth_rps: f64,
     /// Backends taking traffic now, scaled or not.
     pub pool_backends: u32,
     /// Backends of the pool that are not scaled.
@@ -250,8 +265,9 @@ pub const FORECAST_STEP_S: f64 = 10.0;
 /// thread runs per autoscaled pool) on the simulated pool. Every step the simulator hands it
 /// what the pool did ([`StepObservation`]: completed attempts per second, error share, mean
 /// latency, and the copies' utilisation as the load they report about themselves), and it
-/// forecasts, estimates the capacity per backend and recommends a count for the p90 at the
-/// provisioning horizon (`horizon_s = provision_s`), as the proxy recommends it.
+/// forecasts, estimates the capacity per backend and recommends a count for the highest p90
+/// until the provisioning horizon (`horizon_s = provision_s`) with the proxy's default
+/// scale-down stabilisation, as the proxy recommends it.
 pub struct ForecastScaler {
     demand: PoolDemand,
     planned: Option<f64>,
@@ -267,8 +283,15 @@ impl fmt::Debug for ForecastScaler {
 
 impl ForecastScaler {
     /// A scaler for the scenario's `[autoscale]` table over `pool` (with `fixed` backends that
-    /// are not scaled), starting now.
-    pub fn new(a: &Autoscale, fixed: u32, pool: &Pool, now_ns: u64) -> Self {
+    /// are not scaled), starting now; `stabilization_s` overrides the proxy's default
+    /// `scale_down_stabilization_s`.
+    pub fn new(
+        a: &Autoscale,
+        fixed: u32,
+        pool: &Pool,
+        now_ns: u64,
+        stabilization_s: Option<f64>,
+    ) -> Self {
         let settings = DemandSettings {
             step_s: FORECAST_STEP_S,
             horizon_s: a.provision_s.max(FORECAST_STEP_S),
@@ -278,6 +301,8 @@ impl ForecastScaler {
                 max_backends: a.max_backends + fixed,
             },
             backend_capacity_rps: None,
+            scale_down_stabilization_s: stabilization_s
+                .unwrap_or(fulcrum_config::autoscale_defaults::SCALE_DOWN_STABILIZATION_S as f64),
         };
         Self {
             demand: PoolDemand::new(pool, settings, now_ns),
@@ -304,14 +329,10 @@ impl Scaler for ForecastScaler {
             reported_load: (v.pool_backends > 0).then_some(v.pool_utilisation),
             backends: v.pool_backends,
             healthy: v.pool_backends,
+            in_flight_growth_rps: v.in_flight_growth_rps,
         };
         let report = self.demand.record(obs, None);
-        let horizon = report.horizon_s;
-        self.planned = report
-            .forecasts
-            .iter()
-            .find(|f| f.horizon_s == horizon)
-            .map(|f| f.p90);
+        self.planned = Some(report.planned_rps);
         report.recommended_backends.saturating_sub(v.fixed_backends)
     }
 

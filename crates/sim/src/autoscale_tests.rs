@@ -159,7 +159,7 @@ fn forecast_provisions_ahead_of_a_periodic_ramp() {
             .map_or(f64::INFINITY, |s| s.t_s);
         (three_serving, run.autoscale.slo_violation_windows)
     };
-    let (forecast, forecast_violations) = run(ScalerKind::Forecast);
+    let (forecast, forecast_violations) = run(ScalerKind::Forecast(None));
     let (hpa, hpa_violations) = run(ScalerKind::Hpa);
     assert!(
         forecast < hpa,
@@ -169,4 +169,41 @@ fn forecast_provisions_ahead_of_a_periodic_ramp() {
         forecast_violations < hpa_violations,
         "SLO violations: forecast {forecast_violations}, hpa {hpa_violations}"
     );
+}
+
+/// The forecast scaler runs the proxy's own scale-down stabilisation: after the demand falls,
+/// the default window (300 s) keeps the copies for that long, while without a window they go
+/// as soon as the forecast follows the fall.
+#[test]
+fn the_forecast_scaler_holds_a_scale_down_for_the_proxys_window() {
+    // 600 rps (5 copies at 70 % of 200 rps) until 600 s, then 150 rps (2 copies).
+    let sc = scenario("rate_rps = 600\nsteps = [[600, 150]]", 1200.0, 30.0, 8);
+    let desired_at = |run: &crate::AutoscaleRun, from: f64, to: f64| -> Vec<u32> {
+        run.autoscale
+            .timeline
+            .iter()
+            .filter(|s| s.t_s > from && s.t_s <= to)
+            .map(|s| s.desired)
+            .collect()
+    };
+    let run = |kind| {
+        simulate_autoscaled(&sc, &Policy::LeastConnections, kind, &SimOptions::default()).unwrap()
+    };
+    let held = run(ScalerKind::Forecast(None));
+    let before = *desired_at(&held, 500.0, 600.0).iter().max().unwrap();
+    assert!(before >= 5, "{before} copies for 600 rps");
+    let during = desired_at(&held, 600.0, 880.0);
+    assert!(
+        during.iter().all(|&d| d >= before),
+        "held at {before} for 300 s after the fall: {during:?}"
+    );
+    let after = desired_at(&held, 1000.0, 1200.0);
+    assert!(after.iter().all(|&d| d <= 3), "down once held: {after:?}");
+    let follow = run(ScalerKind::Forecast(Some(0.0)));
+    let during = desired_at(&follow, 600.0, 880.0);
+    assert!(
+        during.iter().any(|&d| d < before),
+        "without a window the count falls within 300 s: {during:?}"
+    );
+    assert!(follow.autoscale.backend_seconds < held.autoscale.backend_seconds);
 }

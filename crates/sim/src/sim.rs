@@ -520,6 +520,8 @@ struct Scaling {
     last_completed: u64,
     last_attempts: (u64, u64, u128),
     last_busy: Vec<f64>,
+    /// Attempts in flight at every backend at the previous step.
+    last_in_flight: u64,
     scale_ups: u32,
     scale_downs: u32,
     peak_serving: u32,
@@ -1198,8 +1200,14 @@ pub fn simulate_autoscaled_detailed(
     let (boxed, start): (Box<dyn Scaler>, u32) = match scaler {
         ScalerKind::Hpa => (Box::new(Hpa::new(HpaSettings::kubernetes(&a))), a.initial),
         // The proxy's demand tracking reads the first replica's pool at the start.
-        ScalerKind::Forecast => (
-            Box::new(ForecastScaler::new(&a, fixed, &sim.replicas[0].pool, 0)),
+        ScalerKind::Forecast(window) => (
+            Box::new(ForecastScaler::new(
+                &a,
+                fixed,
+                &sim.replicas[0].pool,
+                0,
+                window,
+            )),
             a.initial,
         ),
         ScalerKind::Static(n) => {
@@ -1253,6 +1261,7 @@ impl Sim<'_> {
             last_completed: 0,
             last_attempts: (0, 0, 0),
             last_busy: vec![0.0; self.backends.len()],
+            last_in_flight: 0,
             scale_ups: 0,
             scale_downs: 0,
             peak_serving: start,
@@ -1288,6 +1297,11 @@ impl Sim<'_> {
                 }
             }
         }
+        let in_flight: u64 = self
+            .backends
+            .iter()
+            .map(|b| u64::from(b.busy) + b.queue.len() as u64)
+            .sum();
         let view = ScaleView {
             t_s: now as f64 * 1e-9,
             period_s: dt,
@@ -1317,7 +1331,9 @@ impl Sim<'_> {
             },
             pool_backends,
             fixed_backends: (self.backends.len() - s.slots.len()) as u32,
+            in_flight_growth_rps: (in_flight as f64 - s.last_in_flight as f64) / dt,
         };
+        s.last_in_flight = in_flight;
         s.last_ns = now;
         s.last_arrivals = self.arrivals_total;
         s.last_completed = self.completed_total;
