@@ -16,7 +16,9 @@
 //! Nothing of this runs per request: a connection only checks that the data plane's runtime
 //! is known.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -37,6 +39,9 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a worker waits for the others to take their collection task, so that each worker
 /// takes exactly one (a worker busy for longer is left out this time).
 const RENDEZVOUS: Duration = Duration::from_millis(200);
+
+/// Rounds of one task per worker before the workers not reached are left out this time.
+const ROUNDS: usize = 3;
 
 /// Gives the calling thread's free memory back to the OS (for mimalloc, `mi_collect(true)`).
 pub type ReleaseFn = fn();
@@ -101,27 +106,48 @@ impl ReleasePolicy {
     }
 }
 
-/// Run `release` once on each worker thread of the runtime behind `handle`.
+/// Spawn one task per worker of the runtime behind `handle`, from outside it, each running
+/// `release` unless its thread is already in `done`.
 ///
-/// A multi-threaded tokio runtime has no way to address one worker, so one task per worker is
-/// spawned and each, after its collection, waits (blocking its worker) until all have started or
-/// [`RENDEZVOUS`] has passed: a waiting worker cannot take a second task, so the tasks spread
-/// over distinct workers.
-fn on_every_worker(handle: &Handle, release: ReleaseFn) {
+/// A multi-threaded tokio runtime has no way to address one worker, so each task, after its
+/// collection, waits (blocking its worker) until all have started or [`RENDEZVOUS`] has
+/// passed: a waiting worker cannot take a second task, so the tasks spread over distinct
+/// workers. Tasks are spawned from the admin thread, never from a worker, whose LIFO slot no
+/// other worker could take from while it waits.
+fn release_round(handle: &Handle, release: ReleaseFn, done: &Arc<Mutex<HashSet<ThreadId>>>) {
     let workers = handle.metrics().num_workers();
     let started = Arc::new((Mutex::new(0usize), Condvar::new()));
     for _ in 0..workers {
         let started = started.clone();
+        let done = done.clone();
         handle.spawn(async move {
-            release();
+            let me = std::thread::current().id();
+            let first = done.lock().is_ok_and(|mut d| d.insert(me));
+            if first {
+                release();
+            }
             let (count, all) = &*started;
             let Ok(mut n) = count.lock() else { return };
             *n += 1;
-            log::debug!("memory: worker {} of {workers} collected its heap", *n);
             all.notify_all();
             let _ = all.wait_timeout_while(n, RENDEZVOUS, |n| *n < workers);
         });
     }
+}
+
+/// Run `release` once on each worker thread of the runtime behind `handle`: rounds of
+/// [`release_round`] until every worker has run it, at most [`ROUNDS`]; how many did.
+async fn on_every_worker(handle: &Handle, release: ReleaseFn) -> usize {
+    let workers = handle.metrics().num_workers();
+    let done = Arc::new(Mutex::new(HashSet::new()));
+    for _ in 0..ROUNDS {
+        release_round(handle, release, &done);
+        tokio::time::sleep(RENDEZVOUS * 2).await;
+        if done.lock().map_or(0, |d| d.len()) >= workers {
+            break;
+        }
+    }
+    done.lock().map_or(0, |d| d.len())
 }
 
 /// Watch the open connections of `gate` and collect every data-plane worker's heap (and the
@@ -138,12 +164,15 @@ pub async fn housekeeping(gate: Arc<ConnectionGate>, data_plane: Arc<DataPlane>)
         if !policy.observe(open, Instant::now()) {
             continue;
         }
-        if let Some(handle) = data_plane.handle.get() {
-            on_every_worker(handle, release);
-        }
+        let reached = match data_plane.handle.get() {
+            Some(handle) => on_every_worker(handle, release).await,
+            None => 0,
+        };
         release();
         releases.increment(1);
-        log::debug!("memory: open client connections fell to {open}; heaps collected");
+        log::debug!(
+            "memory: open client connections fell to {open}; heaps collected on {reached} workers"
+        );
     }
 }
 
@@ -191,7 +220,7 @@ mod tests {
     }
 
     static RAN: AtomicUsize = AtomicUsize::new(0);
-    static THREADS: Mutex<Vec<std::thread::ThreadId>> = Mutex::new(Vec::new());
+    static THREADS: Mutex<Vec<ThreadId>> = Mutex::new(Vec::new());
 
     fn record() {
         RAN.fetch_add(1, Ordering::SeqCst);
@@ -205,15 +234,14 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        on_every_worker(rt.handle(), record);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while RAN.load(Ordering::SeqCst) < 4 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let mut threads = THREADS.lock().unwrap().clone();
-        assert_eq!(threads.len(), 4);
-        threads.sort_by_key(|t| format!("{t:?}"));
-        threads.dedup();
+        let outside = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let reached = outside.block_on(on_every_worker(rt.handle(), record));
+        assert_eq!(reached, 4);
+        assert_eq!(RAN.load(Ordering::SeqCst), 4);
+        let threads: HashSet<ThreadId> = THREADS.lock().unwrap().iter().copied().collect();
         assert_eq!(threads.len(), 4, "one run on each of the four workers");
     }
 }
