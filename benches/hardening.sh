@@ -26,6 +26,7 @@
 #   BASE_PORT=18600   fulcrum BASE_PORT, admin +1, origins +2 and +3, nginx +4, HAProxy +5
 #                     (127.0.0.1 only)
 #   RESULTS=benches/results/hardening.md
+#   ONLY=header-hold   only the quiet run and the header hold; replaces that row in RESULTS
 # Requirements: slowhttptest, nginx, haproxy, curl, python3, prlimit
 #   (Debian: apt-get install -y slowhttptest nginx-light haproxy curl python3 util-linux)
 set -euo pipefail
@@ -186,6 +187,14 @@ HOLD="$PROBE hold-headers 127.0.0.1 $PORT --conns 300 --bytes 60000"
 PROBE_S=$((ATTACK_S - 5))
 
 start_fulcrum "1024:$HARD_NOFILE"
+if [ "${ONLY:-}" = header-hold ]; then
+    measure "no attack" "sleep 13" 10
+    measure "header hold (300 × 60 KB)" "$HOLD" 8
+    awk -v row="${ROWS[1]}" '/^\| header hold/ { print row; next } { print }' "$RESULTS" >"$WORK/results.md"
+    cp "$WORK/results.md" "$RESULTS"
+    echo "replaced the header-hold row of $RESULTS (logs in $WORK)" >&2
+    exit 0
+fi
 $PROBE keepalive 127.0.0.1 "$PORT" >"$WORK/keepalive.json" &
 KEEPALIVE_PID=$!
 measure "no attack" "sleep 13" 10
