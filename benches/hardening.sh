@@ -61,7 +61,10 @@ SOAK_S="${SOAK_S:-1800}"
 SOAK_RATE="${SOAK_RATE:-20}"
 SOAK_CHURN_S="${SOAK_CHURN_S:-60}"
 SOAK_DOWN_S="${SOAK_DOWN_S:-20}"
-SMUGGLEX_VERSION=0.3.0
+SMUGGLEX_VERSION=0.4.0
+# Every check smugglex knows; cl-0, 0-cl and parser-discrepancy run only when named, and
+# h2-downgrade only over TLS.
+SMUGGLEX_CHECKS=cl-te,te-cl,te-te,h2c,h2,cl-edge,cl-0,0-cl,parser-discrepancy,h2-downgrade
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 PROBE="$PY $ROOT/benches/hardening_probe.py"
 
@@ -399,9 +402,9 @@ if [ "${SMUGGLEX:-1}" = 1 ] && command -v smugglex >/dev/null; then
             lines=$(wc -l <"$WORK/origin/access.log")
             started=$(date +%s)
             # shellcheck disable=SC2086 # $fuzz is empty or one flag
-            timeout 900 smugglex "$target" -k --no-color $fuzz --json -o "$WORK/smugglex-$n.json" \
-                >"$WORK/smugglex-$n.log" 2>&1 || true
-            SMUGGLEX_RUNS+=("smugglex $target -k $fuzz|$(($(date +%s) - started))|$(tail -n +$((lines + 1)) "$WORK/origin/access.log" | wc -l)")
+            timeout 900 smugglex "$target" -c "$SMUGGLEX_CHECKS" -k --no-color $fuzz --json \
+                -o "$WORK/smugglex-$n.json" >"$WORK/smugglex-$n.log" 2>&1 || true
+            SMUGGLEX_RUNS+=("smugglex $target -c \$SMUGGLEX_CHECKS -k $fuzz|$(($(date +%s) - started))|$(tail -n +$((lines + 1)) "$WORK/origin/access.log" | wc -l)")
             echo "smugglex $target $fuzz: $(($(date +%s) - started)) s" >&2
         done
     done
@@ -623,7 +626,8 @@ EOF
         echo "smuggling evidence."
     else
         echo "smugglex $(smugglex --version 2>/dev/null | awk '{ print $NF; exit }') against fulcrum with default limits (TLS: a self-signed"
-        echo "certificate, hence \`-k\`); no \`--checks\`, so every check, HTTP/2 downgrade included over TLS."
+        echo "certificate, hence \`-k\`); \`SMUGGLEX_CHECKS=$SMUGGLEX_CHECKS\`, every check smugglex knows"
+        echo "(h2-downgrade speaks HTTP/2 by ALPN, so it runs over TLS only)."
         echo
         echo "| run | seconds | requests that reached the origins | findings |"
         echo "|---|---|---|---|"
