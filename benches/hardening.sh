@@ -278,7 +278,8 @@ reached, ticks, hz = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 ended = ", ".join(f"{k} × {v}" for k, v in sorted(r["connections_ended_by"].items(), key=lambda kv: -kv[1]))
 cpu = ticks / hz
 print(f"{r['streams_sent']} ({r['streams_sent'] / r['duration_s']:.0f}/s) | {r['connections']} | "
-      f"{r['streams_per_connection_median']} / {r['streams_per_connection_max']} | {ended} | "
+      f"{r['streams_per_connection_median']} / {r['streams_per_connection_max']} | "
+      f"{r['streams_taken_before_goaway_median'] if r['streams_taken_before_goaway_median'] is not None else '-'} | {ended} | "
       f"{r['responses_received']} | {reached} | {cpu:.2f} s ({100 * cpu / r['duration_s']:.0f} %)")
 EOF
 )
@@ -333,12 +334,20 @@ EOF
     sleep 2
     $PROBE client "http://127.0.0.1:$SOAK_PORT/" --rate "$SOAK_RATE" --duration "$SOAK_S" --bucket-s 30 >"$WORK/soak/probe.json" &
     local probe=$!
-    local start now t next_sample=30 next_kill=$SOAK_CHURN_S restart_at="" down="" up_min=2 events=""
+    local start now t up next_sample=30 next_kill=$SOAK_CHURN_S restart_at="" down="" up_min=2 events=""
     start=$(date +%s.%N)
     echo "0 $(rss_kb "$pid") $(fds "$pid") $(metric fulcrum_backend_up "$SOAK_ADMIN") -" >"$WORK/soak/samples.txt"
     while [ "$next_sample" -le "$SOAK_S" ]; do
         now=$(date +%s.%N)
         t=$(awk -v a="$now" -v b="$start" 'BEGIN { printf "%d", a - b }')
+        up=$(metric fulcrum_backend_up "$SOAK_ADMIN")
+        [ "$up" -lt "$up_min" ] && up_min=$up
+        if [ "$t" -ge "$next_sample" ]; then
+            echo "$next_sample $(rss_kb "$pid") $(fds "$pid") $up_min ${events:--}" >>"$WORK/soak/samples.txt"
+            next_sample=$((next_sample + 30))
+            up_min=2
+            events=""
+        fi
         if [ "$t" -ge "$next_kill" ] && [ -z "$down" ] && [ "$t" -lt "$SOAK_S" ]; then
             down=$(((next_kill / SOAK_CHURN_S - 1) % 2))
             kill -KILL "$(cat "$WORK/soak/origin$down.pid")" 2>/dev/null || true
@@ -350,15 +359,6 @@ EOF
             soak_origin "$down"
             events="$events restarted:${SOAK_ORIGINS[$down]}@$t"
             down=""
-        fi
-        local up
-        up=$(metric fulcrum_backend_up "$SOAK_ADMIN")
-        [ "$up" -lt "$up_min" ] && up_min=$up
-        if [ "$t" -ge "$next_sample" ]; then
-            echo "$next_sample $(rss_kb "$pid") $(fds "$pid") $up_min ${events:--}" >>"$WORK/soak/samples.txt"
-            next_sample=$((next_sample + 30))
-            up_min=2
-            events=""
         fi
         sleep 1
     done
@@ -404,7 +404,7 @@ if [ "${SMUGGLEX:-1}" = 1 ] && command -v smugglex >/dev/null; then
             # shellcheck disable=SC2086 # $fuzz is empty or one flag
             timeout 900 smugglex "$target" -c "$SMUGGLEX_CHECKS" -k --no-color $fuzz --json \
                 -o "$WORK/smugglex-$n.json" >"$WORK/smugglex-$n.log" 2>&1 || true
-            SMUGGLEX_RUNS+=("smugglex $target -c \$SMUGGLEX_CHECKS -k $fuzz|$(($(date +%s) - started))|$(tail -n +$((lines + 1)) "$WORK/origin/access.log" | wc -l)")
+            SMUGGLEX_RUNS+=("smugglex $target -c \$SMUGGLEX_CHECKS -k $fuzz|$(($(date +%s) - started))|$(tail -n +$((lines + 1)) "$WORK/origin/access.log" | grep -vc '^/healthz ' || true)")
             echo "smugglex $target $fuzz: $(($(date +%s) - started)) s" >&2
         done
     done
@@ -586,8 +586,8 @@ cell() { # a probe result as "ok of sent (%) | p50 | p99", or dashes when the ru
     echo "access log. CPU: the proxy's user + system time during the burst (and as a share of one core)."
     echo "The single-threaded Python client is the limit on the stream rate."
     echo
-    echo "| proxy | streams sent | connections | streams a connection, median / max | connections ended by | responses received | reached the origins | proxy CPU | probe: ok of sent | p50 ms | p99 ms |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| proxy | streams sent | connections | streams written a connection, median / max | streams the server took before its GOAWAY (last stream id), median | connections ended by | responses received | reached the origins | proxy CPU | probe: ok of sent | p50 ms | p99 ms |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${RAPID_ROWS[@]}"
     echo
     echo "Attacks:"
@@ -629,7 +629,7 @@ EOF
         echo "certificate, hence \`-k\`); \`SMUGGLEX_CHECKS=$SMUGGLEX_CHECKS\`, every check smugglex knows"
         echo "(h2-downgrade speaks HTTP/2 by ALPN, so it runs over TLS only)."
         echo
-        echo "| run | seconds | requests that reached the origins | findings |"
+        echo "| run | seconds | requests that reached the origins (health checks aside) | findings |"
         echo "|---|---|---|---|"
         for n in "${!SMUGGLEX_RUNS[@]}"; do
             IFS='|' read -r cmd secs reached <<<"${SMUGGLEX_RUNS[$n]}"
