@@ -43,6 +43,8 @@
 #                     origins +12 and +13 (127.0.0.1 only)
 #   PYTHON=.venv/bin/python            gets benches/hardening-requirements.txt (h2)
 #   RESULTS=benches/results/hardening.md
+#   ONLY=header-hold   only the quiet run and the header hold (no soak, no peers); replaces
+#                      the default-limit header-hold row in RESULTS
 # Requirements: slowhttptest, nginx, haproxy, curl, python3, prlimit, openssl
 #   (Debian: apt-get install -y slowhttptest nginx-light haproxy curl python3 util-linux openssl)
 set -euo pipefail
@@ -85,7 +87,7 @@ fi
 [ -x "$PY" ] || scripts/setup.sh bench
 "$PY" -m pip install -q -r benches/hardening-requirements.txt ||
     { echo "could not install benches/hardening-requirements.txt into $PY's environment" >&2; exit 1; }
-if [ "${SMUGGLEX:-1}" = 1 ] && ! command -v smugglex >/dev/null; then
+if [ "${SMUGGLEX:-1}" = 1 ] && [ -z "${ONLY:-}" ] && ! command -v smugglex >/dev/null; then
     cargo install --locked smugglex --version "$SMUGGLEX_VERSION" ||
         echo "smugglex $SMUGGLEX_VERSION could not be installed; the report says so" >&2
 fi
@@ -371,7 +373,7 @@ EOF
     for i in 0 1; do kill "$(cat "$WORK/soak/origin$i.pid")" 2>/dev/null || true; done
     rm -f "$WORK"/soak/*.pid
 }
-if [ "$SOAK_S" -gt 0 ]; then
+if [ "$SOAK_S" -gt 0 ] && [ -z "${ONLY:-}" ]; then
     soak &
     SOAK_JOB=$!
 fi
@@ -382,6 +384,14 @@ SLOWREAD="$(attack_cmd slowread "$PORT")"
 HOLD="$(attack_cmd hold "$PORT")"
 
 start_fulcrum "1024:$HARD_NOFILE"
+if [ "${ONLY:-}" = header-hold ]; then
+    measure "no attack" "sleep 13" 10
+    measure "header hold (300 × 60 KB)" "$HOLD" 8
+    awk -v row="${ROWS[1]}" 'index($0, "| header hold (300 × 60 KB) |") == 1 { print row; next } { print }' "$RESULTS" >"$WORK/results.md"
+    cp "$WORK/results.md" "$RESULTS"
+    echo "replaced the header-hold row of $RESULTS (logs in $WORK)" >&2
+    exit 0
+fi
 $PROBE keepalive 127.0.0.1 "$PORT" >"$WORK/keepalive.json" &
 KEEPALIVE_PID=$!
 measure "no attack" "sleep 13" 10

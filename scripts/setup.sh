@@ -7,7 +7,8 @@
 #          dashboard tests, curl, openssl and nghttp, the real clients of the TLS tests,
 #          chromium, the real browser of the status page's test, and hadolint and
 #          kubernetes-validate in .venv (docker/requirements.txt)
-#   bench: test + wrk, nginx-light, haproxy for the peer comparison
+#   bench: test + wrk, nginx-light, haproxy for the peer comparison, and cargo-fuzz (with the
+#          nightly toolchain) for scripts/fuzz.sh
 set -euo pipefail
 want="${1:-build}"
 cd "$(dirname "$0")/.."
@@ -55,6 +56,27 @@ setup_venv() {
   fi
   cat "${reqs[@]}" > "$stamp"
 }
+
+# scripts/fuzz.sh: cargo-fuzz runs on the nightly toolchain.
+setup_fuzz() {
+  if cargo +nightly fuzz --version >/dev/null 2>&1; then
+    return 0
+  fi
+  if ! cargo +nightly --version >/dev/null 2>&1; then
+    if ! command -v rustup >/dev/null 2>&1 || ! rustup toolchain install nightly --profile minimal; then
+      echo "setup: cargo-fuzz needs the nightly toolchain (rustup toolchain install nightly)." >&2
+      exit 1
+    fi
+  fi
+  echo "setup: installing cargo-fuzz" >&2
+  if ! cargo install --locked cargo-fuzz; then
+    echo "setup: cargo install cargo-fuzz failed (no network or no crate registry?)." >&2
+    exit 1
+  fi
+}
+if [[ "$want" == bench ]]; then
+  setup_fuzz
+fi
 
 missing=()
 for i in "${!need_cmds[@]}"; do

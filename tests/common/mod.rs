@@ -220,6 +220,11 @@ impl Fulcrum {
         assert!(status.success(), "kill -HUP failed: {status}");
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.process.running()

@@ -1,5 +1,5 @@
 //! The `fulcrum` command: run the proxy, check a configuration, or start the demo.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // allowed only in `allocator`, around mimalloc's C API
 #![deny(rust_2018_idioms)]
 
 use std::path::PathBuf;
@@ -9,16 +9,12 @@ use clap::{Parser, Subcommand};
 use fulcrum_config::{Config, Diagnostic, Diagnostics, EXIT_CONFIG};
 use fulcrum_proxy::{ConfigSource, Start};
 
+#[cfg(feature = "mimalloc")]
+mod allocator;
 mod demo;
 mod forecast_cmd;
 mod logging;
 mod probe;
-
-/// A request makes dozens of small, short-lived allocations (header maps, futures, buffers);
-/// mimalloc serves them from thread-local pages at a fraction of glibc malloc's cost.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// fulcrum: a Layer-7 load-balancing reverse proxy whose backend weights can be tuned live.
 #[derive(Debug, Parser)]
@@ -476,6 +472,8 @@ fn autoscale_summary(pool: &str, a: &fulcrum_config::AutoscaleConfig) -> String 
 
 fn main() -> ExitCode {
     logging::init();
+    #[cfg(feature = "mimalloc")]
+    fulcrum_proxy::memory::set_release(allocator::release_thread_memory);
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Run(args) => match load(cli.config.as_ref()) {

@@ -11,6 +11,7 @@ pub mod forecast;
 pub mod health;
 pub mod lifecycle;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod router;
 pub mod service;
@@ -181,6 +182,8 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?;
+    // The admin thread also runs the memory housekeeping (see `memory`).
+    let housekeeping = rt.handle().clone();
     std::thread::Builder::new()
         .name("fulcrum-admin".into())
         .spawn(move || rt.block_on(admin_main(admin_shared, admin_reload, reload_rx)))
@@ -224,11 +227,9 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
         listeners.add_tcp(&addr.to_string());
     }
     add_tls_listeners(&mut listeners, &config, &shared)?;
-    let mut proxy = ListeningService::with_listeners(
-        "fulcrum".into(),
-        listeners,
-        limits::LimitedApp::new(http, lifecycle.drain_watch(), gate.clone(), limits, true),
-    );
+    let app = limits::LimitedApp::new(http, lifecycle.drain_watch(), gate.clone(), limits, true);
+    housekeeping.spawn(memory::housekeeping(gate.clone(), app.data_plane()));
+    let mut proxy = ListeningService::with_listeners("fulcrum".into(), listeners, app);
     proxy.set_connection_filter(Arc::new(limits::GateFilter(gate)));
     server.add_service(Managed::new(proxy, Listener::Data, lifecycle.clone()));
 

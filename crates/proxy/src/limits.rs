@@ -174,6 +174,7 @@ struct GateMetrics {
 /// The client-connection slots and the connections waiting for a request head, oldest first.
 pub struct ConnectionGate {
     slots: Arc<Semaphore>,
+    size: usize,
     /// Connections closed at once when the cap is reached: one per 32 slots, 1 to 32, as
     /// nginx drains up to 32 reusable connections when it runs out. Closing one per accept
     /// lets a slow client that reconnects as fast as it is closed keep the backlog full: a
@@ -238,6 +239,7 @@ impl ConnectionGate {
         metrics.open.set(0.0);
         Arc::new(ConnectionGate {
             slots: Arc::new(Semaphore::new(slots)),
+            size: slots,
             evict_batch: (slots / 32).clamp(1, 32),
             waiting: Mutex::new(BTreeMap::new()),
             next_wait: AtomicU64::new(0),
@@ -262,6 +264,11 @@ impl ConnectionGate {
     /// Slots free now.
     pub fn free(&self) -> usize {
         self.slots.available_permits()
+    }
+
+    /// Client connections open now.
+    pub fn open(&self) -> usize {
+        self.size.saturating_sub(self.free())
     }
 
     fn wait_for_head(&self, kill: &Arc<Notify>) -> Waiting<'_> {
@@ -433,6 +440,8 @@ pub struct LimitedApp<A> {
     /// Set once the listeners have stopped: idle keep-alive connections close then, as
     /// pingora's own sessions do.
     stopped: tokio::sync::watch::Sender<bool>,
+    /// Where the housekeeping finds the workers that serve these connections.
+    data_plane: Arc<crate::memory::DataPlane>,
 }
 
 impl<A> LimitedApp<A> {
@@ -452,7 +461,13 @@ impl<A> LimitedApp<A> {
             limits,
             h2c,
             stopped: tokio::sync::watch::channel(false).0,
+            data_plane: Arc::default(),
         }
+    }
+
+    /// The runtime of the connections, once the first has come (see [`crate::memory`]).
+    pub fn data_plane(&self) -> Arc<crate::memory::DataPlane> {
+        self.data_plane.clone()
     }
 
     /// The keep-alive time pingora's sessions are told, in whole seconds (at least 1), or
@@ -547,6 +562,7 @@ where
     ) -> Option<Stream> {
         let accepted = Instant::now();
         let _slot = self.gate.enter().await?;
+        self.data_plane.note_current();
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // HTTP/2 chosen by ALPN: pingora's HTTP/2 server, its idle timeout and header limit.
             return self.inner.process_new(stream, &self.drain).await;
@@ -779,6 +795,7 @@ mod tests {
         let a = gate.enter().await.unwrap();
         let _b = gate.enter().await.unwrap();
         assert_eq!(gate.free(), 0);
+        assert_eq!(gate.open(), 2);
         let (old, new) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let old_wait = gate.wait_for_head(&old);
         let _new_wait = gate.wait_for_head(&new);

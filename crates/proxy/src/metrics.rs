@@ -61,6 +61,8 @@ pub const CONNECTIONS_EVICTED_TOTAL: &str = "fulcrum_connections_evicted_total";
 /// Connections closed for sending nothing: a new one within the shorter of the keep-alive and
 /// header timeouts, a kept-alive one within `server.keepalive_timeout_ms`.
 pub const CONNECTIONS_IDLE_CLOSED_TOTAL: &str = "fulcrum_connections_idle_closed_total";
+/// Times the heaps were collected after client connections fell (see `memory`).
+pub const MEMORY_RELEASES_TOTAL: &str = "fulcrum_memory_releases_total";
 /// Constant 1 labelled with the build's version.
 pub const BUILD_INFO: &str = "fulcrum_build_info";
 
@@ -355,6 +357,10 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_EVICTED_TOTAL,
         "Connections waiting for a request head, closed (oldest first) to make room for a new one."
+    );
+    describe_counter!(
+        MEMORY_RELEASES_TOTAL,
+        "Times every worker's heap was collected after the open client connections fell to half their peak."
     );
     describe_counter!(
         CONNECTIONS_IDLE_CLOSED_TOTAL,
