@@ -387,7 +387,7 @@ start_fulcrum "1024:$HARD_NOFILE"
 if [ "${ONLY:-}" = header-hold ]; then
     measure "no attack" "sleep 13" 10
     measure "header hold (300 × 60 KB)" "$HOLD" 8
-    awk -v row="${ROWS[1]}" 'index($0, "| header hold (300 × 60 KB) |") == 1 { print row; next } { print }' "$RESULTS" >"$WORK/results.md"
+    awk -v row="${ROWS[1]}" '!done && index($0, "| header hold (300 × 60 KB) |") == 1 { print row; done = 1; next } { print }' "$RESULTS" >"$WORK/results.md"
     cp "$WORK/results.md" "$RESULTS"
     echo "replaced the header-hold row of $RESULTS (logs in $WORK)" >&2
     exit 0
