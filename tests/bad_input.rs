@@ -338,6 +338,7 @@ fn table() -> Vec<Row> {
         h1("bare CR in a header value", post("X-Cr: a\rb\r\nContent-Length: 4\r\n", "abcd"), RefusedOr200(400), NothingOrOne(no_nul_or_bare_cr)),
         h1("bare CR in a header name", post("X-C\rr: a\r\nContent-Length: 4\r\n", "abcd"), RefusedClosed(400), Nothing),
         h1("bare CR ending a line", post("X-Cr: a\rContent-Length: 4\r\n", "abcd"), RefusedClosed(400), Nothing),
+        h1("bare CR and no line end ever", "GET / HTTP/1.1\rHost: x", RefusedClosed(400), Nothing),
         // Chunk sizes: nothing of a body that cannot be framed reaches a backend.
         h1("chunk size: huge hex", chunked("FFFFFFFFFFFFFFFFFFFFFF\r\nabcd\r\n0\r\n\r\n"), RefusedClosed(400), Nothing),
         h1("chunk size: negative", chunked("-4\r\nabcd\r\n0\r\n\r\n"), RefusedClosed(400), Nothing),

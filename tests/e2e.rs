@@ -492,6 +492,7 @@ async fn metrics_pass_promtool() {
         "head_timeout",
         "head_too_large",
         "request_line_too_long",
+        "bare_cr",
         "body_timeout",
         "malformed_body",
         "content_length_and_transfer_encoding",

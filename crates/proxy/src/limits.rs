@@ -169,6 +169,7 @@ struct GateMetrics {
     head_timeout: Counter,
     head_too_large: Counter,
     line_too_long: Counter,
+    bare_cr: Counter,
 }
 
 /// The client-connection slots and the connections waiting for a request head, oldest first.
@@ -235,6 +236,7 @@ impl ConnectionGate {
             head_timeout: reason("head_timeout"),
             head_too_large: reason("head_too_large"),
             line_too_long: reason("request_line_too_long"),
+            bare_cr: reason("bare_cr"),
         };
         metrics.open.set(0.0);
         Arc::new(ConnectionGate {
@@ -338,6 +340,8 @@ enum Head {
     LineTooLong,
     /// The head is larger than allowed.
     TooLarge,
+    /// A CR not followed by LF.
+    BareCr,
 }
 
 /// Incremental scan of a head being read: where the request line and the head end, looked for
@@ -388,6 +392,14 @@ impl HeadScan {
         }
         let from = self.scanned.saturating_sub(2).max(start);
         self.scanned = buf.len();
+        // A CR ends a line or nothing (RFC 9112 §2.2): a head with a bare CR is refused at once,
+        // as nginx and HAProxy do, rather than waited on until its time runs out.
+        if buf[from..]
+            .windows(2)
+            .any(|w| w[0] == b'\r' && w[1] != b'\n')
+        {
+            return Head::BareCr;
+        }
         let end = buf[from..]
             .iter()
             .enumerate()
@@ -620,6 +632,11 @@ where
                         .await;
                     return None;
                 }
+                Head::BareCr => {
+                    self.refuse(stream, "400 Bad Request", &self.gate.metrics.bare_cr)
+                        .await;
+                    return None;
+                }
                 Head::TooLarge | Head::Partial => {
                     self.refuse(
                         stream,
@@ -698,6 +715,27 @@ mod tests {
 
     fn classify(input: &[u8], l: &ClientLimits, h2c: bool) -> Head {
         HeadScan::default().classify(input, l, h2c)
+    }
+
+    #[test]
+    fn a_bare_cr_is_refused_as_soon_as_the_byte_after_it_arrives() {
+        let l = limits(64, 1024);
+        assert_eq!(classify(b"GET / HTTP/1.1\r", &l, false), Head::Partial);
+        assert_eq!(classify(b"GET / HTTP/1.1\rX", &l, false), Head::BareCr);
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\nHost: a\rb\r\n", &l, false),
+            Head::BareCr
+        );
+        // Read in pieces: the CR at the end of one read, the byte after it in the next.
+        let mut scan = HeadScan::default();
+        assert_eq!(scan.classify(b"GET / HTTP/1.1\r\nA: b\r", &l, false), Head::Partial);
+        assert_eq!(scan.classify(b"GET / HTTP/1.1\r\nA: b\rc", &l, false), Head::BareCr);
+        let mut scan = HeadScan::default();
+        assert_eq!(scan.classify(b"GET / HTTP/1.1\r\nA: b\r", &l, false), Head::Partial);
+        assert_eq!(
+            scan.classify(b"GET / HTTP/1.1\r\nA: b\r\n\r\n", &l, false),
+            Head::Http1
+        );
     }
 
     #[test]

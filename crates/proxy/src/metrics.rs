@@ -310,7 +310,7 @@ fn describe() {
     );
     describe_counter!(
         REJECTED_REQUESTS_TOTAL,
-        "Requests refused by fulcrum before any backend saw them, by reason: a client limit (head_timeout, head_too_large, request_line_too_long, body_timeout) or a malformed or ambiguous request."
+        "Requests refused by fulcrum before any backend saw them, by reason: a client limit (head_timeout, head_too_large, request_line_too_long, bare_cr, body_timeout) or a malformed or ambiguous request."
     );
     describe_counter!(
         CLIENT_ABORTS_TOTAL,
