@@ -10,6 +10,7 @@ use fulcrum_balance::retry::{
 };
 use fulcrum_balance::{now_ns, InFlightGuard, Outcome, Tried};
 use http::header::{self, HeaderName, HeaderValue};
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -442,6 +443,11 @@ fn failure_outcome(e: &Error) -> Outcome {
 #[async_trait]
 impl ProxyHttp for FulcrumProxy {
     type CTX = RequestCtx;
+
+    /// No downstream modules. pingora's default adds its response compression module switched
+    /// off (level 0); fulcrum never switches it on, and even off it costs every request a
+    /// context to build and a filter call per phase.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx {
