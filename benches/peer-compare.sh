@@ -461,7 +461,7 @@ if [[ -n "${BREAKDOWN:-}" ]]; then
         echo
         echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
         echo "- Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(uname -sr)"
-        echo "- Command: \`BREAKDOWN=1 TLS=$TLS DURATION=$DURATION CONNECTIONS=$CONNECTIONS PROXIES=\"$PROXIES\" benches/peer-compare.sh\`"
+        echo "- Command: \`${FULCRUM_BASE_ARG:+FULCRUM_BASE_BIN=$FULCRUM_BASE_ARG }BREAKDOWN=1 TLS=$TLS DURATION=$DURATION CONNECTIONS=$CONNECTIONS PROXIES=\"$PROXIES\" benches/peer-compare.sh\`"
         echo "- Same layout as the timing runs (proxy pinned to core $PROXY_CORE with one worker, wrk -c$CONNECTIONS and the nginx origin on core $CLIENT_CORE, keep-alive \`GET /\`)."
         echo "  Syscalls and software events (perf stat -p on the proxy's threads) are counted over one ${DURATION}s wrk run, allocator calls (uprobes) over a second,"
         echo "  each divided by the requests that run completed; the profile is a third run sampled at 997 Hz (self time by symbol, \`perf report --no-children --sort dso,sym\`),"
