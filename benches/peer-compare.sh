@@ -27,13 +27,21 @@
 #                        fulcrum-model for the same pool with weights = "model"
 #                        (the shipped models/balancer.onnx, control loop ticking), and
 #                        fulcrum-glibc for fulcrum built with the system allocator
-#                        (--no-default-features) instead of mimalloc
+#                        (--no-default-features) instead of mimalloc, and fulcrum-base for
+#                        the fulcrum binary at FULCRUM_BASE_BIN (same config as fulcrum)
+#   FULCRUM_BASE_BIN=    a fulcrum binary built from another commit (e.g. main), measured as
+#                        the fulcrum-base row beside this tree's fulcrum, so a before/after
+#                        ratio comes from one interleaved run; adds fulcrum-base to PROXIES
+#                        when it is not listed
+#   FULCRUM_BASE_LABEL=  what the fulcrum-base row says it is (default: "fulcrum, base binary")
 #   SKIP_BUILD=1         use the existing release binaries as they are
 #   BREAKDOWN=1          instead of timing, count what each proxy does per request over one
 #                        wrk run of DURATION: syscalls by kind (perf's syscall tracepoints),
-#                        libc allocator calls (perf uprobes on malloc/calloc/realloc/free),
-#                        and a sampled profile split into kernel, allocator, copies, the proxy's
-#                        own code and its frameworks; written to cost-breakdown[-tls-*].md by
+#                        allocator calls (perf uprobes on libc's malloc/calloc/realloc/free and
+#                        on the mimalloc entry points of the fulcrum binaries), scheduler and
+#                        memory software events (perf stat), and a sampled profile split into
+#                        kernel, allocator, copies, the proxy's own code and its frameworks,
+#                        with the kernel's share by symbol; written to cost-breakdown[-tls-*].md by
 #                        benches/cost_breakdown.py. Needs perf and root (uprobes). The counts
 #                        do not depend on other load on the machine; the CPU figures of the
 #                        timing runs do.
@@ -65,6 +73,11 @@ CONNECTIONS="${CONNECTIONS:-32}"
 QUIET_MAX="${QUIET_MAX:-20}"
 RETRY_DISTURBED="${RETRY_DISTURBED:-3}"
 PROXIES="${PROXIES:-fulcrum bare-pingora nginx haproxy}"
+FULCRUM_BASE_BIN="${FULCRUM_BASE_BIN:-}"
+FULCRUM_BASE_ARG="$FULCRUM_BASE_BIN" # as given, for the report's command line
+if [[ -n "$FULCRUM_BASE_BIN" && " $PROXIES " != *" fulcrum-base "* ]]; then
+    PROXIES="fulcrum-base $PROXIES"
+fi
 RESULTS_DIR="${RESULTS_DIR:-$ROOT/benches/results}"
 TLS="${TLS:-off}"
 case "$TLS" in
@@ -95,8 +108,9 @@ if ((${#missing[@]})); then
 fi
 (( $(nproc) >= 2 )) || die "needs at least 2 CPU cores (proxy on core 0, client+origin on core 1)"
 for p in $PROXIES; do
-    case "$p" in fulcrum|fulcrum-model|fulcrum-glibc|bare-pingora|nginx|haproxy) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case "$p" in fulcrum|fulcrum-model|fulcrum-glibc|fulcrum-base|bare-pingora|nginx|haproxy) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
 done
+[[ " $PROXIES " != *" fulcrum-base "* || -n "$FULCRUM_BASE_BIN" ]] || die "fulcrum-base needs FULCRUM_BASE_BIN=/path/to/fulcrum"
 want() {
     [[ " $PROXIES " == *" $1 "* ]] || { [[ "$1" == fulcrum ]] && [[ " $PROXIES " == *" fulcrum-model "* || " $PROXIES " == *" fulcrum-glibc "* ]]; }
 }
@@ -119,6 +133,7 @@ fi
 want fulcrum && { [[ -x "$FULCRUM_BIN" ]] || die "no $FULCRUM_BIN"; }
 want bare-pingora && { [[ -x "$BARE_BIN" ]] || die "no $BARE_BIN"; }
 want fulcrum-glibc && { [[ -x "$FULCRUM_GLIBC_BIN" ]] || die "no $FULCRUM_GLIBC_BIN"; }
+want fulcrum-base && { [[ -x "$FULCRUM_BASE_BIN" ]] || die "no $FULCRUM_BASE_BIN"; }
 
 # ---------------------------------------------------------------- cleanup
 WORK="$(mktemp -d /tmp/peer-compare.XXXXXX)"
@@ -146,6 +161,8 @@ trap 'exit 130' INT TERM
 mkdir -p "$WORK/bin"
 if want fulcrum; then cp "$FULCRUM_BIN" "$WORK/bin/fulcrum"; FULCRUM_BIN="$WORK/bin/fulcrum"; fi
 if want bare-pingora; then cp "$BARE_BIN" "$WORK/bin/bare_pingora"; BARE_BIN="$WORK/bin/bare_pingora"; fi
+if want fulcrum-glibc; then cp "$FULCRUM_GLIBC_BIN" "$WORK/bin/fulcrum-glibc"; FULCRUM_GLIBC_BIN="$WORK/bin/fulcrum-glibc"; fi
+if want fulcrum-base; then cp "$FULCRUM_BASE_BIN" "$WORK/bin/fulcrum-base"; FULCRUM_BASE_BIN="$WORK/bin/fulcrum-base"; fi
 
 # ---------------------------------------------------------------- helpers
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -270,11 +287,13 @@ start_proxy() { # NAME PORT
         RUST_LOG=error taskset -c "$PROXY_CORE" "$FULCRUM_BIN" run -c "$dir/fulcrum.toml" \
             >"$dir/stdout" 2>"$dir/stderr" &
         ;;
-    fulcrum-glibc)
+    fulcrum-glibc | fulcrum-base)
         render "$PEERS/fulcrum.toml" "$dir/fulcrum.toml" \
             LISTEN_PORT="$port" ADMIN_PORT="$(free_port)" BACKEND_PORT="$BACKEND_PORT"
         [[ "$TLS" == off ]] || tlsify "$dir/fulcrum.toml" fulcrum "$port"
-        RUST_LOG=error taskset -c "$PROXY_CORE" "$FULCRUM_GLIBC_BIN" run -c "$dir/fulcrum.toml" \
+        local bin="$FULCRUM_GLIBC_BIN"
+        [[ "$name" == fulcrum-base ]] && bin="$FULCRUM_BASE_BIN"
+        RUST_LOG=error taskset -c "$PROXY_CORE" "$bin" run -c "$dir/fulcrum.toml" \
             >"$dir/stdout" 2>"$dir/stderr" &
         ;;
     fulcrum-model)
@@ -377,6 +396,27 @@ if [[ -n "${BREAKDOWN:-}" ]]; then
     done
     perf probe -l 2>/dev/null | grep -q 'probe_libc:malloc' ||
         die "could not place uprobes on $libc (BREAKDOWN needs root, or kernel.perf_event_paranoid <= -1)"
+    # The Rust binaries built with mimalloc never call libc's allocator: their GlobalAlloc calls
+    # these four entry points, probed in the binary itself (group probe_mi, placed per run on
+    # the private copy that runs, since two binaries cannot share the event names).
+    MI_CALLS="mi_malloc_aligned mi_zalloc_aligned mi_realloc_aligned mi_free"
+    drop_mi_probes() { perf probe -q -d 'probe_mi:*' >/dev/null 2>&1 || true; }
+    drop_mi_probes
+    # Software events and tracepoints of the scheduler and the network stack, counted only
+    # while the proxy's own threads run (-p): hardware counters are often missing in a VM.
+    SOFT_EVENTS=()
+    for ev in context-switches cpu-migrations page-faults sched:sched_wakeup irq:softirq_entry \
+        net:net_dev_xmit net:netif_receive_skb skb:consume_skb skb:kfree_skb; do
+        perf stat -e "$ev" -- true >/dev/null 2>&1 && SOFT_EVENTS+=(-e "$ev")
+    done
+    binary_of() { # NAME: the executable a proxy runs, when it is one of ours
+        case "$1" in
+        fulcrum | fulcrum-model) echo "$FULCRUM_BIN" ;;
+        fulcrum-glibc) echo "$FULCRUM_GLIBC_BIN" ;;
+        fulcrum-base) echo "$FULCRUM_BASE_BIN" ;;
+        bare-pingora) echo "$BARE_BIN" ;;
+        esac
+    }
     for p in $PROXIES; do
         port="$(free_port)"
         url="$SCHEME://127.0.0.1:$port/"
@@ -384,8 +424,25 @@ if [[ -n "${BREAKDOWN:-}" ]]; then
         "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${WARMUP}s" "$url" >/dev/null
         # -p takes every thread of each process; the wrk command only bounds the window.
         pids="$(tree_pids "$PROXY_PID" | paste -sd,)"
-        perf stat -x, -o "$WORK/$p.stat" -e 'syscalls:sys_enter_*' -e 'probe_libc:*' -p "$pids" -- \
+        # 1. Syscalls and software events, without uprobes (they slow every allocation a lot,
+        #    and a slower proxy batches more requests per wakeup).
+        perf stat -x, -o "$WORK/$p.stat" -e 'syscalls:sys_enter_*' "${SOFT_EVENTS[@]}" -p "$pids" -- \
             "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${DURATION}s" "$url" >"$WORK/$p.wrk"
+        # 2. Allocator calls: libc's, and mimalloc's in the binary when it has them.
+        probes=(-e 'probe_libc:*')
+        bin="$(binary_of "$p")"
+        # grep -c reads nm's whole output: with -q, nm would die of SIGPIPE and fail the pipe.
+        if [[ -n "$bin" ]] && (($(nm "$bin" 2>/dev/null | grep -c ' T mi_malloc_aligned$') > 0)); then
+            for call in $MI_CALLS; do
+                perf probe -q -x "$bin" --add "probe_mi:$call=$call" >/dev/null 2>&1 ||
+                    die "could not place a uprobe on $call in $bin"
+            done
+            probes+=(-e 'probe_mi:*')
+        fi
+        perf stat -x, -o "$WORK/$p.alloc.stat" "${probes[@]}" -p "$pids" -- \
+            "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${DURATION}s" "$url" >"$WORK/$p.alloc.wrk"
+        drop_mi_probes
+        # 3. The sampled profile, without probes.
         mapfile -t tree < <(tree_pids "$PROXY_PID")
         before="$(cpu_ticks "${tree[@]}")"
         perf record -q -F 997 -o "$WORK/$p.data" -p "$pids" -- \
@@ -395,7 +452,7 @@ if [[ -n "${BREAKDOWN:-}" ]]; then
             '/requests in/ { printf "%.3f\n", t * 1e6 / hz / $1 }' "$WORK/$p.profile.wrk" >"$WORK/$p.cpu"
         perf report -i "$WORK/$p.data" --no-children --sort dso,sym --stdio >"$WORK/$p.report" 2>/dev/null
         stop_proxy
-        log "$p: counted $(awk '/requests in/ { print $1 }' "$WORK/$p.wrk") requests"
+        log "$p: counted $(awk '/requests in/ { print $1 }' "$WORK/$p.wrk") requests ($(awk '/requests in/ { print $1 }' "$WORK/$p.alloc.wrk") under allocator probes)"
     done
     out="$RESULTS_DIR/cost-breakdown$([[ "$TLS" == off ]] || echo "-tls-$TLS").md"
     mkdir -p "$RESULTS_DIR"
@@ -404,11 +461,11 @@ if [[ -n "${BREAKDOWN:-}" ]]; then
         echo
         echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
         echo "- Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(uname -sr)"
-        echo "- Command: \`BREAKDOWN=1 TLS=$TLS DURATION=$DURATION CONNECTIONS=$CONNECTIONS PROXIES=\"$PROXIES\" benches/peer-compare.sh\`"
+        echo "- Command: \`${FULCRUM_BASE_ARG:+FULCRUM_BASE_BIN=$FULCRUM_BASE_ARG }BREAKDOWN=1 TLS=$TLS DURATION=$DURATION CONNECTIONS=$CONNECTIONS PROXIES=\"$PROXIES\" benches/peer-compare.sh\`"
         echo "- Same layout as the timing runs (proxy pinned to core $PROXY_CORE with one worker, wrk -c$CONNECTIONS and the nginx origin on core $CLIENT_CORE, keep-alive \`GET /\`)."
-        echo "  Syscalls and allocator calls are counted over one ${DURATION}s wrk run and divided by the requests it completed;"
-        echo "  the profile is a second run sampled at 997 Hz (self time by symbol, \`perf report --no-children --sort dso,sym\`),"
-        echo "  its shares turned into µs with the proxy's utime+stime per request over that run (sampling costs a little; uprobes are off then)."
+        echo "  Syscalls and software events (perf stat -p on the proxy's threads) are counted over one ${DURATION}s wrk run, allocator calls (uprobes) over a second,"
+        echo "  each divided by the requests that run completed; the profile is a third run sampled at 997 Hz (self time by symbol, \`perf report --no-children --sort dso,sym\`),"
+        echo "  its shares turned into µs with the proxy's utime+stime per request over that run (sampling costs a little; no probes are placed then)."
         echo
         python3 "$ROOT/benches/cost_breakdown.py" "$WORK" $PROXIES
     } >"$out"
@@ -445,11 +502,12 @@ want bare-pingora && BARE_CPU="$(median bare-pingora 8)"
 NGINX_CPU=""
 want nginx && NGINX_CPU="$(median nginx 8)"
 cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
-cmd="TLS=$TLS DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS QUIET_MAX=$QUIET_MAX RETRY_DISTURBED=$RETRY_DISTURBED PROXIES=\"$PROXIES\" benches/peer-compare.sh"
+cmd="${FULCRUM_BASE_ARG:+FULCRUM_BASE_BIN=$FULCRUM_BASE_ARG }TLS=$TLS DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS QUIET_MAX=$QUIET_MAX RETRY_DISTURBED=$RETRY_DISTURBED PROXIES=\"$PROXIES\" benches/peer-compare.sh"
 
 declare -A label=(
     [fulcrum]="fulcrum"
     [fulcrum-glibc]="fulcrum, system allocator (glibc malloc)"
+    [fulcrum-base]="${FULCRUM_BASE_LABEL:-fulcrum, base binary}"
     [fulcrum-model]="fulcrum, weights = \"model\" (least connections + control loop)"
     [bare-pingora]="bare pingora (round robin)"
     [nginx]="nginx $(nginx -v 2>&1 | sed 's|.*nginx/||')"
@@ -510,6 +568,10 @@ declare -A label=(
     if [[ " $PROXIES " == *" fulcrum "* ]] && [[ " $PROXIES " == *" fulcrum-glibc "* ]]; then
         awk -v a="$(median fulcrum 8)" -v b="$(median fulcrum-glibc 8)" \
             'BEGIN { printf "\nfulcrum with mimalloc / with glibc malloc CPU per request: **%.3f×** (%.2f µs vs %.2f µs)\n", a / b, a, b }'
+    fi
+    if [[ " $PROXIES " == *" fulcrum "* ]] && [[ " $PROXIES " == *" fulcrum-base "* ]]; then
+        awk -v a="$(median fulcrum 8)" -v b="$(median fulcrum-base 8)" -v l="${label[fulcrum-base]}" \
+            'BEGIN { printf "\nfulcrum (this tree) / %s CPU per request: **%.3f×** (%.2f µs vs %.2f µs; %+.2f µs per request)\n", l, a / b, a, b, a - b }'
     fi
     if [[ " $PROXIES " == *" fulcrum "* ]] && [[ " $PROXIES " == *" fulcrum-model "* ]]; then
         awk -v a="$(median fulcrum-model 8)" -v b="$(median fulcrum 8)" \

@@ -198,6 +198,10 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
         upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
         // fulcrum bounds attempts per pool itself; this is only pingora's outer safety cap.
         max_retries: 16,
+        // With one worker there is nothing to steal: pingora's no-steal flavour runs it as a
+        // single-threaded runtime, which schedules each wakeup without the cross-thread
+        // bookkeeping of the multi-threaded one.
+        work_stealing: config.server.threads > 1,
         ..ServerConf::default()
     };
     // Idle backend connections count against the same open files as the clients.

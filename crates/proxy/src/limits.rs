@@ -441,6 +441,14 @@ struct Deadlines {
     head: Option<Instant>,
 }
 
+/// What one connection's waits for a request head share: the timer of their deadlines, the
+/// eviction signal and the listeners' stop.
+struct ConnWait<'a> {
+    timer: std::pin::Pin<&'a mut tokio::time::Sleep>,
+    kill: &'a Arc<Notify>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+}
+
 /// fulcrum's HTTP application: the limits of this module in front of pingora's HTTP proxy,
 /// whose sessions see the drain watch as their shutdown signal (see [`crate::lifecycle`]).
 pub struct LimitedApp<A> {
@@ -489,20 +497,19 @@ impl<A> LimitedApp<A> {
         (ms > 0).then(|| ms.div_ceil(1000))
     }
 
-    /// Read one request head into a new buffer.
+    /// Read one request head into a new buffer, within `deadlines` kept by `conn`'s timer.
     async fn read_head(
         &self,
         stream: &mut Stream,
         deadlines: Deadlines,
-        kill: &Arc<Notify>,
+        conn: &mut ConnWait<'_>,
         h2c: bool,
     ) -> Result<(Head, BytesMut), NoHead> {
         let mut buf = BytesMut::with_capacity(HEAD_READ_STEP);
         let mut scan = HeadScan::default();
         let mut head_deadline = deadlines.head;
-        let _waiting = self.gate.wait_for_head(kill);
-        let mut stopped = self.stopped.subscribe();
-        if *stopped.borrow() {
+        let _waiting = self.gate.wait_for_head(conn.kill);
+        if *conn.stopped.borrow() {
             return Err(NoHead::Closed { partial: false });
         }
         loop {
@@ -510,6 +517,11 @@ impl<A> LimitedApp<A> {
                 Some(d) if !buf.is_empty() => d,
                 _ => deadlines.first_byte,
             };
+            // A later deadline only moves the timer's expiry (tokio re-files it in its wheel
+            // when the old one passes); an earlier one re-registers it.
+            if conn.timer.deadline() != deadline {
+                conn.timer.as_mut().reset(deadline);
+            }
             // At most one byte past the head limit is ever buffered.
             let room = self.limits.max_header_bytes + 1 - buf.len();
             buf.reserve(room.min(HEAD_READ_STEP));
@@ -517,21 +529,26 @@ impl<A> LimitedApp<A> {
             let read = {
                 let mut limited = (&mut buf).limit(room);
                 tokio::select! {
-                    r = timeout_at(deadline, stream.read_buf(&mut limited)) => r,
-                    _ = kill.notified() => return Err(NoHead::Evicted),
-                    _ = stopped.changed(), if !partial => return Err(NoHead::Closed { partial }),
+                    // Bytes that are already there win over the timer, as in `timeout_at`.
+                    biased;
+                    r = stream.read_buf(&mut limited) => r,
+                    () = conn.timer.as_mut() => return Err(NoHead::TimedOut { partial }),
+                    _ = conn.kill.notified() => return Err(NoHead::Evicted),
+                    _ = conn.stopped.changed(), if !partial => return Err(NoHead::Closed { partial }),
                 }
             };
             match read {
-                Err(_elapsed) => return Err(NoHead::TimedOut { partial }),
-                Ok(Err(_)) | Ok(Ok(0)) => return Err(NoHead::Closed { partial }),
-                Ok(Ok(_)) => {}
-            }
-            if head_deadline.is_none() {
-                head_deadline = Some(Instant::now() + self.limits.header_timeout);
+                Err(_) | Ok(0) => return Err(NoHead::Closed { partial }),
+                Ok(_) => {}
             }
             match scan.classify(&buf, &self.limits, h2c) {
-                Head::Partial => continue,
+                Head::Partial => {
+                    // The head's time runs from its first byte, read just now.
+                    if head_deadline.is_none() {
+                        head_deadline = Some(Instant::now() + self.limits.header_timeout);
+                    }
+                    continue;
+                }
                 done => return Ok((done, buf)),
             }
         }
@@ -593,11 +610,19 @@ where
             first_byte: accepted + first_wait,
             head: Some(accepted + header),
         };
+        // One timer and one stop subscription for the connection's life, not one per request.
+        let timer = tokio::time::sleep_until(deadlines.first_byte);
+        tokio::pin!(timer);
+        let mut conn = ConnWait {
+            timer,
+            kill: &kill,
+            stopped: self.stopped.subscribe(),
+        };
         let mut settings = None;
         let mut first = true;
         loop {
             let (head, buf) = match self
-                .read_head(&mut stream, deadlines, &kill, h2c && first)
+                .read_head(&mut stream, deadlines, &mut conn, h2c && first)
                 .await
             {
                 Ok(read) => read,

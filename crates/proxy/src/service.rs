@@ -10,6 +10,7 @@ use fulcrum_balance::retry::{
 };
 use fulcrum_balance::{now_ns, InFlightGuard, Outcome, Tried};
 use http::header::{self, HeaderName, HeaderValue};
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -284,19 +285,18 @@ fn connection_named(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<Header
 #[doc(hidden)]
 pub fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
     // Most requests carry none of these: look before touching the header maps.
-    if !REQUEST_HOP_BY_HOP
-        .iter()
-        .any(|h| req.headers.contains_key(h))
-        && !req.headers.contains_key(header::UPGRADE)
-    {
+    let (found, upgrade) = present(&req.headers, &REQUEST_HOP_BY_HOP, &header::UPGRADE);
+    if found == 0 && !upgrade {
         return;
     }
     let named = connection_named(&req.headers, keep_upgrade);
     for n in named {
         req.remove_header(&n);
     }
-    for h in &REQUEST_HOP_BY_HOP {
-        req.remove_header(h);
+    for (i, h) in REQUEST_HOP_BY_HOP.iter().enumerate() {
+        if found & (1 << i) != 0 {
+            req.remove_header(h);
+        }
     }
     if keep_upgrade {
         // An upgrade (e.g. WebSocket) needs `Connection: upgrade` to reach the backend.
@@ -310,27 +310,49 @@ pub fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
 /// Public for the fuzz targets only.
 #[doc(hidden)]
 pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
-    // Most responses carry none of these: look before touching the header maps.
-    if !RESPONSE_HOP_BY_HOP
-        .iter()
-        .any(|h| resp.headers.contains_key(h))
-        && !resp.headers.contains_key(header::CONNECTION)
-        && !resp.headers.contains_key(header::UPGRADE)
-    {
+    // Most responses carry none of these but `Connection` (a kept-alive backend's
+    // `Connection: keep-alive`): look before touching the header maps, and remove only what is
+    // there.
+    let (found, has_upgrade) = present(&resp.headers, &RESPONSE_HOP_BY_HOP, &header::UPGRADE);
+    let has_connection = resp.headers.contains_key(header::CONNECTION);
+    if found == 0 && !has_connection && !has_upgrade {
         return;
     }
     let upgrade = resp.status.as_u16() == 101;
-    let named = connection_named(&resp.headers, upgrade);
-    for n in named {
-        resp.remove_header(&n);
+    if has_connection {
+        let named = connection_named(&resp.headers, upgrade);
+        for n in named {
+            resp.remove_header(&n);
+        }
     }
-    for h in &RESPONSE_HOP_BY_HOP {
-        resp.remove_header(h);
+    for (i, h) in RESPONSE_HOP_BY_HOP.iter().enumerate() {
+        if found & (1 << i) != 0 {
+            resp.remove_header(h);
+        }
     }
     if !upgrade {
-        resp.remove_header(&header::CONNECTION);
-        resp.remove_header(&header::UPGRADE);
+        if has_connection {
+            resp.remove_header(&header::CONNECTION);
+        }
+        if has_upgrade {
+            resp.remove_header(&header::UPGRADE);
+        }
     }
+}
+
+/// Which of `names` (as bits, `names[i]` is bit `i`) and whether `also` a header map holds, from
+/// one pass over its names: a request or response carries few headers, so this is cheaper than
+/// a hashed lookup per name.
+fn present(headers: &http::HeaderMap, names: &[HeaderName], also: &HeaderName) -> (u32, bool) {
+    debug_assert!(names.len() <= 32);
+    let (mut found, mut has_also) = (0u32, false);
+    for k in headers.keys() {
+        match names.iter().position(|h| h == k) {
+            Some(i) => found |= 1 << i,
+            None => has_also |= k == also,
+        }
+    }
+    (found, has_also)
 }
 
 impl RequestCtx {
@@ -421,6 +443,11 @@ fn failure_outcome(e: &Error) -> Outcome {
 #[async_trait]
 impl ProxyHttp for FulcrumProxy {
     type CTX = RequestCtx;
+
+    /// No downstream modules. pingora's default adds its response compression module switched
+    /// off (level 0); fulcrum never switches it on, and even off it costs every request a
+    /// context to build and a filter call per phase.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx {
@@ -542,7 +569,13 @@ impl ProxyHttp for FulcrumProxy {
                 "request reached upstream selection without a pool",
             );
         };
-        let now = now_ns();
+        // A first attempt whose body was not read ahead starts when the request did: only
+        // routing ran in between (well under a microsecond), so the clock is not read again.
+        let now = if ctx.attempts == 1 && matches!(ctx.body, crate::body::Buffered::NotRead) {
+            ctx.started_ns
+        } else {
+            now_ns()
+        };
         let Some(idx) = pool.pool.pick(ctx.tried, now) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend in pool");
         };
