@@ -753,10 +753,19 @@ mod tests {
         );
         // Read in pieces: the CR at the end of one read, the byte after it in the next.
         let mut scan = HeadScan::default();
-        assert_eq!(scan.classify(b"GET / HTTP/1.1\r\nA: b\r", &l, false), Head::Partial);
-        assert_eq!(scan.classify(b"GET / HTTP/1.1\r\nA: b\rc", &l, false), Head::BareCr);
+        assert_eq!(
+            scan.classify(b"GET / HTTP/1.1\r\nA: b\r", &l, false),
+            Head::Partial
+        );
+        assert_eq!(
+            scan.classify(b"GET / HTTP/1.1\r\nA: b\rc", &l, false),
+            Head::BareCr
+        );
         let mut scan = HeadScan::default();
-        assert_eq!(scan.classify(b"GET / HTTP/1.1\r\nA: b\r", &l, false), Head::Partial);
+        assert_eq!(
+            scan.classify(b"GET / HTTP/1.1\r\nA: b\r", &l, false),
+            Head::Partial
+        );
         assert_eq!(
             scan.classify(b"GET / HTTP/1.1\r\nA: b\r\n\r\n", &l, false),
             Head::Http1
