@@ -392,14 +392,6 @@ impl HeadScan {
         }
         let from = self.scanned.saturating_sub(2).max(start);
         self.scanned = buf.len();
-        // A CR ends a line or nothing (RFC 9112 §2.2): a head with a bare CR is refused at once,
-        // as nginx and HAProxy do, rather than waited on until its time runs out.
-        if buf[from..]
-            .windows(2)
-            .any(|w| w[0] == b'\r' && w[1] != b'\n')
-        {
-            return Head::BareCr;
-        }
         let end = buf[from..]
             .iter()
             .enumerate()
@@ -412,6 +404,15 @@ impl HeadScan {
                     _ => None,
                 }
             });
+        // A CR ends a line or nothing (RFC 9112 §2.2): a head with a bare CR is refused at once,
+        // as nginx and HAProxy do, rather than waited on until its time runs out. Only the head
+        // is looked at: a body read with it may hold any byte.
+        if buf[from..end.unwrap_or(buf.len())]
+            .windows(2)
+            .any(|w| w[0] == b'\r' && w[1] != b'\n')
+        {
+            return Head::BareCr;
+        }
         match end {
             Some(end) if end > limits.max_header_bytes => Head::TooLarge,
             Some(_) => Head::Http1,
