@@ -293,6 +293,54 @@ async fn at_max_connections_the_oldest_idle_connection_makes_room() {
     assert!(answer.starts_with(b"HTTP/1.1 200"));
 }
 
+/// Slow uploads cannot hold every slot: at the cap, the connection that has waited longest for
+/// more of its buffered body is closed (with a 408) to make room, like an idle one.
+#[tokio::test]
+async fn at_max_connections_the_slowest_upload_makes_room() {
+    let b = backends(1).await;
+    let limits = ClientLimits {
+        max_connections: 2,
+        ..ClientLimits::default()
+    };
+    let f = start(&b[0], limits).await;
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(f.proxy).await.unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nx")
+            .await
+            .unwrap();
+        slow.push(s);
+        // The first upload is the older wait.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = get(f.proxy, "/").await.unwrap();
+    assert_eq!(
+        r.status, 200,
+        "a new client is served while two uploads stall"
+    );
+    let (answer, _) = read_to_close(&mut slow[0])
+        .await
+        .expect("the oldest upload was closed");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(metric(&f, "fulcrum_connections_evicted_total").await, 1.0);
+    // The other upload goes on and completes.
+    slow[1].write_all(&[b'y'; 99]).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(HANG, slow[1].read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
 /// `fulcrum check` names every limit that is out of range by key path and line, and prints the
 /// limits a valid configuration applies.
 #[test]

@@ -127,8 +127,17 @@ pub async fn read_ahead(
     let mut read = Vec::new();
     let mut total = 0usize;
     loop {
-        let piece = tokio::time::timeout(timeout, session.as_downstream_mut().read_request_body())
+        let next = tokio::time::timeout(timeout, session.as_downstream_mut().read_request_body());
+        let piece = crate::limits::evictable(next)
             .await
+            .ok_or_else(|| {
+                Error::explain(
+                    ErrorType::ReadTimedout,
+                    "the connection cap was reached while the client was still sending a body \
+                     that fulcrum buffers; its connection was closed to make room",
+                )
+                .into_down()
+            })?
             .map_err(|_| {
                 Error::explain(
                     ErrorType::ReadTimedout,

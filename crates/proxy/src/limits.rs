@@ -327,6 +327,36 @@ impl ConnectionFilter for GateFilter {
     }
 }
 
+tokio::task_local! {
+    /// The HTTP/1 connection whose request is being served, so that a wait for more of its
+    /// request (a slow body) can be closed by the gate like a wait for a head.
+    static CONNECTION: Connection;
+}
+
+/// The gate a connection holds its slot in, and how the gate closes it.
+#[derive(Clone)]
+struct Connection {
+    gate: Arc<ConnectionGate>,
+    kill: Arc<Notify>,
+}
+
+/// Wait for more of a request from its client (`read`), as a connection the gate may close to
+/// make room when every slot is taken: the longest such wait goes first, with the connections
+/// waiting for a head. `None` when the connection was chosen. A slow upload then cannot hold
+/// a slot that a new client needs, which is what the cap protects (HAProxy bounds the same
+/// phase with `timeout http-request`). Outside an HTTP/1 connection of the gate (HTTP/2,
+/// tests), `read` is simply awaited.
+pub async fn evictable<F: std::future::Future>(read: F) -> Option<F::Output> {
+    let Ok(connection) = CONNECTION.try_with(Connection::clone) else {
+        return Some(read.await);
+    };
+    let _waiting = connection.gate.wait_for_head(&connection.kill);
+    tokio::select! {
+        r = read => Some(r),
+        _ = connection.kill.notified() => None,
+    }
+}
+
 /// What reading a request head came to.
 #[derive(Debug, PartialEq, Eq)]
 enum Head {
@@ -686,7 +716,16 @@ where
                 session.set_keepalive(None);
             }
             session.set_pipelined_prefix(buf);
-            let reused = self.inner.process_new_http(session, &self.drain).await?;
+            let connection = Connection {
+                gate: self.gate.clone(),
+                kill: kill.clone(),
+            };
+            let reused = CONNECTION
+                .scope(
+                    connection,
+                    self.inner.process_new_http(session, &self.drain),
+                )
+                .await?;
             let (next, next_settings) = reused.consume();
             stream = next;
             settings = next_settings;
