@@ -43,6 +43,8 @@
 #                     origins +12 and +13 (127.0.0.1 only)
 #   PYTHON=.venv/bin/python            gets benches/hardening-requirements.txt (h2)
 #   RESULTS=benches/results/hardening.md
+#   ONLY=slow-body-1024  only fulcrum under the slow-body attack at a hard open-file limit of
+#                      1024; prints its row (the report is left as it is)
 #   ONLY=header-hold   only the quiet run and the header hold (no soak, no peers); replaces
 #                      the default-limit header-hold row in RESULTS
 # Requirements: slowhttptest, nginx, haproxy, curl, python3, prlimit, openssl
@@ -383,6 +385,13 @@ SLOWBODY="$(attack_cmd slowbody "$PORT")"
 SLOWREAD="$(attack_cmd slowread "$PORT")"
 HOLD="$(attack_cmd hold "$PORT")"
 
+if [ "${ONLY:-}" = slow-body-1024 ]; then
+    start_fulcrum 1024:1024
+    measure "slow body (-B), hard limit 1024" "$SLOWBODY" "$PROBE_S"
+    printf '%s\n' "${ROWS[@]}"
+    echo "(fulcrum only, not written to $RESULTS; logs in $WORK)" >&2
+    exit 0
+fi
 start_fulcrum "1024:$HARD_NOFILE"
 if [ "${ONLY:-}" = header-hold ]; then
     measure "no attack" "sleep 13" 10
