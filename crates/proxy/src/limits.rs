@@ -172,7 +172,8 @@ struct GateMetrics {
     bare_cr: Counter,
 }
 
-/// The client-connection slots and the connections waiting for a request head, oldest first.
+/// The client-connection slots and the connections waiting for their client (a request head,
+/// or more of a buffered body), oldest first.
 pub struct ConnectionGate {
     slots: Arc<Semaphore>,
     size: usize,
@@ -273,7 +274,9 @@ impl ConnectionGate {
         self.size.saturating_sub(self.free())
     }
 
-    fn wait_for_head(&self, kill: &Arc<Notify>) -> Waiting<'_> {
+    /// Count a connection as waiting for its client (a head, or more of a buffered body) until
+    /// the returned guard drops: the gate may close it with `kill` to make room.
+    fn wait_for_client(&self, kill: &Arc<Notify>) -> Waiting<'_> {
         let id = self.next_wait.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut waiting) = self.waiting.lock() {
             waiting.insert(id, kill.clone());
@@ -281,7 +284,7 @@ impl ConnectionGate {
         Waiting { gate: self, id }
     }
 
-    /// Close the `n` connections that have waited longest for a request head (fewer if fewer
+    /// Close the `n` connections that have waited longest for their client (fewer if fewer
     /// wait); how many were closed.
     fn evict_oldest(&self, n: usize) -> usize {
         let oldest: Vec<Arc<Notify>> = match self.waiting.lock() {
@@ -350,7 +353,7 @@ pub async fn evictable<F: std::future::Future>(read: F) -> Option<F::Output> {
     let Ok(connection) = CONNECTION.try_with(Connection::clone) else {
         return Some(read.await);
     };
-    let _waiting = connection.gate.wait_for_head(&connection.kill);
+    let _waiting = connection.gate.wait_for_client(&connection.kill);
     tokio::select! {
         r = read => Some(r),
         _ = connection.kill.notified() => None,
@@ -539,7 +542,7 @@ impl<A> LimitedApp<A> {
         let mut buf = BytesMut::with_capacity(HEAD_READ_STEP);
         let mut scan = HeadScan::default();
         let mut head_deadline = deadlines.head;
-        let _waiting = self.gate.wait_for_head(conn.kill);
+        let _waiting = self.gate.wait_for_client(conn.kill);
         if *conn.stopped.borrow() {
             return Err(NoHead::Closed { partial: false });
         }
@@ -792,24 +795,15 @@ mod tests {
             Head::BareCr
         );
         // Read in pieces: the CR at the end of one read, the byte after it in the next.
-        let mut scan = HeadScan::default();
-        assert_eq!(
-            scan.classify(b"GET / HTTP/1.1\r\nA: b\r", &l, false),
-            Head::Partial
-        );
-        assert_eq!(
-            scan.classify(b"GET / HTTP/1.1\r\nA: b\rc", &l, false),
-            Head::BareCr
-        );
-        let mut scan = HeadScan::default();
-        assert_eq!(
-            scan.classify(b"GET / HTTP/1.1\r\nA: b\r", &l, false),
-            Head::Partial
-        );
-        assert_eq!(
-            scan.classify(b"GET / HTTP/1.1\r\nA: b\r\n\r\n", &l, false),
-            Head::Http1
-        );
+        for (next, expected) in [(&b"c"[..], Head::BareCr), (b"\n\r\n", Head::Http1)] {
+            let mut scan = HeadScan::default();
+            let first = b"GET / HTTP/1.1\r\nA: b\r";
+            assert_eq!(scan.classify(first, &l, false), Head::Partial);
+            assert_eq!(
+                scan.classify(&[&first[..], next].concat(), &l, false),
+                expected
+            );
+        }
     }
 
     #[test]
@@ -893,7 +887,7 @@ mod tests {
         let gate = ConnectionGate::new(100);
         assert_eq!(gate.evict_batch, 3);
         let kills: Vec<_> = (0..5).map(|_| Arc::new(Notify::new())).collect();
-        let waits: Vec<_> = kills.iter().map(|k| gate.wait_for_head(k)).collect();
+        let waits: Vec<_> = kills.iter().map(|k| gate.wait_for_client(k)).collect();
         assert_eq!(gate.evict_oldest(gate.evict_batch), 3);
         assert_eq!(gate.waiting.lock().unwrap().len(), 2);
         drop(waits);
@@ -909,8 +903,8 @@ mod tests {
         assert_eq!(gate.free(), 0);
         assert_eq!(gate.open(), 2);
         let (old, new) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        let old_wait = gate.wait_for_head(&old);
-        let _new_wait = gate.wait_for_head(&new);
+        let old_wait = gate.wait_for_client(&old);
+        let _new_wait = gate.wait_for_client(&new);
         let admitted = tokio::spawn({
             let gate = gate.clone();
             async move { gate.admit().await }
