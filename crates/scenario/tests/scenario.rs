@@ -743,10 +743,15 @@ fn autoscale_suite_parses_with_scaler_and_slo() {
         files.sort();
         files
     };
-    let (public, unseen) = (toml_in("autoscale"), toml_in("autoscale-unseen"));
+    let (public, unseen, unseen2) = (
+        toml_in("autoscale"),
+        toml_in("autoscale-unseen"),
+        toml_in("autoscale-unseen2"),
+    );
     assert!(public.len() >= 5, "{public:?}");
     assert!(unseen.len() >= 2, "{unseen:?}");
-    let files: Vec<PathBuf> = public.into_iter().chain(unseen).collect();
+    assert!(unseen2.len() >= 3, "{unseen2:?}");
+    let files: Vec<PathBuf> = public.into_iter().chain(unseen).chain(unseen2).collect();
     for path in &files {
         let (s, warnings) =
             load_scenario(path).unwrap_or_else(|d| panic!("{}:\n{d}", path.display()));
