@@ -3,8 +3,9 @@
 # for the peak, on the public autoscale suite (benches/scenarios/autoscale/) and, apart, on the
 # scenarios kept out of every tuning (benches/scenarios/autoscale-unseen/ and
 # autoscale-unseen2/). Prints the Markdown tables (every run, then the targets per
-# scenario); with OUT=DIR also an SVG plot per scenario (demand, forecast plan, copies serving under each scaler) into DIR (the unseen ones
-# into DIR-unseen and DIR-unseen2), and with TIMELINE_CSV=1 every run's steps as CSV.
+# scenario); with OUT=DIR also an SVG plot per scenario (demand, forecast plan, copies serving
+# under each scaler) into DIR (the unseen ones into DIR-unseen and DIR-unseen2), and with
+# TIMELINE_CSV=1 every run's steps as CSV.
 #
 #   OUT=benches/results/autoscale benches/autoscale.sh    # the committed results
 #   POLICY=p2c_ewma TIMELINE_CSV=1 OUT=/tmp/autoscale benches/autoscale.sh
