@@ -13,13 +13,16 @@ pub const MAX_BACKENDS: u32 = 100;
 /// Provisioning horizon in seconds: the time a new backend needs to take traffic (`horizon_s`).
 pub const HORIZON_S: u64 = 300;
 
-/// Seconds the recommendation must have been lower before it goes down
-/// (`scale_down_stabilization_s`): Kubernetes' HPA default for
-/// `behavior.scaleDown.stabilizationWindowSeconds`.
-pub const SCALE_DOWN_STABILIZATION_S: u64 = 300;
-
 /// Step of the rate series in seconds (`step_s`).
 pub const STEP_S: u64 = 10;
+
+/// Steps the recommendation must have been lower before it goes down: the default
+/// `scale_down_stabilization_s` is this many `step_s` (20 s at the default step). Kubernetes'
+/// HPA holds a scale-down for 300 s because it cannot see the demand coming back; the
+/// recommendation already covers the highest p90 forecast until a new backend would serve
+/// (`horizon_s`), so its own window only has to keep one step's noise from removing a backend
+/// the next step adds again. `benches/results/autoscale.md` measures 0 s to 300 s.
+pub const SCALE_DOWN_STABILIZATION_STEPS: u32 = 2;
 
 /// Horizons every pool is forecast at, in seconds, beside its own `horizon_s`.
 pub const REPORTED_HORIZONS_S: [u64; 3] = [60, 300, 900];

@@ -477,7 +477,8 @@ pub struct PoolConfig {
 /// Every `step` the control thread records the pool's request rate, forecasts it and
 /// recommends `ceil(p90 at horizon / (capacity per backend × target_utilization))` backends,
 /// clamped to `min_backends..=max_backends`; it goes down only to the highest count of the
-/// last `scale_down_stabilization` (as Kubernetes' HPA `behavior` does).
+/// last `scale_down_stabilization` (as Kubernetes' HPA `behavior` does, over a shorter window:
+/// the forecast already looks ahead).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoscaleConfig {
     /// Share of a backend's capacity to plan for (0 < x <= 1, default
@@ -501,8 +502,9 @@ pub struct AutoscaleConfig {
     pub backend_capacity_rps: Option<f64>,
     /// The recommendation goes down only to the highest count recommended over this window, so
     /// a backend is given up once the demand has been lower for that long
-    /// (`scale_down_stabilization_s`, 0..=86400, default
-    /// [`crate::autoscale_defaults::SCALE_DOWN_STABILIZATION_S`]; 0 follows every step).
+    /// (`scale_down_stabilization_s`, 0..=86400; by default
+    /// [`crate::autoscale_defaults::SCALE_DOWN_STABILIZATION_STEPS`] steps; 0 follows every
+    /// step).
     pub scale_down_stabilization: Duration,
 }
 
@@ -517,7 +519,9 @@ impl Default for AutoscaleConfig {
             forecast_model: None,
             step: Duration::from_secs(d::STEP_S),
             backend_capacity_rps: None,
-            scale_down_stabilization: Duration::from_secs(d::SCALE_DOWN_STABILIZATION_S),
+            scale_down_stabilization: Duration::from_secs(
+                d::STEP_S * u64::from(d::SCALE_DOWN_STABILIZATION_STEPS),
+            ),
         }
     }
 }

@@ -1133,6 +1133,9 @@ fn read_autoscale(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> AutoscaleConfig {
          it goes down; 0 follows every step)",
     ) {
         a.scale_down_stabilization = Duration::from_secs_f64(x);
+    } else if t.get("scale_down_stabilization_s").is_none() {
+        // The default follows the step: a number of steps, not of seconds.
+        a.scale_down_stabilization = a.step * d::SCALE_DOWN_STABILIZATION_STEPS;
     }
     if a.step > a.horizon {
         let span = t.get("step_s").map(|v| v.span());

@@ -34,10 +34,37 @@ fn an_empty_section_takes_the_defaults_and_no_section_means_no_forecast() {
     assert_eq!(a.step, Duration::from_secs(10));
     assert_eq!(a.forecast_model, None);
     assert_eq!(a.backend_capacity_rps, None);
-    assert_eq!(a.scale_down_stabilization, Duration::from_secs(300));
+    assert_eq!(
+        a.scale_down_stabilization,
+        Duration::from_secs(20),
+        "two steps"
+    );
     let plain = config("").replace("[pools.web.autoscale]\n", "");
     let (c, _) = parse(&plain, "test.toml").unwrap();
     assert_eq!(c.pool("web").unwrap().autoscale, None);
+}
+
+#[test]
+fn the_default_scale_down_window_is_two_steps_of_the_pools_own_step() {
+    let window = |keys: &str| {
+        let (c, _) = parse(&config(keys), "test.toml").unwrap();
+        let a = c.pool("web").unwrap().autoscale.clone().unwrap();
+        let (again, _) = parse(&c.to_toml(), "emitted.toml").unwrap();
+        assert_eq!(again, c, "written back as it was read");
+        a.scale_down_stabilization
+    };
+    assert_eq!(window("step_s = 30\n"), Duration::from_secs(60));
+    assert_eq!(window("step_s = 0.5\n"), Duration::from_secs(1));
+    assert_eq!(
+        window("step_s = 30\nscale_down_stabilization_s = 0\n"),
+        Duration::ZERO,
+        "an explicit window is kept, even 0"
+    );
+    assert_eq!(
+        window("scale_down_stabilization_s = 300\n"),
+        Duration::from_secs(300),
+        "Kubernetes' HPA window, when an operator asks for it"
+    );
 }
 
 #[test]

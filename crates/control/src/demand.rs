@@ -39,10 +39,14 @@ const MAX_ERROR_SHARE: f64 = 0.05;
 /// Utilisation below this, inferred from latency, is not a capacity sample: latency within a
 /// quarter of its idle level is noise as much as load.
 const MIN_LATENCY_UTILIZATION: f64 = 0.2;
-/// The plan never exceeds this multiple of the highest rate in the series (unless the rate
-/// now does): a forecast far beyond anything the pool has seen is an extrapolation (a trend
-/// carried past the turn of a cycle not found yet), not demand.
+/// The plan never exceeds this multiple of the highest rate of the recent past (unless the
+/// rate now does): a forecast far beyond anything the pool has seen lately is an
+/// extrapolation (a trend carried past the turn of a cycle not found yet, a p90 widened by
+/// bursts that are over), not demand.
 const PLAN_CEILING: f64 = 1.25;
+/// The recent past of [`PLAN_CEILING`], seconds: at least this, and at least twice the
+/// provisioning horizon (see [`DemandSettings::ceiling_steps`]).
+const PLAN_CEILING_WINDOW_S: f64 = 600.0;
 /// Weight of a new capacity sample in the running estimate.
 const CAPACITY_SMOOTHING: f64 = 0.3;
 
@@ -104,6 +108,20 @@ impl DemandSettings {
     /// `scale_down_stabilization_s`, the current one included (at least the current one).
     pub fn stabilization_steps(&self) -> usize {
         ((self.scale_down_stabilization_s / self.step_s).round() as usize).max(1)
+    }
+
+    /// Steps of the recent past whose highest rate bounds the plan: the last
+    /// [`PLAN_CEILING_WINDOW_S`] or twice `horizon_s`, whichever is longer. Measured against the
+    /// whole series instead, one burst or a level that has since fallen keeps the bound high
+    /// for as long as the ring remembers it (two days), and a p90 widened by bursts is paid
+    /// for all that time.
+    pub fn ceiling_steps(&self) -> usize {
+        ((PLAN_CEILING_WINDOW_S.max(2.0 * self.horizon_s) / self.step_s).ceil() as usize).max(1)
+    }
+
+    /// The recent past of [`DemandSettings::ceiling_steps`] in words ("10 min").
+    fn ceiling_words(&self) -> String {
+        duration_words(self.ceiling_steps() as f64 * self.step_s)
     }
 
     /// The horizons forecast each step: [`REPORTED_HORIZONS_S`] and the provisioning horizon.
@@ -483,7 +501,10 @@ impl PoolDemand {
         // now: backends are not given up before the demand has actually fallen.
         let highest_p90 = planning.iter().map(|h| of(h).p90).fold(0.0, f64::max);
         let within = duration_words(self.settings.horizon_s);
-        let highest_seen = self.tracker.ring().to_vec().into_iter().fold(0.0, f64::max);
+        let highest_seen = self
+            .tracker
+            .ring()
+            .highest_of_last(self.settings.ceiling_steps());
         let ceiling = PLAN_CEILING * highest_seen;
         let (plan, basis) = if offered > highest_p90 {
             (
@@ -498,9 +519,10 @@ impl PoolDemand {
             (
                 ceiling,
                 format!(
-                    "highest p90 within {within}: {} rps, bounded to {} rps ({PLAN_CEILING}× the highest rate seen)",
+                    "highest p90 within {within}: {} rps, bounded to {} rps ({PLAN_CEILING}× the highest rate of the last {})",
                     thousands(highest_p90),
-                    thousands(ceiling)
+                    thousands(ceiling),
+                    self.settings.ceiling_words()
                 ),
             )
         } else {
@@ -828,7 +850,54 @@ mod tests {
         assert_eq!(r.recommended_backends, 50, "{}", r.reason);
         assert!(
             r.reason
-                .contains("rps, bounded to 250 rps (1.25× the highest rate seen)"),
+                .contains("rps, bounded to 250 rps (1.25× the highest rate of the last 10 min)"),
+            "{}",
+            r.reason
+        );
+    }
+
+    #[test]
+    fn the_bound_forgets_a_burst_once_it_is_out_of_the_recent_past() {
+        let p = pool(2);
+        let s = DemandSettings {
+            step_s: 10.0,
+            horizon_s: 300.0,
+            ..settings(Some(100.0))
+        };
+        assert_eq!(
+            s.ceiling_steps(),
+            60,
+            "10 min (twice the horizon) of 10 s steps"
+        );
+        assert_eq!(
+            DemandSettings {
+                horizon_s: 900.0,
+                ..s.clone()
+            }
+            .ceiling_steps(),
+            180,
+            "twice a 15-minute horizon"
+        );
+        let mut d = PoolDemand::new(&p, s, 0);
+        // A burst to 1,000 rps, 80 quiet steps at 100 rps (out of the last 60 by far), then a
+        // steep ramp to 300 rps: its trend carried 5 minutes on lands far above 300 rps.
+        let rates = (0..20)
+            .map(|_| 100.0)
+            .chain((0..3).map(|_| 1000.0))
+            .chain((0..80).map(|_| 100.0))
+            .chain((1..=20).map(|i| 100.0 + 10.0 * f64::from(i)));
+        for r in rates {
+            d.record(obs(r, 0.0), None);
+        }
+        let r = d.latest().unwrap();
+        assert!(r.forecasts.iter().any(|f| f.p90 > 375.0), "{r:?}");
+        // Against the whole series the bound would be 1,250 rps: the burst would still count.
+        assert_eq!(r.planned_rps, 375.0, "1.25 × 300 rps: {}", r.reason);
+        // 375 rps at 50 rps per backend (100 at 50 %).
+        assert_eq!(r.recommended_backends, 8, "{}", r.reason);
+        assert!(
+            r.reason
+                .contains("rps, bounded to 375 rps (1.25× the highest rate of the last 10 min)"),
             "{}",
             r.reason
         );

@@ -75,6 +75,11 @@ impl RateRing {
         self.rates.make_contiguous()
     }
 
+    /// The highest of the last `n` rates (0 when none is held).
+    pub fn highest_of_last(&self, n: usize) -> f64 {
+        self.rates.iter().rev().take(n).copied().fold(0.0, f64::max)
+    }
+
     /// A copy of the series, oldest first.
     pub fn to_vec(&self) -> Vec<f64> {
         self.rates.iter().copied().collect()
@@ -92,6 +97,10 @@ mod tests {
             r.push(x);
         }
         assert_eq!(r.as_slice(), &[4.0, 0.0, 0.0]);
+        assert_eq!(r.highest_of_last(2), 0.0);
+        assert_eq!(r.highest_of_last(3), 4.0);
+        assert_eq!(r.highest_of_last(99), 4.0);
+        assert_eq!(RateRing::new(10.0, 3).highest_of_last(3), 0.0);
         let r = RateRing::for_season(10.0, 900.0, 3, 10);
         assert_eq!(r.capacity(), 270);
     }

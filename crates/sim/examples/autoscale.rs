@@ -1,7 +1,9 @@
 //! Runs every scenario of a directory (default `benches/scenarios/autoscale`) under each scaler
-//! (`hpa`, `forecast`, `forecast:60`, `static` sized for the peak; `SCALERS=hpa,forecast` picks
-//! some) and prints a Markdown comparison, then the targets per scenario: backend-
-//! seconds, p99 latency, SLO-violation windows, slow and failed requests, scale events. Each
+//! (`hpa`, `forecast`, `forecast:300`, `static` sized for the peak, and the two references
+//! that read the scenario, `oracle` and `oracle-now`; `SCALERS=hpa,forecast` picks some) and
+//! prints a Markdown comparison, then the targets per scenario: backend-seconds, p99
+//! latency, SLO-violation windows, slow and failed requests, scale events; then, for scenarios
+//! with bursts, the violation windows of each run during and right after each burst. Each
 //! scenario is measured twice: from its own `warmup_s` (the forecast still learning the cycle)
 //! and from two diurnal periods on (once a season can have been found). With a second
 //! argument, writes per scenario an SVG plot of the demand, the forecast scaler's plan and the
@@ -20,13 +22,16 @@ use fulcrum_sim::{
     simulate_autoscaled, AutoscaleRun, Policy, ScalerKind, SimOptions, AUTOSCALE_TABLE_HEADER,
 };
 
-/// The HPA, the forecast with the proxy's defaults, the forecast with a 60 s scale-down
-/// stabilisation (a short cycle's setting), and the static pool.
-const SCALERS: [ScalerKind; 4] = [
+/// The HPA, the forecast with the proxy's defaults, the forecast with the HPA's 300 s
+/// scale-down stabilisation, the static pool, and the two oracles (what knowing the future,
+/// or only the present, exactly would do).
+const SCALERS: [ScalerKind; 6] = [
     ScalerKind::Hpa,
     ScalerKind::Forecast(None),
-    ScalerKind::Forecast(Some(60.0)),
+    ScalerKind::Forecast(Some(300.0)),
     ScalerKind::Static(None),
+    ScalerKind::Oracle(true),
+    ScalerKind::Oracle(false),
 ];
 
 /// The scalers to run: every one of [`SCALERS`], or those named in `SCALERS=forecast,hpa`.
@@ -59,6 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kinds = scalers()?;
     let mut out = String::new();
     let mut targets = String::from(TARGETS_HEADER);
+    let mut bursts = String::new();
     out.push_str(AUTOSCALE_TABLE_HEADER);
     let mut scenarios = Vec::new();
     for path in &files {
@@ -98,6 +104,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         let runs = runs.into_iter().collect::<Result<Vec<_>, _>>()?;
         targets.push_str(&targets_rows(&sc.name, &runs));
+        if !sc.name.contains(' ') {
+            bursts.push_str(&burst_rows(sc, &runs));
+        }
         let hpa_cost = runs
             .iter()
             .find(|r| r.autoscale.scaler == "hpa")
@@ -119,6 +128,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{out}");
     if targets != TARGETS_HEADER {
         print!("\n{targets}");
+    }
+    if !bursts.is_empty() {
+        print!(
+            "\n| burst | from | to | rate without it at its start (× `rate_rps`) × its highest factor | {} |\n|---|---|---|---|{}\n{bursts}",
+            kinds
+                .iter()
+                .map(|k| format!("{k} violation windows"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---|".repeat(kinds.len())
+        );
     }
     Ok(())
 }
@@ -171,6 +191,68 @@ fn targets_rows(scenario: &str, runs: &[AutoscaleRun]) -> String {
             f.scale_ups + f.scale_downs,
         ));
     }
+    out
+}
+
+/// For a scenario with bursts: each burst episode (bursts that overlap or touch, merged) and
+/// the SLO-violation windows of each run that start within it or in the minute after it (when
+/// its backlog drains), then the windows outside every episode.
+fn burst_rows(sc: &Scenario, runs: &[AutoscaleRun]) -> String {
+    let mut episodes: Vec<(f64, f64)> = Vec::new();
+    for b in &sc.load.bursts {
+        let (from, to) = (b.at_s, b.at_s + b.duration_s);
+        match episodes.last_mut() {
+            Some(last) if from <= last.1 => last.1 = last.1.max(to),
+            _ => episodes.push((from, to)),
+        }
+    }
+    episodes.retain(|&(_, to)| to + 60.0 > sc.warmup_s);
+    if episodes.is_empty() {
+        return String::new();
+    }
+    let window_s = sc.slo.map_or(10.0, |s| s.window_s);
+    let within = |t: f64, &(from, to): &(f64, f64)| t + window_s > from && t < to + 60.0;
+    let mut quiet = sc.load.clone();
+    quiet.bursts.clear();
+    let mut out = String::new();
+    for e in &episodes {
+        let factor = (0..=((e.1 - e.0) as usize))
+            .map(|k| e.0 + k as f64)
+            .map(|t| sc.load.rate_at(t) / quiet.rate_at(t))
+            .fold(0.0, f64::max);
+        let counts: Vec<String> = runs
+            .iter()
+            .map(|r| {
+                let n = r.autoscale.violated_at_s.iter();
+                n.filter(|&&t| within(t, e)).count().to_string()
+            })
+            .collect();
+        out.push_str(&format!(
+            "| {} | {:.0} s | {:.0} s | {:.2} × up to {:.2} | {} |\n",
+            sc.name,
+            e.0,
+            e.1,
+            quiet.rate_at(e.0) / sc.load.rate_rps,
+            factor,
+            counts.join(" | ")
+        ));
+    }
+    let outside: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            r.autoscale
+                .violated_at_s
+                .iter()
+                .filter(|&&t| !episodes.iter().any(|e| within(t, e)))
+                .count()
+                .to_string()
+        })
+        .collect();
+    out.push_str(&format!(
+        "| {} | outside bursts | | | {} |\n",
+        sc.name,
+        outside.join(" | ")
+    ));
     out
 }
 
@@ -287,7 +369,10 @@ fn plot(sc: &Scenario, runs: &[AutoscaleRun]) -> String {
         ("demand / copy".into(), "#888", path(&needed, false), "4,3"),
         ("forecast plan".into(), "#9cf", path(&planned, false), "2,2"),
     ];
-    for r in runs {
+    for r in runs
+        .iter()
+        .filter(|r| !r.autoscale.scaler.starts_with("oracle"))
+    {
         let colour = match r.autoscale.scaler.as_str() {
             "hpa" => "#d62728",
             "forecast" => "#1f5fbf",

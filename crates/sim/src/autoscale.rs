@@ -28,6 +28,12 @@ pub enum ScalerKind {
     /// A fixed number of copies from time 0; `None`: sized for the scenario's peak rate at
     /// `target_utilization` of the copies' true capacity (the over-provisioned reference).
     Static(Option<u32>),
+    /// A reference no real scaler can be: it reads the scenario's true rate and the copies'
+    /// true capacity. `Oracle(true)` (`oracle`) knows the future exactly and runs what the
+    /// highest rate until a copy started now would serve needs; `Oracle(false)`
+    /// (`oracle-now`) knows only the rate in force now, exactly and at once — the best any
+    /// scaler can do against demand it cannot foresee (an unannounced burst).
+    Oracle(bool),
 }
 
 impl fmt::Display for ScalerKind {
@@ -38,6 +44,8 @@ impl fmt::Display for ScalerKind {
             ScalerKind::Forecast(Some(s)) => write!(f, "forecast:{s}"),
             ScalerKind::Static(None) => f.write_str("static"),
             ScalerKind::Static(Some(n)) => write!(f, "static:{n}"),
+            ScalerKind::Oracle(true) => f.write_str("oracle"),
+            ScalerKind::Oracle(false) => f.write_str("oracle-now"),
         }
     }
 }
@@ -50,6 +58,8 @@ impl FromStr for ScalerKind {
             "hpa" | "reactive" => Ok(ScalerKind::Hpa),
             "forecast" => Ok(ScalerKind::Forecast(None)),
             "static" => Ok(ScalerKind::Static(None)),
+            "oracle" => Ok(ScalerKind::Oracle(true)),
+            "oracle-now" => Ok(ScalerKind::Oracle(false)),
             _ => {
                 if let Some(Ok(n)) = s.strip_prefix("static:").map(str::parse::<u32>) {
                     if n > 0 {
@@ -63,7 +73,7 @@ impl FromStr for ScalerKind {
                 }
                 Err(format!(
                     "unknown scaler {s:?}: expected hpa, forecast, forecast:S (S seconds of \
-                     scale-down stabilisation), static or static:N"
+                     scale-down stabilisation), static, static:N, oracle or oracle-now"
                 ))
             }
         }
@@ -301,8 +311,10 @@ impl ForecastScaler {
                 max_backends: a.max_backends + fixed,
             },
             backend_capacity_rps: None,
-            scale_down_stabilization_s: stabilization_s
-                .unwrap_or(fulcrum_config::autoscale_defaults::SCALE_DOWN_STABILIZATION_S as f64),
+            scale_down_stabilization_s: stabilization_s.unwrap_or(
+                f64::from(fulcrum_config::autoscale_defaults::SCALE_DOWN_STABILIZATION_STEPS)
+                    * FORECAST_STEP_S,
+            ),
         };
         Self {
             demand: PoolDemand::new(pool, settings, now_ns),
@@ -355,6 +367,77 @@ impl Scaler for StaticScaler {
     }
 }
 
+/// The reference scalers of [`ScalerKind::Oracle`]: every step, the copies the true rate
+/// needs at `target_utilization` of a copy's true capacity, the rate being the highest over
+/// `[t, t + lookahead_s]` (sampled every second) — `provision_s` plus a step for `oracle`, so
+/// a copy is started in time for every rise; 0 for `oracle-now`. Copies go as soon as the
+/// rate allows (no stabilisation: it is never wrong).
+#[derive(Debug, Clone)]
+pub struct OracleScaler {
+    load: fulcrum_scenario::Load,
+    /// Requests per second a copy serves at the target utilisation.
+    per_copy_rps: f64,
+    /// What the backends that are not scaled serve at the target utilisation.
+    fixed_rps: f64,
+    lookahead_s: f64,
+    min: u32,
+    max: u32,
+}
+
+impl OracleScaler {
+    /// An oracle for `sc`'s `[autoscale]` backend; `future`: see [`ScalerKind::Oracle`].
+    pub fn new(sc: &fulcrum_scenario::Scenario, a: &Autoscale, future: bool) -> Self {
+        let per = |b: &fulcrum_scenario::ScenarioBackend| {
+            f64::from(b.concurrency) * 1000.0 / b.mean_service_ms() * a.target_utilization
+        };
+        let scaled = a.first..a.first + a.max_backends as usize;
+        Self {
+            load: sc.load.clone(),
+            per_copy_rps: sc.backends.get(a.first).map_or(f64::NAN, per),
+            fixed_rps: sc
+                .backends
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !scaled.contains(i))
+                .map(|(_, b)| per(b))
+                .sum(),
+            lookahead_s: if future {
+                a.provision_s + FORECAST_STEP_S
+            } else {
+                0.0
+            },
+            min: a.min_backends,
+            max: a.max_backends,
+        }
+    }
+
+    /// The highest true rate over `[t_s, t_s + lookahead_s]`.
+    pub fn demand_rps(&self, t_s: f64) -> f64 {
+        let mut rate = self.load.rate_at(t_s);
+        let mut u = t_s.floor() + 1.0;
+        while u <= t_s + self.lookahead_s {
+            rate = rate.max(self.load.rate_at(u));
+            u += 1.0;
+        }
+        rate
+    }
+}
+
+impl Scaler for OracleScaler {
+    fn period_s(&self) -> f64 {
+        FORECAST_STEP_S
+    }
+
+    fn desired(&mut self, v: &ScaleView) -> u32 {
+        let need = ((self.demand_rps(v.t_s) - self.fixed_rps) / self.per_copy_rps).ceil();
+        if need.is_finite() {
+            (need.max(0.0) as u32).clamp(self.min.max(1), self.max)
+        } else {
+            self.max
+        }
+    }
+}
+
 /// One control step of a run, for plots.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScaleSample {
@@ -383,6 +466,8 @@ pub struct AutoscaleStats {
     pub slo_windows: u32,
     /// Of those, windows whose p99 latency was above `[slo] p99_ms`.
     pub slo_violation_windows: u32,
+    /// When each of those windows started, seconds of simulated time.
+    pub violated_at_s: Vec<f64>,
     /// Requests answered later than `[slo] p99_ms`.
     pub slow_requests: u64,
     /// Requests answered later than the proxy's default read timeout (30 s): a client behind

@@ -172,8 +172,8 @@ fn forecast_provisions_ahead_of_a_periodic_ramp() {
 }
 
 /// The forecast scaler runs the proxy's own scale-down stabilisation: after the demand falls,
-/// the default window (300 s) keeps the copies for that long, while without a window they go
-/// as soon as the forecast follows the fall.
+/// a 300 s window (Kubernetes' HPA default) keeps the copies for that long, while the proxy's
+/// default (two steps) lets them go as soon as the forecast follows the fall.
 #[test]
 fn the_forecast_scaler_holds_a_scale_down_for_the_proxys_window() {
     // 600 rps (5 copies at 70 % of 200 rps) until 600 s, then 150 rps (2 copies).
@@ -189,7 +189,7 @@ fn the_forecast_scaler_holds_a_scale_down_for_the_proxys_window() {
     let run = |kind| {
         simulate_autoscaled(&sc, &Policy::LeastConnections, kind, &SimOptions::default()).unwrap()
     };
-    let held = run(ScalerKind::Forecast(None));
+    let held = run(ScalerKind::Forecast(Some(300.0)));
     let before = *desired_at(&held, 500.0, 600.0).iter().max().unwrap();
     assert!(before >= 5, "{before} copies for 600 rps");
     let during = desired_at(&held, 600.0, 880.0);
@@ -199,11 +199,59 @@ fn the_forecast_scaler_holds_a_scale_down_for_the_proxys_window() {
     );
     let after = desired_at(&held, 1000.0, 1200.0);
     assert!(after.iter().all(|&d| d <= 3), "down once held: {after:?}");
-    let follow = run(ScalerKind::Forecast(Some(0.0)));
+    let follow = run(ScalerKind::Forecast(None));
     let during = desired_at(&follow, 600.0, 880.0);
     assert!(
         during.iter().any(|&d| d < before),
-        "without a window the count falls within 300 s: {during:?}"
+        "with the default window the count falls within 300 s: {during:?}"
     );
     assert!(follow.autoscale.backend_seconds < held.autoscale.backend_seconds);
+}
+
+/// The reference scalers read the scenario's true rate: `oracle` has the copies a rise needs
+/// serving when it arrives (it started them `provision_s` earlier), `oracle-now` starts them
+/// when the rise arrives and has them `provision_s` later, missing the SLO meanwhile.
+#[test]
+fn the_oracles_read_the_true_rate_ahead_or_now() {
+    // 120 rps (one copy of 200 rps at 70 %) until 300 s, then 600 rps (five copies).
+    let sc = scenario("rate_rps = 120\nsteps = [[300, 600]]", 600.0, 60.0, 8);
+    let run = |kind| {
+        simulate_autoscaled(&sc, &Policy::LeastConnections, kind, &SimOptions::default()).unwrap()
+    };
+    let serving_at = |run: &crate::AutoscaleRun, t: f64| {
+        run.autoscale
+            .timeline
+            .iter()
+            .rfind(|s| s.t_s <= t)
+            .map_or(0, |s| s.serving)
+    };
+    let ahead = run(ScalerKind::Oracle(true));
+    assert_eq!(
+        serving_at(&ahead, 250.0),
+        1,
+        "one copy until the rise is near"
+    );
+    assert!(
+        serving_at(&ahead, 310.0) >= 5,
+        "{}",
+        serving_at(&ahead, 310.0)
+    );
+    assert_eq!(ahead.autoscale.slo_violation_windows, 0);
+    let now = run(ScalerKind::Oracle(false));
+    assert_eq!(
+        serving_at(&now, 350.0),
+        1,
+        "started at 300 s, serving at 360 s"
+    );
+    assert!(serving_at(&now, 370.0) >= 5);
+    assert!(
+        now.autoscale.slo_violation_windows >= 3,
+        "{} windows",
+        now.autoscale.slo_violation_windows
+    );
+    assert_eq!(
+        "oracle-now".parse::<ScalerKind>(),
+        Ok(ScalerKind::Oracle(false))
+    );
+    assert_eq!(ScalerKind::Oracle(true).to_string(), "oracle");
 }

@@ -36,8 +36,8 @@ use fulcrum_scenario::rng::{stream_seed, Rng, Stream};
 use fulcrum_scenario::{Policy, Scenario};
 
 use crate::autoscale::{
-    AutoscaleStats, ForecastScaler, Hpa, HpaSettings, ScaleSample, ScaleView, Scaler, ScalerKind,
-    StaticScaler,
+    AutoscaleStats, ForecastScaler, Hpa, HpaSettings, OracleScaler, ScaleSample, ScaleView, Scaler,
+    ScalerKind, StaticScaler,
 };
 
 /// Sets pool weights from each control tick's observations, on simulated time.
@@ -1210,6 +1210,7 @@ pub fn simulate_autoscaled_detailed(
             )),
             a.initial,
         ),
+        ScalerKind::Oracle(future) => (Box::new(OracleScaler::new(&sc, &a, future)), a.initial),
         ScalerKind::Static(n) => {
             let n = n
                 .unwrap_or_else(|| peak_sized_count(scenario))
@@ -1449,8 +1450,9 @@ impl Sim<'_> {
         let window_s = (self.duration_ns - self.warmup_ns) as f64 * 1e-9;
         let slo = self.sc.slo;
         let (mut windows, mut violations, mut slow, mut timed_out) = (0u32, 0u32, 0u64, 0u64);
+        let mut violated_at_s = Vec::new();
         let timeout_ms = pool_defaults::READ_TIMEOUT_MS as f32;
-        for w in &mut self.slo_latencies {
+        for (k, w) in self.slo_latencies.iter_mut().enumerate() {
             if w.is_empty() {
                 continue;
             }
@@ -1460,7 +1462,12 @@ impl Sim<'_> {
             w.sort_unstable_by(f32::total_cmp);
             let p99 = w[((w.len() as f64 * 0.99).ceil() as usize).clamp(1, w.len()) - 1];
             windows += 1;
-            violations += u32::from(p99 > limit);
+            if p99 > limit {
+                violations += 1;
+                if let Some(slo) = slo {
+                    violated_at_s.push(self.sc.warmup_s + k as f64 * slo.window_s);
+                }
+            }
         }
         let s = self.scaling.as_mut().expect("a scaled run");
         AutoscaleStats {
@@ -1468,6 +1475,7 @@ impl Sim<'_> {
             backend_seconds: s.existing.mean() * window_s,
             slo_windows: windows,
             slo_violation_windows: violations,
+            violated_at_s,
             slow_requests: slow,
             timed_out,
             scale_ups: s.scale_ups,
