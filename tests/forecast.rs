@@ -352,7 +352,7 @@ fn check_shows_each_autoscaled_pool() {
     assert!(
         stdout.contains(
             "pool web: autoscale recommends 2..=40 backends at 70 % utilisation for the p90 120 s \
-             ahead, down only after 300 s lower, a rate every 10 s, forecast model models/forecast.onnx, capacity per backend \
+             ahead, down only after 20 s lower, a rate every 10 s, forecast model models/forecast.onnx, capacity per backend \
              estimated from the traffic"
         ),
         "{stdout}"

@@ -98,7 +98,8 @@ struct SimArgs {
     /// Scaler for a scenario with an `[autoscale]` table: `none` (default: the backends as
     /// written), `hpa` (or `reactive`: Kubernetes' HPA), `forecast` (fulcrum's recommendation
     /// with its defaults), `forecast:S` (with `scale_down_stabilization_s = S`), `static`
-    /// (sized for the peak) or `static:N`; repeat for several.
+    /// (sized for the peak), `static:N`, or the references that read the scenario, `oracle`
+    /// (knows the future rate) and `oracle-now` (knows the rate now); repeat for several.
     #[arg(long = "scaler")]
     scalers: Vec<String>,
     /// Proxies sharing the backends, each with its own pickers and control loop; the load is
