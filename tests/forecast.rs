@@ -338,7 +338,7 @@ fn check_shows_each_autoscaled_pool() {
         &path,
         "[server]\nlisten = [\"127.0.0.1:18080\"]\n\n[[routes]]\npool = \"web\"\n\n[pools.web]\n\
          [[pools.web.backends]]\naddr = \"127.0.0.1:9001\"\n\n[pools.web.autoscale]\n\
-         min_backends = 2\nmax_backends = 40\nhorizon_s = 120\n\
+         min_backends = 2\nmax_backends = 40\nhorizon_s = 120\nspare_backends = 1\n\
          forecast_model = \"models/forecast.onnx\"\n",
     )
     .unwrap();
@@ -352,7 +352,7 @@ fn check_shows_each_autoscaled_pool() {
     assert!(
         stdout.contains(
             "pool web: autoscale recommends 2..=40 backends at 70 % utilisation for the p90 120 s \
-             ahead, down only after 20 s lower, a rate every 10 s, forecast model models/forecast.onnx, capacity per backend \
+             ahead and 1 spare backend, down only after 20 s lower, a rate every 10 s, forecast model models/forecast.onnx, capacity per backend \
              estimated from the traffic"
         ),
         "{stdout}"

@@ -13,6 +13,9 @@ pub const MAX_BACKENDS: u32 = 100;
 /// Provisioning horizon in seconds: the time a new backend needs to take traffic (`horizon_s`).
 pub const HORIZON_S: u64 = 300;
 
+/// Backends recommended beyond what the demand needs (`spare_backends`): none.
+pub const SPARE_BACKENDS: u32 = 0;
+
 /// Step of the rate series in seconds (`step_s`).
 pub const STEP_S: u64 = 10;
 

@@ -211,6 +211,7 @@ impl Config {
                     "scale_down_stabilization_s = {}",
                     float(a.scale_down_stabilization.as_secs_f64())
                 );
+                let _ = writeln!(out, "spare_backends = {}", a.spare_backends);
                 if let Some(m) = &a.forecast_model {
                     let _ = writeln!(out, "forecast_model = {}", path(m));
                 }

@@ -506,6 +506,9 @@ pub struct AutoscaleConfig {
     /// [`crate::autoscale_defaults::SCALE_DOWN_STABILIZATION_STEPS`] steps; 0 follows every
     /// step).
     pub scale_down_stabilization: Duration,
+    /// Backends recommended beyond what the demand needs, for bursts nobody forecasts or a
+    /// backend lost (N+1 when 1) (`spare_backends`, 0..=1000, default 0).
+    pub spare_backends: u32,
 }
 
 impl Default for AutoscaleConfig {
@@ -522,6 +525,7 @@ impl Default for AutoscaleConfig {
             scale_down_stabilization: Duration::from_secs(
                 d::STEP_S * u64::from(d::SCALE_DOWN_STABILIZATION_STEPS),
             ),
+            spare_backends: d::SPARE_BACKENDS,
         }
     }
 }

@@ -74,6 +74,7 @@ const AUTOSCALE_KEYS: &[&str] = &[
     "step_s",
     "backend_capacity_rps",
     "scale_down_stabilization_s",
+    "spare_backends",
 ];
 const POOL_TLS_KEYS: &[&str] = &["sni", "ca_file", "verify", "client_cert", "client_key"];
 const HEALTH_KEYS: &[&str] = &[
@@ -1137,6 +1138,7 @@ fn read_autoscale(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> AutoscaleConfig {
         // The default follows the step: a number of steps, not of seconds.
         a.scale_down_stabilization = a.step * d::SCALE_DOWN_STABILIZATION_STEPS;
     }
+    a.spare_backends = bounded(ctx, t, "spare_backends", d::SPARE_BACKENDS.into(), 0, 1000) as u32;
     if a.step > a.horizon {
         let span = t.get("step_s").map(|v| v.span());
         ctx.warning(

@@ -22,6 +22,7 @@ fn settings() -> DemandSettings {
         },
         backend_capacity_rps: None,
         scale_down_stabilization_s: 300.0,
+        spare_backends: 0,
     }
 }
 

@@ -63,6 +63,8 @@ pub struct DemandSettings {
     pub backend_capacity_rps: Option<f64>,
     /// Seconds the recommendation must have been lower before it goes down (0: every step).
     pub scale_down_stabilization_s: f64,
+    /// Backends recommended beyond what the demand needs (N+1 when 1).
+    pub spare_backends: u32,
 }
 
 impl From<&AutoscaleConfig> for DemandSettings {
@@ -77,6 +79,7 @@ impl From<&AutoscaleConfig> for DemandSettings {
             },
             backend_capacity_rps: a.backend_capacity_rps,
             scale_down_stabilization_s: a.scale_down_stabilization.as_secs_f64(),
+            spare_backends: a.spare_backends,
         }
     }
 }
@@ -536,7 +539,23 @@ impl PoolDemand {
         };
         let capacity_rps = capacity.unwrap_or(f64::NAN);
         let sizing = self.settings.sizing;
-        let needed = recommend_for(plan, &basis, capacity_rps, sizing, obs.backends, None);
+        // Spare backends: sized as that much more demand at the target utilisation, so the
+        // count is exactly `spare_backends` above what the demand needs (before clamping).
+        let spare = self.settings.spare_backends;
+        let per_backend = capacity_rps * sizing.target_utilization;
+        let (sized_for, basis) = if spare > 0 && per_backend.is_finite() && per_backend > 0.0 {
+            (
+                plan + f64::from(spare) * per_backend,
+                format!(
+                    "{basis}, and {spare} spare backend{} (~{} rps)",
+                    if spare == 1 { "" } else { "s" },
+                    thousands(f64::from(spare) * per_backend)
+                ),
+            )
+        } else {
+            (plan, basis)
+        };
+        let needed = recommend_for(sized_for, &basis, capacity_rps, sizing, obs.backends, None);
         // Scale-down stabilisation: the highest count the demand asked for over the window.
         let window = self.settings.stabilization_steps() as u64;
         while self
@@ -550,7 +569,7 @@ impl PoolDemand {
         let held = self.recent.iter().map(|&(_, b)| b).max().unwrap_or(0);
         let rec = if held > needed.backends {
             recommend_for(
-                plan,
+                sized_for,
                 &basis,
                 capacity_rps,
                 sizing,
@@ -636,6 +655,7 @@ mod tests {
             },
             backend_capacity_rps: capacity,
             scale_down_stabilization_s: 0.0,
+            spare_backends: 0,
         }
     }
 
@@ -854,6 +874,48 @@ mod tests {
             "{}",
             r.reason
         );
+    }
+
+    #[test]
+    fn spare_backends_come_on_top_of_what_the_demand_needs_and_say_so() {
+        let p = pool(2);
+        let spare = |n| DemandSettings {
+            spare_backends: n,
+            ..settings(Some(10.0))
+        };
+        let (mut none, mut one) = (
+            PoolDemand::new(&p, spare(0), 0),
+            PoolDemand::new(&p, spare(1), 0),
+        );
+        for _ in 0..20 {
+            none.record(obs(20.0, 0.0), None);
+            one.record(obs(20.0, 0.0), None);
+        }
+        let (r0, r1) = (none.latest().unwrap(), one.latest().unwrap());
+        // 20 rps at 5 rps per backend (10 at 50 %): 4, and one spare.
+        assert_eq!(r0.recommended_backends, 4, "{}", r0.reason);
+        assert_eq!(r1.recommended_backends, 5, "{}", r1.reason);
+        assert_eq!(r1.planned_rps, r0.planned_rps, "the demand is the same");
+        assert!(
+            r1.reason.contains(
+                "rps, and 1 spare backend (~5 rps); one backend serves ~5 rps at 50 %; 5 backends"
+            ),
+            "{}",
+            r1.reason
+        );
+        // Clamped like any count.
+        let mut capped = PoolDemand::new(
+            &p,
+            DemandSettings {
+                sizing: Sizing {
+                    max_backends: 4,
+                    ..spare(3).sizing
+                },
+                ..spare(3)
+            },
+            0,
+        );
+        assert_eq!(capped.record(obs(20.0, 0.0), None).recommended_backends, 4);
     }
 
     #[test]

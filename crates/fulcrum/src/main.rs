@@ -469,9 +469,14 @@ fn autoscale_summary(pool: &str, a: &fulcrum_config::AutoscaleConfig) -> String 
             a.scale_down_stabilization.as_secs_f64()
         )
     };
+    let spare = match a.spare_backends {
+        0 => String::new(),
+        1 => " and 1 spare backend".to_string(),
+        n => format!(" and {n} spare backends"),
+    };
     format!(
         "pool {pool}: autoscale recommends {}..={} backends at {} % utilisation for the p90 \
-         {} s ahead, {down}, a rate every {} s, {model}, {capacity}",
+         {} s ahead{spare}, {down}, a rate every {} s, {model}, {capacity}",
         a.min_backends,
         a.max_backends,
         a.target_utilization * 100.0,

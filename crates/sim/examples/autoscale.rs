@@ -27,8 +27,8 @@ use fulcrum_sim::{
 /// or only the present, exactly would do).
 const SCALERS: [ScalerKind; 6] = [
     ScalerKind::Hpa,
-    ScalerKind::Forecast(None),
-    ScalerKind::Forecast(Some(300.0)),
+    ScalerKind::Forecast(None, 0),
+    ScalerKind::Forecast(Some(300.0), 0),
     ScalerKind::Static(None),
     ScalerKind::Oracle(true),
     ScalerKind::Oracle(false),

@@ -23,8 +23,8 @@ pub enum ScalerKind {
     /// Kubernetes' HPA with its default behaviour ([`HpaSettings::kubernetes`]).
     Hpa,
     /// fulcrum's forecast and recommendation; `Some(s)`: with `scale_down_stabilization_s = s`
-    /// instead of the proxy's default.
-    Forecast(Option<f64>),
+    /// instead of the proxy's default; the count: `spare_backends` (`forecast+N`).
+    Forecast(Option<f64>, u32),
     /// A fixed number of copies from time 0; `None`: sized for the scenario's peak rate at
     /// `target_utilization` of the copies' true capacity (the over-provisioned reference).
     Static(Option<u32>),
@@ -40,8 +40,16 @@ impl fmt::Display for ScalerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ScalerKind::Hpa => f.write_str("hpa"),
-            ScalerKind::Forecast(None) => f.write_str("forecast"),
-            ScalerKind::Forecast(Some(s)) => write!(f, "forecast:{s}"),
+            ScalerKind::Forecast(window, spare) => {
+                f.write_str("forecast")?;
+                if let Some(s) = window {
+                    write!(f, ":{s}")?;
+                }
+                if *spare > 0 {
+                    write!(f, "+{spare}")?;
+                }
+                Ok(())
+            }
             ScalerKind::Static(None) => f.write_str("static"),
             ScalerKind::Static(Some(n)) => write!(f, "static:{n}"),
             ScalerKind::Oracle(true) => f.write_str("oracle"),
@@ -56,7 +64,7 @@ impl FromStr for ScalerKind {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "hpa" | "reactive" => Ok(ScalerKind::Hpa),
-            "forecast" => Ok(ScalerKind::Forecast(None)),
+            "forecast" => Ok(ScalerKind::Forecast(None, 0)),
             "static" => Ok(ScalerKind::Static(None)),
             "oracle" => Ok(ScalerKind::Oracle(true)),
             "oracle-now" => Ok(ScalerKind::Oracle(false)),
@@ -66,14 +74,28 @@ impl FromStr for ScalerKind {
                         return Ok(ScalerKind::Static(Some(n)));
                     }
                 }
-                if let Some(Ok(w)) = s.strip_prefix("forecast:").map(str::parse::<f64>) {
-                    if (0.0..=86_400.0).contains(&w) {
-                        return Ok(ScalerKind::Forecast(Some(w)));
+                if let Some(rest) = s.strip_prefix("forecast") {
+                    let (window, spare) = match rest.split_once('+') {
+                        Some((w, n)) => (w, n.parse::<u32>().ok()),
+                        None => (rest, Some(0)),
+                    };
+                    let window = match window.strip_prefix(':') {
+                        None if window.is_empty() => Some(None),
+                        Some(w) => w
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|w| (0.0..=86_400.0).contains(w))
+                            .map(Some),
+                        None => None,
+                    };
+                    if let (Some(window), Some(spare)) = (window, spare) {
+                        return Ok(ScalerKind::Forecast(window, spare));
                     }
                 }
                 Err(format!(
                     "unknown scaler {s:?}: expected hpa, forecast, forecast:S (S seconds of \
-                     scale-down stabilisation), static, static:N, oracle or oracle-now"
+                     scale-down stabilisation), forecast+N or forecast:S+N (N spare backends), \
+                     static, static:N, oracle or oracle-now"
                 ))
             }
         }
@@ -294,13 +316,14 @@ impl fmt::Debug for ForecastScaler {
 impl ForecastScaler {
     /// A scaler for the scenario's `[autoscale]` table over `pool` (with `fixed` backends that
     /// are not scaled), starting now; `stabilization_s` overrides the proxy's default
-    /// `scale_down_stabilization_s`.
+    /// `scale_down_stabilization_s`, and `spare_backends` is the proxy's key of that name.
     pub fn new(
         a: &Autoscale,
         fixed: u32,
         pool: &Pool,
         now_ns: u64,
         stabilization_s: Option<f64>,
+        spare_backends: u32,
     ) -> Self {
         let settings = DemandSettings {
             step_s: FORECAST_STEP_S,
@@ -315,6 +338,7 @@ impl ForecastScaler {
                 f64::from(fulcrum_config::autoscale_defaults::SCALE_DOWN_STABILIZATION_STEPS)
                     * FORECAST_STEP_S,
             ),
+            spare_backends,
         };
         Self {
             demand: PoolDemand::new(pool, settings, now_ns),

@@ -159,7 +159,7 @@ fn forecast_provisions_ahead_of_a_periodic_ramp() {
             .map_or(f64::INFINITY, |s| s.t_s);
         (three_serving, run.autoscale.slo_violation_windows)
     };
-    let (forecast, forecast_violations) = run(ScalerKind::Forecast(None));
+    let (forecast, forecast_violations) = run(ScalerKind::Forecast(None, 0));
     let (hpa, hpa_violations) = run(ScalerKind::Hpa);
     assert!(
         forecast < hpa,
@@ -189,7 +189,7 @@ fn the_forecast_scaler_holds_a_scale_down_for_the_proxys_window() {
     let run = |kind| {
         simulate_autoscaled(&sc, &Policy::LeastConnections, kind, &SimOptions::default()).unwrap()
     };
-    let held = run(ScalerKind::Forecast(Some(300.0)));
+    let held = run(ScalerKind::Forecast(Some(300.0), 0));
     let before = *desired_at(&held, 500.0, 600.0).iter().max().unwrap();
     assert!(before >= 5, "{before} copies for 600 rps");
     let during = desired_at(&held, 600.0, 880.0);
@@ -199,7 +199,7 @@ fn the_forecast_scaler_holds_a_scale_down_for_the_proxys_window() {
     );
     let after = desired_at(&held, 1000.0, 1200.0);
     assert!(after.iter().all(|&d| d <= 3), "down once held: {after:?}");
-    let follow = run(ScalerKind::Forecast(None));
+    let follow = run(ScalerKind::Forecast(None, 0));
     let during = desired_at(&follow, 600.0, 880.0);
     assert!(
         during.iter().any(|&d| d < before),
@@ -254,4 +254,29 @@ fn the_oracles_read_the_true_rate_ahead_or_now() {
         Ok(ScalerKind::Oracle(false))
     );
     assert_eq!(ScalerKind::Oracle(true).to_string(), "oracle");
+}
+
+#[test]
+fn scaler_names_parse_and_print_back() {
+    for (name, kind) in [
+        ("forecast", ScalerKind::Forecast(None, 0)),
+        ("forecast:300", ScalerKind::Forecast(Some(300.0), 0)),
+        ("forecast+1", ScalerKind::Forecast(None, 1)),
+        ("forecast:60+2", ScalerKind::Forecast(Some(60.0), 2)),
+        ("static:4", ScalerKind::Static(Some(4))),
+        ("oracle", ScalerKind::Oracle(true)),
+    ] {
+        assert_eq!(name.parse::<ScalerKind>(), Ok(kind), "{name}");
+        assert_eq!(kind.to_string(), name);
+    }
+    for bad in [
+        "forecast:",
+        "forecast+",
+        "forecast+x",
+        "forecastx",
+        "forecast:-1",
+        "static:0",
+    ] {
+        assert!(bad.parse::<ScalerKind>().is_err(), "{bad}");
+    }
 }

@@ -1200,13 +1200,14 @@ pub fn simulate_autoscaled_detailed(
     let (boxed, start): (Box<dyn Scaler>, u32) = match scaler {
         ScalerKind::Hpa => (Box::new(Hpa::new(HpaSettings::kubernetes(&a))), a.initial),
         // The proxy's demand tracking reads the first replica's pool at the start.
-        ScalerKind::Forecast(window) => (
+        ScalerKind::Forecast(window, spare) => (
             Box::new(ForecastScaler::new(
                 &a,
                 fixed,
                 &sim.replicas[0].pool,
                 0,
                 window,
+                spare,
             )),
             a.initial,
         ),
