@@ -43,7 +43,7 @@ use authority::{raw_target_authority, RawTargetAuthority};
 
 mod case_header_name;
 use case_header_name::CaseHeaderName;
-pub use case_header_name::IntoCaseHeaderName;
+pub use case_header_name::{IntoCaseHeaderName, KnownHeaderName};
 
 pub mod prelude {
     pub use crate::RequestHeader;
@@ -229,6 +229,22 @@ impl RequestHeader {
             name,
             header_value,
         )
+    }
+
+    /// Make room for `additional` more headers, so that inserting that many grows neither the
+    /// header map nor the map of header-name cases more than once, here. A header map made by
+    /// cloning another has no spare room: each insert past its size would grow it.
+    pub fn reserve(&mut self, additional: usize) -> Result<()> {
+        self.base
+            .headers
+            .try_reserve(additional)
+            .or_err(InvalidHTTPHeader, "header value map size overflows MAX_SIZE")?;
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            name_map
+                .try_reserve(additional)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
+        Ok(())
     }
 
     /// Remove all headers under the name
@@ -585,6 +601,22 @@ impl ResponseHeader {
         )
     }
 
+    /// Make room for `additional` more headers, so that inserting that many grows neither the
+    /// header map nor the map of header-name cases more than once, here. A header map made by
+    /// cloning another has no spare room: each insert past its size would grow it.
+    pub fn reserve(&mut self, additional: usize) -> Result<()> {
+        self.base
+            .headers
+            .try_reserve(additional)
+            .or_err(InvalidHTTPHeader, "header value map size overflows MAX_SIZE")?;
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            name_map
+                .try_reserve(additional)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
+        Ok(())
+    }
+
     /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where
@@ -852,11 +884,7 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
-        .or_err(InvalidHTTPHeader, "invalid header name")?;
+    let (header_name, case_header_name) = name.into_header_names()?;
     // store the original case in the map
     if let Some(name_map) = name_map {
         // Use the non-panicking `try_append`: the infallible `append` calls
@@ -881,11 +909,7 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
-        .or_err(InvalidHTTPHeader, "invalid header name")?;
+    let (header_name, case_header_name) = name.into_header_names()?;
     if let Some(name_map) = name_map {
         // store the original case in the map
         name_map.insert(header_name.clone(), case_header_name);
@@ -1921,5 +1945,59 @@ mod tests {
         // `HeaderValue`.
         let hv = header_value_from_raw(bytes::Bytes::from_static(b"foo\rbar\0baz"));
         assert_eq!(hv.as_bytes(), b"foo bar baz");
+    }
+
+    #[test]
+    fn known_header_names_keep_their_case_and_refuse_a_mismatch() {
+        const XFP: KnownHeaderName = KnownHeaderName::new(
+            "X-Forwarded-Proto",
+            HeaderName::from_static("x-forwarded-proto"),
+        );
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header(XFP, "https").unwrap();
+        req.append_header(XFP, "http").unwrap();
+        let mut wire = vec![];
+        req.header_to_h1_wire(&mut wire);
+        assert_eq!(
+            wire,
+            b"X-Forwarded-Proto: https\r\nX-Forwarded-Proto: http\r\n"
+        );
+
+        let wrong = KnownHeaderName::new("X-Forwarded-Prot", HeaderName::from_static("x-forwarded-proto"));
+        assert!(req.insert_header(wrong.clone(), "x").is_err());
+        assert!(req.append_header(wrong, "x").is_err());
+        assert_eq!(req.headers.get_all("x-forwarded-proto").iter().count(), 2);
+    }
+
+    #[test]
+    fn a_header_name_is_inserted_as_it_was_before() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header(http::header::CONTENT_LENGTH, "0").unwrap();
+        req.insert_header(&HeaderName::from_static("x-custom"), "1").unwrap();
+        let mut wire = vec![];
+        req.header_to_h1_wire(&mut wire);
+        assert_eq!(wire, b"Content-Length: 0\r\nx-custom: 1\r\n");
+    }
+
+    #[test]
+    fn reserve_makes_room_in_both_maps() {
+        let mut req = RequestHeader::build("GET", b"/", Some(1)).unwrap();
+        req.insert_header("Host", "a").unwrap();
+        let mut req = req.clone();
+        req.reserve(3).unwrap();
+        let cap = req.headers.capacity();
+        assert!(cap >= 4, "{cap}");
+        let case_cap = req.header_name_map.as_ref().unwrap().capacity();
+        assert!(case_cap >= 4, "{case_cap}");
+        for name in ["X-A", "X-B", "X-C"] {
+            req.insert_header(name, "v").unwrap();
+        }
+        assert_eq!(req.headers.capacity(), cap);
+        assert_eq!(req.header_name_map.as_ref().unwrap().capacity(), case_cap);
+
+        let mut resp = ResponseHeader::build(200, Some(1)).unwrap();
+        resp.reserve(5).unwrap();
+        assert!(resp.headers.capacity() >= 5);
+        assert!(resp.header_name_map.as_ref().unwrap().capacity() >= 5);
     }
 }
