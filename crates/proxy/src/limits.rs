@@ -51,8 +51,11 @@ use crate::metrics as names;
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Bytes a head buffer starts with and grows by; most request heads fit in the first step.
+/// Bytes a head buffer grows by when the first read did not hold the whole head.
 const HEAD_READ_STEP: usize = 4096;
+/// The first read of a head, into an array in the connection's future (a head that is longer
+/// takes a second read, into a buffer).
+const FIRST_READ: usize = 1024;
 
 /// File descriptors kept out of the client budget whatever the configuration: listeners, the
 /// admin API and its clients, logs, the epoll and timer descriptors of the runtimes, the model
@@ -539,7 +542,9 @@ impl<A> LimitedApp<A> {
         conn: &mut ConnWait<'_>,
         h2c: bool,
     ) -> Result<(Head, BytesMut), NoHead> {
-        let mut buf = BytesMut::with_capacity(HEAD_READ_STEP);
+        // No buffer while the connection waits: an idle keep-alive connection holds none. The
+        // first read goes to a small array in this future and the buffer is made of what came.
+        let mut buf = BytesMut::new();
         let mut scan = HeadScan::default();
         let mut head_deadline = deadlines.head;
         let _waiting = self.gate.wait_for_client(conn.kill);
@@ -558,14 +563,23 @@ impl<A> LimitedApp<A> {
             }
             // At most one byte past the head limit is ever buffered.
             let room = self.limits.max_header_bytes + 1 - buf.len();
-            buf.reserve(room.min(HEAD_READ_STEP));
             let partial = !buf.is_empty();
             let read = {
-                let mut limited = (&mut buf).limit(room);
+                let step = async {
+                    if buf.capacity() == 0 {
+                        let mut first = [0u8; FIRST_READ];
+                        let n = stream.read(&mut first[..room.min(FIRST_READ)]).await?;
+                        buf.extend_from_slice(&first[..n]);
+                        Ok(n)
+                    } else {
+                        buf.reserve(room.min(HEAD_READ_STEP));
+                        stream.read_buf(&mut (&mut buf).limit(room)).await
+                    }
+                };
                 tokio::select! {
                     // Bytes that are already there win over the timer, as in `timeout_at`.
                     biased;
-                    r = stream.read_buf(&mut limited) => r,
+                    r = step => r,
                     () = conn.timer.as_mut() => return Err(NoHead::TimedOut { partial }),
                     _ = conn.kill.notified() => return Err(NoHead::Evicted),
                     _ = conn.stopped.changed(), if !partial => return Err(NoHead::Closed { partial }),
@@ -602,7 +616,9 @@ impl<A> LimitedApp<A> {
         }
         let _ = AsyncWriteExt::shutdown(&mut stream).await;
         let until = Instant::now() + LINGER;
-        let mut sink = [0u8; 4096];
+        // On the heap: an array here would make every connection's future (refused or not)
+        // this much larger.
+        let mut sink = vec![0u8; 4096];
         let mut discarded = 0;
         while discarded < LINGER_BYTES {
             match timeout_at(until, stream.read(&mut sink)).await {
