@@ -37,7 +37,7 @@ use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use fulcrum_config::ClientLimits;
 use metrics::{Counter, Gauge};
-use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::listeners::ConnectionFilter;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
@@ -534,19 +534,33 @@ impl<A> LimitedApp<A> {
         (ms > 0).then(|| ms.div_ceil(1000))
     }
 
-    /// Read one request head into a new buffer, within `deadlines` kept by `conn`'s timer.
+    /// Read one request head into a new buffer, within `deadlines` kept by `conn`'s timer;
+    /// `pipelined` holds bytes of it the client sent before the previous answer.
     async fn read_head(
         &self,
         stream: &mut Stream,
         deadlines: Deadlines,
         conn: &mut ConnWait<'_>,
         h2c: bool,
+        pipelined: Option<BytesMut>,
     ) -> Result<(Head, BytesMut), NoHead> {
-        // No buffer while the connection waits: an idle keep-alive connection holds none. The
-        // first read goes to a small array in this future and the buffer is made of what came.
-        let mut buf = BytesMut::new();
         let mut scan = HeadScan::default();
         let mut head_deadline = deadlines.head;
+        // A pipelined head goes through the same checks as one read here.
+        let mut buf = match pipelined {
+            Some(bytes) if !bytes.is_empty() => {
+                match scan.classify(&bytes, &self.limits, h2c) {
+                    Head::Partial => {}
+                    done => return Ok((done, bytes)),
+                }
+                head_deadline.get_or_insert(Instant::now() + self.limits.header_timeout);
+                bytes
+            }
+            // No buffer while the connection waits: an idle keep-alive connection holds none.
+            // The first read goes to a small array in this future and the buffer is made of
+            // what came.
+            _ => BytesMut::new(),
+        };
         let _waiting = self.gate.wait_for_client(conn.kill);
         if *conn.stopped.borrow() {
             return Err(NoHead::Closed { partial: false });
@@ -668,11 +682,13 @@ where
             kill: &kill,
             stopped: self.stopped.subscribe(),
         };
-        let mut settings = None;
+        let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
+            // Bytes of the next request that came before the previous answer (pipelining).
+            let pipelined = settings.as_mut().and_then(|s| s.take_pipelined_prefix());
             let (head, buf) = match self
-                .read_head(&mut stream, deadlines, &mut conn, h2c && first)
+                .read_head(&mut stream, deadlines, &mut conn, h2c && first, pipelined)
                 .await
             {
                 Ok(read) => read,
@@ -725,12 +741,12 @@ where
             first = false;
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
-                Some(settings) => pingora_core::apps::HttpPersistentSettings::apply_to_session(
-                    settings,
-                    &mut session,
-                ),
+                Some(settings) => settings.apply_to_session(&mut session),
                 None => session.set_keepalive(self.pingora_keepalive()),
             }
+            // HTTP/1.1 pipelining (RFC 9112 §9.3.2): a request that comes before the previous
+            // answer is kept for the next turn of this loop, and answered in order.
+            session.set_pipelining_enabled(true);
             if *self.drain.borrow() {
                 session.set_keepalive(None);
             }

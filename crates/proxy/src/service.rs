@@ -617,18 +617,8 @@ impl ProxyHttp for FulcrumProxy {
         if client_gone {
             log::debug!("client went away: {error}");
             crate::metrics::client_aborts().request.increment(1);
-            return true;
         }
-        // pingora's only downstream `ConnectError`: the client sent its next request before
-        // this one was answered (pipelining, which fulcrum does not serve): the connection
-        // closes after this answer, as RFC 9112 §9.3.2 lets a server do; the client's to retry.
-        let pipelined = *error.esource() == ErrorSource::Downstream
-            && matches!(error.etype(), ErrorType::ConnectError);
-        if pipelined {
-            log::debug!("client pipelined a request: {error}");
-            crate::metrics::rejections().pipelined.increment(1);
-        }
-        pipelined
+        client_gone
     }
 
     fn suppress_proxy_warn_log(
