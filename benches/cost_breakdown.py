@@ -240,6 +240,19 @@ def main() -> None:
     rest = {p: sum(v for k, v in by_sym[p].items() if k not in top) for p in proxies}
     print("| every other kernel symbol | | " + " | ".join(f"{rest[p]:.2f}" for p in proxies) + " |")
     print()
+    if "_raw_spin_unlock_irqrestore" in top:
+        print(
+            "`_raw_spin_unlock_irqrestore` is not lock contention. Time spent with interrupts off is\n"
+            "charged to the instruction that turns them back on, and the call graph of these samples\n"
+            "(`perf record -g -p PROXY`, `perf report --no-children -S _raw_spin_unlock_irqrestore -G`)\n"
+            "is `sendto` → loopback transmit → softirq → `tcp_rcv_established` → `sock_def_readable`:\n"
+            "waking the reader of the other end (wrk or the origin, on the other core). When that core\n"
+            "is idle the wakeup sends an inter-processor interrupt (`ipi:ipi_send_cpu` above), which in a\n"
+            "VM is an exit to the hypervisor. The slower a proxy, the more often the client's core has\n"
+            "gone idle by the time the proxy sends, so this line grows with the proxy's own cost rather\n"
+            "than with anything it does differently in the kernel."
+        )
+        print()
     for p in proxies:
         print(f"### Top user-space symbols: {p}")
         print()

@@ -405,8 +405,10 @@ if [[ -n "${BREAKDOWN:-}" ]]; then
     # Software events and tracepoints of the scheduler and the network stack, counted only
     # while the proxy's own threads run (-p): hardware counters are often missing in a VM.
     SOFT_EVENTS=()
-    for ev in context-switches cpu-migrations page-faults sched:sched_wakeup irq:softirq_entry \
-        net:net_dev_xmit net:netif_receive_skb skb:consume_skb skb:kfree_skb; do
+    # ipi:ipi_send_cpu: a wakeup of a task on the other core that is idle (halted) costs an
+    # inter-processor interrupt, which in a VM is an exit to the hypervisor.
+    for ev in context-switches cpu-migrations page-faults sched:sched_wakeup ipi:ipi_send_cpu \
+        irq:softirq_entry net:net_dev_xmit net:netif_receive_skb skb:consume_skb skb:kfree_skb; do
         perf stat -e "$ev" -- true >/dev/null 2>&1 && SOFT_EVENTS+=(-e "$ev")
     done
     binary_of() { # NAME: the executable a proxy runs, when it is one of ours

@@ -394,13 +394,25 @@ async fn h2_data_that_disagrees_with_content_length_never_reaches_a_backend() {
         );
     }
     assert!(backend.received().is_empty(), "{:?}", backend.received());
-    assert_eq!(
+    // A stream the HTTP/2 layer resets itself reaches the client before fulcrum has counted
+    // its failure.
+    let counted = eventually(Duration::from_secs(5), || async {
+        metric(
+            &f,
+            "fulcrum_request_framing_errors_total{stage=\"buffered\"}",
+        )
+        .await
+            == 3.0
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "framing errors counted: {}",
         metric(
             &f,
             "fulcrum_request_framing_errors_total{stage=\"buffered\"}"
         )
-        .await,
-        3.0
+        .await
     );
     // A well-formed h2 POST still goes through.
     assert_eq!(h2_post(&f, "5", b"hello").await, Some(200));

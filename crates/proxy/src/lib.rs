@@ -228,7 +228,14 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
     let gate = limits::ConnectionGate::new(budget.effective);
     let mut listeners = Listeners::new();
     for addr in &config.server.listen {
-        listeners.add_tcp(&addr.to_string());
+        // No L4 read buffer on cleartext listeners: every read already lands in a buffer of
+        // the reader's own (the head in `limits`, then pingora's session and body buffers), so
+        // pingora's default 64 KiB buffer only added a copy of every byte read and memory to
+        // each open connection. TLS listeners keep it: rustls reads in small records.
+        listeners.add_listener(
+            pingora_core::listeners::ListenerConfig::tcp(addr.to_string())
+                .l4_buffer(pingora_core::listeners::L4BufferSettings::default().read(0)),
+        );
     }
     add_tls_listeners(&mut listeners, &config, &shared)?;
     let app = limits::LimitedApp::new(http, lifecycle.drain_watch(), gate.clone(), limits, true);

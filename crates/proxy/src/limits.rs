@@ -37,7 +37,7 @@ use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use fulcrum_config::ClientLimits;
 use metrics::{Counter, Gauge};
-use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::listeners::ConnectionFilter;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
@@ -51,8 +51,11 @@ use crate::metrics as names;
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Bytes a head buffer starts with and grows by; most request heads fit in the first step.
+/// Bytes a head buffer grows by when the first read did not hold the whole head.
 const HEAD_READ_STEP: usize = 4096;
+/// The first read of a head, into an array in the connection's future (a head that is longer
+/// takes a second read, into a buffer).
+const FIRST_READ: usize = 1024;
 
 /// File descriptors kept out of the client budget whatever the configuration: listeners, the
 /// admin API and its clients, logs, the epoll and timer descriptors of the runtimes, the model
@@ -531,17 +534,33 @@ impl<A> LimitedApp<A> {
         (ms > 0).then(|| ms.div_ceil(1000))
     }
 
-    /// Read one request head into a new buffer, within `deadlines` kept by `conn`'s timer.
+    /// Read one request head into a new buffer, within `deadlines` kept by `conn`'s timer;
+    /// `pipelined` holds bytes of it the client sent before the previous answer.
     async fn read_head(
         &self,
         stream: &mut Stream,
         deadlines: Deadlines,
         conn: &mut ConnWait<'_>,
         h2c: bool,
+        pipelined: Option<BytesMut>,
     ) -> Result<(Head, BytesMut), NoHead> {
-        let mut buf = BytesMut::with_capacity(HEAD_READ_STEP);
         let mut scan = HeadScan::default();
         let mut head_deadline = deadlines.head;
+        // A pipelined head goes through the same checks as one read here.
+        let mut buf = match pipelined {
+            Some(bytes) if !bytes.is_empty() => {
+                match scan.classify(&bytes, &self.limits, h2c) {
+                    Head::Partial => {}
+                    done => return Ok((done, bytes)),
+                }
+                head_deadline.get_or_insert(Instant::now() + self.limits.header_timeout);
+                bytes
+            }
+            // No buffer while the connection waits: an idle keep-alive connection holds none.
+            // The first read goes to a small array in this future and the buffer is made of
+            // what came.
+            _ => BytesMut::new(),
+        };
         let _waiting = self.gate.wait_for_client(conn.kill);
         if *conn.stopped.borrow() {
             return Err(NoHead::Closed { partial: false });
@@ -558,14 +577,23 @@ impl<A> LimitedApp<A> {
             }
             // At most one byte past the head limit is ever buffered.
             let room = self.limits.max_header_bytes + 1 - buf.len();
-            buf.reserve(room.min(HEAD_READ_STEP));
             let partial = !buf.is_empty();
             let read = {
-                let mut limited = (&mut buf).limit(room);
+                let step = async {
+                    if buf.capacity() == 0 {
+                        let mut first = [0u8; FIRST_READ];
+                        let n = stream.read(&mut first[..room.min(FIRST_READ)]).await?;
+                        buf.extend_from_slice(&first[..n]);
+                        Ok(n)
+                    } else {
+                        buf.reserve(room.min(HEAD_READ_STEP));
+                        stream.read_buf(&mut (&mut buf).limit(room)).await
+                    }
+                };
                 tokio::select! {
                     // Bytes that are already there win over the timer, as in `timeout_at`.
                     biased;
-                    r = stream.read_buf(&mut limited) => r,
+                    r = step => r,
                     () = conn.timer.as_mut() => return Err(NoHead::TimedOut { partial }),
                     _ = conn.kill.notified() => return Err(NoHead::Evicted),
                     _ = conn.stopped.changed(), if !partial => return Err(NoHead::Closed { partial }),
@@ -602,7 +630,9 @@ impl<A> LimitedApp<A> {
         }
         let _ = AsyncWriteExt::shutdown(&mut stream).await;
         let until = Instant::now() + LINGER;
-        let mut sink = [0u8; 4096];
+        // On the heap: an array here would make every connection's future (refused or not)
+        // this much larger.
+        let mut sink = vec![0u8; 4096];
         let mut discarded = 0;
         while discarded < LINGER_BYTES {
             match timeout_at(until, stream.read(&mut sink)).await {
@@ -652,11 +682,13 @@ where
             kill: &kill,
             stopped: self.stopped.subscribe(),
         };
-        let mut settings = None;
+        let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
+            // Bytes of the next request that came before the previous answer (pipelining).
+            let pipelined = settings.as_mut().and_then(|s| s.take_pipelined_prefix());
             let (head, buf) = match self
-                .read_head(&mut stream, deadlines, &mut conn, h2c && first)
+                .read_head(&mut stream, deadlines, &mut conn, h2c && first, pipelined)
                 .await
             {
                 Ok(read) => read,
@@ -709,12 +741,12 @@ where
             first = false;
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
-                Some(settings) => pingora_core::apps::HttpPersistentSettings::apply_to_session(
-                    settings,
-                    &mut session,
-                ),
+                Some(settings) => settings.apply_to_session(&mut session),
                 None => session.set_keepalive(self.pingora_keepalive()),
             }
+            // HTTP/1.1 pipelining (RFC 9112 §9.3.2): a request that comes before the previous
+            // answer is kept for the next turn of this loop, and answered in order.
+            session.set_pipelining_enabled(true);
             if *self.drain.borrow() {
                 session.set_keepalive(None);
             }

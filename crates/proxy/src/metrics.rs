@@ -187,9 +187,6 @@ pub struct Rejections {
     pub missing_host: Counter,
     /// `Transfer-Encoding` other than exactly one `chunked` (`reason="transfer_encoding"`).
     pub transfer_encoding: Counter,
-    /// A request sent before the previous one on its connection was answered; the connection
-    /// closes after that answer (`reason="pipelined_request"`).
-    pub pipelined: Counter,
     /// A request body that stopped coming for longer than `server.body_timeout_ms`, answered
     /// 408 (`reason="body_timeout"`).
     pub body_timeout: Counter,
@@ -206,7 +203,6 @@ pub fn rejections() -> &'static Rejections {
         both_framings: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "content_length_and_transfer_encoding"),
         missing_host: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "missing_host"),
         transfer_encoding: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "transfer_encoding"),
-        pipelined: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "pipelined_request"),
         body_timeout: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "body_timeout"),
         malformed_body: metrics::counter!(REJECTED_REQUESTS_TOTAL, "reason" => "malformed_body"),
     })

@@ -13,7 +13,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::{KnownHeaderName, RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::body::BodyFailure;
@@ -62,6 +62,20 @@ static RESPONSE_HOP_BY_HOP: [HeaderName; 5] = [
     header::PROXY_AUTHENTICATE,
 ];
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The headers fulcrum adds to every request, in the case they are sent in: inserted without
+/// parsing or copying their names.
+const XFF: KnownHeaderName = KnownHeaderName::new(
+    "X-Forwarded-For",
+    HeaderName::from_static("x-forwarded-for"),
+);
+const XFP: KnownHeaderName = KnownHeaderName::new(
+    "X-Forwarded-Proto",
+    HeaderName::from_static("x-forwarded-proto"),
+);
+const XFH: KnownHeaderName = KnownHeaderName::new(
+    "X-Forwarded-Host",
+    HeaderName::from_static("x-forwarded-host"),
+);
 static X_BACKEND_LOAD: HeaderName = HeaderName::from_static("x-backend-load");
 static ENDPOINT_LOAD_METRICS: HeaderName = HeaderName::from_static("endpoint-load-metrics");
 
@@ -603,18 +617,8 @@ impl ProxyHttp for FulcrumProxy {
         if client_gone {
             log::debug!("client went away: {error}");
             crate::metrics::client_aborts().request.increment(1);
-            return true;
         }
-        // pingora's only downstream `ConnectError`: the client sent its next request before
-        // this one was answered (pipelining, which fulcrum does not serve): the connection
-        // closes after this answer, as RFC 9112 §9.3.2 lets a server do; the client's to retry.
-        let pipelined = *error.esource() == ErrorSource::Downstream
-            && matches!(error.etype(), ErrorType::ConnectError);
-        if pipelined {
-            log::debug!("client pipelined a request: {error}");
-            crate::metrics::rejections().pipelined.increment(1);
-        }
-        pipelined
+        client_gone
     }
 
     fn suppress_proxy_warn_log(
@@ -694,17 +698,19 @@ impl ProxyHttp for FulcrumProxy {
             // for the backend to approve.
             upstream_request.remove_header(&header::EXPECT);
         }
+        // The head is a clone of the client's, with no room to spare: one growth for the three
+        // headers below (or the Host of an HTTP/1.0 request), not one or two per insert.
+        upstream_request.reserve(3)?;
         if let Some(ip) = client_ip(session) {
             let prev = upstream_request
                 .headers
                 .get(&X_FORWARDED_FOR)
                 .filter(|v| !v.is_empty());
             let xff = forwarded_for(prev.map(HeaderValue::as_bytes), ip);
-            upstream_request.insert_header("X-Forwarded-For", xff)?;
+            upstream_request.insert_header(XFF, xff)?;
         }
-        // Static names keep the inserts free of name allocations.
         let proto = if over_tls(session) { "https" } else { "http" };
-        upstream_request.insert_header("X-Forwarded-Proto", HeaderValue::from_static(proto))?;
+        upstream_request.insert_header(XFP, HeaderValue::from_static(proto))?;
         // The client's own request head is still intact in the session.
         let req = session.req_header();
         let host = req.headers.get(header::HOST).cloned().or_else(|| {
@@ -713,7 +719,7 @@ impl ProxyHttp for FulcrumProxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         match host {
-            Some(host) => upstream_request.insert_header("X-Forwarded-Host", host)?,
+            Some(host) => upstream_request.insert_header(XFH, host)?,
             // Only HTTP/1.0 comes without a host, and it goes upstream as HTTP/1.1, which must
             // carry one (RFC 9112 §3.2): the backend's address, as nginx's `$proxy_host`.
             None => {
