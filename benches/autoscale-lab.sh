@@ -11,7 +11,10 @@
 #
 # TIME_SCALE (wall seconds per scenario second, default 0.025) compresses every time of the
 # scenario (its 80-minute runs take 2 minutes each); rates, service times and so a copy's
-# capacity are not scaled. Nine runs take about 20 minutes.
+# capacity are not scaled. With CAPACITY=1 (the default) each scenario is also run under
+# `forecast` with `backend_capacity_rps` set to a copy's true capacity (concurrency / mean
+# service time), what an operator who measured the backend would configure. Twelve runs take
+# about 25 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TIME_SCALE="${TIME_SCALE:-0.025}"
@@ -19,6 +22,7 @@ SCENARIOS="${SCENARIOS:-compressed-day bursts level-shift}"
 SCALERS="${SCALERS:-reactive forecast static}"
 POLICY="${POLICY:-least_connections}"
 OUT="${OUT:-benches/results/autoscale-lab}"
+CAPACITY="${CAPACITY:-1}"
 cargo build --release -q -p fulcrum
 bin="${CARGO_TARGET_DIR:-target}/release/fulcrum"
 mkdir -p "$OUT"
@@ -32,5 +36,18 @@ for sc in $SCENARIOS; do
     echo "== $sc: lab at time scale $TIME_SCALE" >&2
     "$bin" lab --scenario "$file" --policy "$POLICY" "${scalers[@]}" \
         --time-scale "$TIME_SCALE" --quiet --json "$OUT/lab-$sc.json" >"$OUT/lab-$sc.md"
+    if [ "$CAPACITY" = 1 ]; then
+        cap=$(python3 -c '
+import math, sys, tomllib
+sc = tomllib.load(open(sys.argv[1], "rb"))
+b = next(x for x in sc["backends"] if x["name"] == sc["autoscale"]["backend"])
+j = b.get("service_jitter", 0.0)
+print(round(b["concurrency"] * 1000 / (b["service_ms"] * math.exp(j * j / 2)), 1))' "$file")
+        echo "== $sc: lab, forecast with backend_capacity_rps = $cap" >&2
+        "$bin" lab --scenario "$file" --policy "$POLICY" --scaler forecast \
+            --pool-toml "autoscale.backend_capacity_rps = $cap" \
+            --time-scale "$TIME_SCALE" --quiet --json "$OUT/lab-capacity-$sc.json" \
+            >"$OUT/lab-capacity-$sc.md"
+    fi
 done
 python3 benches/autoscale_lab_summary.py "$OUT" $SCENARIOS

@@ -14,9 +14,11 @@ import sys
 import tomllib
 from pathlib import Path
 
-SCALERS = ["hpa", "forecast", "static"]
-LABEL = {"hpa": "reactive (HPA)", "forecast": "forecast", "static": "static (peak)"}
-COLOURS = {"hpa": "#d62728", "forecast": "#1f77b4", "static": "#7f7f7f"}
+SCALERS = ["hpa", "forecast", "forecast+capacity", "static"]
+LABEL = {"hpa": "reactive (HPA)", "forecast": "forecast", "static": "static (peak)",
+         "forecast+capacity": "forecast, `backend_capacity_rps` set"}
+COLOURS = {"hpa": "#d62728", "forecast": "#1f77b4", "static": "#7f7f7f",
+           "forecast+capacity": "#2ca02c"}
 
 
 def runs(path):
@@ -43,9 +45,9 @@ def row(scenario, mode, r, hpa):
     }
 
 
-def targets(by):
-    """The issue's two targets for `forecast`, as (text, held) pairs, or None."""
-    f, h, s = by.get("forecast"), by.get("hpa"), by.get("static")
+def targets(by, forecast="forecast"):
+    """The issue's two targets for a forecast run, as (text, held) pairs."""
+    f, h, s = by.get(forecast), by.get("hpa"), by.get("static")
     out = []
     if f and h:
         v_ok = f["slo_violation_windows"] <= 0.5 * h["slo_violation_windows"]
@@ -120,13 +122,19 @@ def main():
     for sc in scenarios:
         lab_doc, lab = runs(out / f"lab-{sc}.json")
         _, sim = runs(out / f"sim-{sc}.json")
+        capacity = out / f"lab-capacity-{sc}.json"
+        if capacity.is_file():
+            r = runs(capacity)[1]["forecast"]
+            r["scaler"] = "forecast+capacity"
+            lab["forecast+capacity"] = r
         time_scale = lab_doc.get("time_scale")
         for mode, by in (("lab", lab), ("sim", sim)):
             for k in SCALERS:
                 if k in by:
                     rows.append(row(sc, mode, by[k], by.get("hpa")))
-            for (text, held), which in zip(targets(by), ["vs reactive", "vs static"]):
-                target_rows.append((sc, mode, which, text, held))
+            for f in ("forecast", "forecast+capacity"):
+                for (text, held), which in zip(targets(by, f), ["vs reactive", "vs static"]):
+                    target_rows.append((sc, mode, f, which, text, held))
         (out / f"{sc}.svg").write_text(
             svg(sc, lab, Path("benches/scenarios/autoscale") / f"{sc}.toml"))
     with open(f"{out}.csv", "w", newline="") as f:
@@ -135,7 +143,7 @@ def main():
         w.writerows(rows)
     Path(f"{out}.json").write_text(json.dumps(
         {"time_scale": time_scale, "rows": rows,
-         "targets": [dict(zip(["scenario", "mode", "target", "figures", "held"], t))
+         "targets": [dict(zip(["scenario", "mode", "scaler", "target", "figures", "held"], t))
                      for t in target_rows]}, indent=1) + "\n")
 
     print("| scenario | scaler | backend-s lab | backend-s sim | vs reactive lab | vs reactive sim "
@@ -146,28 +154,33 @@ def main():
     for sc in scenarios:
         for k in SCALERS:
             l, s = by.get((sc, "lab", k)), by.get((sc, "sim", k))
-            if not l or not s:
+            if not l:
                 continue
-            print(f"| {sc} | {LABEL[k]} | {l['backend_seconds']:.0f} | {s['backend_seconds']:.0f} "
-                  f"| {l['vs_hpa']:.2f}× | {s['vs_hpa']:.2f}× "
+            sim = lambda key, fmt="{}": fmt.format(s[key]) if s else "–"
+            print(f"| {sc} | {LABEL[k]} | {l['backend_seconds']:.0f} "
+                  f"| {sim('backend_seconds', '{:.0f}')} "
+                  f"| {l['vs_hpa']:.2f}× | {sim('vs_hpa', '{:.2f}×')} "
                   f"| {l['slo_violation_windows']}/{l['slo_windows']} "
-                  f"| {s['slo_violation_windows']}/{s['slo_windows']} "
-                  f"| {l['p99_ms']:.0f} | {s['p99_ms']:.0f} | {l['errors']} "
-                  f"| {l['scale_ups']}/{l['scale_downs']} | {s['scale_ups']}/{s['scale_downs']} "
-                  f"| {l['peak_serving']} | {s['peak_serving']} |")
+                  f"| {s['slo_violation_windows'] if s else '–'}/{s['slo_windows'] if s else '–'} "
+                  f"| {l['p99_ms']:.0f} | {sim('p99_ms', '{:.0f}')} | {l['errors']} "
+                  f"| {l['scale_ups']}/{l['scale_downs']} "
+                  f"| {sim('scale_ups')}/{sim('scale_downs')} "
+                  f"| {l['peak_serving']} | {sim('peak_serving')} |")
     print()
-    print("| scenario | target for `forecast` | lab | held | sim | held |")
-    print("|---|---|---|---|---|---|")
+    print("| scenario | scaler | target | lab | held | sim | held |")
+    print("|---|---|---|---|---|---|---|")
     want = {"vs reactive": "≤ ½ reactive's violation windows at ≤ 1.1× its backend-s",
             "vs static": "≤ 0.75× static's backend-s with no more violation windows"}
-    t = {(s, m, w): (text, held) for s, m, w, text, held in target_rows}
+    t = {(s, m, f, w): (text, held) for s, m, f, w, text, held in target_rows}
+    yes = lambda h: "yes" if h else "**no**"
     for sc in scenarios:
-        for w in ("vs reactive", "vs static"):
-            l, s = t.get((sc, "lab", w)), t.get((sc, "sim", w))
-            if not l or not s:
-                continue
-            yes = lambda h: "yes" if h else "**no**"
-            print(f"| {sc} | {want[w]} | {l[0]} | {yes(l[1])} | {s[0]} | {yes(s[1])} |")
+        for f in ("forecast", "forecast+capacity"):
+            for w in ("vs reactive", "vs static"):
+                l, s = t.get((sc, "lab", f, w)), t.get((sc, "sim", f, w))
+                if not l:
+                    continue
+                sim = f"| {s[0]} | {yes(s[1])} |" if s else "| – | – |"
+                print(f"| {sc} | {LABEL[f]} | {want[w]} | {l[0]} | {yes(l[1])} {sim}")
 
 
 if __name__ == "__main__":

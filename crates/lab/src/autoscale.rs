@@ -109,6 +109,47 @@ pub struct LabSample {
     /// `fulcrum_pool_recommended_backends` as the proxy exported it at this step (whatever the
     /// scaler), when it has one.
     pub recommended: Option<f64>,
+    /// From the proxy's `GET /api/forecast?pool=lab` at this step, for plots and diagnosis:
+    /// the rate it recorded, the demand it planned for, its capacity per backend and the
+    /// season it found.
+    pub forecast: Option<ForecastView>,
+}
+
+/// The parts of `GET /api/forecast?pool=lab` a run keeps.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ForecastView {
+    /// `observed_rps`.
+    pub observed_rps: Option<f64>,
+    /// `planned_rps`.
+    pub planned_rps: Option<f64>,
+    /// `capacity_per_backend_rps`.
+    pub capacity_rps: Option<f64>,
+    /// `season_s`.
+    pub season_s: Option<f64>,
+    /// `steps`.
+    pub steps: Option<u64>,
+    /// `healthy_backends`.
+    pub healthy_backends: Option<u64>,
+    /// `capacity_source`.
+    pub capacity_source: Option<String>,
+}
+
+/// The proxy's latest forecast of the lab pool.
+async fn read_forecast(admin: SocketAddr) -> Option<ForecastView> {
+    let r = harness::get(admin, "/api/forecast?pool=lab").await.ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    Some(ForecastView {
+        observed_rps: v["observed_rps"].as_f64(),
+        planned_rps: v["planned_rps"].as_f64(),
+        capacity_rps: v["capacity_per_backend_rps"].as_f64(),
+        season_s: v["season_s"].as_f64(),
+        steps: v["steps"].as_u64(),
+        healthy_backends: v["healthy_backends"].as_u64(),
+        capacity_source: v["capacity_source"].as_str().map(str::to_owned),
+    })
 }
 
 /// The proxy's pool after a change of membership, as `GET /api/pools` lists it.
@@ -799,6 +840,7 @@ impl Driver<'_> {
                 let arrivals_rps = (sent - last_sent) as f64 / elapsed.as_secs_f64().max(1e-9);
                 last_sent = sent;
                 let recommended = read_recommended(proxy.proxy.admin()).await;
+                let forecast = read_forecast(proxy.proxy.admin()).await;
                 let replicas = fleet.serving() + fleet.provisioning();
                 let utilisation = fleet.utilisation(elapsed);
                 let desired = match &mut *self.rule {
@@ -817,6 +859,7 @@ impl Driver<'_> {
                     draining: fleet.draining(),
                     desired,
                     recommended,
+                    forecast,
                 });
                 changed |= self.apply(fleet, desired, replicas, now_s);
                 existing.set(now_s, f64::from(fleet.existing()));
