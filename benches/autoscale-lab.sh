@@ -12,9 +12,9 @@
 # TIME_SCALE (wall seconds per scenario second, default 0.025) compresses every time of the
 # scenario (its 80-minute runs take 2 minutes each); rates, service times and so a copy's
 # capacity are not scaled. With CAPACITY=1 (the default) each scenario is also run under
-# `forecast` with `backend_capacity_rps` set to a copy's true capacity (concurrency / mean
-# service time), what an operator who measured the backend would configure. Twelve runs take
-# about 25 minutes.
+# `forecast` and `forecast:60` (scale_down_stabilization_s = 60) with `backend_capacity_rps`
+# set to a copy's true capacity (concurrency / mean service time), what an operator who
+# measured the backend would configure. Fifteen runs take about 32 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TIME_SCALE="${TIME_SCALE:-0.025}"
@@ -31,7 +31,7 @@ for s in $SCALERS; do scalers+=(--scaler "$s"); done
 for sc in $SCENARIOS; do
     file="benches/scenarios/autoscale/$sc.toml"
     echo "== $sc: simulator" >&2
-    "$bin" sim --scenario "$file" --policy "$POLICY" "${scalers[@]}" \
+    "$bin" sim --scenario "$file" --policy "$POLICY" "${scalers[@]}" --scaler forecast:60 \
         --json "$OUT/sim-$sc.json" >"$OUT/sim-$sc.md"
     echo "== $sc: lab at time scale $TIME_SCALE" >&2
     "$bin" lab --scenario "$file" --policy "$POLICY" "${scalers[@]}" \
@@ -43,8 +43,8 @@ sc = tomllib.load(open(sys.argv[1], "rb"))
 b = next(x for x in sc["backends"] if x["name"] == sc["autoscale"]["backend"])
 j = b.get("service_jitter", 0.0)
 print(round(b["concurrency"] * 1000 / (b["service_ms"] * math.exp(j * j / 2)), 1))' "$file")
-        echo "== $sc: lab, forecast with backend_capacity_rps = $cap" >&2
-        "$bin" lab --scenario "$file" --policy "$POLICY" --scaler forecast \
+        echo "== $sc: lab, forecast and forecast:60 with backend_capacity_rps = $cap" >&2
+        "$bin" lab --scenario "$file" --policy "$POLICY" --scaler forecast --scaler forecast:60 \
             --pool-toml "autoscale.backend_capacity_rps = $cap" \
             --time-scale "$TIME_SCALE" --quiet --json "$OUT/lab-capacity-$sc.json" \
             >"$OUT/lab-capacity-$sc.md"

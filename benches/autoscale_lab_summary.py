@@ -3,8 +3,10 @@ scenarios, and the issue's targets checked in both.
 
     python3 benches/autoscale_lab_summary.py DIR SCENARIO...   # Markdown on stdout
 
-Reads DIR/lab-SCENARIO.json and DIR/sim-SCENARIO.json (written by `fulcrum lab --scaler` and
-`fulcrum sim --scaler`); writes DIR.csv and DIR.json (one row per scenario, scaler and mode) and
+Reads DIR/lab-SCENARIO.json, DIR/lab-capacity-SCENARIO.json (if present) and
+DIR/sim-SCENARIO.json (written by `fulcrum lab --scaler` and `fulcrum sim --scaler`); writes
+DIR.csv and DIR.json (one row per scenario, scaler and mode), DIR/timeline-SCENARIO.csv (every
+lab scaler step: copies, the proxy's recommendation, plan and capacity estimate) and
 DIR/SCENARIO.svg (copies serving under each scaler in the lab, against the copies the demand
 needed). Standard library only.
 """
@@ -14,11 +16,21 @@ import sys
 import tomllib
 from pathlib import Path
 
-SCALERS = ["hpa", "forecast", "forecast+capacity", "static"]
+SCALERS = ["hpa", "forecast", "forecast:60", "forecast+capacity", "forecast:60+capacity",
+           "static"]
+FORECASTS = [k for k in SCALERS if k.startswith("forecast")]
+# The simulator's forecast scaler reads the copies' true utilisation as their reported load, so
+# its capacity estimate is the true capacity: its lab counterpart is the run with
+# `backend_capacity_rps` set. The lab's plain `forecast` row is the proxy as configured by
+# default (static weights), which has no simulator counterpart of its own.
+SIM_OF = {"hpa": "hpa", "static": "static", "forecast": "forecast",
+          "forecast+capacity": "forecast", "forecast:60+capacity": "forecast:60"}
 LABEL = {"hpa": "reactive (HPA)", "forecast": "forecast", "static": "static (peak)",
-         "forecast+capacity": "forecast, `backend_capacity_rps` set"}
+         "forecast:60": "forecast:60",
+         "forecast+capacity": "forecast, capacity set",
+         "forecast:60+capacity": "forecast:60, capacity set"}
 COLOURS = {"hpa": "#d62728", "forecast": "#1f77b4", "static": "#7f7f7f",
-           "forecast+capacity": "#2ca02c"}
+           "forecast+capacity": "#2ca02c", "forecast:60+capacity": "#9467bd"}
 
 
 def runs(path):
@@ -124,17 +136,30 @@ def main():
         _, sim = runs(out / f"sim-{sc}.json")
         capacity = out / f"lab-capacity-{sc}.json"
         if capacity.is_file():
-            r = runs(capacity)[1]["forecast"]
-            r["scaler"] = "forecast+capacity"
-            lab["forecast+capacity"] = r
+            for k, r in runs(capacity)[1].items():
+                r["scaler"] = f"{k}+capacity"
+                lab[r["scaler"]] = r
         time_scale = lab_doc.get("time_scale")
         for mode, by in (("lab", lab), ("sim", sim)):
             for k in SCALERS:
                 if k in by:
                     rows.append(row(sc, mode, by[k], by.get("hpa")))
-            for f in ("forecast", "forecast+capacity"):
+            for f in FORECASTS:
                 for (text, held), which in zip(targets(by, f), ["vs reactive", "vs static"]):
                     target_rows.append((sc, mode, f, which, text, held))
+        with open(out / f"timeline-{sc}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["scaler", "t_s", "arrivals_rps", "serving", "provisioning", "draining",
+                        "desired", "recommended", "proxy_observed_rps", "proxy_planned_rps",
+                        "proxy_capacity_rps", "capacity_source", "season_s"])
+            for k, r in lab.items():
+                for p in r["timeline"]:
+                    fv = p.get("forecast") or {}
+                    w.writerow([k, round(p["t_s"], 2), round(p["arrivals_rps"], 1), p["serving"],
+                                p["provisioning"], p["draining"], p["desired"],
+                                p["recommended"], fv.get("observed_rps"), fv.get("planned_rps"),
+                                fv.get("capacity_rps"), fv.get("capacity_source"),
+                                fv.get("season_s")])
         (out / f"{sc}.svg").write_text(
             svg(sc, lab, Path("benches/scenarios/autoscale") / f"{sc}.toml"))
     with open(f"{out}.csv", "w", newline="") as f:
@@ -146,14 +171,14 @@ def main():
          "targets": [dict(zip(["scenario", "mode", "scaler", "target", "figures", "held"], t))
                      for t in target_rows]}, indent=1) + "\n")
 
-    print("| scenario | scaler | backend-s lab | backend-s sim | vs reactive lab | vs reactive sim "
+    print("| scenario | scaler (lab) | backend-s lab | backend-s sim | vs reactive lab | vs reactive sim "
           "| SLO violation windows lab | sim | p99 ms lab | sim | failed lab "
           "| scale up/down lab | sim | peak serving lab | sim |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|")
     by = {(r["scenario"], r["mode"], r["scaler"]): r for r in rows}
     for sc in scenarios:
         for k in SCALERS:
-            l, s = by.get((sc, "lab", k)), by.get((sc, "sim", k))
+            l, s = by.get((sc, "lab", k)), by.get((sc, "sim", SIM_OF.get(k, k)))
             if not l:
                 continue
             sim = lambda key, fmt="{}": fmt.format(s[key]) if s else "–"
@@ -174,9 +199,9 @@ def main():
     t = {(s, m, f, w): (text, held) for s, m, f, w, text, held in target_rows}
     yes = lambda h: "yes" if h else "**no**"
     for sc in scenarios:
-        for f in ("forecast", "forecast+capacity"):
+        for f in FORECASTS:
             for w in ("vs reactive", "vs static"):
-                l, s = t.get((sc, "lab", f, w)), t.get((sc, "sim", f, w))
+                l, s = t.get((sc, "lab", f, w)), t.get((sc, "sim", SIM_OF.get(f, f), w))
                 if not l:
                     continue
                 sim = f"| {s[0]} | {yes(s[1])} |" if s else "| – | – |"
