@@ -57,6 +57,10 @@ def row(scenario, mode, r, hpa):
     }
 
 
+def ratio(x):
+    return "–" if x is None else f"{x:.2f}×"
+
+
 def targets(by, forecast="forecast"):
     """The issue's two targets for a forecast run, as (text, held) pairs."""
     f, h, s = by.get(forecast), by.get("hpa"), by.get("static")
@@ -184,7 +188,7 @@ def main():
             sim = lambda key, fmt="{}": fmt.format(s[key]) if s else "–"
             print(f"| {sc} | {LABEL[k]} | {l['backend_seconds']:.0f} "
                   f"| {sim('backend_seconds', '{:.0f}')} "
-                  f"| {l['vs_hpa']:.2f}× | {sim('vs_hpa', '{:.2f}×')} "
+                  f"| {ratio(l['vs_hpa'])} | {ratio(s['vs_hpa']) if s else '–'} "
                   f"| {l['slo_violation_windows']}/{l['slo_windows']} "
                   f"| {s['slo_violation_windows'] if s else '–'}/{s['slo_windows'] if s else '–'} "
                   f"| {l['p99_ms']:.0f} | {sim('p99_ms', '{:.0f}')} | {l['errors']} "

@@ -320,7 +320,7 @@ impl Fleet {
         fixed.chain(copies).collect()
     }
 
-    /// Every name a backend may answer with, in index order.
+    /// The name of the backend (not scaled, serving or draining) listening on `addr`.
     fn name_of(&self, addr: &str) -> Option<String> {
         let all = self.fixed.iter().map(|(n, s)| (n.clone(), s.addr())).chain(
             self.states.iter().enumerate().filter_map(|(k, s)| match s {
@@ -503,7 +503,7 @@ async fn read_recommended(admin: SocketAddr) -> Option<f64> {
     (r.status == 200).then(|| metric_value(&r.body, RECOMMENDED))?
 }
 
-/// What a run measured: the slowest answers of each SLO window.
+/// A run's SLO windows and the requests that missed the SLO.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct SloCount {
     /// Windows that had requests.

@@ -28,8 +28,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fulcrum_scenario::rng::{stream_seed, Rng, Stream};
-
-use crate::busy::BusyMeter;
 use fulcrum_scenario::{Scenario, ScenarioBackend};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -40,6 +38,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+
+use crate::busy::BusyMeter;
 
 /// Maps wall-clock time to scenario time: `t_scenario = elapsed / time_scale`.
 ///
