@@ -447,6 +447,13 @@ fn lab_autoscaled(scenario: &fulcrum_scenario::Scenario, args: LabArgs, exe: Pat
             insert_autoscale_fields(o, &run.autoscale);
             o.insert("timeline".into(), serde_json::json!(run.timeline));
             o.insert("membership".into(), serde_json::json!(run.membership));
+            // JSON has no infinity: a window whose p99 request failed is written as null too.
+            let p99: Vec<Option<f64>> = run
+                .slo_window_p99_ms
+                .iter()
+                .map(|p| p.filter(|v| v.is_finite()))
+                .collect();
+            o.insert("slo_window_p99_ms".into(), serde_json::json!(p99));
         }
         results.push(v);
     }

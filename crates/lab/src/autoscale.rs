@@ -175,6 +175,8 @@ pub struct AutoscaleLabRun {
     pub membership: Vec<MembershipChange>,
     /// Scenario seconds of the measured window (after warm-up).
     pub window_s: f64,
+    /// The p99 of each SLO window after warm-up, ms (`None` without requests).
+    pub slo_window_p99_ms: Vec<Option<f64>>,
 }
 
 /// Play `scenario` (which needs `[autoscale]`) against the real proxy once per scaler.
@@ -504,7 +506,7 @@ async fn read_recommended(admin: SocketAddr) -> Option<f64> {
 }
 
 /// A run's SLO windows and the requests that missed the SLO.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SloCount {
     /// Windows that had requests.
     pub windows: u32,
@@ -515,6 +517,9 @@ pub struct SloCount {
     /// Requests answered later than the proxy's default read timeout (30 s), or given up on
     /// after it.
     pub timed_out: u64,
+    /// Each window's p99, ms (`None` for a window without requests; infinite when the p99
+    /// request failed).
+    pub window_p99_ms: Vec<Option<f64>>,
 }
 
 /// SLO windows of `records` over `[warmup_s, duration_s)`, counted as the simulator counts
@@ -540,12 +545,14 @@ pub fn slo_count(records: &[RequestRecord], warmup_s: f64, duration_s: f64, slo:
     }
     for w in &mut windows {
         if w.is_empty() {
+            out.window_p99_ms.push(None);
             continue;
         }
         w.sort_unstable_by(f64::total_cmp);
         let p99 = w[((w.len() as f64 * 0.99).ceil() as usize).clamp(1, w.len()) - 1];
         out.windows += 1;
         out.violations += u32::from(p99 > slo.p99_ms);
+        out.window_p99_ms.push(Some(p99));
     }
     out
 }
@@ -767,6 +774,7 @@ async fn run_scaler(
         timeline,
         membership: handle.membership,
         window_s: scenario.duration_s - scenario.warmup_s,
+        slo_window_p99_ms: count.window_p99_ms,
     })
 }
 
@@ -1011,6 +1019,7 @@ mod tests {
                 violations: 2,
                 slow: 4,
                 timed_out: 0,
+                window_p99_ms: vec![Some(20.0), Some(150.0), None, Some(f64::INFINITY)],
             }
         );
     }
