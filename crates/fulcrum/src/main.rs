@@ -123,6 +123,13 @@ struct LabArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Scaler for a scenario with an `[autoscale]` table, as for `sim`: `reactive` (or `hpa`:
+    /// Kubernetes' HPA on the copies' measured utilisation), `forecast` (follows the running
+    /// proxy's `fulcrum_pool_recommended_backends`), `forecast:S`, `static` or `static:N`;
+    /// repeat for several. Copies are real servers, started and stopped as the scaler decides,
+    /// and the proxy's pool follows them through configuration reloads.
+    #[arg(long = "scaler")]
+    scalers: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -279,20 +286,8 @@ fn sim_autoscaled(
             Ok(v) => v,
             Err(e) => return fail(e),
         };
-        let s = &run.autoscale;
         if let Some(o) = v.as_object_mut() {
-            o.insert("scaler".into(), s.scaler.clone().into());
-            o.insert("backend_seconds".into(), s.backend_seconds.into());
-            o.insert("slo_windows".into(), s.slo_windows.into());
-            o.insert(
-                "slo_violation_windows".into(),
-                s.slo_violation_windows.into(),
-            );
-            o.insert("slow_requests".into(), s.slow_requests.into());
-            o.insert("timed_out".into(), s.timed_out.into());
-            o.insert("scale_ups".into(), s.scale_ups.into());
-            o.insert("scale_downs".into(), s.scale_downs.into());
-            o.insert("peak_serving".into(), s.peak_serving.into());
+            insert_autoscale_fields(o, &run.autoscale);
         }
         results.push(v);
     }
@@ -313,6 +308,25 @@ fn sim_autoscaled(
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The fields an autoscaled run adds to its policy's JSON result, in `sim` and `lab` alike.
+fn insert_autoscale_fields(
+    o: &mut serde_json::Map<String, serde_json::Value>,
+    s: &fulcrum_sim::AutoscaleStats,
+) {
+    o.insert("scaler".into(), s.scaler.clone().into());
+    o.insert("backend_seconds".into(), s.backend_seconds.into());
+    o.insert("slo_windows".into(), s.slo_windows.into());
+    o.insert(
+        "slo_violation_windows".into(),
+        s.slo_violation_windows.into(),
+    );
+    o.insert("slow_requests".into(), s.slow_requests.into());
+    o.insert("timed_out".into(), s.timed_out.into());
+    o.insert("scale_ups".into(), s.scale_ups.into());
+    o.insert("scale_downs".into(), s.scale_downs.into());
+    o.insert("peak_serving".into(), s.peak_serving.into());
 }
 
 fn write_outputs(
@@ -346,6 +360,9 @@ fn lab(args: LabArgs) -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
+    if !args.scalers.is_empty() {
+        return lab_autoscaled(&scenario, args, exe);
+    }
     let mut opts = fulcrum_lab::LabOptions::new(exe);
     if !args.run.policies.is_empty() {
         opts.policies = args.run.policies;
@@ -357,6 +374,108 @@ fn lab(args: LabArgs) -> ExitCode {
         Ok(report) => write_outputs(&report, args.run.json.as_ref(), args.run.report.as_ref()),
         Err(e) => fail(format!("{e:#}")),
     }
+}
+
+/// `fulcrum lab --scaler ...`: the scenario under each scaler with real copies, a Markdown
+/// table on stdout and the results as JSON with the fields `sim --scaler` writes, plus each
+/// run's `timeline` (every scaler step) and `membership` (the proxy's pool after every reload).
+fn lab_autoscaled(scenario: &fulcrum_scenario::Scenario, args: LabArgs, exe: PathBuf) -> ExitCode {
+    use fulcrum_lab::autoscale::{run_autoscale_lab, AutoscaleLabOptions};
+    use fulcrum_sim::ScalerKind;
+    if scenario.autoscale.is_none() {
+        return fail(format!(
+            "{}: --scaler needs an [autoscale] table in the scenario",
+            scenario.name
+        ));
+    }
+    let mut opts = AutoscaleLabOptions::new(exe);
+    opts.scalers.clear();
+    for s in &args.scalers {
+        match s.parse::<ScalerKind>() {
+            Ok(k) => opts.scalers.push(k),
+            Err(e) => return fail(e),
+        }
+    }
+    match args.run.policies.as_slice() {
+        [] => {}
+        [one] => match one.parse() {
+            Ok(a) => opts.algorithm = a,
+            Err(_) => {
+                return fail(format!(
+                    "--policy {one:?}: an autoscaled lab run takes one algorithm ({})",
+                    fulcrum_config::Algorithm::ALL
+                        .map(|a| a.to_string())
+                        .join(", ")
+                ))
+            }
+        },
+        _ => return fail("an autoscaled lab run takes at most one --policy"),
+    }
+    opts.time_scale = args.time_scale;
+    opts.progress = !args.quiet;
+    opts.extra_pool_toml = args.pool_toml;
+    let runs = match run_autoscale_lab(scenario, &opts) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    let reference = runs
+        .iter()
+        .find(|r| r.autoscale.scaler == ScalerKind::Hpa.to_string())
+        .map(|r| r.autoscale.backend_seconds);
+    let mut table = fulcrum_sim::AUTOSCALE_TABLE_HEADER.to_string();
+    let mut results = Vec::new();
+    for run in &runs {
+        let row = fulcrum_sim::AutoscaleRun {
+            result: run.result.clone(),
+            stats: fulcrum_sim::SimStats {
+                window_s: run.window_s,
+                arrivals: run.result.requests,
+                mean_in_system: f64::NAN,
+                utilisation: Vec::new(),
+                events: 0,
+            },
+            autoscale: run.autoscale.clone(),
+        };
+        let label = format!("{} ({}, lab)", scenario.name, opts.algorithm);
+        table.push_str(
+            &row.markdown_row(&label, reference.unwrap_or(run.autoscale.backend_seconds)),
+        );
+        let mut v = match serde_json::to_value(&run.result) {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        };
+        if let Some(o) = v.as_object_mut() {
+            insert_autoscale_fields(o, &run.autoscale);
+            o.insert("timeline".into(), serde_json::json!(run.timeline));
+            o.insert("membership".into(), serde_json::json!(run.membership));
+            // JSON has no infinity: a window whose p99 request failed is written as null too.
+            let p99: Vec<Option<f64>> = run
+                .slo_window_p99_ms
+                .iter()
+                .map(|p| p.filter(|v| v.is_finite()))
+                .collect();
+            o.insert("slo_window_p99_ms".into(), serde_json::json!(p99));
+        }
+        results.push(v);
+    }
+    print!("{table}");
+    if let Some(path) = &args.run.json {
+        let doc = serde_json::json!({
+            "scenario": scenario.name,
+            "seed": scenario.seed,
+            "mode": "lab",
+            "time_scale": opts.time_scale,
+            "results": results,
+        });
+        let text = match serde_json::to_string_pretty(&doc) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+        if let Err(e) = std::fs::write(path, text) {
+            return fail(format!("{}: {e}", path.display()));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn testbed(args: TestbedArgs) -> ExitCode {

@@ -5,10 +5,15 @@
 //! that policy, starts `fulcrum run` on it, drives the proxy with the open-loop
 //! [`loadgen`] for the scenario's duration, and turns the measured requests into a
 //! [`PolicyResult`] with the same code the simulator uses.
+//!
+//! [`autoscale::run_autoscale_lab`] plays a scenario with an `[autoscale]` table under a
+//! scaler instead: copies of its scaled backend are started and stopped while the load runs,
+//! and the proxy's pool follows them through configuration reloads.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod autoscale;
 pub mod harness;
 pub mod loadgen;
 mod proxy;
@@ -266,7 +271,12 @@ fn progress_line(
     )
 }
 
-async fn show_progress(label: String, clock: LabClock, duration_s: f64, stats: Arc<LoadStats>) {
+pub(crate) async fn show_progress(
+    label: String,
+    clock: LabClock,
+    duration_s: f64,
+    stats: Arc<LoadStats>,
+) {
     let mut window: std::collections::VecDeque<(Instant, u64)> = Default::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {

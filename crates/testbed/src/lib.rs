@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod busy;
 pub mod recording;
 pub mod scenario;
 

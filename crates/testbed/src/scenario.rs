@@ -12,7 +12,12 @@
 //! - `GET /healthz` answers 200 at once, without taking a slot.
 //! - anything else takes a slot and answers 200 (the backend's name) or 503.
 //! - every response carries `x-backend: NAME` and `x-backend-load: U`, where `U` is the
-//!   share of busy slots (0 to 1) when the response is written.
+//!   share of busy slots (0 to 1) when the response is written, or, for a server started with
+//!   a report window ([`ScenarioServer::start_with_load_window`]), the mean share over the last
+//!   whole window, as a backend reporting its CPU utilisation would.
+//!
+//! Each server counts its busy time ([`ScenarioServer::busy_seconds`], slot-seconds) and the
+//! requests it holds ([`ScenarioServer::in_flight`]), for autoscalers and for draining.
 
 use std::convert::Infallible;
 use std::io;
@@ -33,6 +38,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+
+use crate::busy::BusyMeter;
 
 /// Maps wall-clock time to scenario time: `t_scenario = elapsed / time_scale`.
 ///
@@ -86,6 +93,8 @@ struct Shared {
     slots: Semaphore,
     busy: AtomicU32,
     max_busy: AtomicU32,
+    meter: Mutex<BusyMeter>,
+    in_flight: AtomicU32,
     requests: AtomicU64,
     errors: AtomicU64,
     health_requests: AtomicU64,
@@ -95,8 +104,15 @@ struct Shared {
 }
 
 impl Shared {
+    fn meter(&self) -> std::sync::MutexGuard<'_, BusyMeter> {
+        self.meter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn load(&self) -> f64 {
         let c = self.backend.concurrency.max(1);
+        if let Some(u) = self.meter().window_utilisation(Instant::now(), c) {
+            return u;
+        }
         f64::from(self.busy.load(Ordering::Relaxed).min(c)) / f64::from(c)
     }
 }
@@ -108,6 +124,7 @@ impl<'a> Busy<'a> {
     fn new(shared: &'a Shared) -> Self {
         let now = shared.busy.fetch_add(1, Ordering::Relaxed) + 1;
         shared.max_busy.fetch_max(now, Ordering::Relaxed);
+        shared.meter().change(Instant::now(), 1);
         Busy(shared)
     }
 }
@@ -115,6 +132,23 @@ impl<'a> Busy<'a> {
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.meter().change(Instant::now(), -1);
+    }
+}
+
+/// Counts a request held (waiting for a slot or in one) for as long as it lives.
+struct Held<'a>(&'a Shared);
+
+impl<'a> Held<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        Held(shared)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -137,6 +171,28 @@ impl ScenarioServer {
         seed: u64,
         clock: LabClock,
     ) -> io::Result<ScenarioServer> {
+        Self::start_inner(backend, addr, seed, clock, None).await
+    }
+
+    /// [`ScenarioServer::start`], reporting in `x-backend-load` the mean share of busy slots
+    /// over the last whole `window` (wall time) instead of the share at the response.
+    pub async fn start_with_load_window(
+        backend: &ScenarioBackend,
+        addr: SocketAddr,
+        seed: u64,
+        clock: LabClock,
+        window: Duration,
+    ) -> io::Result<ScenarioServer> {
+        Self::start_inner(backend, addr, seed, clock, Some(window)).await
+    }
+
+    async fn start_inner(
+        backend: &ScenarioBackend,
+        addr: SocketAddr,
+        seed: u64,
+        clock: LabClock,
+        load_window: Option<Duration>,
+    ) -> io::Result<ScenarioServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let concurrency = backend.concurrency.max(1);
@@ -146,6 +202,8 @@ impl ScenarioServer {
             slots: Semaphore::new(concurrency as usize),
             busy: AtomicU32::new(0),
             max_busy: AtomicU32::new(0),
+            meter: Mutex::new(BusyMeter::new(Instant::now(), load_window)),
+            in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             health_requests: AtomicU64::new(0),
@@ -200,6 +258,17 @@ impl ScenarioServer {
     /// Slots busy right now.
     pub fn busy(&self) -> u32 {
         self.shared.busy.load(Ordering::Relaxed)
+    }
+
+    /// Slot-seconds spent busy since the server started: divided by `concurrency` × an
+    /// interval's length, the difference of two readings is the utilisation over it.
+    pub fn busy_seconds(&self) -> f64 {
+        self.shared.meter().busy_seconds(Instant::now())
+    }
+
+    /// Requests held right now, waiting for a slot or in one (health checks excluded).
+    pub fn in_flight(&self) -> u32 {
+        self.shared.in_flight.load(Ordering::Relaxed)
     }
 
     /// The most slots ever busy at once.
@@ -314,6 +383,7 @@ async fn handle(
         shared.health_requests.fetch_add(1, Ordering::Relaxed);
         return Ok(reply(&shared, StatusCode::OK, Bytes::from_static(b"ok\n")));
     }
+    let _held = Held::new(&shared);
     // Read the whole request before queueing, as a real server would.
     let _ = req.into_body().collect().await;
 
