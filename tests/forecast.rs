@@ -379,3 +379,65 @@ fn check_shows_each_autoscaled_pool() {
         "{stderr}"
     );
 }
+
+/// A pool with static weights whose backends report their load (`X-Backend-Load`) sizes itself
+/// on that load, not on latency alone: the data plane keeps the report for autoscaled pools too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autoscaled_pool_with_static_weights_reads_the_load_its_backends_report() {
+    use fulcrum_testbed::scenario::ScenarioServer;
+    let source = "name = \"reported\"\nseed = 5\nduration_s = 8\n\n[load]\nrate_rps = 60\n\n\
+                  [[backends]]\nname = \"b\"\ncount = 2\nconcurrency = 4\nservice_ms = 20.0\n";
+    let (scenario, _) = fulcrum_scenario::parse_scenario(source, "reported.toml").unwrap();
+    let mut servers = Vec::new();
+    for (i, b) in scenario.backends.iter().enumerate() {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        servers.push(
+            ScenarioServer::start(b, addr, 5 + i as u64, LabClock::new(1.0))
+                .await
+                .unwrap(),
+        );
+    }
+    let addrs: Vec<_> = servers.iter().map(|s| (s.addr(), 1)).collect();
+    let mut web = pool("web", Algorithm::RoundRobin, &addrs);
+    assert_eq!(web.weights, fulcrum_config::WeightSource::Static);
+    web.autoscale = Some(AutoscaleConfig {
+        step: Duration::from_millis(500),
+        horizon: Duration::from_secs(2),
+        ..AutoscaleConfig::default()
+    });
+    let f = Fulcrum::start(|p, a| {
+        let mut config = single_pool(p, a, web);
+        config.control.tick = Duration::from_millis(100);
+        config
+    })
+    .await;
+    let cfg = LoadGenConfig {
+        target: f.proxy,
+        load: scenario.load.clone(),
+        duration_s: 8.0,
+        clock: LabClock::new(1.0),
+        backend_names: vec!["b-1".into(), "b-2".into()],
+        seed: 5,
+        drain_timeout: Duration::from_secs(2),
+    };
+    let stats = Arc::new(LoadStats::default());
+    let generator = tokio::spawn({
+        let stats = stats.clone();
+        async move { loadgen::run(&cfg, stats).await }
+    });
+    let source = eventually(Duration::from_secs(7), || async {
+        let r = get(f.admin, "/api/forecast?pool=web").await.unwrap();
+        r.status == 200
+            && serde_json::from_str::<serde_json::Value>(&r.body)
+                .is_ok_and(|v| v["capacity_source"] == "reported load")
+    })
+    .await;
+    let last = forecast(&f).await;
+    generator.abort();
+    assert!(
+        source.is_some(),
+        "capacity not from the reported load: {last:#}"
+    );
+    let capacity = last["capacity_per_backend_rps"].as_f64().unwrap();
+    assert!(capacity.is_finite() && capacity > 0.0, "{last:#}");
+}

@@ -288,6 +288,8 @@ pub struct PoolDemand {
     tracker: Tracker,
     counters: HashMap<SocketAddr, Counters>,
     step_started_ns: u64,
+    /// When the counters were last read (the rates divide by the time since).
+    observed_ns: u64,
     steps: u64,
     capacity: CapacityEstimator,
     latest: Option<DemandReport>,
@@ -318,6 +320,7 @@ impl PoolDemand {
             tracker: Tracker::new(ring, None),
             counters: HashMap::new(),
             step_started_ns: now_ns,
+            observed_ns: now_ns,
             steps: 0,
             capacity: CapacityEstimator::default(),
             latest: None,
@@ -361,8 +364,8 @@ impl PoolDemand {
     /// by address, so a reload that rebuilds the pool loses no count; a backend seen for the
     /// first time counts from now.
     fn observe(&mut self, pool: &Pool, now_ns: u64) -> StepObservation {
-        let elapsed_s = now_ns.saturating_sub(self.step_started_ns) as f64 / 1e9;
-        self.step_started_ns = now_ns;
+        let elapsed_s = now_ns.saturating_sub(self.observed_ns) as f64 / 1e9;
+        self.observed_ns = now_ns;
         let (mut requests, mut errors, mut latency_sum_us, mut latency_n) = (0u64, 0u64, 0.0, 0);
         let (mut load_sum, mut load_n, mut healthy) = (0.0, 0u32, 0u32);
         let mut in_flight_growth = 0i64;
@@ -439,6 +442,15 @@ impl PoolDemand {
         now_ns: u64,
         model: Option<&mut OnnxForecaster>,
     ) -> &DemandReport {
+        // Steps keep their length on average: the next one starts `step_s` after this one did,
+        // not at the control tick that noticed its end (which would stretch every step by up
+        // to a tick). After a stall of two steps or more the schedule starts again from now.
+        let step_ns = (self.settings.step_s * 1e9) as u64;
+        self.step_started_ns = if now_ns.saturating_sub(self.step_started_ns) < 2 * step_ns {
+            self.step_started_ns + step_ns
+        } else {
+            now_ns
+        };
         let obs = self.observe(pool, now_ns);
         self.record(obs, model)
     }
@@ -702,6 +714,32 @@ mod tests {
                 0,
             );
         }
+    }
+
+    #[test]
+    fn steps_keep_their_length_when_ticks_do_not_divide_it() {
+        let p = pool(2);
+        let mut d = PoolDemand::new(&p, settings(Some(10.0)), 0);
+        // Ticks every 0.3 s, steps of 1 s: 100 s hold 100 steps, not one per 1.2 s.
+        let mut steps = 0;
+        for tick in 1..=(100_000 / 300) {
+            let t = tick * 300_000_000;
+            if d.due(t) {
+                serve(&p, 3, 2);
+                d.step(&p, t, None);
+                steps += 1;
+            }
+        }
+        assert!((99..=100).contains(&steps), "{steps} steps in 100 s");
+        // Rates are still counted over the time that really passed.
+        let r = d.latest().unwrap();
+        assert!(r.observed_rps > 2.0 && r.observed_rps < 4.5, "{r:?}");
+        // After a stall the schedule starts again from the step that ended it.
+        let stall = 100_000_000_000 + 10_000_000_000;
+        assert!(d.due(stall));
+        d.step(&p, stall, None);
+        assert!(!d.due(stall + 900_000_000));
+        assert!(d.due(stall + 1_000_000_000));
     }
 
     #[test]

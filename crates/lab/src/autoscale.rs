@@ -80,7 +80,7 @@ impl AutoscaleLabOptions {
             fulcrum_bin: fulcrum_bin.into(),
             scalers: vec![
                 ScalerKind::Hpa,
-                ScalerKind::Forecast(None),
+                ScalerKind::Forecast(None, 0),
                 ScalerKind::Static(None),
             ],
             algorithm: Algorithm::LeastConnections,
@@ -225,6 +225,7 @@ pub fn scaled_autoscale(
     a: &Autoscale,
     fixed: u32,
     stabilization_s: Option<f64>,
+    spare_backends: u32,
     time_scale: f64,
 ) -> AutoscaleConfig {
     use fulcrum_config::autoscale_defaults as d;
@@ -236,9 +237,11 @@ pub fn scaled_autoscale(
         horizon: secs(a.provision_s.max(FORECAST_STEP_S), 1.0),
         step: secs(FORECAST_STEP_S, 0.1),
         scale_down_stabilization: secs(
-            stabilization_s.unwrap_or(d::SCALE_DOWN_STABILIZATION_S as f64),
+            stabilization_s
+                .unwrap_or(f64::from(d::SCALE_DOWN_STABILIZATION_STEPS) * FORECAST_STEP_S),
             0.0,
         ),
+        spare_backends,
         ..AutoscaleConfig::default()
     }
 }
@@ -587,17 +590,20 @@ async fn run_scaler(
     let fixed_count = (full.backends.len() - a.max_backends as usize) as u32;
     let (mut rule, start) = match kind {
         ScalerKind::Hpa => (Rule::Hpa(Hpa::new(HpaSettings::kubernetes(a))), a.initial),
-        ScalerKind::Forecast(_) => (Rule::Forecast, a.initial),
+        ScalerKind::Forecast(..) => (Rule::Forecast, a.initial),
         ScalerKind::Static(n) => {
             let n = n
                 .unwrap_or_else(|| fulcrum_sim::peak_sized_count(scenario))
                 .clamp(1, a.max_backends);
             (Rule::Static(n), n)
         }
+        ScalerKind::Oracle(_) => anyhow::bail!(
+            "scaler {kind} is the simulator's reference (it reads the future load); the lab runs reactive, forecast and static"
+        ),
     };
-    let stabilization = match kind {
-        ScalerKind::Forecast(w) => w,
-        _ => None,
+    let (stabilization, spare) = match kind {
+        ScalerKind::Forecast(w, spare) => (w, spare),
+        _ => (None, 0),
     };
     let slo = scenario.slo.unwrap_or(Slo {
         p99_ms: f64::INFINITY,
@@ -657,7 +663,13 @@ async fn run_scaler(
             .iter_mut()
             .find(|p| p.name == POOL)
             .context("no lab pool")?;
-        pool.autoscale = Some(scaled_autoscale(a, fixed_count, stabilization, scale));
+        pool.autoscale = Some(scaled_autoscale(
+            a,
+            fixed_count,
+            stabilization,
+            spare,
+            scale,
+        ));
         // Membership follows the scaler; health checks only need to notice a dead server.
         pool.health_check.interval = Duration::from_secs(1);
         pool.health_check.timeout = Duration::from_millis(500);
@@ -764,6 +776,13 @@ async fn run_scaler(
             backend_seconds: existing.total(),
             slo_windows: count.windows,
             slo_violation_windows: count.violations,
+            violated_at_s: count
+                .window_p99_ms
+                .iter()
+                .enumerate()
+                .filter(|(_, p99)| p99.is_some_and(|p| p > slo.p99_ms))
+                .map(|(k, _)| scenario.warmup_s + k as f64 * slo.window_s)
+                .collect(),
             slow_requests: count.slow,
             timed_out: count.timed_out,
             scale_ups,
@@ -1054,12 +1073,17 @@ mod tests {
             provision_s: 120.0,
             target_utilization: 0.7,
         };
-        let c = scaled_autoscale(&a, 1, None, 0.025);
+        let c = scaled_autoscale(&a, 1, None, 0, 0.025);
         assert_eq!(c.step, Duration::from_millis(250));
         assert_eq!(c.horizon, Duration::from_secs(3));
-        assert_eq!(c.scale_down_stabilization, Duration::from_millis(7500));
+        assert_eq!(
+            c.scale_down_stabilization,
+            Duration::from_millis(500),
+            "two steps"
+        );
         assert_eq!((c.min_backends, c.max_backends), (3, 41));
-        let c = scaled_autoscale(&a, 0, Some(60.0), 0.001);
+        let c = scaled_autoscale(&a, 0, Some(60.0), 1, 0.001);
+        assert_eq!(c.spare_backends, 1);
         assert_eq!(c.step, Duration::from_millis(100), "the step's floor");
         assert_eq!(c.horizon, Duration::from_secs(1), "the horizon's floor");
         assert_eq!(c.scale_down_stabilization, Duration::from_millis(60));

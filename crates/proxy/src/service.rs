@@ -747,10 +747,14 @@ impl ProxyHttp for FulcrumProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
-        // Only the control loop reads self-reported load.
+        // Only the control loop reads self-reported load: the model's features, and the
+        // capacity per backend an autoscaled pool's recommendation rests on (without it the
+        // capacity is inferred from latency alone).
         if let (Some(pool), Some(idx)) = (ctx.pool(), ctx.lease.as_ref().map(|l| l.backend_index()))
         {
-            if pool.config.weights == fulcrum_config::WeightSource::Model {
+            if pool.config.weights == fulcrum_config::WeightSource::Model
+                || pool.config.autoscale.is_some()
+            {
                 if let Some(load) = reported_load(upstream_response) {
                     pool.pool.backends()[idx].stats.set_reported_load(load);
                 }
