@@ -22,7 +22,8 @@ struct Outcome {
 type Log = Arc<Mutex<Vec<Outcome>>>;
 
 /// About 300 requests/s until `stop` is set: four keep-alive clients (each a request every
-/// 20 ms, reconnecting when an answer says `Connection: close`) and one client opening a new
+/// 20 ms, reconnecting when an answer says `Connection: close`, and sending a request again
+/// once on a new connection when a reused idle one closed before answering) and one client opening a new
 /// connection every 10 ms; one request in five of the latter takes 1 s at the backend.
 fn spawn_load(
     proxy: SocketAddr,
@@ -35,10 +36,15 @@ fn spawn_load(
         let (log, stop) = (log.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut conn: Option<Conn> = None;
+            // Whether `conn` has carried a request already (a retry is only for those).
+            let mut used = false;
             while !stop.load(Ordering::Relaxed) {
                 if conn.is_none() {
                     match Conn::open(proxy).await {
-                        Ok(c) => conn = Some(c),
+                        Ok(c) => {
+                            conn = Some(c);
+                            used = false;
+                        }
                         // Refused once the listeners are gone: nothing was sent.
                         Err(_) => {
                             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -48,7 +54,22 @@ fn spawn_load(
                 }
                 let c = conn.as_mut().unwrap();
                 let started = Instant::now();
-                let result = c.send("GET", "/", &[], b"").await;
+                let mut result = c.send("GET", "/", &[], b"").await;
+                // A keep-alive connection that was idle can be closed by the server just as the
+                // next request goes out (here: the old process closing its idle connections as
+                // it stops). No byte of an answer came, so an HTTP client sends the request again
+                // on a new connection (RFC 9112 §9.3.1), as browsers and curl do.
+                if used
+                    && result
+                        .as_ref()
+                        .is_err_and(|e| e.to_string() == "channel closed")
+                {
+                    if let Ok(mut fresh) = Conn::open(proxy).await {
+                        result = fresh.send("GET", "/", &[], b"").await;
+                        conn = Some(fresh);
+                    }
+                }
+                used = result.is_ok();
                 let closes = matches!(&result, Ok(r) if r.header("connection") == Some("close"));
                 if closes || result.is_err() {
                     conn = None;

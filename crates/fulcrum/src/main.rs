@@ -155,6 +155,12 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// Write `doc` to `path` as pretty-printed JSON; the error says which file.
+fn write_json(path: &std::path::Path, doc: &serde_json::Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(doc).map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn sim(args: SimArgs) -> ExitCode {
     use fulcrum_sim::control::{loop_factory, ScorerSource};
     use fulcrum_sim::{Policy, SimOptions};
@@ -299,12 +305,8 @@ fn sim_autoscaled(
             "mode": "sim",
             "results": results,
         });
-        let text = match serde_json::to_string_pretty(&doc) {
-            Ok(t) => t,
-            Err(e) => return fail(e),
-        };
-        if let Err(e) = std::fs::write(path, text) {
-            return fail(format!("{}: {e}", path.display()));
+        if let Err(e) = write_json(path, &doc) {
+            return fail(e);
         }
     }
     ExitCode::SUCCESS
@@ -467,12 +469,8 @@ fn lab_autoscaled(scenario: &fulcrum_scenario::Scenario, args: LabArgs, exe: Pat
             "time_scale": opts.time_scale,
             "results": results,
         });
-        let text = match serde_json::to_string_pretty(&doc) {
-            Ok(t) => t,
-            Err(e) => return fail(e),
-        };
-        if let Err(e) = std::fs::write(path, text) {
-            return fail(format!("{}: {e}", path.display()));
+        if let Err(e) = write_json(path, &doc) {
+            return fail(e);
         }
     }
     ExitCode::SUCCESS

@@ -35,8 +35,8 @@ use fulcrum_sim::autoscale::{Hpa, HpaSettings, FORECAST_STEP_S};
 use fulcrum_sim::{AutoscaleStats, ScalerKind};
 use fulcrum_testbed::scenario::{LabClock, ScenarioServer};
 
-use crate::loadgen::{self, LoadGenConfig, LoadStats};
-use crate::{harness, proxy, DRAIN_TIMEOUT};
+use crate::loadgen::{self, LoadStats};
+use crate::{harness, proxy};
 
 /// The pool the lab's proxy balances over.
 const POOL: &str = "lab";
@@ -701,15 +701,7 @@ async fn run_scaler(
         .context("the proxy did not start with the initial pool")?;
 
     let names: Vec<String> = full.backends.iter().map(|b| b.name.clone()).collect();
-    let cfg = LoadGenConfig {
-        target: listen,
-        load: scenario.load.clone(),
-        duration_s: scenario.duration_s,
-        clock,
-        backend_names: names.clone(),
-        seed: scenario.seed,
-        drain_timeout: DRAIN_TIMEOUT,
-    };
+    let cfg = crate::scenario_load(scenario, listen, clock, names.clone());
     let stats = Arc::new(LoadStats::default());
     let progress = opts.progress.then(|| {
         tokio::spawn(crate::show_progress(

@@ -100,6 +100,25 @@ async fn follow_capacity(
 /// Requests still outstanding when the load ends get this long before counting as errors.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The load generator's settings for playing `scenario`'s load against `target` on `clock`,
+/// with `backend_names` in the scenario's backend order.
+pub fn scenario_load(
+    scenario: &Scenario,
+    target: SocketAddr,
+    clock: LabClock,
+    backend_names: Vec<String>,
+) -> LoadGenConfig {
+    LoadGenConfig {
+        target,
+        load: scenario.load.clone(),
+        duration_s: scenario.duration_s,
+        clock,
+        backend_names,
+        seed: scenario.seed,
+        drain_timeout: DRAIN_TIMEOUT,
+    }
+}
+
 /// Play `scenario` against the real proxy once per policy in `opts.policies`.
 ///
 /// Every backend, proxy process and temporary file is cleaned up before returning, on error
@@ -187,15 +206,7 @@ async fn run_policy(
         let addrs = servers.iter().map(|s| s.addr()).collect();
         tokio::spawn(follow_capacity(scenario.clone(), admin, addrs, clock))
     });
-    let cfg = LoadGenConfig {
-        target: listen,
-        load: scenario.load.clone(),
-        duration_s: scenario.duration_s,
-        clock,
-        backend_names: names.clone(),
-        seed: scenario.seed,
-        drain_timeout: DRAIN_TIMEOUT,
-    };
+    let cfg = scenario_load(scenario, listen, clock, names.clone());
     let stats = Arc::new(LoadStats::default());
     let progress = opts.progress.then(|| {
         tokio::spawn(show_progress(
