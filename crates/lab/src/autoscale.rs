@@ -187,16 +187,7 @@ pub fn run_autoscale_lab(
     scenario: &Scenario,
     opts: &AutoscaleLabOptions,
 ) -> anyhow::Result<Vec<AutoscaleLabRun>> {
-    anyhow::ensure!(
-        opts.time_scale > 0.0 && opts.time_scale.is_finite(),
-        "time_scale must be positive, got {}",
-        opts.time_scale
-    );
-    anyhow::ensure!(
-        opts.fulcrum_bin.is_file(),
-        "fulcrum binary not found at {}",
-        opts.fulcrum_bin.display()
-    );
+    crate::check_run(opts.time_scale, &opts.fulcrum_bin)?;
     let full = fulcrum_sim::with_every_copy(scenario).map_err(|e| anyhow::anyhow!("{e}"))?;
     let a = full
         .autoscale

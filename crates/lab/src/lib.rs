@@ -119,21 +119,26 @@ pub fn scenario_load(
     }
 }
 
+/// What every lab run needs: a positive time scale and the fulcrum binary it starts.
+pub(crate) fn check_run(time_scale: f64, fulcrum_bin: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        time_scale > 0.0 && time_scale.is_finite(),
+        "time_scale must be positive, got {time_scale}"
+    );
+    anyhow::ensure!(
+        fulcrum_bin.is_file(),
+        "fulcrum binary not found at {}",
+        fulcrum_bin.display()
+    );
+    Ok(())
+}
+
 /// Play `scenario` against the real proxy once per policy in `opts.policies`.
 ///
 /// Every backend, proxy process and temporary file is cleaned up before returning, on error
 /// too. Builds its own tokio runtime, so it must not be called from within one.
 pub fn run_lab(scenario: &Scenario, opts: &LabOptions) -> anyhow::Result<RunReport> {
-    anyhow::ensure!(
-        opts.time_scale > 0.0 && opts.time_scale.is_finite(),
-        "time_scale must be positive, got {}",
-        opts.time_scale
-    );
-    anyhow::ensure!(
-        opts.fulcrum_bin.is_file(),
-        "fulcrum binary not found at {}",
-        opts.fulcrum_bin.display()
-    );
+    check_run(opts.time_scale, &opts.fulcrum_bin)?;
     anyhow::ensure!(
         !scenario.backends.is_empty(),
         "the scenario has no backends"
