@@ -22,9 +22,9 @@ struct Outcome {
 type Log = Arc<Mutex<Vec<Outcome>>>;
 
 /// About 300 requests/s until `stop` is set: four keep-alive clients (each a request every
-/// 20 ms, reconnecting when an answer says `Connection: close`, and sending a request again
-/// once on a new connection when a reused idle one closed before answering) and one client opening a new
-/// connection every 10 ms; one request in five of the latter takes 1 s at the backend.
+/// 20 ms, reconnecting only when an answer says `Connection: close`; a request lost on a
+/// reused connection counts as failed) and one client opening a new connection every 10 ms;
+/// one request in five of the latter takes 1 s at the backend.
 fn spawn_load(
     proxy: SocketAddr,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -36,15 +36,10 @@ fn spawn_load(
         let (log, stop) = (log.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut conn: Option<Conn> = None;
-            // Whether `conn` has carried a request already (a retry is only for those).
-            let mut used = false;
             while !stop.load(Ordering::Relaxed) {
                 if conn.is_none() {
                     match Conn::open(proxy).await {
-                        Ok(c) => {
-                            conn = Some(c);
-                            used = false;
-                        }
+                        Ok(c) => conn = Some(c),
                         // Refused once the listeners are gone: nothing was sent.
                         Err(_) => {
                             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -54,22 +49,7 @@ fn spawn_load(
                 }
                 let c = conn.as_mut().unwrap();
                 let started = Instant::now();
-                let mut result = c.send("GET", "/", &[], b"").await;
-                // A keep-alive connection that was idle can be closed by the server just as the
-                // next request goes out (here: the old process closing its idle connections as
-                // it stops). No byte of an answer came, so an HTTP client sends the request again
-                // on a new connection (RFC 9112 §9.3.1), as browsers and curl do.
-                if used
-                    && result
-                        .as_ref()
-                        .is_err_and(|e| e.to_string() == "channel closed")
-                {
-                    if let Ok(mut fresh) = Conn::open(proxy).await {
-                        result = fresh.send("GET", "/", &[], b"").await;
-                        conn = Some(fresh);
-                    }
-                }
-                used = result.is_ok();
+                let result = c.send("GET", "/", &[], b"").await;
                 let closes = matches!(&result, Ok(r) if r.header("connection") == Some("close"));
                 if closes || result.is_err() {
                     conn = None;
@@ -253,6 +233,37 @@ async fn sigterm_drains_under_load_and_exits_zero() {
             .any(|o| !o.keep_alive && o.started > signalled && o.result == Ok(200)),
         "new connections are still served during the drain"
     );
+}
+
+/// A request under way when the old process hands its sockets over is answered with
+/// `Connection: close`, as in a drain: its connection closes with the old process, and a client
+/// told nothing would send its next request into that close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_under_way_at_the_hand_over_is_told_to_reconnect() {
+    let Running {
+        proxy: mut old,
+        listen,
+        _backend,
+        _sock_dir,
+        ..
+    } = running(1, 5).await;
+    let mut new = old.start_upgrade(fulcrum_bin().as_ref()).await.unwrap();
+    let mut conn = Conn::open(listen).await.unwrap();
+    // Served by the old process, the only one accepting yet; the sockets are handed over
+    // within a second of `SIGQUIT` and the answer comes 2.5 s after it.
+    let slow = conn.send("GET", "/?delay_ms=2500", &[], b"");
+    let quit = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        old.signal("QUIT").unwrap();
+    };
+    let (answer, ()) = tokio::join!(slow, quit);
+    let answer = answer.unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("connection"), Some("close"));
+    exits_zero(&mut old, Duration::from_secs(15)).await;
+    assert_eq!(get(listen, "/").await.unwrap().status, 200);
+    new.signal("TERM").unwrap();
+    exits_zero(&mut new, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,7 +96,10 @@ async fn latency_counts_from_the_scheduled_time() {
     };
     let early = mean(&records[..q]);
     let late = mean(&records[records.len() - q..]);
-    assert!(records[0].latency_ms < 120.0, "{}", records[0].latency_ms);
     assert!(late > 600.0, "late requests waited {late} ms");
+    // The first request found no queue: its latency is its service time and the connection's
+    // setup, whatever the machine's load, far from what the last ones waited.
+    let first = records[0].latency_ms;
+    assert!(first < late / 3.0, "first {first} ms, late {late} ms");
     assert!(late > early * 3.0, "early {early} ms, late {late} ms");
 }

@@ -45,6 +45,8 @@ const HANDOVER_OVERLAP: Duration = Duration::from_secs(2);
 /// path (the in-flight count) and the admin API (`/readyz`, `fulcrum_draining`).
 pub struct Lifecycle {
     draining: AtomicBool,
+    /// Set with `drain`, for the request path (a load instead of the watch's lock).
+    closing: AtomicBool,
     in_flight: AtomicUsize,
     drain: watch::Sender<bool>,
     stop_data: watch::Sender<bool>,
@@ -76,6 +78,7 @@ impl Lifecycle {
         draining_gauge.set(0.0);
         Lifecycle {
             draining: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             drain: watch::channel(false).0,
             stop_data: watch::channel(false).0,
@@ -91,6 +94,18 @@ impl Lifecycle {
     /// True from the moment `SIGTERM` asked the process to stop (`/readyz` answers 503).
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// True from the moment clients are told to reconnect: the drain on `SIGTERM`, or the
+    /// hand-over to a new process on `SIGQUIT` (which keeps `/readyz` at 200).
+    pub fn closing_connections(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Tell clients to reconnect from now on (see [`Self::closing_connections`]).
+    fn close_connections(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.drain.send_replace(true);
     }
 
     /// Requests between their first byte read and their last byte answered.
@@ -119,7 +134,7 @@ impl Lifecycle {
     fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
         self.draining_gauge.set(1.0);
-        self.drain.send_replace(true);
+        self.close_connections();
     }
 
     /// `SIGTERM`: answer `draining` on `/readyz`, keep serving for the drain delay while telling
@@ -166,7 +181,7 @@ impl Lifecycle {
         );
         // Clients are told to reconnect, but `/readyz` stays 200: the address is not going away,
         // and the admin listener answers from both processes during the overlap.
-        self.drain.send_replace(true);
+        self.close_connections();
         tokio::time::sleep(HANDOVER_OVERLAP).await;
         log::info!(
             "the listeners stop accepting; {} request(s) in flight",

@@ -764,9 +764,15 @@ where
             let (next, next_settings) = reused.consume();
             stream = next;
             settings = next_settings;
-            if keepalive.is_zero() || *self.drain.borrow() {
+            if keepalive.is_zero() {
                 return None;
             }
+            // pingora handed the connection back, so its answer did not say `Connection: close`
+            // (the drain began while this request was under way). The client will reuse the
+            // connection: its next request is read and answered with `Connection: close`, as
+            // every request is once the drain has begun. Closing it here instead would race
+            // that request, which a client cannot tell from a lost one. Until then it waits as
+            // an idle connection does, and closes when the listeners stop.
             let now = Instant::now();
             deadlines = Deadlines {
                 first_byte: now + keepalive,

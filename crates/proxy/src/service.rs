@@ -785,9 +785,10 @@ impl ProxyHttp for FulcrumProxy {
             ctx.record_attempt(outcome);
         }
         strip_hop_by_hop_response(upstream_response);
-        if self.shared.lifecycle.draining() {
-            // A request that began before the drain: its connection closes after this answer
-            // (HTTP/1.1 `Connection: close`), so the client reconnects to a process that stays.
+        if self.shared.lifecycle.closing_connections() {
+            // A request that began before the drain or the hand-over: its connection closes
+            // after this answer (HTTP/1.1 `Connection: close`), so the client reconnects to a
+            // process that stays.
             session.set_keepalive(None);
         }
         Ok(())
