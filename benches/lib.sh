@@ -136,6 +136,12 @@ machine_ticks() {
     awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
 }
 
+# clock ticks the hypervisor took from core $1 since boot (steal time: the core wanted to run
+# and was not given the physical CPU)
+steal_ticks() {
+    awk -v c="cpu$1" '$1 == c { print $9; exit }' /proc/stat
+}
+
 # resident set size in KiB, summed over the process tree rooted at $1
 rss_kib() {
     local total=0 pid kib

@@ -54,19 +54,21 @@ build_release "${builds[@]}"
 ulimit -n "$(ulimit -Hn)" # a stalled proxy makes the generator open a connection per waiting request
 
 RAW="$WORK/raw.csv"
-echo "target,run,offered_rps,sent,measured,achieved_rps,errors,p50_us,p99_us,p999_us,max_us,proxy_cpu_us_per_req,proxy_core_pct,generator_core_pct,other_cpu_pct" >"$RAW"
+echo "target,run,offered_rps,sent,measured,achieved_rps,errors,p50_us,p99_us,p999_us,max_us,proxy_cpu_us_per_req,proxy_core_pct,generator_core_pct,other_cpu_pct,proxy_core_stolen_ms" >"$RAW"
 
 # measure NAME RUN PORT [PROXY_PID]: one generator run against 127.0.0.1:PORT
 measure() {
-    local name="$1" run="$2" port="$3" ppid="${4:-}" pids=() opids before after obefore oafter mbefore mafter out line gen_us
+    local name="$1" run="$2" port="$3" ppid="${4:-}" pids=() opids before after obefore oafter mbefore mafter sbefore safter out line gen_us
     [[ -n "$ppid" ]] && mapfile -t pids < <(tree_pids "$ppid")
     mapfile -t opids < <(tree_pids "$ORIGIN_PID")
     before="$(cpu_ticks "${pids[@]}")"
     obefore="$(cpu_ticks "${opids[@]}")"
     mbefore="$(machine_ticks)"
+    sbefore="$(steal_ticks "$PROXY_CORE")"
     # `times` reports the CPU time of the generator (the subshell's only child).
     out="$(taskset -c "$CLIENT_CORE" "$OPENLOOP_BIN" "127.0.0.1:$port" "$RATE" "$((WARMUP + DURATION))" "$WARMUP" "$SEED"; times)"
     mafter="$(machine_ticks)"
+    safter="$(steal_ticks "$PROXY_CORE")"
     after="$(cpu_ticks "${pids[@]}")"
     oafter="$(cpu_ticks "${opids[@]}")"
     line="$(grep '^offered_rps=' <<<"$out")" || die "$name: the generator printed no result:
@@ -74,18 +76,18 @@ $out"
     gen_us=$(($(mins_to_us "$(tail -1 <<<"$out" | awk '{ print $1 }')") + $(mins_to_us "$(tail -1 <<<"$out" | awk '{ print $2 }')")))
     # key=value pairs -> the CSV columns, then CPU shares over the whole run (warm-up included)
     awk -v name="$name" -v run="$run" -v t=$((after - before)) -v o=$((oafter - obefore)) -v m=$((mafter - mbefore)) \
-        -v hz="$CLK_TCK" -v gen="$gen_us" -v wall="$((WARMUP + DURATION))" -v proxied="$([[ -n "$ppid" ]] && echo 1 || echo 0)" '
+         -v hz="$CLK_TCK" -v gen="$gen_us" -v stolen=$((safter - sbefore)) -v wall="$((WARMUP + DURATION))" -v proxied="$([[ -n "$ppid" ]] && echo 1 || echo 0)" '
         { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
         END {
             us = t * 1e6 / hz
             per = proxied ? sprintf("%.2f", us / v["sent"]) : ""
             core = proxied ? sprintf("%.1f", 100 * us / (wall * 1e6)) : ""
             other = 100 * ((m - t - o) * 1e6 / hz - gen) / (wall * 1e6)
-            printf "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%.1f,%.1f\n", name, run, v["offered_rps"], v["sent"],
+            printf "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%.1f,%.1f,%.0f\n", name, run, v["offered_rps"], v["sent"],
                 v["measured"], v["achieved_rps"], v["errors"], v["p50_us"], v["p99_us"], v["p999_us"], v["max_us"],
-                per, core, 100 * gen / (wall * 1e6), other < 0 ? 0 : other
+                per, core, 100 * gen / (wall * 1e6), other < 0 ? 0 : other, stolen * 1000 / hz
         }' <<<"$line" >>"$RAW"
-    log "$name run $run: $(tail -1 "$RAW" | awk -F, '{ printf "achieved %s req/s, p50 %s us, p99 %s us, p99.9 %s us, errors %s, proxy CPU %s us/req, generator core %s%%, other CPU %s%%", $6, $8, $9, $10, $7, $12, $14, $15 }')"
+    log "$name run $run: $(tail -1 "$RAW" | awk -F, '{ printf "achieved %s req/s, p50 %s us, p99 %s us, p99.9 %s us, errors %s, proxy CPU %s us/req, generator core %s%%, other CPU %s%%, %s ms stolen from the proxy core", $6, $8, $9, $10, $7, $12, $14, $15, $16 }')"
 }
 
 start_origin
@@ -137,10 +139,11 @@ HP99="$(median haproxy 9)"
     echo "- Achieved = requests measured / time from the end of warm-up to the last answer. Errors = non-2xx answers, failed or unanswered requests."
     echo "- Proxy CPU µs/req = the proxy's utime+stime over the run / requests sent; proxy core % = that CPU time / wall time."
     echo "  Other CPU % = the machine's busy time minus proxy, origin and generator, as % of one core: kernel loopback work plus anything else the machine ran."
+    echo "  Stolen ms = time the hypervisor kept the proxy's core from running while it wanted to (steal time in /proc/stat) during the run: a stall every request under way waits out."
     echo "  **Latencies depend on that load: numbers taken with other CPU well above ~10 % are a smoke test, not a result; take final numbers on a quiet machine** (\`$cmd\`)."
     echo
-    echo "| target | achieved req/s | p50 | p99 | p99.9 | max | errors | p99 vs nginx | p99 vs HAProxy | proxy CPU µs/req | proxy core % | generator core % | other CPU % |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| target | achieved req/s | p50 | p99 | p99.9 | max | errors | p99 vs nginx | p99 vs HAProxy | proxy CPU µs/req | proxy core % | generator core % | other CPU % | stolen ms |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for p in origin-direct $PROXIES; do
         label="$([[ "$p" == origin-direct ]] && echo "no proxy (origin direct)" || proxy_label "$p")"
         p99="$(median "$p" 9)"
@@ -149,8 +152,14 @@ HP99="$(median haproxy 9)"
         vsh="$([[ "$p" == origin-direct ]] && echo "" || ratio "$p99" "$HP99")"
         cpu="$(median "$p" 12)"
         core="$(median "$p" 13)"
-        echo "| $label | $(median "$p" 6) | $(median "$p" 8) µs | $p99 µs | $(median "$p" 10) µs | $(median "$p" 11) µs | $errs | $vsn | $vsh | ${cpu:-} | ${core:+$core %} | $(median "$p" 14) % | $(median "$p" 15) % |"
+        echo "| $label | $(median "$p" 6) | $(median "$p" 8) µs | $p99 µs | $(median "$p" 10) µs | $(median "$p" 11) µs | $errs | $vsn | $vsh | ${cpu:-} | ${core:+$core %} | $(median "$p" 14) % | $(median "$p" 15) % | $(median "$p" 16) |"
     done
+    echo
+    echo "Every run (medians above), in the order they ran:"
+    echo
+    echo "| target | run | p50 | p99 | p99.9 | max | errors | proxy CPU µs/req | stolen ms |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F, 'NR > 1 { printf "| %s | %s | %s µs | %s µs | %s µs | %s µs | %s | %s | %s |\n", $1, $2, $8, $9, $10, $11, $7, $12, $16 }' "$RAW"
     echo
     echo "Raw per-run numbers: \`open-loop.csv\` next to this file."
 } | tee "$RESULTS_DIR/open-loop.md"

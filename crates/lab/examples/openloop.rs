@@ -5,6 +5,9 @@
 //!
 //! Usage: openloop TARGET_ADDR RATE_RPS DURATION_S [WARMUP_S] [SEED]
 //!
+//! With `OPENLOOP_RECORDS=FILE` in the environment it also writes every request's scheduled
+//! send time, latency and outcome to FILE as CSV.
+//!
 //! Prints one line of `key=value` pairs: the offered rate, requests sent and measured (arrivals
 //! after warm-up), the achieved rate (measured requests over the time from the end of warm-up
 //! to the last answer), errors, and the p50 / p99 / p99.9 / max latency in microseconds.
@@ -103,6 +106,16 @@ fn main() -> ExitCode {
         .filter(|r| r.arrival_s >= warmup_s)
         .map(|r| r.latency_ms)
         .fold(0.0, f64::max);
+    if let Some(path) = std::env::var_os("OPENLOOP_RECORDS") {
+        // Every request's scheduled send and latency, to see when the slow ones happened.
+        let mut out = String::from("arrival_s,latency_ms,ok\n");
+        for r in &records {
+            out.push_str(&format!("{:.6},{:.3},{}\n", r.arrival_s, r.latency_ms, r.ok));
+        }
+        if let Err(e) = std::fs::write(&path, out) {
+            eprintln!("openloop: cannot write {}: {e}", path.to_string_lossy());
+        }
+    }
     let achieved = result.requests as f64 / (last_answer_s - warmup_s).max(f64::EPSILON);
     println!(
         "offered_rps={rate} sent={} measured={} achieved_rps={achieved:.0} errors={} \
