@@ -110,7 +110,10 @@ fn main() -> ExitCode {
         // Every request's scheduled send and latency, to see when the slow ones happened.
         let mut out = String::from("arrival_s,latency_ms,ok\n");
         for r in &records {
-            out.push_str(&format!("{:.6},{:.3},{}\n", r.arrival_s, r.latency_ms, r.ok));
+            out.push_str(&format!(
+                "{:.6},{:.3},{}\n",
+                r.arrival_s, r.latency_ms, r.ok
+            ));
         }
         if let Err(e) = std::fs::write(&path, out) {
             eprintln!("openloop: cannot write {}: {e}", path.to_string_lossy());
