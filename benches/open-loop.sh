@@ -27,6 +27,9 @@
 #   REPEAT=1            runs per proxy (proxies interleaved per round; medians shown)
 #   PROXIES="fulcrum bare-pingora nginx haproxy"
 #   SEED=1              arrival-time seed
+#   CONNECTIONS=        at most this many generator connections (requests beyond wait for one,
+#                       their latency counted from their scheduled send, as in wrk2); unset: a
+#                       new connection for every request that finds none idle
 #   SKIP_BUILD=1        use the existing release binaries as they are
 #   RESULTS_DIR=benches/results   where open-loop.md / open-loop.csv are written
 #
@@ -43,6 +46,7 @@ WARMUP="${WARMUP:-3}"
 REPEAT="${REPEAT:-1}"
 PROXIES="${PROXIES:-fulcrum bare-pingora nginx haproxy}"
 SEED="${SEED:-1}"
+CONNECTIONS="${CONNECTIONS:-}"
 RESULTS_DIR="${RESULTS_DIR:-$ROOT/benches/results}"
 
 need_tools nginx haproxy taskset curl
@@ -66,7 +70,7 @@ measure() {
     mbefore="$(machine_ticks)"
     sbefore="$(steal_ticks "$PROXY_CORE")"
     # `times` reports the CPU time of the generator (the subshell's only child).
-    out="$(taskset -c "$CLIENT_CORE" "$OPENLOOP_BIN" "127.0.0.1:$port" "$RATE" "$((WARMUP + DURATION))" "$WARMUP" "$SEED"; times)"
+    out="$(${CONNECTIONS:+env OPENLOOP_CONNECTIONS=$CONNECTIONS} taskset -c "$CLIENT_CORE" "$OPENLOOP_BIN" "127.0.0.1:$port" "$RATE" "$((WARMUP + DURATION))" "$WARMUP" "$SEED"; times)"
     mafter="$(machine_ticks)"
     safter="$(steal_ticks "$PROXY_CORE")"
     after="$(cpu_ticks "${pids[@]}")"
@@ -126,13 +130,14 @@ median() { # TARGET COLUMN
 ratio() { # A B
     [[ -n "$1" && -n "$2" ]] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "n/a" }' || echo "n/a"
 }
-cmd="RATE=$RATE DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT SEED=$SEED PROXIES=\"$PROXIES\" benches/open-loop.sh"
+cmd="RATE=$RATE DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT SEED=$SEED${CONNECTIONS:+ CONNECTIONS=$CONNECTIONS} PROXIES=\"$PROXIES\" benches/open-loop.sh"
 NG99="$(median nginx 9)"
 HP99="$(median haproxy 9)"
 {
     result_header "Open-loop latency at $RATE req/s: fulcrum vs bare pingora, nginx, HAProxy" "$cmd"
     echo "- Load: the lab's open-loop generator (crates/lab/src/loadgen.rs through crates/lab/examples/openloop.rs, one thread):" \
         "Poisson arrivals at $RATE req/s, each keep-alive \`GET\` sent at its scheduled instant and its latency measured from that instant;" \
+        "$([[ -n "$CONNECTIONS" ]] && echo "at most $CONNECTIONS connections (a request that finds them all busy waits for one, from its scheduled instant);" || echo "a new connection for every request that finds none idle;")" \
         "${WARMUP} s of load, then ${DURATION} s measured; the same arrival times (seed $SEED) for every target."
     echo "- Layout: the proxy pinned to core $PROXY_CORE with one worker thread/process; the generator and the one-worker nginx origin pinned to core $CLIENT_CORE." \
         "The first row sends to the origin directly: the generator's and origin's own share of every latency, and the proof that they sustain the rate."

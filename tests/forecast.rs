@@ -92,6 +92,7 @@ async fn the_recommendation_rises_with_the_offered_rate() {
         backend_names: names,
         seed: 13,
         drain_timeout: Duration::from_secs(2),
+        max_connections: None,
     };
     let stats = Arc::new(LoadStats::default());
     let generator = tokio::spawn({
@@ -419,6 +420,7 @@ async fn an_autoscaled_pool_with_static_weights_reads_the_load_its_backends_repo
         backend_names: vec!["b-1".into(), "b-2".into()],
         seed: 5,
         drain_timeout: Duration::from_secs(2),
+        max_connections: None,
     };
     let stats = Arc::new(LoadStats::default());
     let generator = tokio::spawn({

@@ -279,6 +279,7 @@ async fn play(
             backend_names: names.clone(),
             seed: scenario.seed.wrapping_add(cycle),
             drain_timeout: fulcrum_lab::DRAIN_TIMEOUT,
+            max_connections: None,
         };
         let stats = stats.clone();
         // Each minute's requests finish on their own task while the next minute starts.

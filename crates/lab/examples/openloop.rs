@@ -5,6 +5,10 @@
 //!
 //! Usage: openloop TARGET_ADDR RATE_RPS DURATION_S [WARMUP_S] [SEED]
 //!
+//! Connections are opened on demand, one for every request that finds none idle, unless
+//! `OPENLOOP_CONNECTIONS=N` caps them (requests beyond wait for one, their latency still counted
+//! from their scheduled instant, as in wrk2).
+//!
 //! With `OPENLOOP_RECORDS=FILE` in the environment it also writes every request's scheduled
 //! send time, latency and outcome to FILE as CSV.
 //!
@@ -70,6 +74,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let max_connections = match std::env::var("OPENLOOP_CONNECTIONS") {
+        Err(_) => None,
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                eprintln!(
+                    "openloop: OPENLOOP_CONNECTIONS must be a whole number above 0, got {v:?}"
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
     // The generator's timer thread inherits this thread's timer slack: lower it from the
     // default 50 µs, so sends leave closer to their scheduled instants (best effort).
     let _ = std::fs::write("/proc/self/timerslack_ns", "1");
@@ -92,6 +108,7 @@ fn main() -> ExitCode {
             backend_names: Vec::new(),
             seed,
             drain_timeout: DRAIN,
+            max_connections,
         };
         loadgen::run(&cfg, Arc::new(LoadStats::default())).await
     });

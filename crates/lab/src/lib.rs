@@ -116,6 +116,7 @@ pub fn scenario_load(
         backend_names,
         seed: scenario.seed,
         drain_timeout: DRAIN_TIMEOUT,
+        max_connections: None,
     }
 }
 

@@ -47,6 +47,11 @@ pub struct LoadGenConfig {
     /// After the last arrival, requests still outstanding get this long to finish before
     /// they are recorded as errors.
     pub drain_timeout: Duration,
+    /// At most this many connections (and so requests under way) at once; a request that finds
+    /// them all busy waits for one, its latency still counted from its scheduled instant.
+    /// `None`: a new connection for every request that finds none idle, as a population of
+    /// independent clients would open.
+    pub max_connections: Option<usize>,
 }
 
 /// Live counters of a running load generator, for progress displays.
@@ -79,6 +84,8 @@ impl LoadStats {
 pub struct Pool {
     addr: SocketAddr,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    /// One permit per connection allowed, held by a request while it uses one.
+    slots: Option<tokio::sync::Semaphore>,
 }
 
 /// A response's status and `x-backend` header.
@@ -96,6 +103,16 @@ impl Pool {
         Pool {
             addr,
             idle: Mutex::new(Vec::new()),
+            slots: None,
+        }
+    }
+
+    /// A pool for `addr` that never holds more than `max` connections: requests beyond them
+    /// wait for one to be free.
+    pub fn with_max_connections(addr: SocketAddr, max: usize) -> Pool {
+        Pool {
+            slots: Some(tokio::sync::Semaphore::new(max.max(1))),
+            ..Pool::new(addr)
         }
     }
 
@@ -137,6 +154,12 @@ impl Pool {
             .header("host", "lab")
             .header("content-length", body.len())
             .body(Full::new(body))?;
+        // Held until the connection is back in the idle list (or dropped), so the connections
+        // open never outnumber the permits.
+        let _slot = match &self.slots {
+            Some(slots) => Some(slots.acquire().await?),
+            None => None,
+        };
         loop {
             let (mut sender, reused) = match self.take_idle() {
                 Some(s) => (s, true),
@@ -210,7 +233,10 @@ pub async fn run(cfg: &LoadGenConfig, stats: Arc<LoadStats>) -> Vec<RequestRecor
     };
     let end_w = cfg.duration_s * scale;
     let deadline = cfg.clock.start + Duration::from_secs_f64(end_w.max(0.0)) + cfg.drain_timeout;
-    let pool = Arc::new(Pool::new(cfg.target));
+    let pool = Arc::new(match cfg.max_connections {
+        Some(max) => Pool::with_max_connections(cfg.target, max),
+        None => Pool::new(cfg.target),
+    });
     let names = Arc::new(cfg.backend_names.clone());
     let mut rng = Rng::stream(cfg.seed, Stream::Arrivals);
     let mut tasks = JoinSet::new();

@@ -35,6 +35,7 @@ fn config(server: &ScenarioServer, rate: f64, duration_s: f64, post: f64) -> Loa
         backend_names: vec!["other".into(), server.name().to_string()],
         seed: 11,
         drain_timeout: Duration::from_secs(10),
+        max_connections: None,
     }
 }
 
@@ -102,4 +103,31 @@ async fn latency_counts_from_the_scheduled_time() {
     let first = records[0].latency_ms;
     assert!(first < late / 3.0, "first {first} ms, late {late} ms");
     assert!(late > early * 3.0, "early {early} ms, late {late} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cap_bounds_requests_under_way_and_their_wait_counts() {
+    // The backend could serve 8 at once; two connections let through at most 40 rps of the 80
+    // offered, and the rest wait for a connection from their scheduled instant.
+    let server = ScenarioServer::start(
+        &backend("wide", 8, 50.0),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        LabClock::new(1.0),
+    )
+    .await
+    .unwrap();
+    let mut cfg = config(&server, 80.0, 1.5, 0.0);
+    cfg.max_connections = Some(2);
+    let records = loadgen::run(&cfg, Arc::new(LoadStats::default())).await;
+    assert!(records.len() > 80, "{} requests", records.len());
+    assert!(records.iter().all(|r| r.ok));
+    assert_eq!(server.max_busy(), 2);
+    let q = records.len() / 4;
+    let late = records[records.len() - q..]
+        .iter()
+        .map(|r| r.latency_ms)
+        .sum::<f64>()
+        / q as f64;
+    assert!(late > 300.0, "late requests waited {late} ms");
 }
