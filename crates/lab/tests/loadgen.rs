@@ -20,6 +20,18 @@ fn backend(name: &str, concurrency: u32, service_ms: f64) -> ScenarioBackend {
     }
 }
 
+/// A scenario backend server on a loopback port, in real time.
+async fn serve(name: &str, concurrency: u32, service_ms: f64) -> ScenarioServer {
+    ScenarioServer::start(
+        &backend(name, concurrency, service_ms),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        LabClock::new(1.0),
+    )
+    .await
+    .unwrap()
+}
+
 fn config(server: &ScenarioServer, rate: f64, duration_s: f64, post: f64) -> LoadGenConfig {
     LoadGenConfig {
         target: server.addr(),
@@ -41,14 +53,7 @@ fn config(server: &ScenarioServer, rate: f64, duration_s: f64, post: f64) -> Loa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offers_the_target_rate() {
-    let server = ScenarioServer::start(
-        &backend("fast", 256, 1.0),
-        "127.0.0.1:0".parse().unwrap(),
-        1,
-        LabClock::new(1.0),
-    )
-    .await
-    .unwrap();
+    let server = serve("fast", 256, 1.0).await;
     let cfg = config(&server, 800.0, 3.0, 0.25);
     let stats = Arc::new(LoadStats::default());
     let start = Instant::now();
@@ -78,14 +83,7 @@ async fn offers_the_target_rate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_counts_from_the_scheduled_time() {
     // Capacity 20 rps, offered 40 rps: a queue builds at about 20 requests per second.
-    let server = ScenarioServer::start(
-        &backend("slow", 1, 50.0),
-        "127.0.0.1:0".parse().unwrap(),
-        1,
-        LabClock::new(1.0),
-    )
-    .await
-    .unwrap();
+    let server = serve("slow", 1, 50.0).await;
     let cfg = config(&server, 40.0, 2.0, 0.0);
     let records = loadgen::run(&cfg, Arc::new(LoadStats::default())).await;
     assert!(records.len() > 60, "{} requests", records.len());
@@ -109,14 +107,7 @@ async fn latency_counts_from_the_scheduled_time() {
 async fn a_connection_cap_bounds_requests_under_way_and_their_wait_counts() {
     // The backend could serve 8 at once; two connections let through at most 40 rps of the 80
     // offered, and the rest wait for a connection from their scheduled instant.
-    let server = ScenarioServer::start(
-        &backend("wide", 8, 50.0),
-        "127.0.0.1:0".parse().unwrap(),
-        1,
-        LabClock::new(1.0),
-    )
-    .await
-    .unwrap();
+    let server = serve("wide", 8, 50.0).await;
     let mut cfg = config(&server, 80.0, 1.5, 0.0);
     cfg.max_connections = Some(2);
     let records = loadgen::run(&cfg, Arc::new(LoadStats::default())).await;
