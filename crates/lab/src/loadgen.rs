@@ -98,21 +98,13 @@ pub struct Answer {
 }
 
 impl Pool {
-    /// An empty pool for `addr`; connections are opened on demand.
-    pub fn new(addr: SocketAddr) -> Pool {
+    /// An empty pool for `addr`; connections are opened on demand, never more than
+    /// `max_connections` of them (requests beyond wait for one to be free).
+    pub fn new(addr: SocketAddr, max_connections: Option<usize>) -> Pool {
         Pool {
             addr,
             idle: Mutex::new(Vec::new()),
-            slots: None,
-        }
-    }
-
-    /// A pool for `addr` that never holds more than `max` connections: requests beyond them
-    /// wait for one to be free.
-    pub fn with_max_connections(addr: SocketAddr, max: usize) -> Pool {
-        Pool {
-            slots: Some(tokio::sync::Semaphore::new(max.max(1))),
-            ..Pool::new(addr)
+            slots: max_connections.map(|max| tokio::sync::Semaphore::new(max.max(1))),
         }
     }
 
@@ -233,10 +225,7 @@ pub async fn run(cfg: &LoadGenConfig, stats: Arc<LoadStats>) -> Vec<RequestRecor
     };
     let end_w = cfg.duration_s * scale;
     let deadline = cfg.clock.start + Duration::from_secs_f64(end_w.max(0.0)) + cfg.drain_timeout;
-    let pool = Arc::new(match cfg.max_connections {
-        Some(max) => Pool::with_max_connections(cfg.target, max),
-        None => Pool::new(cfg.target),
-    });
+    let pool = Arc::new(Pool::new(cfg.target, cfg.max_connections));
     let names = Arc::new(cfg.backend_names.clone());
     let mut rng = Rng::stream(cfg.seed, Stream::Arrivals);
     let mut tasks = JoinSet::new();

@@ -32,6 +32,11 @@ async fn serve(name: &str, concurrency: u32, service_ms: f64) -> ScenarioServer 
     .unwrap()
 }
 
+/// Mean latency of `records`, in ms.
+fn mean(records: &[fulcrum_report::RequestRecord]) -> f64 {
+    records.iter().map(|r| r.latency_ms).sum::<f64>() / records.len() as f64
+}
+
 fn config(server: &ScenarioServer, rate: f64, duration_s: f64, post: f64) -> LoadGenConfig {
     LoadGenConfig {
         target: server.addr(),
@@ -90,9 +95,6 @@ async fn latency_counts_from_the_scheduled_time() {
     assert!(records.iter().all(|r| r.ok));
     assert_eq!(server.max_busy(), 1);
     let q = records.len() / 4;
-    let mean = |rs: &[fulcrum_report::RequestRecord]| {
-        rs.iter().map(|r| r.latency_ms).sum::<f64>() / rs.len() as f64
-    };
     let early = mean(&records[..q]);
     let late = mean(&records[records.len() - q..]);
     assert!(late > 600.0, "late requests waited {late} ms");
@@ -115,10 +117,6 @@ async fn a_connection_cap_bounds_requests_under_way_and_their_wait_counts() {
     assert!(records.iter().all(|r| r.ok));
     assert_eq!(server.max_busy(), 2);
     let q = records.len() / 4;
-    let late = records[records.len() - q..]
-        .iter()
-        .map(|r| r.latency_ms)
-        .sum::<f64>()
-        / q as f64;
+    let late = mean(&records[records.len() - q..]);
     assert!(late > 300.0, "late requests waited {late} ms");
 }
