@@ -10,7 +10,7 @@ pub const RESIDUAL_WINDOW: usize = 240;
 /// Fewer errors than this and the quantiles come from the one-step error spread instead.
 const MIN_RESIDUALS: usize = 20;
 /// Standard normal 90th percentile, for the fallback spread.
-const Z90: f64 = 1.281_551_565_545;
+pub const Z90: f64 = 1.281_551_565_545;
 /// Observations needed before the first forecast.
 pub const WARMUP_STEPS: usize = 12;
 
