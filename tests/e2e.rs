@@ -23,6 +23,33 @@ async fn round_robin_spreads_300_requests_evenly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_offered_again() {
+    let b = backends(1).await;
+    let f = Fulcrum::web(web_pool(Algorithm::RoundRobin, &[&b[0]])).await;
+    // Sequential requests, first over one client connection, then each over a new one: the
+    // proxy's connection to the backend goes back to its pool after every answer and is taken
+    // from it for the next request, whichever client sends it.
+    let mut conn = Conn::open(f.proxy).await.unwrap();
+    for _ in 0..50 {
+        let r = conn.send("GET", "/", &[], b"").await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    for _ in 0..10 {
+        let mut fresh = Conn::open(f.proxy).await.unwrap();
+        let r = fresh.send("GET", "/", &[], b"").await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(b[0].requests(), 60);
+    // One, or a second when a request arrives before the previous answer's connection is back
+    // in the pool; sixty if reuse were refused.
+    let opened = b[0].request_connections();
+    assert!(
+        (1..=3).contains(&opened),
+        "60 requests over {opened} upstream connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smooth_weighted_5_1_1_gives_500_100_100() {
     let b = backends(3).await;
     let mut web = web_pool(Algorithm::WeightedRoundRobin, &[&b[0], &b[1], &b[2]]);

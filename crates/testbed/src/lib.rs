@@ -46,6 +46,8 @@ struct State {
     healthy: AtomicBool,
     requests: AtomicU64,
     health_requests: AtomicU64,
+    /// Connections that carried at least one non-health request.
+    request_connections: AtomicU64,
 }
 
 /// A running loopback backend.
@@ -67,6 +69,7 @@ impl BackendServer {
             healthy: AtomicBool::new(true),
             requests: AtomicU64::new(0),
             health_requests: AtomicU64::new(0),
+            request_connections: AtomicU64::new(0),
         });
         let mut server = BackendServer {
             addr,
@@ -125,6 +128,12 @@ impl BackendServer {
         self.state.health_requests.load(Ordering::Relaxed)
     }
 
+    /// Connections that carried at least one non-health request: how many a client opened for
+    /// its [`requests`](Self::requests), and so how well it keeps them alive.
+    pub fn request_connections(&self) -> u64 {
+        self.state.request_connections.load(Ordering::Relaxed)
+    }
+
     /// Whether the server is currently accepting connections.
     pub fn is_running(&self) -> bool {
         self.task.is_some()
@@ -179,8 +188,14 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop_rx: watc
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
+                let first = Arc::new(AtomicBool::new(true));
                 conns.spawn(async move {
-                    let svc = service_fn(move |req| handle(req, state.clone()));
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        if req.uri().path() != "/healthz" && first.swap(false, Ordering::Relaxed) {
+                            state.request_connections.fetch_add(1, Ordering::Relaxed);
+                        }
+                        handle(req, state.clone())
+                    });
                     let _ = http1::Builder::new()
                         .keep_alive(true)
                         .serve_connection(TokioIo::new(stream), svc)

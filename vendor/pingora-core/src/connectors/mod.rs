@@ -183,6 +183,39 @@ pub struct TransportConnector {
 
 const DEFAULT_POOL_SIZE: usize = 128;
 
+/// Whether a pooled stream is connected to `peer`. A stream owns its socket until it is dropped,
+/// so its peer cannot change while it waits in the pool: the address it was connected to, which
+/// the connector keeps in its socket digest, answers without the `getpeername(2)` that
+/// [`Peer::matches_fd`] makes on every reuse (one system call per proxied request on a
+/// keep-alive upstream). A stream without that digest, or a peer behind a CONNECT proxy, is
+/// checked by [`Peer::matches_fd`] as before.
+#[cfg(unix)]
+fn stream_matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    use crate::protocols::l4::socket::SocketAddr;
+    use std::net::{IpAddr, Ipv4Addr};
+    if peer.get_proxy().is_none() {
+        let connected = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr.get().cloned().flatten());
+        if let Some(connected) = connected {
+            let expected = peer.address();
+            // As `check_fd_match`: 0.0.0.0 is a source address; some systems map it to
+            // 127.0.0.1 as a destination, so it is not compared.
+            if let SocketAddr::Inet(addr) = expected {
+                if addr.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+                    return true;
+                }
+            }
+            if connected == *expected {
+                return true;
+            }
+            error!("Crit: pooled stream to {connected} offered for {expected}");
+            return false;
+        }
+    }
+    peer.matches_fd(stream.id())
+}
+
 impl TransportConnector {
     /// Create a new [TransportConnector] with the given [ConnectorOptions]
     pub fn new(mut options: Option<ConnectorOptions>) -> Self {
@@ -261,7 +294,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if stream_matches_peer(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
