@@ -529,14 +529,15 @@ impl PoolDemand {
             .fold((0.0, 0.0), |(a, b), (x, y)| {
                 (f64::max(a, x), f64::max(b, y))
             });
-        let counted = if thousands(forecast_p90) == thousands(highest_p90) {
-            String::new()
-        } else {
+        let less_noise = (thousands(forecast_p90) != thousands(highest_p90)).then(|| {
             format!(
-                " (the forecast's {} rps less a step's counting noise)",
+                "the forecast's {} rps less a step's counting noise",
                 thousands(forecast_p90)
             )
-        };
+        });
+        let counted = less_noise
+            .as_ref()
+            .map_or(String::new(), |n| format!(" ({n})"));
         let within = duration_words(self.settings.horizon_s);
         let recent = self.settings.ceiling_steps().min(self.tracker.ring().len());
         let highest_seen = self.tracker.ring().highest_of_last(recent);
@@ -551,9 +552,12 @@ impl PoolDemand {
             (
                 offered,
                 format!(
-                    "rate now: {} rps, above the highest p90 within {within} ({} rps{counted})",
+                    "rate now: {} rps, above the highest p90 within {within} ({} rps{})",
                     thousands(offered),
-                    thousands(highest_p90)
+                    thousands(highest_p90),
+                    less_noise
+                        .as_ref()
+                        .map_or(String::new(), |n| format!("; {n}"))
                 ),
             )
         } else if highest_p90 > ceiling {
@@ -1059,7 +1063,7 @@ mod tests {
         );
         let mut arrivals = Arrivals(0x9e37_79b9_7f4a_7c15);
         let mut previous: Option<(f64, f64)> = None;
-        let (mut counts_covered, mut demand_covered, mut n) = (0, 0, 0);
+        let (mut counts_covered, mut demand_covered, mut n, mut said) = (0, 0, 0, 0);
         let (mut p90_sum, mut plan_sum, mut demand_sum) = (0.0, 0.0, 0.0);
         for t in 0..1600 {
             let counted = arrivals.count(demand(t) * step_s) as f64 / step_s;
@@ -1075,7 +1079,11 @@ mod tests {
             let next = r.forecasts[0];
             assert_eq!(next.horizon_s, step_s);
             previous = Some((next.p90, r.planned_rps));
+            if t >= 800 && r.reason.starts_with("highest p90 within ") {
+                said += usize::from(r.reason.contains(" rps less a step's counting noise)"));
+            }
         }
+        assert!(said > 400, "{said} reasons said the noise was left out");
         let share = |k: usize| k as f64 / n as f64;
         assert!(
             (0.85..=0.95).contains(&share(counts_covered)),
