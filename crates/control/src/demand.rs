@@ -677,12 +677,22 @@ impl PoolDemand {
 /// A spread wider than counting explains (a demand that moves, errors of the forecaster) is
 /// kept, so arrivals more bunched than Poisson keep what exceeds it.
 pub fn demand_p90(f: Forecast, step_s: f64) -> f64 {
-    if step_s.is_nan() || step_s <= 0.0 || f.p90 <= f.p50 {
+    if f.p90 <= f.p50 {
         return f.p90;
     }
     let spread = (f.p90 - f.p50) / Z90;
-    let counting = f.p50 / step_s;
-    f.p50 + Z90 * (spread * spread - counting).max(0.0).sqrt()
+    let counting = counting_sd(f.p50, step_s);
+    f.p50 + Z90 * (spread * spread - counting * counting).max(0.0).sqrt()
+}
+
+/// The standard deviation, in rps, of the rate a step of `step_s` seconds counts when arrivals
+/// come at a steady `rps` (Poisson): √(rps / step_s); 0 for a step that is not positive.
+fn counting_sd(rps: f64, step_s: f64) -> f64 {
+    if step_s > 0.0 {
+        (rps.max(0.0) / step_s).sqrt()
+    } else {
+        0.0
+    }
 }
 
 /// The highest demand among `n` steps whose highest count was `highest` rps over `step_s`
@@ -691,7 +701,7 @@ pub fn demand_p90(f: Forecast, step_s: f64) -> f64 {
 /// 2.4 for 60). Without it the plan's bound rises with the counting noise: 15 % above a steady
 /// 980 rps counted in quarter-second steps, 2 % with 10 s steps.
 pub fn highest_demand(highest: f64, n: usize, step_s: f64) -> f64 {
-    if n < 2 || step_s.is_nan() || step_s <= 0.0 || highest.is_nan() || highest <= 0.0 {
+    if n < 2 || highest.is_nan() || highest <= 0.0 {
         return highest.max(0.0);
     }
     // E[max of n standard normals] ≈ √(2 ln n) − (ln ln n + ln 4π − 2γ) / (2 √(2 ln n)).
@@ -704,18 +714,13 @@ pub fn highest_demand(highest: f64, n: usize, step_s: f64) -> f64 {
     } else {
         a - (ln_n.ln() + (4.0 * std::f64::consts::PI).ln() - 2.0 * EULER_GAMMA) / (2.0 * a)
     };
-    (highest - z * (highest / step_s).sqrt()).max(0.0)
+    (highest - z * counting_sd(highest, step_s)).max(0.0)
 }
 
 /// Whether the rate a step counted, `observed` rps over `step_s` seconds, is above `rps` by
 /// more than the step's counting noise (its one-sided 90 % bound under Poisson arrivals).
 pub fn surely_above(observed: f64, rps: f64, step_s: f64) -> bool {
-    let noise = if step_s > 0.0 {
-        Z90 * (observed.max(0.0) / step_s).sqrt()
-    } else {
-        0.0
-    };
-    observed - noise > rps
+    observed - Z90 * counting_sd(observed, step_s) > rps
 }
 
 #[cfg(test)]
@@ -967,22 +972,19 @@ mod tests {
         assert_eq!(r.observed_rps, 10.0);
     }
 
-    /// Poisson counts (Knuth's method) from a xorshift stream: what a step counts at a steady
-    /// intensity.
-    struct Arrivals(u64);
+    /// Poisson counts (Knuth's method) from the scenarios' seeded generator: what a step
+    /// counts at a steady intensity.
+    struct Arrivals(fulcrum_scenario::rng::Rng);
 
     impl Arrivals {
-        fn uniform(&mut self) -> f64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        fn new(seed: u64) -> Self {
+            Self(fulcrum_scenario::rng::Rng::new(seed))
         }
 
         fn count(&mut self, mean: f64) -> u64 {
-            let (limit, mut product, mut k) = ((-mean).exp(), self.uniform(), 0);
+            let (limit, mut product, mut k) = ((-mean).exp(), self.0.uniform(), 0);
             while product > limit {
-                product *= self.uniform();
+                product *= self.0.uniform();
                 k += 1;
             }
             k
@@ -1018,7 +1020,7 @@ mod tests {
     fn the_bound_is_on_the_highest_demand_not_on_the_luckiest_count() {
         // 60 steps of 0.25 s counting a steady 980 rps (~245 arrivals, ±6.4 %).
         let step_s = 0.25;
-        let mut arrivals = Arrivals(0x2545_f491_4f6c_dd1d);
+        let mut arrivals = Arrivals::new(0x2545_f491_4f6c_dd1d);
         let (mut raw, mut corrected) = (0.0, 0.0);
         let runs = 200;
         for _ in 0..runs {
@@ -1061,7 +1063,7 @@ mod tests {
             },
             0,
         );
-        let mut arrivals = Arrivals(0x9e37_79b9_7f4a_7c15);
+        let mut arrivals = Arrivals::new(0x9e37_79b9_7f4a_7c15);
         let mut previous: Option<(f64, f64)> = None;
         let (mut counts_covered, mut demand_covered, mut n, mut said) = (0, 0, 0, 0);
         let (mut p90_sum, mut plan_sum, mut demand_sum) = (0.0, 0.0, 0.0);
