@@ -45,6 +45,19 @@
 #                        benches/cost_breakdown.py. Needs perf and root (uprobes). The counts
 #                        do not depend on other load on the machine; the CPU figures of the
 #                        timing runs do.
+#   INSTRUCTIONS=1       instead of timing, count the user-space instructions each proxy
+#                        executes per request, under valgrind's callgrind: the proxy runs
+#                        under callgrind with instrumentation off until it answers, then on
+#                        for a WARMUP run of wrk, the counters are zeroed, and one wrk run of
+#                        DURATION is counted (every thread of the proxy, its idle time in the
+#                        window included) and divided by the requests it completed; REPEAT
+#                        such runs per proxy. Deterministic to a fraction of a percent on any
+#                        machine, where the timing runs move by 10 % from round to round on a
+#                        busy VM; it does not count the kernel's work (the syscalls and
+#                        segments of BREAKDOWN=1, the same for every proxy but nginx's writev).
+#                        Written to instructions.md by benches/instructions_report.py, with
+#                        each proxy's instructions by part and function and the largest callers
+#                        of memcpy/memmove. Needs valgrind (Debian: apt-get install -y valgrind).
 #   RESULTS_DIR=benches/results   where peer-compare.md / .csv are written
 #   TLS=off              off: cleartext HTTP/1.1 (the default);
 #                        keepalive: HTTPS (TLS 1.3, HTTP/1.1) with keep-alive connections,
@@ -256,6 +269,7 @@ to_us() {
 }
 
 CLK_TCK="$(getconf CLK_TCK)"
+RUN_UNDER=() # a command the proxies run under (valgrind, for INSTRUCTIONS=1)
 wrk_cmd=(taskset -c "$CLIENT_CORE" wrk -t1 -c"$CONNECTIONS" --latency)
 
 # ---------------------------------------------------------------- certificates
@@ -284,7 +298,7 @@ start_proxy() { # NAME PORT
         render "$PEERS/fulcrum.toml" "$dir/fulcrum.toml" \
             LISTEN_PORT="$port" ADMIN_PORT="$(free_port)" BACKEND_PORT="$BACKEND_PORT"
         [[ "$TLS" == off ]] || tlsify "$dir/fulcrum.toml" fulcrum "$port"
-        RUST_LOG=error taskset -c "$PROXY_CORE" "$FULCRUM_BIN" run -c "$dir/fulcrum.toml" \
+        RUST_LOG=error taskset -c "$PROXY_CORE" "${RUN_UNDER[@]}" "$FULCRUM_BIN" run -c "$dir/fulcrum.toml" \
             >"$dir/stdout" 2>"$dir/stderr" &
         ;;
     fulcrum-glibc | fulcrum-base)
@@ -293,7 +307,7 @@ start_proxy() { # NAME PORT
         [[ "$TLS" == off ]] || tlsify "$dir/fulcrum.toml" fulcrum "$port"
         local bin="$FULCRUM_GLIBC_BIN"
         [[ "$name" == fulcrum-base ]] && bin="$FULCRUM_BASE_BIN"
-        RUST_LOG=error taskset -c "$PROXY_CORE" "$bin" run -c "$dir/fulcrum.toml" \
+        RUST_LOG=error taskset -c "$PROXY_CORE" "${RUN_UNDER[@]}" "$bin" run -c "$dir/fulcrum.toml" \
             >"$dir/stdout" 2>"$dir/stderr" &
         ;;
     fulcrum-model)
@@ -302,16 +316,16 @@ start_proxy() { # NAME PORT
         sed -i 's/^algorithm = "least_connections"$/&\nweights = "model"/' "$dir/fulcrum.toml"
         [[ "$TLS" == off ]] || tlsify "$dir/fulcrum.toml" fulcrum "$port"
         printf '\n[control]\nmodel = "%s"\n' "$ROOT/models/balancer.onnx" >> "$dir/fulcrum.toml"
-        RUST_LOG=error taskset -c "$PROXY_CORE" "$FULCRUM_BIN" run -c "$dir/fulcrum.toml" \
+        RUST_LOG=error taskset -c "$PROXY_CORE" "${RUN_UNDER[@]}" "$FULCRUM_BIN" run -c "$dir/fulcrum.toml" \
             >"$dir/stdout" 2>"$dir/stderr" &
         ;;
     bare-pingora)
         if [[ "$TLS" == off ]]; then
-            RUST_LOG=error taskset -c "$PROXY_CORE" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
+            RUST_LOG=error taskset -c "$PROXY_CORE" "${RUN_UNDER[@]}" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
                 >"$dir/stdout" 2>"$dir/stderr" &
         else
             BARE_TLS_CERT="$WORK/certs/server.pem" BARE_TLS_KEY="$WORK/certs/server.key" RUST_LOG=error \
-                taskset -c "$PROXY_CORE" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
+                taskset -c "$PROXY_CORE" "${RUN_UNDER[@]}" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
                 >"$dir/stdout" 2>"$dir/stderr" &
         fi
         ;;
@@ -319,12 +333,14 @@ start_proxy() { # NAME PORT
         render "$PEERS/nginx-proxy.conf" "$dir/nginx.conf" \
             DIR="$dir" LISTEN_PORT="$port" BACKEND_PORT="$BACKEND_PORT"
         [[ "$TLS" == off ]] || tlsify "$dir/nginx.conf" nginx "$port"
-        taskset -c "$PROXY_CORE" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout" 2>"$dir/stderr" &
+        # One process under callgrind: no master forking the worker.
+        ((${#RUN_UNDER[@]} == 0)) || sed -i 's/^master_process on;/master_process off;/' "$dir/nginx.conf"
+        taskset -c "$PROXY_CORE" "${RUN_UNDER[@]}" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout" 2>"$dir/stderr" &
         ;;
     haproxy)
         render "$PEERS/haproxy.cfg" "$dir/haproxy.cfg" LISTEN_PORT="$port" BACKEND_PORT="$BACKEND_PORT"
         [[ "$TLS" == off ]] || tlsify "$dir/haproxy.cfg" haproxy "$port"
-        taskset -c "$PROXY_CORE" haproxy -db -f "$dir/haproxy.cfg" >"$dir/stdout" 2>"$dir/stderr" &
+        taskset -c "$PROXY_CORE" "${RUN_UNDER[@]}" haproxy -db -f "$dir/haproxy.cfg" >"$dir/stdout" 2>"$dir/stderr" &
         ;;
     esac
     PROXY_PID=$!
@@ -386,6 +402,51 @@ $out"
     echo "$name,$run,$requests,$secs,$rps,$p99us,$((after - before)),$per_req,$core,$errs,$other,1" >>"$RAW"
     log "$name run $run: $rps req/s, p99 ${p99}, ${per_req} us CPU/req, proxy core ${core}%, errors $errs, other CPU ${other}%"
 }
+
+# ---------------------------------------------------------------- instructions
+if [[ -n "${INSTRUCTIONS:-}" ]]; then
+    for tool in valgrind callgrind_control callgrind_annotate; do
+        command -v "$tool" >/dev/null 2>&1 || die "INSTRUCTIONS needs $tool (Debian: apt-get install -y valgrind)"
+    done
+    for p in $PROXIES; do
+        for run in $(seq "$REPEAT"); do
+            mkdir -p "$WORK/cg"
+            rm -f "$WORK/cg/"*
+            RUN_UNDER=(valgrind --tool=callgrind --instr-atstart=no -q --callgrind-out-file="$WORK/cg/out.%p")
+            port="$(free_port)"
+            url="$SCHEME://127.0.0.1:$port/"
+            start_proxy "$p" "$port" || die "$p did not start under callgrind (logs in $WORK)"
+            RUN_UNDER=()
+            callgrind_control -i on "$PROXY_PID" >/dev/null 2>&1 || die "callgrind_control could not reach $p"
+            "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${WARMUP}s" "$url" >/dev/null
+            callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
+            "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${DURATION}s" "$url" >"$WORK/$p.$run.wrk"
+            callgrind_control -d "$PROXY_PID" >/dev/null 2>&1
+            dump="$(ls -t "$WORK/cg/out.$PROXY_PID".* 2>/dev/null | head -1)"
+            [[ -s "$dump" ]] || die "$p: no callgrind dump in $WORK/cg"
+            stop_proxy
+            cp "$dump" "$WORK/$p.$run.callgrind"
+            callgrind_annotate --auto=no --threshold=100 "$dump" >"$WORK/$p.$run.annotate" 2>/dev/null
+            callgrind_annotate --auto=no --threshold=100 --tree=caller "$dump" >"$WORK/$p.$run.callers" 2>/dev/null
+            log "$p run $run: $(awk '/^totals:/ { print $2 }' "$dump") instructions over $(awk '/requests in/ { print $1 }' "$WORK/$p.$run.wrk") requests"
+        done
+    done
+    mkdir -p "$RESULTS_DIR"
+    out="$RESULTS_DIR/instructions$([[ "$TLS" == off ]] || echo "-tls-$TLS").md"
+    {
+        echo "# Instructions per proxied request: fulcrum beside its peers"
+        echo
+        echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+        echo "- Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(uname -sr), $(valgrind --version)"
+        echo "- Command: \`${FULCRUM_BASE_ARG:+FULCRUM_BASE_BIN=$FULCRUM_BASE_ARG }INSTRUCTIONS=1 TLS=$TLS DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS PROXIES=\"$PROXIES\" benches/peer-compare.sh\`"
+        echo "- Each proxy runs alone under \`valgrind --tool=callgrind\` (one worker, pinned to core $PROXY_CORE; wrk -c$CONNECTIONS and the nginx origin on core $CLIENT_CORE, keep-alive \`GET /\`)."
+        echo "  Instructions are counted in user space only, over one ${DURATION}s wrk run after a ${WARMUP}s warm-up, for every thread of the proxy, and divided by the requests that run completed."
+        echo
+        python3 "$ROOT/benches/instructions_report.py" "$WORK" $PROXIES
+    } >"$out"
+    log "wrote $out"
+    exit 0
+fi
 
 # ---------------------------------------------------------------- breakdown
 if [[ -n "${BREAKDOWN:-}" ]]; then

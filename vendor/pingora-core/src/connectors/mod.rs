@@ -393,7 +393,10 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            let s = self.new_stream(peer).await?;
+            // Boxed: connecting (TCP, TLS, proxies) is a future of several KiB, and inline it
+            // would size every caller's future for it, so each request through a pooled
+            // connection would move those bytes around without ever running that path.
+            let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
     }

@@ -127,7 +127,9 @@ where
                     return Ok((HttpSession::H1(h1), true));
                 }
             }
-            let session = self.h2.new_http_session(peer).await?;
+            // Boxed, like `TransportConnector::get_stream`'s new connection: a rare path whose
+            // future would otherwise set the size of every request's.
+            let session = Box::pin(self.h2.new_http_session(peer)).await?;
             Ok((session, false))
         }
     }
