@@ -175,7 +175,31 @@ impl ConnectionNominations {
     }
 }
 
+/// Whether `name` is one of the fields [`strip_standard_hop_by_hop_headers`] removes.
+fn is_standard_hop_by_hop(name: &header::HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || matches!(
+            name.as_str(),
+            KEEP_ALIVE | PROXY_CONNECTION | HTTP2_SETTINGS
+        )
+}
+
+/// Whether the request carries any field [`strip_standard_hop_by_hop_headers`] removes: one
+/// pass over its (usually few) names instead of ten hashed lookups that find nothing.
+fn has_standard_hop_by_hop(req: &RequestHeader) -> bool {
+    req.headers.keys().any(is_standard_hop_by_hop)
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
+    if !has_standard_hop_by_hop(req) {
+        return;
+    }
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
     req.remove_header(&header::PROXY_AUTHENTICATE);
@@ -360,18 +384,22 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if has_standard_hop_by_hop(req) {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
         H1UpgradePolicy::Deny => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if has_standard_hop_by_hop(req) {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
         }
         H1UpgradePolicy::Preserve => {}
     }
@@ -559,6 +587,33 @@ mod tests {
                 .unwrap();
         }
         request
+    }
+
+    #[test]
+    fn every_standard_hop_by_hop_field_is_stripped_and_nothing_else() {
+        let names = [
+            "Keep-Alive",
+            "Proxy-Connection",
+            "Proxy-Authenticate",
+            "Proxy-Authorization",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "Connection",
+            "Upgrade",
+            "HTTP2-Settings",
+        ];
+        for name in names {
+            let mut request = request_with_headers(&[("Host", "a"), (name, "x"), ("X-Kept", "1")]);
+            assert!(has_standard_hop_by_hop(&request), "{name}");
+            strip_standard_hop_by_hop_headers(&mut request);
+            assert!(request.headers.get(name).is_none(), "{name} was kept");
+            assert_eq!(request.headers.len(), 2, "{name}");
+        }
+        let mut request = request_with_headers(&[("Host", "a"), ("X-Kept", "1")]);
+        assert!(!has_standard_hop_by_hop(&request));
+        strip_standard_hop_by_hop_headers(&mut request);
+        assert_eq!(request.headers.len(), 2);
     }
 
     #[test]
