@@ -439,6 +439,7 @@ if [[ -n "${INSTRUCTIONS:-}" ]]; then
         echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
         echo "- Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(uname -sr), $(valgrind --version)"
         echo "- Command: \`${FULCRUM_BASE_ARG:+FULCRUM_BASE_BIN=$FULCRUM_BASE_ARG }INSTRUCTIONS=1 TLS=$TLS DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS PROXIES=\"$PROXIES\" benches/peer-compare.sh\`"
+        [[ -z "$FULCRUM_BASE_BIN" ]] || echo "- fulcrum-base: ${FULCRUM_BASE_LABEL:-fulcrum, base binary} (\`$FULCRUM_BASE_ARG\`); fulcrum: this tree's build."
         echo "- Each proxy runs alone under \`valgrind --tool=callgrind\` (one worker, pinned to core $PROXY_CORE; wrk -c$CONNECTIONS and the nginx origin on core $CLIENT_CORE, keep-alive \`GET /\`)."
         echo "  Instructions are counted in user space only, over one ${DURATION}s wrk run after a ${WARMUP}s warm-up, for every thread of the proxy, and divided by the requests that run completed."
         echo
