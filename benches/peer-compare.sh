@@ -55,6 +55,9 @@
 #                        machine, where the timing runs move by 10 % from round to round on a
 #                        busy VM; it does not count the kernel's work (the syscalls and
 #                        segments of BREAKDOWN=1, the same for every proxy but nginx's writev).
+#                        The measured run opens its own CONNECTIONS connections, so their
+#                        accepts (and, with TLS, their handshakes: a large and varying share
+#                        at the few thousand requests callgrind's speed allows) count too.
 #                        Written to instructions.md by benches/instructions_report.py, with
 #                        each proxy's instructions by part and function and the largest callers
 #                        of memcpy/memmove. Needs valgrind (Debian: apt-get install -y valgrind).
