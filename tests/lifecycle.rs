@@ -266,6 +266,46 @@ async fn a_request_under_way_at_the_hand_over_is_told_to_reconnect() {
     exits_zero(&mut new, Duration::from_secs(10)).await;
 }
 
+/// Whether a new connection to `addr` is refused within `limit` (its listener has closed).
+async fn refused_within(addr: SocketAddr, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_before_the_listeners_stop_has_its_first_request_answered() {
+    let Running {
+        mut proxy,
+        listen,
+        _backend,
+        _sock_dir,
+        ..
+    } = running(1, 5).await;
+    // Accepted before the drain; its client sends the request only once the listeners have
+    // stopped, as one whose connect raced the stop would.
+    let mut fresh = Conn::open(listen).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.signal("TERM").unwrap();
+    assert!(
+        refused_within(listen, Duration::from_secs(5)).await,
+        "the listeners did not stop after the 1 s drain delay"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = fresh
+        .send("GET", "/", &[], b"")
+        .await
+        .unwrap_or_else(|e| panic!("the accepted connection was closed unanswered: {e}"));
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("connection"), Some("close"));
+    exits_zero(&mut proxy, Duration::from_secs(10)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_process_exits_right_after_the_drain_delay() {
     let Running {

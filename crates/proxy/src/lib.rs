@@ -238,7 +238,7 @@ pub fn serve(mut config: Config, source: ConfigSource, start: Start) -> Result<(
         );
     }
     add_tls_listeners(&mut listeners, &config, &shared)?;
-    let app = limits::LimitedApp::new(http, lifecycle.drain_watch(), gate.clone(), limits, true);
+    let app = limits::LimitedApp::new(http, lifecycle.clone(), gate.clone(), limits, true);
     housekeeping.spawn(memory::housekeeping(gate.clone(), app.data_plane()));
     let mut proxy = ListeningService::with_listeners("fulcrum".into(), listeners, app);
     proxy.set_connection_filter(Arc::new(limits::GateFilter(gate)));

@@ -69,6 +69,12 @@ const LINGER: Duration = Duration::from_millis(500);
 /// The most bytes discarded while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
 
+/// How long a connection that has not sent its first request yet still waits for it once the
+/// listeners have stopped (a drain or a hand-over). It was accepted, so its client connected to
+/// send a request, which is usually on its way: closed at once, that request would be lost.
+/// Idle keep-alive connections close at once, as their clients were told to.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
+
 /// How often a held-back accept looks again for a connection to close when none was waiting
 /// for a head.
 const EVICT_RETRY: Duration = Duration::from_millis(100);
@@ -499,21 +505,25 @@ pub struct LimitedApp<A> {
     stopped: tokio::sync::watch::Sender<bool>,
     /// Where the housekeeping finds the workers that serve these connections.
     data_plane: Arc<crate::memory::DataPlane>,
+    /// The process's life: a connection counts as a request in flight until its first request
+    /// is answered, so that the process does not end between its accept and its request.
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 impl<A> LimitedApp<A> {
-    /// `inner` behind `gate` and `limits`, draining with `drain`; `h2c` accepts HTTP/2 with
-    /// prior knowledge on cleartext connections.
+    /// `inner` behind `gate` and `limits`, draining and ending with `lifecycle`; `h2c` accepts
+    /// HTTP/2 with prior knowledge on cleartext connections.
     pub fn new(
         inner: A,
-        drain: ShutdownWatch,
+        lifecycle: Arc<crate::lifecycle::Lifecycle>,
         gate: Arc<ConnectionGate>,
         limits: ClientLimits,
         h2c: bool,
     ) -> Self {
         LimitedApp {
             inner: Arc::new(inner),
-            drain,
+            drain: lifecycle.drain_watch(),
+            lifecycle,
             gate,
             limits,
             h2c,
@@ -535,13 +545,15 @@ impl<A> LimitedApp<A> {
     }
 
     /// Read one request head into a new buffer, within `deadlines` kept by `conn`'s timer;
-    /// `pipelined` holds bytes of it the client sent before the previous answer.
+    /// `pipelined` holds bytes of it the client sent before the previous answer; `fresh` when it
+    /// is the connection's first request.
     async fn read_head(
         &self,
         stream: &mut Stream,
         deadlines: Deadlines,
         conn: &mut ConnWait<'_>,
         h2c: bool,
+        fresh: bool,
         pipelined: Option<BytesMut>,
     ) -> Result<(Head, BytesMut), NoHead> {
         let mut scan = HeadScan::default();
@@ -562,13 +574,18 @@ impl<A> LimitedApp<A> {
             _ => BytesMut::new(),
         };
         let _waiting = self.gate.wait_for_client(conn.kill);
+        let mut first_byte = deadlines.first_byte;
+        let grace = |until: Instant| until.min(Instant::now() + FIRST_REQUEST_GRACE);
         if *conn.stopped.borrow() {
-            return Err(NoHead::Closed { partial: false });
+            if !fresh {
+                return Err(NoHead::Closed { partial: false });
+            }
+            first_byte = grace(first_byte);
         }
         loop {
             let deadline = match head_deadline {
                 Some(d) if !buf.is_empty() => d,
-                _ => deadlines.first_byte,
+                _ => first_byte,
             };
             // A later deadline only moves the timer's expiry (tokio re-files it in its wheel
             // when the old one passes); an earlier one re-registers it.
@@ -596,7 +613,13 @@ impl<A> LimitedApp<A> {
                     r = step => r,
                     () = conn.timer.as_mut() => return Err(NoHead::TimedOut { partial }),
                     _ = conn.kill.notified() => return Err(NoHead::Evicted),
-                    _ = conn.stopped.changed(), if !partial => return Err(NoHead::Closed { partial }),
+                    _ = conn.stopped.changed(), if !partial => {
+                        if !fresh {
+                            return Err(NoHead::Closed { partial });
+                        }
+                        first_byte = grace(first_byte);
+                        continue;
+                    }
                 }
             };
             match read {
@@ -661,6 +684,10 @@ where
             return self.inner.process_new(stream, &self.drain).await;
         }
         let h2c = self.h2c && stream.get_ssl_digest().is_none();
+        // Until its first request is answered the connection counts as a request in flight, so
+        // that a drain or a hand-over does not end the process between its accept and its
+        // request (which then has `FIRST_REQUEST_GRACE` to come once the listeners stop).
+        let mut opening = Some(self.lifecycle.request_started());
         let kill = Arc::new(Notify::new());
         let keepalive = self.limits.keepalive_timeout;
         let header = self.limits.header_timeout;
@@ -688,7 +715,14 @@ where
             // Bytes of the next request that came before the previous answer (pipelining).
             let pipelined = settings.as_mut().and_then(|s| s.take_pipelined_prefix());
             let (head, buf) = match self
-                .read_head(&mut stream, deadlines, &mut conn, h2c && first, pipelined)
+                .read_head(
+                    &mut stream,
+                    deadlines,
+                    &mut conn,
+                    h2c && first,
+                    first,
+                    pipelined,
+                )
                 .await
             {
                 Ok(read) => read,
@@ -717,7 +751,11 @@ where
             };
             match head {
                 Head::Http1 => {}
-                Head::Http2 => return self.serve_h2c(stream, buf).await,
+                Head::Http2 => {
+                    // An HTTP/2 connection lives on: its streams count themselves.
+                    drop(opening.take());
+                    return self.serve_h2c(stream, buf).await;
+                }
                 Head::LineTooLong => {
                     self.refuse(stream, "414 URI Too Long", &self.gate.metrics.line_too_long)
                         .await;
@@ -761,6 +799,7 @@ where
                     self.inner.process_new_http(session, &self.drain),
                 )
                 .await?;
+            drop(opening.take());
             let (next, next_settings) = reused.consume();
             stream = next;
             settings = next_settings;
