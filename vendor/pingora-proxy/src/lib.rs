@@ -1647,7 +1647,8 @@ where
     {
         // What `async_trait` would write, `Box::pin(async move { .. })`, builds this request's
         // future (several KiB) on the stack and then copies it onto the heap, once per request.
-        // Built from a heap slot that exists first, the compiler writes it there directly.
+        // With the heap slot allocated first, the compiler can build it in place, and does in
+        // the release build (no such copy in a callgrind profile of a proxied request).
         box_in_place(|| self.process_new_http_inner(session, shutdown))
     }
 
