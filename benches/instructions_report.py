@@ -75,13 +75,7 @@ def part(file_fn: str, obj: str) -> str:
     if not dso and COPY_FN.search(sym):
         dso = "libc.so.6"
     b = bucket_of(dso or "binary", "u", sym)
-    if b == "binary, other":
-        return "other code in the binary"
-    if dso.startswith("nginx") and b == "nginx, other":
-        return "nginx, other"
-    if dso.startswith("haproxy") and b == "haproxy, other":
-        return "haproxy, other"
-    return b
+    return "other code in the binary" if b == "binary, other" else b
 
 
 def copy_callers(path: Path) -> dict:

@@ -266,18 +266,6 @@ async fn a_request_under_way_at_the_hand_over_is_told_to_reconnect() {
     exits_zero(&mut new, Duration::from_secs(10)).await;
 }
 
-/// Whether a new connection to `addr` is refused within `limit` (its listener has closed).
-async fn refused_within(addr: SocketAddr, limit: Duration) -> bool {
-    let until = Instant::now() + limit;
-    while Instant::now() < until {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_accepted_before_the_listeners_stop_has_its_first_request_answered() {
     let Running {
@@ -292,8 +280,12 @@ async fn a_connection_accepted_before_the_listeners_stop_has_its_first_request_a
     let mut fresh = Conn::open(listen).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     proxy.signal("TERM").unwrap();
+    let refused = eventually(Duration::from_secs(5), || async {
+        tokio::net::TcpStream::connect(listen).await.is_err()
+    })
+    .await;
     assert!(
-        refused_within(listen, Duration::from_secs(5)).await,
+        refused.is_some(),
         "the listeners did not stop after the 1 s drain delay"
     );
     tokio::time::sleep(Duration::from_millis(100)).await;

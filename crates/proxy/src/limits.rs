@@ -546,7 +546,8 @@ impl<A> LimitedApp<A> {
 
     /// Read one request head into a new buffer, within `deadlines` kept by `conn`'s timer;
     /// `pipelined` holds bytes of it the client sent before the previous answer; `fresh` when it
-    /// is the connection's first request.
+    /// is the connection's first request, the only one that may open with the HTTP/2 preface
+    /// when `h2c` (the listener takes HTTP/2 with prior knowledge).
     async fn read_head(
         &self,
         stream: &mut Stream,
@@ -556,6 +557,7 @@ impl<A> LimitedApp<A> {
         fresh: bool,
         pipelined: Option<BytesMut>,
     ) -> Result<(Head, BytesMut), NoHead> {
+        let h2c = h2c && fresh;
         let mut scan = HeadScan::default();
         let mut head_deadline = deadlines.head;
         // A pipelined head goes through the same checks as one read here.
@@ -715,14 +717,7 @@ where
             // Bytes of the next request that came before the previous answer (pipelining).
             let pipelined = settings.as_mut().and_then(|s| s.take_pipelined_prefix());
             let (head, buf) = match self
-                .read_head(
-                    &mut stream,
-                    deadlines,
-                    &mut conn,
-                    h2c && first,
-                    first,
-                    pipelined,
-                )
+                .read_head(&mut stream, deadlines, &mut conn, h2c, first, pipelined)
                 .await
             {
                 Ok(read) => read,

@@ -196,6 +196,17 @@ fn has_standard_hop_by_hop(req: &RequestHeader) -> bool {
     req.headers.keys().any(is_standard_hop_by_hop)
 }
 
+/// Remove the fields of an HTTP/1 upgrade: `Connection`, `Upgrade` and `HTTP2-Settings`. None is
+/// left when the standard hop-by-hop fields were `stripped` already.
+fn strip_upgrade_fields(req: &mut RequestHeader, stripped: bool) {
+    if stripped || !has_standard_hop_by_hop(req) {
+        return;
+    }
+    req.remove_header(&header::CONNECTION);
+    req.remove_header(&header::UPGRADE);
+    req.remove_header(HTTP2_SETTINGS);
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
     if !has_standard_hop_by_hop(req) {
         return;
@@ -384,23 +395,13 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            if has_standard_hop_by_hop(req) {
-                req.remove_header(&header::CONNECTION);
-                req.remove_header(&header::UPGRADE);
-                req.remove_header(HTTP2_SETTINGS);
-            }
+            strip_upgrade_fields(req, policy.strip_hop_by_hop);
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
-        H1UpgradePolicy::Deny => {
-            if has_standard_hop_by_hop(req) {
-                req.remove_header(&header::CONNECTION);
-                req.remove_header(&header::UPGRADE);
-                req.remove_header(HTTP2_SETTINGS);
-            }
-        }
+        H1UpgradePolicy::Deny => strip_upgrade_fields(req, policy.strip_hop_by_hop),
         H1UpgradePolicy::Preserve => {}
     }
 
