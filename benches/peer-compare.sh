@@ -62,6 +62,8 @@
 #                        each proxy's instructions by part and function and the largest callers
 #                        of memcpy/memmove. Needs valgrind (Debian: apt-get install -y valgrind).
 #   RESULTS_DIR=benches/results   where peer-compare.md / .csv are written
+#   KEEP_WORK=1          keep the scratch directory (logs, callgrind dumps and their
+#                        caller trees) and print its path at the end
 #   TLS=off              off: cleartext HTTP/1.1 (the default);
 #                        keepalive: HTTPS (TLS 1.3, HTTP/1.1) with keep-alive connections,
 #                          the cost of TLS per request;
@@ -167,7 +169,11 @@ stop_pid() {
 cleanup() {
     stop_pid "$PROXY_PID"
     stop_pid "$ORIGIN_PID"
-    rm -rf "$WORK"
+    if [[ "${KEEP_WORK:-0}" == 1 ]]; then
+        echo "scratch directory kept: $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

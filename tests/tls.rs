@@ -278,6 +278,15 @@ impl TlsClient {
         server_name: &str,
         ca: CertificateDer<'static>,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        Self::handshake_over(TcpStream::connect(tls).await?, server_name, ca).await
+    }
+
+    /// A TLS handshake over the connection `tcp` by a client trusting only `ca`.
+    async fn handshake_over(
+        tcp: TcpStream,
+        server_name: &str,
+        ca: CertificateDer<'static>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca).unwrap();
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -287,7 +296,6 @@ impl TlsClient {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let tcp = TcpStream::connect(tls).await?;
         let name = ServerName::try_from(server_name.to_string()).unwrap();
         tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
@@ -779,5 +787,46 @@ async fn clients_refusing_the_certificate_are_counted_by_reason_not_logged_as_er
         !log.lines()
             .any(|l| l.contains("ERROR") && l.contains("handshake")),
         "a refused certificate is logged as an error:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_still_in_its_handshake_when_the_listeners_stop_is_answered() {
+    let mut edge = Edge::start(&[("a", "a.example", &["a.example"])], |c| {
+        c.server.drain_delay_s = 1;
+        c.server.grace_period_s = 30;
+    })
+    .await;
+    // Both accepted before the drain. One client starts its handshake only once the listeners
+    // have stopped, as one whose connect raced the stop would; the other never starts it.
+    let late = TcpStream::connect(edge.tls).await.unwrap();
+    let _silent = TcpStream::connect(edge.tls).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let signalled = std::time::Instant::now();
+    edge.f.signal("TERM");
+    let refused = eventually(Duration::from_secs(5), || async {
+        TcpStream::connect(edge.tls).await.is_err()
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the listeners did not stop after the 1 s drain delay"
+    );
+    let stream = TlsClient::handshake_over(late, "a.example", edge.pki.ca_der())
+        .await
+        .unwrap_or_else(|e| panic!("the handshake was cut: {e}"));
+    let (status, body) = TlsClient { stream }.get("/").await;
+    assert_eq!((status, body.as_str()), (200, "o1\n"));
+    // The silent connection does not hold the process for the grace period.
+    let exit = edge.f.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "the process did not exit cleanly: {exit:?}\n{}",
+        edge.f.log_tail()
+    );
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} of a 30 s grace period"
     );
 }

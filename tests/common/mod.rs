@@ -220,6 +220,16 @@ impl Fulcrum {
         assert!(status.success(), "kill -HUP failed: {status}");
     }
 
+    /// Send `signal` (a name such as `TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        self.process.signal(signal).unwrap();
+    }
+
+    /// Wait up to `limit` for the process to exit; its exit status, `None` if it still runs.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        self.process.wait_exit(limit).await.unwrap()
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.process.id()

@@ -30,6 +30,7 @@ use pingora_core::services::Service;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::limits::FIRST_REQUEST_GRACE;
 use crate::metrics;
 
 /// How often the process looks whether the last request in flight has finished.
@@ -48,6 +49,8 @@ pub struct Lifecycle {
     /// Set with `drain`, for the request path (a load instead of the watch's lock).
     closing: AtomicBool,
     in_flight: AtomicUsize,
+    /// Accepted connections still in their handshake (TLS).
+    handshaking: AtomicUsize,
     drain: watch::Sender<bool>,
     stop_data: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
@@ -80,6 +83,7 @@ impl Lifecycle {
             draining: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            handshaking: AtomicUsize::new(0),
             drain: watch::channel(false).0,
             stop_data: watch::channel(false).0,
             stop_admin: watch::channel(false).0,
@@ -117,6 +121,12 @@ impl Lifecycle {
     pub fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// Count one accepted connection in its handshake until the guard is dropped.
+    pub fn handshake_started(self: &Arc<Self>) -> Handshaking {
+        self.handshaking.fetch_add(1, Ordering::AcqRel);
+        Handshaking(self.clone())
     }
 
     /// What the HTTP sessions see in place of pingora's shutdown watch.
@@ -193,13 +203,19 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Wait until nothing is in flight, or the grace period has passed.
+    /// Wait until nothing is in flight, or the grace period has passed. A connection accepted
+    /// before the listeners stopped and still in its handshake is waited for
+    /// [`FIRST_REQUEST_GRACE`] (then its request is in flight): its client connected to send
+    /// one, but one that never finishes its handshake does not hold the process.
     async fn wait_idle(&self) {
+        let stopped = tokio::time::Instant::now();
         let idle = async {
             // Twice in a row, so a request whose head was just read but not yet counted is seen.
             let mut idle_polls = 0;
             while idle_polls < 2 {
-                idle_polls = if self.in_flight() == 0 {
+                let handshakes_done = self.handshaking.load(Ordering::Acquire) == 0
+                    || stopped.elapsed() >= FIRST_REQUEST_GRACE;
+                idle_polls = if self.in_flight() == 0 && handshakes_done {
                     idle_polls + 1
                 } else {
                     0
@@ -216,6 +232,15 @@ impl Lifecycle {
         } else {
             log::info!("nothing in flight; exiting");
         }
+    }
+}
+
+/// One accepted connection in its handshake; dropping it uncounts it.
+pub struct Handshaking(Arc<Lifecycle>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.handshaking.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -370,6 +395,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for DrainingApp<A> {
 
     async fn cleanup(&self) {
         self.inner.cleanup().await;
+    }
+
+    fn handshake_started(&self) -> Option<Box<dyn Send>> {
+        self.inner.handshake_started()
     }
 }
 

@@ -73,7 +73,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// listeners have stopped (a drain or a hand-over). It was accepted, so its client connected to
 /// send a request, which is usually on its way: closed at once, that request would be lost.
 /// Idle keep-alive connections close at once, as their clients were told to.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
+pub(crate) const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 
 /// How often a held-back accept looks again for a connection to close when none was waiting
 /// for a head.
@@ -415,7 +415,7 @@ impl HeadScan {
             .unwrap_or(buf.len());
         let head = &buf[start..];
         if !self.line_done {
-            match head.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', head) {
                 Some(i) => {
                     let line = if i > 0 && head[i - 1] == b'\r' {
                         i - 1
@@ -434,26 +434,25 @@ impl HeadScan {
         }
         let from = self.scanned.saturating_sub(2).max(start);
         self.scanned = buf.len();
-        let end = buf[from..]
-            .iter()
-            .enumerate()
-            .filter(|(_, &b)| b == b'\n')
-            .find_map(|(i, _)| {
-                let rest = &buf[from + i + 1..];
-                match rest {
-                    [b'\n', ..] => Some(from + i + 2),
-                    [b'\r', b'\n', ..] => Some(from + i + 3),
-                    _ => None,
+        // One pass over the line ends (SIMD-searched, as a head is mostly other bytes): the head
+        // ends at an empty line. A CR ends a line or nothing (RFC 9112 §2.2): a head with a bare
+        // CR is refused at once, as nginx and HAProxy do, rather than waited on until its time
+        // runs out. Only the head is looked at: a body read with it may hold any byte.
+        let mut end = None;
+        for i in memchr::memchr2_iter(b'\r', b'\n', &buf[from..]) {
+            let i = from + i;
+            if buf[i] == b'\r' {
+                if buf.get(i + 1).is_some_and(|&b| b != b'\n') {
+                    return Head::BareCr;
                 }
-            });
-        // A CR ends a line or nothing (RFC 9112 §2.2): a head with a bare CR is refused at once,
-        // as nginx and HAProxy do, rather than waited on until its time runs out. Only the head
-        // is looked at: a body read with it may hold any byte.
-        if buf[from..end.unwrap_or(buf.len())]
-            .windows(2)
-            .any(|w| w[0] == b'\r' && w[1] != b'\n')
-        {
-            return Head::BareCr;
+                continue;
+            }
+            match &buf[i + 1..] {
+                [b'\n', ..] => end = Some(i + 2),
+                [b'\r', b'\n', ..] => end = Some(i + 3),
+                _ => continue,
+            }
+            break;
         }
         match end {
             Some(end) if end > limits.max_header_bytes => Head::TooLarge,
@@ -673,23 +672,33 @@ impl<A> ServerApp for LimitedApp<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    fn handshake_started(&self) -> Option<Box<dyn Send>> {
+        // A TLS connection accepted before the listeners stop may still be in its handshake
+        // when they do: the drain waits for it a moment (`FIRST_REQUEST_GRACE`).
+        Some(Box::new(self.lifecycle.handshake_started()))
+    }
+
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let accepted = Instant::now();
+        // Until its first request is answered the connection counts as a request in flight, so
+        // that a drain or a hand-over does not end the process between its accept and its
+        // request (which then has `FIRST_REQUEST_GRACE` to come once the listeners stop). It
+        // is counted before anything here waits: the count of its handshake ends after this
+        // function's first pause.
+        let mut opening = Some(self.lifecycle.request_started());
         let _slot = self.gate.enter().await?;
         self.data_plane.note_current();
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // HTTP/2 chosen by ALPN: pingora's HTTP/2 server, its idle timeout and header limit.
+            // HTTP/2 chosen by ALPN: pingora's HTTP/2 server, its idle timeout and header limit;
+            // its streams are counted one by one as they come.
+            drop(opening);
             return self.inner.process_new(stream, &self.drain).await;
         }
         let h2c = self.h2c && stream.get_ssl_digest().is_none();
-        // Until its first request is answered the connection counts as a request in flight, so
-        // that a drain or a hand-over does not end the process between its accept and its
-        // request (which then has `FIRST_REQUEST_GRACE` to come once the listeners stop).
-        let mut opening = Some(self.lifecycle.request_started());
         let kill = Arc::new(Notify::new());
         let keepalive = self.limits.keepalive_timeout;
         let header = self.limits.header_timeout;
@@ -940,6 +949,113 @@ mod tests {
             assert_eq!(scan.classify(&input[..n], &l, true), Head::Partial, "{n}");
         }
         assert_eq!(scan.classify(input, &l, true), Head::Http1);
+    }
+
+    /// The head scan written byte by byte, as the definition the SIMD scan must agree with.
+    #[derive(Default)]
+    struct PlainScan {
+        scanned: usize,
+        line_done: bool,
+    }
+
+    impl PlainScan {
+        fn classify(&mut self, buf: &[u8], limits: &ClientLimits) -> Head {
+            let start = buf
+                .iter()
+                .position(|&b| b != b'\r' && b != b'\n')
+                .unwrap_or(buf.len());
+            let head = &buf[start..];
+            if !self.line_done {
+                match head.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        let line = if i > 0 && head[i - 1] == b'\r' {
+                            i - 1
+                        } else {
+                            i
+                        };
+                        if line > limits.max_request_line_bytes {
+                            return Head::LineTooLong;
+                        }
+                        self.line_done = true;
+                    }
+                    None if head.len() > limits.max_request_line_bytes + 1 => {
+                        return Head::LineTooLong
+                    }
+                    None => {}
+                }
+            }
+            let from = self.scanned.saturating_sub(2).max(start);
+            self.scanned = buf.len();
+            let end = (from..buf.len())
+                .filter(|&i| buf[i] == b'\n')
+                .find_map(|i| match &buf[i + 1..] {
+                    [b'\n', ..] => Some(i + 2),
+                    [b'\r', b'\n', ..] => Some(i + 3),
+                    _ => None,
+                });
+            if buf[from..end.unwrap_or(buf.len())]
+                .windows(2)
+                .any(|w| w[0] == b'\r' && w[1] != b'\n')
+            {
+                return Head::BareCr;
+            }
+            match end {
+                Some(end) if end > limits.max_header_bytes => Head::TooLarge,
+                Some(_) => Head::Http1,
+                None if buf.len() >= limits.max_header_bytes => Head::TooLarge,
+                None => Head::Partial,
+            }
+        }
+    }
+
+    #[test]
+    fn the_head_scan_agrees_with_the_byte_by_byte_definition() {
+        // Heads of line ends, letters and padding long enough to cross the SIMD search's
+        // blocks, read whole and in pieces: every answer must be the plain scan's.
+        let l = limits(40, 300);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut seen = [0usize; 5];
+        for _ in 0..20_000 {
+            let len = (next() % 600) as usize;
+            // Per head, how often a CR and an LF come: from never to one byte in three.
+            let (cr, lf) = ((next() % 4) * 3, 3 + next() % 30);
+            let buf: Vec<u8> = (0..len)
+                .map(|_| match next() % 100 {
+                    n if n < cr => b'\r',
+                    n if n < cr + lf => b'\n',
+                    n if n % 7 == 0 => b':',
+                    n => b"0123456789abcdef"[(n % 16) as usize],
+                })
+                .collect();
+            let (mut fast, mut plain) = (HeadScan::default(), PlainScan::default());
+            let mut at = 0;
+            loop {
+                at = (at + 1 + (next() % 64) as usize).min(buf.len());
+                let (a, b) = (
+                    fast.classify(&buf[..at], &l, false),
+                    plain.classify(&buf[..at], &l),
+                );
+                assert_eq!(a, b, "{:?} read to {at}", String::from_utf8_lossy(&buf));
+                if a != Head::Partial || at == buf.len() {
+                    seen[match a {
+                        Head::Http1 => 0,
+                        Head::BareCr => 1,
+                        Head::LineTooLong => 2,
+                        Head::TooLarge => 3,
+                        _ => 4,
+                    }] += 1;
+                    break;
+                }
+            }
+        }
+        // Every outcome came up often enough to be compared.
+        assert!(seen.iter().all(|&n| n > 100), "outcomes {seen:?}");
     }
 
     #[test]

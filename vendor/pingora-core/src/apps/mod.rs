@@ -57,6 +57,15 @@ pub trait ServerApp {
 
     /// This callback will be called once after the service stops listening to its endpoints.
     async fn cleanup(&self) {}
+
+    /// Called for every accepted connection before its handshake (TLS, or none for plain TCP)
+    /// runs. What it returns is kept until the handshake has failed, or until
+    /// [`Self::process_new()`] has been polled once with the connection. An application that
+    /// counts its connections, for instance so as not to exit while one is being set up,
+    /// counts one in its handshake this way. The default returns nothing.
+    fn handshake_started(&self) -> Option<Box<dyn Send>> {
+        None
+    }
 }
 #[non_exhaustive]
 #[derive(Clone, Debug, Default)]

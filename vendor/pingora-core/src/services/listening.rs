@@ -231,12 +231,30 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
+                        let handshaking = app.handshake_started();
                         // Boxed: the handshake's state (a TLS handshake's is several KiB) would
                         // otherwise size this task's future for the connection's whole life.
                         match timeout(Duration::from_secs(60), Box::pin(io.handshake())).await {
                             Ok(handshake) => {
                                 match handshake {
-                                    Ok(io) => Self::handle_event(io, app, shutdown).await,
+                                    Ok(io) => {
+                                        let event = Self::handle_event(io, app, shutdown);
+                                        let mut event = std::pin::pin!(event);
+                                        // The application has seen the connection once its
+                                        // `process_new` ran to its first pause: only then is
+                                        // what `handshake_started` returned let go.
+                                        let first = std::future::poll_fn(|cx| {
+                                            std::task::Poll::Ready(std::future::Future::poll(
+                                                event.as_mut(),
+                                                cx,
+                                            ))
+                                        })
+                                        .await;
+                                        drop(handshaking);
+                                        if first.is_pending() {
+                                            event.await
+                                        }
+                                    }
                                     Err(e) => {
                                         // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
                                         if let Some(addr) = peer_addr {
