@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -904,4 +905,126 @@ async fn clients_gone_before_their_answer_are_not_errors_and_pipelined_requests_
     let log = f.log_tail();
     assert!(!log.contains("ERROR"), "{log}");
     assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
+}
+
+/// A keep-alive HTTP/1.1 backend on a raw socket that answers every request with 200 and, when
+/// `close_idle_after` is set, closes a connection that stays idle that long after an answer.
+/// Counts the connections it accepted, and those the proxy closed (end of stream while idle).
+struct RawBackend {
+    addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    closed_by_proxy: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawBackend {
+    async fn start(close_idle_after: Option<Duration>) -> RawBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, closed_by_proxy) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (a, c) = (accepted.clone(), closed_by_proxy.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::Relaxed);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let read = match close_idle_after {
+                            Some(d) if buf.is_empty() => {
+                                match tokio::time::timeout(d, s.read(&mut chunk)).await {
+                                    Ok(r) => r,
+                                    Err(_) => return, // idle too long: the backend closes
+                                }
+                            }
+                            _ => s.read(&mut chunk).await,
+                        };
+                        match read {
+                            Ok(0) | Err(_) => {
+                                if buf.is_empty() {
+                                    c.fetch_add(1, Ordering::Relaxed);
+                                }
+                                return;
+                            }
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: keep-alive\r\n\r\nok\n";
+                            if s.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        RawBackend {
+            addr,
+            accepted,
+            closed_by_proxy,
+            task,
+        }
+    }
+
+    fn pool(&self, idle_timeout: Duration) -> PoolConfig {
+        let mut p = pool("web", Algorithm::RoundRobin, &[(self.addr, 1)]);
+        p.health_check.enabled = false;
+        p.idle_timeout = idle_timeout;
+        p.read_timeout = Duration::from_secs(5);
+        p
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_its_backend_closed_while_idle_is_not_used_again() {
+    let b = RawBackend::start(Some(Duration::from_millis(100))).await;
+    let f = Fulcrum::web(b.pool(Duration::from_secs(60))).await;
+    let mut conn = Conn::open(f.proxy).await.unwrap();
+    for round in 0..3 {
+        let r = conn.send("GET", "/", &[], b"").await.unwrap();
+        assert_eq!(r.status, 200, "round {round}: {r:?}");
+        // The backend closes the pooled connection meanwhile.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(
+        b.accepted.load(Ordering::Relaxed),
+        3,
+        "one connection per round"
+    );
+    assert!(!f.log_tail().contains("error"), "{}", f.log_tail());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upstream_connection_is_closed_after_the_pools_idle_timeout() {
+    let b = RawBackend::start(None).await;
+    let f = Fulcrum::web(b.pool(Duration::from_millis(300))).await;
+    let mut conn = Conn::open(f.proxy).await.unwrap();
+    assert_eq!(conn.send("GET", "/", &[], b"").await.unwrap().status, 200);
+    // Still offered within its idle time.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(conn.send("GET", "/", &[], b"").await.unwrap().status, 200);
+    assert_eq!(b.accepted.load(Ordering::Relaxed), 1);
+    // Then closed by fulcrum, without a request to find it expired.
+    let closed = eventually(Duration::from_secs(3), || async {
+        b.closed_by_proxy.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert!(
+        closed.is_some(),
+        "the idle upstream connection was not closed"
+    );
+    assert_eq!(conn.send("GET", "/", &[], b"").await.unwrap().status, 200);
+    assert_eq!(b.accepted.load(Ordering::Relaxed), 2);
 }
