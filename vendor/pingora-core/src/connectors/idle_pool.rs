@@ -109,11 +109,11 @@ impl IdlePool {
             s.len += 1;
             evicted
         };
-        if evicted.is_some() {
-            debug!("idle connection evicted to make room in the pool");
-        }
         // Closed outside the lock.
-        drop(evicted);
+        if let Some(idle) = evicted {
+            debug!("idle connection evicted to make room in the pool");
+            self.left_unused(idle, Instant::now());
+        }
         if !self.sweeping.load(Ordering::Relaxed) && !self.sweeping.swap(true, Ordering::AcqRel)
         {
             let pool = Arc::downgrade(self);
@@ -148,7 +148,8 @@ impl IdlePool {
             found
         };
         for idle in expired {
-            self.closed_idle(idle, now);
+            debug!("idle connection closed by the pool: its idle timeout passed");
+            self.left_unused(idle, now);
         }
         found
     }
@@ -179,12 +180,14 @@ impl IdlePool {
             s.len -= removed;
         }
         for idle in closed {
-            self.closed_idle(idle, now);
+            debug!("idle connection closed by the pool: timed out, or closed by its peer");
+            self.left_unused(idle, now);
         }
     }
 
-    fn closed_idle(&self, idle: Idle, now: Instant) {
-        debug!("idle connection closed by the pool (timed out, or closed by its peer)");
+    /// An idle stream leaves the pool without being reused (evicted, timed out, or closed by
+    /// its peer): the pool's callback hears how long it waited, and the stream is closed.
+    fn left_unused(&self, idle: Idle, now: Instant) {
         if let Some(callback) = &self.callback {
             callback(now.saturating_duration_since(idle.since));
         }
@@ -295,8 +298,8 @@ mod tests {
         assert!(pool.take(1).is_none());
         let mut b = [0u8; 1];
         assert_eq!(peers[0].0.read(&mut b).await.unwrap(), 0);
-        // An eviction is not an idle close.
-        assert!(closed.lock().unwrap().is_empty());
+        // It left the pool unused: the callback heard of it.
+        assert_eq!(closed.lock().unwrap().len(), 1);
         assert!(pool.take(2).is_some());
         assert!(pool.take(2).is_some());
         assert_eq!(pool.len(), 0);
