@@ -73,6 +73,9 @@ impl ProxyTaskState {
     }
 }
 
+/// Header slots a request head read from a client keeps free (see `read_request`).
+const REQUEST_HEADER_ROOM: usize = 4;
+
 /// The HTTP 1.x server session
 pub struct HttpSession {
     underlying_stream: Stream,
@@ -353,7 +356,10 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // Room for the few headers a proxy adds to the head it sends
+                            // upstream, a clone of this one: a clone keeps this size of index
+                            // table, and without the room the first insert grows it again.
+                            Some(req.headers.len() + REQUEST_HEADER_ROOM),
                         )?);
 
                         request_header.set_version(match req.version {
