@@ -36,11 +36,33 @@ impl Idle {
     }
 }
 
+/// Hashes a reuse key, already a hash of its peer, to itself: a put and a take each hash one key,
+/// and SipHash over it cost more than the rest of the lookup.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used for a `u64` key; anything else is folded in.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
 #[derive(Default)]
 struct Streams {
     /// Per reuse key, oldest first: a stream is taken from the back (the most recently used,
     /// whose peer is the least likely to have closed it).
-    by_key: HashMap<u64, VecDeque<Idle>>,
+    by_key: HashMap<u64, VecDeque<Idle>, std::hash::BuildHasherDefault<KeyHasher>>,
     len: usize,
 }
 
