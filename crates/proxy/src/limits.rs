@@ -408,32 +408,10 @@ impl HeadScan {
                 };
             }
         }
-        // Empty lines before a request line are ignored (RFC 9112 §2.2).
-        let start = buf
-            .iter()
-            .position(|&b| b != b'\r' && b != b'\n')
-            .unwrap_or(buf.len());
-        let head = &buf[start..];
-        if !self.line_done {
-            match memchr::memchr(b'\n', head) {
-                Some(i) => {
-                    let line = if i > 0 && head[i - 1] == b'\r' {
-                        i - 1
-                    } else {
-                        i
-                    };
-                    if line > limits.max_request_line_bytes {
-                        return Head::LineTooLong;
-                    }
-                    self.line_done = true;
-                }
-                // One more byte may still be the `\r` of a line exactly at the limit.
-                None if head.len() > limits.max_request_line_bytes + 1 => return Head::LineTooLong,
-                None => {}
-            }
-        }
-        let from = self.scanned.saturating_sub(2).max(start);
-        self.scanned = buf.len();
+        let from = match self.unscanned(buf, limits) {
+            Ok(from) => from,
+            Err(refused) => return refused,
+        };
         // One pass over the line ends (SIMD-searched, as a head is mostly other bytes): the head
         // ends at an empty line. A CR ends a line or nothing (RFC 9112 §2.2): a head with a bare
         // CR is refused at once, as nginx and HAProxy do, rather than waited on until its time
@@ -454,12 +432,51 @@ impl HeadScan {
             }
             break;
         }
-        match end {
-            Some(end) if end > limits.max_header_bytes => Head::TooLarge,
-            Some(_) => Head::Http1,
-            None if buf.len() >= limits.max_header_bytes => Head::TooLarge,
-            None => Head::Partial,
+        head_size(end, buf.len(), limits)
+    }
+
+    /// Check the request line (once its end has come) and return where the bytes not yet
+    /// scanned for the head's end start; or the refusal of a request line that is too long.
+    fn unscanned(&mut self, buf: &[u8], limits: &ClientLimits) -> Result<usize, Head> {
+        // Empty lines before a request line are ignored (RFC 9112 §2.2).
+        let start = buf
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap_or(buf.len());
+        let head = &buf[start..];
+        if !self.line_done {
+            match memchr::memchr(b'\n', head) {
+                Some(i) => {
+                    let line = if i > 0 && head[i - 1] == b'\r' {
+                        i - 1
+                    } else {
+                        i
+                    };
+                    if line > limits.max_request_line_bytes {
+                        return Err(Head::LineTooLong);
+                    }
+                    self.line_done = true;
+                }
+                // One more byte may still be the `\r` of a line exactly at the limit.
+                None if head.len() > limits.max_request_line_bytes + 1 => {
+                    return Err(Head::LineTooLong)
+                }
+                None => {}
+            }
         }
+        let from = self.scanned.saturating_sub(2).max(start);
+        self.scanned = buf.len();
+        Ok(from)
+    }
+}
+
+/// A head of `len` bytes so far, complete at `end` if that was found, against the size limit.
+fn head_size(end: Option<usize>, len: usize, limits: &ClientLimits) -> Head {
+    match end {
+        Some(end) if end > limits.max_header_bytes => Head::TooLarge,
+        Some(_) => Head::Http1,
+        None if len >= limits.max_header_bytes => Head::TooLarge,
+        None => Head::Partial,
     }
 }
 
@@ -951,41 +968,17 @@ mod tests {
         assert_eq!(scan.classify(input, &l, true), Head::Http1);
     }
 
-    /// The head scan written byte by byte, as the definition the SIMD scan must agree with.
+    /// The search for the head's end written byte by byte, as the definition the SIMD search
+    /// must agree with (the request line is checked by the same code in both).
     #[derive(Default)]
-    struct PlainScan {
-        scanned: usize,
-        line_done: bool,
-    }
+    struct PlainScan(HeadScan);
 
     impl PlainScan {
         fn classify(&mut self, buf: &[u8], limits: &ClientLimits) -> Head {
-            let start = buf
-                .iter()
-                .position(|&b| b != b'\r' && b != b'\n')
-                .unwrap_or(buf.len());
-            let head = &buf[start..];
-            if !self.line_done {
-                match head.iter().position(|&b| b == b'\n') {
-                    Some(i) => {
-                        let line = if i > 0 && head[i - 1] == b'\r' {
-                            i - 1
-                        } else {
-                            i
-                        };
-                        if line > limits.max_request_line_bytes {
-                            return Head::LineTooLong;
-                        }
-                        self.line_done = true;
-                    }
-                    None if head.len() > limits.max_request_line_bytes + 1 => {
-                        return Head::LineTooLong
-                    }
-                    None => {}
-                }
-            }
-            let from = self.scanned.saturating_sub(2).max(start);
-            self.scanned = buf.len();
+            let from = match self.0.unscanned(buf, limits) {
+                Ok(from) => from,
+                Err(refused) => return refused,
+            };
             let end = (from..buf.len())
                 .filter(|&i| buf[i] == b'\n')
                 .find_map(|i| match &buf[i + 1..] {
@@ -999,12 +992,7 @@ mod tests {
             {
                 return Head::BareCr;
             }
-            match end {
-                Some(end) if end > limits.max_header_bytes => Head::TooLarge,
-                Some(_) => Head::Http1,
-                None if buf.len() >= limits.max_header_bytes => Head::TooLarge,
-                None => Head::Partial,
-            }
+            head_size(end, buf.len(), limits)
         }
     }
 
