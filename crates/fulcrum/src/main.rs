@@ -380,7 +380,8 @@ fn lab(args: LabArgs) -> ExitCode {
 
 /// `fulcrum lab --scaler ...`: the scenario under each scaler with real copies, a Markdown
 /// table on stdout and the results as JSON with the fields `sim --scaler` writes, plus each
-/// run's `timeline` (every scaler step) and `membership` (the proxy's pool after every reload).
+/// run's `timeline` (every scaler step), `membership` (the proxy's pool after every reload) and
+/// `stopped` (when each removed copy, drained, stopped).
 fn lab_autoscaled(scenario: &fulcrum_scenario::Scenario, args: LabArgs, exe: PathBuf) -> ExitCode {
     use fulcrum_lab::autoscale::{run_autoscale_lab, AutoscaleLabOptions};
     use fulcrum_sim::ScalerKind;
@@ -450,6 +451,7 @@ fn lab_autoscaled(scenario: &fulcrum_scenario::Scenario, args: LabArgs, exe: Pat
             insert_autoscale_fields(o, &run.autoscale);
             o.insert("timeline".into(), serde_json::json!(run.timeline));
             o.insert("membership".into(), serde_json::json!(run.membership));
+            o.insert("stopped".into(), serde_json::json!(run.stopped));
             // JSON has no infinity: a window whose p99 request failed is written as null too.
             let p99: Vec<Option<f64>> = run
                 .slo_window_p99_ms

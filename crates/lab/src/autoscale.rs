@@ -155,10 +155,19 @@ async fn read_forecast(admin: SocketAddr) -> Option<ForecastView> {
 /// The proxy's pool after a change of membership, as `GET /api/pools` lists it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct MembershipChange {
-    /// Scenario time the reload returned, seconds.
+    /// Scenario time the reload was asked for, seconds.
     pub t_s: f64,
     /// The names of the backends in the pool, in the proxy's order.
     pub backends: Vec<String>,
+}
+
+/// A removed copy stopped: drained after the reload that took it out of the pool.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CopyStop {
+    /// Scenario time the copy's server stopped, seconds.
+    pub t_s: f64,
+    /// The copy's name.
+    pub backend: String,
 }
 
 /// The result of one scaler's run.
@@ -173,6 +182,8 @@ pub struct AutoscaleLabRun {
     pub timeline: Vec<LabSample>,
     /// Every change of the proxy's pool, the first being the pool it started with.
     pub membership: Vec<MembershipChange>,
+    /// Every removed copy that stopped, in order; its backend-seconds end there.
+    pub stopped: Vec<CopyStop>,
     /// Scenario seconds of the measured window (after warm-up).
     pub window_s: f64,
     /// The p99 of each SLO window after warm-up, ms (`None` without requests).
@@ -720,6 +731,7 @@ async fn run_scaler(
         scale_ups: 0,
         scale_downs: 0,
         peak_serving: fleet.serving(),
+        stopped: Vec::new(),
         stats: stats.clone(),
     };
     let driven = driver.drive(&mut fleet, &mut handle, &mut existing).await;
@@ -739,6 +751,7 @@ async fn run_scaler(
         eprintln!();
     }
     let timeline = std::mem::take(&mut driver.timeline);
+    let stopped = std::mem::take(&mut driver.stopped);
     let (scale_ups, scale_downs, peak_serving) =
         (driver.scale_ups, driver.scale_downs, driver.peak_serving);
     handle.proxy.stop();
@@ -775,6 +788,7 @@ async fn run_scaler(
         },
         timeline,
         membership: handle.membership,
+        stopped,
         window_s: scenario.duration_s - scenario.warmup_s,
         slo_window_p99_ms: count.window_p99_ms,
     })
@@ -792,6 +806,7 @@ struct Driver<'r> {
     scale_ups: u32,
     scale_downs: u32,
     peak_serving: u32,
+    stopped: Vec<CopyStop>,
     stats: Arc<LoadStats>,
 }
 
@@ -889,7 +904,7 @@ impl Driver<'_> {
 
             // Drained copies stop.
             let mut stopped = false;
-            for s in &mut fleet.states {
+            for (k, s) in fleet.states.iter_mut().enumerate() {
                 if let CopyState::Draining {
                     server,
                     removed: Some(removed),
@@ -898,11 +913,16 @@ impl Driver<'_> {
                     if server.in_flight() == 0 && removed.elapsed() >= DRAIN_QUIET {
                         *s = CopyState::Off;
                         stopped = true;
+                        self.stopped.push(CopyStop {
+                            t_s: self.clock.scenario_time(),
+                            backend: fleet.copies[k].name.clone(),
+                        });
                     }
                 }
             }
             if stopped {
-                existing.set(self.clock.scenario_time(), f64::from(fleet.existing()));
+                let t = self.stopped.last().map_or(0.0, |s| s.t_s);
+                existing.set(t, f64::from(fleet.existing()));
             }
         }
     }
