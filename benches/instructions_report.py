@@ -117,7 +117,7 @@ def main() -> None:
     print("leaves the copy routines out, and is the fairer measure of work between proxies whose")
     print("copies differ in size.")
     print()
-    refs = [r for r in ("bare-pingora", "nginx") if r in med]
+    refs = [r for r in ("bare-pingora", "bare-pingora-patched", "nginx") if r in med]
     head = ["proxy", "runs (instructions / request)", "median", *(f"/ {r}" for r in refs),
             "without memcpy/memmove: median", *(f"/ {r}" for r in refs)]
     print("| " + " | ".join(head) + " |")

@@ -56,6 +56,15 @@ lib_cleanup() {
 trap lib_cleanup EXIT
 trap 'exit 130' INT TERM
 
+# build_bare_pingora: release-build the baseline, benches/bare-pingora, a package outside the
+# workspace so that it is built against crates.io's pingora and none of vendor/'s changes;
+# into $TARGET_DIR/release/bare_pingora.
+build_bare_pingora() {
+    log "building the bare pingora baseline (crates.io pingora, benches/bare-pingora)"
+    cargo build --release --locked --manifest-path "$ROOT/benches/bare-pingora/Cargo.toml" \
+        --target-dir "$TARGET_DIR" >&2 || die "build of benches/bare-pingora failed"
+}
+
 # build_release WHAT...: release-build fulcrum, bare-pingora and/or openloop (unless SKIP_BUILD
 # is set) and copy them into $WORK/bin, so a concurrent rebuild of the target dir cannot swap a
 # binary out from under a measurement. Sets FULCRUM_BIN, BARE_BIN, OPENLOOP_BIN.
@@ -64,7 +73,7 @@ build_release() {
     for p in "$@"; do
         case "$p" in
         fulcrum) build+=(-p fulcrum --bin fulcrum) ;;
-        bare-pingora) build+=(-p fulcrum-proxy --example bare_pingora) ;;
+        bare-pingora) [[ -n "${SKIP_BUILD:-}" ]] || build_bare_pingora ;;
         openloop) build+=(-p fulcrum-lab --example openloop) ;;
         esac
     done
@@ -75,7 +84,7 @@ build_release() {
     for p in "$@"; do
         case "$p" in
         fulcrum) FULCRUM_BIN="$WORK/bin/fulcrum"; cp "$TARGET_DIR/release/fulcrum" "$FULCRUM_BIN" ;;
-        bare-pingora) BARE_BIN="$WORK/bin/bare_pingora"; cp "$TARGET_DIR/release/examples/bare_pingora" "$BARE_BIN" ;;
+        bare-pingora) BARE_BIN="$WORK/bin/bare_pingora"; cp "$TARGET_DIR/release/bare_pingora" "$BARE_BIN" ;;
         openloop) OPENLOOP_BIN="$WORK/bin/openloop"; cp "$TARGET_DIR/release/examples/openloop" "$OPENLOOP_BIN" ;;
         esac || die "no release build of $p in $TARGET_DIR (unset SKIP_BUILD)"
     done

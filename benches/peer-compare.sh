@@ -28,7 +28,10 @@
 #                        (the shipped models/balancer.onnx, control loop ticking), and
 #                        fulcrum-glibc for fulcrum built with the system allocator
 #                        (--no-default-features) instead of mimalloc, and fulcrum-base for
-#                        the fulcrum binary at FULCRUM_BASE_BIN (same config as fulcrum)
+#                        the fulcrum binary at FULCRUM_BASE_BIN (same config as fulcrum),
+#                        and bare-pingora-patched for the bare pingora baseline built
+#                        against fulcrum's vendor/ crates (what fulcrum adds to pingora
+#                        itself, where bare-pingora is what a pingora user gets today)
 #   FULCRUM_BASE_BIN=    a fulcrum binary built from another commit (e.g. main), measured as
 #                        the fulcrum-base row beside this tree's fulcrum, so a before/after
 #                        ratio comes from one interleaved run; adds fulcrum-base to PROXIES
@@ -108,7 +111,9 @@ esac
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 FULCRUM_BIN="$TARGET_DIR/release/fulcrum"
 FULCRUM_GLIBC_BIN="$TARGET_DIR/release/fulcrum-glibc"
-BARE_BIN="$TARGET_DIR/release/examples/bare_pingora"
+# Built from benches/bare-pingora, outside the workspace: crates.io's pingora, unpatched.
+BARE_BIN="$TARGET_DIR/release/bare_pingora"
+BARE_PATCHED_BIN="$TARGET_DIR/release/bare_pingora_patched"
 PROXY_CORE=0
 CLIENT_CORE=1
 
@@ -126,7 +131,7 @@ if ((${#missing[@]})); then
 fi
 (( $(nproc) >= 2 )) || die "needs at least 2 CPU cores (proxy on core 0, client+origin on core 1)"
 for p in $PROXIES; do
-    case "$p" in fulcrum|fulcrum-model|fulcrum-glibc|fulcrum-base|bare-pingora|nginx|haproxy) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case "$p" in fulcrum|fulcrum-model|fulcrum-glibc|fulcrum-base|bare-pingora|bare-pingora-patched|nginx|haproxy) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
 done
 [[ " $PROXIES " != *" fulcrum-base "* || -n "$FULCRUM_BASE_BIN" ]] || die "fulcrum-base needs FULCRUM_BASE_BIN=/path/to/fulcrum"
 want() {
@@ -142,14 +147,33 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     # Target flags apply to every -p, hence the explicit --bin / --example.
     build=(cargo build --release)
     want fulcrum && build+=(-p fulcrum --bin fulcrum)
-    want bare-pingora && build+=(-p fulcrum-proxy --example bare_pingora)
     if ((${#build[@]} > 3)); then
         log "building: ${build[*]}"
         "${build[@]}" >&2 || die "build failed (set PROXIES to measure only the peers that do not need it)"
     fi
+    if want bare-pingora; then
+        log "building the bare pingora baseline (crates.io pingora, benches/bare-pingora)"
+        cargo build --release --locked --manifest-path "$ROOT/benches/bare-pingora/Cargo.toml" \
+            --target-dir "$TARGET_DIR" >&2 || die "build of benches/bare-pingora failed"
+    fi
+    if want bare-pingora-patched; then
+        # A copy of the package, renamed, with the workspace's [patch.crates-io]: the lock file
+        # in benches/ stays as it is.
+        log "building the bare pingora baseline against vendor/ (bare-pingora-patched)"
+        src="$TARGET_DIR/bare-pingora-patched-src"
+        rm -rf "$src" && mkdir -p "$src" && cp -r "$ROOT/benches/bare-pingora/src" "$ROOT/benches/bare-pingora/Cargo.lock" "$src/"
+        sed 's/^name = "bare_pingora"$/name = "bare_pingora_patched"/' "$ROOT/benches/bare-pingora/Cargo.toml" >"$src/Cargo.toml"
+        printf '\n[patch.crates-io]\n' >>"$src/Cargo.toml"
+        for c in pingora-http pingora-core pingora-proxy; do
+            printf '%s = { path = "%s" }\n' "$c" "$ROOT/vendor/$c" >>"$src/Cargo.toml"
+        done
+        cargo build --release --manifest-path "$src/Cargo.toml" --target-dir "$TARGET_DIR" >&2 \
+            || die "build of bare-pingora-patched failed"
+    fi
 fi
 want fulcrum && { [[ -x "$FULCRUM_BIN" ]] || die "no $FULCRUM_BIN"; }
 want bare-pingora && { [[ -x "$BARE_BIN" ]] || die "no $BARE_BIN"; }
+want bare-pingora-patched && { [[ -x "$BARE_PATCHED_BIN" ]] || die "no $BARE_PATCHED_BIN"; }
 want fulcrum-glibc && { [[ -x "$FULCRUM_GLIBC_BIN" ]] || die "no $FULCRUM_GLIBC_BIN"; }
 want fulcrum-base && { [[ -x "$FULCRUM_BASE_BIN" ]] || die "no $FULCRUM_BASE_BIN"; }
 
@@ -183,6 +207,10 @@ trap 'exit 130' INT TERM
 mkdir -p "$WORK/bin"
 if want fulcrum; then cp "$FULCRUM_BIN" "$WORK/bin/fulcrum"; FULCRUM_BIN="$WORK/bin/fulcrum"; fi
 if want bare-pingora; then cp "$BARE_BIN" "$WORK/bin/bare_pingora"; BARE_BIN="$WORK/bin/bare_pingora"; fi
+if want bare-pingora-patched; then
+    cp "$BARE_PATCHED_BIN" "$WORK/bin/bare_pingora_patched"
+    BARE_PATCHED_BIN="$WORK/bin/bare_pingora_patched"
+fi
 if want fulcrum-glibc; then cp "$FULCRUM_GLIBC_BIN" "$WORK/bin/fulcrum-glibc"; FULCRUM_GLIBC_BIN="$WORK/bin/fulcrum-glibc"; fi
 if want fulcrum-base; then cp "$FULCRUM_BASE_BIN" "$WORK/bin/fulcrum-base"; FULCRUM_BASE_BIN="$WORK/bin/fulcrum-base"; fi
 
@@ -328,13 +356,15 @@ start_proxy() { # NAME PORT
         RUST_LOG=error taskset -c "$PROXY_CORE" "${RUN_UNDER[@]}" "$FULCRUM_BIN" run -c "$dir/fulcrum.toml" \
             >"$dir/stdout" 2>"$dir/stderr" &
         ;;
-    bare-pingora)
+    bare-pingora | bare-pingora-patched)
+        bin="$BARE_BIN"
+        [[ "$name" == bare-pingora ]] || bin="$BARE_PATCHED_BIN"
         if [[ "$TLS" == off ]]; then
-            RUST_LOG=error taskset -c "$PROXY_CORE" "${RUN_UNDER[@]}" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
+            RUST_LOG=error taskset -c "$PROXY_CORE" "${RUN_UNDER[@]}" "$bin" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
                 >"$dir/stdout" 2>"$dir/stderr" &
         else
             BARE_TLS_CERT="$WORK/certs/server.pem" BARE_TLS_KEY="$WORK/certs/server.key" RUST_LOG=error \
-                taskset -c "$PROXY_CORE" "${RUN_UNDER[@]}" "$BARE_BIN" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
+                taskset -c "$PROXY_CORE" "${RUN_UNDER[@]}" "$bin" "127.0.0.1:$port" 1 "127.0.0.1:$BACKEND_PORT" \
                 >"$dir/stdout" 2>"$dir/stderr" &
         fi
         ;;
@@ -488,6 +518,7 @@ if [[ -n "${BREAKDOWN:-}" ]]; then
         fulcrum-glibc) echo "$FULCRUM_GLIBC_BIN" ;;
         fulcrum-base) echo "$FULCRUM_BASE_BIN" ;;
         bare-pingora) echo "$BARE_BIN" ;;
+        bare-pingora-patched) echo "$BARE_PATCHED_BIN" ;;
         esac
     }
     for p in $PROXIES; do
@@ -583,6 +614,7 @@ declare -A label=(
     [fulcrum-base]="${FULCRUM_BASE_LABEL:-fulcrum, base binary}"
     [fulcrum-model]="fulcrum, weights = \"model\" (least connections + control loop)"
     [bare-pingora]="bare pingora (round robin)"
+    [bare-pingora-patched]="bare pingora on fulcrum's vendor/ crates"
     [nginx]="nginx $(nginx -v 2>&1 | sed 's|.*nginx/||')"
     [haproxy]="HAProxy $(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }')"
 )

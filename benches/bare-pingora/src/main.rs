@@ -1,7 +1,9 @@
 //! Baseline for `benches/peer-compare.sh`: the smallest useful pingora HTTP
 //! load balancer (round robin, upstream keep-alive, plain HTTP), in the spirit
 //! of pingora's own `load_balancer` example. It does no routing, health
-//! checking, metrics or logging, so it marks the floor fulcrum is measured against.
+//! checking, metrics or logging, so it marks the floor fulcrum is measured against. It is
+//! built against crates.io's pingora, without the changes fulcrum carries in `vendor/`: it is
+//! the proxy a pingora user gets today.
 //!
 //! Usage: bare_pingora LISTEN_ADDR THREADS UPSTREAM_ADDR [UPSTREAM_ADDR ...]
 //!
