@@ -144,7 +144,7 @@ async fn backends_follow_the_records_and_outlive_the_nameserver() {
             for _ in 0..6 {
                 tasks.push(tokio::spawn(async move {
                     let mut c = Conn::open(proxy).await.unwrap();
-                    c.send("GET", "/?delay_ms=1500", &[], b"").await.unwrap()
+                    c.send("GET", "/?delay_ms=3000", &[], b"").await.unwrap()
                 }));
             }
             for t in tasks {
@@ -157,6 +157,7 @@ async fn backends_follow_the_records_and_outlive_the_nameserver() {
     let base: u64 = b.iter().map(BackendServer::requests).sum();
     // All six held, spread over the three backends (two each in weighted round robin), and
     // arrived there: the proxy counts a request in flight before the backend has read it.
+    // Each is held 3 s, long enough for a loaded machine to see all six at once.
     let held = eventually(Duration::from_secs(2), || async {
         let in_flight: u64 = f
             .backends()

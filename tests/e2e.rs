@@ -1028,3 +1028,143 @@ async fn an_idle_upstream_connection_is_closed_after_the_pools_idle_timeout() {
     assert_eq!(conn.send("GET", "/", &[], b"").await.unwrap().status, 200);
     assert_eq!(b.accepted.load(Ordering::Relaxed), 2);
 }
+
+/// One piece of a scripted answer: wait, then write these bytes.
+type Piece = (u64, &'static [u8]);
+
+/// A backend on a raw socket that answers the n-th request it reads (counted over all its
+/// connections) with the n-th script, piece by piece, and closes the connection after a script
+/// that ends with `close`. Counts the connections it accepted.
+struct ScriptedBackend {
+    addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedBackend {
+    async fn start(scripts: Vec<(Vec<Piece>, bool)>) -> ScriptedBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let a = accepted.clone();
+        let scripts = Arc::new(scripts);
+        let next = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::Relaxed);
+                let (scripts, next) = (scripts.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        buf.drain(..end + 4);
+                        let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let (pieces, close) = &scripts[n.min(scripts.len() - 1)];
+                        for (wait_ms, bytes) in pieces {
+                            tokio::time::sleep(Duration::from_millis(*wait_ms)).await;
+                            if s.write_all(bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                        if *close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ScriptedBackend {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    fn pool(&self) -> PoolConfig {
+        let mut p = pool("web", Algorithm::RoundRobin, &[(self.addr, 1)]);
+        p.health_check.enabled = false;
+        p.read_timeout = Duration::from_secs(5);
+        p
+    }
+}
+
+impl Drop for ScriptedBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const PLAIN_OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_in_pieces_after_an_informational_head_arrives_whole_and_its_connection_is_reused(
+) {
+    // An early-hints head, then the response head, then a chunked body in three pieces, each
+    // written after a pause so that the proxy reads them one by one.
+    let pieces: Vec<Piece> = vec![
+        (
+            0,
+            b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n",
+        ),
+        (
+            50,
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-from: script\r\n\r\n",
+        ),
+        (0, b"5\r\nhello\r\n"),
+        (50, b"6\r\n, wide\r\n"),
+        (50, b"7\r\n world!\r\n0\r\n\r\n"),
+    ];
+    let b = ScriptedBackend::start(vec![(pieces, false), (vec![(0, PLAIN_OK)], false)]).await;
+    let f = Fulcrum::web(b.pool()).await;
+    let mut conn = Conn::open(f.proxy).await.unwrap();
+    let r = conn.send("GET", "/", &[], b"").await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "hello, wide world!");
+    assert_eq!(r.header("x-from"), Some("script"));
+    // The body was read to its last chunk, so the backend connection serves the next request.
+    let r = conn.send("GET", "/", &[], b"").await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    assert_eq!(b.accepted.load(Ordering::Relaxed), 1);
+    assert!(!f.log_tail().contains("ERROR"), "{}", f.log_tail());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_its_backend_cuts_short_is_cut_short_and_its_connection_not_reused() {
+    // Ten bytes announced, four sent, then the backend closes.
+    let cut: Vec<Piece> = vec![
+        (0, b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"),
+        (30, b"abcd"),
+    ];
+    let b = ScriptedBackend::start(vec![(cut, true), (vec![(0, PLAIN_OK)], false)]).await;
+    let f = Fulcrum::web(b.pool()).await;
+    let mut conn = Conn::open(f.proxy).await.unwrap();
+    // The client sees the head and then the end of its connection before the body's end.
+    let cut_short = conn.send("GET", "/", &[], b"").await;
+    assert!(cut_short.is_err(), "{cut_short:?}");
+    let r = request(f.proxy, "GET", "/", &[], b"").await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    assert_eq!(b.accepted.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_longer_than_its_content_length_leaves_the_rest_behind() {
+    // Three bytes announced; the backend sends eight. What follows the announced body is not
+    // a response the proxy can match to a request, so the connection is not reused.
+    let long: Vec<Piece> = vec![(0, b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\nEXTRA")];
+    let b = ScriptedBackend::start(vec![(long, false), (vec![(0, PLAIN_OK)], false)]).await;
+    let f = Fulcrum::web(b.pool()).await;
+    for _ in 0..2 {
+        let r = request(f.proxy, "GET", "/", &[], b"").await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    }
+}

@@ -113,7 +113,8 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upgrade_request = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upgrade_request);
 
         session.upstream_compression.request_filter(&req);
 
@@ -139,10 +140,24 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
+        session.as_mut().enable_retry_buffering();
+
+        // A request without a body, from a plain HTTP/1 client, with no cache and no upgrade:
+        // nothing flows downstream to upstream once the head is sent, so the response is read
+        // and written in this future, without the two task pipes and their second half.
+        if !upgrade_request
+            && downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+            && session.downstream_session.as_http1().is_some()
+            && !session.cache.enabled()
+            && session.as_mut().is_body_empty()
+            && session.as_ref().get_retry_buffer().is_none()
+        {
+            return self.proxy_1to1_direct(session, client_session, ctx).await;
+        }
+
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
-
-        session.as_mut().enable_retry_buffering();
 
         // Shared signal so the upstream half can distinguish an expected task-pipe
         // closure (the downstream half finished and dropped rx) from an unexpected one.
@@ -189,6 +204,97 @@ where
             }
             Err(e) => (false, false, Some(e)),
         }
+    }
+
+    /// [`Self::proxy_1to1`] for a request without a body from a plain HTTP/1 downstream,
+    /// without cache or upgrade: the end of the (empty) request body goes through the request
+    /// body filters to the upstream, then each response task read from the upstream goes
+    /// through the same filters as on the piped path and is written downstream, in turn. While
+    /// the upstream is awaited, the downstream is watched for closing as on the piped path.
+    async fn proxy_1to1_direct(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> (bool, bool, Option<Box<Error>>)
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        let mut upstream = DirectUpstream {
+            session: client_session,
+            end: false,
+            failed: false,
+            last_informational: false,
+            batched: 0,
+            send_error: None,
+            can_reuse: true,
+        };
+        let is_body_done = session.as_mut().is_body_done();
+        match self
+            .request_body_task(session, None, is_body_done, ctx)
+            .await
+        {
+            Ok((Some(task), _)) => {
+                if let Err(e) = send_body_to1(upstream.session, Some(task)).await {
+                    warn!("send error, draining read buf: {e}");
+                    // A complete response can still be forwarded, but the partly written
+                    // request makes the connection unsafe to reuse.
+                    upstream.can_reuse = false;
+                    upstream.send_error = Some(e);
+                }
+            }
+            Ok((None, _)) => {}
+            Err(e) => return (false, false, Some(e)),
+        }
+
+        let mut serve_from_cache = ServeFromCache::new();
+        let mut range_body_filter = RangeBodyFilter::new();
+        let mut response_state = ResponseStateMachine::new();
+        let mut watch_downstream = true;
+        loop {
+            let task = tokio::select! {
+                task = upstream.next() => task,
+                res = session.downstream_session.read_body_or_idle(true), if watch_downstream => {
+                    match res {
+                        Err(e) => return (false, false, Some(e.into_down())),
+                        // An HTTP/1 session with no body to read only errs or waits; should
+                        // it return, it is not polled again for this request.
+                        Ok(_) => {
+                            watch_downstream = false;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let done = match self
+                .process_upstream_tasks(
+                    session,
+                    ctx,
+                    task,
+                    &mut || upstream.ready(),
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    &mut response_state,
+                )
+                .await
+            {
+                Ok(done) => done.unwrap_or(false),
+                Err(e) => return (false, false, Some(e)),
+            };
+            if done || upstream.end || upstream.failed {
+                break;
+            }
+        }
+
+        let mut reuse_downstream = true;
+        if let Err(e) = session.as_mut().finish_body().await {
+            error!("Error finish sending body to downstream: {}", e);
+            reuse_downstream = false;
+        }
+        // Reusable only if its whole response was read off the socket.
+        let reuse_upstream = upstream.can_reuse && upstream.end && !upstream.failed;
+        (reuse_downstream, reuse_upstream, None)
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
@@ -365,7 +471,7 @@ where
         session: &mut Session,
         ctx: &mut SV::CTX,
         initial_task: HttpTask,
-        rx: &mut mpsc::Receiver<HttpTask>,
+        more_ready: &mut (dyn FnMut() -> Option<HttpTask> + Send),
         serve_from_cache: &mut ServeFromCache,
         range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
         response_state: &mut ResponseStateMachine,
@@ -381,17 +487,12 @@ where
             return Ok(None);
         }
 
-        // Batch: pull as many tasks as we can from rx
+        // Batch: pull as many tasks as are ready
         let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
         tasks.push(initial_task);
-        // tokio::task::unconstrained because now_or_never may yield None when the future is ready
-        while let Some(maybe_task) = tokio::task::unconstrained(rx.recv()).now_or_never() {
-            debug!("upstream event now: {:?}", maybe_task);
-            if let Some(t) = maybe_task {
-                tasks.push(t);
-            } else {
-                break; // upstream closed
-            }
+        while let Some(t) = more_ready() {
+            debug!("upstream event now: {:?}", t);
+            tasks.push(t);
         }
 
         /* run filters before sending to downstream */
@@ -624,7 +725,7 @@ where
                             session,
                             ctx,
                             t,
-                            &mut rx,
+                            &mut || pipe_ready(&mut rx),
                             &mut serve_from_cache,
                             &mut range_body_filter,
                             &mut response_state,
@@ -649,7 +750,7 @@ where
                             session,
                             ctx,
                             t,
-                            &mut rx,
+                            &mut || pipe_ready(&mut rx),
                             &mut serve_from_cache,
                             &mut range_body_filter,
                             &mut response_state,
@@ -1020,11 +1121,34 @@ where
     async fn send_body_to_pipe(
         &self,
         session: &mut Session,
-        mut data: Option<Bytes>,
+        data: Option<Bytes>,
         end_of_body: bool,
         tx: mpsc::Permit<'_, HttpTask>,
         ctx: &mut SV::CTX,
     ) -> Result<bool>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        let (task, end_of_body) = self
+            .request_body_task(session, data, end_of_body, ctx)
+            .await?;
+        if let Some(task) = task {
+            tx.send(task);
+        }
+        Ok(end_of_body)
+    }
+
+    /// Run a piece of the downstream request body through the request body filters; the task
+    /// to send upstream (none for an empty piece that does not end the body) and whether the
+    /// downstream finished sending the body.
+    async fn request_body_task(
+        &self,
+        session: &mut Session,
+        mut data: Option<Bytes>,
+        end_of_body: bool,
+        ctx: &mut SV::CTX,
+    ) -> Result<(Option<HttpTask>, bool)>
     where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
@@ -1053,7 +1177,7 @@ where
          * Don't write 0 bytes to the network since it will be
          * treated as the terminating chunk */
         if !upstream_end_of_body && data.as_ref().is_some_and(|d| d.is_empty()) {
-            return Ok(false);
+            return Ok((None, false));
         }
 
         debug!(
@@ -1062,13 +1186,77 @@ where
         );
 
         // upgraded body needs to be marked
-        if session.was_upgraded() {
-            tx.send(HttpTask::UpgradedBody(data, upstream_end_of_body));
+        let task = if session.was_upgraded() {
+            HttpTask::UpgradedBody(data, upstream_end_of_body)
         } else {
-            tx.send(HttpTask::Body(data, upstream_end_of_body));
-        }
+            HttpTask::Body(data, upstream_end_of_body)
+        };
 
-        Ok(end_of_body)
+        Ok((Some(task), end_of_body))
+    }
+}
+
+/// The next task already in the pipe from the upstream half, if any.
+fn pipe_ready(rx: &mut mpsc::Receiver<HttpTask>) -> Option<HttpTask> {
+    // tokio::task::unconstrained because now_or_never may yield None when the future is ready;
+    // `Some(None)` is the upstream half closing the pipe.
+    tokio::task::unconstrained(rx.recv())
+        .now_or_never()
+        .flatten()
+}
+
+/// The upstream of [`HttpProxy::proxy_1to1_direct`]: the response tasks read from it, and
+/// what they tell about the connection's reuse.
+struct DirectUpstream<'a> {
+    session: &'a mut HttpSessionV1,
+    /// The last task ended the response.
+    end: bool,
+    /// A read failed; the last task was `HttpTask::Failed`.
+    failed: bool,
+    /// The last task was an informational (1xx) head: a head follows, whose read must not be
+    /// abandoned half way.
+    last_informational: bool,
+    /// Tasks handed out since the last awaited read.
+    batched: usize,
+    /// Writing the end of the request failed; reported instead of a later read error.
+    send_error: Option<Box<Error>>,
+    can_reuse: bool,
+}
+
+impl DirectUpstream<'_> {
+    /// The next response task, awaited.
+    async fn next(&mut self) -> HttpTask {
+        self.batched = 1;
+        let read = self.session.read_response_task().await;
+        self.task(read)
+    }
+
+    /// The next response task if it can be read without waiting (a response body already in
+    /// the read buffer): up to the pipe's capacity, and never a head.
+    fn ready(&mut self) -> Option<HttpTask> {
+        if self.end || self.failed || self.last_informational || self.batched >= TASK_BUFFER_SIZE {
+            return None;
+        }
+        // Body reads leave their state in the session, so one abandoned while waiting loses
+        // nothing.
+        let read = tokio::task::unconstrained(self.session.read_response_task()).now_or_never()?;
+        self.batched += 1;
+        Some(self.task(read))
+    }
+
+    fn task(&mut self, read: Result<HttpTask>) -> HttpTask {
+        match read {
+            Ok(task) => {
+                self.end = task.is_end();
+                self.last_informational =
+                    matches!(&task, HttpTask::Header(h, _) if h.status.is_informational());
+                task
+            }
+            Err(e) => {
+                self.failed = true;
+                HttpTask::Failed(self.send_error.take().unwrap_or(e).into_up())
+            }
+        }
     }
 }
 
