@@ -264,3 +264,66 @@ async fn without_the_runtime_the_heuristic_takes_over_and_traffic_flows() {
     );
     assert!(r.body.contains("heuristic keeps running"), "{}", r.body);
 }
+
+/// Whether ONNX Runtime's library is mapped into process `pid`.
+fn runtime_mapped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .contains("libonnxruntime")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onnx_runtime_is_loaded_only_once_a_pool_has_weights_from_the_model() {
+    let b = backends(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("balancer.onnx");
+    install(&fixture("prefer_low_p99.onnx"), &model);
+    let control = control_with(model);
+    let pool = web_pool(Algorithm::LeastConnections, &[&b[0], &b[1]]);
+    let f = Fulcrum::start(move |p, a| {
+        let mut config = fulcrum_lab::harness::single_pool(p, a, pool);
+        config.control = control;
+        config
+    })
+    .await;
+    // Static weights only: the model is configured but not loaded, and the API says why.
+    assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = &f.pools().await["model"];
+    assert_eq!(state["loaded"], false, "{state}");
+    assert!(
+        state["error"]
+            .as_str()
+            .unwrap()
+            .contains("no pool has weights"),
+        "{state}"
+    );
+    assert_eq!(metric(&f, "fulcrum_model_loaded").await, 0.0);
+    assert!(
+        !runtime_mapped(f.pid()),
+        "ONNX Runtime mapped without a model pool"
+    );
+
+    // A reload gives the pool its weights from the model: the model loads and scores it.
+    let mut config = fulcrum_config::load(&f.config_path).unwrap().0;
+    config.pools[0].weights = fulcrum_config::WeightSource::Model;
+    let tmp = f.config_path.with_extension("tmp");
+    std::fs::write(&tmp, config.to_toml()).unwrap();
+    std::fs::rename(&tmp, &f.config_path).unwrap();
+    f.sighup();
+    let loaded = eventually(Duration::from_secs(10), || async {
+        metric(&f, "fulcrum_model_loaded").await == 1.0
+    })
+    .await;
+    assert!(loaded.is_some(), "{}", f.log_tail());
+    let state = &f.pools().await["model"];
+    assert_eq!(state["loaded"], true, "{state}");
+    assert!(state["error"].is_null(), "{state}");
+    assert!(runtime_mapped(f.pid()));
+    let ticked = eventually(Duration::from_secs(5), || async {
+        latest_tick(&f).await > 0
+    })
+    .await;
+    assert!(ticked.is_some(), "no decision after the model loaded");
+    assert_eq!(get(f.proxy, "/").await.unwrap().status, 200);
+}

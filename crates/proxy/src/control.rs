@@ -162,9 +162,25 @@ impl PoolState {
     }
 }
 
+/// Why no model is loaded while no pool asks for one.
+const NO_MODEL_POOL: &str =
+    "no pool has weights = \"model\": the model loads when a configuration with one is applied";
+
+/// Whether any pool of `config` has its weights set by the control loop.
+fn wants_model(config: &fulcrum_config::Config) -> bool {
+    config
+        .pools
+        .iter()
+        .any(|p| p.weights == WeightSource::Model)
+}
+
 struct ControlLoop {
     shared: Arc<Shared>,
     scorer: Scorer,
+    /// Whether the configured model has been tried: at start when a pool has
+    /// `weights = "model"`, else with the first configuration that has one, or an explicit
+    /// reload. Until then ONNX Runtime is not loaded at all (tens of MB of memory).
+    model_tried: bool,
     model_mtime: Option<SystemTime>,
     pools: HashMap<String, PoolState>,
     /// The [`crate::Upstreams::generation`] the pool states were last matched against.
@@ -178,46 +194,55 @@ struct ControlLoop {
 impl ControlLoop {
     fn new(shared: Arc<Shared>) -> Self {
         let cfg = shared.config.load().control.clone();
-        let mut load_error = None;
-        let (scorer, model_mtime) = match load_model(&cfg) {
-            Ok(m) => {
-                log::info!("control: model {} loaded", cfg.model.display());
-                metrics::gauge!(names::MODEL_LOADED).set(1.0);
-                (Scorer::Model(m), mtime(&cfg.model))
-            }
-            Err(why) => {
-                if shared
-                    .config
-                    .load()
-                    .pools
-                    .iter()
-                    .any(|p| p.weights == WeightSource::Model)
-                {
-                    log::warn!(
-                        "control: {why}; the built-in heuristic controller tunes the model pools"
-                    );
-                }
-                metrics::gauge!(names::MODEL_LOADED).set(0.0);
-                load_error = Some(why);
-                (Scorer::Heuristic(Heuristic::default()), None)
-            }
-        };
-        shared.model.set_scorer(&scorer, &cfg, load_error);
+        let scorer = Scorer::Heuristic(Heuristic::default());
+        metrics::gauge!(names::MODEL_LOADED).set(0.0);
+        shared
+            .model
+            .set_scorer(&scorer, &cfg, Some(NO_MODEL_POOL.to_string()));
         let record = cfg.record.as_deref().and_then(open_record);
-        ControlLoop {
+        let mut control = ControlLoop {
             shared,
             scorer,
-            model_mtime,
+            model_tried: false,
+            model_mtime: None,
             pools: HashMap::new(),
             generation: 0,
             started: Instant::now(),
             record,
             forecasts: crate::forecast::Forecasts::default(),
+        };
+        if wants_model(&control.shared.config.load()) {
+            control.first_load();
+        } else {
+            log::info!("control: {NO_MODEL_POOL}");
+        }
+        control
+    }
+
+    /// Load the configured model for the first time; the heuristic stays if it cannot be.
+    fn first_load(&mut self) {
+        self.model_tried = true;
+        let cfg = self.shared.config.load().control.clone();
+        match load_model(&cfg) {
+            Ok(m) => {
+                log::info!("control: model {} loaded", cfg.model.display());
+                metrics::gauge!(names::MODEL_LOADED).set(1.0);
+                self.scorer = Scorer::Model(m);
+                self.model_mtime = mtime(&cfg.model);
+                self.shared.model.set_scorer(&self.scorer, &cfg, None);
+            }
+            Err(why) => {
+                log::warn!(
+                    "control: {why}; the built-in heuristic controller tunes the model pools"
+                );
+                self.shared.model.set_scorer(&self.scorer, &cfg, Some(why));
+            }
         }
     }
 
     /// Try a new model; keep the running one unless the new one loads and passes its probe.
     fn reload_model(&mut self) -> Result<String, String> {
+        self.model_tried = true;
         let cfg = self.shared.config.load().control.clone();
         match load_model(&cfg) {
             Ok(m) => {
@@ -256,7 +281,10 @@ impl ControlLoop {
         self.forecasts
             .tick(&upstreams, &config, &self.shared.forecasts);
         let cfg = config.control.clone();
-        if cfg.watch_model {
+        if !self.model_tried && wants_model(&config) {
+            self.first_load();
+        }
+        if cfg.watch_model && self.model_tried {
             let current = mtime(&cfg.model);
             if current.is_some() && current != self.model_mtime {
                 let _ = self.reload_model();
