@@ -497,6 +497,19 @@ impl Clone for ResponseHeader {
     }
 }
 
+impl ResponseHeader {
+    /// A copy of this header without the original case of its names, for a copy that is only
+    /// read (its status, version and fields), never written out: the case of the names matters
+    /// only to [Self::header_to_h1_wire()], and keeping it costs a second map.
+    pub fn clone_without_case(&self) -> Self {
+        Self {
+            base: self.as_owned_parts(),
+            header_name_map: None,
+            reason_phrase: self.reason_phrase.clone(),
+        }
+    }
+}
+
 // The `ResponseHeader` will be the no case variant, because `RespParts` keeps no header case
 impl From<RespParts> for ResponseHeader {
     fn from(parts: RespParts) -> ResponseHeader {
@@ -2005,5 +2018,36 @@ mod tests {
         resp.reserve(5).unwrap();
         assert!(resp.headers.capacity() >= 5);
         assert!(resp.header_name_map.as_ref().unwrap().capacity() >= 5);
+    }
+
+    #[test]
+    fn a_copy_without_case_reads_the_same_and_writes_names_in_their_default_case() {
+        let mut resp = ResponseHeader::build(404, Some(3)).unwrap();
+        resp.set_reason_phrase(Some("Gone Fishing")).unwrap();
+        resp.append_header("X-Trace", "1").unwrap();
+        resp.append_header("x-trace", "2").unwrap();
+        resp.insert_header("Content-Length", "0").unwrap();
+        let copy = resp.clone_without_case();
+        assert_eq!(copy.status, resp.status);
+        assert_eq!(copy.version, resp.version);
+        assert_eq!(copy.headers, resp.headers);
+        assert!(copy.header_name_map.is_none());
+        let wire = |h: &ResponseHeader| {
+            let mut buf = bytes::BytesMut::new();
+            h.header_to_h1_wire(&mut buf);
+            String::from_utf8(buf.to_vec()).unwrap()
+        };
+        assert_eq!(
+            wire(&resp),
+            "X-Trace: 1\r\nx-trace: 2\r\nContent-Length: 0\r\n"
+        );
+        // Without the case map: a standard name in its usual case, any other in lower case.
+        assert_eq!(
+            wire(&copy),
+            "x-trace: 1\r\nx-trace: 2\r\nContent-Length: 0\r\n"
+        );
+        assert_eq!(copy.get_reason_phrase(), Some("Gone Fishing"));
+        // The original keeps its case: a clone of it too.
+        assert_eq!(wire(&resp.clone()), wire(&resp));
     }
 }

@@ -435,10 +435,16 @@ impl HttpSession {
     }
 
     /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
+    ///
+    /// The header returned is the one read, with the case of its names; the session keeps a
+    /// copy without it ([`ResponseHeader::clone_without_case()`]), which it only reads (status,
+    /// version, framing and connection fields).
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
         // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        let read = self.response_header.take().unwrap();
+        self.response_header = Some(Box::new(read.clone_without_case()));
+        Ok(read)
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
