@@ -1168,3 +1168,61 @@ async fn a_response_longer_than_its_content_length_leaves_the_rest_behind() {
         assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_connection_field_never_decides_the_clients_connection() {
+    // The backend says `close` (and closes); then `keep-alive` with a field of its own named.
+    let close: Vec<Piece> = vec![(
+        0,
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 3\r\n\r\nok\n",
+    )];
+    let named: Vec<Piece> = vec![(
+        0,
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\ncontent-length: 3\r\n\r\nok\n",
+    )];
+    let b =
+        ScriptedBackend::start(vec![(close, true), (named.clone(), false), (named, false)]).await;
+    let f = Fulcrum::web(b.pool()).await;
+    let mut s = tokio::net::TcpStream::connect(f.proxy).await.unwrap();
+    async fn head_of(s: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+        s.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.ends_with(b"\r\n\r\nok\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(got).unwrap().to_ascii_lowercase()
+    }
+    let connection_lines = |head: &str| -> Vec<String> {
+        head.lines()
+            .filter(|l| l.starts_with("connection:"))
+            .map(str::to_owned)
+            .collect()
+    };
+    // The client keeps its connection: one `Connection: keep-alive`, the backend's `close` gone.
+    let head = head_of(&mut s, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(
+        connection_lines(&head),
+        ["connection: keep-alive"],
+        "{head}"
+    );
+    let head = head_of(&mut s, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(
+        connection_lines(&head),
+        ["connection: keep-alive"],
+        "{head}"
+    );
+    assert!(!head.contains("x-hop"), "{head}");
+    // The client closes: `Connection: close`, whatever the backend said.
+    let head = head_of(
+        &mut s,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(connection_lines(&head), ["connection: close"], "{head}");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}
