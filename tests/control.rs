@@ -305,11 +305,9 @@ async fn onnx_runtime_is_loaded_only_once_a_pool_has_weights_from_the_model() {
     );
 
     // A reload gives the pool its weights from the model: the model loads and scores it.
-    let mut config = fulcrum_config::load(&f.config_path).unwrap().0;
-    config.pools[0].weights = fulcrum_config::WeightSource::Model;
-    let tmp = f.config_path.with_extension("tmp");
-    std::fs::write(&tmp, config.to_toml()).unwrap();
-    std::fs::rename(&tmp, &f.config_path).unwrap();
+    let mut config = f.running_config();
+    config.pools[0].weights = WeightSource::Model;
+    f.write_config(&config);
     f.sighup();
     let loaded = eventually(Duration::from_secs(10), || async {
         metric(&f, "fulcrum_model_loaded").await == 1.0

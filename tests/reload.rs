@@ -10,20 +10,6 @@ use std::time::Duration;
 use common::*;
 use fulcrum_config::BackendConfig;
 
-/// The running configuration, as written to the file the process reloads.
-fn running_config(f: &Fulcrum) -> Config {
-    fulcrum_config::load(&f.config_path)
-        .unwrap_or_else(|d| panic!("{d}"))
-        .0
-}
-
-/// Replace the configuration file atomically, so a reload never reads half of it.
-fn write_config(f: &Fulcrum, config: &Config) {
-    let tmp = f.config_path.with_extension("tmp");
-    std::fs::write(&tmp, config.to_toml()).unwrap();
-    std::fs::rename(&tmp, &f.config_path).unwrap();
-}
-
 /// Send `SIGHUP` and wait until the reload it asks for has been applied.
 async fn sighup_and_wait(f: &Fulcrum) {
     let before = metric(f, "fulcrum_config_reloads_total{result=\"ok\"}").await;
@@ -126,7 +112,7 @@ async fn twenty_reloads_under_load_lose_no_request() {
         &[&b[0], &b[1], &b[2]],
     ))
     .await;
-    let three = running_config(&f);
+    let three = f.running_config();
     let mut four = three.clone();
     four.pools[0].backends.push(BackendConfig {
         addr: b[3].addr(),
@@ -141,7 +127,7 @@ async fn twenty_reloads_under_load_lose_no_request() {
     // so requests in flight on a removed one have to finish.
     for i in 0..20 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        write_config(&f, if i % 2 == 0 { &four } else { &three });
+        f.write_config(if i % 2 == 0 { &four } else { &three });
         f.sighup();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -168,12 +154,12 @@ async fn a_backend_added_by_a_reload_starts_slowly() {
     let mut pool = web_pool(Algorithm::WeightedRoundRobin, &[&b[0], &b[1]]);
     pool.slow_start = Duration::from_millis(3000);
     let f = Fulcrum::web(pool).await;
-    let mut three = running_config(&f);
+    let mut three = f.running_config();
     three.pools[0].backends.push(BackendConfig {
         addr: b[2].addr(),
         weight: 1,
     });
-    write_config(&f, &three);
+    f.write_config(&three);
     let r = request(f.admin, "POST", "/api/config/reload", JSON, b"")
         .await
         .unwrap();

@@ -211,6 +211,20 @@ impl Fulcrum {
         self.backends().await.iter().all(|b| b["in_flight"] == 0)
     }
 
+    /// The running configuration, as written to the file the process reloads.
+    pub fn running_config(&self) -> Config {
+        fulcrum_config::load(&self.config_path)
+            .unwrap_or_else(|d| panic!("{d}"))
+            .0
+    }
+
+    /// Replace the configuration file atomically, so a reload never reads half of it.
+    pub fn write_config(&self, config: &Config) {
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, config.to_toml()).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
     /// Send the process `SIGHUP`, as `kill -HUP` does: reload the configuration file.
     pub fn sighup(&self) {
         let status = std::process::Command::new("kill")

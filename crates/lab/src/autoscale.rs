@@ -904,6 +904,8 @@ impl Driver<'_> {
 
             // Drained copies stop.
             let mut stopped = false;
+            // After a reload, later than `now_s`.
+            let checked_s = self.clock.scenario_time();
             for (k, s) in fleet.states.iter_mut().enumerate() {
                 if let CopyState::Draining {
                     server,
@@ -914,15 +916,14 @@ impl Driver<'_> {
                         *s = CopyState::Off;
                         stopped = true;
                         self.stopped.push(CopyStop {
-                            t_s: self.clock.scenario_time(),
+                            t_s: checked_s,
                             backend: fleet.copies[k].name.clone(),
                         });
                     }
                 }
             }
             if stopped {
-                let t = self.stopped.last().map_or(0.0, |s| s.t_s);
-                existing.set(t, f64::from(fleet.existing()));
+                existing.set(checked_s, f64::from(fleet.existing()));
             }
         }
     }

@@ -228,7 +228,6 @@ where
             last_informational: false,
             batched: 0,
             send_error: None,
-            can_reuse: true,
         };
         let is_body_done = session.as_mut().is_body_done();
         match self
@@ -240,7 +239,6 @@ where
                     warn!("send error, draining read buf: {e}");
                     // A complete response can still be forwarded, but the partly written
                     // request makes the connection unsafe to reuse.
-                    upstream.can_reuse = false;
                     upstream.send_error = Some(e);
                 }
             }
@@ -292,8 +290,9 @@ where
             error!("Error finish sending body to downstream: {}", e);
             reuse_downstream = false;
         }
-        // Reusable only if its whole response was read off the socket.
-        let reuse_upstream = upstream.can_reuse && upstream.end && !upstream.failed;
+        // Reusable only if its request was written whole and its whole response read off the
+        // socket (a send error is either still held or was reported as the read's failure).
+        let reuse_upstream = upstream.send_error.is_none() && upstream.end && !upstream.failed;
         (reuse_downstream, reuse_upstream, None)
     }
 
@@ -1220,7 +1219,6 @@ struct DirectUpstream<'a> {
     batched: usize,
     /// Writing the end of the request failed; reported instead of a later read error.
     send_error: Option<Box<Error>>,
-    can_reuse: bool,
 }
 
 impl DirectUpstream<'_> {
