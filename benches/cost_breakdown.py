@@ -170,6 +170,9 @@ def main() -> None:
         ("libc calloc", "probe_libc:calloc"),
         ("libc realloc", "probe_libc:realloc"),
         ("libc free", "probe_libc:free"),
+        ("mimalloc mi_malloc", "probe_mi:mi_malloc"),
+        ("mimalloc mi_zalloc", "probe_mi:mi_zalloc"),
+        ("mimalloc mi_realloc", "probe_mi:mi_realloc"),
         ("mimalloc mi_malloc_aligned", "probe_mi:mi_malloc_aligned"),
         ("mimalloc mi_zalloc_aligned", "probe_mi:mi_zalloc_aligned"),
         ("mimalloc mi_realloc_aligned", "probe_mi:mi_realloc_aligned"),
@@ -180,12 +183,13 @@ def main() -> None:
         if any(key in allocs[p] for p in proxies):
             print(f"| {label} | " + " | ".join(
                 f"{per[p][key]:.2f}" if key in allocs[p] else "–" for p in proxies) + " |")
-    new = {p: sum(per[p][k] for k in ("probe_libc:malloc", "probe_libc:calloc",
-                                         "probe_mi:mi_malloc_aligned", "probe_mi:mi_zalloc_aligned"))
+    new = {p: sum(per[p][k] for k in ("probe_libc:malloc", "probe_libc:calloc", "probe_mi:mi_malloc",
+                                         "probe_mi:mi_zalloc", "probe_mi:mi_malloc_aligned",
+                                         "probe_mi:mi_zalloc_aligned"))
            for p in proxies}
     print("| **allocations (malloc + calloc, either allocator)** | " + " | ".join(f"**{new[p]:.2f}**" for p in proxies) + " |")
     print()
-    print("mimalloc's `mi_realloc_aligned` frees the old block through `mi_free` when it moves it, so a moved")
+    print("mimalloc's `mi_realloc` and `mi_realloc_aligned` free the old block through `mi_free` when they move it, so a moved")
     print("reallocation also counts one free. The requests counted under the probes are fewer (a probe hit costs")
     print("a trap), but the calls per request do not depend on speed.")
     print()

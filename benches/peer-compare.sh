@@ -498,9 +498,11 @@ if [[ -n "${BREAKDOWN:-}" ]]; then
     perf probe -l 2>/dev/null | grep -q 'probe_libc:malloc' ||
         die "could not place uprobes on $libc (BREAKDOWN needs root, or kernel.perf_event_paranoid <= -1)"
     # The Rust binaries built with mimalloc never call libc's allocator: their GlobalAlloc calls
-    # these four entry points, probed in the binary itself (group probe_mi, placed per run on
-    # the private copy that runs, since two binaries cannot share the event names).
-    MI_CALLS="mi_malloc_aligned mi_zalloc_aligned mi_realloc_aligned mi_free"
+    # these entry points, probed in the binary itself (group probe_mi, placed per run on the
+    # private copy that runs, since two binaries cannot share the event names). fulcrum's own
+    # GlobalAlloc calls the plain three for an alignment up to a word, the `_aligned` ones
+    # above; the `mimalloc` crate's (in builds before it) calls only the `_aligned` ones.
+    MI_CALLS="mi_malloc mi_zalloc mi_realloc mi_malloc_aligned mi_zalloc_aligned mi_realloc_aligned mi_free"
     drop_mi_probes() { perf probe -q -d 'probe_mi:*' >/dev/null 2>&1 || true; }
     drop_mi_probes
     # Software events and tracepoints of the scheduler and the network stack, counted only
@@ -537,7 +539,9 @@ if [[ -n "${BREAKDOWN:-}" ]]; then
         bin="$(binary_of "$p")"
         # grep -c reads nm's whole output: with -q, nm would die of SIGPIPE and fail the pipe.
         if [[ -n "$bin" ]] && (($(nm "$bin" 2>/dev/null | grep -c ' T mi_malloc_aligned$') > 0)); then
+            symbols="$(nm "$bin" 2>/dev/null | awk '$2 == "T" { print $3 }')"
             for call in $MI_CALLS; do
+                grep -qx "$call" <<<"$symbols" || continue
                 perf probe -q -x "$bin" --add "probe_mi:$call=$call" >/dev/null 2>&1 ||
                     die "could not place a uprobe on $call in $bin"
             done
