@@ -987,6 +987,33 @@ pub fn header_value_from_slice(raw: &[u8]) -> HeaderValue {
     header_value_from_raw(bytes::Bytes::copy_from_slice(raw))
 }
 
+/// Whether `bytes` holds a CR, LF or NUL, eight bytes per step: every field value of every
+/// message read is checked. `has_zero(x)` is the classic test for a zero byte in a word: it is
+/// non-zero exactly when some byte of `x` is zero (it may also mark the byte above a zero one,
+/// which does not change the answer). `x ^ CRS` has a zero byte where `x` has a CR.
+#[inline]
+fn has_cr_lf_or_nul(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const CRS: u64 = u64::from_ne_bytes([b'\r'; 8]);
+    const LFS: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    #[inline]
+    fn has_zero(x: u64) -> bool {
+        x.wrapping_sub(ONES) & !x & HIGHS != 0
+    }
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let x = u64::from_ne_bytes(chunk.try_into().expect("eight bytes"));
+        if has_zero(x) || has_zero(x ^ CRS) || has_zero(x ^ LFS) {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|b| matches!(b, b'\r' | b'\n' | b'\0'))
+}
+
 /// Normalize a header field value per RFC 9110 section 5.5 and RFC 9112
 /// section 5.2:
 ///
@@ -1003,7 +1030,7 @@ pub fn header_value_from_slice(raw: &[u8]) -> HeaderValue {
 /// [RFC 9110 section 5.5]: https://datatracker.ietf.org/doc/html/rfc9110#section-5.5
 fn normalize_field_value(raw: bytes::Bytes) -> bytes::Bytes {
     // Fast path: no CR/LF/NUL, nothing to do.
-    if !raw.iter().any(|b| matches!(b, b'\r' | b'\n' | b'\0')) {
+    if !has_cr_lf_or_nul(&raw) {
         return raw;
     }
 
@@ -1771,6 +1798,32 @@ mod tests {
                 .map(|d| d.as_bytes())
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn cr_lf_and_nul_are_found_at_every_position_and_nothing_else_is() {
+        for len in 0..40 {
+            let clean: Vec<u8> = (0..len)
+                .map(|i| b"Mon, 01 Jan\t~\x7f\x80\xff"[i % 16])
+                .collect();
+            assert!(!has_cr_lf_or_nul(&clean), "len {len}");
+            for at in 0..len {
+                for bad in [b'\r', b'\n', b'\0'] {
+                    let mut v = clean.clone();
+                    v[at] = bad;
+                    assert!(has_cr_lf_or_nul(&v), "len {len}, {bad} at {at}");
+                }
+            }
+        }
+        // Every other byte value, alone and beside its neighbours.
+        for b in 0..=255u8 {
+            let v = [b; 11];
+            assert_eq!(
+                has_cr_lf_or_nul(&v),
+                matches!(b, b'\r' | b'\n' | 0),
+                "byte {b}"
+            );
+        }
     }
 
     #[test]

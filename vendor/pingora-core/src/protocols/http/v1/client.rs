@@ -320,16 +320,16 @@ impl HttpSession {
                             }
                         }
 
-                        let contains_transfer_encoding = response_header
-                            .headers
-                            .contains_key(header::TRANSFER_ENCODING);
-                        let contains_content_length =
-                            response_header.headers.contains_key(header::CONTENT_LENGTH);
-
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is
                         // https://datatracker.ietf.org/doc/html/rfc9112#section-6.3-2.3
-                        if contains_content_length && contains_transfer_encoding {
+                        // Transfer-Encoding first: a response framed by Content-Length has
+                        // none, and then one lookup answers.
+                        if response_header
+                            .headers
+                            .contains_key(header::TRANSFER_ENCODING)
+                            && response_header.headers.contains_key(header::CONTENT_LENGTH)
+                        {
                             response_header.remove_header(&header::CONTENT_LENGTH);
                         }
 
@@ -629,7 +629,9 @@ impl HttpSession {
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        let Some(keep_alive_header) = self.get_header("Keep-Alive") else {
+        // A `HeaderName`, not a string: a string is parsed into one on every lookup.
+        static KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
+        let Some(keep_alive_header) = self.get_header(&KEEP_ALIVE) else {
             return (None, None);
         };
 

@@ -402,19 +402,17 @@ impl HttpSession {
                                 .or_err(InvalidHTTPHeader, "while parsing request header")?;
                         }
 
-                        let contains_transfer_encoding =
-                            request_header.headers.contains_key(TRANSFER_ENCODING);
-                        let contains_content_length =
-                            request_header.headers.contains_key(CONTENT_LENGTH);
-
                         // Transfer encoding overrides content length, so when
                         // both are present, we can remove content length. This
                         // is per https://datatracker.ietf.org/doc/html/rfc9112#section-6.3
                         //
                         // RFC 9112 Section 6.1 (https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-15)
                         // also requires us to disable keepalive when both headers are present.
+                        // Transfer-Encoding first: most requests have none, and then one
+                        // lookup answers.
                         let has_both_te_and_cl =
-                            contains_content_length && contains_transfer_encoding;
+                            request_header.headers.contains_key(TRANSFER_ENCODING)
+                                && request_header.headers.contains_key(CONTENT_LENGTH);
                         if has_both_te_and_cl {
                             request_header.remove_header(&CONTENT_LENGTH);
                         }
