@@ -1038,6 +1038,8 @@ type Piece = (u64, &'static [u8]);
 struct ScriptedBackend {
     addr: SocketAddr,
     accepted: Arc<AtomicU64>,
+    /// Every request head received, in order, as bytes.
+    heads: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1049,13 +1051,15 @@ impl ScriptedBackend {
         let a = accepted.clone();
         let scripts = Arc::new(scripts);
         let next = Arc::new(AtomicU64::new(0));
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = heads.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else {
                     return;
                 };
                 a.fetch_add(1, Ordering::Relaxed);
-                let (scripts, next) = (scripts.clone(), next.clone());
+                let (scripts, next, heads) = (scripts.clone(), next.clone(), h.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -1067,7 +1071,7 @@ impl ScriptedBackend {
                             }
                             continue;
                         };
-                        buf.drain(..end + 4);
+                        heads.lock().unwrap().push(buf.drain(..end + 4).collect());
                         let n = next.fetch_add(1, Ordering::Relaxed) as usize;
                         let (pieces, close) = &scripts[n.min(scripts.len() - 1)];
                         for (wait_ms, bytes) in pieces {
@@ -1086,6 +1090,7 @@ impl ScriptedBackend {
         ScriptedBackend {
             addr,
             accepted,
+            heads,
             task,
         }
     }
@@ -1167,6 +1172,108 @@ async fn a_response_longer_than_its_content_length_leaves_the_rest_behind() {
         let r = request(f.proxy, "GET", "/", &[], b"").await.unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_names_keep_their_case_both_ways() {
+    // The first exchange names every field in its usual case, the second also in others:
+    // both reach the other side as they were written.
+    let usual: Vec<Piece> = vec![(
+        0,
+        b"HTTP/1.1 200 OK\r\nServer: b\r\nETag: \"1\"\r\nX-Request-Id: 7\r\n\
+          Set-Cookie: a=1\r\nContent-Length: 3\r\n\r\nok\n",
+    )];
+    let mixed: Vec<Piece> = vec![(
+        0,
+        b"HTTP/1.1 200 OK\r\nserver: b\r\nEtag: \"1\"\r\nX-REQUEST-ID: 7\r\n\
+          Set-Cookie: a=1\r\nset-cookie: b=2\r\nx-lower: 1\r\ncontent-length: 3\r\n\r\nok\n",
+    )];
+    let b = ScriptedBackend::start(vec![(usual, false), (mixed, false)]).await;
+    let f = Fulcrum::web(b.pool()).await;
+    let mut s = tokio::net::TcpStream::connect(f.proxy).await.unwrap();
+    async fn exchange(s: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+        s.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.ends_with(b"\r\n\r\nok\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+    let names = |head: &str| -> Vec<String> {
+        head.split("\r\n")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_owned()))
+            .collect()
+    };
+    let head = exchange(
+        &mut s,
+        b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: t\r\nX-Trace-Id: 1\r\nDNT: 1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        names(&head),
+        [
+            "Server",
+            "ETag",
+            "X-Request-Id",
+            "Set-Cookie",
+            "Content-Length",
+            "Date",
+            "Connection"
+        ],
+        "{head}"
+    );
+    let head = exchange(
+        &mut s,
+        b"GET / HTTP/1.1\r\nhost: a\r\nuser-agent: t\r\nX-TRACE-ID: 1\r\ndnt: 1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        names(&head),
+        [
+            "server",
+            "Etag",
+            "X-REQUEST-ID",
+            "Set-Cookie",
+            "set-cookie",
+            "x-lower",
+            "content-length",
+            "Date",
+            "Connection"
+        ],
+        "{head}"
+    );
+    let heads: Vec<String> = b
+        .heads
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|h| String::from_utf8(h.clone()).unwrap())
+        .collect();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    let forwarded = ["X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"];
+    let expect = |sent: [&str; 4]| -> Vec<String> {
+        sent.iter()
+            .chain(&forwarded)
+            .map(|n| n.to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&heads[0]),
+        expect(["Host", "User-Agent", "X-Trace-Id", "DNT"]),
+        "{}",
+        heads[0]
+    );
+    assert_eq!(
+        names(&heads[1]),
+        expect(["host", "user-agent", "X-TRACE-ID", "dnt"]),
+        "{}",
+        heads[1]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
