@@ -668,7 +668,7 @@ declare -A label=(
     if [[ " $PROXIES " == *" fulcrum "* ]] && [[ -n "$BARE_CPU" ]]; then
         echo
         awk -v a="$(median fulcrum 8)" -v b="$BARE_CPU" \
-            'BEGIN { printf "fulcrum / bare pingora CPU per request: **%.2f×** (%.2f µs vs %.2f µs; +%.2f µs per request)\n", a / b, a, b, a - b }'
+            'BEGIN { printf "fulcrum / bare pingora CPU per request: **%.2f×** (%.2f µs vs %.2f µs; %+.2f µs per request)\n", a / b, a, b, a - b }'
     fi
     if [[ " $PROXIES " == *" fulcrum "* ]] && [[ -n "$NGINX_CPU" ]]; then
         awk -v a="$(median fulcrum 8)" -v b="$NGINX_CPU" \

@@ -64,18 +64,9 @@ static RESPONSE_HOP_BY_HOP: [HeaderName; 5] = [
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// The headers fulcrum adds to every request, in the case they are sent in: inserted without
 /// parsing or copying their names.
-const XFF: KnownHeaderName = KnownHeaderName::new(
-    "X-Forwarded-For",
-    HeaderName::from_static("x-forwarded-for"),
-);
-const XFP: KnownHeaderName = KnownHeaderName::new(
-    "X-Forwarded-Proto",
-    HeaderName::from_static("x-forwarded-proto"),
-);
-const XFH: KnownHeaderName = KnownHeaderName::new(
-    "X-Forwarded-Host",
-    HeaderName::from_static("x-forwarded-host"),
-);
+const XFF: KnownHeaderName = KnownHeaderName::new("X-Forwarded-For", "x-forwarded-for");
+const XFP: KnownHeaderName = KnownHeaderName::new("X-Forwarded-Proto", "x-forwarded-proto");
+const XFH: KnownHeaderName = KnownHeaderName::new("X-Forwarded-Host", "x-forwarded-host");
 static X_BACKEND_LOAD: HeaderName = HeaderName::from_static("x-backend-load");
 static ENDPOINT_LOAD_METRICS: HeaderName = HeaderName::from_static("endpoint-load-metrics");
 

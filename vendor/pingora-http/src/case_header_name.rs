@@ -15,7 +15,6 @@
 use crate::*;
 use bytes::Bytes;
 use http::header;
-use pingora_error::Error;
 
 #[derive(Debug, Clone)]
 pub struct CaseHeaderName(Bytes);
@@ -64,7 +63,7 @@ pub trait IntoCaseHeaderName {
 /// use http::HeaderName;
 ///
 /// const X_FORWARDED_PROTO: KnownHeaderName =
-///     KnownHeaderName::new("X-Forwarded-Proto", HeaderName::from_static("x-forwarded-proto"));
+///     KnownHeaderName::new("X-Forwarded-Proto", "x-forwarded-proto");
 ///
 /// let mut req = RequestHeader::build("GET", b"/", None).unwrap();
 /// req.insert_header(X_FORWARDED_PROTO, "https").unwrap();
@@ -77,12 +76,35 @@ pub struct KnownHeaderName {
 }
 
 impl KnownHeaderName {
-    /// `case` is the name as written on the wire and `name` the same name in lower case
-    /// (`HeaderName::from_static` is `const`). They must name the same header: an insert of
-    /// a pair that does not is refused as an invalid header name.
-    pub const fn new(case: &'static str, name: HeaderName) -> Self {
-        KnownHeaderName { case, name }
+    /// `case` is the name as written on the wire and `lower` the same name in lower case.
+    /// Both are checked when the value is made, so an insert checks nothing: a pair that does
+    /// not name the same header, or a `lower` that is not a valid lower-case name, does not
+    /// compile as a `const` (and panics when made at run time).
+    pub const fn new(case: &'static str, lower: &'static str) -> Self {
+        assert!(
+            same_name(case.as_bytes(), lower.as_bytes()),
+            "a KnownHeaderName's two names must be one name in two cases"
+        );
+        KnownHeaderName {
+            case,
+            name: HeaderName::from_static(lower),
+        }
     }
+}
+
+/// Whether `a` and `b` are the same bytes but for the case of ASCII letters (`const`).
+const fn same_name(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i].to_ascii_lowercase() != b[i].to_ascii_lowercase() {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 impl IntoCaseHeaderName for KnownHeaderName {
@@ -91,16 +113,6 @@ impl IntoCaseHeaderName for KnownHeaderName {
     }
 
     fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)> {
-        if !self.case.eq_ignore_ascii_case(self.name.as_str()) {
-            return Error::e_explain(
-                InvalidHTTPHeader,
-                format!(
-                    "header name {:?} is not {:?} in another case",
-                    self.case,
-                    self.name.as_str()
-                ),
-            );
-        }
         Ok((
             self.name,
             CaseHeaderName(Bytes::from_static(self.case.as_bytes())),
