@@ -537,9 +537,13 @@ if [[ -n "${BREAKDOWN:-}" ]]; then
         # 2. Allocator calls: libc's, and mimalloc's in the binary when it has them.
         probes=(-e 'probe_libc:*')
         bin="$(binary_of "$p")"
-        # grep -c reads nm's whole output: with -q, nm would die of SIGPIPE and fail the pipe.
-        if [[ -n "$bin" ]] && (($(nm "$bin" 2>/dev/null | grep -c ' T mi_malloc_aligned$') > 0)); then
-            symbols="$(nm "$bin" 2>/dev/null | awk '$2 == "T" { print $3 }')"
+        # The binary's text symbols, read once (awk reads nm's whole output, so nm never dies
+        # of SIGPIPE); a binary built with mimalloc has `mi_malloc_aligned`.
+        symbols=""
+        if [[ -n "$bin" ]]; then
+            symbols="$(nm "$bin" 2>/dev/null | awk '$2 == "T" { print $3 }' || true)"
+        fi
+        if grep -qx mi_malloc_aligned <<<"$symbols"; then
             for call in $MI_CALLS; do
                 grep -qx "$call" <<<"$symbols" || continue
                 perf probe -q -x "$bin" --add "probe_mi:$call=$call" >/dev/null 2>&1 ||

@@ -1174,6 +1174,20 @@ async fn a_response_longer_than_its_content_length_leaves_the_rest_behind() {
     }
 }
 
+/// Send `request` on `s` and read until a response ending in the scripted body `ok\n` has
+/// arrived whole; the response as text.
+async fn exchange_ok(s: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+    s.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok\n") {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn field_names_keep_their_case_both_ways() {
     // The first exchange names every field in its usual case, the second also in others:
@@ -1191,17 +1205,6 @@ async fn field_names_keep_their_case_both_ways() {
     let b = ScriptedBackend::start(vec![(usual, false), (mixed, false)]).await;
     let f = Fulcrum::web(b.pool()).await;
     let mut s = tokio::net::TcpStream::connect(f.proxy).await.unwrap();
-    async fn exchange(s: &mut tokio::net::TcpStream, request: &[u8]) -> String {
-        s.write_all(request).await.unwrap();
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !got.ends_with(b"\r\n\r\nok\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&chunk[..n]);
-        }
-        String::from_utf8(got).unwrap()
-    }
     let names = |head: &str| -> Vec<String> {
         head.split("\r\n")
             .skip(1)
@@ -1209,7 +1212,7 @@ async fn field_names_keep_their_case_both_ways() {
             .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_owned()))
             .collect()
     };
-    let head = exchange(
+    let head = exchange_ok(
         &mut s,
         b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: t\r\nX-Trace-Id: 1\r\nDNT: 1\r\n\r\n",
     )
@@ -1227,7 +1230,7 @@ async fn field_names_keep_their_case_both_ways() {
         ],
         "{head}"
     );
-    let head = exchange(
+    let head = exchange_ok(
         &mut s,
         b"GET / HTTP/1.1\r\nhost: a\r\nuser-agent: t\r\nX-TRACE-ID: 1\r\ndnt: 1\r\n\r\n",
     )
@@ -1291,17 +1294,6 @@ async fn a_backends_connection_field_never_decides_the_clients_connection() {
         ScriptedBackend::start(vec![(close, true), (named.clone(), false), (named, false)]).await;
     let f = Fulcrum::web(b.pool()).await;
     let mut s = tokio::net::TcpStream::connect(f.proxy).await.unwrap();
-    async fn head_of(s: &mut tokio::net::TcpStream, request: &[u8]) -> String {
-        s.write_all(request).await.unwrap();
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !got.ends_with(b"\r\n\r\nok\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&chunk[..n]);
-        }
-        String::from_utf8(got).unwrap().to_ascii_lowercase()
-    }
     let connection_lines = |head: &str| -> Vec<String> {
         head.lines()
             .filter(|l| l.starts_with("connection:"))
@@ -1309,13 +1301,17 @@ async fn a_backends_connection_field_never_decides_the_clients_connection() {
             .collect()
     };
     // The client keeps its connection: one `Connection: keep-alive`, the backend's `close` gone.
-    let head = head_of(&mut s, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let head = exchange_ok(&mut s, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .to_ascii_lowercase();
     assert_eq!(
         connection_lines(&head),
         ["connection: keep-alive"],
         "{head}"
     );
-    let head = head_of(&mut s, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let head = exchange_ok(&mut s, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .to_ascii_lowercase();
     assert_eq!(
         connection_lines(&head),
         ["connection: keep-alive"],
@@ -1323,11 +1319,12 @@ async fn a_backends_connection_field_never_decides_the_clients_connection() {
     );
     assert!(!head.contains("x-hop"), "{head}");
     // The client closes: `Connection: close`, whatever the backend said.
-    let head = head_of(
+    let head = exchange_ok(
         &mut s,
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     )
-    .await;
+    .await
+    .to_ascii_lowercase();
     assert_eq!(connection_lines(&head), ["connection: close"], "{head}");
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).await.unwrap();
