@@ -371,6 +371,11 @@ pub(crate) fn sanitize_h1_upstream_request(
     if policy == HttpUpstreamRequestPolicy::preserve() {
         return Ok(());
     }
+    // `Connection` and `Upgrade` are among the standard hop-by-hop fields: a request with none
+    // of them (most requests) nominates nothing, asks for no upgrade and has nothing to strip.
+    if !has_standard_hop_by_hop(req) {
+        return Ok(());
+    }
 
     let nominations = policy
         .strip_connection_nominated
@@ -615,6 +620,30 @@ mod tests {
         assert!(!has_standard_hop_by_hop(&request));
         strip_standard_hop_by_hop_headers(&mut request);
         assert_eq!(request.headers.len(), 2);
+    }
+
+    #[test]
+    fn a_request_without_hop_by_hop_fields_passes_every_policy_unchanged() {
+        let policies = [
+            HttpUpstreamRequestPolicy::standard(),
+            HttpUpstreamRequestPolicy::deny_upgrades(),
+            HttpUpstreamRequestPolicy::preserve(),
+        ];
+        for policy in policies {
+            for http11 in [true, false] {
+                let mut request =
+                    request_with_headers(&[("Host", "a"), ("X-Kept", "1"), ("Accept", "*/*")]);
+                sanitize_h1_upstream_request(&mut request, policy, http11).unwrap();
+                assert_eq!(request.headers.len(), 3, "{policy:?}");
+                assert_eq!(request.headers["x-kept"], "1");
+            }
+        }
+        // The same request with a nomination is still sanitized.
+        let mut request =
+            request_with_headers(&[("Host", "a"), ("X-Kept", "1"), ("Connection", "x-kept")]);
+        sanitize_h1_upstream_request(&mut request, HttpUpstreamRequestPolicy::standard(), true)
+            .unwrap();
+        assert_eq!(request.headers.len(), 1);
     }
 
     #[test]

@@ -28,7 +28,7 @@
 //! - create 34.317439ms total, 343ns avg per iteration
 //! - drop: 10.694154ms total, 106ns avg per iteration
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -67,6 +67,7 @@ impl Time {
 }
 
 /// the stub for waiting for a timer to be expired.
+#[derive(Clone)]
 pub struct TimerStub(Arc<Notify>, Arc<AtomicBool>);
 
 impl TimerStub {
@@ -96,11 +97,91 @@ impl Timer {
     }
 }
 
+/// How many of a thread's latest timers it remembers: a thread that registers timeouts of a
+/// few durations (a read timeout, a write timeout) finds the slot of each here while it lasts.
+const RECENT_TIMERS: usize = 4;
+
+/// The timers a thread registered, by the time slot they fire in, and its latest ones.
+///
+/// Timers stay in `timers` until they fire, so with a timeout of `d` a busy thread's map holds
+/// about `d / RESOLUTION_MS` slots (3,000 for 30 s), and finding a slot there is a search of
+/// `u128` keys through several nodes. Successive registrations of the same duration from a
+/// busy thread fall in the same 10 ms slot: `recent` answers those without the search.
+struct ThreadTimers {
+    timers: RwLock<BTreeMap<Time, Timer>>,
+    /// Only the owning thread locks this; the clock thread never does.
+    recent: Mutex<RecentTimers>,
+}
+
+impl ThreadTimers {
+    fn new() -> Self {
+        ThreadTimers {
+            timers: RwLock::new(BTreeMap::new()),
+            recent: Mutex::new(RecentTimers::default()),
+        }
+    }
+}
+
+/// The slots of a thread's latest timers, replaced oldest first.
+#[derive(Default)]
+struct RecentTimers {
+    slots: [Option<(Time, TimerStub)>; RECENT_TIMERS],
+    next: usize,
+}
+
+impl RecentTimers {
+    /// A stub of the timer of slot `at`, if it is one of the latest and has not fired. A fired
+    /// one is left to the map, which holds a fresh timer for the slot if one was made since.
+    fn subscribe(&self, at: Time) -> Option<TimerStub> {
+        self.slots
+            .iter()
+            .flatten()
+            .find(|(t, stub)| *t == at && !stub.1.load(Ordering::Relaxed))
+            .map(|(_, stub)| stub.clone())
+    }
+
+    fn remember(&mut self, at: Time, stub: TimerStub) {
+        self.slots[self.next] = Some((at, stub));
+        self.next = (self.next + 1) % RECENT_TIMERS;
+    }
+}
+
+/// The monotonic clock, read without the timestamp counter where the system allows it: on Linux
+/// `CLOCK_MONOTONIC_COARSE`, the time of the last tick (a few milliseconds behind, on the same
+/// timeline as `CLOCK_MONOTONIC`), from the vDSO's data alone. Good enough for a watchdog
+/// counted in seconds.
+#[cfg(target_os = "linux")]
+fn coarse_monotonic() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the call only writes it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    if rc != 0 {
+        return precise_monotonic();
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn coarse_monotonic() -> Duration {
+    precise_monotonic()
+}
+
+/// The precise clock, from its first reading in this process.
+fn precise_monotonic() -> Duration {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
+
 /// The object that holds all the timers registered to it.
 pub struct TimerManager {
     // each thread insert into its local timer tree to avoid lock contention
-    timers: ThreadLocal<RwLock<BTreeMap<Time, Timer>>>,
+    timers: ThreadLocal<ThreadTimers>,
     zero: Instant, // the reference zero point of Timestamp
+    /// The coarse clock's reading at `zero`: the origin of the watchdog's seconds.
+    coarse_zero: Duration,
     // Start a new clock thread if this is -1 or staled. The clock thread should keep updating this
     clock_watchdog: AtomicI64,
     paused: AtomicBool,
@@ -114,6 +195,7 @@ impl Default for TimerManager {
         TimerManager {
             timers: ThreadLocal::new(),
             zero: Instant::now(),
+            coarse_zero: coarse_monotonic(),
             clock_watchdog: AtomicI64::new(-DELAYS_SEC),
             paused: AtomicBool::new(false),
         }
@@ -130,17 +212,16 @@ impl TimerManager {
     pub(crate) fn clock_thread(&self) {
         loop {
             std::thread::sleep(RESOLUTION_DURATION);
-            let now = Instant::now() - self.zero;
             self.clock_watchdog
-                .store(now.as_secs() as i64, Ordering::Relaxed);
+                .store(self.watchdog_now(), Ordering::Relaxed);
             if self.is_paused_for_fork() {
                 // just stop acquiring the locks, waiting for fork to happen
                 continue;
             }
-            let now = now.as_millis();
+            let now = (Instant::now() - self.zero).as_millis();
             // iterate through the timer tree for all threads
             for thread_timer in self.timers.iter() {
-                let mut timers = thread_timer.write();
+                let mut timers = thread_timer.timers.write();
                 // Fire all timers until now
                 loop {
                     let key_to_remove = timers.iter().next().and_then(|(k, _)| {
@@ -169,17 +250,26 @@ impl TimerManager {
         let Err(prev) = self.is_clock_running() else {
             return false;
         };
-        let now = Instant::now().duration_since(self.zero).as_secs() as i64;
+        let now = self.watchdog_now();
         let res =
             self.clock_watchdog
                 .compare_exchange(prev, now, Ordering::SeqCst, Ordering::SeqCst);
         res.is_ok()
     }
 
+    /// Seconds since this manager was made, on the coarse clock: the watchdog's unit. It is
+    /// read at every timeout made (`check_clock_thread`), where the precise clock's reading
+    /// would cost more than the rest of the check.
+    fn watchdog_now(&self) -> i64 {
+        coarse_monotonic()
+            .saturating_sub(self.coarse_zero)
+            .as_secs() as i64
+    }
+
     // Ok(()) if clock is running (watch dog is within DELAYS_SEC of now)
     // Err(time) if watch do stopped at `time`
     pub(crate) fn is_clock_running(&self) -> Result<(), i64> {
-        let now = Instant::now().duration_since(self.zero).as_secs() as i64;
+        let now = self.watchdog_now();
         let prev = self.clock_watchdog.load(Ordering::SeqCst);
         if now < prev + DELAYS_SEC {
             Ok(())
@@ -203,21 +293,28 @@ impl TimerManager {
             return timer.subscribe();
         }
         let now: Time = (Instant::now() + duration - self.zero).into();
-        {
-            let timers = self.timers.get_or(|| RwLock::new(BTreeMap::new())).read();
-            if let Some(t) = timers.get(&now) {
-                return t.subscribe();
-            }
-        } // drop read lock
+        let thread_timers = self.timers.get_or(ThreadTimers::new);
+        let mut recent = thread_timers.recent.lock();
+        if let Some(stub) = recent.subscribe(now) {
+            return stub;
+        }
+        let found = {
+            let timers = thread_timers.timers.read();
+            timers.get(&now).map(Timer::subscribe)
+        }; // drop read lock
 
-        let timer = Timer::new();
-        let mut timers = self.timers.get_or(|| RwLock::new(BTreeMap::new())).write();
-        // Usually we check if another thread has insert the same node before we get the write lock,
-        // but because only this thread will insert anything to its local timers tree, there
-        // is no possible race that can happen. The only other thread is the clock thread who
-        // only removes timer from the tree
-        let stub = timer.subscribe();
-        timers.insert(now, timer);
+        let stub = found.unwrap_or_else(|| {
+            let timer = Timer::new();
+            let mut timers = thread_timers.timers.write();
+            // Usually we check if another thread has insert the same node before we get the write lock,
+            // but because only this thread will insert anything to its local timers tree, there
+            // is no possible race that can happen. The only other thread is the clock thread who
+            // only removes timer from the tree
+            let stub = timer.subscribe();
+            timers.insert(now, timer);
+            stub
+        });
+        recent.remember(now, stub.clone());
         stub
     }
 
@@ -281,6 +378,93 @@ mod tests {
         t2.poll().await;
         // t2 fired along t1 so no extra wait time
         assert_eq!(now.elapsed().as_secs(), 0);
+    }
+
+    #[test]
+    fn a_slot_registered_again_is_found_among_the_recent_ones_until_it_fires() {
+        let mut recent = RecentTimers::default();
+        let at: Time = 1_000u128.into();
+        assert!(recent.subscribe(at).is_none());
+        let timer = Timer::new();
+        recent.remember(at, timer.subscribe());
+        let stub = recent.subscribe(at).expect("remembered");
+        assert!(Arc::ptr_eq(&stub.0, &timer.0));
+        assert!(recent.subscribe(2_000u128.into()).is_none());
+        timer.fire();
+        assert!(
+            recent.subscribe(at).is_none(),
+            "a fired timer is not handed out"
+        );
+        // The oldest is replaced first.
+        for i in 0..RECENT_TIMERS as u128 {
+            recent.remember((10 * (i + 1)).into(), Timer::new().subscribe());
+        }
+        assert!(recent.subscribe(at).is_none());
+        assert!(recent.subscribe(10u128.into()).is_some());
+    }
+
+    #[test]
+    fn registrations_in_one_slot_share_its_timer() {
+        let tm = TimerManager::new();
+        let durations = [Duration::from_secs(30), Duration::from_secs(60)];
+        // Registrations interleaving two durations, as a read and a write timeout do. A slot
+        // boundary may fall between two of them: then try again.
+        for _attempt in 0..20 {
+            let stubs: Vec<TimerStub> = (0..6)
+                .map(|i| tm.register_timer(durations[i % 2]))
+                .collect();
+            let slots = tm.timers.get().unwrap().timers.read().len();
+            if slots != 2 {
+                tm.timers.get().unwrap().timers.write().clear();
+                continue;
+            }
+            for (i, stub) in stubs.iter().enumerate() {
+                assert!(Arc::ptr_eq(&stub.0, &stubs[i % 2].0), "registration {i}");
+            }
+            assert!(!Arc::ptr_eq(&stubs[0].0, &stubs[1].0));
+            return;
+        }
+        panic!("every attempt crossed a slot boundary");
+    }
+
+    #[test]
+    fn a_fired_slot_gets_a_new_timer() {
+        let tm = TimerManager::new();
+        let d = Duration::from_secs(30);
+        for _attempt in 0..20 {
+            let first = tm.register_timer(d);
+            // Fire the slot as the clock thread would: remove it, then fire.
+            let fired = {
+                let mut timers = tm.timers.get().unwrap().timers.write();
+                let slot = *timers.keys().next().unwrap();
+                timers.remove(&slot).unwrap()
+            };
+            fired.fire();
+            let second = tm.register_timer(d);
+            let slots = tm.timers.get().unwrap().timers.read().len();
+            tm.timers.get().unwrap().timers.write().clear();
+            if slots != 1 {
+                continue;
+            }
+            assert!(first.1.load(Ordering::SeqCst));
+            assert!(!Arc::ptr_eq(&first.0, &second.0));
+            assert!(
+                !second.1.load(Ordering::SeqCst),
+                "the new timer has not fired"
+            );
+            return;
+        }
+        panic!("every attempt crossed a slot boundary");
+    }
+
+    #[test]
+    fn the_watchdog_counts_seconds_on_the_coarse_clock() {
+        let tm = TimerManager::new();
+        let before = tm.watchdog_now();
+        std::thread::sleep(Duration::from_millis(1_100));
+        let after = tm.watchdog_now();
+        assert!((0..=1).contains(&before), "{before}");
+        assert!((1..=3).contains(&after), "{after}");
     }
 
     #[test]
