@@ -90,11 +90,12 @@ mod tests {
         .await;
         // tokio's median is most of a millisecond (the rest of the tick the deadline lands
         // in); the thread's is the OS timer's slack plus a wake-up, tens of µs.
+        // Compared with tokio's in the same run, not with a bound of its own: on a loaded
+        // machine both are later, and a fixed bound would fail on the load, not on the timer.
         assert!(
             precise < tokio / 2,
             "precise timer {precise:?} vs tokio {tokio:?}"
         );
-        assert!(precise < Duration::from_micros(300), "{precise:?}");
     }
 
     #[tokio::test(flavor = "current_thread")]

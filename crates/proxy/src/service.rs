@@ -343,9 +343,14 @@ pub fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
 }
 
 /// Remove hop-by-hop headers from a response, including any the `Connection` header names.
-/// Public for the fuzz targets only.
+///
+/// `connection_rewritten`: the writer of this response sets `Connection` itself, replacing
+/// whatever the response holds (pingora's HTTP/1 server does for every final response, with
+/// `keep-alive` or `close` as the client's connection goes on or not). Then the backend's
+/// `Connection` is left for it to overwrite rather than removed first; the fields it names are
+/// removed all the same. Public for the fuzz targets only.
 #[doc(hidden)]
-pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
+pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader, connection_rewritten: bool) {
     let upgrade = resp.status.as_u16() == 101;
     // Most responses carry none of these but `Connection` (a kept-alive backend's
     // `Connection: keep-alive`): one pass over the fields finds what is there, and whether
@@ -377,7 +382,7 @@ pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
         }
     }
     if !upgrade {
-        if has_connection {
+        if has_connection && !connection_rewritten {
             resp.remove_header(&header::CONNECTION);
         }
         if has_upgrade {
@@ -829,7 +834,10 @@ impl ProxyHttp for FulcrumProxy {
             };
             ctx.record_attempt(outcome);
         }
-        strip_hop_by_hop_response(upstream_response);
+        // pingora's HTTP/1 server writes `Connection` into every final response it sends.
+        let connection_rewritten =
+            !session.is_http2() && !upstream_response.status.is_informational();
+        strip_hop_by_hop_response(upstream_response, connection_rewritten);
         if self.shared.lifecycle.closing_connections() {
             // A request that began before the drain or the hand-over: its connection closes
             // after this answer (HTTP/1.1 `Connection: close`), so the client reconnects to a
@@ -1097,7 +1105,7 @@ mod tests {
         resp.insert_header("te", "trailers").unwrap();
         resp.insert_header("trailer", "x-checksum").unwrap();
         resp.insert_header("x-checksum", "abc").unwrap();
-        strip_hop_by_hop_response(&mut resp);
+        strip_hop_by_hop_response(&mut resp, false);
         assert!(resp.headers.get("te").is_none());
         assert!(resp.headers.get("trailer").is_none());
         assert_eq!(resp.headers.get("x-checksum").unwrap(), "abc");
@@ -1111,7 +1119,7 @@ mod tests {
         resp.insert_header("x-hop", "1").unwrap();
         resp.insert_header("trailer", "x-checksum").unwrap();
         resp.insert_header("proxy-authenticate", "Basic").unwrap();
-        strip_hop_by_hop_response(&mut resp);
+        strip_hop_by_hop_response(&mut resp, false);
         assert!(resp.headers.get("connection").is_some());
         assert_eq!(resp.headers.get("upgrade").unwrap(), "websocket");
         for h in ["x-hop", "trailer", "proxy-authenticate"] {
@@ -1146,11 +1154,28 @@ mod tests {
         resp.insert_header("x-hop", "1").unwrap();
         resp.insert_header("keep-alive", "timeout=5").unwrap();
         resp.insert_header("content-type", "text/plain").unwrap();
-        strip_hop_by_hop_response(&mut resp);
+        strip_hop_by_hop_response(&mut resp, false);
         assert!(resp.headers.get("connection").is_none());
         assert!(resp.headers.get("x-hop").is_none());
         assert!(resp.headers.get("keep-alive").is_none());
         assert!(resp.headers.get("content-type").is_some());
+    }
+
+    #[test]
+    fn a_connection_its_writer_rewrites_is_left_but_what_it_names_goes() {
+        for rewritten in [false, true] {
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            resp.append_header("connection", "keep-alive").unwrap();
+            resp.append_header("connection", "x-hop").unwrap();
+            resp.insert_header("x-hop", "1").unwrap();
+            resp.insert_header("keep-alive", "timeout=5").unwrap();
+            resp.insert_header("x-kept", "1").unwrap();
+            strip_hop_by_hop_response(&mut resp, rewritten);
+            assert_eq!(resp.headers.get("connection").is_some(), rewritten);
+            assert!(resp.headers.get("x-hop").is_none(), "{rewritten}");
+            assert!(resp.headers.get("keep-alive").is_none(), "{rewritten}");
+            assert!(resp.headers.get("x-kept").is_some(), "{rewritten}");
+        }
     }
 
     #[test]
@@ -1161,7 +1186,7 @@ mod tests {
         resp.append_header("connection", " Close ,X-Hop").unwrap();
         resp.insert_header("x-hop", "1").unwrap();
         resp.insert_header("x-kept", "1").unwrap();
-        strip_hop_by_hop_response(&mut resp);
+        strip_hop_by_hop_response(&mut resp, false);
         assert!(resp.headers.get("connection").is_none());
         assert!(resp.headers.get("x-hop").is_none());
         assert!(resp.headers.get("x-kept").is_some());
