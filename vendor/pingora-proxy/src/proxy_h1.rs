@@ -252,6 +252,9 @@ where
         let mut watch_downstream = true;
         loop {
             let task = tokio::select! {
+                // The upstream first: when it has a task, the client's idle read (which only
+                // errs or waits) need not be polled again on this wake-up.
+                biased;
                 task = upstream.next() => task,
                 res = session.downstream_session.read_body_or_idle(true), if watch_downstream => {
                     match res {

@@ -323,15 +323,17 @@ impl TransportConnector {
     /// to be reused.
     ///
     /// If a [Stream] is dropped instead of being returned via this function. it will be closed.
+    ///
+    /// The stream is not tested here: it is tested when it is taken for reuse
+    /// ([`Self::reused_stream()`]), the test that decides, and the pool's sweep closes one its
+    /// peer closed while it waits. A test here as well cost a read attempt on every release
+    /// and caught only a peer that closed within the moment since the response was read.
     pub fn release_stream(
         &self,
-        mut stream: Stream,
+        stream: Stream,
         key: u64, // usually peer.reuse_hash()
         idle_timeout: Option<Duration>,
     ) {
-        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
-            return;
-        }
         debug!("Try to keepalive client session");
         self.idle.put(key, stream, idle_timeout);
     }
@@ -461,7 +463,6 @@ impl PreferredHttpVersion {
     }
 }
 
-
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     idle_pool::still_idle(stream, unexpected_data_conn_count)
@@ -551,6 +552,8 @@ pub(crate) mod test_utils {
 #[cfg(feature = "any_tls")]
 mod tests {
     use std::time::Duration;
+    #[cfg(unix)]
+    use tokio::io::AsyncReadExt;
 
     use pingora_error::ErrorType;
     use tls::Connector;
@@ -778,6 +781,27 @@ mod tests {
             .connect_local_addr()
             .expect("TLS handshake failure should retain the assigned local address");
         assert_ne!(local_addr.port(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_released_stream_is_tested_when_taken_for_reuse() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let connector = TransportConnector::new(None);
+        for peer_closes in [false, true] {
+            let stream = connector.new_stream(&peer).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            connector.release_stream(stream, peer.reuse_hash(), None);
+            if peer_closes {
+                drop(server);
+                // Let the close arrive before the stream is taken.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert!(connector.reused_stream(&peer).await.is_none());
+            } else {
+                assert!(connector.reused_stream(&peer).await.is_some());
+            }
+        }
+        assert_eq!(connector.unexpected_data_connection_count(), 0);
     }
 
     #[tokio::test]
