@@ -3,7 +3,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use fulcrum_balance::retry::{
     self, is_retryable_status, AttemptFailure, RetryContext, RetryDecision,
@@ -504,7 +503,6 @@ fn failure_outcome(e: &Error) -> Outcome {
     }
 }
 
-#[async_trait]
 impl ProxyHttp for FulcrumProxy {
     type CTX = RequestCtx;
 
