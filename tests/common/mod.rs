@@ -144,7 +144,11 @@ pub async fn tally(f: &Fulcrum, n: usize) -> HashMap<String, usize> {
         let r = conn.send("GET", "/", &[], b"").await.unwrap();
         assert_eq!(r.status, 200, "{r:?}");
         *counts
-            .entry(r.header("x-backend").unwrap().to_string())
+            .entry(
+                r.header("x-backend")
+                    .unwrap_or_else(|| panic!("{r:?}"))
+                    .to_string(),
+            )
             .or_insert(0) += 1;
     }
     counts

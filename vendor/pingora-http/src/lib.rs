@@ -50,16 +50,8 @@ pub mod prelude {
     pub use crate::ResponseHeader;
 }
 
-/* an ordered header map to store the original case of each header name
-HMap({
-    "foo": ["Foo", "foO", "FoO"]
-})
-The order how HeaderMap iter over its items is "arbitrary, but consistent".
-Hopefully this property makes sure this map of header names always iterates in the
-same order of the map of header values.
-This idea is inspaired by hyper @nox
-*/
-type CaseMap = HMap<CaseHeaderName>;
+mod case_map;
+use case_map::CaseMap;
 
 pub enum HeaderNameVariant<'a> {
     Case(&'a CaseHeaderName),
@@ -240,9 +232,7 @@ impl RequestHeader {
             "header value map size overflows MAX_SIZE",
         )?;
         if let Some(name_map) = self.header_name_map.as_mut() {
-            name_map
-                .try_reserve(additional)
-                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+            name_map.reserve(additional);
         }
         Ok(())
     }
@@ -283,12 +273,7 @@ impl RequestHeader {
         let value_map = &self.base.headers;
 
         if let Some(key_map) = key_map {
-            let iter = key_map.iter().zip(value_map.iter());
-            for ((header, case_header), (header2, val)) in iter {
-                if header != header2 {
-                    // in case the header iteration order changes in future versions of HMap
-                    panic!("header iter mismatch {}, {}", header, header2)
-                }
+            for (case_header, val) in case_header_iter(Some(key_map), value_map) {
                 f(HeaderNameVariant::Case(case_header), val)?;
             }
         } else {
@@ -623,9 +608,7 @@ impl ResponseHeader {
             "header value map size overflows MAX_SIZE",
         )?;
         if let Some(name_map) = self.header_name_map.as_mut() {
-            name_map
-                .try_reserve(additional)
-                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+            name_map.reserve(additional);
         }
         Ok(())
     }
@@ -666,12 +649,7 @@ impl ResponseHeader {
         let value_map = &self.base.headers;
 
         if let Some(key_map) = key_map {
-            let iter = key_map.iter().zip(value_map.iter());
-            for ((header, case_header), (header2, val)) in iter {
-                if header != header2 {
-                    // in case the header iteration order changes in future versions of HMap
-                    panic!("header iter mismatch {}, {}", header, header2)
-                }
+            for (case_header, val) in case_header_iter(Some(key_map), value_map) {
                 f(HeaderNameVariant::Case(case_header), val)?;
             }
         } else {
@@ -898,21 +876,22 @@ fn append_header_value<T>(
     value: T,
 ) -> Result<bool> {
     let (header_name, case_header_name) = name.into_header_names()?;
-    // store the original case in the map
-    if let Some(name_map) = name_map {
-        // Use the non-panicking `try_append`: the infallible `append` calls
-        // `.expect("size overflows MAX_SIZE")` internally, which would abort the
-        // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
-        name_map
-            .try_append(header_name.clone(), case_header_name)
-            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
-    }
-
-    // Non-panicking `try_append` for the same reason as the case map above.
-    value_map.try_append(header_name, value).or_err(
+    // Use the non-panicking `try_append`: the infallible `append` calls
+    // `.expect("size overflows MAX_SIZE")` internally, which would abort the
+    // process if the map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
+    let Some(name_map) = name_map else {
+        return value_map.try_append(header_name, value).or_err(
+            InvalidHTTPHeader,
+            "header value map size overflows MAX_SIZE",
+        );
+    };
+    let present = value_map.try_append(&header_name, value).or_err(
         InvalidHTTPHeader,
         "header value map size overflows MAX_SIZE",
-    )
+    )?;
+    // store the original case beside the value
+    name_map.appended(&header_name, case_header_name, present);
+    Ok(present)
 }
 
 #[inline]
@@ -923,11 +902,13 @@ fn insert_header_value<T>(
     value: T,
 ) -> Result<()> {
     let (header_name, case_header_name) = name.into_header_names()?;
-    if let Some(name_map) = name_map {
-        // store the original case in the map
-        name_map.insert(header_name.clone(), case_header_name);
-    }
-    value_map.insert(header_name, value);
+    let Some(name_map) = name_map else {
+        value_map.insert(header_name, value);
+        return Ok(());
+    };
+    let present = value_map.insert(&header_name, value).is_some();
+    // store the original case beside the value
+    name_map.inserted(&header_name, case_header_name, present);
     Ok(())
 }
 
@@ -941,11 +922,18 @@ fn remove_header<'a, T, N: ?Sized>(
 where
     &'a N: 'a + AsHeaderName,
 {
+    let Some(name_map) = name_map else {
+        return value_map.remove(name);
+    };
+    // The name as the map holds it, found through its first value: `name` may be a string.
+    let first = value_map.get(name)? as *const T;
+    let header_name = value_map
+        .iter()
+        .find(|(_, value)| std::ptr::eq(*value, first))
+        .map(|(header_name, _)| header_name.clone());
     let removed = value_map.remove(name);
-    if removed.is_some() {
-        if let Some(name_map) = name_map {
-            name_map.remove(name);
-        }
+    if let Some(header_name) = header_name {
+        name_map.removed(&header_name);
     }
     removed
 }
@@ -1107,9 +1095,15 @@ fn case_header_iter<'a>(
         name_map
             .iter()
             .zip(value_map.iter())
-            .map(|((h1, name), (h2, value))| {
-                // in case the header iteration order changes in future versions of HMap
-                assert_eq!(h1, h2, "header iter mismatch {}, {}", h1, h2);
+            .map(|(name, (header_name, value))| {
+                // `CaseMap` follows `HeaderMap`'s order of values: checked by its tests
+                debug_assert!(
+                    name.as_slice()
+                        .eq_ignore_ascii_case(header_name.as_str().as_bytes()),
+                    "header iter mismatch {:?}, {}",
+                    name,
+                    header_name
+                );
                 (name, value)
             })
     })
