@@ -43,7 +43,38 @@ pub(crate) struct CaseMap(Vec<CaseHeaderName>);
 #[inline]
 fn is_name(case: &CaseHeaderName, name: &[u8]) -> bool {
     let case = case.as_slice();
-    case.len() == name.len() && case.eq_ignore_ascii_case(name)
+    case.len() == name.len() && lowers_to(case, name)
+}
+
+/// `x` with its ASCII upper-case letters in lower case, eight bytes at once.
+#[inline]
+fn to_lower_word(x: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Each byte's low seven bits plus a constant below 0x80 cannot carry into the next byte.
+    let low = x & !HIGH;
+    let from_a = low + ONES * (0x80 - b'A' as u64); // high bit set where low >= 'A'
+    let past_z = low + ONES * (0x80 - b'Z' as u64 - 1); // high bit set where low > 'Z'
+    let upper = from_a & !past_z & !x & HIGH; // 'A'..='Z', and not a byte >= 0x80
+    x | (upper >> 2) // 0x80 >> 2 is the case bit, 0x20
+}
+
+/// Whether `bytes` in lower case is `lower`; both are as long.
+#[inline]
+fn lowers_to(bytes: &[u8], lower: &[u8]) -> bool {
+    let mut a = bytes.chunks_exact(8);
+    let mut b = lower.chunks_exact(8);
+    for (x, y) in (&mut a).zip(&mut b) {
+        let x = u64::from_ne_bytes(x.try_into().expect("eight bytes"));
+        let y = u64::from_ne_bytes(y.try_into().expect("eight bytes"));
+        if to_lower_word(x) != y {
+            return false;
+        }
+    }
+    a.remainder()
+        .iter()
+        .zip(b.remainder())
+        .all(|(x, y)| x.to_ascii_lowercase() == *y)
 }
 
 impl CaseMap {
@@ -91,7 +122,9 @@ impl CaseMap {
         if present {
             if let Some((start, count)) = self.find(name.as_str().as_bytes()) {
                 self.0[start] = case;
-                self.0.drain(start + 1..start + count);
+                if count > 1 {
+                    self.0.drain(start + 1..start + count);
+                }
                 return;
             }
         }
@@ -125,6 +158,7 @@ impl CaseMap {
 
 #[cfg(test)]
 mod tests {
+    use super::lowers_to;
     use crate::{RequestHeader, ResponseHeader};
 
     /// A small generator, so the test needs no crate and every run is the same.
@@ -217,6 +251,39 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_name_lowers_to_its_lower_case_and_to_nothing_else() {
+        for x in 0..=255u8 {
+            for y in 0..=255u8 {
+                let word = [x, y, x, y, y, x, y, x];
+                let lower: Vec<u8> = word.iter().map(|b| b.to_ascii_lowercase()).collect();
+                assert!(lowers_to(&word, &lower), "{word:?}");
+                let other = [y, y, y, y, x, x, x, x];
+                assert_eq!(
+                    lowers_to(&word, &other),
+                    word.to_ascii_lowercase() == other,
+                    "{word:?} {other:?}"
+                );
+            }
+        }
+        for name in [
+            "x-Forwarded-FOR",
+            "Content-Length",
+            "DATE",
+            "Set-Cookie",
+            "x^y",
+            "x~y",
+        ] {
+            let lower = name.to_ascii_lowercase();
+            assert!(lowers_to(name.as_bytes(), lower.as_bytes()));
+        }
+        assert!(!lowers_to(b"x^y", b"x~y"));
+        assert!(!lowers_to(b"x-forwarded-fos", b"x-forwarded-for"));
+        assert!(!lowers_to(b"X-FORWARDED-FOR", b"x-forwarded-fos"));
+        assert!(!lowers_to(b"@", b"`"));
+        assert!(!lowers_to(b"[", b"{"));
     }
 
     #[test]
