@@ -203,8 +203,9 @@ impl HttpSession {
     }
 
     // Validate the response header read. This function must be called after the response header
-    // read.
-    fn validate_response(&self) -> Result<()> {
+    // read. For a response without `Transfer-Encoding`, returns the length its `Content-Length`
+    // gives (`None` without one, or with an invalid one tolerated), which frames its body.
+    fn validate_response(&self) -> Result<Option<Option<usize>>> {
         let resp_header = self
             .response_header
             .as_ref()
@@ -216,20 +217,27 @@ impl HttpSession {
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
         // Note: Content-Length is already removed if Transfer-Encoding is present.
-        if let Err(e) = super::common::validate_content_length(&resp_header.headers) {
-            if self.allow_h1_response_invalid_content_length
-                && super::common::content_length_is_single_token(&resp_header.headers)
-            {
-                debug!(
-                    "tolerating invalid Content-Length ({e}); \
-                     treating response as close-delimited"
-                );
-            } else {
-                return Err(e);
+        // (`validate_content_length`, without looking `Transfer-Encoding` up twice.)
+        if resp_header.headers.get(header::TRANSFER_ENCODING).is_some() {
+            // Transfer-Encoding takes precedence over Content-Length.
+            return Ok(None);
+        }
+        match content_length_for_framing(&resp_header.headers) {
+            Ok(content_length) => Ok(Some(content_length)),
+            Err(e) => {
+                if self.allow_h1_response_invalid_content_length
+                    && super::common::content_length_is_single_token(&resp_header.headers)
+                {
+                    debug!(
+                        "tolerating invalid Content-Length ({e}); \
+                         treating response as close-delimited"
+                    );
+                    Ok(Some(None))
+                } else {
+                    Err(e)
+                }
             }
         }
-
-        Ok(())
     }
 
     fn clear_response_header_read_state(&mut self) {
@@ -283,11 +291,12 @@ impl HttpSession {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
                         let base = self.response_header_read_buf.as_ptr() as usize;
-                        let mut header_refs = Vec::<KVRef>::with_capacity(resp.headers.len());
-
-                        // Note: resp.headers has the correct number of headers
-                        // while header_refs doesn't as it is still empty
-                        let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
+                        // Slots for as many headers as httparse could parse, left uninitialised
+                        // and on the stack: only those filled are read.
+                        let mut header_slots =
+                            [const { MaybeUninit::<KVRef>::uninit() }; MAX_HEADERS];
+                        let header_refs =
+                            populate_header_slots(base, &mut header_slots, resp.headers);
 
                         let mut response_header = match ResponseHeader::build(
                             resp.code.unwrap(),
@@ -342,9 +351,10 @@ impl HttpSession {
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
                         self.response_header = Some(response_header);
-                        if let Err(e) = self.validate_response() {
-                            return self.fail_response_header_read(e);
-                        }
+                        let content_length = match self.validate_response() {
+                            Ok(content_length) => content_length,
+                            Err(e) => return self.fail_response_header_read(e),
+                        };
                         // convert to upgrade body type
                         // https://datatracker.ietf.org/doc/html/rfc9110#status.101
                         // as an "informational" header, this cannot have a body
@@ -354,7 +364,7 @@ impl HttpSession {
                         // init body reader if upgrade status has changed body mode
                         // (read_response_task will immediately try to init body afterwards anyways)
                         // informational headers will automatically avoid initializing body reader
-                        self.init_body_reader();
+                        self.init_body_reader_framed(content_length);
                         // note that the (request) body writer is converted to close delimit
                         // when the upgraded body tasks are received
                         return Ok(s);
@@ -688,6 +698,12 @@ impl HttpSession {
     }
 
     fn init_body_reader(&mut self) {
+        self.init_body_reader_framed(None)
+    }
+
+    /// [`Self::init_body_reader`], given what [`Self::validate_response`] found for the head
+    /// read: `Some(content_length)` for a response without `Transfer-Encoding`.
+    fn init_body_reader_framed(&mut self, validated_length: Option<Option<usize>>) {
         if self.body_reader.need_init() {
             // follow https://datatracker.ietf.org/doc/html/rfc9112#section-6.3
             let preread_body = self.preread_body.as_ref().unwrap().get(&self.buf[..]);
@@ -717,13 +733,17 @@ impl HttpSession {
                 }
             }
 
+            // Without Transfer-Encoding (`validated_length` is `Some`), the response is not
+            // chunked and its validated length is the one to frame it by.
             if upgraded {
                 self.body_reader.init_close_delimited(preread_body);
                 self.close_delimited_resp = true;
-            } else if self.is_chunked_encoding() {
+            } else if validated_length.is_none() && self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked(preread_body);
-            } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
+            } else if let Some(cl) =
+                validated_length.unwrap_or_else(|| self.get_content_length().unwrap_or(None))
+            {
                 self.body_reader.init_content_length(cl, preread_body);
             } else {
                 self.body_reader.init_close_delimited(preread_body);

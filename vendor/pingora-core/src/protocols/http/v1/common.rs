@@ -122,11 +122,13 @@ fn parse_connection_header(value: &[u8]) -> ConnectionValue {
     }
 }
 
-pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) {
+/// Returns whether a `Content-Length` field is present, when it was looked up (not for a
+/// chunked body).
+pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) -> Option<bool> {
     if is_chunked_encoding_from_headers(headers) {
         // transfer-encoding takes priority over content-length
         body_writer.init_chunked();
-        return;
+        return None;
     }
     // Resolve Content-Length through the shared, range-checked helper so the
     // value is reconciled (identical duplicates / comma lists) and never
@@ -135,18 +137,23 @@ pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap
     // bypassed, log the anomaly and fall back to close-delimited rather than
     // risk misframing the body.
     match content_length_for_framing(headers) {
-        Ok(Some(length)) => body_writer.init_content_length(length),
+        Ok(Some(length)) => {
+            body_writer.init_content_length(length);
+            Some(true)
+        }
         Ok(None) => {
             /* TODO: 1. connection: keepalive cannot be used,
             2. mark connection must be closed */
-            body_writer.init_close_delimited()
+            body_writer.init_close_delimited();
+            Some(false)
         }
         Err(e) => {
             // Headers are validated on read, so this is not expected here; log
             // the fallback to a close-delimited body rather than failing
             // silently if validation was somehow bypassed.
             debug!("invalid Content-Length while writing; framing close-delimited: {e}");
-            body_writer.init_close_delimited()
+            body_writer.init_close_delimited();
+            Some(true)
         }
     }
 }
@@ -267,25 +274,29 @@ pub(super) fn is_buf_keepalive(header_value: Option<&HeaderValue>) -> Option<boo
     })
 }
 
+/// Record each parsed header as offsets into the buffer that starts at `base`, in `slots`
+/// (one per header httparse could fill, so as many as its array), and return the filled ones:
+/// no allocation, and no slot written that is not used.
 #[inline]
-pub(super) fn populate_headers(
+pub(super) fn populate_header_slots<'a>(
     base: usize,
-    header_ref: &mut Vec<KVRef>,
+    slots: &'a mut [std::mem::MaybeUninit<KVRef>],
     headers: &[httparse::Header],
-) -> usize {
-    let mut used_header_index = 0;
+) -> &'a [KVRef] {
+    let mut filled = 0;
     for header in headers.iter() {
         if !header.name.is_empty() {
-            header_ref.push(KVRef::new(
+            slots[filled].write(KVRef::new(
                 header.name.as_ptr() as usize - base,
                 header.name.len(),
                 header.value.as_ptr() as usize - base,
                 header.value.len(),
             ));
-            used_header_index += 1;
+            filled += 1;
         }
     }
-    used_header_index
+    // SAFETY: the first `filled` slots were written just above, and `KVRef` needs no drop.
+    unsafe { std::slice::from_raw_parts(slots.as_ptr().cast::<KVRef>(), filled) }
 }
 
 /// Parse a `Content-Length` field value as an ASCII digit string, matching
@@ -543,6 +554,32 @@ mod test {
             headers.append(CONTENT_LENGTH, (*value).try_into().unwrap());
         }
         assert_eq!(content_length_parse_all(&headers), expected);
+    }
+
+    #[test]
+    fn parsed_headers_are_recorded_as_offsets_into_their_buffer() {
+        let buf = b"GET / HTTP/1.1\r\nHost: a\r\nX-Long-Name:  value two \r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; 4];
+        let mut req = httparse::Request::new(&mut headers);
+        req.parse(buf).unwrap();
+        let mut slots = [const { std::mem::MaybeUninit::<KVRef>::uninit() }; 4];
+        let refs = populate_header_slots(buf.as_ptr() as usize, &mut slots, req.headers);
+        assert_eq!(refs.len(), 2);
+        assert_eq!(refs[0].get_name(buf), b"Host");
+        assert_eq!(refs[0].get_value(buf), b"a");
+        assert_eq!(refs[1].get_name(buf), b"X-Long-Name");
+        assert_eq!(refs[1].get_value(buf), b"value two");
+        // An entry httparse left unnamed takes no slot.
+        let unnamed = [
+            httparse::Header {
+                name: "",
+                value: b"",
+            },
+            req.headers[1],
+        ];
+        let refs = populate_header_slots(buf.as_ptr() as usize, &mut slots, &unnamed);
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].get_name(buf), b"X-Long-Name");
     }
 
     #[test]

@@ -351,10 +351,12 @@ impl HttpSession {
                         // `KVRef`s to record the offset of each piece of data, drop `req`, convert
                         // buf, the do the 0 copy update
                         let base = buf.as_ptr() as usize;
-                        let mut header_refs = Vec::<KVRef>::with_capacity(req.headers.len());
-                        // Note: req.headers has the correct number of headers
-                        // while header_refs doesn't as it is still empty
-                        let _num_headers = populate_headers(base, &mut header_refs, req.headers);
+                        // Slots for as many headers as httparse could parse, left uninitialised
+                        // and on the stack: only those filled are read.
+                        let mut header_slots =
+                            [const { MaybeUninit::<KVRef>::uninit() }; MAX_HEADERS];
+                        let header_refs =
+                            populate_header_slots(base, &mut header_slots, req.headers);
 
                         let mut request_header = Box::new(RequestHeader::build(
                             req.method.unwrap_or(""),
@@ -872,6 +874,7 @@ impl HttpSession {
 
         // Allow informational header (excluding 101) to pass through without affecting the state
         // of the request
+        let mut has_content_length = None;
         if header.status == 101 || !header.status.is_informational() {
             // reset request body to done for incomplete upgrade handshakes
             if let Some(upgrade_ok) = self.is_upgrade(header) {
@@ -908,7 +911,7 @@ impl HttpSession {
                     // continue to read body as-is, this is now just a regular request
                 }
             }
-            self.init_body_writer(header);
+            has_content_length = self.init_body_writer(header);
         }
 
         // Defense-in-depth: if response body is close-delimited, mark session
@@ -928,12 +931,14 @@ impl HttpSession {
         // 1. 1xx response: client needs to see it before the rest of response
         // 2. No content length: the response could be generated in real time
         let should_flush = header.status.is_informational()
-            || header.headers.get(header::CONTENT_LENGTH).is_none();
+            || !has_content_length
+                .unwrap_or_else(|| header.headers.contains_key(header::CONTENT_LENGTH));
 
         Ok(Some((write_buf.freeze(), should_flush)))
     }
 
-    fn init_body_writer(&mut self, header: &ResponseHeader) {
+    /// Returns whether the response has a `Content-Length` field, when that was looked up.
+    fn init_body_writer(&mut self, header: &ResponseHeader) -> Option<bool> {
         use http::StatusCode;
         /* the following responses don't have body 204, 304, and HEAD */
         if matches!(
@@ -942,18 +947,19 @@ impl HttpSession {
         ) || self.get_method() == Some(&Method::HEAD)
         {
             self.body_writer.init_content_length(0);
-            return;
+            return None;
         }
 
         if header.status.is_informational() && header.status != StatusCode::SWITCHING_PROTOCOLS {
             // 1xx response, not enough to init body
-            return;
+            return None;
         }
 
         if self.is_upgrade(header) == Some(true) {
             self.body_writer.init_close_delimited();
+            None
         } else {
-            init_body_writer_comm(&mut self.body_writer, &header.headers);
+            init_body_writer_comm(&mut self.body_writer, &header.headers)
         }
     }
 
