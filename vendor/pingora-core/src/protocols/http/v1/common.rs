@@ -424,8 +424,17 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
 /// HTTP/2 does not use `Content-Length` for framing, but reconciling it here
 /// keeps the H2 and downgraded-H1 paths consistent and rejects genuinely
 /// ambiguous values before they cross a proxy boundary.
+#[cfg(test)]
 pub(crate) fn validate_content_length(headers: &HMap) -> Result<()> {
-    if headers.get(header::TRANSFER_ENCODING).is_some() {
+    validate_content_length_given(headers, headers.get(header::TRANSFER_ENCODING).is_some())
+}
+
+/// [`validate_content_length`] for a caller that has looked `Transfer-Encoding` up already.
+pub(crate) fn validate_content_length_given(
+    headers: &HMap,
+    has_transfer_encoding: bool,
+) -> Result<()> {
+    if has_transfer_encoding {
         // HTTP/1: Transfer-Encoding takes precedence over Content-Length.
         return Ok(());
     }

@@ -501,9 +501,11 @@ impl HttpSession {
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed; differing or unparseable values are rejected.
         // This is a no-op when Transfer-Encoding is present (TE overrides CL).
-        super::common::validate_content_length(&req_header.headers)?;
+        // `Transfer-Encoding` is looked up once, for this and for the checks below.
+        let has_transfer_encoding = req_header.headers.contains_key(TRANSFER_ENCODING);
+        super::common::validate_content_length_given(&req_header.headers, has_transfer_encoding)?;
 
-        if req_header.headers.contains_key(TRANSFER_ENCODING) {
+        if has_transfer_encoding {
             // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
             // HTTP/1.0 requests with Transfer-Encoding MUST be treated as having faulty framing.
             // We reject with 400 Bad Request and close the connection.
