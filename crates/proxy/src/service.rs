@@ -320,7 +320,7 @@ fn connection_named(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<Header
 #[doc(hidden)]
 pub fn strip_hop_by_hop_request(req: &mut RequestHeader, keep_upgrade: bool) {
     // Most requests carry none of these: look before touching the header maps.
-    let (found, upgrade) = present(&req.headers, &REQUEST_HOP_BY_HOP, &header::UPGRADE);
+    let (found, upgrade) = request_hop_by_hop_present(&req.headers);
     if found == 0 && !upgrade {
         return;
     }
@@ -357,13 +357,17 @@ pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader, connection_rewritten
     let (mut found, mut has_connection, mut has_upgrade, mut names_fields) =
         (0u32, false, false, false);
     for (k, v) in resp.headers.iter() {
-        if k == header::CONNECTION {
-            has_connection = true;
-            names_fields |= !only_usual_connection_tokens(v.as_bytes(), upgrade);
-        } else if k == header::UPGRADE {
-            has_upgrade = true;
-        } else if let Some(i) = RESPONSE_HOP_BY_HOP.iter().position(|h| h == k) {
-            found |= 1 << i;
+        match k.as_str() {
+            "connection" => {
+                has_connection = true;
+                names_fields |= !only_usual_connection_tokens(v.as_bytes(), upgrade);
+            }
+            "upgrade" => has_upgrade = true,
+            name => {
+                if let Some(i) = response_hop_by_hop_index(name) {
+                    found |= 1 << i;
+                }
+            }
         }
     }
     if found == 0 && !has_connection && !has_upgrade {
@@ -403,19 +407,51 @@ fn only_usual_connection_tokens(value: &[u8], keep_upgrade: bool) -> bool {
     })
 }
 
-/// Which of `names` (as bits, `names[i]` is bit `i`) and whether `also` a header map holds, from
-/// one pass over its names: a request or response carries few headers, so this is cheaper than
-/// a hashed lookup per name.
-fn present(headers: &http::HeaderMap, names: &[HeaderName], also: &HeaderName) -> (u32, bool) {
-    debug_assert!(names.len() <= 32);
-    let (mut found, mut has_also) = (0u32, false);
+/// Which of [`REQUEST_HOP_BY_HOP`] (as bits, entry `i` is bit `i`) and whether `Upgrade` a
+/// request holds, from one pass over its names: a request carries few headers, so this is
+/// cheaper than a hashed lookup per name.
+fn request_hop_by_hop_present(headers: &http::HeaderMap) -> (u32, bool) {
+    let (mut found, mut upgrade) = (0u32, false);
     for k in headers.keys() {
-        match names.iter().position(|h| h == k) {
-            Some(i) => found |= 1 << i,
-            None => has_also |= k == also,
+        match k.as_str() {
+            "upgrade" => upgrade = true,
+            name => {
+                if let Some(i) = request_hop_by_hop_index(name) {
+                    found |= 1 << i;
+                }
+            }
         }
     }
-    (found, has_also)
+    (found, upgrade)
+}
+
+/// The index of `name` in [`REQUEST_HOP_BY_HOP`]. One `match` on the text of a name sorts
+/// most names out by their length alone, where comparing a name with each entry in turn
+/// cost several comparisons for every field of every request (test:
+/// `hop_by_hop_indexes_follow_their_lists`).
+fn request_hop_by_hop_index(name: &str) -> Option<usize> {
+    match name {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "te" => Some(3),
+        "trailer" => Some(4),
+        "proxy-authenticate" => Some(5),
+        "proxy-authorization" => Some(6),
+        _ => None,
+    }
+}
+
+/// The index of `name` in [`RESPONSE_HOP_BY_HOP`], as [`request_hop_by_hop_index`].
+fn response_hop_by_hop_index(name: &str) -> Option<usize> {
+    match name {
+        "keep-alive" => Some(0),
+        "proxy-connection" => Some(1),
+        "te" => Some(2),
+        "trailer" => Some(3),
+        "proxy-authenticate" => Some(4),
+        _ => None,
+    }
 }
 
 impl RequestCtx {
@@ -1001,6 +1037,30 @@ mod tests {
         );
         let root = RequestHeader::build("GET", b"/", None).unwrap();
         assert_eq!(https_location("[::1]", 443, &root), "https://[::1]/");
+    }
+
+    #[test]
+    fn hop_by_hop_indexes_follow_their_lists() {
+        for (i, h) in REQUEST_HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(request_hop_by_hop_index(h.as_str()), Some(i), "{h}");
+        }
+        for (i, h) in RESPONSE_HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(response_hop_by_hop_index(h.as_str()), Some(i), "{h}");
+        }
+        for other in [
+            "upgrade",
+            "content-length",
+            "x-connection",
+            "tee",
+            "t",
+            "",
+            "host",
+        ] {
+            assert_eq!(request_hop_by_hop_index(other), None, "{other}");
+            assert_eq!(response_hop_by_hop_index(other), None, "{other}");
+        }
+        assert_eq!(response_hop_by_hop_index("connection"), None);
+        assert_eq!(response_hop_by_hop_index("proxy-authorization"), None);
     }
 
     #[test]
