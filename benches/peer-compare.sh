@@ -37,6 +37,13 @@
 #                        ratio comes from one interleaved run; adds fulcrum-base to PROXIES
 #                        when it is not listed
 #   FULCRUM_BASE_LABEL=  what the fulcrum-base row says it is (default: "fulcrum, base binary")
+#   FULCRUM_BIN=         the binary measured as fulcrum (and fulcrum-model) instead of this
+#                        tree's release build, which is then not built: e.g. the
+#                        profile-guided build scripts/build-pgo.sh writes
+#   FULCRUM_LABEL=       what the fulcrum row says it is (default: "fulcrum")
+#   WRK_SCRIPT=FILE      a wrk Lua script that shapes the request instead of a bare `GET /`
+#                        (benches/peers/browser-get.lua: a browser's page request); the
+#                        results file is named after it
 #   SKIP_BUILD=1         use the existing release binaries as they are
 #   BREAKDOWN=1          instead of timing, count what each proxy does per request over one
 #                        wrk run of DURATION: syscalls by kind (perf's syscall tracepoints),
@@ -107,9 +114,19 @@ keepalive) SCHEME=https; RESULT_NAME=peer-compare-tls-keepalive; WRK_EXTRA=() ;;
 handshake) SCHEME=https; RESULT_NAME=peer-compare-tls-handshake; WRK_EXTRA=(-H "Connection: close") ;;
 *) echo "peer-compare: TLS must be off, keepalive or handshake, not '$TLS'" >&2; exit 1 ;;
 esac
+# WRK_SCRIPT: a wrk Lua script shaping the request (e.g. benches/peers/browser-get.lua)
+if [[ -n "${WRK_SCRIPT:-}" ]]; then
+    [[ -f "$WRK_SCRIPT" ]] || { echo "peer-compare: no WRK_SCRIPT file $WRK_SCRIPT" >&2; exit 1; }
+    WRK_EXTRA+=(-s "$(cd "$(dirname "$WRK_SCRIPT")" && pwd)/$(basename "$WRK_SCRIPT")")
+    RESULT_NAME+="-$(basename "$WRK_SCRIPT" .lua)"
+fi
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-FULCRUM_BIN="$TARGET_DIR/release/fulcrum"
+FULCRUM_BIN_ARG="${FULCRUM_BIN:-}"
+FULCRUM_BIN="${FULCRUM_BIN:-$TARGET_DIR/release/fulcrum}"
+FULCRUM_WHAT="this tree's build"
+[[ -z "${FULCRUM_LABEL:-}" ]] || FULCRUM_WHAT="$FULCRUM_LABEL"
+[[ -z "$FULCRUM_BIN_ARG" ]] || FULCRUM_WHAT+=" (\`$FULCRUM_BIN_ARG\`)"
 FULCRUM_GLIBC_BIN="$TARGET_DIR/release/fulcrum-glibc"
 # Built from benches/bare-pingora, outside the workspace: crates.io's pingora, unpatched.
 BARE_BIN="$TARGET_DIR/release/bare_pingora"
@@ -146,7 +163,7 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     fi
     # Target flags apply to every -p, hence the explicit --bin / --example.
     build=(cargo build --release)
-    want fulcrum && build+=(-p fulcrum --bin fulcrum)
+    want fulcrum && [[ -z "$FULCRUM_BIN_ARG" ]] && build+=(-p fulcrum --bin fulcrum)
     if ((${#build[@]} > 3)); then
         log "building: ${build[*]}"
         "${build[@]}" >&2 || die "build failed (set PROXIES to measure only the peers that do not need it)"
@@ -477,8 +494,8 @@ if [[ -n "${INSTRUCTIONS:-}" ]]; then
         echo
         echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
         echo "- Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(uname -sr), $(valgrind --version)"
-        echo "- Command: \`${FULCRUM_BASE_ARG:+FULCRUM_BASE_BIN=$FULCRUM_BASE_ARG }INSTRUCTIONS=1 TLS=$TLS DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS PROXIES=\"$PROXIES\" benches/peer-compare.sh\`"
-        [[ -z "$FULCRUM_BASE_BIN" ]] || echo "- fulcrum-base: ${FULCRUM_BASE_LABEL:-fulcrum, base binary} (\`$FULCRUM_BASE_ARG\`); fulcrum: this tree's build."
+        echo "- Command: \`${FULCRUM_BIN_ARG:+FULCRUM_BIN=$FULCRUM_BIN_ARG }${WRK_SCRIPT:+WRK_SCRIPT=$WRK_SCRIPT }${FULCRUM_BASE_ARG:+FULCRUM_BASE_BIN=$FULCRUM_BASE_ARG }INSTRUCTIONS=1 TLS=$TLS DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS PROXIES=\"$PROXIES\" benches/peer-compare.sh\`"
+        [[ -z "$FULCRUM_BASE_BIN" ]] || echo "- fulcrum-base: ${FULCRUM_BASE_LABEL:-fulcrum, base binary} (\`$FULCRUM_BASE_ARG\`); fulcrum: $FULCRUM_WHAT."
         echo "- Each proxy runs alone under \`valgrind --tool=callgrind\` (one worker, pinned to core $PROXY_CORE; wrk -c$CONNECTIONS and the nginx origin on core $CLIENT_CORE, keep-alive \`GET /\`)."
         echo "  Instructions are counted in user space only, over one ${DURATION}s wrk run after a ${WARMUP}s warm-up, for every thread of the proxy, and divided by the requests that run completed."
         echo
@@ -573,7 +590,7 @@ if [[ -n "${BREAKDOWN:-}" ]]; then
         echo
         echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
         echo "- Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(uname -sr)"
-        echo "- Command: \`${FULCRUM_BASE_ARG:+FULCRUM_BASE_BIN=$FULCRUM_BASE_ARG }BREAKDOWN=1 TLS=$TLS DURATION=$DURATION CONNECTIONS=$CONNECTIONS PROXIES=\"$PROXIES\" benches/peer-compare.sh\`"
+        echo "- Command: \`${FULCRUM_BIN_ARG:+FULCRUM_BIN=$FULCRUM_BIN_ARG }${WRK_SCRIPT:+WRK_SCRIPT=$WRK_SCRIPT }${FULCRUM_BASE_ARG:+FULCRUM_BASE_BIN=$FULCRUM_BASE_ARG }BREAKDOWN=1 TLS=$TLS DURATION=$DURATION CONNECTIONS=$CONNECTIONS PROXIES=\"$PROXIES\" benches/peer-compare.sh\`"
         echo "- Same layout as the timing runs (proxy pinned to core $PROXY_CORE with one worker, wrk -c$CONNECTIONS and the nginx origin on core $CLIENT_CORE, keep-alive \`GET /\`)."
         echo "  Syscalls and software events (perf stat -p on the proxy's threads) are counted over one ${DURATION}s wrk run, allocator calls (uprobes) over a second,"
         echo "  each divided by the requests that run completed; the profile is a third run sampled at 997 Hz (self time by symbol, \`perf report --no-children --sort dso,sym\`),"
@@ -614,10 +631,10 @@ want bare-pingora && BARE_CPU="$(median bare-pingora 8)"
 NGINX_CPU=""
 want nginx && NGINX_CPU="$(median nginx 8)"
 cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
-cmd="${FULCRUM_BASE_ARG:+FULCRUM_BASE_BIN=$FULCRUM_BASE_ARG }TLS=$TLS DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS QUIET_MAX=$QUIET_MAX RETRY_DISTURBED=$RETRY_DISTURBED PROXIES=\"$PROXIES\" benches/peer-compare.sh"
+cmd="${FULCRUM_BIN_ARG:+FULCRUM_BIN=$FULCRUM_BIN_ARG }${WRK_SCRIPT:+WRK_SCRIPT=$WRK_SCRIPT }${FULCRUM_BASE_ARG:+FULCRUM_BASE_BIN=$FULCRUM_BASE_ARG }TLS=$TLS DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS QUIET_MAX=$QUIET_MAX RETRY_DISTURBED=$RETRY_DISTURBED PROXIES=\"$PROXIES\" benches/peer-compare.sh"
 
 declare -A label=(
-    [fulcrum]="fulcrum"
+    [fulcrum]="${FULCRUM_LABEL:-fulcrum}"
     [fulcrum-glibc]="fulcrum, system allocator (glibc malloc)"
     [fulcrum-base]="${FULCRUM_BASE_LABEL:-fulcrum, base binary}"
     [fulcrum-model]="fulcrum, weights = \"model\" (least connections + control loop)"
@@ -641,6 +658,7 @@ declare -A label=(
         "wrk and the origin pinned to core $CLIENT_CORE, the proxy pinned to core $PROXY_CORE with one worker thread/process;" \
         "${WARMUP}s warm-up before each measured run; $REPEAT measured run(s) per proxy, median shown;" \
         "a run disturbed by other work (other CPU > ${QUIET_MAX}% of a core) is discarded and repeated, up to $RETRY_DISTURBED times."
+    [[ -z "${WRK_SCRIPT:-}" ]] || echo "- Request: shaped by \`$WRK_SCRIPT\` instead of a bare \`GET /\`."
     case "$TLS" in
     keepalive) echo "- TLS: the proxy terminates TLS 1.3 (ECDSA P-256 certificate from scripts/make-certs.sh) and speaks cleartext to the origin; connections are kept alive." ;;
     handshake) echo "- TLS: the proxy terminates TLS 1.3 (ECDSA P-256 certificate from scripts/make-certs.sh) and speaks cleartext to the origin; wrk sends Connection: close, so every request pays a new connection and a full handshake: CPU/req is CPU per handshake." ;;

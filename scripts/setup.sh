@@ -7,8 +7,9 @@
 #          dashboard tests, curl, openssl and nghttp, the real clients of the TLS tests,
 #          chromium, the real browser of the status page's test, and hadolint and
 #          kubernetes-validate in .venv (docker/requirements.txt)
-#   bench: test + wrk, nginx-light, haproxy for the peer comparison, and cargo-fuzz (with the
-#          nightly toolchain) for scripts/fuzz.sh
+#   bench: test + wrk, nginx-light, haproxy for the peer comparison, llvm-profdata of rustc's
+#          LLVM for scripts/build-pgo.sh, and cargo-fuzz (with the nightly toolchain) for
+#          scripts/fuzz.sh
 set -euo pipefail
 want="${1:-build}"
 cd "$(dirname "$0")/.."
@@ -20,6 +21,11 @@ if [[ "$want" == test || "$want" == bench ]]; then
 fi
 if [[ "$want" == bench ]]; then
   need_cmds+=(wrk nginx haproxy taskset prlimit slowhttptest perf); need_pkgs+=(wrk nginx-light haproxy util-linux util-linux slowhttptest linux-perf)
+fi
+# scripts/build-pgo.sh merges its profile with the llvm-profdata of rustc's own LLVM version.
+if [[ "$want" == bench ]] && command -v rustc >/dev/null 2>&1; then
+  llvm_major="$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')"
+  if [[ -n "$llvm_major" ]]; then need_cmds+=("llvm-profdata-$llvm_major"); need_pkgs+=("llvm-$llvm_major"); fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
