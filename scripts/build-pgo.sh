@@ -5,8 +5,8 @@
 #
 # 1. An instrumented release build of fulcrum (rustc -Cprofile-generate).
 # 2. It serves a training mix on loopback, through a one-worker nginx origin: HTTP/1.1
-#    keep-alive GETs, a GET per connection, POSTs with a body, HTTPS keep-alive GETs, h2c and
-#    h2 over TLS, answers of the proxy's own (404 for no route, 502 for a backend that refuses),
+#    keep-alive GETs (to a pool with static weights and to one the model tunes), a GET per
+#    connection, POSTs with a body, HTTPS keep-alive GETs, h2c and h2 over TLS, answers of the proxy's own (404 for no route, 502 for a backend that refuses),
 #    and admin scrapes. The profile is written when fulcrum exits.
 # 3. LLVM merges the profile, and the release build uses it (rustc -Cprofile-use).
 #
@@ -82,6 +82,11 @@ path_prefix = "/dead"
 pool = "dead"
 
 [[routes]]
+host = "*"
+path_prefix = "/model"
+pool = "model"
+
+[[routes]]
 host = "localhost"
 path_prefix = "/"
 pool = "web"
@@ -102,6 +107,17 @@ timeout_ms = 1000
 [[pools.web.backends]]
 addr = "127.0.0.1:$BACKEND_PORT"
 weight = 1
+
+[pools.model]
+algorithm = "least_connections"
+weights = "model"
+
+[[pools.model.backends]]
+addr = "127.0.0.1:$BACKEND_PORT"
+weight = 1
+
+[control]
+model = "$ROOT/models/balancer.onnx"
 
 [pools.dead]
 algorithm = "round_robin"
@@ -125,6 +141,10 @@ EOF
 client=(taskset -c "$CLIENT_CORE")
 base="http://127.0.0.1:$port"
 "${client[@]}" wrk -t1 -c32 -d"${seconds}s" "$base/" >/dev/null
+# A pool whose weights the model tunes: its picks and the control thread's work.
+"${client[@]}" wrk -t1 -c32 -d"${seconds}s" "$base/model/" >/dev/null
+curl -fsS "http://127.0.0.1:$admin_port/metrics" | grep -q '^fulcrum_model_loaded 1' \
+    || log "warning: the model did not load (no ONNX Runtime? set ORT_DYLIB_PATH): its pool trained on static weights"
 "${client[@]}" wrk -t1 -c8 -d"$((seconds / 2 + 1))s" -H "Connection: close" "$base/" >/dev/null
 "${client[@]}" wrk -t1 -c16 -d"$((seconds / 2 + 1))s" -s "$WORK/post.lua" "$base/upload" >/dev/null
 "${client[@]}" wrk -t1 -c16 -d"$((seconds / 2 + 1))s" "https://localhost:$tls_port/" >/dev/null
