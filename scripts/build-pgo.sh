@@ -6,8 +6,9 @@
 # 1. An instrumented release build of fulcrum (rustc -Cprofile-generate).
 # 2. It serves a training mix on loopback, through a one-worker nginx origin: HTTP/1.1
 #    keep-alive GETs (to a pool with static weights and to one the model tunes), a GET per
-#    connection, POSTs with a body, HTTPS keep-alive GETs, h2c and h2 over TLS, answers of the proxy's own (404 for no route, 502 for a backend that refuses),
-#    and admin scrapes. The profile is written when fulcrum exits.
+#    connection, POSTs with a body, HTTPS keep-alive GETs, h2c and h2 over TLS, the proxy's
+#    own answers (404 for no route, 502 for a backend that refuses) and admin scrapes. The
+#    profile is written when fulcrum exits.
 # 3. LLVM merges the profile, and the release build uses it (rustc -Cprofile-use).
 #
 # The profile is made from this tree on every run, so it never describes other code. The
@@ -143,7 +144,8 @@ base="http://127.0.0.1:$port"
 "${client[@]}" wrk -t1 -c32 -d"${seconds}s" "$base/" >/dev/null
 # A pool whose weights the model tunes: its picks and the control thread's work.
 "${client[@]}" wrk -t1 -c32 -d"${seconds}s" "$base/model/" >/dev/null
-curl -fsS "http://127.0.0.1:$admin_port/metrics" | grep -q '^fulcrum_model_loaded 1' \
+metrics="$(curl -fsS "http://127.0.0.1:$admin_port/metrics" || true)"
+grep -q '^fulcrum_model_loaded 1' <<<"$metrics" \
     || log "warning: the model did not load (no ONNX Runtime? set ORT_DYLIB_PATH): its pool trained on static weights"
 "${client[@]}" wrk -t1 -c8 -d"$((seconds / 2 + 1))s" -H "Connection: close" "$base/" >/dev/null
 "${client[@]}" wrk -t1 -c16 -d"$((seconds / 2 + 1))s" -s "$WORK/post.lua" "$base/upload" >/dev/null
@@ -165,6 +167,7 @@ mkdir -p "$use_dir"
 "$profdata" merge -o "$WORK/fulcrum.profdata" "${files[@]}" || die "llvm-profdata merge failed"
 # Named by its contents: the flags name it, so a new profile rebuilds everything it shapes.
 profile="$use_dir/fulcrum-$(sha256sum "$WORK/fulcrum.profdata" | cut -c1-16).profdata"
+rm -f "$use_dir"/fulcrum-*.profdata
 cp "$WORK/fulcrum.profdata" "$profile"
 
 log "3/3 optimised build ($use_dir)"
