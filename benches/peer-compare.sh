@@ -17,7 +17,8 @@
 #   DURATION=10          seconds per measured run
 #   WARMUP=2             seconds of unmeasured load before each measured run
 #   REPEAT=1             measured runs per proxy (proxies are interleaved per
-#                        round; the table shows the median of each column)
+#                        round, in reverse order every other round; the table shows the
+#                        median of each column, the ratios also the median of each round's)
 #   CONNECTIONS=32       wrk connections
 #   QUIET_MAX=20         a run during which other work on the machine used more
 #                        than this % of a core is discarded and repeated ...
@@ -602,8 +603,16 @@ if [[ -n "${BREAKDOWN:-}" ]]; then
     exit 0
 fi
 
+# Every other round runs the proxies in reverse order, so that no proxy always runs first or
+# right after the same neighbour: a drift of the machine within a round evens out.
+read -ra order <<<"$PROXIES"
 for run in $(seq "$REPEAT"); do
-    for p in $PROXIES; do
+    round=("${order[@]}")
+    if ((run % 2 == 0)); then
+        round=()
+        for ((i = ${#order[@]} - 1; i >= 0; i--)); do round+=("${order[i]}"); done
+    fi
+    for p in "${round[@]}"; do
         for attempt in $(seq 0 "$RETRY_DISTURBED"); do
             measure "$p" "$run"
             other="$(tail -1 "$RAW" | cut -d, -f11)"
@@ -624,6 +633,17 @@ cp "$RAW" "$RESULTS_DIR/$RESULT_NAME.csv"
 median() {
     awk -F, -v p="$1" -v c="$2" 'NR > 1 && $1 == p && $12 == 1 { print $c }' "$RAW" | sort -g |
         awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# "paired per round: median X×, min–max×": the rounds' own ratios of A's CPU/req to B's; each round's
+# proxies ran minutes apart at most, so a slow stretch of the machine hits both sides of a ratio
+paired() {
+    awk -F, -v a="$1" -v b="$2" 'NR > 1 && $12 == 1 && $1 == a { x[$2] = $8 }
+        NR > 1 && $12 == 1 && $1 == b { y[$2] = $8 }
+        END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "$RAW" | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR == 0) exit
+            m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            printf "paired per round: median %.3f×, %.3f–%.3f× over %d rounds", m, v[1], v[NR], NR }'
 }
 
 BARE_CPU=""
@@ -656,7 +676,7 @@ declare -A label=(
     echo "- Command: \`$cmd\`"
     echo "- Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\`, keep-alive, \`GET /\` answered \"ok\\n\" by a one-worker nginx origin;" \
         "wrk and the origin pinned to core $CLIENT_CORE, the proxy pinned to core $PROXY_CORE with one worker thread/process;" \
-        "${WARMUP}s warm-up before each measured run; $REPEAT measured run(s) per proxy, median shown;" \
+        "${WARMUP}s warm-up before each measured run; $REPEAT measured run(s) per proxy, median shown; the proxies take turns, in reverse order every other round;" \
         "a run disturbed by other work (other CPU > ${QUIET_MAX}% of a core) is discarded and repeated, up to $RETRY_DISTURBED times."
     [[ -z "${WRK_SCRIPT:-}" ]] || echo "- Request: shaped by \`$WRK_SCRIPT\` instead of a bare \`GET /\`."
     case "$TLS" in
@@ -690,11 +710,13 @@ declare -A label=(
     if [[ " $PROXIES " == *" fulcrum "* ]] && [[ -n "$BARE_CPU" ]]; then
         echo
         awk -v a="$(median fulcrum 8)" -v b="$BARE_CPU" \
-            'BEGIN { printf "fulcrum / bare pingora CPU per request: **%.2f×** (%.2f µs vs %.2f µs; %+.2f µs per request)\n", a / b, a, b, a - b }'
+            -v pr="$(paired fulcrum bare-pingora)" \
+            'BEGIN { printf "fulcrum / bare pingora CPU per request: **%.2f×** (%.2f µs vs %.2f µs; %+.2f µs per request; %s)\n", a / b, a, b, a - b, pr }'
     fi
     if [[ " $PROXIES " == *" fulcrum "* ]] && [[ -n "$NGINX_CPU" ]]; then
         awk -v a="$(median fulcrum 8)" -v b="$NGINX_CPU" \
-            'BEGIN { printf "\nfulcrum / nginx CPU per request: **%.2f×** (%.2f µs vs %.2f µs)\n", a / b, a, b }'
+            -v pr="$(paired fulcrum nginx)" \
+            'BEGIN { printf "\nfulcrum / nginx CPU per request: **%.2f×** (%.2f µs vs %.2f µs; %s)\n", a / b, a, b, pr }'
     fi
     if [[ " $PROXIES " == *" fulcrum "* ]] && [[ " $PROXIES " == *" fulcrum-glibc "* ]]; then
         awk -v a="$(median fulcrum 8)" -v b="$(median fulcrum-glibc 8)" \
@@ -702,11 +724,13 @@ declare -A label=(
     fi
     if [[ " $PROXIES " == *" fulcrum "* ]] && [[ " $PROXIES " == *" fulcrum-base "* ]]; then
         awk -v a="$(median fulcrum 8)" -v b="$(median fulcrum-base 8)" -v l="${label[fulcrum-base]}" \
-            'BEGIN { printf "\nfulcrum (this tree) / %s CPU per request: **%.3f×** (%.2f µs vs %.2f µs; %+.2f µs per request)\n", l, a / b, a, b, a - b }'
+            -v pr="$(paired fulcrum fulcrum-base)" \
+            'BEGIN { printf "\nfulcrum (this tree) / %s CPU per request: **%.3f×** (%.2f µs vs %.2f µs; %+.2f µs per request; %s)\n", l, a / b, a, b, a - b, pr }'
     fi
     if [[ " $PROXIES " == *" fulcrum "* ]] && [[ " $PROXIES " == *" fulcrum-model "* ]]; then
         awk -v a="$(median fulcrum-model 8)" -v b="$(median fulcrum 8)" \
-            'BEGIN { printf "\nfulcrum weights = \"model\" / weights = \"static\" CPU per request: **%.3f×** (%.2f µs vs %.2f µs)\n", a / b, a, b }'
+            -v pr="$(paired fulcrum-model fulcrum)" \
+            'BEGIN { printf "\nfulcrum weights = \"model\" / weights = \"static\" CPU per request: **%.3f×** (%.2f µs vs %.2f µs; %s)\n", a / b, a, b, pr }'
     fi
     echo
     echo "Raw per-run numbers, discarded runs included (kept = 0): \`$RESULT_NAME.csv\` next to this file."
