@@ -24,6 +24,8 @@
 #   PARALLEL=64          connections being opened at once
 #   SETTLE=3             seconds between the last connection and the second RSS reading
 #   PROXIES="fulcrum bare-pingora nginx haproxy"
+#   FULCRUM_BIN=FILE     measure this fulcrum binary (e.g. scripts/build-pgo.sh's) instead of
+#                        building this tree's release binary
 #   SKIP_BUILD=1         use the existing release binaries as they are
 #   RESULTS_DIR=benches/results   where idle-memory.md / idle-memory.csv are written
 #
@@ -126,7 +128,7 @@ done
 mkdir -p "$RESULTS_DIR"
 cp "$RAW" "$RESULTS_DIR/idle-memory.csv"
 col() { awk -F, -v p="$1" -v c="$2" '$1 == p { print $c }' "$RAW"; }
-cmd="CONNS=$CONNS PARALLEL=$PARALLEL SETTLE=$SETTLE PROXIES=\"$PROXIES\" benches/idle-memory.sh"
+cmd="${FULCRUM_BIN_PREFIX}CONNS=$CONNS PARALLEL=$PARALLEL SETTLE=$SETTLE PROXIES=\"$PROXIES\" benches/idle-memory.sh"
 {
     result_header "Memory per idle keep-alive connection: fulcrum vs bare pingora, nginx, HAProxy" "$cmd"
     echo "- Method: each proxy (release builds, one worker; configs from benches/peers/) is warmed with $WARM_CONNS connections, then its RSS (VmRSS summed over its processes) is read;" \

@@ -11,6 +11,11 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS="$ROOT/benches/peers"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+# FULCRUM_BIN=FILE: measure this fulcrum binary (e.g. the profile-guided build of
+# scripts/build-pgo.sh) instead of building this tree's release binary.
+FULCRUM_GIVEN="${FULCRUM_BIN:-}"
+# For the results' command lines: "FULCRUM_BIN=FILE " when one was given.
+FULCRUM_BIN_PREFIX="${FULCRUM_GIVEN:+FULCRUM_BIN=$FULCRUM_GIVEN }"
 PROXY_CORE=0
 CLIENT_CORE=1
 CLK_TCK="$(getconf CLK_TCK)"
@@ -65,14 +70,14 @@ build_bare_pingora() {
         --target-dir "$TARGET_DIR" >&2 || die "build of benches/bare-pingora failed"
 }
 
-# build_release WHAT...: release-build fulcrum, bare-pingora and/or openloop (unless SKIP_BUILD
-# is set) and copy them into $WORK/bin, so a concurrent rebuild of the target dir cannot swap a
+# build_release WHAT...: release-build fulcrum (unless FULCRUM_BIN names one), bare-pingora
+# and/or openloop (unless SKIP_BUILD is set) and copy them into $WORK/bin, so a concurrent rebuild of the target dir cannot swap a
 # binary out from under a measurement. Sets FULCRUM_BIN, BARE_BIN, OPENLOOP_BIN.
 build_release() {
     local build=(cargo build --release) p
     for p in "$@"; do
         case "$p" in
-        fulcrum) build+=(-p fulcrum --bin fulcrum) ;;
+        fulcrum) [[ -n "$FULCRUM_GIVEN" ]] || build+=(-p fulcrum --bin fulcrum) ;;
         bare-pingora) [[ -n "${SKIP_BUILD:-}" ]] || build_bare_pingora ;;
         openloop) build+=(-p fulcrum-lab --example openloop) ;;
         esac
@@ -83,7 +88,7 @@ build_release() {
     fi
     for p in "$@"; do
         case "$p" in
-        fulcrum) FULCRUM_BIN="$WORK/bin/fulcrum"; cp "$TARGET_DIR/release/fulcrum" "$FULCRUM_BIN" ;;
+        fulcrum) FULCRUM_BIN="$WORK/bin/fulcrum"; cp "${FULCRUM_GIVEN:-$TARGET_DIR/release/fulcrum}" "$FULCRUM_BIN" ;;
         bare-pingora) BARE_BIN="$WORK/bin/bare_pingora"; cp "$TARGET_DIR/release/bare_pingora" "$BARE_BIN" ;;
         openloop) OPENLOOP_BIN="$WORK/bin/openloop"; cp "$TARGET_DIR/release/examples/openloop" "$OPENLOOP_BIN" ;;
         esac || die "no release build of $p in $TARGET_DIR (unset SKIP_BUILD)"

@@ -30,6 +30,8 @@
 #   CONNECTIONS=        at most this many generator connections (requests beyond wait for one,
 #                       their latency counted from their scheduled send, as in wrk2); unset: a
 #                       new connection for every request that finds none idle
+#   FULCRUM_BIN=FILE     measure this fulcrum binary (e.g. scripts/build-pgo.sh's) instead of
+#                        building this tree's release binary
 #   SKIP_BUILD=1        use the existing release binaries as they are
 #   RESULTS_DIR=benches/results   where open-loop.md / open-loop.csv are written
 #
@@ -130,7 +132,7 @@ median() { # TARGET COLUMN
 ratio() { # A B
     [[ -n "$1" && -n "$2" ]] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "n/a" }' || echo "n/a"
 }
-cmd="RATE=$RATE DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT SEED=$SEED${CONNECTIONS:+ CONNECTIONS=$CONNECTIONS} PROXIES=\"$PROXIES\" benches/open-loop.sh"
+cmd="${FULCRUM_BIN_PREFIX}RATE=$RATE DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT SEED=$SEED${CONNECTIONS:+ CONNECTIONS=$CONNECTIONS} PROXIES=\"$PROXIES\" benches/open-loop.sh"
 NG99="$(median nginx 9)"
 HP99="$(median haproxy 9)"
 {

@@ -15,6 +15,8 @@
 #   DURATION=600        seconds of load (at least 130, so the first and last minutes are apart)
 #   INTERVAL=10         seconds between RSS samples
 #   CONNECTIONS=32      wrk keep-alive connections
+#   FULCRUM_BIN=FILE     measure this fulcrum binary (e.g. scripts/build-pgo.sh's) instead of
+#                        building this tree's release binary
 #   SKIP_BUILD=1        use the existing release binary as it is
 #   RESULTS_DIR=benches/results   where soak-rss.md / soak-rss.csv are written
 #
@@ -73,7 +75,7 @@ mkdir -p "$RESULTS_DIR"
 cp "$SAMPLES" "$RESULTS_DIR/soak-rss.csv"
 {
     result_header "Soak: fulcrum's RSS under ${DURATION} s of steady keep-alive load" \
-        "DURATION=$DURATION INTERVAL=$INTERVAL CONNECTIONS=$CONNECTIONS benches/soak-rss.sh"
+        "${FULCRUM_BIN_PREFIX}DURATION=$DURATION INTERVAL=$INTERVAL CONNECTIONS=$CONNECTIONS benches/soak-rss.sh"
     echo "- Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s\`, keep-alive \`GET /\` answered \"ok\\n\" by a one-worker nginx origin;" \
         "fulcrum (release, benches/peers/fulcrum.toml: one worker thread, one least-connections pool) pinned to core $PROXY_CORE, wrk and the origin to core $CLIENT_CORE."
     echo "- RSS: VmRSS of the fulcrum process (all threads), sampled every ${INTERVAL} s; t = 0 is just before the load starts."
