@@ -1093,13 +1093,16 @@ mod tests {
         r.append_header("x-backend-load", "0.75").unwrap();
         r.append_header("content-length", "2").unwrap();
         r.append_header("X-Backend-Load", "0.1").unwrap();
-        r.append_header("endpoint-load-metrics", "TEXT cpu_utilization=0.3").unwrap();
+        r.append_header("endpoint-load-metrics", "TEXT cpu_utilization=0.3")
+            .unwrap();
         assert_eq!(reported_load(&r), Some(0.75));
         r.remove_header("x-backend-load");
         assert_eq!(reported_load(&r), Some(0.3));
         let mut r = ResponseHeader::build(200, None).unwrap();
-        r.append_header("endpoint-load-metrics", "TEXT rps_fractional=3").unwrap();
-        r.append_header("endpoint-load-metrics", "TEXT cpu_utilization=0.4").unwrap();
+        r.append_header("endpoint-load-metrics", "TEXT rps_fractional=3")
+            .unwrap();
+        r.append_header("endpoint-load-metrics", "TEXT cpu_utilization=0.4")
+            .unwrap();
         assert_eq!(reported_load(&r), None);
         r.append_header("x-backend-load", "not a number").unwrap();
         assert_eq!(reported_load(&r), None);
