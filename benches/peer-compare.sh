@@ -45,6 +45,13 @@
 #   WRK_SCRIPT=FILE      a wrk Lua script that shapes the request instead of a bare `GET /`
 #                        (benches/peers/browser-get.lua: a browser's page request); the
 #                        results file is named after it
+#   TOGETHER=1           the two proxies of PROXIES run at the same time, both pinned to the
+#                        proxy core, each under its own wrk (both on the client core), instead
+#                        of taking turns: whatever the machine does during a run falls on both,
+#                        so their ratio holds still where the turns of a busy VM move by 10 %
+#                        (for a small difference, e.g. PROXIES="fulcrum fulcrum-model"); each
+#                        has about half the core, and CPU/req is each one's own. Results go to
+#                        peer-compare-together.*
 #   SKIP_BUILD=1         use the existing release binaries as they are
 #   BREAKDOWN=1          instead of timing, count what each proxy does per request over one
 #                        wrk run of DURATION: syscalls by kind (perf's syscall tracepoints),
@@ -120,6 +127,14 @@ if [[ -n "${WRK_SCRIPT:-}" ]]; then
     [[ -f "$WRK_SCRIPT" ]] || { echo "peer-compare: no WRK_SCRIPT file $WRK_SCRIPT" >&2; exit 1; }
     WRK_EXTRA+=(-s "$(cd "$(dirname "$WRK_SCRIPT")" && pwd)/$(basename "$WRK_SCRIPT")")
     RESULT_NAME+="-$(basename "$WRK_SCRIPT" .lua)"
+fi
+
+TOGETHER="${TOGETHER:-}"
+if [[ -n "$TOGETHER" ]]; then
+    read -ra _two <<<"$PROXIES"
+    ((${#_two[@]} == 2)) || { echo "peer-compare: TOGETHER=1 measures two proxies at once: PROXIES must name two, not '$PROXIES'" >&2; exit 1; }
+    [[ -z "${INSTRUCTIONS:-}${BREAKDOWN:-}" ]] || { echo "peer-compare: TOGETHER=1 is a timing mode: not with INSTRUCTIONS or BREAKDOWN" >&2; exit 1; }
+    RESULT_NAME+="-together"
 fi
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -416,30 +431,27 @@ stop_proxy() {
 RAW="$WORK/raw.csv"
 echo "proxy,run,requests,duration_s,rps,p99_us,cpu_ticks,cpu_us_per_req,proxy_core_pct,errors,other_cpu_pct,kept" >"$RAW"
 
-measure() { # NAME RUN
-    local name="$1" run="$2" port out pids opids before after obefore oafter mbefore mafter
-    local requests secs rps p99 p99us errs cpu_us per_req core wrk_us other
+start_retrying() { # NAME: start it on a free port (three tries); sets PORT and PROXY_PID
     local tries=0
-    port="$(free_port)"
-    until start_proxy "$name" "$port"; do
-        ((++tries < 3)) || die "$name did not start three times (logs in $WORK)"
-        port="$(free_port)"
+    PORT="$(free_port)"
+    until start_proxy "$1" "$PORT"; do
+        ((++tries < 3)) || die "$1 did not start three times (logs in $WORK)"
+        PORT="$(free_port)"
     done
-    "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${WARMUP}s" "$SCHEME://127.0.0.1:$port/" >/dev/null
-    mapfile -t pids < <(tree_pids "$PROXY_PID")
-    mapfile -t opids < <(tree_pids "$ORIGIN_PID")
-    before="$(cpu_ticks "${pids[@]}")"
-    obefore="$(cpu_ticks "${opids[@]}")"
-    mbefore="$(machine_ticks)"
-    # `times` reports the CPU time of wrk (the subshell's only child).
-    out="$("${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${DURATION}s" "$SCHEME://127.0.0.1:$port/"; times)"
-    mafter="$(machine_ticks)"
-    after="$(cpu_ticks "${pids[@]}")"
-    oafter="$(cpu_ticks "${opids[@]}")"
-    stop_proxy
-    echo "$out" >"$WORK/$name.wrk.$run.txt"
-    wrk_us=$(( $(mins_to_us "$(tail -1 <<<"$out" | awk '{ print $1 }')") + $(mins_to_us "$(tail -1 <<<"$out" | awk '{ print $2 }')") ))
+}
 
+# `times` output of a subshell whose only child was wrk -> its CPU time in microseconds
+wrk_cpu_us() {
+    echo $(($(mins_to_us "$(tail -1 <<<"$1" | awk '{ print $1 }')") + $(mins_to_us "$(tail -1 <<<"$1" | awk '{ print $2 }')")))
+}
+
+# record NAME RUN WRK_OUTPUT PROXY_TICKS REST_TICKS WRK_US: one row of $RAW from a measured run.
+# REST_TICKS is the machine's busy time over the run less every measured proxy and the origin,
+# WRK_US the CPU time of every wrk that ran: what is left is other work on the machine.
+record() {
+    local name="$1" run="$2" out="$3" ticks="$4" rest="$5" wrk_us="$6"
+    local requests secs rps p99 p99us errs cpu_us per_req core other
+    echo "$out" >"$WORK/$name.wrk.$run.txt"
     requests="$(awk '/requests in/ { print $1 }' <<<"$out")"
     secs="$(awk '/requests in/ { sub(/,$/, "", $4); print $4 }' <<<"$out")"
     rps="$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")"
@@ -449,15 +461,72 @@ measure() { # NAME RUN
 $out"
     p99us="$(to_us "$p99")"
     secs="$(to_us "$secs")"
-    read -r cpu_us per_req core < <(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" -v w="$secs" \
+    read -r cpu_us per_req core < <(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" -v w="$secs" \
         'BEGIN { us = t * 1e6 / hz; printf "%.0f %.3f %.1f\n", us, us / n, 100 * us / w }')
     # Everything else the machine did meanwhile: anything well above the kernel's
     # own loopback work means another workload disturbed the run.
-    other="$(awk -v m=$((mafter - mbefore - (after - before) - (oafter - obefore))) -v hz="$CLK_TCK" -v wrk="$wrk_us" -v w="$secs" \
+    other="$(awk -v m="$rest" -v hz="$CLK_TCK" -v wrk="$wrk_us" -v w="$secs" \
         'BEGIN { v = 100 * (m * 1e6 / hz - wrk) / w; printf "%.1f", v < 0 ? 0 : v }')"
     secs="$(awk -v w="$secs" 'BEGIN { printf "%.2f", w / 1e6 }')"
-    echo "$name,$run,$requests,$secs,$rps,$p99us,$((after - before)),$per_req,$core,$errs,$other,1" >>"$RAW"
+    echo "$name,$run,$requests,$secs,$rps,$p99us,$ticks,$per_req,$core,$errs,$other,1" >>"$RAW"
     log "$name run $run: $rps req/s, p99 ${p99}, ${per_req} us CPU/req, proxy core ${core}%, errors $errs, other CPU ${other}%"
+}
+
+measure() { # NAME RUN
+    local name="$1" run="$2" out pids opids before after obefore oafter mbefore mafter
+    start_retrying "$name"
+    "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${WARMUP}s" "$SCHEME://127.0.0.1:$PORT/" >/dev/null
+    mapfile -t pids < <(tree_pids "$PROXY_PID")
+    mapfile -t opids < <(tree_pids "$ORIGIN_PID")
+    before="$(cpu_ticks "${pids[@]}")"
+    obefore="$(cpu_ticks "${opids[@]}")"
+    mbefore="$(machine_ticks)"
+    # `times` reports the CPU time of wrk (the subshell's only child).
+    out="$("${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${DURATION}s" "$SCHEME://127.0.0.1:$PORT/"; times)"
+    mafter="$(machine_ticks)"
+    after="$(cpu_ticks "${pids[@]}")"
+    oafter="$(cpu_ticks "${opids[@]}")"
+    stop_proxy
+    record "$name" "$run" "$out" $((after - before)) $((mafter - mbefore - (after - before) - (oafter - obefore))) "$(wrk_cpu_us "$out")"
+}
+
+# TOGETHER=1: both proxies run at once on the proxy core, each loaded by its own wrk, so that
+# whatever the machine does during the run (another guest, a slower stretch) falls on both
+measure_together() { # A B RUN
+    local a="$1" b="$2" run="$3" pa pb pida pidb pids_a pids_b opids ba bb aa ab obefore oafter mbefore mafter out_a out_b
+    start_retrying "$a"; pa="$PORT"; pida="$PROXY_PID"
+    start_retrying "$b"; pb="$PORT"; pidb="$PROXY_PID"
+    local wa wb
+    "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${WARMUP}s" "$SCHEME://127.0.0.1:$pa/" >/dev/null &
+    wa=$!
+    "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${WARMUP}s" "$SCHEME://127.0.0.1:$pb/" >/dev/null &
+    wb=$!
+    wait "$wa" "$wb"
+    mapfile -t pids_a < <(tree_pids "$pida")
+    mapfile -t pids_b < <(tree_pids "$pidb")
+    mapfile -t opids < <(tree_pids "$ORIGIN_PID")
+    ba="$(cpu_ticks "${pids_a[@]}")"
+    bb="$(cpu_ticks "${pids_b[@]}")"
+    obefore="$(cpu_ticks "${opids[@]}")"
+    mbefore="$(machine_ticks)"
+    ("${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${DURATION}s" "$SCHEME://127.0.0.1:$pa/"; times) >"$WORK/together.a" &
+    wa=$!
+    ("${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${DURATION}s" "$SCHEME://127.0.0.1:$pb/"; times) >"$WORK/together.b" &
+    wb=$!
+    wait "$wa" "$wb"
+    mafter="$(machine_ticks)"
+    aa="$(cpu_ticks "${pids_a[@]}")"
+    ab="$(cpu_ticks "${pids_b[@]}")"
+    oafter="$(cpu_ticks "${opids[@]}")"
+    stop_pid "$pida"
+    stop_pid "$pidb"
+    PROXY_PID=""
+    out_a="$(cat "$WORK/together.a")"
+    out_b="$(cat "$WORK/together.b")"
+    local rest=$((mafter - mbefore - (aa - ba) - (ab - bb) - (oafter - obefore)))
+    local wrk_us=$(($(wrk_cpu_us "$out_a") + $(wrk_cpu_us "$out_b")))
+    record "$a" "$run" "$out_a" $((aa - ba)) "$rest" "$wrk_us"
+    record "$b" "$run" "$out_b" $((ab - bb)) "$rest" "$wrk_us"
 }
 
 # ---------------------------------------------------------------- instructions
@@ -606,7 +675,24 @@ fi
 # Every other round runs the proxies in reverse order, so that no proxy always runs first or
 # right after the same neighbour: a drift of the machine within a round evens out.
 read -ra order <<<"$PROXIES"
+if [[ -n "$TOGETHER" ]]; then
+    for run in $(seq "$REPEAT"); do
+        a="${order[0]}" b="${order[1]}"
+        ((run % 2)) || { a="${order[1]}" b="${order[0]}"; }
+        for attempt in $(seq 0 "$RETRY_DISTURBED"); do
+            measure_together "$a" "$b" "$run"
+            other="$(tail -1 "$RAW" | cut -d, -f11)"
+            awk -v o="$other" -v q="$QUIET_MAX" 'BEGIN { exit !(o > q) }' || break
+            ((attempt < RETRY_DISTURBED)) || { log "run $run: still disturbed, keeping it"; break; }
+            log "run $run: other CPU ${other}% > ${QUIET_MAX}%, discarding and repeating"
+            awk -F, -v OFS=, -v n="$(wc -l <"$RAW")" 'NR >= n - 1 { $12 = 0 } 1' "$RAW" >"$RAW.new"
+            mv "$RAW.new" "$RAW"
+            sleep 5
+        done
+    done
+fi
 for run in $(seq "$REPEAT"); do
+    [[ -z "$TOGETHER" ]] || break
     round=("${order[@]}")
     if ((run % 2 == 0)); then
         round=()
@@ -651,7 +737,7 @@ want bare-pingora && BARE_CPU="$(median bare-pingora 8)"
 NGINX_CPU=""
 want nginx && NGINX_CPU="$(median nginx 8)"
 cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
-cmd="${FULCRUM_BIN_ARG:+FULCRUM_BIN=$FULCRUM_BIN_ARG }${WRK_SCRIPT:+WRK_SCRIPT=$WRK_SCRIPT }${FULCRUM_BASE_ARG:+FULCRUM_BASE_BIN=$FULCRUM_BASE_ARG }TLS=$TLS DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS QUIET_MAX=$QUIET_MAX RETRY_DISTURBED=$RETRY_DISTURBED PROXIES=\"$PROXIES\" benches/peer-compare.sh"
+cmd="${TOGETHER:+TOGETHER=1 }${FULCRUM_BIN_ARG:+FULCRUM_BIN=$FULCRUM_BIN_ARG }${WRK_SCRIPT:+WRK_SCRIPT=$WRK_SCRIPT }${FULCRUM_BASE_ARG:+FULCRUM_BASE_BIN=$FULCRUM_BASE_ARG }TLS=$TLS DURATION=$DURATION WARMUP=$WARMUP REPEAT=$REPEAT CONNECTIONS=$CONNECTIONS QUIET_MAX=$QUIET_MAX RETRY_DISTURBED=$RETRY_DISTURBED PROXIES=\"$PROXIES\" benches/peer-compare.sh"
 
 declare -A label=(
     [fulcrum]="${FULCRUM_LABEL:-fulcrum}"
@@ -678,6 +764,7 @@ declare -A label=(
         "wrk and the origin pinned to core $CLIENT_CORE, the proxy pinned to core $PROXY_CORE with one worker thread/process;" \
         "${WARMUP}s warm-up before each measured run; $REPEAT measured run(s) per proxy, median shown; the proxies take turns, in reverse order every other round;" \
         "a run disturbed by other work (other CPU > ${QUIET_MAX}% of a core) is discarded and repeated, up to $RETRY_DISTURBED times."
+    [[ -z "$TOGETHER" ]] || echo "- Together: in every round both proxies ran at the same time on core $PROXY_CORE, each under its own wrk as above (both on core $CLIENT_CORE), so each had about half the core; the first to start alternates."
     [[ -z "${WRK_SCRIPT:-}" ]] || echo "- Request: shaped by \`$WRK_SCRIPT\` instead of a bare \`GET /\`."
     case "$TLS" in
     keepalive) echo "- TLS: the proxy terminates TLS 1.3 (ECDSA P-256 certificate from scripts/make-certs.sh) and speaks cleartext to the origin; connections are kept alive." ;;
