@@ -690,26 +690,26 @@ if [[ -n "$TOGETHER" ]]; then
             sleep 5
         done
     done
-fi
-for run in $(seq "$REPEAT"); do
-    [[ -z "$TOGETHER" ]] || break
-    round=("${order[@]}")
-    if ((run % 2 == 0)); then
-        round=()
-        for ((i = ${#order[@]} - 1; i >= 0; i--)); do round+=("${order[i]}"); done
-    fi
-    for p in "${round[@]}"; do
-        for attempt in $(seq 0 "$RETRY_DISTURBED"); do
-            measure "$p" "$run"
-            other="$(tail -1 "$RAW" | cut -d, -f11)"
-            awk -v o="$other" -v q="$QUIET_MAX" 'BEGIN { exit !(o > q) }' || break
-            ((attempt < RETRY_DISTURBED)) || { log "$p run $run: still disturbed, keeping it"; break; }
-            log "$p run $run: other CPU ${other}% > ${QUIET_MAX}%, discarding and repeating"
-            sed -i '$ s/,1$/,0/' "$RAW"
-            sleep 5
+else
+    for run in $(seq "$REPEAT"); do
+        round=("${order[@]}")
+        if ((run % 2 == 0)); then
+            round=()
+            for ((i = ${#order[@]} - 1; i >= 0; i--)); do round+=("${order[i]}"); done
+        fi
+        for p in "${round[@]}"; do
+            for attempt in $(seq 0 "$RETRY_DISTURBED"); do
+                measure "$p" "$run"
+                other="$(tail -1 "$RAW" | cut -d, -f11)"
+                awk -v o="$other" -v q="$QUIET_MAX" 'BEGIN { exit !(o > q) }' || break
+                ((attempt < RETRY_DISTURBED)) || { log "$p run $run: still disturbed, keeping it"; break; }
+                log "$p run $run: other CPU ${other}% > ${QUIET_MAX}%, discarding and repeating"
+                sed -i '$ s/,1$/,0/' "$RAW"
+                sleep 5
+            done
         done
     done
-done
+fi
 
 # ---------------------------------------------------------------- report
 mkdir -p "$RESULTS_DIR"
@@ -762,7 +762,8 @@ declare -A label=(
     echo "- Command: \`$cmd\`"
     echo "- Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\`, keep-alive, \`GET /\` answered \"ok\\n\" by a one-worker nginx origin;" \
         "wrk and the origin pinned to core $CLIENT_CORE, the proxy pinned to core $PROXY_CORE with one worker thread/process;" \
-        "${WARMUP}s warm-up before each measured run; $REPEAT measured run(s) per proxy, median shown; the proxies take turns, in reverse order every other round;" \
+        "${WARMUP}s warm-up before each measured run; $REPEAT measured run(s) per proxy, median shown;" \
+        "$([[ -n "$TOGETHER" ]] && echo "the two proxies run at the same time (below);" || echo "the proxies take turns, in reverse order every other round;")" \
         "a run disturbed by other work (other CPU > ${QUIET_MAX}% of a core) is discarded and repeated, up to $RETRY_DISTURBED times."
     [[ -z "$TOGETHER" ]] || echo "- Together: in every round both proxies ran at the same time on core $PROXY_CORE, each under its own wrk as above (both on core $CLIENT_CORE), so each had about half the core; the first to start alternates."
     [[ -z "${WRK_SCRIPT:-}" ]] || echo "- Request: shaped by \`$WRK_SCRIPT\` instead of a bare \`GET /\`."
