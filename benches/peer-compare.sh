@@ -225,6 +225,7 @@ stop_pid() {
 }
 cleanup() {
     stop_pid "$PROXY_PID"
+    stop_pid "${PAIR_PID:-}"
     stop_pid "$ORIGIN_PID"
     if [[ "${KEEP_WORK:-0}" == 1 ]]; then
         echo "scratch directory kept: $WORK" >&2
@@ -495,6 +496,7 @@ measure() { # NAME RUN
 measure_together() { # A B RUN
     local a="$1" b="$2" run="$3" pa pb pida pidb pids_a pids_b opids ba bb aa ab obefore oafter mbefore mafter out_a out_b
     start_retrying "$a"; pa="$PORT"; pida="$PROXY_PID"
+    PAIR_PID="$pida" # stopped at exit too, should the second not start
     start_retrying "$b"; pb="$PORT"; pidb="$PROXY_PID"
     local wa wb
     "${wrk_cmd[@]}" "${WRK_EXTRA[@]}" -d"${WARMUP}s" "$SCHEME://127.0.0.1:$pa/" >/dev/null &
@@ -520,7 +522,7 @@ measure_together() { # A B RUN
     oafter="$(cpu_ticks "${opids[@]}")"
     stop_pid "$pida"
     stop_pid "$pidb"
-    PROXY_PID=""
+    PROXY_PID="" PAIR_PID=""
     out_a="$(cat "$WORK/together.a")"
     out_b="$(cat "$WORK/together.b")"
     local rest=$((mafter - mbefore - (aa - ba) - (ab - bb) - (oafter - obefore)))
