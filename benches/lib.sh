@@ -71,8 +71,9 @@ build_bare_pingora() {
 }
 
 # build_release WHAT...: release-build fulcrum (unless FULCRUM_BIN names one), bare-pingora
-# and/or openloop (unless SKIP_BUILD is set) and copy them into $WORK/bin, so a concurrent rebuild of the target dir cannot swap a
-# binary out from under a measurement. Sets FULCRUM_BIN, BARE_BIN, OPENLOOP_BIN.
+# and/or openloop (unless SKIP_BUILD is set) and copy them into $WORK/bin, so a concurrent
+# rebuild of the target dir cannot swap a binary out from under a measurement. Sets
+# FULCRUM_BIN, BARE_BIN, OPENLOOP_BIN.
 build_release() {
     local build=(cargo build --release) p
     for p in "$@"; do

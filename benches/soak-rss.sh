@@ -15,8 +15,8 @@
 #   DURATION=600        seconds of load (at least 130, so the first and last minutes are apart)
 #   INTERVAL=10         seconds between RSS samples
 #   CONNECTIONS=32      wrk keep-alive connections
-#   FULCRUM_BIN=FILE     measure this fulcrum binary (e.g. scripts/build-pgo.sh's) instead of
-#                        building this tree's release binary
+#   FULCRUM_BIN=FILE    measure this fulcrum binary (e.g. scripts/build-pgo.sh's) instead of
+#                       building this tree's release binary
 #   SKIP_BUILD=1        use the existing release binary as it is
 #   RESULTS_DIR=benches/results   where soak-rss.md / soak-rss.csv are written
 #
