@@ -30,8 +30,8 @@
 #   CONNECTIONS=        at most this many generator connections (requests beyond wait for one,
 #                       their latency counted from their scheduled send, as in wrk2); unset: a
 #                       new connection for every request that finds none idle
-#   FULCRUM_BIN=FILE     measure this fulcrum binary (e.g. scripts/build-pgo.sh's) instead of
-#                        building this tree's release binary
+#   FULCRUM_BIN=FILE    measure this fulcrum binary (e.g. scripts/build-pgo.sh's) instead of
+#                       building this tree's release binary
 #   SKIP_BUILD=1        use the existing release binaries as they are
 #   RESULTS_DIR=benches/results   where open-loop.md / open-loop.csv are written
 #
