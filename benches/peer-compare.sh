@@ -677,41 +677,43 @@ fi
 # Every other round runs the proxies in reverse order, so that no proxy always runs first or
 # right after the same neighbour: a drift of the machine within a round evens out.
 read -ra order <<<"$PROXIES"
-if [[ -n "$TOGETHER" ]]; then
-    for run in $(seq "$REPEAT"); do
-        a="${order[0]}" b="${order[1]}"
-        ((run % 2)) || { a="${order[1]}" b="${order[0]}"; }
-        for attempt in $(seq 0 "$RETRY_DISTURBED"); do
-            measure_together "$a" "$b" "$run"
-            other="$(tail -1 "$RAW" | cut -d, -f11)"
-            awk -v o="$other" -v q="$QUIET_MAX" 'BEGIN { exit !(o > q) }' || break
-            ((attempt < RETRY_DISTURBED)) || { log "run $run: still disturbed, keeping it"; break; }
-            log "run $run: other CPU ${other}% > ${QUIET_MAX}%, discarding and repeating"
-            awk -F, -v OFS=, -v n="$(wc -l <"$RAW")" 'NR >= n - 1 { $12 = 0 } 1' "$RAW" >"$RAW.new"
-            mv "$RAW.new" "$RAW"
-            sleep 5
-        done
+
+# quiet_run WHAT ROWS CMD...: run CMD, which adds ROWS rows to $RAW; while other work on the
+# machine disturbed it (other CPU > QUIET_MAX), mark those rows discarded and run it again,
+# at most RETRY_DISTURBED times (the last try is kept)
+quiet_run() {
+    local what="$1" rows="$2" attempt other
+    shift 2
+    for attempt in $(seq 0 "$RETRY_DISTURBED"); do
+        "$@"
+        other="$(tail -1 "$RAW" | cut -d, -f11)"
+        awk -v o="$other" -v q="$QUIET_MAX" 'BEGIN { exit !(o > q) }' || return 0
+        ((attempt < RETRY_DISTURBED)) || { log "$what: still disturbed, keeping it"; return 0; }
+        log "$what: other CPU ${other}% > ${QUIET_MAX}%, discarding and repeating"
+        awk -F, -v OFS=, -v n="$(wc -l <"$RAW")" -v k="$rows" 'NR > n - k { $12 = 0 } 1' "$RAW" >"$RAW.new"
+        mv "$RAW.new" "$RAW"
+        sleep 5
     done
-else
-    for run in $(seq "$REPEAT"); do
-        round=("${order[@]}")
-        if ((run % 2 == 0)); then
-            round=()
-            for ((i = ${#order[@]} - 1; i >= 0; i--)); do round+=("${order[i]}"); done
+}
+
+for run in $(seq "$REPEAT"); do
+    if [[ -n "$TOGETHER" ]]; then
+        if ((run % 2)); then
+            quiet_run "run $run" 2 measure_together "${order[0]}" "${order[1]}" "$run"
+        else
+            quiet_run "run $run" 2 measure_together "${order[1]}" "${order[0]}" "$run"
         fi
-        for p in "${round[@]}"; do
-            for attempt in $(seq 0 "$RETRY_DISTURBED"); do
-                measure "$p" "$run"
-                other="$(tail -1 "$RAW" | cut -d, -f11)"
-                awk -v o="$other" -v q="$QUIET_MAX" 'BEGIN { exit !(o > q) }' || break
-                ((attempt < RETRY_DISTURBED)) || { log "$p run $run: still disturbed, keeping it"; break; }
-                log "$p run $run: other CPU ${other}% > ${QUIET_MAX}%, discarding and repeating"
-                sed -i '$ s/,1$/,0/' "$RAW"
-                sleep 5
-            done
-        done
+        continue
+    fi
+    round=("${order[@]}")
+    if ((run % 2 == 0)); then
+        round=()
+        for ((i = ${#order[@]} - 1; i >= 0; i--)); do round+=("${order[i]}"); done
+    fi
+    for p in "${round[@]}"; do
+        quiet_run "$p run $run" 1 measure "$p" "$run"
     done
-fi
+done
 
 # ---------------------------------------------------------------- report
 mkdir -p "$RESULTS_DIR"
