@@ -294,7 +294,7 @@ async fn the_forecast_model_is_loaded_checked_and_reloaded_with_the_configuratio
     assert!(refused.is_some(), "{}", forecast(&f).await);
     let (name, why) = forecaster(&f).await;
     assert_eq!(name, "forecast.onnx");
-    assert!(why.unwrap().contains("window16-v0"));
+    assert!(why.unwrap().contains("window32-season5-v1"));
 
     // The configuration names another file, of the wrong width: the built-in forecaster runs.
     let wrong = dir.path().join("wide.onnx");
@@ -305,7 +305,7 @@ async fn the_forecast_model_is_loaded_checked_and_reloaded_with_the_configuratio
     f.sighup();
     let builtin = eventually(Duration::from_secs(5), || async {
         let (name, why) = forecaster(&f).await;
-        name == "builtin" && why.is_some_and(|e| e.contains("expected [N, 39]"))
+        name == "builtin" && why.is_some_and(|e| e.contains("expected [N, 41]"))
     })
     .await;
     assert!(builtin.is_some(), "{}", forecast(&f).await);

@@ -135,7 +135,7 @@ fn dumps_the_feature_matrix() {
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     assert_eq!(header[..3], ["t_s", "horizon_s", "w31"]);
     assert_eq!(header.last(), Some(&"target_ratio"));
-    assert_eq!(header.len(), 2 + 39 + 1);
+    assert_eq!(header.len(), 2 + 41 + 1);
     let rows: Vec<&str> = lines.collect();
     // From the 32nd row on, one row per origin.
     assert_eq!(rows.len(), 200 - 31);

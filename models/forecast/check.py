@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Self-check of the forecast pipeline against the binary it serves (no test framework needed).
 
-  1. `fulcrum forecast --dump-features` rows are what this pipeline assumes: 39 columns in
+  1. `fulcrum forecast --dump-features` rows are what this pipeline assumes: 41 columns in
      schema order, w0 x (window mean) is the latest rate, target_ratio x mean is the rate
-     h steps later, season columns equal to 1 and has_season = 0 before a season is known.
-  2. With --model: the ONNX file carries `fulcrum.forecast.schema = window32-season5-v1`,
-     takes `features` float32[N, 39] and returns `quantiles` float32[N, 2], finite,
+     h steps later, b50 and b90 x mean are the built-in forecast `--output` writes for the
+     same origin, season columns equal to 1 and has_season = 0 before a season is known.
+  2. With --model: the ONNX file carries
+     `fulcrum.forecast.schema = window32-season5-builtin2-v2`, takes `features`
+     float32[N, 41] and returns `quantiles` float32[N, 2], finite,
      non-negative and ordered (p90 >= p50) on every row of a generated series and on
      extreme rows (all zeros but one, huge spikes).
 
@@ -46,6 +48,10 @@ def check_features(binary: str) -> np.ndarray:
     known = np.isfinite(run.target_ratio[rows])
     if not np.allclose(run.target_ratio[rows][known] * scale[known], s.values[rows[known] + run.h], rtol=1e-5, atol=1e-3):
         fail("target_ratio x window mean is not the rate h steps later")
+    for col, name, want in ((cli.B50, "b50", run.p50), (cli.B90, "b90", run.p90)):
+        # --output writes three decimals; the features are float32.
+        if not np.allclose(x[:, col] * scale, want[rows], rtol=1e-5, atol=2e-3):
+            fail(f"{name} x window mean is not the built-in forecast for the same origin")
     if not (x[:, -1] == run.h).all():
         fail("horizon_steps column is not the horizon in steps")
     no_season = x[:, -2] == 0
@@ -53,7 +59,7 @@ def check_features(binary: str) -> np.ndarray:
         fail("season columns must be 1 while no season is known")
     if not (x[:, -2] == 1).any():
         fail("the season of a 144-step series was never found")
-    print(f"check: feature rows of {s.name}: layout, scale, target and season columns as expected ({len(rows)} rows)")
+    print(f"check: feature rows of {s.name}: layout, scale, target, built-in and season columns as expected ({len(rows)} rows)")
     return x
 
 

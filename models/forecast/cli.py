@@ -20,11 +20,12 @@ import numpy as np
 
 import series as gen
 
-# Input width of schema window32-season5-v1: 32 window steps, 5 season values, has_season,
-# horizon_steps.
-N_FEATURES = 39
+# Input width of schema window32-season5-builtin2-v2: 32 window steps, 5 season values, the
+# built-in forecaster's p50 and p90 (b50, b90), has_season, horizon_steps.
+N_FEATURES = 41
 WINDOW = 32
-SCHEMA = "window32-season5-v1"
+B50, B90 = WINDOW + 5, WINDOW + 6
+SCHEMA = "window32-season5-builtin2-v2"
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Run:
     horizon_s: int
     p50: np.ndarray  # built-in forecaster
     p90: np.ndarray
-    features: np.ndarray | None  # [n, 39] float32, or None when not asked for
+    features: np.ndarray | None  # [n, 41] float32, or None when not asked for
     target_ratio: np.ndarray | None  # y[t + h] / window mean, NaN past the end
 
     @property

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Train pool-demand forecast candidates on generated series, pick one by validation numbers,
-and export it to ONNX in fulcrum's forecast schema (window32-season5-v1).
+and export it to ONNX in fulcrum's forecast schema (window32-season5-builtin2-v2).
 
 Rows come from `fulcrum forecast --dump-features` (models/forecast/cli.py): the Rust code is
 the one definition of the features. Each row is one origin of one series at one horizon
 (60, 300 or 900 s):
 
-  input     features  float32 [N, 39]: the last 32 steps / their mean, the 5 values one
-            detected season before the target / the same mean, has_season, horizon_steps
+  input     features  float32 [N, 41]: the last 32 steps / their mean, the 5 values one
+            detected season before the target / the same mean, the built-in forecaster's
+            p50 and p90 for the target / the same mean, has_season, horizon_steps
   target    the rate at origin + horizon / the same mean (a ratio, so one model serves pools
-            of any size); fitted as log(ratio), turned back with exp in the graph
+            of any size); every candidate is fitted to log(ratio / b50), the built-in
+            forecast's error, and the graph adds log(b50) back and turns it with exp
   output    quantiles float32 [N, 2]: p50 and p90 ratios, clipped to exp(-6)..exp(3) and
             ordered (p90 >= p50) inside the graph, so fulcrum's guardrails rarely fire
 
@@ -189,6 +191,50 @@ class Mlp:
 
 CANDIDATES = {"gbt": Gbt, "linear": Linear, "mlp": Mlp}
 
+# The built-in p50 ratio is floored here before its log (a window that fell to nothing).
+BASE_MIN = 1e-3
+
+
+def base_log(x: np.ndarray) -> np.ndarray:
+    """log of the built-in forecaster's p50 ratio (column b50) of every row."""
+    return np.log(np.maximum(x[:, cli.B50].astype(np.float64), BASE_MIN))
+
+
+class OnBuiltin:
+    """A candidate fitted to log(target / b50): what the built-in forecast gets wrong. Its
+    graph adds log(b50) back, so a candidate that learns nothing answers the built-in p50."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+
+    def fit(self, x, z):
+        self.inner.fit(x, z - base_log(x))
+        return self
+
+    def predict_log(self, x):
+        return self.inner.predict_log(x) + base_log(x)[:, None]
+
+    def onnx_nodes(self):
+        from onnx import helper, numpy_helper
+
+        nodes, inits = self.inner.onnx_nodes()
+        for node in nodes:
+            node.output[:] = ["resid_logq" if o == "logq" else o for o in node.output]
+        inits = list(inits) + [
+            numpy_helper.from_array(np.array([cli.B50], dtype=np.int64), "base_start"),
+            numpy_helper.from_array(np.array([cli.B50 + 1], dtype=np.int64), "base_end"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "base_axis"),
+            numpy_helper.from_array(np.array(BASE_MIN, dtype=np.float32), "base_min"),
+        ]
+        nodes = list(nodes) + [
+            helper.make_node("Slice", ["features", "base_start", "base_end", "base_axis"], ["base_b50"]),
+            helper.make_node("Max", ["base_b50", "base_min"], ["base_floored"]),
+            helper.make_node("Log", ["base_floored"], ["base_log"]),
+            helper.make_node("Add", ["resid_logq", "base_log"], ["logq"]),
+        ]
+        return nodes, inits
+
 
 # ---------------------------------------------------------------- ONNX
 
@@ -327,7 +373,7 @@ def main() -> None:
     fitted = {}
     for name in args.candidates.split(","):
         t0 = time.time()
-        c = CANDIDATES[name](seed=0).fit(x, z)
+        c = OnBuiltin(CANDIDATES[name](seed=0)).fit(x, z)
         fitted[name] = c
         report["candidates"][name] = {
             "validation": scores(finish(c.predict_log(xv)), zv, gv),

@@ -1,9 +1,10 @@
 //! The forecast model: an ONNX graph that forecasts a pool's request rate, run by the same
 //! ONNX Runtime as the weight model.
 //!
-//! Its contract is [`fulcrum_forecast::features`]: input `features` `float32[N, 39]` (one row
-//! per horizon, built by [`feature_row`]), output `quantiles` `float32[N, 2]` (p50 and p90 as
-//! ratios to the window's mean), metadata `fulcrum.forecast.schema = "window32-season5-v1"`.
+//! Its contract is [`fulcrum_forecast::features`]: input `features` `float32[N, 41]` (one row
+//! per horizon, built by [`feature_row`], the built-in forecaster's own forecast among them),
+//! output `quantiles` `float32[N, 2]` (p50 and p90 as ratios to the window's mean), metadata
+//! `fulcrum.forecast.schema = "window32-season5-builtin2-v2"`.
 //! A model is accepted only if its schema, input and output fit and a probe inference gives
 //! finite, non-negative, ordered quantiles. At run time, an answer that is not finite, negative
 //! or with p90 below p50 is refused for that step, and the caller falls back to the built-in
@@ -16,6 +17,7 @@ use fulcrum_forecast::features::{
     feature_row, INPUT_NAME, NUM_FEATURES, OUTPUT_NAME, SCHEMA, SCHEMA_KEY, WINDOW,
 };
 use fulcrum_forecast::Forecast;
+use fulcrum_forecast::{Builtin, Forecaster, Season};
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -166,8 +168,11 @@ impl OnnxForecaster {
     ) -> Result<Vec<Forecast>, ForecastRefused> {
         let mut features = Vec::with_capacity(horizons_s.len() * NUM_FEATURES);
         let mut scale = 0.0;
-        for h in horizons_s {
-            let Some((row, mean)) = feature_row(history, season_steps, horizon_steps(step_s, *h))
+        let season = season_steps.map_or(Season::None, Season::Steps);
+        let builtin = Builtin::with_season(season).forecast_horizons(history, step_s, horizons_s);
+        for (h, b) in horizons_s.iter().zip(builtin) {
+            let Some((row, mean)) =
+                feature_row(history, season_steps, horizon_steps(step_s, *h), b)
             else {
                 return Err(ForecastRefused::NoInput(if history.len() < WINDOW {
                     format!("{} of {WINDOW} steps held", history.len())

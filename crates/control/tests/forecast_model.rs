@@ -46,11 +46,38 @@ fn a_good_model_forecasts_every_horizon_in_requests_per_second() {
 }
 
 #[test]
+fn a_model_sees_the_builtin_forecast_for_its_target() {
+    use fulcrum_forecast::{Builtin, Forecaster, Season};
+    // A model that answers the built-in forecast as it is (p50 = b50, p90 = b90).
+    let mut m = OnnxForecaster::load(env(), &fixture("forecast_builtin_as_is.onnx")).unwrap();
+    let history: Vec<f64> = (0..400)
+        .map(|i| 300.0 + 120.0 * (i as f64 * std::f64::consts::TAU / 90.0).sin())
+        .collect();
+    let horizons = [60.0, 300.0, 900.0];
+    for season in [Some(90), None] {
+        let got = m.forecast(&history, 10.0, &horizons, season).unwrap();
+        let want = Builtin::with_season(season.map_or(Season::None, Season::Steps))
+            .forecast_horizons(&history, 10.0, &horizons);
+        for (g, w) in got.iter().zip(&want) {
+            // float32 features and outputs: equal to a few parts in a million.
+            assert!(
+                (g.p50 - w.p50).abs() <= 1e-5 * w.p50.max(1.0),
+                "{season:?}: {g:?} vs {w:?}"
+            );
+            assert!(
+                (g.p90 - w.p90).abs() <= 1e-5 * w.p90.max(1.0),
+                "{season:?}: {g:?} vs {w:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn models_that_do_not_fit_are_refused_at_load_with_a_reason() {
     let cases = [
-        ("forecast_wrong_schema.onnx", "\"window16-v0\""),
+        ("forecast_wrong_schema.onnx", "\"window32-season5-v1\""),
         ("forecast_no_schema.onnx", "fulcrum.forecast.schema"),
-        ("forecast_wrong_width.onnx", "expected [N, 39]"),
+        ("forecast_wrong_width.onnx", "expected [N, 41]"),
         ("forecast_wrong_output.onnx", "expected [N, 2]"),
         ("forecast_negative.onnx", "negative quantiles"),
         ("prefer_low_p99.onnx", "fulcrum.forecast.schema"),

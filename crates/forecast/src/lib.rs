@@ -5,7 +5,8 @@
 //! ([`detect_season`]: autocorrelation over candidate lags with a significance threshold, so a
 //! 15-minute test "day" is found as well as a 24-hour one) and forecasts with a [`Forecaster`]:
 //! the built-in one ([`Builtin`]: Holt-Winters or seasonal naive when a season is found, damped
-//! Holt otherwise, parameters from a small grid search on one-step errors, and p50/p90 from the
+//! Holt otherwise, in log space when the rate is never zero, parameters from a small grid
+//! search on the errors six steps ahead, and p50/p90 from the
 //! empirical distribution of its own recent h-step errors so that the p90 covers about nine
 //! outcomes in ten), or a model plugged in behind the same trait. [`recommend`] turns the p90
 //! at the provisioning horizon into a backend count with the reasoning in words; the simulator
@@ -18,13 +19,16 @@
 //! what [`features::feature_row`] builds, and `fulcrum forecast --dump-features` writes for any
 //! series, so a training pipeline learns on exactly these features:
 //!
-//! - input `features`, `float32[N, F]` with `F = WINDOW + 2·SEASON_SPAN + 1 + 2` (39):
+//! - input `features`, `float32[N, F]` with `F = WINDOW + 2·SEASON_SPAN + 1 + 2 + 2` (41):
 //!   the last `WINDOW` (32) steps divided by their mean (`w31` oldest .. `w0` latest); the
 //!   values one detected season before the target, at offsets −2..=+2 steps, divided by the
-//!   same mean (1 when unknown or in the future); `has_season` (0/1); `horizon_steps`;
+//!   same mean (1 when unknown or in the future); the built-in forecaster's p50 and p90 for
+//!   the same target over the same mean (`b50`, `b90`: a model corrects the built-in forecast
+//!   rather than starting from nothing); `has_season` (0/1); `horizon_steps`;
 //! - output `quantiles`, `float32[N, 2]`: the p50 and p90 of the rate at the target divided
 //!   by the window's mean (ratios, so one model serves pools of any size);
-//! - the model's metadata names its schema (`fulcrum.forecast.schema = "window32-season5-v1"`),
+//! - the model's metadata names its schema
+//!   (`fulcrum.forecast.schema = "window32-season5-builtin2-v2"`),
 //!   and a model whose input width or output shape does not match is refused at load; outputs
 //!   that are not finite, negative, or with p90 < p50 fall back to [`Builtin`] for that step.
 

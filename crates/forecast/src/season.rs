@@ -19,6 +19,8 @@ const COARSE_POINTS: usize = 720;
 /// so a 24-hour cycle is not reported as 48 hours (its multiple), and a daily cycle inside a
 /// weekly one is found as the day.
 pub fn detect_season(series: &[f64]) -> Option<usize> {
+    let cleaned = despike(series);
+    let series = &cleaned[..];
     let n = series.len();
     if n < 2 * MIN_PERIOD_STEPS + 2 {
         return None;
@@ -77,6 +79,61 @@ pub fn detect_season(series: &[f64]) -> Option<usize> {
         })
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(k, _)| k)
+}
+
+/// Half-width of the running median bursts are measured against: bursts up to this many
+/// steps long are taken out.
+const DESPIKE_HALF_WIDTH: usize = 20;
+/// A step more than this many robust standard deviations above the running median is a burst.
+const DESPIKE_SIGMAS: f64 = 6.0;
+
+/// The series as the season search sees it: the log of the rate when it is never zero (a
+/// season scales with the level), with bursts replaced by the running median around them (a
+/// one-sided Hampel filter), so that a few bursts do not make their own spacing a season. Only
+/// rises are taken out: in log space a season's troughs fall further below a running median
+/// than its peaks rise above it, and clipping them moved a 90-step season to 91.
+fn despike(series: &[f64]) -> Vec<f64> {
+    let x: Vec<f64> = if series.iter().all(|v| *v > 0.0) {
+        series.iter().map(|v| v.ln()).collect()
+    } else {
+        series.to_vec()
+    };
+    let n = x.len();
+    if n < 2 * DESPIKE_HALF_WIDTH + 1 {
+        return x;
+    }
+    let mut window = Vec::with_capacity(2 * DESPIKE_HALF_WIDTH + 1);
+    let med: Vec<f64> = (0..n)
+        .map(|i| {
+            let lo = i.saturating_sub(DESPIKE_HALF_WIDTH);
+            let hi = (i + DESPIKE_HALF_WIDTH + 1).min(n);
+            window.clear();
+            window.extend_from_slice(&x[lo..hi]);
+            median(&mut window)
+        })
+        .collect();
+    let mut dev: Vec<f64> = x.iter().zip(&med).map(|(v, m)| (v - m).abs()).collect();
+    let sigma = 1.4826 * median(&mut dev);
+    if sigma <= 0.0 || !sigma.is_finite() {
+        return x;
+    }
+    x.iter()
+        .zip(&med)
+        .map(|(v, m)| {
+            if v - m > DESPIKE_SIGMAS * sigma {
+                *m
+            } else {
+                *v
+            }
+        })
+        .collect()
+}
+
+/// The median of `v` (reordered).
+fn median(v: &mut [f64]) -> f64 {
+    let mid = v.len() / 2;
+    let (_, m, _) = v.select_nth_unstable_by(mid, f64::total_cmp);
+    *m
 }
 
 /// `x` minus the line through the means of its first and last whole cycles of `period` steps:
@@ -176,6 +233,21 @@ mod tests {
             .map(|(i, v)| v + 0.5 * i as f64)
             .collect();
         assert_eq!(detect_season(&x), Some(60));
+    }
+
+    #[test]
+    fn bursts_at_their_own_spacing_do_not_make_a_season() {
+        // Seven 24-minute days (144 steps) with a burst of 2.5x every 295 steps: on the raw
+        // rates the bursts' spacing outscores the day.
+        for seed in 1..=3 {
+            let mut x = sine(1008, 144.0, 3.0, seed);
+            for start in (150..1000).step_by(295) {
+                for v in x.iter_mut().skip(start).take(12) {
+                    *v *= 2.5;
+                }
+            }
+            assert_eq!(detect_season(&x), Some(144), "seed {seed}");
+        }
     }
 
     #[test]

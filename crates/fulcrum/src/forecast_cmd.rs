@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use fulcrum_forecast::builtin::horizon_steps;
 use fulcrum_forecast::features::{feature_names, feature_row};
-use fulcrum_forecast::{RateRing, Tracker};
+use fulcrum_forecast::{Forecast, RateRing, Tracker};
 
 /// Input data is not a valid series (sysexits EX_DATAERR).
 pub const EXIT_DATA: u8 = 65;
@@ -180,21 +180,22 @@ pub fn rolling_forecasts(
     series: &Series,
     horizon_s: f64,
     season_s: Option<f64>,
-    mut on_origin: impl FnMut(usize, &Tracker),
+    mut on_origin: impl FnMut(usize, &Tracker, Option<Forecast>),
 ) -> Vec<ForecastRow> {
     let mut tracker = Tracker::new(RateRing::new(series.step_s, MAX_HISTORY), season_s);
     let mut out = Vec::new();
     for (i, (&t, &r)) in series.t_s.iter().zip(&series.rps).enumerate() {
         tracker.push(r);
-        if let Some(f) = tracker.forecast(&[horizon_s]) {
+        let forecast = tracker.forecast(&[horizon_s]).map(|f| f[0]);
+        if let Some(f) = forecast {
             out.push(ForecastRow {
                 t_s: t,
                 horizon_s,
-                p50: f[0].p50,
-                p90: f[0].p90,
+                p50: f.p50,
+                p90: f.p90,
             });
         }
-        on_origin(i, &tracker);
+        on_origin(i, &tracker, forecast);
     }
     out
 }
@@ -266,12 +267,12 @@ fn run_inner(args: &ForecastArgs) -> Result<usize, Failure> {
     }
     let h = horizon_steps(series.step_s, args.horizon_s);
     let mut features = Vec::new();
-    let rows = rolling_forecasts(&series, args.horizon_s, args.season_s, |i, tracker| {
-        if args.dump_features.is_none() {
+    let rows = rolling_forecasts(&series, args.horizon_s, args.season_s, |i, tracker, f| {
+        let (Some(_), Some(builtin)) = (&args.dump_features, f) else {
             return;
-        }
+        };
         let history = &series.rps[..=i];
-        if let Some((row, mean)) = feature_row(history, tracker.season_steps(), h) {
+        if let Some((row, mean)) = feature_row(history, tracker.season_steps(), h, builtin) {
             let target = series.rps.get(i + h).map(|y| y / mean);
             features.push((series.t_s[i], row, target));
         }
@@ -365,11 +366,11 @@ mod tests {
             rps: y.clone(),
             step_s: 10.0,
         };
-        let full = rolling_forecasts(&s, 50.0, None, |_, _| {});
+        let full = rolling_forecasts(&s, 50.0, None, |_, _, _| {});
         let mut cut = s.clone();
         cut.t_s.truncate(60);
         cut.rps.truncate(60);
-        let part = rolling_forecasts(&cut, 50.0, None, |_, _| {});
+        let part = rolling_forecasts(&cut, 50.0, None, |_, _, _| {});
         assert_eq!(&full[..part.len()], &part[..]);
     }
 }
