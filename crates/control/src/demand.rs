@@ -491,7 +491,9 @@ impl PoolDemand {
             (Some(b), Some(m)) => {
                 let season = self.tracker.season_steps();
                 let history = self.tracker.ring().to_vec();
-                match m.forecast(&history, step_s, &horizons, season) {
+                // The tracker's forecasts are the built-in ones for this history and season:
+                // the model reads them instead of fitting them again.
+                match m.forecast_from_builtin(&history, step_s, &horizons, season, &b) {
                     Ok(f) => {
                         forecaster = m.name().to_string();
                         f

@@ -158,7 +158,8 @@ impl OnnxForecaster {
 
     /// Forecasts of the rate `horizons_s` after the last value of `history` (rates `step_s`
     /// apart, oldest first) with season `season_steps`, or why the model's answer cannot be
-    /// used for this step.
+    /// used for this step. Runs the built-in forecaster for the model's `b50`/`b90` inputs; a
+    /// caller that has its forecasts already passes them to [`Self::forecast_from_builtin`].
     pub fn forecast(
         &mut self,
         history: &[f64],
@@ -166,13 +167,27 @@ impl OnnxForecaster {
         horizons_s: &[f64],
         season_steps: Option<usize>,
     ) -> Result<Vec<Forecast>, ForecastRefused> {
-        let mut features = Vec::with_capacity(horizons_s.len() * NUM_FEATURES);
-        let mut scale = 0.0;
         let season = season_steps.map_or(Season::None, Season::Steps);
         let builtin = Builtin::with_season(season).forecast_horizons(history, step_s, horizons_s);
+        self.forecast_from_builtin(history, step_s, horizons_s, season_steps, &builtin)
+    }
+
+    /// [`Self::forecast`] given the built-in forecaster's forecasts `builtin` for the same
+    /// history, season and horizons (one per horizon).
+    pub fn forecast_from_builtin(
+        &mut self,
+        history: &[f64],
+        step_s: f64,
+        horizons_s: &[f64],
+        season_steps: Option<usize>,
+        builtin: &[Forecast],
+    ) -> Result<Vec<Forecast>, ForecastRefused> {
+        debug_assert_eq!(builtin.len(), horizons_s.len());
+        let mut features = Vec::with_capacity(horizons_s.len() * NUM_FEATURES);
+        let mut scale = 0.0;
         for (h, b) in horizons_s.iter().zip(builtin) {
             let Some((row, mean)) =
-                feature_row(history, season_steps, horizon_steps(step_s, *h), b)
+                feature_row(history, season_steps, horizon_steps(step_s, *h), *b)
             else {
                 return Err(ForecastRefused::NoInput(if history.len() < WINDOW {
                     format!("{} of {WINDOW} steps held", history.len())

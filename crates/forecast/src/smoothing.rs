@@ -137,6 +137,44 @@ fn smoothing_space(y: &[f64]) -> (Vec<f64>, bool) {
     }
 }
 
+/// Every combination of the given values, `alpha` outermost and `phi` innermost.
+fn grid<'a>(
+    alphas: &'a [f64],
+    betas: &'a [f64],
+    gammas: &'a [f64],
+    phis: &'a [f64],
+) -> impl Iterator<Item = Params> + 'a {
+    alphas.iter().flat_map(move |&alpha| {
+        betas.iter().flat_map(move |&beta| {
+            gammas.iter().flat_map(move |&gamma| {
+                phis.iter().map(move |&phi| Params {
+                    alpha,
+                    beta,
+                    gamma,
+                    phi,
+                })
+            })
+        })
+    })
+}
+
+/// The candidate of `params` whose `method` fit scores best (the first of equals), with its score.
+fn best_params(
+    series: &Series<'_>,
+    method: Method,
+    m: usize,
+    params: impl Iterator<Item = Params>,
+) -> Option<(f64, Params)> {
+    let mut best: Option<(f64, Params)> = None;
+    for p in params {
+        let mse = run(series, method, p, m, false).mse;
+        if best.is_none_or(|(b, _)| mse < b) {
+            best = Some((mse, p));
+        }
+    }
+    best
+}
+
 /// The best Holt fit of `y` (at least 3 points).
 pub fn fit_holt(y: &[f64]) -> Option<Fit> {
     if y.len() < 3 {
@@ -144,24 +182,9 @@ pub fn fit_holt(y: &[f64]) -> Option<Fit> {
     }
     let (z, log) = smoothing_space(y);
     let series = Series { y, z: &z, log };
-    let mut best: Option<(f64, Params)> = None;
-    for &alpha in HOLT_ALPHA {
-        for &beta in HOLT_BETA {
-            for &phi in HOLT_PHI {
-                let p = Params {
-                    alpha,
-                    beta,
-                    gamma: 0.0,
-                    phi,
-                };
-                let mse = run(&series, Method::Holt, p, 0, false).mse;
-                if best.is_none_or(|(b, _)| mse < b) {
-                    best = Some((mse, p));
-                }
-            }
-        }
-    }
-    best.map(|(_, p)| run(&series, Method::Holt, p, 0, true))
+    let params = grid(HOLT_ALPHA, HOLT_BETA, &[0.0], HOLT_PHI);
+    best_params(&series, Method::Holt, 0, params)
+        .map(|(_, p)| run(&series, Method::Holt, p, 0, true))
 }
 
 /// The best seasonal fit of `y` with season `m` (needs two seasons): Holt-Winters or seasonal
@@ -172,23 +195,8 @@ pub fn fit_seasonal(y: &[f64], m: usize) -> Option<Fit> {
     }
     let (z, log) = smoothing_space(y);
     let series = Series { y, z: &z, log };
-    let mut best: Option<(f64, Params)> = None;
-    for &alpha in HW_ALPHA {
-        for &beta in HW_BETA {
-            for &gamma in HW_GAMMA {
-                let p = Params {
-                    alpha,
-                    beta,
-                    gamma,
-                    phi: HW_PHI,
-                };
-                let mse = run(&series, Method::HoltWinters, p, m, false).mse;
-                if best.is_none_or(|(b, _)| mse < b) {
-                    best = Some((mse, p));
-                }
-            }
-        }
-    }
+    let params = grid(HW_ALPHA, HW_BETA, HW_GAMMA, &[HW_PHI]);
+    let best = best_params(&series, Method::HoltWinters, m, params);
     let naive = Params {
         alpha: 0.0,
         beta: 0.0,
