@@ -353,7 +353,8 @@ fn check_shows_each_autoscaled_pool() {
     assert!(
         stdout.contains(
             "pool web: autoscale recommends 2..=40 backends at 70 % utilisation for the p90 120 s \
-             ahead and 1 spare backend, down only after 20 s lower, a rate every 10 s, forecast model models/forecast.onnx, capacity per backend \
+             ahead and 1 spare backend (1 more for 3600 s after the demand outruns the plan), \
+             down only after 20 s lower, a rate every 10 s, forecast model models/forecast.onnx, capacity per backend \
              estimated from the traffic"
         ),
         "{stdout}"

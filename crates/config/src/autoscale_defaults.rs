@@ -16,6 +16,15 @@ pub const HORIZON_S: u64 = 300;
 /// Backends recommended beyond what the demand needs (`spare_backends`): none.
 pub const SPARE_BACKENDS: u32 = 0;
 
+/// Backends recommended beyond what the demand needs for a while after the demand outran the
+/// plan (`burst_spare_backends`): one. A burst nobody forecast is met by the backends already
+/// serving until new ones take traffic, and pools that had one tend to have the next.
+pub const BURST_SPARE_BACKENDS: u32 = 1;
+
+/// How long the burst spare is kept after the demand last outran the plan, seconds
+/// (`burst_memory_s`): an hour.
+pub const BURST_MEMORY_S: u64 = 3600;
+
 /// Step of the rate series in seconds (`step_s`).
 pub const STEP_S: u64 = 10;
 

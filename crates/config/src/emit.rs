@@ -212,6 +212,12 @@ impl Config {
                     float(a.scale_down_stabilization.as_secs_f64())
                 );
                 let _ = writeln!(out, "spare_backends = {}", a.spare_backends);
+                let _ = writeln!(out, "burst_spare_backends = {}", a.burst_spare_backends);
+                let _ = writeln!(
+                    out,
+                    "burst_memory_s = {}",
+                    float(a.burst_memory.as_secs_f64())
+                );
                 if let Some(m) = &a.forecast_model {
                     let _ = writeln!(out, "forecast_model = {}", path(m));
                 }

@@ -509,6 +509,14 @@ pub struct AutoscaleConfig {
     /// Backends recommended beyond what the demand needs, for bursts nobody forecasts or a
     /// backend lost (N+1 when 1) (`spare_backends`, 0..=1000, default 0).
     pub spare_backends: u32,
+    /// Backends recommended beyond what the demand needs for `burst_memory` after the demand
+    /// outran the plan: arrived at a rate that would have loaded the backends sized for the
+    /// previous step's plan to 90 % of their capacity or more (`burst_spare_backends`,
+    /// 0..=1000, default 1; 0 turns it off).
+    pub burst_spare_backends: u32,
+    /// How long the burst spare is kept after the demand last outran the plan
+    /// (`burst_memory_s`, 0..=172800, default 3600; 0 keeps it for that step only).
+    pub burst_memory: Duration,
 }
 
 impl Default for AutoscaleConfig {
@@ -526,6 +534,8 @@ impl Default for AutoscaleConfig {
                 d::STEP_S * u64::from(d::SCALE_DOWN_STABILIZATION_STEPS),
             ),
             spare_backends: d::SPARE_BACKENDS,
+            burst_spare_backends: d::BURST_SPARE_BACKENDS,
+            burst_memory: Duration::from_secs(d::BURST_MEMORY_S),
         }
     }
 }

@@ -75,6 +75,8 @@ const AUTOSCALE_KEYS: &[&str] = &[
     "backend_capacity_rps",
     "scale_down_stabilization_s",
     "spare_backends",
+    "burst_spare_backends",
+    "burst_memory_s",
 ];
 const POOL_TLS_KEYS: &[&str] = &["sni", "ca_file", "verify", "client_cert", "client_key"];
 const HEALTH_KEYS: &[&str] = &[
@@ -1139,6 +1141,24 @@ fn read_autoscale(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> AutoscaleConfig {
         a.scale_down_stabilization = a.step * d::SCALE_DOWN_STABILIZATION_STEPS;
     }
     a.spare_backends = bounded(ctx, t, "spare_backends", d::SPARE_BACKENDS.into(), 0, 1000) as u32;
+    a.burst_spare_backends = bounded(
+        ctx,
+        t,
+        "burst_spare_backends",
+        d::BURST_SPARE_BACKENDS.into(),
+        0,
+        1000,
+    ) as u32;
+    if let Some(x) = bounded_f64(
+        ctx,
+        t,
+        "burst_memory_s",
+        |x| (0.0..=172_800.0).contains(&x),
+        "between 0 and 172800 seconds (how long the burst spare is kept after the demand last \
+         outran the plan)",
+    ) {
+        a.burst_memory = Duration::from_secs_f64(x);
+    }
     if a.step > a.horizon {
         let span = t.get("step_s").map(|v| v.span());
         ctx.warning(

@@ -40,6 +40,8 @@ fn an_empty_section_takes_the_defaults_and_no_section_means_no_forecast() {
         "two steps"
     );
     assert_eq!(a.spare_backends, 0);
+    assert_eq!(a.burst_spare_backends, 1);
+    assert_eq!(a.burst_memory, Duration::from_secs(3600));
     let plain = config("").replace("[pools.web.autoscale]\n", "");
     let (c, _) = parse(&plain, "test.toml").unwrap();
     assert_eq!(c.pool("web").unwrap().autoscale, None);
@@ -73,7 +75,8 @@ fn every_key_is_read_and_written_back() {
     let src = config(
         "target_utilization = 0.6\nmin_backends = 2\nmax_backends = 40\nhorizon_s = 45\n\
          step_s = 0.5\nforecast_model = \"models/forecast.onnx\"\nbackend_capacity_rps = 210\n\
-         scale_down_stabilization_s = 90\nspare_backends = 1\n",
+         scale_down_stabilization_s = 90\nspare_backends = 1\nburst_spare_backends = 2\n\
+         burst_memory_s = 900\n",
     );
     let (c, _) = parse(&src, "test.toml").unwrap();
     let a = c.pool("web").unwrap().autoscale.clone().unwrap();
@@ -88,6 +91,8 @@ fn every_key_is_read_and_written_back() {
     assert_eq!(a.backend_capacity_rps, Some(210.0));
     assert_eq!(a.scale_down_stabilization, Duration::from_secs(90));
     assert_eq!(a.spare_backends, 1);
+    assert_eq!(a.burst_spare_backends, 2);
+    assert_eq!(a.burst_memory, Duration::from_secs(900));
     let (again, _) = parse(&c.to_toml(), "emitted.toml").unwrap();
     assert_eq!(again, c);
 }
@@ -97,7 +102,8 @@ fn bad_values_are_reported_at_their_key_and_line_all_at_once() {
     let src = config(
         "target_utilization = 1.5\nmin_backends = 0\nhorizon_s = 0\nstep_s = \"10s\"\n\
          forecast_model = \"\"\nbackend_capacity_rps = -1\nmax_backend = 3\n\
-         scale_down_stabilization_s = -5\nspare_backends = 1001\n",
+         scale_down_stabilization_s = -5\nspare_backends = 1001\nburst_spare_backends = -1\n\
+         burst_memory_s = 200000\n",
     );
     let d = parse(&src, "test.toml").unwrap_err();
     let got: Vec<(&str, usize)> = d
@@ -117,6 +123,8 @@ fn bad_values_are_reported_at_their_key_and_line_all_at_once() {
             ("pools.web.autoscale.max_backend", 18),
             ("pools.web.autoscale.scale_down_stabilization_s", 19),
             ("pools.web.autoscale.spare_backends", 20),
+            ("pools.web.autoscale.burst_spare_backends", 21),
+            ("pools.web.autoscale.burst_memory_s", 22),
         ],
         "{d}"
     );
@@ -136,6 +144,14 @@ fn bad_values_are_reported_at_their_key_and_line_all_at_once() {
     );
     assert!(
         text.contains("spare_backends must be between 0 and 1000, got 1001"),
+        "{text}"
+    );
+    assert!(
+        text.contains("burst_spare_backends must be between 0 and 1000, got -1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("burst_memory_s must be between 0 and 172800 seconds"),
         "{text}"
     );
 

@@ -23,6 +23,8 @@ fn settings() -> DemandSettings {
         backend_capacity_rps: None,
         scale_down_stabilization_s: 300.0,
         spare_backends: 0,
+        burst_spare_backends: 0,
+        burst_memory_s: 3600.0,
     }
 }
 

@@ -49,6 +49,12 @@ const PLAN_CEILING: f64 = 1.25;
 /// [`DemandSettings::ceiling_steps`]). Counted in steps, like the forecaster's memory of its own
 /// errors that widens the p90 this bounds, so that it means the same at any step.
 const PLAN_CEILING_WINDOW_STEPS: usize = 60;
+/// The demand outran the plan when the rate arriving would have loaded the backends sized for
+/// the previous step's plan to this share of their capacity or more (beyond a step's counting
+/// noise): 1.29× the plan at a 70 % target. Such a rise was not in the forecast's p90, and the
+/// backends serving meet it alone until new ones take traffic; the burst spare
+/// ([`DemandSettings::burst_spare_backends`]) is kept for the next one.
+pub const SURPRISE_UTILIZATION: f64 = 0.9;
 /// Weight of a new capacity sample in the running estimate.
 const CAPACITY_SMOOTHING: f64 = 0.3;
 
@@ -67,6 +73,11 @@ pub struct DemandSettings {
     pub scale_down_stabilization_s: f64,
     /// Backends recommended beyond what the demand needs (N+1 when 1).
     pub spare_backends: u32,
+    /// Backends recommended beyond what the demand needs for `burst_memory_s` after the
+    /// demand outran the plan (see [`SURPRISE_UTILIZATION`]); 0 turns it off.
+    pub burst_spare_backends: u32,
+    /// Seconds the burst spare is kept after the demand last outran the plan.
+    pub burst_memory_s: f64,
 }
 
 impl From<&AutoscaleConfig> for DemandSettings {
@@ -82,6 +93,8 @@ impl From<&AutoscaleConfig> for DemandSettings {
             backend_capacity_rps: a.backend_capacity_rps,
             scale_down_stabilization_s: a.scale_down_stabilization.as_secs_f64(),
             spare_backends: a.spare_backends,
+            burst_spare_backends: a.burst_spare_backends,
+            burst_memory_s: a.burst_memory.as_secs_f64(),
         }
     }
 }
@@ -107,6 +120,17 @@ impl DemandSettings {
         }
         h.dedup();
         h
+    }
+
+    /// Steps the burst spare is kept after the demand last outran the plan (the step of the
+    /// surprise not counted).
+    pub fn burst_memory_steps(&self) -> u64 {
+        let steps = (self.burst_memory_s / self.step_s).round();
+        if steps.is_finite() && steps > 0.0 {
+            steps as u64
+        } else {
+            0
+        }
     }
 
     /// Steps whose recommendations hold a scale-down back: those of the last
@@ -194,8 +218,11 @@ pub struct DemandReport {
     /// Backends to run.
     pub recommended_backends: u32,
     /// Backends the demand alone asks for, before the scale-down stabilisation holds a
-    /// recent higher count.
+    /// recent higher count (the spare backends included).
     pub needed_backends: u32,
+    /// Of those, the burst spare in force: backends kept for `burst_memory_s` after the
+    /// demand outran the plan.
+    pub burst_spare_backends: u32,
     /// The reasoning in words.
     pub reason: String,
     /// Share of the step's attempts that failed.
@@ -302,6 +329,18 @@ pub struct PoolDemand {
     latest: Option<DemandReport>,
     /// The counts the demand asked for in the last steps, `(step, backends)`, oldest first.
     recent: VecDeque<(u64, u32)>,
+    /// The demand the previous step's count was sized for, once warm.
+    last_plan: Option<f64>,
+    /// The last step whose demand outran the plan.
+    surprise: Option<Surprise>,
+}
+
+/// A step whose demand outran the plan made the step before.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Surprise {
+    step: u64,
+    arrived_rps: f64,
+    planned_rps: f64,
 }
 
 impl std::fmt::Debug for PoolDemand {
@@ -332,6 +371,8 @@ impl PoolDemand {
             capacity: CapacityEstimator::default(),
             latest: None,
             recent: VecDeque::new(),
+            last_plan: None,
+            surprise: None,
         };
         demand.observe(pool, now_ns);
         demand
@@ -550,7 +591,9 @@ impl PoolDemand {
         } else {
             " less the counting noise of its luckiest step"
         };
-        let (plan, basis) = if surely_above(offered, highest_p90, step_s) {
+        // Above every forecast: the count follows the rate arriving now.
+        let chasing = surely_above(offered, highest_p90, step_s);
+        let (plan, basis) = if chasing {
             (
                 offered,
                 format!(
@@ -583,22 +626,49 @@ impl PoolDemand {
         };
         let capacity_rps = capacity.unwrap_or(f64::NAN);
         let sizing = self.settings.sizing;
+        // Did the demand outrun the plan? Only against a plan made from a forecast: in the
+        // warm-up the plan is the rate of the step before, and every rise would count.
+        if let (true, Some(before)) = (warm, self.last_plan) {
+            let limit = before * (SURPRISE_UTILIZATION / sizing.target_utilization).max(1.0);
+            if surely_above(offered, limit, step_s) {
+                self.surprise = Some(Surprise {
+                    step: self.steps,
+                    arrived_rps: offered,
+                    planned_rps: before,
+                });
+            }
+        }
+        self.last_plan = warm.then_some(plan);
         // Spare backends: sized as that much more demand at the target utilisation, so the
-        // count is exactly `spare_backends` above what the demand needs (before clamping).
-        let spare = self.settings.spare_backends;
+        // count is exactly the spare above what the demand needs (before clamping).
         let per_backend = capacity_rps * sizing.target_utilization;
-        let (sized_for, basis) = if spare > 0 && per_backend.is_finite() && per_backend > 0.0 {
-            (
-                plan + f64::from(spare) * per_backend,
-                format!(
+        let spare = self.settings.spare_backends;
+        let sized = per_backend.is_finite() && per_backend > 0.0;
+        // The burst spare is for the next burst: while the plan is the rate arriving now, the
+        // count is sized for the demand that is here.
+        let burst = self.burst_spare().filter(|_| sized && !chasing);
+        let mut sized_for = plan;
+        let mut basis = basis;
+        if sized {
+            if spare > 0 {
+                sized_for += f64::from(spare) * per_backend;
+                basis = format!(
                     "{basis}, and {spare} spare backend{} (~{} rps)",
-                    if spare == 1 { "" } else { "s" },
+                    plural(spare),
                     thousands(f64::from(spare) * per_backend)
-                ),
-            )
-        } else {
-            (plan, basis)
-        };
+                );
+            }
+            if let Some((n, why)) = &burst {
+                let n = *n;
+                sized_for += f64::from(n) * per_backend;
+                basis = format!(
+                    "{basis}, and {n} {}backend{} for bursts (~{} rps) {why}",
+                    if spare > 0 { "more " } else { "spare " },
+                    plural(n),
+                    thousands(f64::from(n) * per_backend)
+                );
+            }
+        }
         let needed = recommend_for(sized_for, &basis, capacity_rps, sizing, obs.backends, None);
         // Scale-down stabilisation: the highest count the demand asked for over the window.
         let window = self.settings.stabilization_steps() as u64;
@@ -663,10 +733,51 @@ impl PoolDemand {
             healthy_backends: obs.healthy,
             recommended_backends: rec.backends,
             needed_backends: needed.backends,
+            burst_spare_backends: burst.map_or(0, |(n, _)| n),
             reason,
             error_share: obs.error_share,
         });
         self.latest.as_ref().expect("just set")
+    }
+}
+
+impl PoolDemand {
+    /// The burst spare in force at this step and why, while the last surprise is within
+    /// `burst_memory_s`.
+    fn burst_spare(&self) -> Option<(u32, String)> {
+        let n = self.settings.burst_spare_backends;
+        let s = self.surprise?;
+        let ago = self.steps - s.step;
+        let memory = self.settings.burst_memory_steps();
+        if n == 0 || ago > memory {
+            return None;
+        }
+        let step_s = self.settings.step_s;
+        let when = if ago == 0 {
+            "this step".to_string()
+        } else {
+            format!("{} ago", duration_words(ago as f64 * step_s))
+        };
+        let left = match memory - ago {
+            0 => "for this step".to_string(),
+            k => format!("for {} more", duration_words(k as f64 * step_s)),
+        };
+        Some((
+            n,
+            format!(
+                "{left}: {} rps arrived {when} against {} rps planned",
+                thousands(s.arrived_rps),
+                thousands(s.planned_rps)
+            ),
+        ))
+    }
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }
 
@@ -755,6 +866,8 @@ mod tests {
             backend_capacity_rps: capacity,
             scale_down_stabilization_s: 0.0,
             spare_backends: 0,
+            burst_spare_backends: 0,
+            burst_memory_s: 3600.0,
         }
     }
 
@@ -991,6 +1104,86 @@ mod tests {
             }
             k
         }
+    }
+
+    #[test]
+    fn a_demand_that_outruns_the_plan_keeps_a_spare_backend_for_the_burst_memory() {
+        let p = pool(2);
+        let with = DemandSettings {
+            burst_spare_backends: 1,
+            burst_memory_s: 30.0,
+            ..settings(Some(100.0))
+        };
+        let without = DemandSettings {
+            burst_spare_backends: 0,
+            ..with.clone()
+        };
+        let (mut a, mut b) = (
+            PoolDemand::new(&p, with, 0),
+            PoolDemand::new(&p, without, 0),
+        );
+        // 400 rps, then a burst to 800 for three steps (twice the plan, above the 1.8× that
+        // loads backends sized at 50 % to 90 %), then 400 again for 40 steps.
+        let rates = (0..40)
+            .map(|_| 400.0)
+            .chain((0..3).map(|_| 800.0))
+            .chain((0..40).map(|_| 400.0));
+        let mut spare_steps = Vec::new();
+        for (i, r) in rates.enumerate() {
+            let x = a.record(obs(r, 0.0), None).clone();
+            let y = b.record(obs(r, 0.0), None);
+            assert_eq!(y.burst_spare_backends, 0);
+            assert_eq!(
+                x.needed_backends,
+                y.needed_backends + x.burst_spare_backends,
+                "step {i}: {}",
+                x.reason
+            );
+            if x.burst_spare_backends > 0 {
+                assert_eq!(x.burst_spare_backends, 1);
+                spare_steps.push(i);
+            }
+            if i == 43 {
+                assert!(
+                    x.reason.contains(
+                        ", and 1 spare backend for bursts (~50 rps) for 27 s more: 800 rps \
+                         arrived 3 s ago against 400 rps planned; one backend serves"
+                    ),
+                    "{}",
+                    x.reason
+                );
+            }
+        }
+        // The burst's first step (the 41st) outran the plan (the two after it were planned
+        // for: the rate now was the plan); while the count follows the rate arriving now there
+        // is no spare, then one for the 30 steps after the surprise.
+        assert_eq!(spare_steps, (43..=70).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn counting_noise_and_the_forecasts_own_misses_are_not_bursts() {
+        let p = pool(2);
+        // At the default 70 % target a rate 1.29× the plan is a surprise; 300 rps counted
+        // over 1 s varies by ±17 rps, and a noisy cycle is missed by its forecast now and then.
+        let s = DemandSettings {
+            sizing: Sizing {
+                target_utilization: 0.7,
+                ..settings(None).sizing
+            },
+            burst_spare_backends: 1,
+            ..settings(Some(100.0))
+        };
+        let mut d = PoolDemand::new(&p, s, 0);
+        let mut arrivals = Arrivals::new(0x5851_f42d_4c95_7f2d);
+        for t in 0..1200 {
+            let mean = 300.0 * (1.0 + 0.5 * (std::f64::consts::TAU * f64::from(t) / 200.0).sin());
+            let r = d.record(obs(arrivals.count(mean) as f64, 0.0), None);
+            assert_eq!(r.burst_spare_backends, 0, "step {t}: {}", r.reason);
+        }
+        // One step at twice the cycle's peak is one: the spare is kept from the next step on.
+        d.record(obs(2.0 * 300.0 * 1.5, 0.0), None);
+        let r = d.record(obs(arrivals.count(300.0) as f64, 0.0), None);
+        assert_eq!(r.burst_spare_backends, 1, "{}", r.reason);
     }
 
     #[test]

@@ -114,6 +114,8 @@ fn a_bad_answer_falls_back_to_the_builtin_forecast_for_that_step_only() {
         backend_capacity_rps: Some(10.0),
         scale_down_stabilization_s: 0.0,
         spare_backends: 0,
+        burst_spare_backends: 0,
+        burst_memory_s: 3600.0,
     };
     let mut d = PoolDemand::new(&pool, settings, 0);
     let serve = |n: u64| {

@@ -588,11 +588,18 @@ fn autoscale_summary(pool: &str, a: &fulcrum_config::AutoscaleConfig) -> String 
             a.scale_down_stabilization.as_secs_f64()
         )
     };
-    let spare = match a.spare_backends {
+    let mut spare = match a.spare_backends {
         0 => String::new(),
         1 => " and 1 spare backend".to_string(),
         n => format!(" and {n} spare backends"),
     };
+    if a.burst_spare_backends > 0 {
+        spare.push_str(&format!(
+            " ({} more for {} s after the demand outruns the plan)",
+            a.burst_spare_backends,
+            a.burst_memory.as_secs_f64()
+        ));
+    }
     format!(
         "pool {pool}: autoscale recommends {}..={} backends at {} % utilisation for the p90 \
          {} s ahead{spare}, {down}, a rate every {} s, {model}, {capacity}",

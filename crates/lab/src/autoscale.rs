@@ -244,6 +244,7 @@ pub fn scaled_autoscale(
             0.0,
         ),
         spare_backends,
+        burst_memory: secs(d::BURST_MEMORY_S as f64, 0.0),
         ..AutoscaleConfig::default()
     }
 }
@@ -1086,6 +1087,8 @@ mod tests {
             "two steps"
         );
         assert_eq!((c.min_backends, c.max_backends), (3, 41));
+        assert_eq!(c.burst_memory, Duration::from_secs(90), "an hour, scaled");
+        assert_eq!(c.burst_spare_backends, 1);
         let c = scaled_autoscale(&a, 0, Some(60.0), 1, 0.001);
         assert_eq!(c.spare_backends, 1);
         assert_eq!(c.step, Duration::from_millis(100), "the step's floor");

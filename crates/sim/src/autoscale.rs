@@ -339,6 +339,8 @@ impl ForecastScaler {
                     * FORECAST_STEP_S,
             ),
             spare_backends,
+            burst_spare_backends: fulcrum_config::autoscale_defaults::BURST_SPARE_BACKENDS,
+            burst_memory_s: fulcrum_config::autoscale_defaults::BURST_MEMORY_S as f64,
         };
         Self {
             demand: PoolDemand::new(pool, settings, now_ns),
