@@ -147,6 +147,8 @@ async fn the_recommendation_rises_with_the_offered_rate() {
     // 80 rps at 20 rps per backend: 4, and the highest p90 of the next steps above it (a
     // one-second series of a random arrival process is noisy: up to about 2.5x the rate).
     assert!((4..=10).contains(&low_rec), "{low_rec}: {reason}");
+    // Poisson arrivals counted in half-second steps are noisy, but not a burst: no spare.
+    assert_eq!(low["burst_spare_backends"], 0, "{reason}");
 
     // The second phase: the rate triples, so does the recommendation, give or take.
     tokio::time::sleep(Duration::from_secs_f64(END_S - RISE_S - 2.0)).await;
@@ -163,6 +165,17 @@ async fn the_recommendation_rises_with_the_offered_rate() {
         "metric says {high_metric:.1} rps, offered {HIGH_RPS}"
     );
     let high_rec = high["recommended_backends"].as_u64().unwrap();
+    // The tripling is a burst only if it would have loaded the backends sized for the plan
+    // before it to 90 % (the noisy low phase's p90 can leave that much room): whichever it
+    // was, the count and the reasoning agree.
+    let spare = high["burst_spare_backends"].as_u64().unwrap();
+    let high_reason = high["reason"].as_str().unwrap();
+    assert!(spare <= 1, "{high_reason}");
+    assert_eq!(
+        spare == 1,
+        high_reason.contains(", and 1 spare backend for bursts (~20 rps) for "),
+        "{high_reason}"
+    );
     assert!(
         high_rec >= low_rec + 4 && high_rec >= 12,
         "recommendation {low_rec} -> {high_rec}: {}",

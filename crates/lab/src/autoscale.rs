@@ -111,7 +111,7 @@ pub struct LabSample {
     pub recommended: Option<f64>,
     /// From the proxy's `GET /api/forecast?pool=lab` at this step, for plots and diagnosis:
     /// the rate it recorded, the demand it planned for, its capacity per backend and the
-    /// season it found.
+    /// season it found, the burst spare in force.
     pub forecast: Option<ForecastView>,
 }
 
@@ -132,6 +132,9 @@ pub struct ForecastView {
     pub healthy_backends: Option<u64>,
     /// `capacity_source`.
     pub capacity_source: Option<String>,
+    /// `burst_spare_backends`: of the recommended backends, those kept after the demand
+    /// outran the plan.
+    pub burst_spare_backends: Option<u64>,
 }
 
 /// The proxy's latest forecast of the lab pool.
@@ -149,6 +152,7 @@ async fn read_forecast(admin: SocketAddr) -> Option<ForecastView> {
         steps: v["steps"].as_u64(),
         healthy_backends: v["healthy_backends"].as_u64(),
         capacity_source: v["capacity_source"].as_str().map(str::to_owned),
+        burst_spare_backends: v["burst_spare_backends"].as_u64(),
     })
 }
 
