@@ -265,6 +265,34 @@ p99_ms = 100
     }
     assert!((results[2]["backend_seconds"].as_f64().unwrap() - 1080.0).abs() < 1e-6);
 
+    // The forecast scaler with the shipped forecast model; a model of another kind is refused
+    // before any run, naming it.
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let with_model = |model: &str| {
+        Command::new(fulcrum_bin())
+            .args(["sim", "--scenario"])
+            .arg(&scenario)
+            .args(["--scaler", "forecast", "--forecast-model"])
+            .arg(models.join(model))
+            .output()
+            .unwrap()
+    };
+    let out = with_model("forecast.onnx");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("| day (least_connections) | forecast |"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = with_model("balancer.onnx");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("balancer.onnx"), "{stderr}");
+
     let plain = dir.path().join("plain.toml");
     let text = std::fs::read_to_string(&scenario).unwrap();
     let cut = text.find("[autoscale]").unwrap();

@@ -102,6 +102,10 @@ struct SimArgs {
     /// (knows the future rate) and `oracle-now` (knows the rate now); repeat for several.
     #[arg(long = "scaler")]
     scalers: Vec<String>,
+    /// ONNX forecast model for the `forecast` scalers, as a pool's `forecast_model` (default:
+    /// the built-in forecaster); a model that does not fit is refused before any run.
+    #[arg(long)]
+    forecast_model: Option<PathBuf>,
     /// Proxies sharing the backends, each with its own pickers and control loop; the load is
     /// split evenly over them (as the replicas of a Deployment behind one Service).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -205,6 +209,12 @@ fn sim(args: SimArgs) -> ExitCode {
         };
         match loop_factory(source, fulcrum_control::ControlSettings::default()) {
             Ok(f) => opts.weight_controller = Some(f),
+            Err(e) => return fail(e),
+        }
+    }
+    if let Some(path) = &args.forecast_model {
+        match fulcrum_sim::control::forecast_model_factory(path.clone()) {
+            Ok(f) => opts.forecast_model = Some(f),
             Err(e) => return fail(e),
         }
     }

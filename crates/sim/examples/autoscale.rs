@@ -8,7 +8,9 @@
 //! and from two diurnal periods on (once a season can have been found). With a second
 //! argument, writes per scenario an SVG plot of the demand, the forecast scaler's plan and the
 //! copies serving under each scaler into that directory, and with `TIMELINE_CSV=1` each run's
-//! control steps as CSV.
+//! control steps as CSV. With `FORECAST_MODEL=models/forecast.onnx` the `forecast` scalers
+//! run that forecast model (through ONNX Runtime) instead of the built-in forecaster, as a pool
+//! with `forecast_model` does.
 //!
 //! ```sh
 //! cargo run --release -p fulcrum-sim --example autoscale -- benches/scenarios/autoscale out/
@@ -60,7 +62,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     files.retain(|p| p.extension().is_some_and(|x| x == "toml"));
     files.sort();
-    let opts = SimOptions::default();
+    let mut opts = SimOptions::default();
+    if let Some(path) = std::env::var_os("FORECAST_MODEL") {
+        opts.forecast_model = Some(fulcrum_sim::control::forecast_model_factory(path.into())?);
+    }
     let kinds = scalers()?;
     let mut out = String::new();
     let mut targets = String::from(TARGETS_HEADER);

@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use fulcrum_balance::Pool;
 use fulcrum_control::demand::{DemandSettings, PoolDemand, StepObservation};
+use fulcrum_control::forecast_model::OnnxForecaster;
 use fulcrum_forecast::Sizing;
 use fulcrum_scenario::Autoscale;
 
@@ -303,6 +304,7 @@ pub const FORECAST_STEP_S: f64 = 10.0;
 pub struct ForecastScaler {
     demand: PoolDemand,
     planned: Option<f64>,
+    model: Option<OnnxForecaster>,
 }
 
 impl fmt::Debug for ForecastScaler {
@@ -316,7 +318,8 @@ impl fmt::Debug for ForecastScaler {
 impl ForecastScaler {
     /// A scaler for the scenario's `[autoscale]` table over `pool` (with `fixed` backends that
     /// are not scaled), starting now; `stabilization_s` overrides the proxy's default
-    /// `scale_down_stabilization_s`, and `spare_backends` is the proxy's key of that name.
+    /// `scale_down_stabilization_s`, and `spare_backends` is the proxy's key of that name;
+    /// `model` is the pool's `forecast_model` (the built-in forecaster without one).
     pub fn new(
         a: &Autoscale,
         fixed: u32,
@@ -324,6 +327,7 @@ impl ForecastScaler {
         now_ns: u64,
         stabilization_s: Option<f64>,
         spare_backends: u32,
+        model: Option<OnnxForecaster>,
     ) -> Self {
         let settings = DemandSettings {
             step_s: FORECAST_STEP_S,
@@ -345,6 +349,7 @@ impl ForecastScaler {
         Self {
             demand: PoolDemand::new(pool, settings, now_ns),
             planned: None,
+            model,
         }
     }
 
@@ -369,7 +374,7 @@ impl Scaler for ForecastScaler {
             healthy: v.pool_backends,
             in_flight_growth_rps: v.in_flight_growth_rps,
         };
-        let report = self.demand.record(obs, None);
+        let report = self.demand.record(obs, self.model.as_mut());
         self.planned = Some(report.planned_rps);
         report.recommended_backends.saturating_sub(v.fixed_backends)
     }

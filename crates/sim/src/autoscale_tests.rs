@@ -171,6 +171,65 @@ fn forecast_provisions_ahead_of_a_periodic_ramp() {
     );
 }
 
+/// With a forecast model (the shipped `models/forecast.onnx`, through the real ONNX Runtime)
+/// the forecast scaler plans from the model's forecasts, as a pool with `forecast_model` does:
+/// the same run for the same seed, a plan that differs from the built-in forecaster's, and
+/// still the copies of the periodic ramp serving before the HPA has them.
+#[test]
+fn a_forecast_model_drives_the_forecast_scaler() {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/forecast.onnx");
+    let with_model = SimOptions {
+        forecast_model: Some(
+            crate::control::forecast_model_factory(model)
+                .expect("ONNX Runtime from .venv (./test.sh installs it) and models/forecast.onnx"),
+        ),
+        ..SimOptions::default()
+    };
+    let sc = scenario(
+        "rate_rps = 300\ndiurnal = { period_s = 1200, amplitude = 0.6 }",
+        3900.0,
+        60.0,
+        8,
+    );
+    let run = |scaler, opts: &SimOptions| {
+        simulate_autoscaled(&sc, &Policy::LeastConnections, scaler, opts)
+            .unwrap()
+            .autoscale
+    };
+    let forecast = ScalerKind::Forecast(None, 0);
+    let a = run(forecast, &with_model);
+    let b = run(forecast, &with_model);
+    let plans = |r: &crate::AutoscaleStats| -> Vec<Option<f64>> {
+        r.timeline.iter().map(|s| s.planned_rps).collect()
+    };
+    assert_eq!(plans(&a), plans(&b), "the same run for the same seed");
+    assert_eq!(a.backend_seconds, b.backend_seconds);
+    let builtin = run(forecast, &SimOptions::default());
+    let differ = plans(&a)
+        .iter()
+        .zip(plans(&builtin))
+        .filter(|(x, y)| **x != *y)
+        .count();
+    assert!(
+        differ > 100,
+        "{differ} of {} steps planned differently",
+        a.timeline.len()
+    );
+    let three_serving = |r: &crate::AutoscaleStats| {
+        r.timeline
+            .iter()
+            .find(|s| s.t_s >= 3420.0 && s.serving >= 3)
+            .map_or(f64::INFINITY, |s| s.t_s)
+    };
+    let hpa = run(ScalerKind::Hpa, &SimOptions::default());
+    assert!(
+        three_serving(&a) < three_serving(&hpa),
+        "three copies serving on the last rise: forecast with the model at {} s, hpa at {} s",
+        three_serving(&a),
+        three_serving(&hpa)
+    );
+}
+
 /// The forecast scaler runs the proxy's own scale-down stabilisation: after the demand falls,
 /// a 300 s window (Kubernetes' HPA default) keeps the copies for that long, while the proxy's
 /// default (two steps) lets them go as soon as the forecast follows the fall.

@@ -4,11 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use fulcrum_balance::Pool;
+use fulcrum_control::forecast_model::OnnxForecaster;
 use fulcrum_control::model::{runtime, OnnxModel};
 use fulcrum_control::{BackendObservation, ControlSettings, Heuristic, PoolController, Scorer};
 use fulcrum_scenario::Scenario;
 
-use crate::sim::{ControllerFactory, WeightController};
+use crate::sim::{ControllerFactory, ForecastModelFactory, WeightController};
 
 /// The control loop driving one simulated pool.
 pub struct LoopController {
@@ -33,6 +34,17 @@ pub enum ScorerSource {
     Model(PathBuf),
     /// The built-in heuristic controller.
     Heuristic,
+}
+
+/// A factory loading the forecast model at `path` for each run of a `forecast` scaler. A model
+/// that cannot be loaded is an error here, before any run starts.
+pub fn forecast_model_factory(path: PathBuf) -> Result<Arc<ForecastModelFactory>, String> {
+    let env = runtime(None).map_err(|e| e.to_string())?;
+    OnnxForecaster::load(env, &path).map_err(|e| e.to_string())?;
+    Ok(Arc::new(move || {
+        let env = runtime(None).expect("runtime was loaded when the factory was built");
+        OnnxForecaster::load(env, &path).expect("model was validated when the factory was built")
+    }))
 }
 
 /// A factory building a fresh control loop per run. A model that cannot be loaded is an error

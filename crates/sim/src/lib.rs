@@ -21,6 +21,7 @@ pub use features::{export_features, features_header, write_feature_rows, Feature
 pub use fulcrum_scenario::{ParsePolicyError, Policy};
 pub use sim::{
     peak_sized_count, simulate, simulate_all, simulate_autoscaled, simulate_autoscaled_detailed,
-    simulate_detailed, with_every_copy, AutoscaleRun, BackendTruth, ControllerFactory, SimError,
-    SimOptions, SimOutput, SimStats, TickSnapshot, WeightController, AUTOSCALE_TABLE_HEADER,
+    simulate_detailed, with_every_copy, AutoscaleRun, BackendTruth, ControllerFactory,
+    ForecastModelFactory, SimError, SimOptions, SimOutput, SimStats, TickSnapshot,
+    WeightController, AUTOSCALE_TABLE_HEADER,
 };

@@ -50,6 +50,11 @@ pub trait WeightController {
 /// Builds a fresh [`WeightController`] for one run, so every run starts from the same state.
 pub type ControllerFactory = dyn Fn(&Scenario) -> Box<dyn WeightController> + Send + Sync;
 
+/// Builds the forecast model a `forecast` scaler's demand tracking runs (a fresh session per
+/// run), as a pool with `forecast_model` does in the proxy.
+pub type ForecastModelFactory =
+    dyn Fn() -> fulcrum_control::forecast_model::OnnxForecaster + Send + Sync;
+
 /// Knobs of a simulation run; the defaults are the proxy's defaults.
 #[derive(Clone)]
 pub struct SimOptions {
@@ -75,6 +80,8 @@ pub struct SimOptions {
     pub weight_controller: Option<Arc<ControllerFactory>>,
     /// Proxies sharing the backends (default 1).
     pub replicas: u32,
+    /// The forecast model of the `forecast` scalers (default none: the built-in forecaster).
+    pub forecast_model: Option<Arc<ForecastModelFactory>>,
 }
 
 impl Default for SimOptions {
@@ -92,6 +99,7 @@ impl Default for SimOptions {
             refused_ms: 0.1,
             weight_controller: None,
             replicas: 1,
+            forecast_model: None,
         }
     }
 }
@@ -110,6 +118,7 @@ impl fmt::Debug for SimOptions {
             .field("refused_ms", &self.refused_ms)
             .field("weight_controller", &self.weight_controller.is_some())
             .field("replicas", &self.replicas)
+            .field("forecast_model", &self.forecast_model.is_some())
             .finish()
     }
 }
@@ -1208,6 +1217,7 @@ pub fn simulate_autoscaled_detailed(
                 0,
                 window,
                 spare,
+                opts.forecast_model.as_ref().map(|f| f()),
             )),
             a.initial,
         ),
