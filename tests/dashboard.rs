@@ -1,7 +1,8 @@
 //! The Grafana dashboard against real metrics: a real Prometheus scrapes a real fulcrum every
 //! second while it serves a little traffic (a model pool with ONNX Runtime, a static pool with a
 //! dead backend that forces retries and health-check failures, a pool whose backend is found by
-//! DNS on a nameserver on loopback, a TLS listener, a configuration reload and a model reload), then every PromQL expression of `docker/grafana/fulcrum.json`
+//! DNS on a nameserver on loopback, a TLS listener, a configuration reload and a model reload,
+//! the model pool's demand forecast), then every PromQL expression of `docker/grafana/fulcrum.json`
 //! (panels, template variables, annotations) is evaluated through Prometheus's HTTP API. Each
 //! must answer without error and with at least one series, and every label its legend names
 //! (`{{backend}}`) must be on every series, so a renamed metric or label breaks this test
@@ -301,6 +302,12 @@ pool = "found"
 weights = "model"
 health_check.interval_ms = 200
 health_check.timeout_ms = 150
+
+# Forecast and recommend, for the demand and autoscaling panels.
+[pools.web.autoscale]
+step_s = 0.5
+horizon_s = 2
+backend_capacity_rps = 100
 
 [[pools.web.backends]]
 addr = "{w1}"

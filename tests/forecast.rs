@@ -189,6 +189,11 @@ async fn the_recommendation_rises_with_the_offered_rate() {
         "{}",
         high["reason"]
     );
+    assert_eq!(
+        metric(&f, "fulcrum_pool_burst_spare_backends{pool=\"web\"}").await,
+        spare as f64,
+        "the metric says what /api/forecast said"
+    );
     let m = metric(&f, "fulcrum_pool_recommended_backends{pool=\"web\"}").await;
     assert!(m >= 12.0, "metric recommends {m}");
     let p90 = metric(

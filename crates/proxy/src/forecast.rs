@@ -27,6 +27,8 @@ pub mod names {
         "fulcrum_pool_capacity_per_backend_requests_per_second";
     /// The backend count recommended for the highest p90 forecast until the provisioning horizon.
     pub const POOL_RECOMMENDED_BACKENDS: &str = "fulcrum_pool_recommended_backends";
+    /// Of the backends the demand asks for, those kept after the demand outran the plan.
+    pub const POOL_BURST_SPARE_BACKENDS: &str = "fulcrum_pool_burst_spare_backends";
     /// 1 when the pool's forecast model is loaded, 0 when the built-in forecaster runs.
     pub const POOL_FORECAST_MODEL_LOADED: &str = "fulcrum_pool_forecast_model_loaded";
     /// Steps whose forecast-model answer was refused (built-in forecast used instead).
@@ -48,6 +50,10 @@ pub fn describe_metrics() {
     describe_gauge!(
         names::POOL_RECOMMENDED_BACKENDS,
         "Backends a pool needs for the highest p90 forecast until its provisioning horizon (or the rate now, if higher) at its target utilisation, held for the scale-down stabilisation window."
+    );
+    describe_gauge!(
+        names::POOL_BURST_SPARE_BACKENDS,
+        "Of the backends a pool's demand asks for, those kept beyond it (burst_spare_backends) for burst_memory_s after the demand outran the plan; 0 otherwise."
     );
     describe_gauge!(
         names::POOL_FORECAST_MODEL_LOADED,
@@ -331,6 +337,8 @@ fn export(pool: &str, r: &DemandReport, model_loaded: bool) {
     }
     metrics::gauge!(names::POOL_RECOMMENDED_BACKENDS, "pool" => pool.clone())
         .set(f64::from(r.recommended_backends));
+    metrics::gauge!(names::POOL_BURST_SPARE_BACKENDS, "pool" => pool.clone())
+        .set(f64::from(r.burst_spare_backends));
     metrics::gauge!(names::POOL_FORECAST_MODEL_LOADED, "pool" => pool.clone())
         .set(if model_loaded { 1.0 } else { 0.0 });
     let fallbacks = metrics::counter!(names::POOL_FORECAST_MODEL_FALLBACKS_TOTAL, "pool" => pool);
