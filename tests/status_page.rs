@@ -243,11 +243,18 @@ fn weight(row: &Value) -> f64 {
         .unwrap_or_else(|| panic!("no numeric weight in {row}"))
 }
 
-/// Pool `web` (least connections, static weights) over b1..b3 on `/`, and pool `tuned`
-/// (weights from the shipped model) over b4, b5 on `/t/`.
+/// Pool `web` (least connections, static weights, autoscale recommendations every half
+/// second) over b1..b3 on `/`, and pool `tuned` (weights from the shipped model) over b4, b5
+/// on `/t/`.
 fn two_pools(b: &[BackendServer]) -> impl FnOnce(SocketAddr, SocketAddr) -> Config + '_ {
     move |proxy, admin| {
-        let web = web_pool(Algorithm::LeastConnections, &[&b[0], &b[1], &b[2]]);
+        let mut web = web_pool(Algorithm::LeastConnections, &[&b[0], &b[1], &b[2]]);
+        web.autoscale = Some(fulcrum_config::AutoscaleConfig {
+            step: Duration::from_millis(500),
+            horizon: Duration::from_secs(2),
+            backend_capacity_rps: Some(100.0),
+            ..fulcrum_config::AutoscaleConfig::default()
+        });
         let mut tuned = web_pool(Algorithm::LeastConnections, &[&b[3], &b[4]]);
         tuned.name = "tuned".into();
         tuned.weights = WeightSource::Model;
@@ -359,6 +366,41 @@ async fn the_page_shows_pools_and_follows_a_weight_change_without_reloading() {
     } else {
         assert!(source.as_str().unwrap().contains("heuristic"), "{source}");
     }
+
+    // The autoscaled pool's recommendation and its reasons, as `/api/pools` has them; none for
+    // the pool without `[pools.NAME.autoscale]`.
+    let autoscale = page
+        .wait_for(
+            "web's recommendation",
+            "(document.querySelector('section[data-pool=\"web\"] .autoscale') || {}).textContent || ''",
+            |v| v.as_str().is_some_and(|s| s.contains("recommended ")),
+        )
+        .await;
+    let autoscale = autoscale.as_str().unwrap();
+    assert!(
+        autoscale.contains("one backend serves ~70 rps at 70 %"),
+        "{autoscale}"
+    );
+    assert!(autoscale.contains("forecaster builtin"), "{autoscale}");
+    let none = tokio::task::block_in_place(|| {
+        page.eval("document.querySelectorAll('section[data-pool=\"tuned\"] .autoscale').length")
+    });
+    assert_eq!(none, 0);
+    let pools = f.pools().await;
+    let by_name = |n: &str| {
+        pools["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert!(
+        by_name("web")["autoscale"]["recommended_backends"].is_u64(),
+        "{pools}"
+    );
+    assert!(by_name("tuned")["autoscale"].is_null(), "{pools}");
 
     // A weight set through the admin API shows up in the same document: no reload.
     tokio::task::block_in_place(|| page.eval("window.fulcrumTestMarker = 42"));

@@ -96,6 +96,15 @@ impl ForecastStatus {
             .cloned()
     }
 
+    /// The latest step's report of `pool`, without its series.
+    pub fn report(&self, pool: &str) -> Option<DemandReport> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pool)
+            .map(|v| v.report.clone())
+    }
+
     fn set(&self, view: PoolForecastView) {
         self.0
             .lock()

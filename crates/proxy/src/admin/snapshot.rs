@@ -30,8 +30,29 @@ pub struct PoolSnapshot {
     pub discovery: &'static str,
     /// Backends currently eligible for traffic.
     pub healthy_backends: usize,
+    /// The latest recommendation of a pool with `[pools.NAME.autoscale]` (`null` without one);
+    /// `/api/forecast?pool=NAME` has all of it.
+    pub autoscale: Option<AutoscaleSnapshot>,
     /// Per-backend state.
     pub backends: Vec<BackendSnapshot>,
+}
+
+/// The latest step of an autoscaled pool's demand tracking, in `/api/pools`; every field
+/// `null` before its first step has ended.
+#[derive(Debug, Default, Serialize)]
+pub struct AutoscaleSnapshot {
+    /// Backends to run.
+    pub recommended_backends: Option<u32>,
+    /// Of those, the ones kept for bursts after the demand outran the plan.
+    pub burst_spare_backends: Option<u32>,
+    /// The rate that arrived in the last step, requests per second.
+    pub observed_rps: Option<f64>,
+    /// The demand the count is sized for, requests per second.
+    pub planned_rps: Option<f64>,
+    /// `builtin` or the forecast model's file name.
+    pub forecaster: Option<String>,
+    /// The reasoning in words.
+    pub reason: Option<String>,
 }
 
 /// One backend in `/api/pools`.
@@ -95,6 +116,20 @@ pub(crate) fn build(shared: &Shared, windows: Option<&LatencyWindows>) -> PoolsS
                 },
                 discovery: p.config.discovery.as_str(),
                 healthy_backends: p.pool.healthy_count(),
+                autoscale: p.config.autoscale.as_ref().map(|_| {
+                    shared
+                        .forecasts
+                        .report(&p.config.name)
+                        .map(|r| AutoscaleSnapshot {
+                            recommended_backends: Some(r.recommended_backends),
+                            burst_spare_backends: Some(r.burst_spare_backends),
+                            observed_rps: Some(r.observed_rps),
+                            planned_rps: Some(r.planned_rps),
+                            forecaster: Some(r.forecaster),
+                            reason: Some(r.reason),
+                        })
+                        .unwrap_or_default()
+                }),
                 backends: p
                     .pool
                     .backends()
