@@ -500,6 +500,10 @@ addr = "127.0.0.1:9002"
         let (stat, _) = fulcrum_config::parse(STATIC_CONFIG, "demo-static.toml").unwrap();
         let (scenario, _) = fulcrum_scenario::parse_scenario(SCENARIO, "demo").unwrap();
         assert_eq!(model.pools[0].weights, WeightSource::Model);
+        assert!(
+            model.pools[0].autoscale.is_some(),
+            "the demo shows a recommendation"
+        );
         assert_eq!(stat.pools[0].weights, WeightSource::Static);
         assert_eq!(model.pools[0].algorithm, stat.pools[0].algorithm);
         // One backend per role, and the two demos can run side by side.
