@@ -1172,6 +1172,19 @@ fn read_autoscale(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> AutoscaleConfig {
             ),
         );
     }
+    if a.burst_spare_backends > 0 && !a.burst_memory.is_zero() && a.burst_memory < a.step {
+        let span = t.get("burst_memory_s").map(|v| v.span());
+        ctx.warning(
+            span.as_ref(),
+            &t.child("burst_memory_s"),
+            format!(
+                "burst_memory_s ({} s) is shorter than step_s ({} s): the burst spare is kept for \
+                 the step the demand outran the plan only (0 says so; a multiple of step_s keeps it)",
+                a.burst_memory.as_secs_f64(),
+                a.step.as_secs_f64()
+            ),
+        );
+    }
     a
 }
 

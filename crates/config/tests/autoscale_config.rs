@@ -182,3 +182,25 @@ fn a_step_longer_than_the_horizon_is_a_warning() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert_eq!(warnings[0].key_path, "pools.web.autoscale.step_s");
 }
+
+#[test]
+fn a_burst_memory_shorter_than_a_step_is_a_warning() {
+    let (c, warnings) = parse(&config("step_s = 10\nburst_memory_s = 4\n"), "t.toml").unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].key_path, "pools.web.autoscale.burst_memory_s");
+    assert!(
+        warnings[0].to_string().contains("shorter than step_s"),
+        "{warnings:?}"
+    );
+    let a = c.pool("web").unwrap().autoscale.clone().unwrap();
+    assert_eq!(a.burst_memory, Duration::from_secs(4));
+    // 0, a whole step, or a spare turned off: nothing to say.
+    for keys in [
+        "step_s = 10\nburst_memory_s = 0\n",
+        "step_s = 10\nburst_memory_s = 10\n",
+        "step_s = 10\nburst_memory_s = 4\nburst_spare_backends = 0\n",
+    ] {
+        let (_, warnings) = parse(&config(keys), "t.toml").unwrap();
+        assert!(warnings.is_empty(), "{keys}: {warnings:?}");
+    }
+}

@@ -123,9 +123,9 @@ impl DemandSettings {
     }
 
     /// Steps the burst spare is kept after the demand last outran the plan (the step of the
-    /// surprise not counted).
+    /// surprise not counted): the whole steps `burst_memory_s` holds.
     pub fn burst_memory_steps(&self) -> u64 {
-        let steps = (self.burst_memory_s / self.step_s).round();
+        let steps = (self.burst_memory_s / self.step_s + 1e-9).floor();
         if steps.is_finite() && steps > 0.0 {
             steps as u64
         } else {
