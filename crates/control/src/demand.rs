@@ -223,6 +223,8 @@ pub struct DemandReport {
     /// Of those, the burst spare in force: backends kept for `burst_memory_s` after the
     /// demand outran the plan.
     pub burst_spare_backends: u32,
+    /// The demand outran the plan at this step: `(arrived, planned)` requests per second.
+    pub outran_plan: Option<(f64, f64)>,
     /// The reasoning in words.
     pub reason: String,
     /// Share of the step's attempts that failed.
@@ -628,9 +630,11 @@ impl PoolDemand {
         let sizing = self.settings.sizing;
         // Did the demand outrun the plan? Only against a plan made from a forecast: in the
         // warm-up the plan is the rate of the step before, and every rise would count.
+        let mut outran_plan = None;
         if let (true, Some(before)) = (warm, self.last_plan) {
             let limit = before * (SURPRISE_UTILIZATION / sizing.target_utilization).max(1.0);
             if surely_above(offered, limit, step_s) {
+                outran_plan = Some((offered, before));
                 self.surprise = Some(Surprise {
                     step: self.steps,
                     arrived_rps: offered,
@@ -734,6 +738,7 @@ impl PoolDemand {
             recommended_backends: rec.backends,
             needed_backends: needed.backends,
             burst_spare_backends: burst.map_or(0, |(n, _)| n),
+            outran_plan,
             reason,
             error_share: obs.error_share,
         });
@@ -1133,6 +1138,10 @@ mod tests {
             let x = a.record(obs(r, 0.0), None).clone();
             let y = b.record(obs(r, 0.0), None);
             assert_eq!(y.burst_spare_backends, 0);
+            // The surprise is the burst's first step, whether or not a spare follows it.
+            let surprise = (i == 40).then_some((800.0, 400.0));
+            assert_eq!(x.outran_plan, surprise, "step {i}: {}", x.reason);
+            assert_eq!(y.outran_plan, surprise, "step {i}: {}", y.reason);
             assert_eq!(
                 x.needed_backends,
                 y.needed_backends + x.burst_spare_backends,

@@ -256,6 +256,20 @@ impl Forecasts {
             };
             let loaded = model.is_some();
             let report = demand.step(&p.pool, now, model).clone();
+            if let Some((arrived, planned)) = report.outran_plan {
+                let spare = match a.burst_spare_backends {
+                    0 => "no burst spare (burst_spare_backends = 0)".to_string(),
+                    n => format!(
+                        "{n} spare backend{} kept for {} s",
+                        if n == 1 { "" } else { "s" },
+                        a.burst_memory.as_secs_f64()
+                    ),
+                };
+                log::info!(
+                    "forecast: pool {name}: the demand outran the plan, {arrived:.0} rps arrived \
+                     against {planned:.0} rps planned; {spare}"
+                );
+            }
             export(name, &report, loaded);
             status.set(PoolForecastView {
                 pool: name.clone(),
