@@ -180,6 +180,15 @@ pub struct HorizonForecast {
     pub p90: f64,
 }
 
+/// A step whose demand outran the plan made the step before, in `/api/forecast`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct OutranPlan {
+    /// The rate that arrived, requests per second.
+    pub arrived_rps: f64,
+    /// The demand the previous step's count was sized for, requests per second.
+    pub planned_rps: f64,
+}
+
 /// What one step found, for metrics and `/api/forecast`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DemandReport {
@@ -223,8 +232,8 @@ pub struct DemandReport {
     /// Of those, the burst spare in force: backends kept for `burst_memory_s` after the
     /// demand outran the plan.
     pub burst_spare_backends: u32,
-    /// The demand outran the plan at this step: `(arrived, planned)` requests per second.
-    pub outran_plan: Option<(f64, f64)>,
+    /// Set at the step the demand outran the plan.
+    pub outran_plan: Option<OutranPlan>,
     /// The reasoning in words.
     pub reason: String,
     /// Share of the step's attempts that failed.
@@ -333,16 +342,8 @@ pub struct PoolDemand {
     recent: VecDeque<(u64, u32)>,
     /// The demand the previous step's count was sized for, once warm.
     last_plan: Option<f64>,
-    /// The last step whose demand outran the plan.
-    surprise: Option<Surprise>,
-}
-
-/// A step whose demand outran the plan made the step before.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Surprise {
-    step: u64,
-    arrived_rps: f64,
-    planned_rps: f64,
+    /// The last step whose demand outran the plan, and by how much.
+    surprise: Option<(u64, OutranPlan)>,
 }
 
 impl std::fmt::Debug for PoolDemand {
@@ -634,12 +635,12 @@ impl PoolDemand {
         if let (true, Some(before)) = (warm, self.last_plan) {
             let limit = before * (SURPRISE_UTILIZATION / sizing.target_utilization).max(1.0);
             if surely_above(offered, limit, step_s) {
-                outran_plan = Some((offered, before));
-                self.surprise = Some(Surprise {
-                    step: self.steps,
+                let o = OutranPlan {
                     arrived_rps: offered,
                     planned_rps: before,
-                });
+                };
+                outran_plan = Some(o);
+                self.surprise = Some((self.steps, o));
             }
         }
         self.last_plan = warm.then_some(plan);
@@ -751,8 +752,8 @@ impl PoolDemand {
     /// `burst_memory_s`.
     fn burst_spare(&self) -> Option<(u32, String)> {
         let n = self.settings.burst_spare_backends;
-        let s = self.surprise?;
-        let ago = self.steps - s.step;
+        let (at, s) = self.surprise?;
+        let ago = self.steps - at;
         let memory = self.settings.burst_memory_steps();
         if n == 0 || ago > memory {
             return None;
@@ -1139,7 +1140,10 @@ mod tests {
             let y = b.record(obs(r, 0.0), None);
             assert_eq!(y.burst_spare_backends, 0);
             // The surprise is the burst's first step, whether or not a spare follows it.
-            let surprise = (i == 40).then_some((800.0, 400.0));
+            let surprise = (i == 40).then_some(OutranPlan {
+                arrived_rps: 800.0,
+                planned_rps: 400.0,
+            });
             assert_eq!(x.outran_plan, surprise, "step {i}: {}", x.reason);
             assert_eq!(y.outran_plan, surprise, "step {i}: {}", y.reason);
             assert_eq!(

@@ -256,7 +256,8 @@ impl Forecasts {
             };
             let loaded = model.is_some();
             let report = demand.step(&p.pool, now, model).clone();
-            if let Some((arrived, planned)) = report.outran_plan {
+            if let Some(o) = report.outran_plan {
+                let (arrived, planned) = (o.arrived_rps, o.planned_rps);
                 let spare = match a.burst_spare_backends {
                     0 => "no burst spare (burst_spare_backends = 0)".to_string(),
                     n => format!(
