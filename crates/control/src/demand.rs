@@ -16,7 +16,7 @@ use fulcrum_balance::histogram::HistogramSnapshot;
 use fulcrum_balance::Pool;
 use fulcrum_config::AutoscaleConfig;
 use fulcrum_forecast::builtin::{WARMUP_STEPS, Z90};
-use fulcrum_forecast::recommend::{duration_words, thousands};
+use fulcrum_forecast::recommend::{duration_words, plural, thousands};
 use fulcrum_forecast::{
     capacity_per_backend, recommend_for, Forecast, Hold, RateRing, Sizing, Tracker,
 };
@@ -745,9 +745,7 @@ impl PoolDemand {
         });
         self.latest.as_ref().expect("just set")
     }
-}
 
-impl PoolDemand {
     /// The burst spare in force at this step and why, while the last surprise is within
     /// `burst_memory_s`.
     fn burst_spare(&self) -> Option<(u32, String)> {
@@ -776,14 +774,6 @@ impl PoolDemand {
                 thousands(s.planned_rps)
             ),
         ))
-    }
-}
-
-fn plural(n: u32) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
     }
 }
 

@@ -152,7 +152,16 @@ fn finite_rate(x: f64) -> f64 {
 
 /// `1` -> `"1 backend"`, `9` -> `"9 backends"`.
 fn count_words(n: u32) -> String {
-    format!("{n} backend{}", if n == 1 { "" } else { "s" })
+    format!("{n} backend{}", plural(n))
+}
+
+/// The plural ending of a count's noun: `""` for 1, `"s"` otherwise.
+pub fn plural(n: u32) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 /// A backend's capacity (rps at full utilisation) from what a pool served: `throughput_rps`
