@@ -35,14 +35,19 @@ async fn forecast(f: &Fulcrum) -> serde_json::Value {
     serde_json::from_str(&r.body).unwrap()
 }
 
-/// Mean of the last `n` steps of the series.
-fn recent_rate(view: &serde_json::Value, n: usize) -> f64 {
-    let series: Vec<f64> = view["series"]
+/// The rate series of a forecast view, oldest first.
+fn series(view: &serde_json::Value) -> Vec<f64> {
+    view["series"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_f64().unwrap())
-        .collect();
+        .collect()
+}
+
+/// Mean of the last `n` steps of the series.
+fn recent_rate(view: &serde_json::Value, n: usize) -> f64 {
+    let series = series(view);
     let tail = &series[series.len().saturating_sub(n)..];
     tail.iter().sum::<f64>() / tail.len() as f64
 }
@@ -358,7 +363,7 @@ fn check_shows_each_autoscaled_pool() {
         "[server]\nlisten = [\"127.0.0.1:18080\"]\n\n[[routes]]\npool = \"web\"\n\n[pools.web]\n\
          [[pools.web.backends]]\naddr = \"127.0.0.1:9001\"\n\n[pools.web.autoscale]\n\
          min_backends = 2\nmax_backends = 40\nhorizon_s = 120\nspare_backends = 1\n\
-         forecast_model = \"models/forecast.onnx\"\n",
+         forecast_model = \"models/forecast.onnx\"\nhistory_file = \"/var/lib/fulcrum/web.csv\"\n",
     )
     .unwrap();
     let out = std::process::Command::new(fulcrum_bin())
@@ -372,8 +377,8 @@ fn check_shows_each_autoscaled_pool() {
         stdout.contains(
             "pool web: autoscale recommends 2..=40 backends at 70 % utilisation for the p90 120 s \
              ahead and 1 spare backend (1 more for 3600 s after the demand outruns the plan), \
-             down only after 20 s lower, a rate every 10 s, forecast model models/forecast.onnx, capacity per backend \
-             estimated from the traffic"
+             down only after 20 s lower, a rate every 10 s, series kept in /var/lib/fulcrum/web.csv, \
+             forecast model models/forecast.onnx, capacity per backend estimated from the traffic"
         ),
         "{stdout}"
     );
@@ -461,4 +466,138 @@ async fn an_autoscaled_pool_with_static_weights_reads_the_load_its_backends_repo
     );
     let capacity = last["capacity_per_backend_rps"].as_f64().unwrap();
     assert!(capacity.is_finite() && capacity > 0.0, "{last:#}");
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+async fn wait_for_a_step(f: &Fulcrum) -> serde_json::Value {
+    for _ in 0..50 {
+        let r = get(f.admin, "/api/forecast?pool=web").await.unwrap();
+        if r.status == 200 {
+            return serde_json::from_str(&r.body).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no forecast step in 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_series_outlives_a_restart_in_its_history_file() {
+    // Five cycles of 10 s counted in half-second steps, ending a second ago: what a process
+    // that ran until a moment ago left behind.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.csv");
+    let cycle = |i: usize| 100.0 + 60.0 * (2.0 * std::f64::consts::PI * i as f64 / 20.0).sin();
+    let end = unix_now() - 1.0;
+    let mut text = "t_s,rps\n".to_string();
+    for i in 0..100 {
+        text += &format!("{:.3},{:.3}\n", end - (99 - i) as f64 * 0.5, cycle(i));
+    }
+    std::fs::write(&file, &text).unwrap();
+
+    let b = backends(1).await;
+    let web = |step_ms: u64| {
+        let mut web = web_pool(Algorithm::LeastConnections, &[&b[0]]);
+        web.autoscale = Some(AutoscaleConfig {
+            step: Duration::from_millis(step_ms),
+            horizon: Duration::from_secs(2),
+            backend_capacity_rps: Some(50.0),
+            history_file: Some(file.clone()),
+            ..AutoscaleConfig::default()
+        });
+        web
+    };
+    let start = |web: fulcrum_config::PoolConfig| {
+        Fulcrum::start(move |p, a| {
+            let mut config = single_pool(p, a, web);
+            config.control.tick = Duration::from_millis(100);
+            config
+        })
+    };
+
+    // The first step forecasts at once, with the season the history holds; without it the
+    // pool would warm up for 12 steps and need 40 to find a 20-step season.
+    let mut f = start(web(500)).await;
+    let first = wait_for_a_step(&f).await;
+    eprintln!("{}", first["reason"]);
+    assert_eq!(first["warm"], true, "{first}");
+    assert_eq!(first["season_s"], 10.0, "{first}");
+    assert_eq!(
+        first["history"]["restored_steps"], 100,
+        "{}",
+        first["history"]
+    );
+    assert_eq!(first["history"]["error"], serde_json::Value::Null);
+    let s = series(&first);
+    let filled = first["history"]["filled_steps"].as_u64().unwrap() as usize;
+    assert!(filled <= 6, "{} steps filled", filled);
+    assert_eq!(
+        s.len(),
+        100 + filled + 1,
+        "history, the steps filled, the first step"
+    );
+    for (i, x) in s[..100].iter().enumerate() {
+        assert!((x - cycle(i)).abs() < 1e-3, "step {i}: {x} vs {}", cycle(i));
+    }
+    // Steps nobody counted (the process was starting) continue the cycle.
+    for (i, x) in s[100..100 + filled].iter().enumerate() {
+        assert!((x - cycle(100 + i)).abs() < 1e-3, "filled step {i}: {x}");
+    }
+
+    // Every step is appended; a stopped process leaves its series for the next one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before_stop = series(&forecast(&f).await).len();
+    f.signal("TERM");
+    assert!(f.wait_exit(Duration::from_secs(15)).await.is_some());
+    let rows = std::fs::read_to_string(&file).unwrap().lines().count() - 1;
+    // The steps filled at start are not rows: the next start fills them again.
+    assert!(
+        rows + filled >= before_stop,
+        "{rows} rows written, {before_stop} steps held, {filled} of them filled"
+    );
+    let mut f = start(web(500)).await;
+    let again = wait_for_a_step(&f).await;
+    let restored = again["history"]["restored_steps"].as_u64().unwrap() as usize;
+    assert_eq!(restored, rows, "{}", again["history"]);
+    assert_eq!(again["warm"], true);
+    let s2 = series(&again);
+    for (i, x) in s2[..100].iter().enumerate() {
+        assert!(
+            (x - cycle(i)).abs() < 1e-3,
+            "after a restart, step {i}: {x}"
+        );
+    }
+    f.signal("TERM");
+    assert!(f.wait_exit(Duration::from_secs(15)).await.is_some());
+    let rows = std::fs::read_to_string(&file).unwrap().lines().count() - 1;
+
+    // A series of another step is not used, and not lost either: set aside, said why, and
+    // the pool starts afresh.
+    let f = start(web(1000)).await;
+    let other = wait_for_a_step(&f).await;
+    let error = other["history"]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(
+            "not used (its steps are 0.500 s apart, the pool's step_s is 1 s); moved to "
+        ),
+        "{error}"
+    );
+    assert!(error.ends_with("web.csv.unused"), "{error}");
+    assert_eq!(other["history"]["restored_steps"], 0);
+    assert_eq!(other["warm"], false);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("web.csv.unused"))
+            .unwrap()
+            .lines()
+            .count()
+            - 1,
+        rows,
+        "the rows set aside"
+    );
 }

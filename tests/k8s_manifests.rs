@@ -521,6 +521,31 @@ fn check_fulcrum(w: &Manifest, c: &Value, config_path: &str, all: &[Manifest]) -
         ));
     }
 
+    // A history file is written every step: on a writable volume, as the root filesystem
+    // of a hardened pod is read-only.
+    for pool in &config.pools {
+        let Some(file) = pool
+            .autoscale
+            .as_ref()
+            .and_then(|a| a.history_file.as_ref())
+        else {
+            continue;
+        };
+        let writable = c["volumeMounts"].as_array().is_some_and(|mounts| {
+            mounts.iter().any(|m| {
+                m["readOnly"] != Value::Bool(true)
+                    && m["mountPath"].as_str().is_some_and(|p| file.starts_with(p))
+            })
+        });
+        if !writable {
+            problems.push(format!(
+                "{name}: pool {} writes history_file {} outside every writable volume mount",
+                pool.name,
+                file.display()
+            ));
+        }
+    }
+
     for pool in &config.pools {
         let fulcrum_config::Discovery::Dns { names, .. } = &pool.discovery else {
             continue;

@@ -132,10 +132,20 @@ struct Running {
 }
 
 async fn running(drain_delay_s: u64, grace_period_s: u64) -> Running {
+    running_with(drain_delay_s, grace_period_s, |_, _| ()).await
+}
+
+/// [`running`], with `tweak` applied to the configuration (and the socket directory's path).
+async fn running_with(
+    drain_delay_s: u64,
+    grace_period_s: u64,
+    tweak: impl FnOnce(&mut fulcrum_config::Config, &std::path::Path),
+) -> Running {
     let backend = backends(1).await.remove(0);
     let sock_dir = private_dir().unwrap();
     let (listen, admin) = fulcrum_lab::harness::loopback_pair().unwrap();
     let mut c = single_pool(listen, admin, web_pool(Algorithm::RoundRobin, &[&backend]));
+    tweak(&mut c, sock_dir.path());
     c.server.threads = 2;
     c.server.upgrade_sock = sock_dir.path().join("upgrade.sock");
     c.server.drain_delay_s = drain_delay_s;
@@ -387,6 +397,70 @@ async fn upgrade_under_load_refuses_nothing_and_fails_nothing() {
     );
     assert!(log.len() > 600, "only {} requests", log.len());
 
+    new.signal("TERM").unwrap();
+    exits_zero(&mut new, Duration::from_secs(10)).await;
+}
+
+/// The series of `/api/forecast?pool=web`, and its history status.
+async fn forecast_series(admin: SocketAddr) -> (Vec<f64>, serde_json::Value) {
+    let r = get(admin, "/api/forecast?pool=web").await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let series = v["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    (series, v["history"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_keeps_the_forecasts_rate_series() {
+    let Running {
+        proxy: mut old,
+        listen,
+        admin,
+        _backend,
+        _sock_dir,
+    } = running_with(1, 5, |c, dir| {
+        c.pools[0].autoscale = Some(fulcrum_config::AutoscaleConfig {
+            step: Duration::from_millis(250),
+            horizon: Duration::from_secs(2),
+            history_file: Some(dir.join("web.csv")),
+            ..Default::default()
+        });
+        c.control.tick = Duration::from_millis(50);
+    })
+    .await;
+    let load = Load::start(listen).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (counted, _) = forecast_series(admin).await;
+    assert!(counted.len() >= 8, "{} steps", counted.len());
+
+    let mut new = old.start_upgrade(fulcrum_bin().as_ref()).await.unwrap();
+    old.signal("QUIT").unwrap();
+    exits_zero(&mut old, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = load.stop().await;
+    assert!(failures(&log, Instant::now()).is_empty());
+
+    // The new process started from the old one's series: what it had counted when asked, in
+    // the same order, to the file's precision.
+    let (series, history) = forecast_series(admin).await;
+    assert_eq!(history["error"], serde_json::Value::Null, "{history}");
+    let restored = history["restored_steps"].as_u64().unwrap() as usize;
+    assert!(
+        restored >= counted.len(),
+        "{restored} restored, {} counted",
+        counted.len()
+    );
+    for (i, (a, b)) in counted.iter().zip(&series).enumerate() {
+        assert!(
+            (a - b).abs() < 1e-3,
+            "step {i}: {a} before the upgrade, {b} after"
+        );
+    }
     new.signal("TERM").unwrap();
     exits_zero(&mut new, Duration::from_secs(10)).await;
 }

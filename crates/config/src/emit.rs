@@ -221,6 +221,9 @@ impl Config {
                 if let Some(m) = &a.forecast_model {
                     let _ = writeln!(out, "forecast_model = {}", path(m));
                 }
+                if let Some(h) = &a.history_file {
+                    let _ = writeln!(out, "history_file = {}", path(h));
+                }
                 if let Some(c) = a.backend_capacity_rps {
                     let _ = writeln!(out, "backend_capacity_rps = {}", float(c));
                 }

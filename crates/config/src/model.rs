@@ -517,6 +517,10 @@ pub struct AutoscaleConfig {
     /// How long the burst spare is kept after the demand last outran the plan
     /// (`burst_memory_s`, 0..=172800, default 3600; 0 keeps it for that step only).
     pub burst_memory: Duration,
+    /// A CSV file the pool's rate series is appended to every step and read back at start, so
+    /// a restart or an upgrade keeps the forecast's history (`history_file`); `None` keeps it
+    /// in memory only.
+    pub history_file: Option<PathBuf>,
 }
 
 impl Default for AutoscaleConfig {
@@ -536,6 +540,7 @@ impl Default for AutoscaleConfig {
             spare_backends: d::SPARE_BACKENDS,
             burst_spare_backends: d::BURST_SPARE_BACKENDS,
             burst_memory: Duration::from_secs(d::BURST_MEMORY_S),
+            history_file: None,
         }
     }
 }

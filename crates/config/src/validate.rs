@@ -77,6 +77,7 @@ const AUTOSCALE_KEYS: &[&str] = &[
     "spare_backends",
     "burst_spare_backends",
     "burst_memory_s",
+    "history_file",
 ];
 const POOL_TLS_KEYS: &[&str] = &["sni", "ca_file", "verify", "client_cert", "client_key"];
 const HEALTH_KEYS: &[&str] = &[
@@ -914,6 +915,7 @@ fn read_pools(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> Vec<PoolParts> {
         ctx.error(t.span.as_ref(), "pools", missing);
     }
     let mut pools = Vec::new();
+    let mut histories: HashMap<PathBuf, String> = HashMap::new();
     for (key, value) in &t.entries {
         let name: &str = key.get_ref().as_ref();
         let path = t.child(name);
@@ -928,6 +930,30 @@ fn read_pools(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> Vec<PoolParts> {
             continue;
         };
         let config = read_pool(ctx, &pt, name);
+        if let Some(file) = config
+            .autoscale
+            .as_ref()
+            .and_then(|a| a.history_file.as_ref())
+        {
+            if let Some(first) = histories.get(file) {
+                let span = match pt.get("autoscale").map(|v| v.get_ref()) {
+                    Some(DeValue::Table(a)) => Table::new(a, String::new(), None)
+                        .get("history_file")
+                        .map(|v| v.span()),
+                    _ => None,
+                };
+                ctx.error(
+                    span.as_ref(),
+                    &format!("pools.{name}.autoscale.history_file"),
+                    format!(
+                        "history_file {} is already pool {first}'s: each pool keeps its own series",
+                        file.display()
+                    ),
+                );
+            } else {
+                histories.insert(file.clone(), name.to_string());
+            }
+        }
         pools.push(PoolParts {
             config,
             span: pt.span.clone(),
@@ -1119,6 +1145,12 @@ fn read_autoscale(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> AutoscaleConfig {
         t,
         "forecast_model",
         "the path of an ONNX forecast model, e.g. \"models/forecast.onnx\" (omit the key to use the built-in forecaster)",
+    );
+    a.history_file = file_path(
+        ctx,
+        t,
+        "history_file",
+        "a CSV file to keep the pool's rate series in across restarts, e.g. \"/var/lib/fulcrum/web.csv\" (omit the key to keep it in memory only)",
     );
     a.backend_capacity_rps = bounded_f64(
         ctx,

@@ -76,7 +76,7 @@ fn every_key_is_read_and_written_back() {
         "target_utilization = 0.6\nmin_backends = 2\nmax_backends = 40\nhorizon_s = 45\n\
          step_s = 0.5\nforecast_model = \"models/forecast.onnx\"\nbackend_capacity_rps = 210\n\
          scale_down_stabilization_s = 90\nspare_backends = 1\nburst_spare_backends = 2\n\
-         burst_memory_s = 900\n",
+         burst_memory_s = 900\nhistory_file = \"/var/lib/fulcrum/web.csv\"\n",
     );
     let (c, _) = parse(&src, "test.toml").unwrap();
     let a = c.pool("web").unwrap().autoscale.clone().unwrap();
@@ -93,6 +93,10 @@ fn every_key_is_read_and_written_back() {
     assert_eq!(a.spare_backends, 1);
     assert_eq!(a.burst_spare_backends, 2);
     assert_eq!(a.burst_memory, Duration::from_secs(900));
+    assert_eq!(
+        a.history_file.as_deref(),
+        Some(std::path::Path::new("/var/lib/fulcrum/web.csv"))
+    );
     let (again, _) = parse(&c.to_toml(), "emitted.toml").unwrap();
     assert_eq!(again, c);
 }
@@ -103,7 +107,7 @@ fn bad_values_are_reported_at_their_key_and_line_all_at_once() {
         "target_utilization = 1.5\nmin_backends = 0\nhorizon_s = 0\nstep_s = \"10s\"\n\
          forecast_model = \"\"\nbackend_capacity_rps = -1\nmax_backend = 3\n\
          scale_down_stabilization_s = -5\nspare_backends = 1001\nburst_spare_backends = -1\n\
-         burst_memory_s = 200000\n",
+         burst_memory_s = 200000\nhistory_file = \"\"\n",
     );
     let d = parse(&src, "test.toml").unwrap_err();
     let got: Vec<(&str, usize)> = d
@@ -125,6 +129,7 @@ fn bad_values_are_reported_at_their_key_and_line_all_at_once() {
             ("pools.web.autoscale.spare_backends", 20),
             ("pools.web.autoscale.burst_spare_backends", 21),
             ("pools.web.autoscale.burst_memory_s", 22),
+            ("pools.web.autoscale.history_file", 23),
         ],
         "{d}"
     );
@@ -174,6 +179,23 @@ fn bad_values_are_reported_at_their_key_and_line_all_at_once() {
     )
     .unwrap_err();
     assert!(d.to_string().contains("pools.web.autoscale"), "{d}");
+}
+
+#[test]
+fn two_pools_may_not_keep_their_series_in_one_history_file() {
+    let src = config("history_file = \"/var/lib/fulcrum/web.csv\"\n")
+        + "\n[pools.api]\n[[pools.api.backends]]\naddr = \"127.0.0.1:9002\"\n\n\
+           [pools.api.autoscale]\nhistory_file = \"/var/lib/fulcrum/web.csv\"\n";
+    let d = parse(&src, "t.toml").unwrap_err();
+    assert_eq!(d.errors.len(), 1, "{d}");
+    assert_eq!(d.errors[0].key_path, "pools.api.autoscale.history_file");
+    assert_eq!(d.errors[0].line, 19);
+    assert!(
+        d.errors[0]
+            .message
+            .contains("history_file /var/lib/fulcrum/web.csv is already pool web's"),
+        "{d}"
+    );
 }
 
 #[test]

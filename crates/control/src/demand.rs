@@ -396,6 +396,14 @@ impl PoolDemand {
         true
     }
 
+    /// Put a series kept from before (oldest first, the last rate the step that ended last) in
+    /// the ring, ahead of the steps counted from now: a restart keeps the forecast's history.
+    pub fn restore(&mut self, rates: &[f64]) {
+        for &r in rates {
+            self.tracker.push(r);
+        }
+    }
+
     /// Whether a step has ended at `now_ns`.
     pub fn due(&self, now_ns: u64) -> bool {
         now_ns.saturating_sub(self.step_started_ns) as f64 >= self.settings.step_s * 1e9

@@ -23,6 +23,7 @@ pub mod demand;
 pub mod features;
 pub mod forecast_model;
 pub mod guardrails;
+pub mod history;
 pub mod model;
 pub mod observe;
 

@@ -610,9 +610,13 @@ fn autoscale_summary(pool: &str, a: &fulcrum_config::AutoscaleConfig) -> String 
             a.burst_memory.as_secs_f64()
         ));
     }
+    let history = match &a.history_file {
+        Some(h) => format!(", series kept in {}", h.display()),
+        None => String::new(),
+    };
     format!(
         "pool {pool}: autoscale recommends {}..={} backends at {} % utilisation for the p90 \
-         {} s ahead{spare}, {down}, a rate every {} s, {model}, {capacity}",
+         {} s ahead{spare}, {down}, a rate every {} s{history}, {model}, {capacity}",
         a.min_backends,
         a.max_backends,
         a.target_utilization * 100.0,

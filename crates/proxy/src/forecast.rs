@@ -9,8 +9,9 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use fulcrum_config::Config;
-use fulcrum_control::demand::{DemandReport, DemandSettings, PoolDemand};
+use fulcrum_control::demand::{ring_steps, DemandReport, DemandSettings, PoolDemand};
 use fulcrum_control::forecast_model::OnnxForecaster;
+use fulcrum_control::history::{HistoryFile, HistoryStatus};
 use fulcrum_control::model::runtime;
 
 use crate::Upstreams;
@@ -79,6 +80,8 @@ pub struct PoolForecastView {
     pub model: Option<String>,
     /// Why the configured model is not loaded (or why its last reload was refused).
     pub model_error: Option<String>,
+    /// The pool's `history_file`: what was read back at start, and whether writing it fails.
+    pub history: Option<HistoryStatus>,
 }
 
 /// The latest forecast of each autoscaled pool, written by the control thread every step and
@@ -132,6 +135,13 @@ struct ModelSlot {
     error: Option<String>,
 }
 
+/// Seconds since the Unix epoch, the time base of history files.
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -140,6 +150,7 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 #[derive(Default)]
 pub struct Forecasts {
     pools: HashMap<String, PoolDemand>,
+    histories: HashMap<String, HistoryFile>,
     models: HashMap<PathBuf, ModelSlot>,
     generation: Option<u64>,
 }
@@ -150,24 +161,63 @@ impl Forecasts {
     fn reconfigure(&mut self, upstreams: &Upstreams, config: &Config, status: &ForecastStatus) {
         let now = fulcrum_balance::now_ns();
         let mut kept = HashMap::new();
+        let mut histories = HashMap::new();
         for p in &upstreams.pools {
             let Some(a) = &p.config.autoscale else {
                 continue;
             };
             let settings = DemandSettings::from(a);
-            let demand = match self.pools.remove(&p.config.name) {
+            let step_s = settings.step_s;
+            let name = &p.config.name;
+            let (mut demand, fresh) = match self.pools.remove(name) {
                 Some(mut d) => {
                     if d.reconfigure(settings.clone()) {
-                        d
+                        (d, false)
                     } else {
-                        PoolDemand::new(&p.pool, settings, now)
+                        (PoolDemand::new(&p.pool, settings, now), true)
                     }
                 }
-                None => PoolDemand::new(&p.pool, settings, now),
+                None => (PoolDemand::new(&p.pool, settings, now), true),
             };
-            kept.insert(p.config.name.clone(), demand);
+            if let Some(path) = &a.history_file {
+                let open = match self.histories.remove(name) {
+                    Some(h) if h.path() == path.as_path() && !fresh => Some(h),
+                    _ => None,
+                };
+                let h = open.unwrap_or_else(|| {
+                    let (h, read) =
+                        HistoryFile::open(path.clone(), step_s, ring_steps(step_s), unix_now());
+                    // A running pool keeps the series it counted; the file goes on after it.
+                    if let Some(r) = read.filter(|_| fresh) {
+                        demand.restore(&r.rates);
+                        let filled = match r.filled {
+                            0 => String::new(),
+                            n => format!(
+                                ", {n} steps nobody counted filled from {}",
+                                if r.season_steps.is_some() {
+                                    "one season before"
+                                } else {
+                                    "the step before them"
+                                }
+                            ),
+                        };
+                        log::info!(
+                            "forecast: pool {name}: {} steps of history read back from {}{filled}",
+                            r.read,
+                            path.display()
+                        );
+                    }
+                    if let Some(e) = &h.status.error {
+                        log::warn!("forecast: pool {name}: history {}: {e}", path.display());
+                    }
+                    h
+                });
+                histories.insert(name.clone(), h);
+            }
+            kept.insert(name.clone(), demand);
         }
         self.pools = kept;
+        self.histories = histories;
         let names: Vec<&str> = self.pools.keys().map(String::as_str).collect();
         status.retain(&names);
         forecast_values()
@@ -272,12 +322,18 @@ impl Forecasts {
                 );
             }
             export(name, &report, loaded);
+            let series = demand.series();
+            let history = self.histories.get_mut(name).map(|h| {
+                h.append(unix_now(), report.observed_rps, &series, report.step_s);
+                h.status.clone()
+            });
             status.set(PoolForecastView {
                 pool: name.clone(),
-                series: demand.series(),
+                series,
                 report,
                 model: a.forecast_model.as_ref().map(|m| m.display().to_string()),
                 model_error,
+                history,
             });
         }
     }
