@@ -476,6 +476,19 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
+/// fulcrum over `backend` as the pool `web` with `autoscale`, its control thread ticking every
+/// 100 ms.
+async fn autoscaled(backend: &BackendServer, autoscale: AutoscaleConfig) -> Fulcrum {
+    let mut web = web_pool(Algorithm::LeastConnections, &[backend]);
+    web.autoscale = Some(autoscale);
+    Fulcrum::start(move |p, a| {
+        let mut config = single_pool(p, a, web);
+        config.control.tick = Duration::from_millis(100);
+        config
+    })
+    .await
+}
+
 async fn wait_for_a_step(f: &Fulcrum) -> serde_json::Value {
     for _ in 0..50 {
         let r = get(f.admin, "/api/forecast?pool=web").await.unwrap();
@@ -502,24 +515,14 @@ async fn the_rate_series_outlives_a_restart_in_its_history_file() {
     std::fs::write(&file, &text).unwrap();
 
     let b = backends(1).await;
-    let web = |step_ms: u64| {
-        let mut web = web_pool(Algorithm::LeastConnections, &[&b[0]]);
-        web.autoscale = Some(AutoscaleConfig {
-            step: Duration::from_millis(step_ms),
-            horizon: Duration::from_secs(2),
-            backend_capacity_rps: Some(50.0),
-            history_file: Some(file.clone()),
-            ..AutoscaleConfig::default()
-        });
-        web
+    let web = |step_ms: u64| AutoscaleConfig {
+        step: Duration::from_millis(step_ms),
+        horizon: Duration::from_secs(2),
+        backend_capacity_rps: Some(50.0),
+        history_file: Some(file.clone()),
+        ..AutoscaleConfig::default()
     };
-    let start = |web: fulcrum_config::PoolConfig| {
-        Fulcrum::start(move |p, a| {
-            let mut config = single_pool(p, a, web);
-            config.control.tick = Duration::from_millis(100);
-            config
-        })
-    };
+    let start = |a: AutoscaleConfig| autoscaled(&b[0], a);
 
     // The first step forecasts at once, with the season the history holds; without it the
     // pool would warm up for 12 steps and need 40 to find a 20-step season.
@@ -600,4 +603,108 @@ async fn the_rate_series_outlives_a_restart_in_its_history_file() {
         rows,
         "the rows set aside"
     );
+}
+
+/// The pool's forecast view once its `history_prometheus` query has answered.
+async fn prometheus_answer(f: &Fulcrum) -> serde_json::Value {
+    for _ in 0..150 {
+        if let Ok(r) = get(f.admin, "/api/forecast?pool=web").await {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.body) {
+                if v["history_prometheus"]["pending"] == false {
+                    return v;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the history query did not answer in 15 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_takes_the_pools_series_from_prometheus() {
+    let b = backends(1).await;
+    let web = |url: Option<String>, query: Option<&str>| AutoscaleConfig {
+        step: Duration::from_millis(500),
+        horizon: Duration::from_secs(2),
+        backend_capacity_rps: Some(500.0),
+        history_prometheus: url,
+        history_query: query.map(str::to_string),
+        ..AutoscaleConfig::default()
+    };
+    let start = |a: AutoscaleConfig| autoscaled(&b[0], a);
+
+    // The first process counts a steady load while a real Prometheus scrapes it.
+    let mut first = start(web(None, None)).await;
+    let prometheus = Prometheus::scraping_every(first.admin, "500ms").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (_, failed, clients) = keep_busy(first.proxy, 1, "/", stop.clone());
+    let recorded = eventually(Duration::from_secs(30), || async {
+        prometheus
+            .series("count_over_time(fulcrum_pool_requests_per_second{pool=\"web\"}[1m]) >= 20")
+            .await
+            .is_ok_and(|s| !s.is_empty())
+    })
+    .await;
+    assert!(recorded.is_some(), "{}", prometheus.log());
+    let counted = series(&forecast(&first).await);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(failed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    first.signal("TERM");
+    assert!(first.wait_exit(Duration::from_secs(15)).await.is_some());
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    // The first steps and the last (the drain) are not the steady load.
+    let steady = mean(&counted[2..counted.len() - 2]);
+    assert!(steady > 20.0, "{counted:?}");
+
+    // A new process (a new pod, without a history file) starts from Prometheus's record of
+    // the pool: warm at once, at the rate the first one counted.
+    let url = format!("http://{}", prometheus.addr);
+    let second = start(web(Some(url.clone()), None)).await;
+    let answered = prometheus_answer(&second).await;
+    let status = &answered["history_prometheus"];
+    eprintln!("{status}");
+    assert_eq!(status["error"], serde_json::Value::Null, "{status}");
+    assert_eq!(status["url"], url.as_str());
+    assert_eq!(
+        status["query"],
+        "avg(fulcrum_pool_requests_per_second{pool=\"web\"})"
+    );
+    let restored = status["restored_steps"].as_u64().unwrap() as usize;
+    assert!(restored >= 20, "{status}");
+    assert_eq!(answered["warm"], true, "{answered}");
+    let s = series(&answered);
+    let filled = status["filled_steps"].as_u64().unwrap() as usize;
+    assert!(s.len() >= restored + filled, "{} steps held", s.len());
+    let before = mean(&s[2..restored + filled - 4]);
+    assert!(
+        (before - steady).abs() < 0.25 * steady,
+        "Prometheus's record {before:.0} rps, the first process counted {steady:.0}"
+    );
+
+    // A query that answers several series, and a Prometheus that is not there: said why, and
+    // the pool starts from now.
+    for (url, query, why) in [
+        (
+            url.as_str(),
+            Some("fulcrum_pool_requests_per_second or vector(1)"),
+            "the query answers 2 series, not one: aggregate it",
+        ),
+        (
+            &*format!("http://{}", dead_addr()),
+            None,
+            "cannot connect to 127.0.0.1:",
+        ),
+    ] {
+        let f = start(web(Some(url.to_string()), query)).await;
+        let v = prometheus_answer(&f).await;
+        let error = v["history_prometheus"]["error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(error.contains(why), "{error}");
+        assert_eq!(v["history_prometheus"]["restored_steps"], 0);
+        assert!(series(&v).len() < 12, "only what it counted");
+    }
 }

@@ -14,8 +14,10 @@ pub use fulcrum_config::{Algorithm, Config, ControlConfig, PoolConfig, WeightSou
 pub use fulcrum_lab::harness::{eventually, get, pool, request, single_pool, Conn};
 pub use fulcrum_testbed::BackendServer;
 pub use nameserver::Nameserver;
+pub use prometheus::Prometheus;
 
 mod nameserver;
+mod prometheus;
 
 /// The headers of an admin request that changes state: the admin API takes only JSON there,
 /// even with an empty body.

@@ -224,6 +224,12 @@ impl Config {
                 if let Some(h) = &a.history_file {
                     let _ = writeln!(out, "history_file = {}", path(h));
                 }
+                if let Some(p) = &a.history_prometheus {
+                    let _ = writeln!(out, "history_prometheus = {}", quote(p));
+                }
+                if let Some(q) = &a.history_query {
+                    let _ = writeln!(out, "history_query = {}", quote(q));
+                }
                 if let Some(c) = a.backend_capacity_rps {
                     let _ = writeln!(out, "backend_capacity_rps = {}", float(c));
                 }

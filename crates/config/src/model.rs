@@ -521,6 +521,12 @@ pub struct AutoscaleConfig {
     /// a restart or an upgrade keeps the forecast's history (`history_file`); `None` keeps it
     /// in memory only.
     pub history_file: Option<PathBuf>,
+    /// A Prometheus (`http://host:port[/prefix]`) whose record of the pool's rate fills the
+    /// series at start when no history file did (`history_prometheus`): a new pod.
+    pub history_prometheus: Option<String>,
+    /// The PromQL answering the pool's rate as one series (`history_query`); `None` averages
+    /// `fulcrum_pool_requests_per_second{pool="NAME"}` over the processes that exported it.
+    pub history_query: Option<String>,
 }
 
 impl Default for AutoscaleConfig {
@@ -541,6 +547,8 @@ impl Default for AutoscaleConfig {
             burst_spare_backends: d::BURST_SPARE_BACKENDS,
             burst_memory: Duration::from_secs(d::BURST_MEMORY_S),
             history_file: None,
+            history_prometheus: None,
+            history_query: None,
         }
     }
 }

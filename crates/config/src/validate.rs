@@ -78,6 +78,8 @@ const AUTOSCALE_KEYS: &[&str] = &[
     "burst_spare_backends",
     "burst_memory_s",
     "history_file",
+    "history_prometheus",
+    "history_query",
 ];
 const POOL_TLS_KEYS: &[&str] = &["sni", "ca_file", "verify", "client_cert", "client_key"];
 const HEALTH_KEYS: &[&str] = &[
@@ -1152,6 +1154,49 @@ fn read_autoscale(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> AutoscaleConfig {
         "history_file",
         "a CSV file to keep the pool's rate series in across restarts, e.g. \"/var/lib/fulcrum/web.csv\" (omit the key to keep it in memory only)",
     );
+    if let Some(v) = t.get("history_prometheus") {
+        let path = t.child("history_prometheus");
+        if let Some(s) = as_str(ctx, v, &path) {
+            let host = s
+                .strip_prefix("http://")
+                .map(|r| r.split('/').next().unwrap_or(""));
+            if host.is_some_and(|h| !h.is_empty()) {
+                a.history_prometheus = Some(s.to_string());
+            } else {
+                ctx.error(
+                    Some(&v.span()),
+                    &path,
+                    format!(
+                        "history_prometheus {s:?} is not an http:// URL of a Prometheus server, \
+                         e.g. \"http://prometheus.monitoring.svc:9090\" (https is not supported)"
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(v) = t.get("history_query") {
+        let path = t.child("history_query");
+        if let Some(s) = as_str(ctx, v, &path) {
+            if s.trim().is_empty() {
+                ctx.error(
+                    Some(&v.span()),
+                    &path,
+                    "history_query must not be empty: a PromQL expression answering the pool's \
+                     rate as one series (omit the key for the average of \
+                     fulcrum_pool_requests_per_second over fulcrum's processes)",
+                );
+            } else if t.get("history_prometheus").is_none() {
+                ctx.warning(
+                    Some(&v.span()),
+                    &path,
+                    "history_query has no effect without history_prometheus",
+                );
+                a.history_query = Some(s.to_string());
+            } else {
+                a.history_query = Some(s.to_string());
+            }
+        }
+    }
     a.backend_capacity_rps = bounded_f64(
         ctx,
         t,

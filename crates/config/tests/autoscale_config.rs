@@ -76,7 +76,9 @@ fn every_key_is_read_and_written_back() {
         "target_utilization = 0.6\nmin_backends = 2\nmax_backends = 40\nhorizon_s = 45\n\
          step_s = 0.5\nforecast_model = \"models/forecast.onnx\"\nbackend_capacity_rps = 210\n\
          scale_down_stabilization_s = 90\nspare_backends = 1\nburst_spare_backends = 2\n\
-         burst_memory_s = 900\nhistory_file = \"/var/lib/fulcrum/web.csv\"\n",
+         burst_memory_s = 900\nhistory_file = \"/var/lib/fulcrum/web.csv\"\n\
+         history_prometheus = \"http://prometheus:9090\"\n\
+         history_query = 'sum(fulcrum_pool_requests_per_second{pool=\"web\"})'\n",
     );
     let (c, _) = parse(&src, "test.toml").unwrap();
     let a = c.pool("web").unwrap().autoscale.clone().unwrap();
@@ -97,6 +99,14 @@ fn every_key_is_read_and_written_back() {
         a.history_file.as_deref(),
         Some(std::path::Path::new("/var/lib/fulcrum/web.csv"))
     );
+    assert_eq!(
+        a.history_prometheus.as_deref(),
+        Some("http://prometheus:9090")
+    );
+    assert_eq!(
+        a.history_query.as_deref(),
+        Some("sum(fulcrum_pool_requests_per_second{pool=\"web\"})")
+    );
     let (again, _) = parse(&c.to_toml(), "emitted.toml").unwrap();
     assert_eq!(again, c);
 }
@@ -107,7 +117,8 @@ fn bad_values_are_reported_at_their_key_and_line_all_at_once() {
         "target_utilization = 1.5\nmin_backends = 0\nhorizon_s = 0\nstep_s = \"10s\"\n\
          forecast_model = \"\"\nbackend_capacity_rps = -1\nmax_backend = 3\n\
          scale_down_stabilization_s = -5\nspare_backends = 1001\nburst_spare_backends = -1\n\
-         burst_memory_s = 200000\nhistory_file = \"\"\n",
+         burst_memory_s = 200000\nhistory_file = \"\"\n\
+         history_prometheus = \"https://prometheus:9090\"\nhistory_query = \" \"\n",
     );
     let d = parse(&src, "test.toml").unwrap_err();
     let got: Vec<(&str, usize)> = d
@@ -130,6 +141,8 @@ fn bad_values_are_reported_at_their_key_and_line_all_at_once() {
             ("pools.web.autoscale.burst_spare_backends", 21),
             ("pools.web.autoscale.burst_memory_s", 22),
             ("pools.web.autoscale.history_file", 23),
+            ("pools.web.autoscale.history_prometheus", 24),
+            ("pools.web.autoscale.history_query", 25),
         ],
         "{d}"
     );
@@ -159,6 +172,11 @@ fn bad_values_are_reported_at_their_key_and_line_all_at_once() {
         text.contains("burst_memory_s must be between 0 and 172800 seconds"),
         "{text}"
     );
+    assert!(
+        text.contains("history_prometheus \"https://prometheus:9090\" is not an http:// URL"),
+        "{text}"
+    );
+    assert!(text.contains("history_query must not be empty"), "{text}");
 
     let d = parse(&config("min_backends = 8\nmax_backends = 4\n"), "t.toml").unwrap_err();
     assert_eq!(d.errors.len(), 1, "{d}");

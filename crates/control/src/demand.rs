@@ -396,12 +396,21 @@ impl PoolDemand {
         true
     }
 
-    /// Put a series kept from before (oldest first, the last rate the step that ended last) in
-    /// the ring, ahead of the steps counted from now: a restart keeps the forecast's history.
-    pub fn restore(&mut self, rates: &[f64]) {
-        for &r in rates {
-            self.tracker.push(r);
+    /// Put a series kept from before (oldest first, the last rate the step before the first
+    /// one this pool counted) in the ring, ahead of the steps counted since: a restart keeps
+    /// the forecast's history. The ring keeps its length; the oldest steps go first.
+    pub fn prepend(&mut self, older: &[f64]) {
+        let counted = self.tracker.ring().to_vec();
+        let mut ring = RateRing::new(self.settings.step_s, ring_steps(self.settings.step_s));
+        for &r in older.iter().chain(&counted) {
+            ring.push(r);
         }
+        self.tracker = Tracker::new(ring, None);
+    }
+
+    /// Steps counted (and forecast) since this pool's tracking started.
+    pub fn steps(&self) -> u64 {
+        self.steps
     }
 
     /// Whether a step has ended at `now_ns`.

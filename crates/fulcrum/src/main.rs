@@ -610,10 +610,20 @@ fn autoscale_summary(pool: &str, a: &fulcrum_config::AutoscaleConfig) -> String 
             a.burst_memory.as_secs_f64()
         ));
     }
-    let history = match &a.history_file {
+    let mut history = match &a.history_file {
         Some(h) => format!(", series kept in {}", h.display()),
         None => String::new(),
     };
+    if let Some(url) = &a.history_prometheus {
+        history.push_str(&format!(
+            ", {} from {url} at start",
+            if a.history_file.is_some() {
+                "else its record"
+            } else {
+                "its record"
+            }
+        ));
+    }
     format!(
         "pool {pool}: autoscale recommends {}..={} backends at {} % utilisation for the p90 \
          {} s ahead{spare}, {down}, a rate every {} s{history}, {model}, {capacity}",

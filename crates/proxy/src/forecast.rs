@@ -11,9 +11,10 @@ use std::time::SystemTime;
 use fulcrum_config::Config;
 use fulcrum_control::demand::{ring_steps, DemandReport, DemandSettings, PoolDemand};
 use fulcrum_control::forecast_model::OnnxForecaster;
-use fulcrum_control::history::{HistoryFile, HistoryStatus};
+use fulcrum_control::history::{assemble, HistoryFile, HistoryStatus};
 use fulcrum_control::model::runtime;
 
+use crate::forecast_history::{default_query, spawn_fetch};
 use crate::Upstreams;
 
 /// Metric names owned by the forecasts.
@@ -82,6 +83,32 @@ pub struct PoolForecastView {
     pub model_error: Option<String>,
     /// The pool's `history_file`: what was read back at start, and whether writing it fails.
     pub history: Option<HistoryStatus>,
+    /// The pool's `history_prometheus`: what its query gave at start.
+    pub history_prometheus: Option<PrometheusHistoryStatus>,
+}
+
+/// What the query of a pool's `history_prometheus` gave when the pool started counting.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PrometheusHistoryStatus {
+    /// The Prometheus asked.
+    pub url: String,
+    /// The PromQL run.
+    pub query: String,
+    /// The answer has not arrived yet.
+    pub pending: bool,
+    /// Steps of the answer put in front of the series.
+    pub restored_steps: usize,
+    /// Of the series put in front, steps with no sample, filled.
+    pub filled_steps: usize,
+    /// Why nothing was used.
+    pub error: Option<String>,
+}
+
+/// A query of `history_prometheus` under way for a pool that started counting at `started_s`.
+struct Fetch {
+    rx: std::sync::mpsc::Receiver<Result<Vec<(f64, f64)>, String>>,
+    started_s: f64,
+    step_s: f64,
 }
 
 /// The latest forecast of each autoscaled pool, written by the control thread every step and
@@ -135,6 +162,47 @@ struct ModelSlot {
     error: Option<String>,
 }
 
+/// Put the answer of a pool's `history_prometheus` query in front of what it counted since.
+fn took_history(
+    name: &str,
+    demand: &mut PoolDemand,
+    status: &mut PrometheusHistoryStatus,
+    fetch: &Fetch,
+    answer: Result<Vec<(f64, f64)>, String>,
+) {
+    status.pending = false;
+    let reach = ring_steps(fetch.step_s);
+    let used = answer.and_then(|rows| {
+        if rows.is_empty() {
+            return Err(format!(
+                "the query has no sample in the {:.0} s before the pool started counting",
+                reach as f64 * fetch.step_s
+            ));
+        }
+        assemble(&rows, fetch.step_s, fetch.started_s, reach)
+    });
+    match used {
+        Ok(a) => {
+            demand.prepend(&a.rates);
+            status.restored_steps = a.read;
+            status.filled_steps = a.filled;
+            log::info!(
+                "forecast: pool {name}: {} steps of history from {} put before the {} counted since",
+                a.read,
+                status.url,
+                demand.steps()
+            );
+        }
+        Err(why) => {
+            log::warn!(
+                "forecast: pool {name}: no history from {}: {why}; the series starts from now",
+                status.url
+            );
+            status.error = Some(why);
+        }
+    }
+}
+
 /// Seconds since the Unix epoch, the time base of history files.
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -151,6 +219,10 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 pub struct Forecasts {
     pools: HashMap<String, PoolDemand>,
     histories: HashMap<String, HistoryFile>,
+    fetches: HashMap<String, Fetch>,
+    /// When each pool's tracking started (Unix seconds), to match an answer to its pool.
+    origins: HashMap<String, f64>,
+    prometheus: HashMap<String, PrometheusHistoryStatus>,
     models: HashMap<PathBuf, ModelSlot>,
     generation: Option<u64>,
 }
@@ -189,7 +261,7 @@ impl Forecasts {
                         HistoryFile::open(path.clone(), step_s, ring_steps(step_s), unix_now());
                     // A running pool keeps the series it counted; the file goes on after it.
                     if let Some(r) = read.filter(|_| fresh) {
-                        demand.restore(&r.rates);
+                        demand.prepend(&r.rates);
                         let filled = match r.filled {
                             0 => String::new(),
                             n => format!(
@@ -214,10 +286,56 @@ impl Forecasts {
                 });
                 histories.insert(name.clone(), h);
             }
+            if fresh {
+                let started_s = unix_now();
+                self.origins.insert(name.clone(), started_s);
+                self.fetches.remove(name);
+                self.prometheus.remove(name);
+                let restored = histories
+                    .get(name)
+                    .is_some_and(|h: &HistoryFile| h.status.restored_steps > 0);
+                if let (Some(url), false) = (&a.history_prometheus, restored) {
+                    let query = a
+                        .history_query
+                        .clone()
+                        .unwrap_or_else(|| default_query(name));
+                    let reach_s = ring_steps(step_s) as f64 * step_s;
+                    log::info!("forecast: pool {name}: asking {url} for the last {reach_s:.0} s of {query}");
+                    self.fetches.insert(
+                        name.clone(),
+                        Fetch {
+                            rx: spawn_fetch(
+                                url.clone(),
+                                query.clone(),
+                                started_s - reach_s,
+                                started_s,
+                                step_s,
+                            ),
+                            started_s,
+                            step_s,
+                        },
+                    );
+                    self.prometheus.insert(
+                        name.clone(),
+                        PrometheusHistoryStatus {
+                            url: url.clone(),
+                            query,
+                            pending: true,
+                            restored_steps: 0,
+                            filled_steps: 0,
+                            error: None,
+                        },
+                    );
+                }
+            }
             kept.insert(name.clone(), demand);
         }
         self.pools = kept;
         self.histories = histories;
+        self.origins.retain(|name, _| self.pools.contains_key(name));
+        self.fetches.retain(|name, _| self.pools.contains_key(name));
+        self.prometheus
+            .retain(|name, _| self.pools.contains_key(name));
         let names: Vec<&str> = self.pools.keys().map(String::as_str).collect();
         status.retain(&names);
         forecast_values()
@@ -293,6 +411,16 @@ impl Forecasts {
             let Some(demand) = self.pools.get_mut(name) else {
                 continue;
             };
+            if let Some(fetch) = self.fetches.get(name) {
+                if let Ok(answer) = fetch.rx.try_recv() {
+                    let fetch = self.fetches.remove(name).expect("just seen");
+                    if self.origins.get(name) == Some(&fetch.started_s) {
+                        if let Some(s) = self.prometheus.get_mut(name) {
+                            took_history(name, demand, s, &fetch, answer);
+                        }
+                    }
+                }
+            }
             if !demand.due(now) {
                 continue;
             }
@@ -334,6 +462,7 @@ impl Forecasts {
                 model: a.forecast_model.as_ref().map(|m| m.display().to_string()),
                 model_error,
                 history,
+                history_prometheus: self.prometheus.get(name).cloned(),
             });
         }
     }

@@ -8,6 +8,7 @@ pub mod body;
 pub mod control;
 pub mod discovery;
 pub mod forecast;
+pub mod forecast_history;
 pub mod health;
 pub mod lifecycle;
 pub mod limits;
