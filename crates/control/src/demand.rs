@@ -363,10 +363,19 @@ pub fn ring_steps(step_s: f64) -> usize {
 impl PoolDemand {
     /// Start tracking `pool` now: the first step counts what happens from `now_ns` on.
     pub fn new(pool: &Pool, settings: DemandSettings, now_ns: u64) -> Self {
-        let ring = RateRing::new(settings.step_s, ring_steps(settings.step_s));
-        let mut demand = PoolDemand {
+        let mut demand = Self::blank(settings, now_ns);
+        demand.observe(pool, now_ns);
+        demand
+    }
+
+    /// Tracking with nothing counted or learnt, its first step starting at `now_ns`.
+    fn blank(settings: DemandSettings, now_ns: u64) -> Self {
+        PoolDemand {
+            tracker: Tracker::new(
+                RateRing::new(settings.step_s, ring_steps(settings.step_s)),
+                None,
+            ),
             settings,
-            tracker: Tracker::new(ring, None),
             counters: HashMap::new(),
             step_started_ns: now_ns,
             observed_ns: now_ns,
@@ -376,9 +385,7 @@ impl PoolDemand {
             recent: VecDeque::new(),
             last_plan: None,
             surprise: None,
-        };
-        demand.observe(pool, now_ns);
-        demand
+        }
     }
 
     /// The settings in force.
@@ -406,6 +413,17 @@ impl PoolDemand {
             ring.push(r);
         }
         self.tracker = Tracker::new(ring, None);
+    }
+
+    /// This pool's tracking as a process started afresh has it: the same settings and nothing
+    /// learnt (no series, no capacity estimate, no recent counts, no surprise).
+    pub fn afresh(&self) -> PoolDemand {
+        PoolDemand {
+            counters: self.counters.clone(),
+            step_started_ns: self.step_started_ns,
+            observed_ns: self.observed_ns,
+            ..Self::blank(self.settings.clone(), self.observed_ns)
+        }
     }
 
     /// Steps counted (and forecast) since this pool's tracking started.

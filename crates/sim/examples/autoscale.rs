@@ -10,7 +10,9 @@
 //! copies serving under each scaler into that directory, and with `TIMELINE_CSV=1` each run's
 //! control steps as CSV. With `FORECAST_MODEL=models/forecast.onnx` the `forecast` scalers
 //! run that forecast model (through ONNX Runtime) instead of the built-in forecaster, as a pool
-//! with `forecast_model` does.
+//! with `forecast_model` does. With `RESTART_AT=S` (or `warmup`: at the end of each
+//! scenario's warm-up) the proxy running the `forecast` scalers restarts once then, losing what
+//! it learnt, or keeping its series as well with `RESTART_KEEPS_SERIES=1` (`history_file`).
 //!
 //! ```sh
 //! cargo run --release -p fulcrum-sim --example autoscale -- benches/scenarios/autoscale out/
@@ -65,6 +67,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut opts = SimOptions::default();
     if let Some(path) = std::env::var_os("FORECAST_MODEL") {
         opts.forecast_model = Some(fulcrum_sim::control::forecast_model_factory(path.into())?);
+    }
+    if let Ok(at) = std::env::var("RESTART_AT") {
+        opts.forecast_restart = Some(fulcrum_sim::ForecastRestart {
+            at_s: match at.as_str() {
+                "warmup" => None,
+                s => Some(s.parse().map_err(|e| format!("RESTART_AT={s:?}: {e}"))?),
+            },
+            keep_series: std::env::var_os("RESTART_KEEPS_SERIES").is_some_and(|v| v == "1"),
+        });
     }
     let kinds = scalers()?;
     let mut out = String::new();

@@ -305,6 +305,8 @@ pub struct ForecastScaler {
     demand: PoolDemand,
     planned: Option<f64>,
     model: Option<OnnxForecaster>,
+    /// When the proxy restarts, and whether its series comes back.
+    restart: Option<(f64, bool)>,
 }
 
 impl fmt::Debug for ForecastScaler {
@@ -350,7 +352,15 @@ impl ForecastScaler {
             demand: PoolDemand::new(pool, settings, now_ns),
             planned: None,
             model,
+            restart: None,
         }
+    }
+
+    /// Restart the proxy at `at_s` simulated seconds: its demand tracking starts afresh,
+    /// with the series it had counted when `keep_series` (as its `history_file` brings back).
+    pub fn restarting(mut self, restart: Option<(f64, bool)>) -> Self {
+        self.restart = restart;
+        self
     }
 
     /// The proxy's demand tracking, for its latest report.
@@ -365,6 +375,16 @@ impl Scaler for ForecastScaler {
     }
 
     fn desired(&mut self, v: &ScaleView) -> u32 {
+        if let Some((at_s, keep_series)) = self.restart {
+            if v.t_s >= at_s {
+                self.restart = None;
+                let mut fresh = self.demand.afresh();
+                if keep_series {
+                    fresh.prepend(&self.demand.series());
+                }
+                self.demand = fresh;
+            }
+        }
         let obs = StepObservation {
             rate_rps: v.attempts_rps,
             error_share: v.error_share,

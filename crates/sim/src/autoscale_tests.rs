@@ -339,3 +339,83 @@ fn scaler_names_parse_and_print_back() {
         assert!(bad.parse::<ScalerKind>().is_err(), "{bad}");
     }
 }
+
+/// A restart of the proxy loses what its demand tracking learnt: the forecast scaler then
+/// plans from the rate arriving (its warm-up) and without the season, for as long as it takes
+/// to count two cycles again. With its series kept (`history_file`), it plans on as before.
+#[test]
+fn a_restart_keeps_the_plan_only_with_the_series() {
+    let sc = scenario(
+        "rate_rps = 300\ndiurnal = { period_s = 1200, amplitude = 0.6 }",
+        3900.0,
+        60.0,
+        8,
+    );
+    let run = |restart: Option<bool>| {
+        let opts = SimOptions {
+            forecast_restart: restart.map(|keep_series| crate::ForecastRestart {
+                at_s: Some(2700.0),
+                keep_series,
+            }),
+            ..SimOptions::default()
+        };
+        simulate_autoscaled(
+            &sc,
+            &Policy::LeastConnections,
+            ScalerKind::Forecast(None, 0),
+            &opts,
+        )
+        .unwrap()
+        .autoscale
+        .timeline
+    };
+    let (none, lost, kept) = (run(None), run(Some(false)), run(Some(true)));
+    let plans = |t: &[crate::autoscale::ScaleSample], from: f64, to: f64| -> Vec<f64> {
+        t.iter()
+            .filter(|s| s.t_s >= from && s.t_s < to)
+            .map(|s| s.planned_rps.unwrap())
+            .collect()
+    };
+    // The same until the restart.
+    assert_eq!(plans(&none, 0.0, 2700.0), plans(&lost, 0.0, 2700.0));
+    assert_eq!(plans(&none, 0.0, 2700.0), plans(&kept, 0.0, 2700.0));
+    // Lost: the twelve steps of the warm-up plan for the rate that arrived in each.
+    let warm_up: Vec<_> = lost
+        .iter()
+        .filter(|s| s.t_s >= 2700.0 && s.t_s < 2820.0)
+        .collect();
+    assert_eq!(warm_up.len(), 12);
+    for s in &warm_up {
+        assert!(
+            (s.planned_rps.unwrap() - s.arrivals_rps).abs() < 0.05 * s.arrivals_rps,
+            "{} s: planned {:?}, arrived {}",
+            s.t_s,
+            s.planned_rps,
+            s.arrivals_rps
+        );
+    }
+    // Kept: the plan goes on as without the restart (the season is found again at once);
+    // lost: half the hour after it is planned otherwise.
+    let after = |t| plans(t, 2700.0, 3900.0);
+    let same = after(&none)
+        .iter()
+        .zip(after(&kept))
+        .filter(|(a, b)| (**a - *b).abs() < 0.05 * **a)
+        .count();
+    let lost_same = after(&none)
+        .iter()
+        .zip(after(&lost))
+        .filter(|(a, b)| (**a - *b).abs() < 0.05 * **a)
+        .count();
+    let n = after(&none).len();
+    // Within 5 %: the season is searched for every 30 steps, counted from the restart, so
+    // the kept series is sometimes read with a season a step longer or shorter.
+    assert!(
+        same * 10 >= n * 9,
+        "kept: {same} of {n} steps planned as without a restart"
+    );
+    assert!(
+        lost_same * 10 < n * 6,
+        "lost: {lost_same} of {n} steps planned as without a restart"
+    );
+}

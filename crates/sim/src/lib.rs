@@ -22,6 +22,6 @@ pub use fulcrum_scenario::{ParsePolicyError, Policy};
 pub use sim::{
     peak_sized_count, simulate, simulate_all, simulate_autoscaled, simulate_autoscaled_detailed,
     simulate_detailed, with_every_copy, AutoscaleRun, BackendTruth, ControllerFactory,
-    ForecastModelFactory, SimError, SimOptions, SimOutput, SimStats, TickSnapshot,
+    ForecastModelFactory, ForecastRestart, SimError, SimOptions, SimOutput, SimStats, TickSnapshot,
     WeightController, AUTOSCALE_TABLE_HEADER,
 };

@@ -82,6 +82,19 @@ pub struct SimOptions {
     pub replicas: u32,
     /// The forecast model of the `forecast` scalers (default none: the built-in forecaster).
     pub forecast_model: Option<Arc<ForecastModelFactory>>,
+    /// Restart the proxy that runs the `forecast` scalers once (default never).
+    pub forecast_restart: Option<ForecastRestart>,
+}
+
+/// A restart of the proxy whose demand tracking a `forecast` scaler runs: everything it learnt
+/// is gone, unless its series is kept (`history_file`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ForecastRestart {
+    /// When, in simulated seconds; `None`: at the end of the scenario's warm-up, so every
+    /// measured window comes after it.
+    pub at_s: Option<f64>,
+    /// Whether the series comes back (a `history_file`, or `history_prometheus`).
+    pub keep_series: bool,
 }
 
 impl Default for SimOptions {
@@ -100,6 +113,7 @@ impl Default for SimOptions {
             weight_controller: None,
             replicas: 1,
             forecast_model: None,
+            forecast_restart: None,
         }
     }
 }
@@ -119,6 +133,7 @@ impl fmt::Debug for SimOptions {
             .field("weight_controller", &self.weight_controller.is_some())
             .field("replicas", &self.replicas)
             .field("forecast_model", &self.forecast_model.is_some())
+            .field("forecast_restart", &self.forecast_restart)
             .finish()
     }
 }
@@ -1210,15 +1225,21 @@ pub fn simulate_autoscaled_detailed(
         ScalerKind::Hpa => (Box::new(Hpa::new(HpaSettings::kubernetes(&a))), a.initial),
         // The proxy's demand tracking reads the first replica's pool at the start.
         ScalerKind::Forecast(window, spare) => (
-            Box::new(ForecastScaler::new(
-                &a,
-                fixed,
-                &sim.replicas[0].pool,
-                0,
-                window,
-                spare,
-                opts.forecast_model.as_ref().map(|f| f()),
-            )),
+            Box::new(
+                ForecastScaler::new(
+                    &a,
+                    fixed,
+                    &sim.replicas[0].pool,
+                    0,
+                    window,
+                    spare,
+                    opts.forecast_model.as_ref().map(|f| f()),
+                )
+                .restarting(
+                    opts.forecast_restart
+                        .map(|r| (r.at_s.unwrap_or(sc.warmup_s), r.keep_series)),
+                ),
+            ),
             a.initial,
         ),
         ScalerKind::Oracle(future) => (Box::new(OracleScaler::new(&sc, &a, future)), a.initial),
