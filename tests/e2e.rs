@@ -513,6 +513,8 @@ async fn metrics_pass_promtool() {
         "fulcrum_pool_recommended_backends{pool=\"web\"}",
         "fulcrum_pool_forecast_model_loaded{pool=\"web\"} 0",
         "fulcrum_pool_forecast_model_fallbacks_total{pool=\"web\"} 0",
+        "fulcrum_pool_series_steps{pool=\"web\"} ",
+        "fulcrum_pool_season_seconds{pool=\"web\"} 0",
     ] {
         assert!(m.body.contains(name), "missing {name} in\n{}", m.body);
     }

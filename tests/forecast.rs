@@ -556,6 +556,19 @@ async fn the_rate_series_outlives_a_restart_in_its_history_file() {
     // Every step is appended; a stopped process leaves its series for the next one.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before_stop = series(&forecast(&f).await).len();
+    assert_eq!(
+        metric(
+            &f,
+            "fulcrum_pool_history_write_failures_total{pool=\"web\"}"
+        )
+        .await,
+        0.0
+    );
+    assert!(metric(&f, "fulcrum_pool_series_steps{pool=\"web\"}").await >= before_stop as f64);
+    assert_eq!(
+        metric(&f, "fulcrum_pool_season_seconds{pool=\"web\"}").await,
+        10.0
+    );
     f.signal("TERM");
     assert!(f.wait_exit(Duration::from_secs(15)).await.is_some());
     let rows = std::fs::read_to_string(&file).unwrap().lines().count() - 1;
@@ -603,6 +616,28 @@ async fn the_rate_series_outlives_a_restart_in_its_history_file() {
         rows,
         "the rows set aside"
     );
+    drop(f);
+
+    // A file that cannot be written: counted, said, and the series kept in memory.
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "not a directory").unwrap();
+    let f = start(AutoscaleConfig {
+        history_file: Some(plain.join("web.csv")),
+        ..web(500)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let v = forecast(&f).await;
+    let error = v["history"]["error"].as_str().unwrap();
+    assert!(error.starts_with("write failed: "), "{error}");
+    let failures = metric(
+        &f,
+        "fulcrum_pool_history_write_failures_total{pool=\"web\"}",
+    )
+    .await;
+    assert!(failures >= 2.0, "{failures} failed writes");
+    assert!(series(&v).len() >= 2);
+    assert!(v["recommended_backends"].as_u64().unwrap() >= 1);
 }
 
 /// The pool's forecast view once its `history_prometheus` query has answered.

@@ -247,8 +247,8 @@ impl HistoryFile {
     }
 
     /// Write the series `rates` (oldest first, the last one ending at `last_s`) as the whole
-    /// file: a new file renamed over the old one.
-    pub fn rewrite(&mut self, rates: &[f64], step_s: f64, last_s: f64) {
+    /// file: a new file renamed over the old one. `false` when it could not be written.
+    pub fn rewrite(&mut self, rates: &[f64], step_s: f64, last_s: f64) -> bool {
         let mut text = String::with_capacity(rates.len() * 24 + 8);
         text.push_str(HEADER);
         text.push('\n');
@@ -260,15 +260,15 @@ impl HistoryFile {
         let tmp = self.path.with_extension("csv.tmp");
         let result = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, &self.path));
         self.rows = n;
-        self.written(result);
+        self.written(result)
     }
 
     /// Append the step that ended at `t_s`; `series` is the ring (after this step), written as
-    /// the whole file instead once the file has grown to twice it.
-    pub fn append(&mut self, t_s: f64, rps: f64, series: &[f64], step_s: f64) {
+    /// the whole file instead once the file has grown to twice it. `false` when it could not
+    /// be written.
+    pub fn append(&mut self, t_s: f64, rps: f64, series: &[f64], step_s: f64) -> bool {
         if self.rows >= 2 * self.capacity {
-            self.rewrite(series, step_s, t_s);
-            return;
+            return self.rewrite(series, step_s, t_s);
         }
         let result = fs::OpenOptions::new()
             .create(true)
@@ -283,10 +283,11 @@ impl HistoryFile {
                 f.write_all(format!("{header}{t_s:.3},{rps:.3}\n").as_bytes())
             });
         self.rows += 1;
-        self.written(result);
+        self.written(result)
     }
 
-    fn written(&mut self, result: std::io::Result<()>) {
+    fn written(&mut self, result: std::io::Result<()>) -> bool {
+        let ok = result.is_ok();
         match result {
             Ok(()) => {
                 if self
@@ -314,6 +315,7 @@ impl HistoryFile {
                 self.status.error = Some(format!("write failed: {e}"));
             }
         }
+        ok
     }
 }
 
@@ -461,11 +463,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("gone");
         let (mut h, _) = HistoryFile::open(HistoryFile::path_for(&missing, "web"), 10.0, 4, 0.0);
-        h.append(10.0, 1.0, &[1.0], 10.0);
+        assert!(!h.append(10.0, 1.0, &[1.0], 10.0));
         let e = h.status.error.clone().unwrap();
         assert!(e.starts_with("write failed:"), "{e}");
         fs::create_dir(&missing).unwrap();
-        h.append(20.0, 2.0, &[1.0, 2.0], 10.0);
+        assert!(h.append(20.0, 2.0, &[1.0, 2.0], 10.0));
         assert_eq!(h.status.error, None);
     }
 }

@@ -33,6 +33,12 @@ pub mod names {
     pub const POOL_BURST_SPARE_BACKENDS: &str = "fulcrum_pool_burst_spare_backends";
     /// 1 when the pool's forecast model is loaded, 0 when the built-in forecaster runs.
     pub const POOL_FORECAST_MODEL_LOADED: &str = "fulcrum_pool_forecast_model_loaded";
+    /// Steps of the pool's rate series held (what the forecast learns from).
+    pub const POOL_SERIES_STEPS: &str = "fulcrum_pool_series_steps";
+    /// The season the forecast uses, in seconds; 0 while none is found.
+    pub const POOL_SEASON_SECONDS: &str = "fulcrum_pool_season_seconds";
+    /// Steps whose row could not be written to the pool's `history_file`.
+    pub const POOL_HISTORY_WRITE_FAILURES_TOTAL: &str = "fulcrum_pool_history_write_failures_total";
     /// Steps whose forecast-model answer was refused (built-in forecast used instead).
     pub const POOL_FORECAST_MODEL_FALLBACKS_TOTAL: &str =
         "fulcrum_pool_forecast_model_fallbacks_total";
@@ -60,6 +66,18 @@ pub fn describe_metrics() {
     describe_gauge!(
         names::POOL_FORECAST_MODEL_LOADED,
         "1 when a pool's ONNX forecast model is loaded, 0 when the built-in forecaster runs."
+    );
+    describe_gauge!(
+        names::POOL_SERIES_STEPS,
+        "Steps of a pool's request-rate series held for its forecast (read back from its history at start, then counted)."
+    );
+    describe_gauge!(
+        names::POOL_SEASON_SECONDS,
+        "The season a pool's forecast uses, in seconds (found in its series, two cycles needed); 0 while none is found."
+    );
+    describe_counter!(
+        names::POOL_HISTORY_WRITE_FAILURES_TOTAL,
+        "Steps whose row could not be written to a pool's history_file (the series is kept in memory)."
     );
     describe_counter!(
         names::POOL_FORECAST_MODEL_FALLBACKS_TOTAL,
@@ -451,8 +469,12 @@ impl Forecasts {
             }
             export(name, &report, loaded);
             let series = demand.series();
+            metrics::gauge!(names::POOL_SERIES_STEPS, "pool" => name.clone())
+                .set(series.len() as f64);
             let history = self.histories.get_mut(name).map(|h| {
-                h.append(unix_now(), report.observed_rps, &series, report.step_s);
+                let written = h.append(unix_now(), report.observed_rps, &series, report.step_s);
+                metrics::counter!(names::POOL_HISTORY_WRITE_FAILURES_TOTAL, "pool" => name.clone())
+                    .increment(u64::from(!written));
                 h.status.clone()
             });
             status.set(PoolForecastView {
@@ -550,6 +572,8 @@ fn export(pool: &str, r: &DemandReport, model_loaded: bool) {
         .set(f64::from(r.burst_spare_backends));
     metrics::gauge!(names::POOL_FORECAST_MODEL_LOADED, "pool" => pool.clone())
         .set(if model_loaded { 1.0 } else { 0.0 });
+    metrics::gauge!(names::POOL_SEASON_SECONDS, "pool" => pool.clone())
+        .set(r.season_s.unwrap_or(0.0));
     let fallbacks = metrics::counter!(names::POOL_FORECAST_MODEL_FALLBACKS_TOTAL, "pool" => pool);
     if model_loaded && r.model_fallback.is_some() && r.warm {
         fallbacks.increment(1);
