@@ -382,6 +382,9 @@ async fn the_page_shows_pools_and_follows_a_weight_change_without_reloading() {
         "{autoscale}"
     );
     assert!(autoscale.contains("forecaster builtin"), "{autoscale}");
+    // Half-second steps: seconds of series, no season in a few seconds of steady load.
+    assert!(autoscale.contains("series "), "{autoscale}");
+    assert!(autoscale.contains(" s, no season found yet"), "{autoscale}");
     let none = tokio::task::block_in_place(|| {
         page.eval("document.querySelectorAll('section[data-pool=\"tuned\"] .autoscale').length")
     });

@@ -214,6 +214,8 @@ pub struct DemandReport {
     pub model_fallback: Option<String>,
     /// The season found in the series (or none), seconds.
     pub season_s: Option<f64>,
+    /// Steps of the series held, read back from a history at start or counted.
+    pub series_steps: usize,
     /// Whether enough steps are held to forecast (otherwise the observed rate stands in).
     pub warm: bool,
     /// Requests per second one backend serves at full utilisation, when known.
@@ -766,6 +768,7 @@ impl PoolDemand {
             forecaster,
             model_fallback,
             season_s: self.tracker.season_steps().map(|m| m as f64 * step_s),
+            series_steps: self.tracker.ring().len(),
             warm,
             capacity_per_backend_rps: capacity,
             capacity_source,

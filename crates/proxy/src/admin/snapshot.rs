@@ -51,6 +51,10 @@ pub struct AutoscaleSnapshot {
     pub planned_rps: Option<f64>,
     /// `builtin` or the forecast model's file name.
     pub forecaster: Option<String>,
+    /// Seconds of the rate series held (read back from a history at start, or counted).
+    pub series_s: Option<f64>,
+    /// The season found in it, seconds.
+    pub season_s: Option<f64>,
     /// The reasoning in words.
     pub reason: Option<String>,
 }
@@ -126,6 +130,8 @@ pub(crate) fn build(shared: &Shared, windows: Option<&LatencyWindows>) -> PoolsS
                             observed_rps: Some(r.observed_rps),
                             planned_rps: Some(r.planned_rps),
                             forecaster: Some(r.forecaster),
+                            series_s: Some(r.series_steps as f64 * r.step_s),
+                            season_s: r.season_s,
                             reason: Some(r.reason),
                         })
                         .unwrap_or_default()
