@@ -428,6 +428,12 @@ impl PoolDemand {
         }
     }
 
+    /// When the step under way started (the end of the last one, on the step schedule), in
+    /// the time base of [`PoolDemand::step`]'s `now_ns`.
+    pub fn step_started_ns(&self) -> u64 {
+        self.step_started_ns
+    }
+
     /// Steps counted (and forecast) since this pool's tracking started.
     pub fn steps(&self) -> u64 {
         self.steps

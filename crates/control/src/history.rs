@@ -6,7 +6,8 @@
 //! The file is CSV, `t_s,rps`, one row per step: `t_s` the Unix time at the end of the step,
 //! `rps` the rate that arrived in it (what the ring records), the format `fulcrum forecast
 //! --input` reads. Every step appends its row; once the file holds more than twice the ring,
-//! it is rewritten with the ring alone (a new file renamed over the old). At start the rows are
+//! it is rewritten with the ring alone (a new file renamed over the old), as it is at start
+//! once read back, on the new process's steps. At start the rows are
 //! read back ([`assemble`]): rows closer than half a step are one step counted by two processes
 //! (the old and the new one during an upgrade) and are added up; the steps nobody counted (the
 //! process was down) are filled with the rate one season earlier when the history has a

@@ -122,6 +122,21 @@ pub struct PrometheusHistoryStatus {
     pub error: Option<String>,
 }
 
+/// When a pool's tracking started: Unix time and the control thread's clock at that instant,
+/// so a step's end in Unix time follows the step schedule, not the tick that noticed it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Origin {
+    unix_s: f64,
+    ns: u64,
+}
+
+impl Origin {
+    /// The end of `demand`'s last step, Unix seconds (its start while none has ended).
+    fn last_step_end_s(&self, demand: &PoolDemand) -> f64 {
+        self.unix_s + demand.step_started_ns().saturating_sub(self.ns) as f64 / 1e9
+    }
+}
+
 /// A query of `history_prometheus` under way for a pool that started counting at `started_s`.
 struct Fetch {
     rx: std::sync::mpsc::Receiver<Result<Vec<(f64, f64)>, String>>,
@@ -187,7 +202,7 @@ fn took_history(
     status: &mut PrometheusHistoryStatus,
     fetch: &Fetch,
     answer: Result<Vec<(f64, f64)>, String>,
-) {
+) -> bool {
     status.pending = false;
     let reach = ring_steps(fetch.step_s);
     let used = answer.and_then(|rows| {
@@ -210,6 +225,7 @@ fn took_history(
                 status.url,
                 demand.steps()
             );
+            true
         }
         Err(why) => {
             log::warn!(
@@ -217,6 +233,7 @@ fn took_history(
                 status.url
             );
             status.error = Some(why);
+            false
         }
     }
 }
@@ -238,8 +255,8 @@ pub struct Forecasts {
     pools: HashMap<String, PoolDemand>,
     histories: HashMap<String, HistoryFile>,
     fetches: HashMap<String, Fetch>,
-    /// When each pool's tracking started (Unix seconds), to match an answer to its pool.
-    origins: HashMap<String, f64>,
+    /// When each pool's tracking started, to time its steps and match an answer to its pool.
+    origins: HashMap<String, Origin>,
     prometheus: HashMap<String, PrometheusHistoryStatus>,
     models: HashMap<PathBuf, ModelSlot>,
     generation: Option<u64>,
@@ -269,14 +286,28 @@ impl Forecasts {
                 }
                 None => (PoolDemand::new(&p.pool, settings, now), true),
             };
+            if fresh {
+                self.origins.insert(
+                    name.clone(),
+                    // On a whole millisecond, so the rows' times (written to the millisecond)
+                    // are exactly a step apart.
+                    Origin {
+                        unix_s: (unix_now() * 1e3).round() / 1e3,
+                        ns: now,
+                    },
+                );
+                self.fetches.remove(name);
+                self.prometheus.remove(name);
+            }
+            let origin = self.origins[name];
             if let Some(path) = &a.history_file {
                 let open = match self.histories.remove(name) {
                     Some(h) if h.path() == path.as_path() && !fresh => Some(h),
                     _ => None,
                 };
                 let h = open.unwrap_or_else(|| {
-                    let (h, read) =
-                        HistoryFile::open(path.clone(), step_s, ring_steps(step_s), unix_now());
+                    let (mut h, read) =
+                        HistoryFile::open(path.clone(), step_s, ring_steps(step_s), origin.unix_s);
                     // A running pool keeps the series it counted; the file goes on after it.
                     if let Some(r) = read.filter(|_| fresh) {
                         demand.prepend(&r.rates);
@@ -296,6 +327,8 @@ impl Forecasts {
                             r.read,
                             path.display()
                         );
+                        // The file as the series stands, its rows on this process's steps.
+                        h.rewrite(&demand.series(), step_s, origin.unix_s);
                     }
                     if let Some(e) = &h.status.error {
                         log::warn!("forecast: pool {name}: history {}: {e}", path.display());
@@ -304,47 +337,43 @@ impl Forecasts {
                 });
                 histories.insert(name.clone(), h);
             }
-            if fresh {
-                let started_s = unix_now();
-                self.origins.insert(name.clone(), started_s);
-                self.fetches.remove(name);
-                self.prometheus.remove(name);
-                let restored = histories
-                    .get(name)
-                    .is_some_and(|h: &HistoryFile| h.status.restored_steps > 0);
-                if let (Some(url), false) = (&a.history_prometheus, restored) {
-                    let query = a
-                        .history_query
-                        .clone()
-                        .unwrap_or_else(|| default_query(name));
-                    let reach_s = ring_steps(step_s) as f64 * step_s;
-                    log::info!("forecast: pool {name}: asking {url} for the last {reach_s:.0} s of {query}");
-                    self.fetches.insert(
-                        name.clone(),
-                        Fetch {
-                            rx: spawn_fetch(
-                                url.clone(),
-                                query.clone(),
-                                started_s - reach_s,
-                                started_s,
-                                step_s,
-                            ),
-                            started_s,
+            let restored = histories
+                .get(name)
+                .is_some_and(|h: &HistoryFile| h.status.restored_steps > 0);
+            if let (true, Some(url), false) = (fresh, &a.history_prometheus, restored) {
+                let query = a
+                    .history_query
+                    .clone()
+                    .unwrap_or_else(|| default_query(name));
+                let reach_s = ring_steps(step_s) as f64 * step_s;
+                log::info!(
+                    "forecast: pool {name}: asking {url} for the last {reach_s:.0} s of {query}"
+                );
+                self.fetches.insert(
+                    name.clone(),
+                    Fetch {
+                        rx: spawn_fetch(
+                            url.clone(),
+                            query.clone(),
+                            origin.unix_s - reach_s,
+                            origin.unix_s,
                             step_s,
-                        },
-                    );
-                    self.prometheus.insert(
-                        name.clone(),
-                        PrometheusHistoryStatus {
-                            url: url.clone(),
-                            query,
-                            pending: true,
-                            restored_steps: 0,
-                            filled_steps: 0,
-                            error: None,
-                        },
-                    );
-                }
+                        ),
+                        started_s: origin.unix_s,
+                        step_s,
+                    },
+                );
+                self.prometheus.insert(
+                    name.clone(),
+                    PrometheusHistoryStatus {
+                        url: url.clone(),
+                        query,
+                        pending: true,
+                        restored_steps: 0,
+                        filled_steps: 0,
+                        error: None,
+                    },
+                );
             }
             kept.insert(name.clone(), demand);
         }
@@ -432,9 +461,19 @@ impl Forecasts {
             if let Some(fetch) = self.fetches.get(name) {
                 if let Ok(answer) = fetch.rx.try_recv() {
                     let fetch = self.fetches.remove(name).expect("just seen");
-                    if self.origins.get(name) == Some(&fetch.started_s) {
+                    let origin = self.origins.get(name).copied();
+                    if let Some(o) = origin.filter(|o| o.unix_s == fetch.started_s) {
                         if let Some(s) = self.prometheus.get_mut(name) {
-                            took_history(name, demand, s, &fetch, answer);
+                            if took_history(name, demand, s, &fetch, answer) {
+                                // The file as the series now stands.
+                                if let Some(h) = self.histories.get_mut(name) {
+                                    h.rewrite(
+                                        &demand.series(),
+                                        fetch.step_s,
+                                        o.last_step_end_s(demand),
+                                    );
+                                }
+                            }
                         }
                     }
                 }
@@ -472,7 +511,11 @@ impl Forecasts {
             metrics::gauge!(names::POOL_SERIES_STEPS, "pool" => name.clone())
                 .set(series.len() as f64);
             let history = self.histories.get_mut(name).map(|h| {
-                let written = h.append(unix_now(), report.observed_rps, &series, report.step_s);
+                let ended_s = self
+                    .origins
+                    .get(name)
+                    .map_or_else(unix_now, |o| o.last_step_end_s(demand));
+                let written = h.append(ended_s, report.observed_rps, &series, report.step_s);
                 metrics::counter!(names::POOL_HISTORY_WRITE_FAILURES_TOTAL, "pool" => name.clone())
                     .increment(u64::from(!written));
                 h.status.clone()
