@@ -363,7 +363,8 @@ fn check_shows_each_autoscaled_pool() {
         "[server]\nlisten = [\"127.0.0.1:18080\"]\n\n[[routes]]\npool = \"web\"\n\n[pools.web]\n\
          [[pools.web.backends]]\naddr = \"127.0.0.1:9001\"\n\n[pools.web.autoscale]\n\
          min_backends = 2\nmax_backends = 40\nhorizon_s = 120\nspare_backends = 1\n\
-         forecast_model = \"models/forecast.onnx\"\nhistory_file = \"/var/lib/fulcrum/web.csv\"\n",
+         forecast_model = \"models/forecast.onnx\"\nhistory_file = \"/var/lib/fulcrum/web.csv\"\n\
+         history_prometheus = \"http://prometheus:9090\"\n",
     )
     .unwrap();
     let out = std::process::Command::new(fulcrum_bin())
@@ -378,7 +379,8 @@ fn check_shows_each_autoscaled_pool() {
             "pool web: autoscale recommends 2..=40 backends at 70 % utilisation for the p90 120 s \
              ahead and 1 spare backend (1 more for 3600 s after the demand outruns the plan), \
              down only after 20 s lower, a rate every 10 s, series kept in /var/lib/fulcrum/web.csv, \
-             forecast model models/forecast.onnx, capacity per backend estimated from the traffic"
+             else its record from http://prometheus:9090 at start, forecast model \
+             models/forecast.onnx, capacity per backend estimated from the traffic"
         ),
         "{stdout}"
     );
