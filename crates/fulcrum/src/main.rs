@@ -134,6 +134,14 @@ struct LabArgs {
     /// and the proxy's pool follows them through configuration reloads.
     #[arg(long = "scaler")]
     scalers: Vec<String>,
+    /// With --scaler: upgrade the proxy once, at this scenario second (`fulcrum run
+    /// --upgrade`, then SIGQUIT to the running process), as an operator deploys a new build.
+    #[arg(long)]
+    upgrade_at: Option<f64>,
+    /// With --scaler: the pool keeps its rate series in a `history_file` (one per run), which
+    /// an upgraded process reads back.
+    #[arg(long)]
+    history_file: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -375,6 +383,9 @@ fn lab(args: LabArgs) -> ExitCode {
     if !args.scalers.is_empty() {
         return lab_autoscaled(&scenario, args, exe);
     }
+    if args.upgrade_at.is_some() || args.history_file {
+        return fail("--upgrade-at and --history-file go with --scaler (an autoscaled lab run)");
+    }
     let mut opts = fulcrum_lab::LabOptions::new(exe);
     if !args.run.policies.is_empty() {
         opts.policies = args.run.policies;
@@ -427,6 +438,8 @@ fn lab_autoscaled(scenario: &fulcrum_scenario::Scenario, args: LabArgs, exe: Pat
     opts.time_scale = args.time_scale;
     opts.progress = !args.quiet;
     opts.extra_pool_toml = args.pool_toml;
+    opts.upgrade_at_s = args.upgrade_at;
+    opts.history_file = args.history_file;
     let runs = match run_autoscale_lab(scenario, &opts) {
         Ok(r) => r,
         Err(e) => return fail(format!("{e:#}")),
@@ -462,6 +475,7 @@ fn lab_autoscaled(scenario: &fulcrum_scenario::Scenario, args: LabArgs, exe: Pat
             o.insert("timeline".into(), serde_json::json!(run.timeline));
             o.insert("membership".into(), serde_json::json!(run.membership));
             o.insert("stopped".into(), serde_json::json!(run.stopped));
+            o.insert("upgraded_at_s".into(), serde_json::json!(run.upgraded_at_s));
             // JSON has no infinity: a window whose p99 request failed is written as null too.
             let p99: Vec<Option<f64>> = run
                 .slo_window_p99_ms

@@ -22,7 +22,7 @@
 //! requests per second), so neither are service times nor the capacity of a copy.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 /// The proxy's control tick is scaled with the timeline but never below the configuration's
 /// floor.
 const MIN_TICK: Duration = Duration::from_millis(50);
+/// Longest an upgraded process may take to hand over and drain (its overlap is 2 s).
+const UPGRADE_EXIT: Duration = Duration::from_secs(30);
 
 /// How to run the autoscale lab.
 #[derive(Debug, Clone)]
@@ -71,6 +73,12 @@ pub struct AutoscaleLabOptions {
     /// Extra TOML laid over the generated `[pools.lab]` table (its keys replace the
     /// generated ones, `autoscale.*` included).
     pub extra_pool_toml: String,
+    /// Upgrade the proxy once, at this scenario second, as an operator does: `fulcrum run
+    /// --upgrade` on the same configuration, then `SIGQUIT` to the running process.
+    pub upgrade_at_s: Option<f64>,
+    /// The pool keeps its rate series in a `history_file` of its own (one per run), which the
+    /// upgraded process reads back.
+    pub history_file: bool,
 }
 
 impl AutoscaleLabOptions {
@@ -87,6 +95,8 @@ impl AutoscaleLabOptions {
             time_scale: 1.0,
             progress: false,
             extra_pool_toml: String::new(),
+            upgrade_at_s: None,
+            history_file: false,
         }
     }
 }
@@ -128,6 +138,8 @@ pub struct ForecastView {
     pub season_s: Option<f64>,
     /// `steps`.
     pub steps: Option<u64>,
+    /// `series_steps`: steps of the series held, read back from a history or counted.
+    pub series_steps: Option<u64>,
     /// `healthy_backends`.
     pub healthy_backends: Option<u64>,
     /// `capacity_source`.
@@ -150,6 +162,7 @@ async fn read_forecast(admin: SocketAddr) -> Option<ForecastView> {
         capacity_rps: v["capacity_per_backend_rps"].as_f64(),
         season_s: v["season_s"].as_f64(),
         steps: v["steps"].as_u64(),
+        series_steps: v["series_steps"].as_u64(),
         healthy_backends: v["healthy_backends"].as_u64(),
         capacity_source: v["capacity_source"].as_str().map(str::to_owned),
         burst_spare_backends: v["burst_spare_backends"].as_u64(),
@@ -192,6 +205,8 @@ pub struct AutoscaleLabRun {
     pub window_s: f64,
     /// The p99 of each SLO window after warm-up, ms (`None` without requests).
     pub slo_window_p99_ms: Vec<Option<f64>>,
+    /// When the proxy was upgraded (the new process took the listeners), scenario seconds.
+    pub upgraded_at_s: Option<f64>,
 }
 
 /// Play `scenario` (which needs `[autoscale]`) against the real proxy once per scaler.
@@ -653,6 +668,8 @@ async fn run_scaler(
     }
 
     let (listen, admin) = harness::loopback_pair().context("cannot pick free ports")?;
+    // The upgrade socket and the history file of this run, in a directory only it uses.
+    let state_dir = harness::private_dir().context("cannot make a private directory")?;
     let members = fleet.members();
     let backends: Vec<(SocketAddr, u32)> = members.iter().map(|(_, a)| (*a, 1)).collect();
     let mut config = proxy::proxy_config(
@@ -682,6 +699,12 @@ async fn run_scaler(
         pool.health_check.timeout = Duration::from_millis(500);
         let step = pool.autoscale.as_ref().map_or(MIN_TICK, |x| x.step);
         config.control.tick = (step / 5).max(MIN_TICK);
+        if let (true, Some(a)) = (opts.history_file, pool.autoscale.as_mut()) {
+            a.history_file = Some(state_dir.path().join("lab.csv"));
+        }
+    }
+    if opts.upgrade_at_s.is_some() {
+        config.server.upgrade_sock = state_dir.path().join("upgrade.sock");
     }
     let config = harness::with_pool_toml(&config, POOL, &opts.extra_pool_toml)?;
     let proxy = harness::Proxy::start(&opts.fulcrum_bin, &config).await?;
@@ -738,6 +761,9 @@ async fn run_scaler(
         peak_serving: fleet.serving(),
         stopped: Vec::new(),
         stats: stats.clone(),
+        upgrade_at_s: opts.upgrade_at_s,
+        fulcrum_bin: &opts.fulcrum_bin,
+        upgraded_at_s: None,
     };
     let driven = driver.drive(&mut fleet, &mut handle, &mut existing).await;
     let records = match driven {
@@ -759,6 +785,7 @@ async fn run_scaler(
     let stopped = std::mem::take(&mut driver.stopped);
     let (scale_ups, scale_downs, peak_serving) =
         (driver.scale_ups, driver.scale_downs, driver.peak_serving);
+    let upgraded_at_s = driver.upgraded_at_s;
     handle.proxy.stop();
     drop(fleet);
 
@@ -796,6 +823,7 @@ async fn run_scaler(
         stopped,
         window_s: scenario.duration_s - scenario.warmup_s,
         slo_window_p99_ms: count.window_p99_ms,
+        upgraded_at_s,
     })
 }
 
@@ -813,9 +841,34 @@ struct Driver<'r> {
     peak_serving: u32,
     stopped: Vec<CopyStop>,
     stats: Arc<LoadStats>,
+    /// When to upgrade the proxy (taken once done).
+    upgrade_at_s: Option<f64>,
+    fulcrum_bin: &'r Path,
+    upgraded_at_s: Option<f64>,
 }
 
 impl Driver<'_> {
+    /// `fulcrum run --upgrade` on the running configuration, then `SIGQUIT` to the running
+    /// process: the new one takes the listeners (admin included) and the old one drains. The
+    /// pool is not changed until the old one has exited: while both accept, a reload could
+    /// reach either.
+    async fn upgrade(&mut self, proxy: &mut ProxyHandle) -> anyhow::Result<()> {
+        let new = proxy
+            .proxy
+            .start_upgrade(self.fulcrum_bin)
+            .await
+            .context("the upgrade")?;
+        proxy.proxy.signal("QUIT")?;
+        let mut old = std::mem::replace(&mut proxy.proxy, new);
+        self.upgraded_at_s = Some(self.clock.scenario_time());
+        let exited = old.wait_exit(UPGRADE_EXIT).await?;
+        anyhow::ensure!(
+            exited.is_some(),
+            "the upgraded process did not exit within {UPGRADE_EXIT:?}:\n{}",
+            old.log_tail()
+        );
+        Ok(())
+    }
     /// Until the end of the scenario: every period ask the scaler; start provisioned copies
     /// when their time comes; stop drained ones.
     async fn drive(
@@ -862,8 +915,16 @@ impl Driver<'_> {
                 self.peak_serving = self.peak_serving.max(fleet.serving());
             }
 
+            if self.upgrade_at_s.is_some_and(|at| now_s >= at) {
+                self.upgrade_at_s = None;
+                self.upgrade(proxy).await?;
+            }
             if now_s >= next_step {
-                next_step += period;
+                // Steps missed while the loop was held (an upgrade) are skipped, not caught up
+                // in a burst of decisions.
+                while next_step <= now_s {
+                    next_step += period;
+                }
                 let elapsed = last_look.elapsed();
                 last_look = Instant::now();
                 let sent = self.stats.sent();
