@@ -54,7 +54,9 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 /// The proxy's control tick is scaled with the timeline but never below the configuration's
 /// floor.
 const MIN_TICK: Duration = Duration::from_millis(50);
-/// Longest an upgraded process may take to hand over and drain (its overlap is 2 s).
+/// How long both processes of an upgrade accept (the proxy's overlap is 2 s), with a margin.
+const HANDOVER_WAIT: Duration = Duration::from_millis(2500);
+/// Longest an upgraded process may take to drain once the run is over.
 const UPGRADE_EXIT: Duration = Duration::from_secs(30);
 
 /// How to run the autoscale lab.
@@ -705,6 +707,9 @@ async fn run_scaler(
     }
     if opts.upgrade_at_s.is_some() {
         config.server.upgrade_sock = state_dir.path().join("upgrade.sock");
+        // The requests in flight at the hand-over get the default grace period to finish, as
+        // in production (the lab's proxy otherwise stops at once).
+        config.server.grace_period_s = fulcrum_config::server_defaults::GRACE_PERIOD_S;
     }
     let config = harness::with_pool_toml(&config, POOL, &opts.extra_pool_toml)?;
     let proxy = harness::Proxy::start(&opts.fulcrum_bin, &config).await?;
@@ -764,6 +769,9 @@ async fn run_scaler(
         upgrade_at_s: opts.upgrade_at_s,
         fulcrum_bin: &opts.fulcrum_bin,
         upgraded_at_s: None,
+        retired: Vec::new(),
+        reloads_held_until: None,
+        reload_pending: false,
     };
     let driven = driver.drive(&mut fleet, &mut handle, &mut existing).await;
     let records = match driven {
@@ -786,6 +794,14 @@ async fn run_scaler(
     let (scale_ups, scale_downs, peak_serving) =
         (driver.scale_ups, driver.scale_downs, driver.peak_serving);
     let upgraded_at_s = driver.upgraded_at_s;
+    for mut old in std::mem::take(&mut driver.retired) {
+        let exited = old.wait_exit(UPGRADE_EXIT).await?;
+        anyhow::ensure!(
+            exited.is_some(),
+            "the upgraded process did not exit within {UPGRADE_EXIT:?}:\n{}",
+            old.log_tail()
+        );
+    }
     handle.proxy.stop();
     drop(fleet);
 
@@ -845,13 +861,19 @@ struct Driver<'r> {
     upgrade_at_s: Option<f64>,
     fulcrum_bin: &'r Path,
     upgraded_at_s: Option<f64>,
+    /// Processes that handed their listeners over.
+    retired: Vec<harness::Proxy>,
+    /// Pool changes wait until then (an upgrade's overlap).
+    reloads_held_until: Option<Instant>,
+    /// A pool change is waiting.
+    reload_pending: bool,
 }
 
 impl Driver<'_> {
     /// `fulcrum run --upgrade` on the running configuration, then `SIGQUIT` to the running
     /// process: the new one takes the listeners (admin included) and the old one drains. The
-    /// pool is not changed until the old one has exited: while both accept, a reload could
-    /// reach either.
+    /// scaler goes on deciding, but the pool's changes wait until the old process has stopped
+    /// accepting: while both accept, a reload could reach either.
     async fn upgrade(&mut self, proxy: &mut ProxyHandle) -> anyhow::Result<()> {
         let new = proxy
             .proxy
@@ -859,14 +881,9 @@ impl Driver<'_> {
             .await
             .context("the upgrade")?;
         proxy.proxy.signal("QUIT")?;
-        let mut old = std::mem::replace(&mut proxy.proxy, new);
+        self.retired.push(std::mem::replace(&mut proxy.proxy, new));
         self.upgraded_at_s = Some(self.clock.scenario_time());
-        let exited = old.wait_exit(UPGRADE_EXIT).await?;
-        anyhow::ensure!(
-            exited.is_some(),
-            "the upgraded process did not exit within {UPGRADE_EXIT:?}:\n{}",
-            old.log_tail()
-        );
+        self.reloads_held_until = Some(Instant::now() + HANDOVER_WAIT);
         Ok(())
     }
     /// Until the end of the scenario: every period ask the scaler; start provisioned copies
@@ -956,7 +973,12 @@ impl Driver<'_> {
                 existing.set(now_s, f64::from(fleet.existing()));
             }
 
-            if changed {
+            let held = self
+                .reloads_held_until
+                .is_some_and(|until| Instant::now() < until);
+            self.reload_pending |= changed;
+            if self.reload_pending && !held {
+                self.reload_pending = false;
                 let members = fleet.members();
                 let t = self.clock.scenario_time();
                 proxy.apply(&members, t, |a| fleet.name_of(a)).await?;
