@@ -118,6 +118,11 @@ pub fn assemble(
         }
     }
     let read = slots.iter().flatten().count();
+    if read == 0 {
+        return Err(format!(
+            "none of its rows falls within the {reach_s:.0} s the series keeps"
+        ));
+    }
     // The first slot is always a row (the span starts at the oldest kept one) unless the
     // oldest rows fell out of `capacity`; the fill starts at the first known step.
     let first = slots.iter().position(Option::is_some).unwrap_or(0);
@@ -393,6 +398,9 @@ mod tests {
         assert!(e.contains("beyond the 10000 s the series keeps"), "{e}");
         let e = assemble(&r, 10.0, 100.0, 1000).unwrap_err();
         assert!(e.contains("in the future"), "{e}");
+        // Ending exactly as far back as the series reaches: no row left in it.
+        let e = assemble(&r, 10.0, 300.0 + 10_000.0, 1000).unwrap_err();
+        assert!(e.contains("none of its rows falls within"), "{e}");
         assert!(assemble(&[], 10.0, 0.0, 10).is_err());
     }
 
