@@ -244,3 +244,23 @@ fn a_burst_memory_shorter_than_a_step_is_a_warning() {
         assert!(warnings.is_empty(), "{keys}: {warnings:?}");
     }
 }
+
+#[test]
+fn a_history_query_without_a_prometheus_to_ask_is_a_warning() {
+    let (c, warnings) = parse(
+        &config("history_query = 'sum(fulcrum_pool_requests_per_second)'\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].key_path, "pools.web.autoscale.history_query");
+    assert_eq!(warnings[0].line, 12);
+    assert!(
+        warnings[0]
+            .to_string()
+            .contains("history_query has no effect without history_prometheus"),
+        "{warnings:?}"
+    );
+    let a = c.pool("web").unwrap().autoscale.clone().unwrap();
+    assert_eq!(a.history_prometheus, None);
+}
