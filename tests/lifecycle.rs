@@ -461,6 +461,18 @@ async fn an_upgrade_keeps_the_forecasts_rate_series() {
             "step {i}: {a} before the upgrade, {b} after"
         );
     }
+    // Once the listeners were handed over only the new process writes the file: a series at a
+    // fixed step, as `fulcrum forecast` reads one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = _sock_dir.path().join("forecast.csv");
+    let forecast = std::process::Command::new(fulcrum_bin())
+        .args(["forecast", "--horizon-s", "1", "--input"])
+        .arg(_sock_dir.path().join("web.csv"))
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(forecast.status.success(), "{forecast:?}");
     new.signal("TERM").unwrap();
     exits_zero(&mut new, Duration::from_secs(10)).await;
 }

@@ -278,6 +278,10 @@ impl ControlLoop {
         // that sees a new generation also sees the `[control]` settings it came with.
         let upstreams = self.shared.upstreams.load_full();
         let config = self.shared.config.load_full();
+        let lifecycle = &self.shared.lifecycle;
+        if lifecycle.closing_connections() && !lifecycle.draining() {
+            self.forecasts.handed_over();
+        }
         self.forecasts
             .tick(&upstreams, &config, &self.shared.forecasts);
         let cfg = config.control.clone();

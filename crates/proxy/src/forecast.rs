@@ -260,6 +260,8 @@ pub struct Forecasts {
     prometheus: HashMap<String, PrometheusHistoryStatus>,
     models: HashMap<PathBuf, ModelSlot>,
     generation: Option<u64>,
+    /// The listeners were handed to a new process, which writes the history files from then on.
+    handed_over: bool,
 }
 
 impl Forecasts {
@@ -436,6 +438,16 @@ impl Forecasts {
         }
     }
 
+    /// The listeners went to a new process (`SIGQUIT`): it read the history files as it started
+    /// and writes them from now on, so this process stops writing them (its rows, a share of
+    /// the traffic at steps of its own, would break the new process's fixed step).
+    pub fn handed_over(&mut self) {
+        if !self.handed_over && !self.histories.is_empty() {
+            log::info!("forecast: the listeners were handed over; the new process writes the history files from now on");
+        }
+        self.handed_over = true;
+    }
+
     /// Step every autoscaled pool whose step has ended.
     pub fn tick(&mut self, upstreams: &Upstreams, config: &Config, status: &ForecastStatus) {
         if self.generation != Some(upstreams.generation) {
@@ -510,7 +522,11 @@ impl Forecasts {
             let series = demand.series();
             metrics::gauge!(names::POOL_SERIES_STEPS, "pool" => name.clone())
                 .set(series.len() as f64);
+            let handed_over = self.handed_over;
             let history = self.histories.get_mut(name).map(|h| {
+                if handed_over {
+                    return h.status.clone();
+                }
                 let ended_s = self
                     .origins
                     .get(name)
