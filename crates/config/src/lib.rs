@@ -39,6 +39,7 @@ mod admin_token;
 pub mod autoscale_defaults;
 pub mod control_defaults;
 mod emit;
+mod http_url;
 mod model;
 pub mod pool_defaults;
 pub mod server_defaults;
@@ -49,6 +50,7 @@ use std::path::Path;
 
 pub use admin_token::{AdminToken, MAX_TOKEN_LEN};
 pub use fulcrum_diagnostics::{Diagnostic, Diagnostics, Severity};
+pub use http_url::split_http_url;
 pub use model::{
     AdminConfig, Algorithm, AutoscaleConfig, BackendConfig, CertificateConfig, ClientLimits,
     Config, ControlConfig, Discovery, DnsName, HealthCheckConfig, HostMatch, PoolConfig,

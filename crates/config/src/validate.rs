@@ -1157,10 +1157,7 @@ fn read_autoscale(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> AutoscaleConfig {
     if let Some(v) = t.get("history_prometheus") {
         let path = t.child("history_prometheus");
         if let Some(s) = as_str(ctx, v, &path) {
-            let host = s
-                .strip_prefix("http://")
-                .map(|r| r.split('/').next().unwrap_or(""));
-            if host.is_some_and(|h| !h.is_empty()) {
+            if crate::split_http_url(s).is_ok() {
                 a.history_prometheus = Some(s.to_string());
             } else {
                 ctx.error(

@@ -219,9 +219,8 @@ impl HistoryFile {
                         }
                         assembled = Some(a);
                     }
-                    Err(why) if rows.is_empty() && bad == 0 => {
-                        let _ = why; // an empty file: nothing to keep
-                    }
+                    // An empty file: nothing to keep.
+                    Err(_) if rows.is_empty() && bad == 0 => {}
                     Err(why) => {
                         let aside = path.with_extension("csv.unused");
                         let moved = match fs::rename(&path, &aside) {

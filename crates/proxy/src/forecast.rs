@@ -137,11 +137,101 @@ impl Origin {
     }
 }
 
-/// A query of `history_prometheus` under way for a pool that started counting at `started_s`.
-struct Fetch {
-    rx: std::sync::mpsc::Receiver<Result<Vec<(f64, f64)>, String>>,
-    started_s: f64,
-    step_s: f64,
+/// The answer of a `history_prometheus` query under way.
+type Fetch = std::sync::mpsc::Receiver<Result<Vec<(f64, f64)>, String>>;
+
+/// One autoscaled pool: its demand tracking, when that started, and where its series is kept.
+struct Tracked {
+    demand: PoolDemand,
+    origin: Origin,
+    history: Option<HistoryFile>,
+    /// The `history_prometheus` query, while it runs.
+    fetch: Option<Fetch>,
+    /// What that query gave (or is still to give).
+    prometheus: Option<PrometheusHistoryStatus>,
+}
+
+impl Tracked {
+    /// Put the answer of the pool's `history_prometheus` query in front of what it counted
+    /// since, and write the history file as the series then stands.
+    fn took_history(&mut self, name: &str, answer: Result<Vec<(f64, f64)>, String>) {
+        let Some(status) = self.prometheus.as_mut() else {
+            return;
+        };
+        status.pending = false;
+        let step_s = self.demand.settings().step_s;
+        let reach = ring_steps(step_s);
+        let used = answer.and_then(|rows| {
+            if rows.is_empty() {
+                return Err(format!(
+                    "the query has no sample in the {:.0} s before the pool started counting",
+                    reach as f64 * step_s
+                ));
+            }
+            assemble(&rows, step_s, self.origin.unix_s, reach)
+        });
+        match used {
+            Ok(a) => {
+                self.demand.prepend(&a.rates);
+                status.restored_steps = a.read;
+                status.filled_steps = a.filled;
+                log::info!(
+                    "forecast: pool {name}: {} steps of history from {} put before the {} counted since",
+                    a.read,
+                    status.url,
+                    self.demand.steps()
+                );
+                if let Some(h) = self.history.as_mut() {
+                    let end_s = self.origin.last_step_end_s(&self.demand);
+                    h.rewrite(&self.demand.series(), step_s, end_s);
+                }
+            }
+            Err(why) => {
+                log::warn!(
+                    "forecast: pool {name}: no history from {}: {why}; the series starts from now",
+                    status.url
+                );
+                status.error = Some(why);
+            }
+        }
+    }
+}
+
+/// Open the `history_file` at `path` of a pool; when the pool has just started (`fresh`), put
+/// what it holds in the pool's series and rewrite it on this process's steps. A running pool
+/// keeps the series it counted; the file goes on after it.
+fn open_history(name: &str, path: &Path, t: &mut Tracked, fresh: bool) -> HistoryFile {
+    let step_s = t.demand.settings().step_s;
+    let (mut h, read) = HistoryFile::open(
+        path.to_path_buf(),
+        step_s,
+        ring_steps(step_s),
+        t.origin.unix_s,
+    );
+    if let Some(r) = read.filter(|_| fresh) {
+        t.demand.prepend(&r.rates);
+        let filled = match r.filled {
+            0 => String::new(),
+            n => format!(
+                ", {n} steps nobody counted filled from {}",
+                if r.season_steps.is_some() {
+                    "one season before"
+                } else {
+                    "the step before them"
+                }
+            ),
+        };
+        log::info!(
+            "forecast: pool {name}: {} steps of history read back from {}{filled}",
+            r.read,
+            path.display()
+        );
+        h.rewrite(&t.demand.series(), step_s, t.origin.unix_s);
+    }
+    if let Some(e) = &h.status.error {
+        log::warn!("forecast: pool {name}: history {}: {e}", path.display());
+    }
+    h
 }
 
 /// The latest forecast of each autoscaled pool, written by the control thread every step and
@@ -195,49 +285,6 @@ struct ModelSlot {
     error: Option<String>,
 }
 
-/// Put the answer of a pool's `history_prometheus` query in front of what it counted since.
-fn took_history(
-    name: &str,
-    demand: &mut PoolDemand,
-    status: &mut PrometheusHistoryStatus,
-    fetch: &Fetch,
-    answer: Result<Vec<(f64, f64)>, String>,
-) -> bool {
-    status.pending = false;
-    let reach = ring_steps(fetch.step_s);
-    let used = answer.and_then(|rows| {
-        if rows.is_empty() {
-            return Err(format!(
-                "the query has no sample in the {:.0} s before the pool started counting",
-                reach as f64 * fetch.step_s
-            ));
-        }
-        assemble(&rows, fetch.step_s, fetch.started_s, reach)
-    });
-    match used {
-        Ok(a) => {
-            demand.prepend(&a.rates);
-            status.restored_steps = a.read;
-            status.filled_steps = a.filled;
-            log::info!(
-                "forecast: pool {name}: {} steps of history from {} put before the {} counted since",
-                a.read,
-                status.url,
-                demand.steps()
-            );
-            true
-        }
-        Err(why) => {
-            log::warn!(
-                "forecast: pool {name}: no history from {}: {why}; the series starts from now",
-                status.url
-            );
-            status.error = Some(why);
-            false
-        }
-    }
-}
-
 /// Seconds since the Unix epoch, the time base of history files.
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -252,12 +299,7 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 /// The forecast side of the control loop.
 #[derive(Default)]
 pub struct Forecasts {
-    pools: HashMap<String, PoolDemand>,
-    histories: HashMap<String, HistoryFile>,
-    fetches: HashMap<String, Fetch>,
-    /// When each pool's tracking started, to time its steps and match an answer to its pool.
-    origins: HashMap<String, Origin>,
-    prometheus: HashMap<String, PrometheusHistoryStatus>,
+    pools: HashMap<String, Tracked>,
     models: HashMap<PathBuf, ModelSlot>,
     generation: Option<u64>,
     /// The listeners were handed to a new process, which writes the history files from then on.
@@ -270,7 +312,6 @@ impl Forecasts {
     fn reconfigure(&mut self, upstreams: &Upstreams, config: &Config, status: &ForecastStatus) {
         let now = fulcrum_balance::now_ns();
         let mut kept = HashMap::new();
-        let mut histories = HashMap::new();
         for p in &upstreams.pools {
             let Some(a) = &p.config.autoscale else {
                 continue;
@@ -278,70 +319,32 @@ impl Forecasts {
             let settings = DemandSettings::from(a);
             let step_s = settings.step_s;
             let name = &p.config.name;
-            let (mut demand, fresh) = match self.pools.remove(name) {
-                Some(mut d) => {
-                    if d.reconfigure(settings.clone()) {
-                        (d, false)
-                    } else {
-                        (PoolDemand::new(&p.pool, settings, now), true)
-                    }
-                }
-                None => (PoolDemand::new(&p.pool, settings, now), true),
+            let running = self
+                .pools
+                .remove(name)
+                .and_then(|mut t| t.demand.reconfigure(settings.clone()).then_some(t));
+            let fresh = running.is_none();
+            let mut t = running.unwrap_or_else(|| Tracked {
+                demand: PoolDemand::new(&p.pool, settings, now),
+                // On a whole millisecond, so the rows' times (written to the millisecond) are
+                // exactly a step apart.
+                origin: Origin {
+                    unix_s: (unix_now() * 1e3).round() / 1e3,
+                    ns: now,
+                },
+                history: None,
+                fetch: None,
+                prometheus: None,
+            });
+            t.history = match (&a.history_file, t.history.take()) {
+                (None, _) => None,
+                (Some(path), Some(h)) if h.path() == path.as_path() => Some(h),
+                (Some(path), _) => Some(open_history(name, path, &mut t, fresh)),
             };
-            if fresh {
-                self.origins.insert(
-                    name.clone(),
-                    // On a whole millisecond, so the rows' times (written to the millisecond)
-                    // are exactly a step apart.
-                    Origin {
-                        unix_s: (unix_now() * 1e3).round() / 1e3,
-                        ns: now,
-                    },
-                );
-                self.fetches.remove(name);
-                self.prometheus.remove(name);
-            }
-            let origin = self.origins[name];
-            if let Some(path) = &a.history_file {
-                let open = match self.histories.remove(name) {
-                    Some(h) if h.path() == path.as_path() && !fresh => Some(h),
-                    _ => None,
-                };
-                let h = open.unwrap_or_else(|| {
-                    let (mut h, read) =
-                        HistoryFile::open(path.clone(), step_s, ring_steps(step_s), origin.unix_s);
-                    // A running pool keeps the series it counted; the file goes on after it.
-                    if let Some(r) = read.filter(|_| fresh) {
-                        demand.prepend(&r.rates);
-                        let filled = match r.filled {
-                            0 => String::new(),
-                            n => format!(
-                                ", {n} steps nobody counted filled from {}",
-                                if r.season_steps.is_some() {
-                                    "one season before"
-                                } else {
-                                    "the step before them"
-                                }
-                            ),
-                        };
-                        log::info!(
-                            "forecast: pool {name}: {} steps of history read back from {}{filled}",
-                            r.read,
-                            path.display()
-                        );
-                        // The file as the series stands, its rows on this process's steps.
-                        h.rewrite(&demand.series(), step_s, origin.unix_s);
-                    }
-                    if let Some(e) = &h.status.error {
-                        log::warn!("forecast: pool {name}: history {}: {e}", path.display());
-                    }
-                    h
-                });
-                histories.insert(name.clone(), h);
-            }
-            let restored = histories
-                .get(name)
-                .is_some_and(|h: &HistoryFile| h.status.restored_steps > 0);
+            let restored = t
+                .history
+                .as_ref()
+                .is_some_and(|h| h.status.restored_steps > 0);
             if let (true, Some(url), false) = (fresh, &a.history_prometheus, restored) {
                 let query = a
                     .history_query
@@ -351,40 +354,26 @@ impl Forecasts {
                 log::info!(
                     "forecast: pool {name}: asking {url} for the last {reach_s:.0} s of {query}"
                 );
-                self.fetches.insert(
-                    name.clone(),
-                    Fetch {
-                        rx: spawn_fetch(
-                            url.clone(),
-                            query.clone(),
-                            origin.unix_s - reach_s,
-                            origin.unix_s,
-                            step_s,
-                        ),
-                        started_s: origin.unix_s,
-                        step_s,
-                    },
-                );
-                self.prometheus.insert(
-                    name.clone(),
-                    PrometheusHistoryStatus {
-                        url: url.clone(),
-                        query,
-                        pending: true,
-                        restored_steps: 0,
-                        filled_steps: 0,
-                        error: None,
-                    },
-                );
+                let start_s = t.origin.unix_s;
+                t.fetch = Some(spawn_fetch(
+                    url.clone(),
+                    query.clone(),
+                    start_s - reach_s,
+                    start_s,
+                    step_s,
+                ));
+                t.prometheus = Some(PrometheusHistoryStatus {
+                    url: url.clone(),
+                    query,
+                    pending: true,
+                    restored_steps: 0,
+                    filled_steps: 0,
+                    error: None,
+                });
             }
-            kept.insert(name.clone(), demand);
+            kept.insert(name.clone(), t);
         }
         self.pools = kept;
-        self.histories = histories;
-        self.origins.retain(|name, _| self.pools.contains_key(name));
-        self.fetches.retain(|name, _| self.pools.contains_key(name));
-        self.prometheus
-            .retain(|name, _| self.pools.contains_key(name));
         let names: Vec<&str> = self.pools.keys().map(String::as_str).collect();
         status.retain(&names);
         forecast_values()
@@ -442,7 +431,7 @@ impl Forecasts {
     /// and writes them from now on, so this process stops writing them (its rows, a share of
     /// the traffic at steps of its own, would break the new process's fixed step).
     pub fn handed_over(&mut self) {
-        if !self.handed_over && !self.histories.is_empty() {
+        if !self.handed_over && self.pools.values().any(|t| t.history.is_some()) {
             log::info!("forecast: the listeners were handed over; the new process writes the history files from now on");
         }
         self.handed_over = true;
@@ -467,29 +456,14 @@ impl Forecasts {
                 continue;
             };
             let name = &p.config.name;
-            let Some(demand) = self.pools.get_mut(name) else {
+            let Some(t) = self.pools.get_mut(name) else {
                 continue;
             };
-            if let Some(fetch) = self.fetches.get(name) {
-                if let Ok(answer) = fetch.rx.try_recv() {
-                    let fetch = self.fetches.remove(name).expect("just seen");
-                    let origin = self.origins.get(name).copied();
-                    if let Some(o) = origin.filter(|o| o.unix_s == fetch.started_s) {
-                        if let Some(s) = self.prometheus.get_mut(name) {
-                            if took_history(name, demand, s, &fetch, answer) {
-                                // The file as the series now stands.
-                                if let Some(h) = self.histories.get_mut(name) {
-                                    h.rewrite(
-                                        &demand.series(),
-                                        fetch.step_s,
-                                        o.last_step_end_s(demand),
-                                    );
-                                }
-                            }
-                        }
-                    }
-                }
+            if let Some(answer) = t.fetch.as_ref().and_then(|rx| rx.try_recv().ok()) {
+                t.fetch = None;
+                t.took_history(name, answer);
             }
+            let demand = &mut t.demand;
             if !demand.due(now) {
                 continue;
             }
@@ -523,14 +497,12 @@ impl Forecasts {
             metrics::gauge!(names::POOL_SERIES_STEPS, "pool" => name.clone())
                 .set(series.len() as f64);
             let handed_over = self.handed_over;
-            let history = self.histories.get_mut(name).map(|h| {
+            let origin = t.origin;
+            let history = t.history.as_mut().map(|h| {
                 if handed_over {
                     return h.status.clone();
                 }
-                let ended_s = self
-                    .origins
-                    .get(name)
-                    .map_or_else(unix_now, |o| o.last_step_end_s(demand));
+                let ended_s = origin.last_step_end_s(demand);
                 let written = h.append(ended_s, report.observed_rps, &series, report.step_s);
                 metrics::counter!(names::POOL_HISTORY_WRITE_FAILURES_TOTAL, "pool" => name.clone())
                     .increment(u64::from(!written));
@@ -543,7 +515,7 @@ impl Forecasts {
                 model: a.forecast_model.as_ref().map(|m| m.display().to_string()),
                 model_error,
                 history,
-                history_prometheus: self.prometheus.get(name).cloned(),
+                history_prometheus: t.prometheus.clone(),
             });
         }
     }

@@ -24,31 +24,6 @@ pub fn default_query(pool: &str) -> String {
     format!("avg(fulcrum_pool_requests_per_second{{pool=\"{pool}\"}})")
 }
 
-/// `http://host:port[/prefix]` split into the address to connect to, the `Host` header and
-/// the path prefix.
-fn split_url(url: &str) -> Result<(String, String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
-    let (authority, prefix) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    if authority.is_empty() {
-        return Err(format!("{url:?} names no host"));
-    }
-    let connect = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !authority.ends_with(']')
-    {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    Ok((connect, authority.to_string(), prefix.to_string()))
-}
-
 /// One `GET` on a fresh connection: the body of a 200, or why not.
 async fn get(connect: &str, host: &str, path_and_query: &str) -> Result<Bytes, String> {
     let stream = tokio::net::TcpStream::connect(connect)
@@ -126,7 +101,7 @@ async fn fetch(
     end_s: f64,
     step_s: f64,
 ) -> Result<Vec<(f64, f64)>, String> {
-    let (connect, host, prefix) = split_url(url)?;
+    let (connect, host, prefix) = fulcrum_config::split_http_url(url)?;
     let span = POINTS_PER_QUERY * step_s;
     let mut rows = Vec::new();
     let mut from = start_s;
@@ -179,32 +154,6 @@ pub fn spawn_fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_split_into_where_to_connect_and_what_to_ask() {
-        assert_eq!(
-            split_url("http://prometheus.monitoring.svc:9090").unwrap(),
-            (
-                "prometheus.monitoring.svc:9090".into(),
-                "prometheus.monitoring.svc:9090".into(),
-                String::new()
-            )
-        );
-        assert_eq!(
-            split_url("http://10.0.0.5/prometheus/").unwrap(),
-            (
-                "10.0.0.5:80".into(),
-                "10.0.0.5".into(),
-                "/prometheus".into()
-            )
-        );
-        assert!(split_url("https://p:9090")
-            .unwrap_err()
-            .contains("not an http:// URL"));
-        assert!(split_url("http:///x")
-            .unwrap_err()
-            .contains("names no host"));
-    }
 
     #[test]
     fn a_range_answer_of_one_series_is_read_and_of_several_is_refused() {
