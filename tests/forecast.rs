@@ -755,3 +755,149 @@ async fn a_new_process_takes_the_pools_series_from_prometheus() {
         assert!(series(&v).len() < 12, "only what it counted");
     }
 }
+
+/// Several fulcrum pods in front of one pool (a Deployment's replicas behind a Service): each
+/// counts only its share of the requests, but the backends report the load every pod's
+/// traffic puts on them, so each pod's capacity estimate is its share of a backend and its
+/// recommendation is for the whole pool — what the KEDA and HPA recipes' `max` over the pods
+/// (`docker/k8s/autoscale/`) relies on. Measured against one pod taking all the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_of_two_pods_recommends_backends_for_the_whole_pool() {
+    use fulcrum_testbed::scenario::ScenarioServer;
+    // Four backends of ~190 rps (4 slots, 20 ms median), planned at 50 %: ~95 rps each. At
+    // 480 rps the pool needs 6 of them, and 3 would be what half the traffic needs.
+    const RATE_RPS: f64 = 480.0;
+    const PHASE_S: f64 = 8.0;
+    let source = format!(
+        "name = \"pods\"\nseed = 21\nduration_s = {PHASE_S}\n\n[load]\nrate_rps = {RATE_RPS}\n\n\
+         [[backends]]\nname = \"b\"\ncount = 4\nconcurrency = 4\nservice_ms = 20.0\n"
+    );
+    let (scenario, _) = fulcrum_scenario::parse_scenario(&source, "pods.toml").unwrap();
+    let mut servers = Vec::new();
+    for (i, b) in scenario.backends.iter().enumerate() {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        servers.push(
+            ScenarioServer::start_with_load_window(
+                b,
+                addr,
+                21 + i as u64,
+                LabClock::new(1.0),
+                Duration::from_millis(500),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let addrs: Vec<_> = servers.iter().map(|s| (s.addr(), 1)).collect();
+    let names: Vec<String> = scenario.backends.iter().map(|b| b.name.clone()).collect();
+    let start = || {
+        let mut web = pool("web", Algorithm::LeastConnections, &addrs);
+        web.autoscale = Some(AutoscaleConfig {
+            step: Duration::from_millis(500),
+            horizon: Duration::from_secs(2),
+            target_utilization: 0.5,
+            ..AutoscaleConfig::default()
+        });
+        Fulcrum::start(move |p, a| {
+            let mut config = single_pool(p, a, web);
+            config.control.tick = Duration::from_millis(100);
+            config
+        })
+    };
+    // Drive `targets` at `rate` each for a phase; the last reports of each, once the phase is
+    // warm (its last 2 s). Each process starts right before its phase, so that its series is
+    // of its traffic alone (no idle steps before a rise, which would be a burst).
+    let phase = |targets: Vec<(&'static str, std::net::SocketAddr, std::net::SocketAddr)>,
+                 rate: f64| {
+        let names = names.clone();
+        let mut load = scenario.load.clone();
+        load.rate_rps = rate;
+        async move {
+            let stats = Arc::new(LoadStats::default());
+            let generators: Vec<_> = targets
+                .iter()
+                .enumerate()
+                .map(|(i, (_, proxy, _))| {
+                    let cfg = LoadGenConfig {
+                        target: *proxy,
+                        load: load.clone(),
+                        duration_s: PHASE_S,
+                        clock: LabClock::new(1.0),
+                        backend_names: names.clone(),
+                        seed: 21 + i as u64,
+                        drain_timeout: Duration::from_secs(2),
+                        max_connections: None,
+                    };
+                    let stats = stats.clone();
+                    tokio::spawn(async move { loadgen::run(&cfg, stats).await })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_secs_f64(PHASE_S - 2.0)).await;
+            let mut reports: Vec<Vec<serde_json::Value>> = vec![Vec::new(); targets.len()];
+            for _ in 0..4 {
+                for (k, (_, _, admin)) in targets.iter().enumerate() {
+                    let r = get(*admin, "/api/forecast?pool=web").await.unwrap();
+                    assert_eq!(r.status, 200, "{r:?}");
+                    reports[k].push(serde_json::from_str(&r.body).unwrap());
+                }
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            for g in generators {
+                g.await.unwrap();
+            }
+            assert_eq!(stats.errors(), 0, "client-visible errors");
+            reports
+        }
+    };
+    // The median over a phase's last reports of a number in them.
+    let median = |reports: &[serde_json::Value], key: &str| {
+        let mut v: Vec<f64> = reports.iter().map(|r| r[key].as_f64().unwrap()).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+
+    let alone = start().await;
+    let one = phase(vec![("alone", alone.proxy, alone.admin)], RATE_RPS).await;
+    drop(alone);
+    let (pod_a, pod_b) = (start().await, start().await);
+    let two = phase(
+        vec![
+            ("pod a", pod_a.proxy, pod_a.admin),
+            ("pod b", pod_b.proxy, pod_b.admin),
+        ],
+        RATE_RPS / 2.0,
+    )
+    .await;
+    eprintln!("alone: {:#}", one[0].last().unwrap());
+    eprintln!("pod a: {:#}", two[0].last().unwrap());
+    eprintln!("pod b: {:#}", two[1].last().unwrap());
+    let capacity_alone = median(&one[0], "capacity_per_backend_rps");
+    let recommended_alone = median(&one[0], "recommended_backends");
+    assert_eq!(one[0].last().unwrap()["capacity_source"], "reported load");
+    // One backend serves ~190 rps: the pod taking all the traffic sees it whole.
+    assert!(
+        (120.0..260.0).contains(&capacity_alone),
+        "capacity {capacity_alone}"
+    );
+    assert!(
+        (6.0..=10.0).contains(&recommended_alone),
+        "alone: {recommended_alone}"
+    );
+    for (k, name) in ["pod a", "pod b"].iter().enumerate() {
+        let reports = &two[k];
+        assert_eq!(reports.last().unwrap()["capacity_source"], "reported load");
+        // Half the requests for the same load: half a backend's capacity, from this pod's view.
+        let share = median(reports, "capacity_per_backend_rps") / capacity_alone;
+        assert!(
+            (0.35..0.65).contains(&share),
+            "{name}: capacity {share:.2} of one pod's"
+        );
+        // And so backends for the whole pool, not for its half of the requests.
+        let recommended = median(reports, "recommended_backends");
+        assert!(
+            (recommended - recommended_alone).abs() <= 1.0,
+            "{name} recommends {recommended}, one pod alone {recommended_alone}: {:#}",
+            reports.last().unwrap()
+        );
+    }
+}

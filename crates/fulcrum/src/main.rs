@@ -107,9 +107,19 @@ struct SimArgs {
     #[arg(long)]
     forecast_model: Option<PathBuf>,
     /// Proxies sharing the backends, each with its own pickers and control loop; the load is
-    /// split evenly over them (as the replicas of a Deployment behind one Service).
+    /// split evenly over them (as the replicas of a Deployment behind one Service). Each runs
+    /// its own demand tracking for the `forecast` scalers, which follow the highest of their
+    /// recommendations (the `max` of the Kubernetes recipes).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     replicas: u32,
+    /// How arrivals reach the replicas: `turns` (each in turn) or `random` (each arrival to a
+    /// replica drawn at random, as a Service spreads independent clients).
+    #[arg(long, default_value = "turns", value_parser = ["turns", "random"])]
+    split: String,
+    /// How several replicas' recommendations become the `forecast` scalers' count: `max` (the
+    /// Kubernetes recipes' query) or `mean` (rounded up).
+    #[arg(long, default_value = "max", value_parser = ["max", "mean"])]
+    combine: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,6 +152,15 @@ struct LabArgs {
     /// an upgraded process reads back.
     #[arg(long)]
     history_file: bool,
+    /// With --scaler: this many proxies in front of the pool, as a Deployment's replicas behind
+    /// one Service (each its share of the load, every pool change applied to each; `forecast`
+    /// follows the highest of their recommendations).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    proxies: u32,
+    /// With --proxies: how their recommendations become the `forecast` scaler's count, `max`
+    /// (the Kubernetes recipes' query) or `mean` (rounded up).
+    #[arg(long, default_value = "max", value_parser = ["max", "mean"])]
+    combine: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -202,6 +221,12 @@ fn sim(args: SimArgs) -> ExitCode {
     let mut opts = SimOptions {
         seed: args.seed,
         replicas: args.replicas,
+        split: if args.split == "random" {
+            fulcrum_sim::ProxySplit::Random
+        } else {
+            fulcrum_sim::ProxySplit::Turns
+        },
+        combine: args.combine.parse().unwrap_or_default(),
         ..SimOptions::default()
     };
     if policies.iter().any(Policy::needs_model) {
@@ -321,6 +346,9 @@ fn sim_autoscaled(
             "scenario": scenario.name,
             "seed": opts.seed.unwrap_or(scenario.seed),
             "mode": "sim",
+            "replicas": opts.replicas,
+            "split": if opts.split == fulcrum_sim::ProxySplit::Random { "random" } else { "turns" },
+            "combine": opts.combine.to_string(),
             "results": results,
         });
         if let Err(e) = write_json(path, &doc) {
@@ -383,8 +411,10 @@ fn lab(args: LabArgs) -> ExitCode {
     if !args.scalers.is_empty() {
         return lab_autoscaled(&scenario, args, exe);
     }
-    if args.upgrade_at.is_some() || args.history_file {
-        return fail("--upgrade-at and --history-file go with --scaler (an autoscaled lab run)");
+    if args.upgrade_at.is_some() || args.history_file || args.proxies > 1 {
+        return fail(
+            "--upgrade-at, --history-file and --proxies go with --scaler (an autoscaled lab run)",
+        );
     }
     let mut opts = fulcrum_lab::LabOptions::new(exe);
     if !args.run.policies.is_empty() {
@@ -440,6 +470,8 @@ fn lab_autoscaled(scenario: &fulcrum_scenario::Scenario, args: LabArgs, exe: Pat
     opts.extra_pool_toml = args.pool_toml;
     opts.upgrade_at_s = args.upgrade_at;
     opts.history_file = args.history_file;
+    opts.proxies = args.proxies;
+    opts.combine = args.combine.parse().unwrap_or_default();
     let runs = match run_autoscale_lab(scenario, &opts) {
         Ok(r) => r,
         Err(e) => return fail(format!("{e:#}")),
@@ -476,6 +508,11 @@ fn lab_autoscaled(scenario: &fulcrum_scenario::Scenario, args: LabArgs, exe: Pat
             o.insert("membership".into(), serde_json::json!(run.membership));
             o.insert("stopped".into(), serde_json::json!(run.stopped));
             o.insert("upgraded_at_s".into(), serde_json::json!(run.upgraded_at_s));
+            o.insert("proxies".into(), serde_json::json!(run.proxies));
+            o.insert(
+                "combine".into(),
+                serde_json::json!(opts.combine.to_string()),
+            );
             // JSON has no infinity: a window whose p99 request failed is written as null too.
             let p99: Vec<Option<f64>> = run
                 .slo_window_p99_ms

@@ -81,6 +81,15 @@ pub struct AutoscaleLabOptions {
     /// The pool keeps its rate series in a `history_file` of its own (one per run), which the
     /// upgraded process reads back.
     pub history_file: bool,
+    /// Proxies in front of the pool (default 1), like the replicas of a Deployment behind one
+    /// Service: each gets its share of the load from a generator of its own (Poisson at the
+    /// scenario's rate / N, so each arrival reaches one proxy at random) and every pool change
+    /// is applied to each; the `forecast` scaler follows the highest of their recommendations,
+    /// as the Kubernetes recipes' `max` does.
+    pub proxies: u32,
+    /// How the proxies' recommendations become the `forecast` scaler's count (default the
+    /// highest, the recipes' `max`).
+    pub combine: fulcrum_sim::Combine,
 }
 
 impl AutoscaleLabOptions {
@@ -99,6 +108,8 @@ impl AutoscaleLabOptions {
             extra_pool_toml: String::new(),
             upgrade_at_s: None,
             history_file: false,
+            proxies: 1,
+            combine: fulcrum_sim::Combine::Max,
         }
     }
 }
@@ -119,7 +130,7 @@ pub struct LabSample {
     /// The scaler's answer.
     pub desired: u32,
     /// `fulcrum_pool_recommended_backends` as the proxy exported it at this step (whatever the
-    /// scaler), when it has one.
+    /// scaler), when it has one; with several proxies, theirs combined (`combine`).
     pub recommended: Option<f64>,
     /// From the proxy's `GET /api/forecast?pool=lab` at this step, for plots and diagnosis:
     /// the rate it recorded, the demand it planned for, its capacity per backend and the
@@ -209,6 +220,8 @@ pub struct AutoscaleLabRun {
     pub slo_window_p99_ms: Vec<Option<f64>>,
     /// When the proxy was upgraded (the new process took the listeners), scenario seconds.
     pub upgraded_at_s: Option<f64>,
+    /// Proxies in front of the pool.
+    pub proxies: u32,
 }
 
 /// Play `scenario` (which needs `[autoscale]`) against the real proxy once per scaler.
@@ -220,6 +233,11 @@ pub fn run_autoscale_lab(
     opts: &AutoscaleLabOptions,
 ) -> anyhow::Result<Vec<AutoscaleLabRun>> {
     crate::check_run(opts.time_scale, &opts.fulcrum_bin)?;
+    anyhow::ensure!(opts.proxies >= 1, "a lab run needs at least one proxy");
+    anyhow::ensure!(
+        opts.proxies == 1 || opts.upgrade_at_s.is_none(),
+        "an upgrade in the middle of the run is played with one proxy"
+    );
     let full = fulcrum_sim::with_every_copy(scenario).map_err(|e| anyhow::anyhow!("{e}"))?;
     let a = full
         .autoscale
@@ -429,6 +447,8 @@ struct ProxyHandle {
     proxy: harness::Proxy,
     config: Config,
     membership: Vec<MembershipChange>,
+    /// Where the load generator sends this proxy's share (an upgrade keeps the address).
+    listen: SocketAddr,
 }
 
 impl ProxyHandle {
@@ -669,55 +689,64 @@ async fn run_scaler(
         fleet.start_copy(k).await?;
     }
 
-    let (listen, admin) = harness::loopback_pair().context("cannot pick free ports")?;
-    // The upgrade socket and the history file of this run, in a directory only it uses.
+    // The upgrade socket and the history files of this run, in a directory only it uses.
     let state_dir = harness::private_dir().context("cannot make a private directory")?;
     let members = fleet.members();
     let backends: Vec<(SocketAddr, u32)> = members.iter().map(|(_, a)| (*a, 1)).collect();
-    let mut config = proxy::proxy_config(
-        listen,
-        admin,
-        opts.algorithm,
-        WeightSource::Static,
-        &backends,
-        "",
-        scale,
-    )?;
-    {
-        let pool = config
-            .pools
-            .iter_mut()
-            .find(|p| p.name == POOL)
-            .context("no lab pool")?;
-        pool.autoscale = Some(scaled_autoscale(
-            a,
-            fixed_count,
-            stabilization,
-            spare,
+    let mut handles = Vec::with_capacity(opts.proxies as usize);
+    for k in 0..opts.proxies {
+        let (listen, admin) = harness::loopback_pair().context("cannot pick free ports")?;
+        let mut config = proxy::proxy_config(
+            listen,
+            admin,
+            opts.algorithm,
+            WeightSource::Static,
+            &backends,
+            "",
             scale,
-        ));
-        // Membership follows the scaler; health checks only need to notice a dead server.
-        pool.health_check.interval = Duration::from_secs(1);
-        pool.health_check.timeout = Duration::from_millis(500);
-        let step = pool.autoscale.as_ref().map_or(MIN_TICK, |x| x.step);
-        config.control.tick = (step / 5).max(MIN_TICK);
-        if let (true, Some(a)) = (opts.history_file, pool.autoscale.as_mut()) {
-            a.history_file = Some(state_dir.path().join("lab.csv"));
+        )?;
+        {
+            let pool = config
+                .pools
+                .iter_mut()
+                .find(|p| p.name == POOL)
+                .context("no lab pool")?;
+            pool.autoscale = Some(scaled_autoscale(
+                a,
+                fixed_count,
+                stabilization,
+                spare,
+                scale,
+            ));
+            // Membership follows the scaler; health checks only need to notice a dead server.
+            pool.health_check.interval = Duration::from_secs(1);
+            pool.health_check.timeout = Duration::from_millis(500);
+            let step = pool.autoscale.as_ref().map_or(MIN_TICK, |x| x.step);
+            config.control.tick = (step / 5).max(MIN_TICK);
+            if let (true, Some(a)) = (opts.history_file, pool.autoscale.as_mut()) {
+                let name = if k == 0 {
+                    "lab.csv".to_string()
+                } else {
+                    format!("lab-{k}.csv")
+                };
+                a.history_file = Some(state_dir.path().join(name));
+            }
         }
+        if opts.upgrade_at_s.is_some() {
+            config.server.upgrade_sock = state_dir.path().join("upgrade.sock");
+            // The requests in flight at the hand-over get the default grace period to finish,
+            // as in production (the lab's proxy otherwise stops at once).
+            config.server.grace_period_s = fulcrum_config::server_defaults::GRACE_PERIOD_S;
+        }
+        let config = harness::with_pool_toml(&config, POOL, &opts.extra_pool_toml)?;
+        let proxy = harness::Proxy::start(&opts.fulcrum_bin, &config).await?;
+        handles.push(ProxyHandle {
+            proxy,
+            config,
+            membership: Vec::new(),
+            listen,
+        });
     }
-    if opts.upgrade_at_s.is_some() {
-        config.server.upgrade_sock = state_dir.path().join("upgrade.sock");
-        // The requests in flight at the hand-over get the default grace period to finish, as
-        // in production (the lab's proxy otherwise stops at once).
-        config.server.grace_period_s = fulcrum_config::server_defaults::GRACE_PERIOD_S;
-    }
-    let config = harness::with_pool_toml(&config, POOL, &opts.extra_pool_toml)?;
-    let proxy = harness::Proxy::start(&opts.fulcrum_bin, &config).await?;
-    let mut handle = ProxyHandle {
-        proxy,
-        config,
-        membership: Vec::new(),
-    };
 
     // Scenario time 0 is the moment load starts.
     let clock = LabClock::new(scale);
@@ -730,13 +759,14 @@ async fn run_scaler(
             server.set_clock(clock);
         }
     }
-    handle
-        .record(&members, 0.0, |a| fleet.name_of(a))
-        .await
-        .context("the proxy did not start with the initial pool")?;
+    for handle in &mut handles {
+        handle
+            .record(&members, 0.0, |a| fleet.name_of(a))
+            .await
+            .context("the proxy did not start with the initial pool")?;
+    }
 
     let names: Vec<String> = full.backends.iter().map(|b| b.name.clone()).collect();
-    let cfg = crate::scenario_load(scenario, listen, clock, names.clone());
     let stats = Arc::new(LoadStats::default());
     let progress = opts.progress.then(|| {
         tokio::spawn(crate::show_progress(
@@ -746,10 +776,22 @@ async fn run_scaler(
             stats.clone(),
         ))
     });
-    let load = {
-        let stats = stats.clone();
-        tokio::spawn(async move { loadgen::run(&cfg, stats).await })
-    };
+    // One generator per proxy, each at its share of the rate with a seed of its own: together
+    // a Poisson process at the scenario's rate, each arrival reaching one proxy at random.
+    let share = 1.0 / f64::from(opts.proxies);
+    let loads: Vec<_> = handles
+        .iter()
+        .enumerate()
+        .map(|(k, handle)| {
+            let mut cfg = crate::scenario_load(scenario, handle.listen, clock, names.clone());
+            if opts.proxies > 1 {
+                cfg.load = cfg.load.scaled(share);
+                cfg.seed = cfg.seed.wrapping_add(k as u64);
+            }
+            let stats = stats.clone();
+            tokio::spawn(async move { loadgen::run(&cfg, stats).await })
+        })
+        .collect();
 
     let mut existing = Integral::new(scenario.warmup_s, scenario.duration_s);
     existing.set(0.0, f64::from(fleet.existing()));
@@ -772,12 +814,21 @@ async fn run_scaler(
         retired: Vec::new(),
         reloads_held_until: None,
         reload_pending: false,
+        combine: opts.combine,
     };
-    let driven = driver.drive(&mut fleet, &mut handle, &mut existing).await;
+    let driven = driver.drive(&mut fleet, &mut handles, &mut existing).await;
     let records = match driven {
-        Ok(()) => load.await.context("the load generator failed")?,
+        Ok(()) => {
+            let mut records = Vec::new();
+            for load in loads {
+                records.extend(load.await.context("the load generator failed")?);
+            }
+            records
+        }
         Err(e) => {
-            load.abort();
+            for load in &loads {
+                load.abort();
+            }
             if let Some(p) = progress {
                 p.abort();
             }
@@ -802,7 +853,10 @@ async fn run_scaler(
             old.log_tail()
         );
     }
-    handle.proxy.stop();
+    let membership = std::mem::take(&mut handles[0].membership);
+    for handle in handles {
+        handle.proxy.stop();
+    }
     drop(fleet);
 
     let result = PolicyResult::from_records(
@@ -835,11 +889,12 @@ async fn run_scaler(
             timeline: Vec::new(),
         },
         timeline,
-        membership: handle.membership,
+        membership,
         stopped,
         window_s: scenario.duration_s - scenario.warmup_s,
         slo_window_p99_ms: count.window_p99_ms,
         upgraded_at_s,
+        proxies: opts.proxies,
     })
 }
 
@@ -867,6 +922,8 @@ struct Driver<'r> {
     reloads_held_until: Option<Instant>,
     /// A pool change is waiting.
     reload_pending: bool,
+    /// How the proxies' recommendations combine.
+    combine: fulcrum_sim::Combine,
 }
 
 impl Driver<'_> {
@@ -891,7 +948,7 @@ impl Driver<'_> {
     async fn drive(
         &mut self,
         fleet: &mut Fleet,
-        proxy: &mut ProxyHandle,
+        proxies: &mut [ProxyHandle],
         existing: &mut Integral,
     ) -> anyhow::Result<()> {
         let period = self.rule.period_s(self.a);
@@ -934,7 +991,7 @@ impl Driver<'_> {
 
             if self.upgrade_at_s.is_some_and(|at| now_s >= at) {
                 self.upgrade_at_s = None;
-                self.upgrade(proxy).await?;
+                self.upgrade(&mut proxies[0]).await?;
             }
             if now_s >= next_step {
                 // Steps missed while the loop was held (an upgrade) are skipped, not caught up
@@ -947,8 +1004,13 @@ impl Driver<'_> {
                 let sent = self.stats.sent();
                 let arrivals_rps = (sent - last_sent) as f64 / elapsed.as_secs_f64().max(1e-9);
                 last_sent = sent;
-                let recommended = read_recommended(proxy.proxy.admin()).await;
-                let forecast = read_forecast(proxy.proxy.admin()).await;
+                // The proxies that answered, combined as the Kubernetes query does.
+                let mut answers = Vec::with_capacity(proxies.len());
+                for p in proxies.iter() {
+                    answers.extend(read_recommended(p.proxy.admin()).await);
+                }
+                let recommended = self.combine.apply(&answers);
+                let forecast = read_forecast(proxies[0].proxy.admin()).await;
                 let replicas = fleet.serving() + fleet.provisioning();
                 let utilisation = fleet.utilisation(elapsed);
                 let desired = match &mut *self.rule {
@@ -981,7 +1043,9 @@ impl Driver<'_> {
                 self.reload_pending = false;
                 let members = fleet.members();
                 let t = self.clock.scenario_time();
-                proxy.apply(&members, t, |a| fleet.name_of(a)).await?;
+                for p in proxies.iter_mut() {
+                    p.apply(&members, t, |a| fleet.name_of(a)).await?;
+                }
                 let reloaded = Instant::now();
                 for s in &mut fleet.states {
                     if let CopyState::Draining { removed, .. } = s {

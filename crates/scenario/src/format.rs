@@ -92,6 +92,16 @@ pub struct Load {
 }
 
 impl Load {
+    /// The same load at `factor` times the rate (steps' rates included; the diurnal cycle and
+    /// the bursts are multipliers and stay): the share of one of several proxies.
+    pub fn scaled(&self, factor: f64) -> Load {
+        Load {
+            rate_rps: self.rate_rps * factor,
+            steps: self.steps.iter().map(|&(at, r)| (at, r * factor)).collect(),
+            ..self.clone()
+        }
+    }
+
     /// The arrival rate in force at `t` seconds: the step's rate, times the diurnal cycle at
     /// the start of `t`'s slice, times every burst in force.
     pub fn rate_at(&self, t: f64) -> f64 {

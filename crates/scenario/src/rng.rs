@@ -22,6 +22,8 @@ pub enum Stream {
     P2c,
     /// Service times and failures of the backend at this index in the scenario.
     Backend(usize),
+    /// Which proxy an arrival reaches, when several share the backends at random.
+    Proxies,
 }
 
 impl Stream {
@@ -30,6 +32,7 @@ impl Stream {
         match self {
             Stream::Arrivals => 1,
             Stream::P2c => 2,
+            Stream::Proxies => 3,
             Stream::Backend(i) => 0x100 + i as u64,
         }
     }

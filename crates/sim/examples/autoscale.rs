@@ -13,6 +13,10 @@
 //! with `forecast_model` does. With `RESTART_AT=S` (or `warmup`: at the end of each
 //! scenario's warm-up) the proxy running the `forecast` scalers restarts once then, losing what
 //! it learnt, or keeping its series as well with `RESTART_KEEPS_SERIES=1` (`history_file`).
+//! With `PROXIES=N`, N proxies share the backends, each arrival reaching one of them at random
+//! (as a Service spreads independent clients); each runs its own demand tracking on the
+//! requests that reach it, and the `forecast` scalers follow the highest of their
+//! recommendations, as the Kubernetes recipes do (`COMBINE=mean`: their mean, rounded up).
 //!
 //! ```sh
 //! cargo run --release -p fulcrum-sim --example autoscale -- benches/scenarios/autoscale out/
@@ -76,6 +80,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             keep_series: std::env::var_os("RESTART_KEEPS_SERIES").is_some_and(|v| v == "1"),
         });
+    }
+    if let Ok(n) = std::env::var("PROXIES") {
+        opts.replicas = n.parse().map_err(|e| format!("PROXIES={n:?}: {e}"))?;
+        opts.split = fulcrum_sim::ProxySplit::Random;
+    }
+    if let Ok(c) = std::env::var("COMBINE") {
+        opts.combine = c.parse()?;
     }
     let kinds = scalers()?;
     let mut out = String::new();

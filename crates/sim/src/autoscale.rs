@@ -138,6 +138,22 @@ pub struct ScaleView {
     pub pool_backends: u32,
     /// Backends of the pool that are not scaled.
     pub fixed_backends: u32,
+    /// What each proxy sharing the backends saw of its own attempts (one entry per proxy).
+    pub proxies: Vec<ProxyView>,
+}
+
+/// One proxy's own attempts over a step, as its control thread counts them: with several
+/// proxies sharing the backends, each counts only the requests that reached it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProxyView {
+    /// Attempts this proxy's requests completed per second (retries included).
+    pub attempts_rps: f64,
+    /// Share of those attempts that failed.
+    pub error_share: f64,
+    /// Mean latency of those attempts, ms (`None` without any).
+    pub mean_latency_ms: Option<f64>,
+    /// How much this proxy's attempts in flight grew over the period, per second.
+    pub in_flight_growth_rps: f64,
 }
 
 /// A rule that sets the number of copies.
@@ -294,6 +310,56 @@ impl Scaler for Hpa {
 /// Seconds per step of the forecast scaler (the proxy's default `[pools.NAME.autoscale] step`).
 pub const FORECAST_STEP_S: f64 = 10.0;
 
+/// How the recommendations of several fulcrum pods for one pool become one count: the
+/// aggregation of the Kubernetes recipes' query (`docker/k8s/autoscale/`), whose target of 1
+/// per replica then rounds it up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Combine {
+    /// `max(...)`: the highest (the recipes' choice; a pod that has just started cannot pull
+    /// the count down).
+    #[default]
+    Max,
+    /// `avg(...)`, rounded up: the pods' counting noise averages out.
+    Mean,
+}
+
+impl Combine {
+    /// The count for `recommendations` (one per pod that has one), `None` without any.
+    pub fn apply(self, recommendations: &[f64]) -> Option<f64> {
+        if recommendations.is_empty() {
+            return None;
+        }
+        Some(match self {
+            Combine::Max => recommendations.iter().copied().fold(f64::MIN, f64::max),
+            Combine::Mean => {
+                (recommendations.iter().sum::<f64>() / recommendations.len() as f64).ceil()
+            }
+        })
+    }
+}
+
+impl FromStr for Combine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "max" => Ok(Combine::Max),
+            "mean" | "avg" => Ok(Combine::Mean),
+            _ => Err(format!(
+                "{s:?}: the pods' recommendations combine by max or mean"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Combine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Combine::Max => "max",
+            Combine::Mean => "mean",
+        })
+    }
+}
+
 /// fulcrum's scaler: the proxy's own demand tracking ([`PoolDemand`], the code its control
 /// thread runs per autoscaled pool) on the simulated pool. Every step the simulator hands it
 /// what the pool did ([`StepObservation`]: completed attempts per second, error share, mean
@@ -303,6 +369,10 @@ pub const FORECAST_STEP_S: f64 = 10.0;
 /// scale-down stabilisation, as the proxy recommends it.
 pub struct ForecastScaler {
     demand: PoolDemand,
+    /// The demand tracking of every other proxy sharing the backends (none with one proxy).
+    others: Vec<PoolDemand>,
+    /// How the proxies' recommendations become the count.
+    combine: Combine,
     planned: Option<f64>,
     model: Option<OnnxForecaster>,
     /// When the proxy restarts, and whether its series comes back.
@@ -350,10 +420,21 @@ impl ForecastScaler {
         };
         Self {
             demand: PoolDemand::new(pool, settings, now_ns),
+            others: Vec::new(),
+            combine: Combine::Max,
             planned: None,
             model,
             restart: None,
         }
+    }
+
+    /// `proxies` proxies share the backends, each with its own demand tracking of the
+    /// requests that reach it. The count followed is their recommendations combined as the
+    /// Kubernetes recipes' query over fulcrum's pods does (`docker/k8s/autoscale/`).
+    pub fn proxies(mut self, proxies: usize, combine: Combine) -> Self {
+        self.others = (1..proxies).map(|_| self.demand.afresh()).collect();
+        self.combine = combine;
+        self
     }
 
     /// Restart the proxy at `at_s` simulated seconds: its demand tracking starts afresh,
@@ -378,25 +459,56 @@ impl Scaler for ForecastScaler {
         if let Some((at_s, keep_series)) = self.restart {
             if v.t_s >= at_s {
                 self.restart = None;
-                let mut fresh = self.demand.afresh();
-                if keep_series {
-                    fresh.prepend(&self.demand.series());
+                for demand in std::iter::once(&mut self.demand).chain(&mut self.others) {
+                    let mut fresh = demand.afresh();
+                    if keep_series {
+                        fresh.prepend(&demand.series());
+                    }
+                    *demand = fresh;
                 }
-                self.demand = fresh;
             }
         }
-        let obs = StepObservation {
-            rate_rps: v.attempts_rps,
-            error_share: v.error_share,
-            mean_latency_ms: v.mean_latency_ms,
-            reported_load: (v.pool_backends > 0).then_some(v.pool_utilisation),
-            backends: v.pool_backends,
-            healthy: v.pool_backends,
-            in_flight_growth_rps: v.in_flight_growth_rps,
-        };
-        let report = self.demand.record(obs, self.model.as_mut());
-        self.planned = Some(report.planned_rps);
-        report.recommended_backends.saturating_sub(v.fixed_backends)
+        // The backends report their load, which every proxy's traffic makes.
+        let observe =
+            |rate_rps, error_share, mean_latency_ms, in_flight_growth_rps| StepObservation {
+                rate_rps,
+                error_share,
+                mean_latency_ms,
+                reported_load: (v.pool_backends > 0).then_some(v.pool_utilisation),
+                backends: v.pool_backends,
+                healthy: v.pool_backends,
+                in_flight_growth_rps,
+            };
+        if self.others.is_empty() {
+            let obs = observe(
+                v.attempts_rps,
+                v.error_share,
+                v.mean_latency_ms,
+                v.in_flight_growth_rps,
+            );
+            let report = self.demand.record(obs, self.model.as_mut());
+            self.planned = Some(report.planned_rps);
+            return report.recommended_backends.saturating_sub(v.fixed_backends);
+        }
+        // Each proxy on what reached it; the plan shown is theirs added up.
+        let (mut recommended, mut planned) = (Vec::with_capacity(v.proxies.len()), 0.0);
+        for (demand, p) in std::iter::once(&mut self.demand)
+            .chain(&mut self.others)
+            .zip(&v.proxies)
+        {
+            let obs = observe(
+                p.attempts_rps,
+                p.error_share,
+                p.mean_latency_ms,
+                p.in_flight_growth_rps,
+            );
+            let report = demand.record(obs, self.model.as_mut());
+            recommended.push(f64::from(report.recommended_backends));
+            planned += report.planned_rps;
+        }
+        self.planned = Some(planned);
+        let count = self.combine.apply(&recommended).unwrap_or(0.0) as u32;
+        count.saturating_sub(v.fixed_backends)
     }
 
     fn planned_rps(&self) -> Option<f64> {

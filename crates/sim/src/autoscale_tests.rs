@@ -340,6 +340,17 @@ fn scaler_names_parse_and_print_back() {
     }
 }
 
+/// `sc` under the forecast scaler with the proxy's defaults, least connections.
+fn forecast_run(sc: &Scenario, opts: &SimOptions) -> crate::AutoscaleRun {
+    simulate_autoscaled(
+        sc,
+        &Policy::LeastConnections,
+        ScalerKind::Forecast(None, 0),
+        opts,
+    )
+    .unwrap()
+}
+
 /// A restart of the proxy loses what its demand tracking learnt: the forecast scaler then
 /// plans from the rate arriving (its warm-up) and without the season, for as long as it takes
 /// to count two cycles again. With its series kept (`history_file`), it plans on as before.
@@ -359,15 +370,7 @@ fn a_restart_keeps_the_plan_only_with_the_series() {
             }),
             ..SimOptions::default()
         };
-        simulate_autoscaled(
-            &sc,
-            &Policy::LeastConnections,
-            ScalerKind::Forecast(None, 0),
-            &opts,
-        )
-        .unwrap()
-        .autoscale
-        .timeline
+        forecast_run(&sc, &opts).autoscale.timeline
     };
     let (none, lost, kept) = (run(None), run(Some(false)), run(Some(true)));
     let plans = |t: &[crate::autoscale::ScaleSample], from: f64, to: f64| -> Vec<f64> {
@@ -417,5 +420,74 @@ fn a_restart_keeps_the_plan_only_with_the_series() {
     assert!(
         lost_same * 10 < n * 6,
         "lost: {lost_same} of {n} steps planned as without a restart"
+    );
+}
+
+/// Two proxies share the backends, each arrival reaching one of them at random: each counts
+/// half the requests but reads the load every request puts on the backends, so each estimates
+/// half a backend's capacity for its half of the rate and recommends backends for the whole
+/// pool. Following the higher of the two (the Kubernetes recipes' `max` over the pods) runs
+/// the pool as one proxy seeing everything would.
+#[test]
+fn two_proxies_each_recommend_for_the_whole_pool() {
+    let sc = scenario(
+        "rate_rps = 600\ndiurnal = { period_s = 1200, amplitude = 0.5 }",
+        3000.0,
+        60.0,
+        12,
+    );
+    let run = |replicas: u32| {
+        let opts = SimOptions {
+            replicas,
+            split: crate::ProxySplit::Random,
+            ..SimOptions::default()
+        };
+        forecast_run(&sc, &opts)
+    };
+    let (one, two) = (run(1), run(2));
+    let desired = |r: &crate::AutoscaleRun| -> Vec<u32> {
+        r.autoscale
+            .timeline
+            .iter()
+            .filter(|s| s.t_s >= 600.0)
+            .map(|s| s.desired)
+            .collect()
+    };
+    let (d1, d2) = (desired(&one), desired(&two));
+    assert_eq!(d1.len(), d2.len());
+    // Sized for half the traffic, the pool would run about half as many copies (4–5 of 9 at
+    // the peak): within one copy of the single proxy's count on nine steps in ten.
+    let close = d1
+        .iter()
+        .zip(&d2)
+        .filter(|(a, b)| a.abs_diff(**b) <= 1)
+        .count();
+    assert!(
+        close * 10 >= d1.len() * 9,
+        "{close} of {} steps within one copy: one proxy {d1:?}, two {d2:?}",
+        d1.len()
+    );
+    let mean = |d: &[u32]| d.iter().map(|&x| f64::from(x)).sum::<f64>() / d.len() as f64;
+    let ratio = mean(&d2) / mean(&d1);
+    assert!(
+        (0.95..1.15).contains(&ratio),
+        "two proxies run {ratio:.2}x the copies of one"
+    );
+    // And the plan (the two proxies' added up) is the single proxy's, give or take the noise
+    // of counting half the requests each.
+    let plans = |r: &crate::AutoscaleRun| -> f64 {
+        let t: Vec<f64> = r
+            .autoscale
+            .timeline
+            .iter()
+            .filter(|s| s.t_s >= 600.0)
+            .map(|s| s.planned_rps.unwrap())
+            .collect();
+        t.iter().sum::<f64>() / t.len() as f64
+    };
+    let plan_ratio = plans(&two) / plans(&one);
+    assert!(
+        (0.95..1.1).contains(&plan_ratio),
+        "plans {plan_ratio:.2}x one proxy's"
     );
 }

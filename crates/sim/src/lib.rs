@@ -16,12 +16,14 @@ mod autoscale_tests;
 #[cfg(test)]
 mod tests;
 
-pub use autoscale::{AutoscaleStats, ScaleSample, ScaleView, Scaler, ScalerKind};
+pub use autoscale::{
+    AutoscaleStats, Combine, ProxyView, ScaleSample, ScaleView, Scaler, ScalerKind,
+};
 pub use features::{export_features, features_header, write_feature_rows, FeatureExport};
 pub use fulcrum_scenario::{ParsePolicyError, Policy};
 pub use sim::{
     peak_sized_count, simulate, simulate_all, simulate_autoscaled, simulate_autoscaled_detailed,
     simulate_detailed, with_every_copy, AutoscaleRun, BackendTruth, ControllerFactory,
-    ForecastModelFactory, ForecastRestart, SimError, SimOptions, SimOutput, SimStats, TickSnapshot,
-    WeightController, AUTOSCALE_TABLE_HEADER,
+    ForecastModelFactory, ForecastRestart, ProxySplit, SimError, SimOptions, SimOutput, SimStats,
+    TickSnapshot, WeightController, AUTOSCALE_TABLE_HEADER,
 };

@@ -36,8 +36,8 @@ use fulcrum_scenario::rng::{stream_seed, Rng, Stream};
 use fulcrum_scenario::{Policy, Scenario};
 
 use crate::autoscale::{
-    AutoscaleStats, ForecastScaler, Hpa, HpaSettings, OracleScaler, ScaleSample, ScaleView, Scaler,
-    ScalerKind, StaticScaler,
+    AutoscaleStats, ForecastScaler, Hpa, HpaSettings, OracleScaler, ProxyView, ScaleSample,
+    ScaleView, Scaler, ScalerKind, StaticScaler,
 };
 
 /// Sets pool weights from each control tick's observations, on simulated time.
@@ -80,10 +80,26 @@ pub struct SimOptions {
     pub weight_controller: Option<Arc<ControllerFactory>>,
     /// Proxies sharing the backends (default 1).
     pub replicas: u32,
+    /// How arrivals are spread over the proxies when there are several (default in turns).
+    pub split: ProxySplit,
+    /// How the proxies' recommendations become the `forecast` scalers' count (default the
+    /// highest).
+    pub combine: crate::autoscale::Combine,
     /// The forecast model of the `forecast` scalers (default none: the built-in forecaster).
     pub forecast_model: Option<Arc<ForecastModelFactory>>,
     /// Restart the proxy that runs the `forecast` scalers once (default never).
     pub forecast_restart: Option<ForecastRestart>,
+}
+
+/// How arrivals reach the proxies that share the backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProxySplit {
+    /// Each proxy in turn: every proxy sees the same share of every second.
+    #[default]
+    Turns,
+    /// Each arrival to a proxy drawn at random, as a Service or a cloud load balancer spreads
+    /// independent clients: each proxy's count is a Poisson count of its share.
+    Random,
 }
 
 /// A restart of the proxy whose demand tracking a `forecast` scaler runs: everything it learnt
@@ -112,6 +128,8 @@ impl Default for SimOptions {
             refused_ms: 0.1,
             weight_controller: None,
             replicas: 1,
+            split: ProxySplit::Turns,
+            combine: crate::autoscale::Combine::Max,
             forecast_model: None,
             forecast_restart: None,
         }
@@ -132,6 +150,8 @@ impl fmt::Debug for SimOptions {
             .field("refused_ms", &self.refused_ms)
             .field("weight_controller", &self.weight_controller.is_some())
             .field("replicas", &self.replicas)
+            .field("split", &self.split)
+            .field("combine", &self.combine)
             .field("forecast_model", &self.forecast_model.is_some())
             .field("forecast_restart", &self.forecast_restart)
             .finish()
@@ -467,8 +487,38 @@ struct BackendSim {
 }
 
 /// One proxy: its pool, control loop, tick window and health checker, one tracker per backend.
+/// One proxy's running counts of its own attempts.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProxyCounts {
+    attempts: u64,
+    failed: u64,
+    latency_ns: u128,
+    /// Attempts started and not finished yet (in service, queued, or refused and not yet told).
+    in_flight: i64,
+}
+
+impl ProxyCounts {
+    /// What this proxy saw since `last`, over `dt` seconds.
+    fn view_since(&self, last: &ProxyCounts, dt: f64) -> ProxyView {
+        let n = self.attempts - last.attempts;
+        ProxyView {
+            attempts_rps: n as f64 / dt,
+            error_share: if n > 0 {
+                (self.failed - last.failed) as f64 / n as f64
+            } else {
+                0.0
+            },
+            mean_latency_ms: (n > 0)
+                .then(|| (self.latency_ns - last.latency_ns) as f64 / n as f64 / 1e6),
+            in_flight_growth_rps: (self.in_flight - last.in_flight) as f64 / dt,
+        }
+    }
+}
+
 struct Replica {
     pool: Arc<Pool>,
+    /// What this proxy counts of its own attempts, as its control thread reads them.
+    counts: ProxyCounts,
     controller: Option<Box<dyn WeightController>>,
     observer: TickObserver,
     health: Vec<HealthTracker>,
@@ -481,6 +531,8 @@ struct Sim<'a> {
     replicas: Vec<Replica>,
     /// Arrivals so far, which pick the replica in turn.
     arrivals: u64,
+    /// Picks the replica of an arrival under [`ProxySplit::Random`].
+    split_rng: Rng,
     now: u64,
     seq: u64,
     events: u64,
@@ -546,6 +598,8 @@ struct Scaling {
     last_busy: Vec<f64>,
     /// Attempts in flight at every backend at the previous step.
     last_in_flight: u64,
+    /// Every proxy's counts at the previous step.
+    last_proxies: Vec<ProxyCounts>,
     scale_ups: u32,
     scale_downs: u32,
     peak_serving: u32,
@@ -579,6 +633,7 @@ impl<'a> Sim<'a> {
             .map(|(r, controller)| {
                 let pool = Self::pool(sc, policy, opts, seed, r);
                 Replica {
+                    counts: ProxyCounts::default(),
                     observer: TickObserver::new(&pool, 0),
                     health: (0..sc.backends.len())
                         .map(|_| {
@@ -627,6 +682,7 @@ impl<'a> Sim<'a> {
             free_requests: Vec::new(),
             outstanding: 0,
             arrival_rng: Rng::stream(seed, Stream::Arrivals),
+            split_rng: Rng::stream(seed, Stream::Proxies),
             oracle_rotation: 0,
             capacity_changes,
             next_capacity_change: 0,
@@ -808,7 +864,13 @@ impl<'a> Sim<'a> {
         if let Some(t) = self.next_arrival(now_s) {
             self.schedule(t, Kind::Arrival);
         }
-        let replica = (self.arrivals % self.replicas.len() as u64) as u32;
+        let n = self.replicas.len() as u64;
+        let replica = match self.opts.split {
+            ProxySplit::Random if n > 1 => {
+                ((self.split_rng.uniform() * n as f64) as u64).min(n - 1)
+            }
+            _ => self.arrivals % n,
+        } as u32;
         self.arrivals += 1;
         let req = Request {
             replica,
@@ -857,6 +919,7 @@ impl<'a> Sim<'a> {
         let r = &mut self.requests[id as usize];
         r.tried.insert(b);
         r.attempts += 1;
+        self.replicas[r.replica as usize].counts.in_flight += 1;
         let attempt = Attempt {
             req: id,
             backend: b as u32,
@@ -930,9 +993,12 @@ impl<'a> Sim<'a> {
             Fate::Refused | Fate::Queued => Outcome::ConnectFailure,
         };
         let r = self.requests[req as usize];
-        self.replicas[r.replica as usize]
-            .pool
-            .record(b, latency, outcome, self.now);
+        let replica = &mut self.replicas[r.replica as usize];
+        replica.counts.in_flight -= 1;
+        replica.counts.attempts += 1;
+        replica.counts.failed += u64::from(fate != Fate::Ok);
+        replica.counts.latency_ns += u128::from(latency);
+        replica.pool.record(b, latency, outcome, self.now);
         if r.arrival_ns >= self.warmup_ns {
             self.acc
                 .attempt(r.arrival_ns as f64 * 1e-9, b, outcome != Outcome::Success);
@@ -1238,7 +1304,8 @@ pub fn simulate_autoscaled_detailed(
                 .restarting(
                     opts.forecast_restart
                         .map(|r| (r.at_s.unwrap_or(sc.warmup_s), r.keep_series)),
-                ),
+                )
+                .proxies(opts.replicas as usize, opts.combine),
             ),
             a.initial,
         ),
@@ -1295,6 +1362,7 @@ impl Sim<'_> {
             last_attempts: (0, 0, 0),
             last_busy: vec![0.0; self.backends.len()],
             last_in_flight: 0,
+            last_proxies: self.replicas.iter().map(|r| r.counts).collect(),
             scale_ups: 0,
             scale_downs: 0,
             peak_serving: start,
@@ -1365,8 +1433,15 @@ impl Sim<'_> {
             pool_backends,
             fixed_backends: (self.backends.len() - s.slots.len()) as u32,
             in_flight_growth_rps: (in_flight as f64 - s.last_in_flight as f64) / dt,
+            proxies: self
+                .replicas
+                .iter()
+                .zip(&s.last_proxies)
+                .map(|(r, last)| r.counts.view_since(last, dt))
+                .collect(),
         };
         s.last_in_flight = in_flight;
+        s.last_proxies = self.replicas.iter().map(|r| r.counts).collect();
         s.last_ns = now;
         s.last_arrivals = self.arrivals_total;
         s.last_completed = self.completed_total;
