@@ -17,6 +17,9 @@
 //! (as a Service spreads independent clients); each runs its own demand tracking on the
 //! requests that reach it, and the `forecast` scalers follow the highest of their
 //! recommendations, as the Kubernetes recipes do (`COMBINE=mean`: their mean, rounded up).
+//! `PROXIES_ACTIVE=0:2,2400:3` runs the first 2 of them, then all 3 from 2,400 s (fulcrum's
+//! own Deployment scaled out; a proxy that joins starts with nothing learnt, or with
+//! `JOINING_READ_HISTORY=1` reads the pods' series back first, as with `history_prometheus`).
 //!
 //! ```sh
 //! cargo run --release -p fulcrum-sim --example autoscale -- benches/scenarios/autoscale out/
@@ -85,6 +88,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         opts.replicas = n.parse().map_err(|e| format!("PROXIES={n:?}: {e}"))?;
         opts.split = fulcrum_sim::ProxySplit::Random;
     }
+    if let Ok(changes) = std::env::var("PROXIES_ACTIVE") {
+        for change in changes.split(',') {
+            let parsed = change
+                .split_once(':')
+                .and_then(|(t, n)| Some((t.trim().parse().ok()?, n.trim().parse().ok()?)));
+            opts.active_proxies.push(parsed.ok_or_else(|| {
+                format!("PROXIES_ACTIVE={changes:?}: FROM_S:COUNT pairs, comma-separated")
+            })?);
+        }
+    }
+    opts.joining_proxies_read_history =
+        std::env::var_os("JOINING_READ_HISTORY").is_some_and(|v| v == "1");
     if let Ok(c) = std::env::var("COMBINE") {
         opts.combine = c.parse()?;
     }

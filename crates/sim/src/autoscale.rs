@@ -146,6 +146,8 @@ pub struct ScaleView {
 /// proxies sharing the backends, each counts only the requests that reached it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProxyView {
+    /// Whether the proxy takes arrivals now (it runs, and its recommendation counts).
+    pub active: bool,
     /// Attempts this proxy's requests completed per second (retries included).
     pub attempts_rps: f64,
     /// Share of those attempts that failed.
@@ -373,6 +375,10 @@ pub struct ForecastScaler {
     others: Vec<PoolDemand>,
     /// How the proxies' recommendations become the count.
     combine: Combine,
+    /// Which proxies have taken arrivals at a step so far.
+    started: Vec<bool>,
+    /// A proxy that joins later reads the pods' series back first (`history_prometheus`).
+    join_history: bool,
     planned: Option<f64>,
     model: Option<OnnxForecaster>,
     /// When the proxy restarts, and whether its series comes back.
@@ -422,6 +428,8 @@ impl ForecastScaler {
             demand: PoolDemand::new(pool, settings, now_ns),
             others: Vec::new(),
             combine: Combine::Max,
+            started: Vec::new(),
+            join_history: false,
             planned: None,
             model,
             restart: None,
@@ -434,6 +442,14 @@ impl ForecastScaler {
     pub fn proxies(mut self, proxies: usize, combine: Combine) -> Self {
         self.others = (1..proxies).map(|_| self.demand.afresh()).collect();
         self.combine = combine;
+        self
+    }
+
+    /// A proxy that starts after the first step reads back the series of the first proxy (one
+    /// pod's share of the rate, as `history_prometheus`'s default `avg(...)` over the pods
+    /// has it) before its first step, instead of starting from nothing.
+    pub fn joining_with_history(mut self, yes: bool) -> Self {
+        self.join_history = yes;
         self
     }
 
@@ -490,11 +506,27 @@ impl Scaler for ForecastScaler {
             self.planned = Some(report.planned_rps);
             return report.recommended_backends.saturating_sub(v.fixed_backends);
         }
-        // Each proxy on what reached it; the plan shown is theirs added up.
+        // A proxy that starts now has learnt nothing, unless it reads the pods' record back.
+        if self.started.is_empty() {
+            self.started = v.proxies.iter().map(|p| p.active).collect();
+        } else if self.join_history {
+            // The first proxy always runs (proxies join and leave from the last).
+            for (k, p) in v.proxies.iter().enumerate().skip(1) {
+                if p.active && !self.started[k] {
+                    let first = self.demand.series();
+                    self.others[k - 1].prepend(&first);
+                }
+            }
+        }
+        for (started, p) in self.started.iter_mut().zip(&v.proxies) {
+            *started |= p.active;
+        }
+        // Each running proxy on what reached it; the plan shown is theirs added up.
         let (mut recommended, mut planned) = (Vec::with_capacity(v.proxies.len()), 0.0);
         for (demand, p) in std::iter::once(&mut self.demand)
             .chain(&mut self.others)
             .zip(&v.proxies)
+            .filter(|(_, p)| p.active)
         {
             let obs = observe(
                 p.attempts_rps,

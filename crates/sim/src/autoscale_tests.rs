@@ -491,3 +491,32 @@ fn two_proxies_each_recommend_for_the_whole_pool() {
         "plans {plan_ratio:.2}x one proxy's"
     );
 }
+
+/// The proxies that take arrivals are a subset of the replicas, never none of them.
+#[test]
+fn active_proxies_are_checked() {
+    let sc = scenario("rate_rps = 100", 120.0, 30.0, 4);
+    for (changes, ok) in [
+        (vec![(0.0, 1), (60.0, 2)], true),
+        (vec![(60.0, 0)], false),
+        (vec![(60.0, 3)], false),
+    ] {
+        let opts = SimOptions {
+            replicas: 2,
+            active_proxies: changes.clone(),
+            ..SimOptions::default()
+        };
+        match simulate_autoscaled(
+            &sc,
+            &Policy::LeastConnections,
+            ScalerKind::Forecast(None, 0),
+            &opts,
+        ) {
+            Ok(_) => assert!(ok, "{changes:?} accepted"),
+            Err(e) => {
+                assert!(!ok, "{changes:?}: {e}");
+                assert!(e.to_string().contains("active proxies from 60 s"), "{e}");
+            }
+        }
+    }
+}

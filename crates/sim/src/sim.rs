@@ -82,6 +82,14 @@ pub struct SimOptions {
     pub replicas: u32,
     /// How arrivals are spread over the proxies when there are several (default in turns).
     pub split: ProxySplit,
+    /// Changes of how many of the `replicas` proxies take arrivals, `(from_s, count)` sorted
+    /// by time: the first `count` from `from_s` on, as a Deployment of fulcrum scaled out or
+    /// in (default none: all of them, all the time). A proxy that joins starts with nothing
+    /// learnt; one that leaves finishes what it holds and recommends no more.
+    pub active_proxies: Vec<(f64, u32)>,
+    /// A proxy that joins reads the pods' series back before its first step, as a pool with
+    /// `history_prometheus` does (default: it starts from nothing).
+    pub joining_proxies_read_history: bool,
     /// How the proxies' recommendations become the `forecast` scalers' count (default the
     /// highest).
     pub combine: crate::autoscale::Combine,
@@ -129,6 +137,8 @@ impl Default for SimOptions {
             weight_controller: None,
             replicas: 1,
             split: ProxySplit::Turns,
+            active_proxies: Vec::new(),
+            joining_proxies_read_history: false,
             combine: crate::autoscale::Combine::Max,
             forecast_model: None,
             forecast_restart: None,
@@ -151,6 +161,11 @@ impl fmt::Debug for SimOptions {
             .field("weight_controller", &self.weight_controller.is_some())
             .field("replicas", &self.replicas)
             .field("split", &self.split)
+            .field("active_proxies", &self.active_proxies)
+            .field(
+                "joining_proxies_read_history",
+                &self.joining_proxies_read_history,
+            )
             .field("combine", &self.combine)
             .field("forecast_model", &self.forecast_model.is_some())
             .field("forecast_restart", &self.forecast_restart)
@@ -347,6 +362,16 @@ fn validate(sc: &Scenario, opts: &SimOptions) -> Result<(), SimError> {
     if opts.tick_ms == 0 || opts.health_interval.is_zero() {
         return bad("tick_ms and health_interval must be positive".into());
     }
+    if let Some((at, n)) = opts
+        .active_proxies
+        .iter()
+        .find(|(_, n)| *n == 0 || *n > opts.replicas)
+    {
+        return bad(format!(
+            "active proxies from {at} s: {n}, of {} replicas (at least 1, at most the replicas)",
+            opts.replicas
+        ));
+    }
     if opts.replicas == 0 {
         return bad("replicas must be at least 1".into());
     }
@@ -499,9 +524,10 @@ struct ProxyCounts {
 
 impl ProxyCounts {
     /// What this proxy saw since `last`, over `dt` seconds.
-    fn view_since(&self, last: &ProxyCounts, dt: f64) -> ProxyView {
+    fn view_since(&self, last: &ProxyCounts, dt: f64, active: bool) -> ProxyView {
         let n = self.attempts - last.attempts;
         ProxyView {
+            active,
             attempts_rps: n as f64 / dt,
             error_share: if n > 0 {
                 (self.failed - last.failed) as f64 / n as f64
@@ -858,13 +884,24 @@ impl<'a> Sim<'a> {
         None
     }
 
+    /// How many proxies take arrivals now (the first ones).
+    fn active_proxies(&self) -> usize {
+        let now_s = self.now as f64 * 1e-9;
+        self.opts
+            .active_proxies
+            .iter()
+            .rev()
+            .find(|(from_s, _)| *from_s <= now_s)
+            .map_or(self.replicas.len(), |(_, n)| *n as usize)
+    }
+
     fn arrival(&mut self) {
         let now_s = self.now as f64 * 1e-9;
         let post = self.arrival_rng.uniform() < self.sc.load.non_idempotent_fraction;
         if let Some(t) = self.next_arrival(now_s) {
             self.schedule(t, Kind::Arrival);
         }
-        let n = self.replicas.len() as u64;
+        let n = self.active_proxies() as u64;
         let replica = match self.opts.split {
             ProxySplit::Random if n > 1 => {
                 ((self.split_rng.uniform() * n as f64) as u64).min(n - 1)
@@ -1305,7 +1342,8 @@ pub fn simulate_autoscaled_detailed(
                     opts.forecast_restart
                         .map(|r| (r.at_s.unwrap_or(sc.warmup_s), r.keep_series)),
                 )
-                .proxies(opts.replicas as usize, opts.combine),
+                .proxies(opts.replicas as usize, opts.combine)
+                .joining_with_history(opts.joining_proxies_read_history),
             ),
             a.initial,
         ),
@@ -1433,12 +1471,15 @@ impl Sim<'_> {
             pool_backends,
             fixed_backends: (self.backends.len() - s.slots.len()) as u32,
             in_flight_growth_rps: (in_flight as f64 - s.last_in_flight as f64) / dt,
-            proxies: self
-                .replicas
-                .iter()
-                .zip(&s.last_proxies)
-                .map(|(r, last)| r.counts.view_since(last, dt))
-                .collect(),
+            proxies: {
+                let active = self.active_proxies();
+                self.replicas
+                    .iter()
+                    .zip(&s.last_proxies)
+                    .enumerate()
+                    .map(|(k, (r, last))| r.counts.view_since(last, dt, k < active))
+                    .collect()
+            },
         };
         s.last_in_flight = in_flight;
         s.last_proxies = self.replicas.iter().map(|r| r.counts).collect();
