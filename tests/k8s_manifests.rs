@@ -351,6 +351,34 @@ fn check_custom_resource(m: &Manifest, all: &[Manifest]) -> Vec<String> {
                 )),
             }
         }
+        ("monitoring.coreos.com/v1", "PrometheusRule") => {
+            let groups = m.object.pointer("/spec/groups").and_then(Value::as_array);
+            let Some(groups) = groups.filter(|g| !g.is_empty()) else {
+                problems.push(format!("{}: spec.groups must list at least one", m.title()));
+                return problems;
+            };
+            for (g, group) in groups.iter().enumerate() {
+                if group["name"].as_str().is_none_or(str::is_empty) {
+                    problems.push(format!("{}: spec.groups[{g}].name is required", m.title()));
+                }
+                let Some(rules) = group["rules"].as_array().filter(|r| !r.is_empty()) else {
+                    problems.push(format!(
+                        "{}: spec.groups[{g}].rules must list at least one",
+                        m.title()
+                    ));
+                    continue;
+                };
+                for (r, rule) in rules.iter().enumerate() {
+                    let named = rule["alert"].is_string() != rule["record"].is_string();
+                    if !named || !rule["expr"].is_string() {
+                        problems.push(format!(
+                            "{}: spec.groups[{g}].rules[{r}] needs an expr and one of alert or record",
+                            m.title()
+                        ));
+                    }
+                }
+            }
+        }
         (api, kind) => problems.push(format!(
             "{}: custom resource {api} {kind} is not known to this test; teach \
              check_custom_resource the fields its operator requires",
@@ -757,6 +785,7 @@ fn every_manifest_is_valid_and_they_fit_together() {
         "Service",
         "PodDisruptionBudget",
         "ServiceMonitor",
+        "PrometheusRule",
     ] {
         assert!(
             kinds.contains_key(kind),
@@ -812,6 +841,16 @@ spec:
 apiVersion: keda.sh/v1alpha1
 kind: ScaledJob
 metadata: {name: j, namespace: ns}
+---
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata: {name: r, namespace: ns}
+spec:
+  groups:
+    - name: g
+      rules:
+        - {alert: A, record: b, expr: up}
+        - {alert: C}
 "#,
         "broken.yaml",
     );
@@ -841,6 +880,10 @@ metadata: {name: j, namespace: ns}
         unknown.iter().any(|p| p.contains("not known")),
         "{unknown:#?}"
     );
+    let rule = check_custom_resource(&broken[5], &broken);
+    for want in ["rules[0] needs", "rules[1] needs"] {
+        assert!(rule.iter().any(|p| p.contains(want)), "{want}: {rule:#?}");
+    }
 
     // A DNS name whose Service has a cluster IP, and pods on another port.
     let service = parse_objects(
@@ -883,4 +926,97 @@ fn durations_are_read_as_the_operators_do() {
     for bad in ["", "15", "s", "1.5s", "15 s"] {
         assert!(!is_duration(bad), "{bad}");
     }
+}
+
+/// promtool's unit tests of the alerts in `monitoring/prometheusrule.yaml`: each fires when
+/// what it is about happens, and not before its `for`.
+const ALERT_TESTS: &str = r#"
+rule_files: [rules.json]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'fulcrum_pool_recommended_backends{namespace="fulcrum",pool="web",pod="a"}'
+        values: '12x40'
+      - series: 'fulcrum_pool_recommended_backends{namespace="fulcrum",pool="web",pod="b"}'
+        values: '6x40'
+      - series: 'fulcrum_pool_recommended_backends{namespace="fulcrum",pool="api",pod="a"}'
+        values: '8x40'
+      - series: 'fulcrum_pool_recommended_backends{namespace="fulcrum",pool="api",pod="b"}'
+        values: '6x40'
+      - series: 'fulcrum_pool_history_write_failures_total{namespace="fulcrum",pool="web",pod="a"}'
+        values: '0x10 0+1x30'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: FulcrumPodsDisagreeOnBackends
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: FulcrumPodsDisagreeOnBackends
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: fulcrum, pool: web}
+            exp_annotations:
+              summary: "fulcrum pods disagree on pool web's backend count"
+              description: "The fulcrum pods of fulcrum have recommended counts more than 1.5 times apart for pool web for 15 minutes; the autoscaler follows the highest. Compare GET /api/forecast?pool=web on each pod's admin port."
+      - eval_time: 15m
+        alertname: FulcrumForecastHistoryNotWritten
+        exp_alerts: []
+      - eval_time: 30m
+        alertname: FulcrumForecastHistoryNotWritten
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: fulcrum, pool: web, pod: a}
+            exp_annotations:
+              summary: "fulcrum cannot write pool web's history_file"
+              description: "Pod a has failed to append pool web's rate to its history_file for 10 minutes (its log says why); a restart would start the pool's forecast from nothing."
+      - eval_time: 30m
+        alertname: FulcrumRecommendationMissing
+        exp_alerts: []
+  - interval: 1m
+    input_series:
+      - series: 'up{namespace="fulcrum",job="fulcrum-admin"}'
+        values: '1x10'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: FulcrumRecommendationMissing
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: FulcrumRecommendationMissing
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: fulcrum, pool: web}
+            exp_annotations:
+              summary: "No fulcrum pod recommends a backend count for pool web"
+              description: "fulcrum_pool_recommended_backends{pool=\"web\"} has had no sample in namespace fulcrum for 5 minutes (fulcrum down, not scraped, or the pool has no [pools.web.autoscale]); the autoscaler keeps the backends as they are."
+"#;
+
+/// `promtool` on `args`, its output in the message when it fails.
+fn promtool(dir: &Path, args: &[&str]) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect(
+            "promtool (Debian package `prometheus`) is required; scripts/setup.sh test installs it",
+        );
+    assert!(
+        out.status.success(),
+        "promtool {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_fire_when_they_should() {
+    let all = manifests();
+    let rules: Vec<&Manifest> = all
+        .iter()
+        .filter(|m| m.kind() == "PrometheusRule")
+        .collect();
+    assert_eq!(rules.len(), 1, "one PrometheusRule under docker/k8s/");
+    let dir = tempfile::tempdir().unwrap();
+    let groups = serde_json::json!({ "groups": rules[0].object["spec"]["groups"] });
+    std::fs::write(dir.path().join("rules.json"), groups.to_string()).unwrap();
+    std::fs::write(dir.path().join("tests.yml"), ALERT_TESTS).unwrap();
+    promtool(dir.path(), &["check", "rules", "rules.json"]);
+    promtool(dir.path(), &["test", "rules", "tests.yml"]);
 }
