@@ -411,19 +411,13 @@ fn check_shows_each_autoscaled_pool() {
 /// on that load, not on latency alone: the data plane keeps the report for autoscaled pools too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_autoscaled_pool_with_static_weights_reads_the_load_its_backends_report() {
-    use fulcrum_testbed::scenario::ScenarioServer;
     let source = "name = \"reported\"\nseed = 5\nduration_s = 8\n\n[load]\nrate_rps = 60\n\n\
                   [[backends]]\nname = \"b\"\ncount = 2\nconcurrency = 4\nservice_ms = 20.0\n";
     let (scenario, _) = fulcrum_scenario::parse_scenario(source, "reported.toml").unwrap();
-    let mut servers = Vec::new();
-    for (i, b) in scenario.backends.iter().enumerate() {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        servers.push(
-            ScenarioServer::start(b, addr, 5 + i as u64, LabClock::new(1.0))
-                .await
-                .unwrap(),
-        );
-    }
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let servers = fulcrum_testbed::scenario::start_all(&scenario, loopback, LabClock::new(1.0))
+        .await
+        .unwrap();
     let addrs: Vec<_> = servers.iter().map(|s| (s.addr(), 1)).collect();
     let mut web = pool("web", Algorithm::RoundRobin, &addrs);
     assert_eq!(web.weights, fulcrum_config::WeightSource::Static);
@@ -763,7 +757,6 @@ async fn a_new_process_takes_the_pools_series_from_prometheus() {
 /// (`docker/k8s/autoscale/`) relies on. Measured against one pod taking all the traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_of_two_pods_recommends_backends_for_the_whole_pool() {
-    use fulcrum_testbed::scenario::ScenarioServer;
     // Four backends of ~190 rps (4 slots, 20 ms median), planned at 50 %: ~95 rps each. At
     // 480 rps the pool needs 6 of them, and 3 would be what half the traffic needs.
     const RATE_RPS: f64 = 480.0;
@@ -773,21 +766,14 @@ async fn each_of_two_pods_recommends_backends_for_the_whole_pool() {
          [[backends]]\nname = \"b\"\ncount = 4\nconcurrency = 4\nservice_ms = 20.0\n"
     );
     let (scenario, _) = fulcrum_scenario::parse_scenario(&source, "pods.toml").unwrap();
-    let mut servers = Vec::new();
-    for (i, b) in scenario.backends.iter().enumerate() {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        servers.push(
-            ScenarioServer::start_with_load_window(
-                b,
-                addr,
-                21 + i as u64,
-                LabClock::new(1.0),
-                Duration::from_millis(500),
-            )
-            .await
-            .unwrap(),
-        );
-    }
+    let servers = fulcrum_testbed::scenario::start_all_with_load_window(
+        &scenario,
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        LabClock::new(1.0),
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
     let addrs: Vec<_> = servers.iter().map(|s| (s.addr(), 1)).collect();
     let names: Vec<String> = scenario.backends.iter().map(|b| b.name.clone()).collect();
     let start = || {
@@ -807,8 +793,7 @@ async fn each_of_two_pods_recommends_backends_for_the_whole_pool() {
     // Drive `targets` at `rate` each for a phase; the last reports of each, once the phase is
     // warm (its last 2 s). Each process starts right before its phase, so that its series is
     // of its traffic alone (no idle steps before a rise, which would be a burst).
-    let phase = |targets: Vec<(&'static str, std::net::SocketAddr, std::net::SocketAddr)>,
-                 rate: f64| {
+    let phase = |targets: Vec<(std::net::SocketAddr, std::net::SocketAddr)>, rate: f64| {
         let names = names.clone();
         let mut load = scenario.load.clone();
         load.rate_rps = rate;
@@ -817,7 +802,7 @@ async fn each_of_two_pods_recommends_backends_for_the_whole_pool() {
             let generators: Vec<_> = targets
                 .iter()
                 .enumerate()
-                .map(|(i, (_, proxy, _))| {
+                .map(|(i, (proxy, _))| {
                     let cfg = LoadGenConfig {
                         target: *proxy,
                         load: load.clone(),
@@ -835,7 +820,7 @@ async fn each_of_two_pods_recommends_backends_for_the_whole_pool() {
             tokio::time::sleep(Duration::from_secs_f64(PHASE_S - 2.0)).await;
             let mut reports: Vec<Vec<serde_json::Value>> = vec![Vec::new(); targets.len()];
             for _ in 0..4 {
-                for (k, (_, _, admin)) in targets.iter().enumerate() {
+                for (k, (_, admin)) in targets.iter().enumerate() {
                     let r = get(*admin, "/api/forecast?pool=web").await.unwrap();
                     assert_eq!(r.status, 200, "{r:?}");
                     reports[k].push(serde_json::from_str(&r.body).unwrap());
@@ -857,14 +842,11 @@ async fn each_of_two_pods_recommends_backends_for_the_whole_pool() {
     };
 
     let alone = start().await;
-    let one = phase(vec![("alone", alone.proxy, alone.admin)], RATE_RPS).await;
+    let one = phase(vec![(alone.proxy, alone.admin)], RATE_RPS).await;
     drop(alone);
     let (pod_a, pod_b) = (start().await, start().await);
     let two = phase(
-        vec![
-            ("pod a", pod_a.proxy, pod_a.admin),
-            ("pod b", pod_b.proxy, pod_b.admin),
-        ],
+        vec![(pod_a.proxy, pod_a.admin), (pod_b.proxy, pod_b.admin)],
         RATE_RPS / 2.0,
     )
     .await;

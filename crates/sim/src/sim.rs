@@ -523,6 +523,16 @@ struct ProxyCounts {
 }
 
 impl ProxyCounts {
+    /// The counts of several proxies added up.
+    fn total<'c>(counts: impl Iterator<Item = &'c ProxyCounts>) -> ProxyCounts {
+        counts.fold(ProxyCounts::default(), |t, c| ProxyCounts {
+            attempts: t.attempts + c.attempts,
+            failed: t.failed + c.failed,
+            latency_ns: t.latency_ns + c.latency_ns,
+            in_flight: t.in_flight + c.in_flight,
+        })
+    }
+
     /// What this proxy saw since `last`, over `dt` seconds.
     fn view_since(&self, last: &ProxyCounts, dt: f64, active: bool) -> ProxyView {
         let n = self.attempts - last.attempts;
@@ -584,9 +594,6 @@ struct Sim<'a> {
     arrivals_total: u64,
     completed_total: u64,
     /// Every attempt completed, failed, and their summed latency (ns), for the scalers.
-    attempts_total: u64,
-    attempts_failed: u64,
-    attempt_latency_ns: u128,
     /// Per SLO window, the latencies (ms) of the requests that arrived in it.
     slo_latencies: Vec<Vec<f32>>,
     scaling: Option<Scaling>,
@@ -620,7 +627,6 @@ struct Scaling {
     last_ns: u64,
     last_arrivals: u64,
     last_completed: u64,
-    last_attempts: (u64, u64, u128),
     last_busy: Vec<f64>,
     /// Attempts in flight at every backend at the previous step.
     last_in_flight: u64,
@@ -724,9 +730,6 @@ impl<'a> Sim<'a> {
             arrivals_in_window: 0,
             arrivals_total: 0,
             completed_total: 0,
-            attempts_total: 0,
-            attempts_failed: 0,
-            attempt_latency_ns: 0,
             slo_latencies: match sc.slo {
                 Some(slo) => {
                     let n = ((sc.duration_s - sc.warmup_s) / slo.window_s)
@@ -1009,9 +1012,6 @@ impl<'a> Sim<'a> {
         let latency = self.now - a.start_ns;
         // The lease ends with the attempt.
         drop(a.guard.take());
-        self.attempts_total += 1;
-        self.attempts_failed += u64::from(fate != Fate::Ok);
-        self.attempt_latency_ns += u128::from(latency);
         self.free_attempts.push(aid);
         if fate != Fate::Refused {
             let bs = &mut self.backends[b];
@@ -1397,7 +1397,6 @@ impl Sim<'_> {
             last_ns: 0,
             last_arrivals: 0,
             last_completed: 0,
-            last_attempts: (0, 0, 0),
             last_busy: vec![0.0; self.backends.len()],
             last_in_flight: 0,
             last_proxies: self.replicas.iter().map(|r| r.counts).collect(),
@@ -1441,6 +1440,12 @@ impl Sim<'_> {
             .iter()
             .map(|b| u64::from(b.busy) + b.queue.len() as u64)
             .sum();
+        // Every proxy's attempts together, as one proxy would have counted them.
+        let all = ProxyCounts::total(self.replicas.iter().map(|r| &r.counts)).view_since(
+            &ProxyCounts::total(s.last_proxies.iter()),
+            dt,
+            true,
+        );
         let view = ScaleView {
             t_s: now as f64 * 1e-9,
             period_s: dt,
@@ -1449,20 +1454,9 @@ impl Sim<'_> {
             unready: s.count(|x| matches!(x, Slot::Provisioning(_))),
             arrivals_rps: (self.arrivals_total - s.last_arrivals) as f64 / dt,
             completed_rps: (self.completed_total - s.last_completed) as f64 / dt,
-            attempts_rps: (self.attempts_total - s.last_attempts.0) as f64 / dt,
-            error_share: {
-                let n = self.attempts_total - s.last_attempts.0;
-                if n > 0 {
-                    (self.attempts_failed - s.last_attempts.1) as f64 / n as f64
-                } else {
-                    0.0
-                }
-            },
-            mean_latency_ms: {
-                let n = self.attempts_total - s.last_attempts.0;
-                (n > 0)
-                    .then(|| (self.attempt_latency_ns - s.last_attempts.2) as f64 / n as f64 / 1e6)
-            },
+            attempts_rps: all.attempts_rps,
+            error_share: all.error_share,
+            mean_latency_ms: all.mean_latency_ms,
             pool_utilisation: if offered > 0.0 {
                 busy_sum / offered
             } else {
@@ -1486,11 +1480,6 @@ impl Sim<'_> {
         s.last_ns = now;
         s.last_arrivals = self.arrivals_total;
         s.last_completed = self.completed_total;
-        s.last_attempts = (
-            self.attempts_total,
-            self.attempts_failed,
-            self.attempt_latency_ns,
-        );
         let desired = s.scaler.desired(&view).clamp(1, s.slots.len() as u32);
         s.timeline.push(ScaleSample {
             t_s: view.t_s,

@@ -435,6 +435,26 @@ pub async fn start_all(
     base: SocketAddr,
     clock: LabClock,
 ) -> io::Result<Vec<ScenarioServer>> {
+    start_all_inner(scenario, base, clock, None).await
+}
+
+/// [`start_all`], each server reporting its load over `window` as
+/// [`ScenarioServer::start_with_load_window`] does.
+pub async fn start_all_with_load_window(
+    scenario: &Scenario,
+    base: SocketAddr,
+    clock: LabClock,
+    window: Duration,
+) -> io::Result<Vec<ScenarioServer>> {
+    start_all_inner(scenario, base, clock, Some(window)).await
+}
+
+async fn start_all_inner(
+    scenario: &Scenario,
+    base: SocketAddr,
+    clock: LabClock,
+    load_window: Option<Duration>,
+) -> io::Result<Vec<ScenarioServer>> {
     let mut servers = Vec::with_capacity(scenario.backends.len());
     for (i, backend) in scenario.backends.iter().enumerate() {
         let mut addr = base;
@@ -444,7 +464,7 @@ pub async fn start_all(
             addr.set_port(port);
         }
         let seed = stream_seed(scenario.seed, Stream::Backend(i));
-        servers.push(ScenarioServer::start(backend, addr, seed, clock).await?);
+        servers.push(ScenarioServer::start_inner(backend, addr, seed, clock, load_window).await?);
     }
     Ok(servers)
 }
