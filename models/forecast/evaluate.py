@@ -31,14 +31,21 @@ p90 of methods that give no quantile: p50 times the 90th percentile of the metho
 ratios y / p50 at this horizon whose outcome was known at the origin (the rule fulcrum's
 built-in forecaster uses).
 
+Recorded series (`--recorded NAME=FILE.csv:PERIOD`, with `--sets recorded` to judge only them):
+a series nobody generated, CSV rows `t_s,rps` (what `fulcrum forecast --input` reads), taken one
+row per step as the generated ones are, with PERIOD, its shortest season in rows, given to the
+baselines. Each is scored as its own family, apart from the held-out mean.
+
 Usage: evaluate.py [--fulcrum target/release/fulcrum] [--model models/forecast.onnx]
                    [--per-family 4] [--seed 2] [--out models/forecast/metrics.json]
                    [--markdown models/forecast/results.md] [--skip prophet,sarima]
+                   [--recorded NAME=FILE.csv:PERIOD ...] [--sets held-out,unseen,recorded]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import math
@@ -275,6 +282,9 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated methods not to run")
     ap.add_argument("--out", default="models/forecast/metrics.json")
     ap.add_argument("--markdown", default="models/forecast/results.md")
+    ap.add_argument("--recorded", action="append", default=[], metavar="NAME=FILE.csv:PERIOD",
+                    help="a recorded series, judged as its own family (repeatable)")
+    ap.add_argument("--sets", default=None, help="comma-separated: held-out, unseen, recorded")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     started = time.time()
@@ -293,7 +303,16 @@ def main() -> None:
 
         session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
 
-    sets = {"held-out": gen.training_set(args.per_family, args.seed), "unseen": gen.unseen_set(args.seed)}
+    wanted = set((args.sets or "held-out,unseen" + (",recorded" if args.recorded else "")).split(","))
+    sets = {}
+    if "held-out" in wanted:
+        sets["held-out"] = gen.training_set(args.per_family, args.seed)
+    if "unseen" in wanted:
+        sets["unseen"] = gen.unseen_set(args.seed)
+    if "recorded" in wanted:
+        if not args.recorded:
+            raise SystemExit("evaluate: --sets recorded needs at least one --recorded NAME=FILE.csv:PERIOD")
+        sets["recorded"] = [recorded(spec) for spec in args.recorded]
     jobs = [(s, hs) for all_series in sets.values() for s in all_series for hs in HORIZONS_S]
     runs = {(r.series.name, r.horizon_s): r for r in cli.run_all(args.fulcrum, jobs, features=session is not None)}
     print(f"evaluate: fulcrum forecast on {len(jobs)} series x horizons ({time.time() - started:.0f} s)", file=sys.stderr)
@@ -302,7 +321,7 @@ def main() -> None:
     timing = defaultdict(float)
     for set_name, all_series in sets.items():
         for s in all_series:
-            family = s.family if set_name == "held-out" else "unseen"
+            family = {"held-out": s.family, "unseen": "unseen"}.get(set_name, s.family)
             for horizon_s in HORIZONS_S:
                 h = int(horizon_s / gen.STEP_S)
                 ts = origins(s, h)
@@ -345,6 +364,28 @@ def main() -> None:
     print(f"evaluate: {time.time() - started:.0f} s; baselines: " + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()), file=sys.stderr)
 
 
+def recorded(spec: str) -> gen.Series:
+    """`NAME=FILE.csv:PERIOD`: the file's rates, one per step, as family `recorded: NAME`."""
+    try:
+        name, rest = spec.split("=", 1)
+        path, period = rest.rsplit(":", 1)
+        period = int(period)
+    except ValueError:
+        raise SystemExit(f"evaluate: --recorded {spec!r}: expected NAME=FILE.csv:PERIOD (PERIOD in rows)")
+    with open(path) as f:
+        rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+    if rows and rows[0][0] == "t_s":
+        rows = rows[1:]
+    values = np.array([float(r[1]) for r in rows])
+    if len(values) < warm_up(gen.Series(name, "", values[:1], period)) + 100:
+        raise SystemExit(f"evaluate: {path} has {len(values)} rows, too few after a warm-up of {WARM_SEASONS} seasons of {period}")
+    return gen.Series(name, f"recorded: {name}", values, period)
+
+
+def is_recorded(family: str) -> bool:
+    return family.startswith("recorded: ")
+
+
 def render(summary: dict) -> str:
     lines = overview(summary)
     for horizon_s in map(str, HORIZONS_S):
@@ -353,7 +394,7 @@ def render(summary: dict) -> str:
         methods = sorted({m for f in summary.values() for m in f}, key=lambda m: (m not in ("fulcrum", "model"), m))
         lines.append("| family | " + " | ".join(methods) + " |")
         lines.append("|---|" + "---:|" * len(methods))
-        for family in sorted(summary, key=lambda f: (f == "unseen", f)):
+        for family in sorted(summary, key=lambda f: (is_recorded(f), f == "unseen", f)):
             cells = []
             best = min(
                 (summary[family][m][horizon_s]["mape"] for m in methods if m in summary[family] and horizon_s in summary[family][m]),
@@ -382,8 +423,10 @@ def overview(summary: dict) -> list[str]:
         "| set | horizon | " + " | ".join(methods) + " |",
         "|---|---|" + "---:|" * len(methods),
     ]
-    held = [f for f in summary if f != "unseen"]
-    for set_name, fams in ((f"held-out ({len(held)} families)", held), ("unseen", ["unseen"] if "unseen" in summary else [])):
+    held = [f for f in summary if f != "unseen" and not is_recorded(f)]
+    sets = [(f"held-out ({len(held)} families)", held), ("unseen", ["unseen"] if "unseen" in summary else [])]
+    sets += [(f, [f]) for f in sorted(summary) if is_recorded(f)]
+    for set_name, fams in sets:
         for horizon_s in map(str, HORIZONS_S):
             have = [m for m in methods if fams and all(horizon_s in summary[f].get(m, {}) for f in fams)]
             if not have:

@@ -41,6 +41,7 @@ pub mod features;
 pub mod recommend;
 pub mod ring;
 pub mod season;
+pub mod series;
 pub mod smoothing;
 pub mod tracker;
 

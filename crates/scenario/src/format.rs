@@ -105,12 +105,9 @@ impl Load {
     /// The arrival rate in force at `t` seconds: the step's rate, times the diurnal cycle at
     /// the start of `t`'s slice, times every burst in force.
     pub fn rate_at(&self, t: f64) -> f64 {
-        let mut rate = self
-            .steps
-            .iter()
-            .rev()
-            .find(|(at, _)| *at <= t)
-            .map_or(self.rate_rps, |(_, r)| *r);
+        // Steps are sorted by time (a replayed trace holds thousands): search, not scan.
+        let i = self.steps.partition_point(|(at, _)| *at <= t);
+        let mut rate = i.checked_sub(1).map_or(self.rate_rps, |i| self.steps[i].1);
         if let Some(d) = self.diurnal {
             let slice = (t / DIURNAL_SLICE_S).floor() * DIURNAL_SLICE_S;
             rate *= 1.0 + d.amplitude * (std::f64::consts::TAU * slice / d.period_s).sin();
@@ -127,10 +124,8 @@ impl Load {
     pub fn next_change(&self, t: f64, end: f64) -> f64 {
         let mut next = self
             .steps
-            .iter()
-            .map(|s| s.0)
-            .find(|&at| at > t)
-            .map_or(end, |at| at.min(end));
+            .get(self.steps.partition_point(|(at, _)| *at <= t))
+            .map_or(end, |s| s.0.min(end));
         if self.diurnal.is_some() {
             next = next.min(((t / DIURNAL_SLICE_S).floor() + 1.0) * DIURNAL_SLICE_S);
         }

@@ -32,6 +32,8 @@ const LOAD_KEYS: &[&str] = &[
     "non_idempotent_fraction",
     "diurnal",
     "bursts",
+    "trace",
+    "trace_scale",
 ];
 const DIURNAL_KEYS: &[&str] = &["period_s", "amplitude"];
 const AUTOSCALE_KEYS: &[&str] = &[
@@ -123,7 +125,8 @@ pub fn parse_scenario(
             limited(&mut ctx, v, "warmup_s", lim).unwrap_or(0.0)
         }
     };
-    let (load, rate_spans) = read_load(&mut ctx, &root, duration);
+    let base = Path::new(file_name).parent().unwrap_or(Path::new(""));
+    let (load, rate_spans) = read_load(&mut ctx, &root, duration, base);
     let drafts = read_backends(&mut ctx, &root, duration);
     let autoscale = read_autoscale(&mut ctx, &root, &drafts);
     let slo = read_slo(&mut ctx, &root, duration);
@@ -329,7 +332,12 @@ fn identifier(ctx: &mut Ctx<'_>, v: &Value<'_>, path: &str, what: &str) -> Optio
 /// Each rate of the load profile with where it was written, for warnings about overload.
 type RateSpans = Vec<(f64, String, Range<usize>)>;
 
-fn read_load(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, duration: Option<f64>) -> (Load, RateSpans) {
+fn read_load(
+    ctx: &mut Ctx<'_>,
+    root: &Table<'_, '_>,
+    duration: Option<f64>,
+    base: &Path,
+) -> (Load, RateSpans) {
     let mut load = Load {
         rate_rps: 0.0,
         steps: Vec::new(),
@@ -351,16 +359,27 @@ fn read_load(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, duration: Option<f64>) -> 
         return (load, spans);
     };
     t.check_keys(ctx, LOAD_KEYS);
+    load.non_idempotent_fraction =
+        opt_number(ctx, &t, "non_idempotent_fraction", 0.0, Limits::FRACTION);
+    load.diurnal = read_diurnal(ctx, &t);
+    load.bursts = read_bursts(ctx, &t, duration);
+    if t.get("trace").is_some() {
+        read_trace(ctx, &t, duration, base, &mut load, &mut spans);
+        return (load, spans);
+    }
+    if let Some(v) = t.get("trace_scale") {
+        ctx.error(
+            Some(&v.span()),
+            "load.trace_scale",
+            "trace_scale multiplies the rates of a `trace`, and [load] has none: give trace = \"FILE.csv\" or remove trace_scale",
+        );
+    }
     if let Some(r) = req_number(ctx, &t, "rate_rps", Limits::POSITIVE, rate_hint) {
         load.rate_rps = r;
         if let Some(v) = t.get("rate_rps") {
             spans.push((r, t.child("rate_rps"), v.span()));
         }
     }
-    load.non_idempotent_fraction =
-        opt_number(ctx, &t, "non_idempotent_fraction", 0.0, Limits::FRACTION);
-    load.diurnal = read_diurnal(ctx, &t);
-    load.bursts = read_bursts(ctx, &t, duration);
     let Some(v) = t.get("steps") else {
         return (load, spans);
     };
@@ -447,6 +466,87 @@ fn read_load(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, duration: Option<f64>) -> 
         }
     }
     (load, spans)
+}
+
+/// `load.trace = "FILE.csv"` (with `trace_scale`): the rate replayed from a series of rows
+/// `t_s,rps` at a fixed step, as `fulcrum forecast --input` reads it and a pool's
+/// `history_file` holds it. Each row's rate, times `trace_scale`, is in force from its time
+/// (counted from the first row) for one step: the rows become `rate_rps` and `steps`.
+fn read_trace(
+    ctx: &mut Ctx<'_>,
+    t: &Table<'_, '_>,
+    duration: Option<f64>,
+    base: &Path,
+    load: &mut Load,
+    spans: &mut RateSpans,
+) {
+    for key in ["rate_rps", "steps"] {
+        if let Some(v) = t.get(key) {
+            ctx.error(
+                Some(&v.span()),
+                &t.child(key),
+                format!(
+                    "`{key}` cannot be given with `trace`: the trace gives the rate (trace_scale multiplies it)"
+                ),
+            );
+        }
+    }
+    let scale = opt_number(ctx, t, "trace_scale", 1.0, Limits::POSITIVE);
+    let Some(v) = t.get("trace") else {
+        return;
+    };
+    let Some(name) = as_str(ctx, v, "load.trace") else {
+        return;
+    };
+    if name.is_empty() {
+        ctx.error(
+            Some(&v.span()),
+            "load.trace",
+            "trace must name a CSV file of rows `t_s,rps`, e.g. trace = \"web-history.csv\"",
+        );
+        return;
+    }
+    let path = base.join(name);
+    let series = match fulcrum_forecast::series::read_series(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.error(
+                Some(&v.span()),
+                "load.trace",
+                format!("{e} (a trace is CSV rows `t_s,rps` at a fixed step; a relative path is taken from the scenario's directory)"),
+            );
+            return;
+        }
+    };
+    let t0 = series.t_s[0];
+    let covered = series.t_s[series.t_s.len() - 1] - t0 + series.step_s;
+    if let Some(d) = duration {
+        if d > covered * (1.0 + 1e-9) {
+            ctx.error(
+                Some(&v.span()),
+                "load.trace",
+                format!(
+                    "{} covers {covered} s ({} rows of {} s) and duration_s is {d}: shorten duration_s or give a longer trace",
+                    path.display(),
+                    series.rps.len(),
+                    series.step_s
+                ),
+            );
+            return;
+        }
+    }
+    load.rate_rps = series.rps[0] * scale;
+    load.steps = series
+        .t_s
+        .iter()
+        .zip(&series.rps)
+        .skip(1)
+        .map(|(at, r)| (at - t0, r * scale))
+        .take_while(|(at, _)| duration.is_none_or(|d| *at < d))
+        .collect();
+    // One warning for the trace, at its highest rate, not one per row.
+    let peak = load.steps.iter().map(|s| s.1).fold(load.rate_rps, f64::max);
+    spans.push((peak, "load.trace".to_string(), v.span()));
 }
 
 /// `load.diurnal = { period_s, amplitude }`.

@@ -732,6 +732,128 @@ fn autoscale_mistakes_are_explained() {
     assert!(d.errors[0].message.contains("must not exceed"), "{d}");
 }
 
+/// A scenario replaying `trace` (CSV text) written beside it, with `load` as its [load] table.
+fn traced(trace: &str, load: &str, duration_s: u32) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.csv"), trace).unwrap();
+    let path = dir.path().join("replay.toml");
+    let body = MINIMAL
+        .replace("duration_s = 100", &format!("duration_s = {duration_s}"))
+        .replace("rate_rps = 100", load);
+    std::fs::write(&path, body).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn a_trace_replays_its_rows_from_the_scenario_directory() {
+    // A pool's history as `history_file` writes it: Unix times, a 10 s step, an idle step.
+    let csv = "t_s,rps\n1764547200,120\n1764547210,80.5\n1764547220,0\n1764547230,200\n";
+    let (_dir, path) = traced(
+        csv,
+        "trace = \"web.csv\"\ntrace_scale = 2\nbursts = [[30, 5, 1.5]]",
+        40,
+    );
+    let (s, warnings) = load_scenario(&path).unwrap_or_else(|d| panic!("{d}"));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let l = &s.load;
+    assert_eq!(l.rate_rps, 240.0);
+    assert_eq!(l.steps, vec![(10.0, 161.0), (20.0, 0.0), (30.0, 400.0)]);
+    let at = |t: f64| l.rate_at(t);
+    assert_eq!(
+        (at(0.0), at(9.9), at(10.0), at(25.0)),
+        (240.0, 240.0, 161.0, 0.0)
+    );
+    assert_eq!(
+        (at(32.0), at(36.0)),
+        (600.0, 400.0),
+        "the burst multiplies the trace"
+    );
+    assert_eq!(l.next_change(0.0, 40.0), 10.0);
+    assert_eq!(l.next_change(10.0, 40.0), 20.0);
+    assert_eq!(l.next_change(30.0, 40.0), 35.0);
+    assert_eq!(l.next_change(35.0, 40.0), 40.0);
+    // A shorter run replays the rows it covers.
+    let (_dir, path) = traced(csv, "trace = \"web.csv\"", 15);
+    let (s, _) = load_scenario(&path).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        (s.load.rate_rps, s.load.steps.clone()),
+        (120.0, vec![(10.0, 80.5)])
+    );
+}
+
+#[test]
+fn trace_mistakes_are_explained() {
+    let csv = "0,100\n10,120\n20,90\n";
+    // (trace, [load] table, duration_s, expected errors as (key path, part of the message))
+    type Case<'a> = (&'a str, &'a str, u32, &'a [(&'a str, &'a str)]);
+    let cases: &[Case<'_>] = &[
+        (
+            csv,
+            "trace = \"web.csv\"\nrate_rps = 100\nsteps = [[10, 50]]",
+            30,
+            &[
+                ("load.rate_rps", "cannot be given with `trace`"),
+                ("load.steps", "cannot be given with `trace`"),
+            ],
+        ),
+        (
+            csv,
+            "rate_rps = 100\ntrace_scale = 2",
+            30,
+            &[("load.trace_scale", "[load] has none")],
+        ),
+        (
+            csv,
+            "trace = \"nope.csv\"",
+            30,
+            &[("load.trace", "nope.csv")],
+        ),
+        (
+            "0,100\n10,120\n25,90\n",
+            "trace = \"web.csv\"",
+            30,
+            &[("load.trace", "web.csv:3: rows must be a fixed step apart")],
+        ),
+        (
+            csv,
+            "trace = \"web.csv\"",
+            31,
+            &[(
+                "load.trace",
+                "covers 30 s (3 rows of 10 s) and duration_s is 31",
+            )],
+        ),
+        (
+            csv,
+            "trace = \"web.csv\"\ntrace_scale = 0",
+            30,
+            &[("load.trace_scale", "> 0")],
+        ),
+        (csv, "trace = 3", 30, &[("load.trace", "string")]),
+    ];
+    for (trace, load, duration, want) in cases {
+        let (_dir, path) = traced(trace, load, *duration);
+        let d = match load_scenario(&path) {
+            Ok((s, _)) => panic!("{load}: parsed {:?}", s.load),
+            Err(d) => d,
+        };
+        let got: Vec<(&str, &str)> = d
+            .errors
+            .iter()
+            .map(|e| (e.key_path.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(got.len(), want.len(), "{load}: {d}");
+        for ((path, message), (want_path, needle)) in got.iter().zip(want.iter()) {
+            assert_eq!(path, want_path, "{load}: {d}");
+            assert!(
+                message.contains(needle),
+                "{load}: {message:?} lacks {needle:?}"
+            );
+        }
+        assert!(d.to_string().contains("replay.toml:"), "{d}");
+    }
+}
+
 #[test]
 fn autoscale_suite_parses_with_scaler_and_slo() {
     let toml_in = |dir: &str| -> Vec<PathBuf> {
