@@ -725,6 +725,73 @@ async fn a_new_process_takes_the_pools_series_from_prometheus() {
         "Prometheus's record {before:.0} rps, the first process counted {steady:.0}"
     );
 
+    // `fulcrum history` exports the same record as a series at a fixed step, the whole pool's
+    // rate (the sum over the pods; one pod here), which `fulcrum forecast --input` and a
+    // scenario's `load.trace` read.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("web.csv");
+    let history = |extra: &[&str]| {
+        std::process::Command::new(fulcrum_bin())
+            .args(["history", "--hours", "0.05", "--output"])
+            .arg(&csv)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = history(&["--prometheus", &url, "--pool", "web", "--step-s", "0.5"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{said}");
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("rows of 0.5 s"), "{said}");
+    let exported = fulcrum_forecast::series::read_series(&csv).unwrap();
+    assert_eq!(exported.step_s, 0.5);
+    assert!(exported.rps.len() >= 12, "{exported:?}");
+    let mut busy: Vec<f64> = exported.rps.iter().copied().filter(|r| *r > 0.0).collect();
+    busy.sort_by(f64::total_cmp);
+    let median = busy[busy.len() / 2];
+    assert!(
+        (median - steady).abs() < 0.25 * steady,
+        "exported {median:.0} rps, the first process counted {steady:.0}"
+    );
+    let scenario = dir.path().join("replay.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            "name = \"replay\"\nduration_s = {}\n[load]\ntrace = \"web.csv\"\n[[backends]]\nname = \"web\"\nconcurrency = 8\nservice_ms = 5\n",
+            exported.rps.len() as f64 * 0.5
+        ),
+    )
+    .unwrap();
+    let (replay, _) = fulcrum_scenario::load_scenario(&scenario).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(replay.load.steps.len(), exported.rps.len() - 1);
+    for (extra, code, why) in [
+        (
+            vec![
+                "--prometheus",
+                &url,
+                "--query",
+                "fulcrum_pool_requests_per_second or vector(1)",
+            ],
+            69,
+            "the query answers 2 series, not one: aggregate it",
+        ),
+        (
+            vec!["--prometheus", &url, "--pool", "nope", "--step-s", "0.5"],
+            65,
+            "has no sample",
+        ),
+        (
+            vec!["--prometheus", &url, "--pool", "web", "--step-s", "0"],
+            78,
+            "--step-s must be",
+        ),
+    ] {
+        let out = history(&extra);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {said}");
+        assert!(said.contains(why), "{extra:?}: {said}");
+    }
+
     // A query that answers several series, and a Prometheus that is not there: said why, and
     // the pool starts from now.
     for (url, query, why) in [

@@ -13,6 +13,7 @@ use fulcrum_proxy::{ConfigSource, Start};
 mod allocator;
 mod demo;
 mod forecast_cmd;
+mod history_cmd;
 mod logging;
 mod probe;
 
@@ -50,6 +51,9 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Forecast a request-rate series (CSV `t_s,rps`) with a rolling origin.
     Forecast(forecast_cmd::ForecastArgs),
+    /// Export a pool's request-rate series from Prometheus as CSV `t_s,rps` at a fixed step:
+    /// the input of `forecast`, and a scenario's `load.trace` for `sim`.
+    History(history_cmd::HistoryArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -737,6 +741,7 @@ fn main() -> ExitCode {
         Command::Testbed(args) => testbed(args),
         Command::Probe(args) => run_probe(&args, cli.config.as_ref()),
         Command::Forecast(args) => forecast_cmd::run(args),
+        Command::History(args) => history_cmd::run(args),
     }
 }
 

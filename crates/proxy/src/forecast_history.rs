@@ -105,7 +105,7 @@ async fn fetch(
     let span = POINTS_PER_QUERY * step_s;
     let mut rows = Vec::new();
     let mut from = start_s;
-    while from < end_s {
+    while from <= end_s {
         let to = (from + span).min(end_s);
         let params = form_urlencoded::Serializer::new(String::new())
             .append_pair("query", query)
@@ -124,6 +124,22 @@ async fn fetch(
     Ok(rows)
 }
 
+/// Run `query` over `[start_s, end_s]` at `step_s` on the Prometheus at `url` on the calling
+/// thread (with a runtime of its own), for a command that has nothing else to do meanwhile.
+pub fn fetch_blocking(
+    url: &str,
+    query: &str,
+    start_s: f64,
+    end_s: f64,
+    step_s: f64,
+) -> Result<Vec<(f64, f64)>, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(fetch(url, query, start_s, end_s, step_s))
+}
+
 /// Start the query on a thread of its own; its answer arrives on the returned channel.
 pub fn spawn_fetch(
     url: String,
@@ -136,12 +152,7 @@ pub fn spawn_fetch(
     let spawned = std::thread::Builder::new()
         .name("fulcrum-history".into())
         .spawn(move || {
-            let answer = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())
-                .and_then(|rt| rt.block_on(fetch(&url, &query, start_s, end_s, step_s)));
-            let _ = tx.send(answer);
+            let _ = tx.send(fetch_blocking(&url, &query, start_s, end_s, step_s));
         });
     if let Err(e) = spawned {
         let (tx, rx) = mpsc::channel();
