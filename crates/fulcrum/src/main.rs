@@ -101,7 +101,9 @@ struct SimArgs {
     heuristic: bool,
     /// Scaler for a scenario with an `[autoscale]` table: `none` (default: the backends as
     /// written), `hpa` (or `reactive`: Kubernetes' HPA), `forecast` (fulcrum's recommendation
-    /// with its defaults), `forecast:S` (with `scale_down_stabilization_s = S`), `static`
+    /// with its defaults), `forecast:S` (with `scale_down_stabilization_s = S`),
+    /// `forecast@hpa` (the recommendation as the Kubernetes recipes' HPA follows it: scraped
+    /// and synced every 15 s, 10 % tolerance; `forecast@hpa:T` with tolerance T), `static`
     /// (sized for the peak), `static:N`, or the references that read the scenario, `oracle`
     /// (knows the future rate) and `oracle-now` (knows the rate now); repeat for several.
     #[arg(long = "scaler")]

@@ -644,6 +644,9 @@ async fn run_scaler(
         ScalerKind::Oracle(_) => anyhow::bail!(
             "scaler {kind} is the simulator's reference (it reads the future load); the lab runs reactive, forecast and static"
         ),
+        ScalerKind::ForecastViaHpa(_) => anyhow::bail!(
+            "scaler {kind} runs in the simulator only; the lab runs reactive, forecast and static"
+        ),
     };
     let (stabilization, spare) = match kind {
         ScalerKind::Forecast(w, spare) => (w, spare),

@@ -29,6 +29,10 @@ pub enum ScalerKind {
     /// A fixed number of copies from time 0; `None`: sized for the scenario's peak rate at
     /// `target_utilization` of the copies' true capacity (the over-provisioned reference).
     Static(Option<u32>),
+    /// fulcrum's recommendation (the proxy's defaults) followed by Kubernetes' HPA as the
+    /// recipes of `docker/k8s/autoscale/` set it up ([`ViaHpa`]), with this tolerance (0.1,
+    /// the HPA's default: `forecast@hpa`; `forecast@hpa:T`; 0 is `behavior.*.tolerance: 0`).
+    ForecastViaHpa(f64),
     /// A reference no real scaler can be: it reads the scenario's true rate and the copies'
     /// true capacity. `Oracle(true)` (`oracle`) knows the future exactly and runs what the
     /// highest rate until a copy started now would serve needs; `Oracle(false)`
@@ -51,6 +55,8 @@ impl fmt::Display for ScalerKind {
                 }
                 Ok(())
             }
+            ScalerKind::ForecastViaHpa(t) if *t == HPA_TOLERANCE => f.write_str("forecast@hpa"),
+            ScalerKind::ForecastViaHpa(t) => write!(f, "forecast@hpa:{t}"),
             ScalerKind::Static(None) => f.write_str("static"),
             ScalerKind::Static(Some(n)) => write!(f, "static:{n}"),
             ScalerKind::Oracle(true) => f.write_str("oracle"),
@@ -69,7 +75,13 @@ impl FromStr for ScalerKind {
             "static" => Ok(ScalerKind::Static(None)),
             "oracle" => Ok(ScalerKind::Oracle(true)),
             "oracle-now" => Ok(ScalerKind::Oracle(false)),
+            "forecast@hpa" => Ok(ScalerKind::ForecastViaHpa(HPA_TOLERANCE)),
             _ => {
+                if let Some(t) = s.strip_prefix("forecast@hpa:") {
+                    if let Some(t) = t.parse::<f64>().ok().filter(|t| (0.0..1.0).contains(t)) {
+                        return Ok(ScalerKind::ForecastViaHpa(t));
+                    }
+                }
                 if let Some(Ok(n)) = s.strip_prefix("static:").map(str::parse::<u32>) {
                     if n > 0 {
                         return Ok(ScalerKind::Static(Some(n)));
@@ -96,7 +108,8 @@ impl FromStr for ScalerKind {
                 Err(format!(
                     "unknown scaler {s:?}: expected hpa, forecast, forecast:S (S seconds of \
                      scale-down stabilisation), forecast+N or forecast:S+N (N spare backends), \
-                     static, static:N, oracle or oracle-now"
+                     forecast@hpa or forecast@hpa:T (followed by Kubernetes' HPA with tolerance \
+                     T, 0 <= T < 1), static, static:N, oracle or oracle-now"
                 ))
             }
         }
@@ -189,12 +202,15 @@ pub struct HpaSettings {
     pub max_replicas: u32,
 }
 
+/// `--horizontal-pod-autoscaler-tolerance`'s default.
+pub const HPA_TOLERANCE: f64 = 0.1;
+
 impl HpaSettings {
     /// Kubernetes' defaults with the scenario's bounds and target.
     pub fn kubernetes(a: &Autoscale) -> Self {
         Self {
             target: a.target_utilization,
-            tolerance: 0.1,
+            tolerance: HPA_TOLERANCE,
             sync_period_s: 15.0,
             scale_up_window_s: 0.0,
             scale_down_window_s: 300.0,
@@ -545,6 +561,157 @@ impl Scaler for ForecastScaler {
 
     fn planned_rps(&self) -> Option<f64> {
         self.planned
+    }
+}
+
+/// Seconds between two scrapes of fulcrum's metrics by Prometheus
+/// (`docker/k8s/monitoring/servicemonitor.yaml`), and between two syncs of the HPA.
+pub const SCRAPE_AND_SYNC_S: f64 = 15.0;
+
+/// A recommendation followed by Kubernetes' HPA as `docker/k8s/autoscale/` sets it up: the
+/// recommendation is an external metric with an `AverageValue` target of 1 (KEDA's Prometheus
+/// trigger, or prometheus-adapter), Prometheus scrapes the pods every 15 s and the HPA syncs
+/// every 15 s (the scrape 5 s after a sync), with no stabilisation window and up or down by up
+/// to 100 % per sync. The HPA's replica calculator for such a metric
+/// (`GetExternalPerPodMetricReplicas`) leaves the count alone while the metric is within
+/// `tolerance` of the count (`|R / replicas − 1| ≤ tolerance`), else sets `ceil(R)`: at 10 % a
+/// pool of 12 does not follow a recommendation of 13.
+///
+/// The inner scaler steps every [`FORECAST_STEP_S`] on what the pool did over its step (two
+/// half steps of this one's 5 s period, added up).
+pub struct ViaHpa {
+    inner: Box<dyn Scaler>,
+    tolerance: f64,
+    min: u32,
+    max: u32,
+    /// The first half of the inner scaler's step.
+    half: Option<ScaleView>,
+    /// The inner scaler's latest answer, and what Prometheus last scraped of it.
+    published: Option<u32>,
+    scraped: Option<u32>,
+    ticks: u64,
+}
+
+/// This scaler's period: the common divisor of the inner step (10 s) and the scrape and sync
+/// period (15 s).
+const VIA_HPA_TICK_S: f64 = 5.0;
+
+impl ViaHpa {
+    /// `inner`'s answers followed by an HPA with `tolerance`, between `min` and `max` replicas.
+    pub fn new(inner: Box<dyn Scaler>, tolerance: f64, min: u32, max: u32) -> Self {
+        Self {
+            inner,
+            tolerance,
+            min,
+            max,
+            half: None,
+            published: None,
+            scraped: None,
+            ticks: 0,
+        }
+    }
+
+    /// The HPA's answer for a recommendation of `r` with `current` replicas (`spec.replicas`).
+    pub fn follow(&self, current: u32, r: u32) -> u32 {
+        let current_f = f64::from(current.max(1));
+        let ratio = f64::from(r) / current_f;
+        let proposed = if (ratio - 1.0).abs() <= self.tolerance {
+            current
+        } else {
+            r
+        };
+        // Policies of the recipes: up to +100 % per 15 s, down to 0.
+        proposed
+            .min(current.max(1) * 2)
+            .clamp(self.min.max(1), self.max.max(1))
+    }
+}
+
+/// Two consecutive views as one over both periods: rates weighted by time, shares and means by
+/// what they are of, the counts as at the end.
+fn merge_views(a: &ScaleView, b: &ScaleView) -> ScaleView {
+    let (wa, wb) = (a.period_s, b.period_s);
+    let w = (wa + wb).max(f64::MIN_POSITIVE);
+    let avg = |x: f64, y: f64| (x * wa + y * wb) / w;
+    let by = |x: f64, nx: f64, y: f64, ny: f64| {
+        let n = nx * wa + ny * wb;
+        if n > 0.0 {
+            (x * nx * wa + y * ny * wb) / n
+        } else {
+            0.0
+        }
+    };
+    let latency = |x: Option<f64>, nx: f64, y: Option<f64>, ny: f64| match (x, y) {
+        (Some(x), Some(y)) => Some(by(x, nx, y, ny)),
+        (x, y) => x.or(y),
+    };
+    ScaleView {
+        t_s: b.t_s,
+        period_s: wa + wb,
+        arrivals_rps: avg(a.arrivals_rps, b.arrivals_rps),
+        completed_rps: avg(a.completed_rps, b.completed_rps),
+        attempts_rps: avg(a.attempts_rps, b.attempts_rps),
+        error_share: by(a.error_share, a.attempts_rps, b.error_share, b.attempts_rps),
+        mean_latency_ms: latency(
+            a.mean_latency_ms,
+            a.attempts_rps,
+            b.mean_latency_ms,
+            b.attempts_rps,
+        ),
+        pool_utilisation: avg(a.pool_utilisation, b.pool_utilisation),
+        in_flight_growth_rps: avg(a.in_flight_growth_rps, b.in_flight_growth_rps),
+        proxies: a
+            .proxies
+            .iter()
+            .zip(&b.proxies)
+            .map(|(x, y)| ProxyView {
+                active: y.active,
+                attempts_rps: avg(x.attempts_rps, y.attempts_rps),
+                error_share: by(x.error_share, x.attempts_rps, y.error_share, y.attempts_rps),
+                mean_latency_ms: latency(
+                    x.mean_latency_ms,
+                    x.attempts_rps,
+                    y.mean_latency_ms,
+                    y.attempts_rps,
+                ),
+                in_flight_growth_rps: avg(x.in_flight_growth_rps, y.in_flight_growth_rps),
+            })
+            .collect(),
+        ..b.clone()
+    }
+}
+
+impl Scaler for ViaHpa {
+    fn period_s(&self) -> f64 {
+        VIA_HPA_TICK_S
+    }
+
+    fn desired(&mut self, v: &ScaleView) -> u32 {
+        self.ticks += 1;
+        let t = self.ticks as f64 * VIA_HPA_TICK_S;
+        let every = |period: f64, phase: f64| ((t - phase) / period).fract().abs() < 1e-9;
+        // The proxy's step: what the pool did over its 10 s.
+        if every(FORECAST_STEP_S, 0.0) {
+            let step = match self.half.take() {
+                Some(first) => merge_views(&first, v),
+                None => v.clone(),
+            };
+            self.published = Some(self.inner.desired(&step));
+        } else {
+            self.half = Some(v.clone());
+        }
+        // Prometheus scrapes 5 s after each sync; the HPA reads the last scrape.
+        if every(SCRAPE_AND_SYNC_S, VIA_HPA_TICK_S) {
+            self.scraped = self.published;
+        }
+        match self.scraped {
+            Some(r) if every(SCRAPE_AND_SYNC_S, 0.0) => self.follow(v.replicas, r),
+            _ => v.replicas,
+        }
+    }
+
+    fn planned_rps(&self) -> Option<f64> {
+        self.inner.planned_rps()
     }
 }
 

@@ -3,7 +3,7 @@
 
 use fulcrum_scenario::{parse_scenario, Scenario};
 
-use crate::autoscale::{hpa_replicas, Hpa, HpaSettings};
+use crate::autoscale::{hpa_replicas, Hpa, HpaSettings, ScaleView, Scaler, ViaHpa};
 use crate::{simulate_autoscaled, simulate_autoscaled_detailed, Policy, ScalerKind, SimOptions};
 
 fn scenario(load: &str, duration_s: f64, provision_s: f64, max: u32) -> Scenario {
@@ -324,6 +324,9 @@ fn scaler_names_parse_and_print_back() {
         ("forecast:60+2", ScalerKind::Forecast(Some(60.0), 2)),
         ("static:4", ScalerKind::Static(Some(4))),
         ("oracle", ScalerKind::Oracle(true)),
+        ("forecast@hpa", ScalerKind::ForecastViaHpa(0.1)),
+        ("forecast@hpa:0", ScalerKind::ForecastViaHpa(0.0)),
+        ("forecast@hpa:0.05", ScalerKind::ForecastViaHpa(0.05)),
     ] {
         assert_eq!(name.parse::<ScalerKind>(), Ok(kind), "{name}");
         assert_eq!(kind.to_string(), name);
@@ -335,6 +338,9 @@ fn scaler_names_parse_and_print_back() {
         "forecastx",
         "forecast:-1",
         "static:0",
+        "forecast@hpa:1",
+        "forecast@hpa:-0.1",
+        "forecast@",
     ] {
         assert!(bad.parse::<ScalerKind>().is_err(), "{bad}");
     }
@@ -519,4 +525,76 @@ fn active_proxies_are_checked() {
             }
         }
     }
+}
+
+/// A scripted recommendation, answered at each of its steps.
+struct Script(Vec<u32>, usize);
+
+impl Scaler for Script {
+    fn period_s(&self) -> f64 {
+        10.0
+    }
+    fn desired(&mut self, v: &ScaleView) -> u32 {
+        assert!(
+            (v.period_s - 10.0).abs() < 1e-9,
+            "a whole step: {}",
+            v.period_s
+        );
+        self.1 += 1;
+        self.0[(self.1 - 1).min(self.0.len() - 1)]
+    }
+}
+
+fn view(t_s: f64, replicas: u32) -> ScaleView {
+    ScaleView {
+        t_s,
+        period_s: 5.0,
+        replicas,
+        ready_utilisation: vec![0.5; replicas as usize],
+        unready: 0,
+        arrivals_rps: 100.0,
+        completed_rps: 100.0,
+        attempts_rps: 100.0,
+        error_share: 0.0,
+        mean_latency_ms: Some(20.0),
+        pool_utilisation: 0.5,
+        in_flight_growth_rps: 0.0,
+        pool_backends: replicas,
+        fixed_backends: 0,
+        proxies: Vec::new(),
+    }
+}
+
+/// The recommendation as the recipes' HPA follows it: scraped every 15 s, synced every 15 s
+/// on the last scrape, and not followed while within the tolerance of the count.
+#[test]
+fn the_hpa_follows_the_recommendation_outside_its_tolerance_only() {
+    // Replicas stay at 12 unless the HPA moves them; the recommendation is 13 (8 % more) for
+    // a minute, then 14 (17 % more).
+    let run = |tolerance: f64| {
+        let script = Script([vec![13; 6], vec![14; 6]].concat(), 0);
+        let mut hpa = ViaHpa::new(Box::new(script), tolerance, 2, 40);
+        let mut replicas = 12;
+        let mut changes = Vec::new();
+        for k in 1..=24 {
+            let t = 5.0 * f64::from(k);
+            let d = hpa.desired(&view(t, replicas));
+            if d != replicas {
+                changes.push((t, d));
+                replicas = d;
+            }
+        }
+        changes
+    };
+    // At 10 %: 13 of 12 is within it, so nothing until the recommendation is 14 (published at
+    // 70 s, scraped at 80 s, followed at the sync of 90 s).
+    assert_eq!(run(0.1), vec![(90.0, 14)]);
+    // At 0 (`tolerance: 0`): 13 at the first sync after the first scrape of it (published at
+    // 10 s, scraped at 20 s, synced at 30 s), then 14.
+    assert_eq!(run(0.0), vec![(30.0, 13), (90.0, 14)]);
+    let hpa = ViaHpa::new(Box::new(Script(vec![1], 0)), 0.1, 2, 40);
+    assert_eq!(hpa.follow(12, 9), 9, "25 % fewer: followed down at once");
+    assert_eq!(hpa.follow(12, 11), 12, "8 % fewer: held");
+    assert_eq!(hpa.follow(5, 30), 10, "at most double per sync");
+    assert_eq!(hpa.follow(3, 1), 2, "min_replicas");
 }

@@ -37,7 +37,7 @@ use fulcrum_scenario::{Policy, Scenario};
 
 use crate::autoscale::{
     AutoscaleStats, ForecastScaler, Hpa, HpaSettings, OracleScaler, ProxyView, ScaleSample,
-    ScaleView, Scaler, ScalerKind, StaticScaler,
+    ScaleView, Scaler, ScalerKind, StaticScaler, ViaHpa,
 };
 
 /// Sets pool weights from each control tick's observations, on simulated time.
@@ -1345,6 +1345,26 @@ pub fn simulate_autoscaled_detailed(
                 .proxies(opts.replicas as usize, opts.combine)
                 .joining_with_history(opts.joining_proxies_read_history),
             ),
+            a.initial,
+        ),
+        ScalerKind::ForecastViaHpa(tolerance) => (
+            Box::new(ViaHpa::new(
+                Box::new(
+                    ForecastScaler::new(
+                        &a,
+                        fixed,
+                        &sim.replicas[0].pool,
+                        0,
+                        None,
+                        0,
+                        opts.forecast_model.as_ref().map(|f| f()),
+                    )
+                    .proxies(opts.replicas as usize, opts.combine),
+                ),
+                tolerance,
+                a.min_backends,
+                a.max_backends,
+            )),
             a.initial,
         ),
         ScalerKind::Oracle(future) => (Box::new(OracleScaler::new(&sc, &a, future)), a.initial),
