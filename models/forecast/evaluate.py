@@ -376,10 +376,10 @@ def recorded(spec: str) -> gen.Series:
         rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
     if rows and rows[0][0] == "t_s":
         rows = rows[1:]
-    values = np.array([float(r[1]) for r in rows])
-    if len(values) < warm_up(gen.Series(name, "", values[:1], period)) + 100:
-        raise SystemExit(f"evaluate: {path} has {len(values)} rows, too few after a warm-up of {WARM_SEASONS} seasons of {period}")
-    return gen.Series(name, f"recorded: {name}", values, period)
+    s = gen.Series(name, f"recorded: {name}", np.array([float(r[1]) for r in rows]), period)
+    if len(s.values) < warm_up(s) + 100:
+        raise SystemExit(f"evaluate: {path} has {len(s.values)} rows, too few after a warm-up of {WARM_SEASONS} seasons of {period}")
+    return s
 
 
 def is_recorded(family: str) -> bool:
